@@ -1,0 +1,357 @@
+"""The `Order` aggregate: the facts a case needs, and which lines have a case open on them.
+
+An order is placed, shipped and delivered by the order system. It also keeps the after-sales
+ledger of its lines: which case holds each line now (one open case per line at a time) and how
+much earlier cases on each line have refunded, so that the rules "one open case per order line"
+and "never more than was paid" are kept by the library's optimistic concurrency on this one
+aggregate, even when two cases are opened at once.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import BaseAggregate
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.errors import BadInput, NotAllowed
+from engine.events import Act, Created, Event
+from engine.values import CENT, ZERO, money_str, parse_money
+
+ORDER_NAMESPACE = UUID("6f1c5c9e-3a52-4c8e-9b1e-2f8d7a4e5b10")
+_SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
+_ORDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def order_uuid(order_id: str) -> UUID:
+    """Orders keep the order system's id; the stored aggregate id is derived from it."""
+    return uuid5(ORDER_NAMESPACE, f"order:{order_id}")
+
+
+def check_order_id(order_id: str) -> str:
+    if not _ORDER_ID.match(order_id):
+        raise BadInput(f"order id {order_id!r} must be letters, digits, '-', '_' or '.'")
+    return order_id
+
+
+class OrderLine(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sku: str
+    quantity: int = Field(gt=0)
+    unit_price: Decimal
+    category: str | None = None
+
+    @property
+    def total(self) -> Decimal:
+        return (self.unit_price * self.quantity).quantize(CENT)
+
+
+class CaseLine(BaseModel):
+    """A line a case concerns: how many units, and what they cost the buyer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sku: str
+    quantity: int = Field(gt=0)
+    unit_price: Decimal
+    category: str | None = None
+
+    @property
+    def value(self) -> Decimal:
+        return (self.unit_price * self.quantity).quantize(CENT)
+
+
+class Shipment(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    carrier: str
+    waybill: str
+
+
+def parse_order_line(text: str) -> OrderLine:
+    """``SKU:QTY:UNIT_PRICE[:CATEGORY]``, as the command line takes it."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise BadInput(f"line {text!r} is not SKU:QTY:UNIT_PRICE[:CATEGORY]")
+    sku, qty, price = parts[0].strip(), parts[1].strip(), parts[2]
+    if not _SKU.match(sku):
+        raise BadInput(f"line {text!r}: SKU {sku!r} is not a valid SKU")
+    if not qty.isdigit() or int(qty) <= 0:
+        raise BadInput(f"line {text!r}: quantity {qty!r} is not a whole number above 0")
+    unit_price = parse_money(price, "unit price")
+    if unit_price <= ZERO:
+        raise BadInput(f"line {text!r}: unit price must be more than 0")
+    category = parts[3].strip() if len(parts) == 4 and parts[3].strip() else None
+    return OrderLine(sku=sku, quantity=int(qty), unit_price=unit_price, category=category)
+
+
+def parse_case_line(text: str) -> tuple[str, int | None]:
+    """``SKU[:QTY]``: the line a case concerns; no quantity means the whole line."""
+    sku, _, qty = text.partition(":")
+    sku = sku.strip()
+    if not sku:
+        raise BadInput(f"line {text!r} is not SKU:QTY")
+    if qty == "":
+        return sku, None
+    if not qty.strip().isdigit() or int(qty) <= 0:
+        raise BadInput(f"line {text!r}: quantity {qty!r} is not a whole number above 0")
+    return sku, int(qty)
+
+
+class OrderPlaced(Created):
+    order_id: str
+    merchant_id: str
+    buyer_id: str
+    lines: tuple[OrderLine, ...]
+
+
+class OrderShipped(Event):
+    shipment: Shipment | None = None
+
+
+class OrderDelivered(Event):
+    pass
+
+
+class CaseLinked(Event):
+    """A case now holds these lines: no other case may open on them until it ends."""
+
+    case_id: UUID
+    skus: tuple[str, ...]
+
+
+class CaseUnlinked(Event):
+    """A case let go of its lines, having refunded these amounts on them."""
+
+    case_id: UUID
+    status: str
+    refunded: dict[str, Decimal]
+
+
+class Order(BaseAggregate[UUID]):
+    # State, set by when(); declared for the type checker only, because the library
+    # turns an aggregate class with annotations into a dataclass.
+    if TYPE_CHECKING:
+        order_id: str
+        merchant_id: str
+        buyer_id: str
+        lines: dict[str, OrderLine]
+        placed_at: datetime
+        shipped_at: datetime | None
+        shipment: Shipment | None
+        delivered_at: datetime | None
+        last_at: datetime
+        holders: dict[str, UUID]
+        refunded: dict[str, Decimal]
+        last_case: dict[str, UUID]
+        cases: list[UUID]
+
+    # Construction and replay -------------------------------------------------------------
+
+    @classmethod
+    def place(
+        cls,
+        order_id: str,
+        *,
+        merchant_id: str,
+        buyer_id: str,
+        lines: list[OrderLine],
+        act: Act,
+    ) -> Order:
+        check_order_id(order_id)
+        if not merchant_id.strip() or not buyer_id.strip():
+            raise BadInput("an order needs a merchant and a buyer")
+        if not lines:
+            raise BadInput("an order needs at least one --line")
+        skus = [line.sku for line in lines]
+        if len(set(skus)) != len(skus):
+            raise BadInput(f"order {order_id}: a SKU appears on more than one line")
+        return cls._create(
+            OrderPlaced,
+            id=order_uuid(order_id),
+            order_id=order_id,
+            merchant_id=merchant_id,
+            buyer_id=buyer_id,
+            lines=tuple(lines),
+            **act.fields(),
+        )
+
+    def when(self, event: Event) -> None:
+        self.last_at = max(event.at, getattr(self, "last_at", event.at))
+        if isinstance(event, OrderPlaced):
+            self.order_id = event.order_id
+            self.merchant_id = event.merchant_id
+            self.buyer_id = event.buyer_id
+            self.lines = {line.sku: line for line in event.lines}
+            self.placed_at = event.at
+            self.shipped_at = None
+            self.shipment = None
+            self.delivered_at = None
+            self.holders = {}
+            self.refunded = {}
+            self.last_case = {}
+            self.cases = []
+        elif isinstance(event, OrderShipped):
+            self.shipped_at = event.at
+            self.shipment = event.shipment
+        elif isinstance(event, OrderDelivered):
+            self.delivered_at = event.at
+        elif isinstance(event, CaseLinked):
+            for sku in event.skus:
+                self.holders[sku] = event.case_id
+                self.last_case[sku] = event.case_id
+            if event.case_id not in self.cases:
+                self.cases.append(event.case_id)
+        elif isinstance(event, CaseUnlinked):
+            for sku in [s for s, c in self.holders.items() if c == event.case_id]:
+                del self.holders[sku]
+            for sku, amount in event.refunded.items():
+                self.refunded[sku] = self.refunded.get(sku, ZERO) + amount
+
+    # Order facts --------------------------------------------------------------------------
+
+    def _check_time(self, act: Act, what: str) -> None:
+        if act.at < self.last_at:
+            raise BadInput(
+                f"{what} at {act.at.isoformat()} is before order {self.order_id}'s "
+                f"latest event at {self.last_at.isoformat()}"
+            )
+
+    def ship(self, shipment: Shipment | None, act: Act) -> None:
+        self._check_time(act, "ship")
+        if self.shipped_at is not None:
+            raise NotAllowed(f"order {self.order_id} is already shipped")
+        self.trigger_event(OrderShipped, shipment=shipment, **act.fields())
+
+    def deliver(self, act: Act) -> None:
+        self._check_time(act, "deliver")
+        if self.delivered_at is not None:
+            raise NotAllowed(f"order {self.order_id} is already delivered")
+        if self.shipped_at is None:
+            # Delivery implies shipment; record both so the facts stay in order.
+            self.trigger_event(OrderShipped, shipment=None, **act.fields())
+        self.trigger_event(OrderDelivered, **act.fields())
+
+    # After-sales bookkeeping ----------------------------------------------------------------
+
+    def case_lines(self, wanted: list[tuple[str, int | None]]) -> list[CaseLine]:
+        """The lines a case concerns; none named means every line, in full."""
+        if not wanted:
+            wanted = [(sku, None) for sku in self.lines]
+        seen: set[str] = set()
+        result = []
+        for sku, qty in wanted:
+            line = self.lines.get(sku)
+            if line is None:
+                known = ", ".join(self.lines)
+                raise BadInput(f"order {self.order_id} has no line {sku} (lines: {known})")
+            if sku in seen:
+                raise BadInput(f"line {sku} is named twice")
+            seen.add(sku)
+            quantity = line.quantity if qty is None else qty
+            if quantity > line.quantity:
+                raise BadInput(
+                    f"line {sku}: {quantity} asked, but order {self.order_id} has {line.quantity}"
+                )
+            result.append(
+                CaseLine(
+                    sku=sku,
+                    quantity=quantity,
+                    unit_price=line.unit_price,
+                    category=line.category,
+                )
+            )
+        return result
+
+    def refundable(self, lines: list[CaseLine]) -> Decimal:
+        """What was paid for these units, less what earlier cases refunded on their lines."""
+        total = ZERO
+        for line in lines:
+            left = self.lines[line.sku].total - self.refunded.get(line.sku, ZERO)
+            total += max(ZERO, min(line.value, left))
+        return total
+
+    def check_lines_free(self, lines: list[CaseLine]) -> None:
+        for line in lines:
+            holder = self.holders.get(line.sku)
+            if holder is not None:
+                raise NotAllowed(
+                    f"line {line.sku} of order {self.order_id} already has an open case "
+                    f"{holder}; one open case per line at a time"
+                )
+
+    def previous_case(self, lines: list[CaseLine]) -> UUID | None:
+        """The latest earlier case on any of these lines: the one a new case follows."""
+        earlier = {self.last_case[line.sku] for line in lines if line.sku in self.last_case}
+        for case_id in reversed(self.cases):
+            if case_id in earlier:
+                return case_id
+        return None
+
+    def link_case(self, case_id: UUID, lines: list[CaseLine], act: Act) -> None:
+        self.check_lines_free(lines)
+        self.trigger_event(
+            CaseLinked,
+            case_id=case_id,
+            skus=tuple(line.sku for line in lines),
+            **act.fields(),
+        )
+
+    def unlink_case(
+        self, case_id: UUID, status: str, lines: list[CaseLine], refunded: Decimal, act: Act
+    ) -> None:
+        self.trigger_event(
+            CaseUnlinked,
+            case_id=case_id,
+            status=status,
+            refunded=allocate(refunded, lines),
+            **act.fields(),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "merchant_id": self.merchant_id,
+            "buyer_id": self.buyer_id,
+            "lines": [
+                {
+                    "sku": line.sku,
+                    "quantity": line.quantity,
+                    "unit_price": money_str(line.unit_price),
+                    "category": line.category,
+                    "refunded": money_str(self.refunded.get(line.sku, ZERO)),
+                    "open_case_id": str(self.holders[line.sku])
+                    if line.sku in self.holders
+                    else None,
+                }
+                for line in self.lines.values()
+            ],
+            "total": money_str(sum((line.total for line in self.lines.values()), ZERO)),
+            "placed_at": self.placed_at.isoformat(),
+            "shipped_at": self.shipped_at.isoformat() if self.shipped_at else None,
+            "carrier": self.shipment.carrier if self.shipment else None,
+            "waybill": self.shipment.waybill if self.shipment else None,
+            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+            "case_ids": [str(c) for c in self.cases],
+            "version": self.version,
+        }
+
+
+def allocate(amount: Decimal, lines: list[CaseLine]) -> dict[str, Decimal]:
+    """Split a refund over the case's lines in proportion to their value, to the cent."""
+    if amount <= ZERO or not lines:
+        return {}
+    total = sum((line.value for line in lines), ZERO)
+    shares: dict[str, Decimal] = {}
+    given = ZERO
+    for line in lines[:-1]:
+        share = (amount * line.value / total).quantize(CENT, rounding=ROUND_DOWN)
+        shares[line.sku] = share
+        given += share
+    shares[lines[-1].sku] = amount - given
+    return shares

@@ -1,0 +1,114 @@
+"""The platform's rules as data: windows, eligibility, and the version that shaped each event.
+
+A policy is read from a TOML file (``--policy FILE`` or ``$AFTERSALES_POLICY``) or taken from the
+defaults built in below, which are the article's. Its version, name plus a hash of its content, is
+recorded on every event whose deadline it set, so an audit years later knows which rules applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.errors import BadInput
+from engine.values import CaseType
+
+Stage = Literal["merchant_review", "buyer_shipment", "merchant_receipt", "reshipment"]
+STAGES: tuple[Stage, ...] = ("merchant_review", "buyer_shipment", "merchant_receipt", "reshipment")
+
+
+class Windows(BaseModel):
+    """Hours allowed at each waiting stage; any may be left out to inherit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    merchant_review_hours: int | None = Field(default=None, gt=0)
+    buyer_shipment_hours: int | None = Field(default=None, gt=0)
+    merchant_receipt_hours: int | None = Field(default=None, gt=0)
+    reshipment_hours: int | None = Field(default=None, gt=0)
+
+    def hours(self, stage: Stage) -> int | None:
+        value: int | None = getattr(self, f"{stage}_hours")
+        return value
+
+
+class TypeWindows(Windows):
+    """Windows for one service type, with optional overrides for unshipped orders."""
+
+    unshipped: Windows | None = None
+
+
+DEFAULT_WINDOWS = Windows(
+    merchant_review_hours=48,
+    buyer_shipment_hours=240,
+    merchant_receipt_hours=240,
+    reshipment_hours=24,
+)
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "default"
+    no_reason_return_days: int = Field(default=7, ge=0)
+    no_reason_excluded_categories: tuple[str, ...] = (
+        "custom_made",
+        "perishable",
+        "intimate",
+        "digital",
+    )
+    windows: Windows = DEFAULT_WINDOWS
+    by_type: dict[CaseType, TypeWindows] = Field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        """Name plus a short hash of the content: the same rules give the same version."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return f"{self.name}@{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+
+    def window(self, stage: Stage, case_type: CaseType, *, shipped: bool) -> timedelta:
+        """The most specific window: type and shipping state, then type, then the default."""
+        candidates: list[Windows | None] = []
+        per_type = self.by_type.get(case_type)
+        if per_type is not None:
+            if not shipped:
+                candidates.append(per_type.unshipped)
+            candidates.append(per_type)
+        candidates.append(self.windows)
+        candidates.append(DEFAULT_WINDOWS)
+        for windows in candidates:
+            if windows is not None and (hours := windows.hours(stage)) is not None:
+                return timedelta(hours=hours)
+        raise AssertionError(f"no window for {stage}")  # DEFAULT_WINDOWS has them all
+
+    def excludes_no_reason(self, category: str | None) -> bool:
+        return category is not None and category in self.no_reason_excluded_categories
+
+
+def parse_policy(data: dict[str, Any], source: str) -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadInput(f"policy {source}: {where}: {first['msg']}") from None
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """Read a policy file, or the built-in defaults when no path is given."""
+    if path is None or str(path) == "":
+        return Policy()
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"policy file {file} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BadInput(f"policy file {file} cannot be read: {exc}") from None
+    return parse_policy(data, str(file))

@@ -1,0 +1,728 @@
+"""The engine's Python API: load, act, save; idempotent command ids; retry on conflict.
+
+Command scripts use this directly (one `Engine` per process, many actions through it); the
+command line is a thin layer over it. The service owns the clock: the domain is handed the time
+of each action and never reads one itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError, OperationalError
+
+from engine.case import ReturnCase
+from engine.errors import BadInput, Conflict, NotAllowed, NotFound
+from engine.events import Act
+from engine.order import (
+    Order,
+    OrderLine,
+    Shipment,
+    check_order_id,
+    order_uuid,
+    parse_case_line,
+    parse_order_line,
+)
+from engine.policy import Policy
+from engine.store import CaseRow, CommandRow, EventStore, parse_stored_time
+from engine.values import (
+    Actor,
+    CaseType,
+    Claim,
+    Condition,
+    DueAction,
+    Party,
+    Role,
+    Status,
+    money_str,
+    parse_money,
+    parse_reason,
+    parse_time,
+)
+
+E = TypeVar("E", bound=Enum)
+Clock = Callable[[], datetime]
+MAX_ATTEMPTS = 8
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def _enum(kind: type[E], value: str | E, what: str) -> E:
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        words = "|".join(str(m.value) for m in kind)
+        raise BadInput(f"{what} {value!r} is not one of {words}") from None
+
+
+def _money(value: Decimal | str | None, what: str = "amount") -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        return parse_money(str(value), what)
+    if isinstance(value, float):  # never money: refuse rather than round
+        raise BadInput(f"{what} must be a decimal string such as 12.50, not a float")
+    return parse_money(str(value), what)
+
+
+def _time(value: datetime | str | None, what: str = "--at") -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise BadInput(f"{what} has no time zone")
+        return value
+    return parse_time(value, what)
+
+
+def _text(value: str | None, what: str) -> str:
+    if value is None or not str(value).strip():
+        raise BadInput(f"{what} is required")
+    return str(value).strip()
+
+
+def _shipment(carrier: str | None, waybill: str | None) -> Shipment:
+    return Shipment(carrier=_text(carrier, "--carrier"), waybill=_text(waybill, "--waybill"))
+
+
+def _plain(value: Any) -> Any:
+    """Arguments as JSON-comparable values, for a command's fingerprint."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Decimal):
+        return money_str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, OrderLine):
+        return value.model_dump(mode="json")
+    return value
+
+
+class Common:
+    """The options every action takes: --at, --by, --command-id, --expected-version."""
+
+    __slots__ = ("at", "by", "command_id", "expected_version")
+
+    def __init__(
+        self,
+        at: datetime | str | None = None,
+        by: str | None = None,
+        command_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> None:
+        self.at = _time(at)
+        self.by = by.strip() if by is not None and by.strip() else None
+        if by is not None and self.by is None:
+            raise BadInput("--by must not be empty")
+        self.command_id = command_id
+        if command_id is not None and not command_id.strip():
+            raise BadInput("--command-id must not be empty")
+        if expected_version is not None and (
+            not isinstance(expected_version, int) or expected_version < 0
+        ):
+            raise BadInput("--expected-version must be a whole number")
+        self.expected_version = expected_version
+
+    def fingerprint(self, action: str, target: str, args: dict[str, Any]) -> str:
+        data = {
+            "action": action,
+            "target": target,
+            "args": {k: _plain(v) for k, v in sorted(args.items())},
+            "by": self.by,
+            "at": self.at.isoformat() if self.at else None,
+        }
+        raw = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class Engine:
+    """One store, one policy, one clock: the after-sales workflow behind every command."""
+
+    def __init__(
+        self,
+        store: str | EventStore | None = None,
+        *,
+        policy: Policy | None = None,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.store = store if isinstance(store, EventStore) else EventStore(store)
+        self.policy = policy or Policy()
+        self.clock = clock
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Loading -----------------------------------------------------------------------------------
+
+    def load_order(self, order_id: str) -> Order:
+        check_order_id(order_id)
+        try:
+            order: Order = self.store.repository.get(order_uuid(order_id))
+        except AggregateNotFoundError:
+            raise NotFound(f"no order {order_id}") from None
+        return order
+
+    def load_case(self, case_id: str | UUID, version: int | None = None) -> ReturnCase:
+        uid = self._case_uuid(case_id)
+        try:
+            case: ReturnCase = self.store.repository.get(uid, version=version)
+        except AggregateNotFoundError:
+            raise NotFound(f"no case {case_id}") from None
+        if not isinstance(case, ReturnCase):
+            raise NotFound(f"no case {case_id}")
+        return case
+
+    @staticmethod
+    def _case_uuid(case_id: str | UUID) -> UUID:
+        if isinstance(case_id, UUID):
+            return case_id
+        try:
+            return UUID(str(case_id).strip())
+        except ValueError:
+            raise NotFound(f"no case {case_id}: case ids look like 3f2b…-…") from None
+
+    # The common path of every action ---------------------------------------------------------
+
+    def _act(self, role: Role, actor_id: str, common: Common, command_id: str) -> Act:
+        now = self.clock()
+        return Act(
+            at=common.at or now,
+            actor=Actor(role=role, id=actor_id),
+            command_id=command_id,
+            recorded_at=now,
+        )
+
+    def _find_command(self, command_id: str) -> dict[str, Any] | None:
+        rows = self.store.query(
+            "SELECT action, target_id, fingerprint, version FROM {t}aftersales_commands "
+            "WHERE command_id = ?",
+            (command_id,),
+        )
+        return rows[0] if rows else None
+
+    def _replay(self, common: Common, fingerprint: str) -> dict[str, Any] | None:
+        """The first result of a command id already used, or None if it is new."""
+        if common.command_id is None:
+            return None
+        row = self._find_command(common.command_id)
+        if row is None:
+            return None
+        if row["fingerprint"] != fingerprint:
+            raise BadInput(
+                f"command id {common.command_id} was already used for a different "
+                f"{row['action']} (on {row['target_id']}); use a new command id"
+            )
+        version = int(row["version"])
+        if row["action"].startswith("order "):
+            order: Order = self.store.repository.get(UUID(row["target_id"]), version=version)
+            return order.to_json()
+        return self.load_case(row["target_id"], version=version).to_json()
+
+    def _save(
+        self,
+        action: str,
+        target: Order | ReturnCase,
+        others: Sequence[Order | ReturnCase | None],
+        common: Common,
+        fingerprint: str,
+        act: Act,
+    ) -> None:
+        cases = [case_row(a) for a in (target, *others) if isinstance(a, ReturnCase)]
+        command = None
+        if common.command_id is not None:
+            command = CommandRow(
+                command_id=common.command_id,
+                action=action,
+                target_id=str(target.id),
+                fingerprint=fingerprint,
+                version=target.version,
+                recorded_at=act.recorded_at,
+            )
+        self.store.save(target, *others, cases=cases, command=command)
+
+    def _retrying(
+        self,
+        action: str,
+        target: str,
+        args: dict[str, Any],
+        common: Common,
+        attempt: Callable[[str], tuple[Order | ReturnCase, list[Order | ReturnCase | None], Act]],
+    ) -> dict[str, Any]:
+        """Run one attempt after another until one saves: a concurrent writer makes the
+        save fail on the aggregate's version, and the next attempt sees the new state (and
+        may then be refused by the rules). Retrying that does not resolve it is a conflict."""
+        fingerprint = common.fingerprint(action, target, args)
+        command_id = common.command_id or str(uuid4())
+        for _ in range(MAX_ATTEMPTS):
+            replayed = self._replay(common, fingerprint)
+            if replayed is not None:
+                return replayed
+            main, others, act = attempt(command_id)
+            try:
+                self._save(action, main, others, common, fingerprint, act)
+            except (IntegrityError, OperationalError):
+                continue
+            return main.to_json()
+        raise Conflict(f"{action} {target}: the case kept changing under concurrent writers")
+
+    def _check_expected(self, aggregate: Order | ReturnCase, common: Common, what: str) -> None:
+        expected = common.expected_version
+        if expected is not None and aggregate.version != expected:
+            raise Conflict(
+                f"{what} is at version {aggregate.version}, not the expected {expected}: "
+                "it changed since you read it"
+            )
+
+    def _case_action(
+        self,
+        case_id: str | UUID,
+        action: str,
+        role: Role,
+        common: Common,
+        args: dict[str, Any],
+        do: Callable[[ReturnCase, Act], None],
+    ) -> dict[str, Any]:
+        uid = self._case_uuid(case_id)
+
+        def attempt(command_id: str) -> tuple[ReturnCase, list[Order | ReturnCase | None], Act]:
+            case = self.load_case(uid)
+            self._check_expected(case, common, f"case {uid}")
+            act = self._act(role, common.by or default_actor(case, role), common, command_id)
+            holding = case.holds_lines
+            refunded = case.refunded_amount
+            do(case, act)
+            order: Order | None = None
+            if holding != case.holds_lines:
+                order = self.load_order(case.order_id)
+                lines = list(case.lines)
+                if holding:
+                    order.unlink_case(
+                        case.id, case.status.value, lines, case.refunded_amount - refunded, act
+                    )
+                else:
+                    order.link_case(case.id, lines, act)
+            return case, [order], act
+
+        return self._retrying(f"case {action}", str(uid), args, common, attempt)
+
+    def _order_action(
+        self,
+        order_id: str,
+        action: str,
+        common: Common,
+        args: dict[str, Any],
+        do: Callable[[Order, Act], None],
+    ) -> dict[str, Any]:
+        def attempt(command_id: str) -> tuple[Order, list[Order | ReturnCase | None], Act]:
+            order = self.load_order(order_id)
+            self._check_expected(order, common, f"order {order_id}")
+            act = self._act(Role.PLATFORM, common.by or "order-system", common, command_id)
+            do(order, act)
+            return order, [], act
+
+        return self._retrying(f"order {action}", order_id, args, common, attempt)
+
+    # Orders --------------------------------------------------------------------------------------
+
+    def place_order(
+        self,
+        order_id: str,
+        *,
+        merchant_id: str,
+        buyer_id: str,
+        lines: Iterable[OrderLine | str],
+        **common: Any,
+    ) -> dict[str, Any]:
+        c = Common(**common)
+        check_order_id(order_id)
+        parsed = [x if isinstance(x, OrderLine) else parse_order_line(x) for x in lines]
+        args = {"merchant": merchant_id, "buyer": buyer_id, "lines": parsed}
+
+        def attempt(command_id: str) -> tuple[Order, list[Order | ReturnCase | None], Act]:
+            if order_uuid(order_id) in self.store.repository:
+                raise NotAllowed(f"order {order_id} is already placed")
+            act = self._act(Role.PLATFORM, c.by or "order-system", c, command_id)
+            order = Order.place(
+                order_id, merchant_id=merchant_id, buyer_id=buyer_id, lines=parsed, act=act
+            )
+            return order, [], act
+
+        return self._retrying("order place", order_id, args, c, attempt)
+
+    def ship_order(
+        self,
+        order_id: str,
+        *,
+        carrier: str | None = None,
+        waybill: str | None = None,
+        **common: Any,
+    ) -> dict[str, Any]:
+        c = Common(**common)
+        if (carrier is None) != (waybill is None):
+            raise BadInput("give both --carrier and --waybill, or neither")
+        shipment = _shipment(carrier, waybill) if carrier is not None else None
+        return self._order_action(
+            order_id,
+            "ship",
+            c,
+            {"carrier": carrier, "waybill": waybill},
+            lambda order, act: order.ship(shipment, act),
+        )
+
+    def deliver_order(self, order_id: str, **common: Any) -> dict[str, Any]:
+        c = Common(**common)
+        return self._order_action(order_id, "deliver", c, {}, lambda o, act: o.deliver(act))
+
+    def get_order(self, order_id: str) -> dict[str, Any]:
+        return self.load_order(order_id).to_json()
+
+    # Cases: the buyer ---------------------------------------------------------------------------
+
+    def open_case(
+        self,
+        order_id: str,
+        *,
+        case_type: CaseType | str,
+        reason: str,
+        amount: Decimal | str | None = None,
+        lines: Iterable[str] = (),
+        evidence: Iterable[str] = (),
+        note: str | None = None,
+        **common: Any,
+    ) -> dict[str, Any]:
+        c = Common(**common)
+        kind = _enum(CaseType, case_type, "--type")
+        parse_reason(_text(reason, "--reason"))
+        asked = _money(amount)
+        wanted = [parse_case_line(x) for x in lines]
+        proofs = [_text(e, "--evidence") for e in evidence]
+        args = {
+            "type": kind,
+            "reason": reason,
+            "amount": asked,
+            "lines": [f"{s}:{q}" for s, q in wanted],
+            "evidence": proofs,
+            "note": note,
+        }
+
+        def attempt(command_id: str) -> tuple[ReturnCase, list[Order | ReturnCase | None], Act]:
+            order = self.load_order(order_id)
+            self._check_expected(order, c, f"order {order_id}")
+            act = self._act(Role.BUYER, c.by or order.buyer_id, c, command_id)
+            case_lines = order.case_lines(wanted)
+            case = ReturnCase.open(
+                uuid4(),
+                order,
+                case_type=kind,
+                reason=reason,
+                amount=asked,
+                lines=case_lines,
+                evidence=proofs,
+                note=note,
+                policy=self.policy,
+                act=act,
+            )
+            order.link_case(case.id, case_lines, act)
+            return case, [order], act
+
+        return self._retrying("case open", order_id, args, c, attempt)
+
+    def ship_back(
+        self, case_id: str, *, carrier: str | None, waybill: str | None, **common: Any
+    ) -> dict[str, Any]:
+        shipment = _shipment(carrier, waybill)
+        return self._case_action(
+            case_id,
+            "ship-back",
+            Role.BUYER,
+            Common(**common),
+            shipment.model_dump(),
+            lambda case, act: case.ship_back(act, self.policy, shipment),
+        )
+
+    def withdraw(self, case_id: str, **common: Any) -> dict[str, Any]:
+        return self._case_action(
+            case_id,
+            "withdraw",
+            Role.BUYER,
+            Common(**common),
+            {},
+            lambda case, act: case.withdraw(act),
+        )
+
+    def escalate(
+        self,
+        case_id: str,
+        *,
+        claim: Claim | str,
+        evidence: Iterable[str] = (),
+        note: str | None = None,
+        **common: Any,
+    ) -> dict[str, Any]:
+        kind = _enum(Claim, claim, "--claim")
+        proofs = [_text(e, "--evidence") for e in evidence]
+        return self._case_action(
+            case_id,
+            "escalate",
+            Role.BUYER,
+            Common(**common),
+            {"claim": kind, "evidence": proofs, "note": note},
+            lambda case, act: case.escalate(act, claim=kind, evidence=proofs, note=note),
+        )
+
+    def rate(
+        self, case_id: str, *, score: int | str, comment: str | None = None, **common: Any
+    ) -> dict[str, Any]:
+        try:
+            value = int(score)
+        except (TypeError, ValueError):
+            raise BadInput(f"--score {score!r} must be a whole number 1 to 5") from None
+        if not 1 <= value <= 5:
+            raise BadInput(f"--score {value} must be 1 to 5")
+        return self._case_action(
+            case_id,
+            "rate",
+            Role.BUYER,
+            Common(**common),
+            {"score": value, "comment": comment},
+            lambda case, act: case.rate(act, score=value, comment=comment),
+        )
+
+    # Cases: the merchant ------------------------------------------------------------------------
+
+    def approve(
+        self, case_id: str, *, return_address: str | None = None, **common: Any
+    ) -> dict[str, Any]:
+        return self._case_action(
+            case_id,
+            "approve",
+            Role.MERCHANT,
+            Common(**common),
+            {"return_address": return_address},
+            lambda case, act: case.approve(act, self.policy, return_address=return_address),
+        )
+
+    def reject(
+        self, case_id: str, *, reason: str | None, communication: str | None, **common: Any
+    ) -> dict[str, Any]:
+        why = _text(reason, "--reason")
+        talk = _text(communication, "--communication")
+        return self._case_action(
+            case_id,
+            "reject",
+            Role.MERCHANT,
+            Common(**common),
+            {"reason": why, "communication": talk},
+            lambda case, act: case.reject(act, reason=why, communication=talk),
+        )
+
+    def receive(
+        self, case_id: str, *, condition: Condition | str = Condition.OK, **common: Any
+    ) -> dict[str, Any]:
+        state = _enum(Condition, condition, "--condition")
+        return self._case_action(
+            case_id,
+            "receive",
+            Role.MERCHANT,
+            Common(**common),
+            {"condition": state},
+            lambda case, act: case.receive(act, self.policy, condition=state),
+        )
+
+    def refund(
+        self, case_id: str, *, amount: Decimal | str | None = None, **common: Any
+    ) -> dict[str, Any]:
+        value = _money(amount)
+        return self._case_action(
+            case_id,
+            "refund",
+            Role.MERCHANT,
+            Common(**common),
+            {"amount": value},
+            lambda case, act: case.refund(act, amount=value),
+        )
+
+    def ship_replacement(
+        self, case_id: str, *, carrier: str | None, waybill: str | None, **common: Any
+    ) -> dict[str, Any]:
+        shipment = _shipment(carrier, waybill)
+        return self._case_action(
+            case_id,
+            "ship-replacement",
+            Role.MERCHANT,
+            Common(**common),
+            shipment.model_dump(),
+            lambda case, act: case.ship_replacement(act, shipment),
+        )
+
+    def reship(
+        self,
+        case_id: str,
+        *,
+        carrier: str | None = None,
+        waybill: str | None = None,
+        cannot: bool = False,
+        note: str | None = None,
+        **common: Any,
+    ) -> dict[str, Any]:
+        if cannot and (carrier or waybill):
+            raise BadInput("--cannot takes no --carrier or --waybill")
+        shipment = None if cannot else _shipment(carrier, waybill)
+        return self._case_action(
+            case_id,
+            "reship",
+            Role.MERCHANT,
+            Common(**common),
+            {"carrier": carrier, "waybill": waybill, "cannot": cannot, "note": note},
+            lambda case, act: case.reship(act, shipment, note=note),
+        )
+
+    # Cases: the platform and the clock ----------------------------------------------------------
+
+    def rule(
+        self,
+        case_id: str,
+        *,
+        in_favour_of: Party | str,
+        note: str | None = None,
+        **common: Any,
+    ) -> dict[str, Any]:
+        party = _enum(Party, in_favour_of, "--for")
+        if party is Party.PLATFORM:
+            raise BadInput("--for is buyer or merchant")
+        return self._case_action(
+            case_id,
+            "rule",
+            Role.PLATFORM,
+            Common(**common),
+            {"for": party, "note": note},
+            lambda case, act: case.rule(act, self.policy, in_favour_of=party, note=note),
+        )
+
+    def fire(self, case_id: str | UUID, action: DueAction | str, **common: Any) -> dict[str, Any]:
+        """Fire a case's running deadline as the system (what the tick does for each one)."""
+        kind = _enum(DueAction, action, "deadline action")
+        return self._case_action(
+            case_id,
+            kind.value,
+            Role.SYSTEM,
+            Common(**common),
+            {},
+            lambda case, act: case.fire(act, self.policy, kind),
+        )
+
+    # Reading -------------------------------------------------------------------------------------
+
+    def get_case(self, case_id: str) -> dict[str, Any]:
+        return self.load_case(case_id).to_json()
+
+    def list_cases(
+        self,
+        *,
+        merchant: str | None = None,
+        buyer: str | None = None,
+        order_id: str | None = None,
+        status: Status | str | None = None,
+        due_before: datetime | str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if merchant:
+            where.append("merchant_id = ?")
+            params.append(merchant)
+        if buyer:
+            where.append("buyer_id = ?")
+            params.append(buyer)
+        if order_id:
+            where.append("order_id = ?")
+            params.append(order_id)
+        if status:
+            where.append("status = ?")
+            params.append(_enum(Status, status, "--status").value)
+        due = _time(due_before, "--due-before")
+        if due is not None:
+            where.append("due_at IS NOT NULL AND due_at <= ?")
+            params.append(self.store.time_param(due))
+        if limit is not None and limit <= 0:
+            raise BadInput("--limit must be above 0")
+        sql = "SELECT * FROM {t}aftersales_cases"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += (
+            " ORDER BY due_at, opened_at, case_id"
+            if due is not None
+            else (" ORDER BY opened_at, case_id")
+        )
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [listed_case(row) for row in self.store.query(sql, params)]
+
+
+def default_actor(case: ReturnCase, role: Role) -> str:
+    if role is Role.BUYER:
+        return case.buyer_id
+    if role is Role.MERCHANT:
+        return case.merchant_id
+    return role.value
+
+
+def case_row(case: ReturnCase) -> CaseRow:
+    return CaseRow(
+        case_id=str(case.id),
+        order_id=case.order_id,
+        merchant_id=case.merchant_id,
+        buyer_id=case.buyer_id,
+        case_type=case.case_type.value,
+        reason=case.reason,
+        status=case.status.value,
+        amount=money_str(case.amount),
+        refunded_amount=money_str(case.refunded_amount),
+        due_at=case.due.due_at if case.due else None,
+        due_action=case.due.action.value if case.due else None,
+        opened_at=case.opened_at,
+        updated_at=case.last_at,
+        version=case.version,
+    )
+
+
+def _utc_iso(value: Any) -> str | None:
+    parsed = parse_stored_time(value)
+    return parsed.astimezone(UTC).isoformat() if parsed else None
+
+
+def listed_case(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "case_id": row["case_id"],
+        "order_id": row["order_id"],
+        "merchant_id": row["merchant_id"],
+        "buyer_id": row["buyer_id"],
+        "type": row["case_type"],
+        "reason": row["reason"],
+        "status": row["status"],
+        "amount": money_str(Decimal(str(row["amount"]))),
+        "refunded_amount": money_str(Decimal(str(row["refunded_amount"]))),
+        "due_at": _utc_iso(row["due_at"]),
+        "due_action": row["due_action"],
+        "opened_at": _utc_iso(row["opened_at"]),
+        "updated_at": _utc_iso(row["updated_at"]),
+        "version": int(row["version"]),
+    }

@@ -1,0 +1,412 @@
+"""Store URLs to the library's recorders; events as readable JSON; the case index.
+
+The event store is the `eventsourcing` library's own: its PostgreSQL recorder for
+``postgresql://`` URLs and its SQLite recorder for ``sqlite://`` URLs. Two small tables are
+written in the same transaction as the events, through the recorders' insert hook:
+
+- ``aftersales_cases``: one row per case (status, merchant, due deadline), so that listing cases
+  and finding due deadlines never replays the log;
+- ``aftersales_commands``: one row per command id, so a retried command changes nothing.
+
+A view ``aftersales_event_log`` shows every event as JSON for a person with ``psql``/``sqlite3``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, StoredEvent, Transcoder, Transcoding
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.utils import get_topic, resolve_topic
+from psycopg import Cursor
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+from pydantic import BaseModel
+
+from engine.errors import BadInput, StoreUnavailable
+
+DEFAULT_STORE = "sqlite:///aftersales.db"
+APP_NAME = "Aftersales"
+CASES_TABLE = "aftersales_cases"
+COMMANDS_TABLE = "aftersales_commands"
+EVENT_LOG_VIEW = "aftersales_event_log"
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+# Store URLs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    kind: str  # "sqlite" or "postgresql"
+    env: dict[str, str]
+    schema: str | None = None
+    path: str | None = None
+
+    @property
+    def conninfo(self) -> dict[str, str]:
+        return {
+            "dbname": self.env["POSTGRES_DBNAME"],
+            "host": self.env["POSTGRES_HOST"],
+            "port": self.env["POSTGRES_PORT"],
+            "user": self.env["POSTGRES_USER"],
+            "password": self.env["POSTGRES_PASSWORD"],
+            "connect_timeout": "10",
+        }
+
+
+def parse_store_url(url: str | None) -> StoreUrl:
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
+    ``postgresql://user[:pw]@host[:port]/db[?schema=NAME]``."""
+    url = url or DEFAULT_STORE
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        if not rest.startswith("/") or rest == "/":
+            raise BadInput(f"store {url!r}: write sqlite:///relative.db or sqlite:////abs/path.db")
+        path = rest[1:]
+        return StoreUrl(
+            kind="sqlite",
+            env={
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": path,
+                "SQLITE_LOCK_TIMEOUT": "30",
+                "APPLICATION_RECORDER_TOPIC": get_topic(SQLiteCaseRecorder),
+            },
+            path=path,
+        )
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname:
+            raise BadInput(f"store {url!r} names no database: postgresql://host:5432/DBNAME")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = set(query) - {"schema"}
+        if unknown:
+            raise BadInput(f"store {url!r}: unknown option {sorted(unknown)[0]!r} (only schema)")
+        schema = query.get("schema", [""])[0] or None
+        if schema is not None and not _SCHEMA.match(schema):
+            raise BadInput(
+                f"store {url!r}: schema {schema!r} must be lower-case letters, digits or _"
+            )
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise BadInput(f"store {url!r}: the port is not a number") from None
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname or "localhost",
+            "POSTGRES_PORT": str(port),
+            "POSTGRES_USER": unquote(parts.username) if parts.username else getpass.getuser(),
+            "POSTGRES_PASSWORD": unquote(parts.password) if parts.password else "",
+            "POSTGRES_SCHEMA": schema or "",
+            "POSTGRES_CONNECT_TIMEOUT": "10",
+            "POSTGRES_POOL_SIZE": "4",
+            "POSTGRES_MAX_OVERFLOW": "4",
+            "POSTGRES_LOCK_TIMEOUT": "10",
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+            "APPLICATION_RECORDER_TOPIC": get_topic(PostgresCaseRecorder),
+        }
+        return StoreUrl(kind="postgresql", env=env, schema=schema)
+    raise BadInput(f"store {url!r} is neither sqlite:// nor postgresql://")
+
+
+# Events as readable JSON ---------------------------------------------------------------------
+
+
+class JsonTranscoder(Transcoder):
+    """Plain JSON: the events are pydantic models already dumped to JSON-native values."""
+
+    def encode(self, obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def decode(self, data: bytes) -> Any:
+        return json.loads(data.decode("utf-8"))
+
+    def register(self, transcoding: Transcoding) -> None:  # pragma: no cover - not used
+        raise NotImplementedError("events are pydantic models; no transcodings needed")
+
+
+class PydanticMapper(Mapper[UUID]):
+    """Stores each event as the JSON of its pydantic fields; upcasts old shapes on reading."""
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        assert isinstance(domain_event, BaseModel)
+        state = domain_event.model_dump(
+            mode="json", exclude={"originator_id", "originator_version"}
+        )
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        return StoredEvent(
+            originator_id=domain_event.originator_id,
+            originator_version=domain_event.originator_version,
+            topic=get_topic(type(domain_event)),
+            state=self.transcoder.encode(state),
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        cls = resolve_topic(stored_event.topic)
+        state: dict[str, Any] = self.transcoder.decode(stored_event.state)
+        from_version = state.pop("class_version", 1)
+        while from_version < getattr(cls, "class_version", 1):
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+            from_version += 1
+        state["originator_id"] = stored_event.originator_id
+        state["originator_version"] = stored_event.originator_version
+        event: DomainEventProtocol[UUID] = cls.model_validate(state)
+        return event
+
+
+# The case index and the command record, written with the events ------------------------------
+
+
+class CaseRow(NamedTuple):
+    case_id: str
+    order_id: str
+    merchant_id: str
+    buyer_id: str
+    case_type: str
+    reason: str
+    status: str
+    amount: str
+    refunded_amount: str
+    due_at: datetime | None
+    due_action: str | None
+    opened_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class CommandRow(NamedTuple):
+    command_id: str
+    action: str
+    target_id: str
+    fingerprint: str
+    version: int
+    recorded_at: datetime
+
+
+CASE_COLUMNS = CaseRow._fields
+COMMAND_COLUMNS = CommandRow._fields
+
+
+def utc_text(value: datetime | None) -> str | None:
+    """SQLite keeps times as UTC text of one fixed shape, so they sort and compare as text."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def sqlite_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(utc_text(v) if isinstance(v, datetime) else v for v in row)
+
+
+class SQLiteCaseRecorder(SQLiteApplicationRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        statements = super().construct_create_table_statements()
+        statements += [
+            f"CREATE TABLE IF NOT EXISTS {CASES_TABLE} ("
+            "case_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, merchant_id TEXT NOT NULL, "
+            "buyer_id TEXT NOT NULL, case_type TEXT NOT NULL, reason TEXT NOT NULL, "
+            "status TEXT NOT NULL, amount TEXT NOT NULL, refunded_amount TEXT NOT NULL, "
+            "due_at TEXT, due_action TEXT, opened_at TEXT NOT NULL, updated_at TEXT NOT NULL, "
+            "version INTEGER NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {CASES_TABLE}_due ON {CASES_TABLE} (due_at) "
+            "WHERE due_at IS NOT NULL",
+            f"CREATE INDEX IF NOT EXISTS {CASES_TABLE}_merchant ON {CASES_TABLE} "
+            "(merchant_id, status)",
+            f"CREATE INDEX IF NOT EXISTS {CASES_TABLE}_order ON {CASES_TABLE} (order_id)",
+            f"CREATE TABLE IF NOT EXISTS {COMMANDS_TABLE} ("
+            "command_id TEXT PRIMARY KEY, action TEXT NOT NULL, target_id TEXT NOT NULL, "
+            "fingerprint TEXT NOT NULL, version INTEGER NOT NULL, recorded_at TEXT NOT NULL)",
+            f"CREATE VIEW IF NOT EXISTS {EVENT_LOG_VIEW} AS SELECT rowid AS notification_id, "
+            "originator_id, originator_version, topic, CAST(state AS TEXT) AS data "
+            f"FROM {self.events_table_name}",
+        ]
+        return statements
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        cases: Sequence[CaseRow] = kwargs.get("cases", ())
+        if cases:
+            columns = ", ".join(CASE_COLUMNS)
+            marks = ", ".join("?" for _ in CASE_COLUMNS)
+            updates = ", ".join(f"{col} = excluded.{col}" for col in CASE_COLUMNS[1:])
+            c.executemany(
+                f"INSERT INTO {CASES_TABLE} ({columns}) VALUES ({marks}) "
+                f"ON CONFLICT (case_id) DO UPDATE SET {updates}",
+                [sqlite_values(row) for row in cases],
+            )
+        command: CommandRow | None = kwargs.get("command")
+        if command is not None:
+            c.execute(
+                f"INSERT INTO {COMMANDS_TABLE} ({', '.join(COMMAND_COLUMNS)}) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                sqlite_values(command),
+            )
+        return ids
+
+
+class PostgresCaseRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(self.datastore.schema)
+        fmt: dict[str, Any] = {
+            "schema": schema,
+            "cases": Identifier(CASES_TABLE),
+            "commands": Identifier(COMMANDS_TABLE),
+            "events": Identifier(self.events_table_name),
+            "view": Identifier(EVENT_LOG_VIEW),
+            "due_idx": Identifier(f"{CASES_TABLE}_due"),
+            "merchant_idx": Identifier(f"{CASES_TABLE}_merchant"),
+            "order_idx": Identifier(f"{CASES_TABLE}_order"),
+        }
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{cases} ("
+                "case_id text PRIMARY KEY, order_id text NOT NULL, merchant_id text NOT NULL, "
+                "buyer_id text NOT NULL, case_type text NOT NULL, reason text NOT NULL, "
+                "status text NOT NULL, amount numeric(14,2) NOT NULL, "
+                "refunded_amount numeric(14,2) NOT NULL, due_at timestamptz, due_action text, "
+                "opened_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, "
+                "version bigint NOT NULL)"
+            ).format(**fmt),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {due_idx} ON {schema}.{cases} (due_at) "
+                "WHERE due_at IS NOT NULL"
+            ).format(**fmt),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {merchant_idx} ON {schema}.{cases} "
+                "(merchant_id, status)"
+            ).format(**fmt),
+            SQL("CREATE INDEX IF NOT EXISTS {order_idx} ON {schema}.{cases} (order_id)").format(
+                **fmt
+            ),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{commands} ("
+                "command_id text PRIMARY KEY, action text NOT NULL, target_id text NOT NULL, "
+                "fingerprint text NOT NULL, version bigint NOT NULL, "
+                "recorded_at timestamptz NOT NULL)"
+            ).format(**fmt),
+            SQL(
+                "CREATE OR REPLACE VIEW {schema}.{view} AS SELECT notification_id, "
+                "originator_id, originator_version, topic, "
+                "convert_from(state, 'UTF8')::jsonb AS data FROM {schema}.{events}"
+            ).format(**fmt),
+        ]
+        columns = SQL(", ").join(Identifier(c) for c in CASE_COLUMNS)
+        updates = SQL(", ").join(
+            SQL("{0} = excluded.{0}").format(Identifier(c)) for c in CASE_COLUMNS[1:]
+        )
+        self.upsert_case = SQL(
+            "INSERT INTO {schema}.{cases} ({columns}) VALUES ({marks}) "
+            "ON CONFLICT (case_id) DO UPDATE SET {updates}"
+        ).format(
+            columns=columns,
+            marks=SQL(", ").join(SQL("%s") for _ in CASE_COLUMNS),
+            updates=updates,
+            **fmt,
+        )
+        self.insert_command = SQL(
+            "INSERT INTO {schema}.{commands} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)"
+        ).format(columns=SQL(", ").join(Identifier(c) for c in COMMAND_COLUMNS), **fmt)
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        cases: Sequence[CaseRow] = kwargs.get("cases", ())
+        if cases:
+            curs.executemany(self.upsert_case, cases)
+        command: CommandRow | None = kwargs.get("command")
+        if command is not None:
+            curs.execute(self.insert_command, command)
+
+
+# The application -------------------------------------------------------------------------------
+
+
+class EventStore(Application[UUID]):
+    """The library's application, configured from a store URL, with the JSON mapper."""
+
+    name = APP_NAME
+    env: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = parse_store_url(url)
+        if self.url.kind == "postgresql":
+            ensure_schema(self.url)
+        super().__init__(env=self.url.env)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return PydanticMapper(transcoder=JsonTranscoder())
+
+    # Plain SQL for the index tables ---------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read query on the store. Write ``{t}`` before a table name for its place
+        (schema on PostgreSQL) and ``?`` for parameters on both backends."""
+        recorder = self.recorder
+        if isinstance(recorder, PostgresCaseRecorder):
+            schema = recorder.datastore.schema
+            text = sql.replace("{t}", f'"{schema}".').replace("?", "%s")
+            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(text.encode(), params)
+                return [dict(row) for row in curs.fetchall()]
+        assert isinstance(recorder, SQLiteCaseRecorder)
+        datastore: SQLiteDatastore = recorder.datastore
+        with datastore.transaction(commit=False) as c:
+            c.execute(sql.replace("{t}", ""), tuple(params))
+            return [dict(row) for row in c.fetchall()]
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.kind == "postgresql"
+
+    def time_param(self, value: datetime) -> Any:
+        """A time as the store compares it: timestamptz on PostgreSQL, UTC text on SQLite."""
+        return value if self.is_postgres else utc_text(value)
+
+
+def ensure_schema(url: StoreUrl) -> None:
+    """Create the PostgreSQL schema a store URL names, if it is not there yet."""
+    if not url.schema:
+        return
+    try:
+        with psycopg.connect(make_conninfo("", **url.conninfo), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (url.schema,)
+            ).fetchone()
+            if not exists:
+                # Another process may create it at the same moment.
+                with contextlib.suppress(psycopg.errors.UniqueViolation):
+                    conn.execute(
+                        SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(url.schema))
+                    )
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+
+
+def parse_stored_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
