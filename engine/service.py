@@ -160,6 +160,8 @@ class Engine:
         self.store = store if isinstance(store, EventStore) else EventStore(store)
         self.policy = policy or Policy()
         self.clock = clock
+        # How many saves lost a race and were retried on the new state (for operators).
+        self.retries = 0
 
     def close(self) -> None:
         self.store.close()
@@ -279,6 +281,7 @@ class Engine:
             try:
                 self._save(action, main, others, common, fingerprint, act)
             except (IntegrityError, OperationalError):
+                self.retries += 1
                 continue
             return main.to_json()
         raise Conflict(f"{action} {target}: the case kept changing under concurrent writers")

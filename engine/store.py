@@ -52,6 +52,7 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 @dataclass(frozen=True)
 class StoreUrl:
+    text: str
     kind: str  # "sqlite" or "postgresql"
     env: dict[str, str]
     schema: str | None = None
@@ -79,6 +80,7 @@ def parse_store_url(url: str | None) -> StoreUrl:
             raise BadInput(f"store {url!r}: write sqlite:///relative.db or sqlite:////abs/path.db")
         path = rest[1:]
         return StoreUrl(
+            text=url,
             kind="sqlite",
             env={
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
@@ -121,7 +123,7 @@ def parse_store_url(url: str | None) -> StoreUrl:
             "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
             "APPLICATION_RECORDER_TOPIC": get_topic(PostgresCaseRecorder),
         }
-        return StoreUrl(kind="postgresql", env=env, schema=schema)
+        return StoreUrl(text=url, kind="postgresql", env=env, schema=schema)
     raise BadInput(f"store {url!r} is neither sqlite:// nor postgresql://")
 
 
@@ -327,6 +329,24 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         self.insert_command = SQL(
             "INSERT INTO {schema}.{commands} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)"
         ).format(columns=SQL(", ").join(Identifier(c) for c in COMMAND_COLUMNS), **fmt)
+
+    def create_table(self) -> None:
+        """Create the schema's objects under an advisory lock, in one transaction, so that
+        several processes starting at once on a new store do not trip over each other."""
+        schema = self.datastore.schema
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"aftersales:{schema}",))
+            curs.execute(
+                "SELECT to_regtype(%s) IS NOT NULL AS found",
+                (f'"{schema}"."{self.stored_event_type_name}"',),
+            )
+            row = curs.fetchone()
+            type_exists = bool(row and row["found"])
+            for statement in self.sql_create_statements:
+                is_type = "CREATE TYPE" in statement.as_string()
+                if not (is_type and type_exists):
+                    curs.execute(statement, prepare=False)
+        self.datastore.register_type_adapters()
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -1,0 +1,447 @@
+"""`aftersales demo`: the article's cases, end to end, on a fresh SQLite store."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from commands.options import json_option
+from commands.output import to_json
+from engine.errors import AftersalesError
+from engine.service import Engine
+
+CST = timezone(timedelta(hours=8), "CST")
+START = datetime(2026, 11, 1, 10, 0, tzinfo=CST)
+
+
+@dataclass
+class Story:
+    """A running narrative: each step's time, who acted, what, and the status after."""
+
+    engine: Engine
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    cases: dict[str, str] = field(default_factory=dict)
+
+    def at(self, days: float = 0, hours: float = 0) -> str:
+        return (START + timedelta(days=days, hours=hours)).isoformat()
+
+    def step(self, title: str, who: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        result = call()
+        self.steps.append(
+            {
+                "story": title,
+                "who": who,
+                "did": result.get("_did", ""),
+                "status": result.get("status"),
+                "case_id": result.get("case_id"),
+                "order_id": result.get("order_id"),
+                "refunded_amount": result.get("refunded_amount"),
+                "due_at": result.get("due_at"),
+                "due_action": result.get("due_action"),
+            }
+        )
+        return result
+
+    def refused(self, title: str, who: str, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except AftersalesError as exc:
+            self.steps.append(
+                {"story": title, "who": who, "refused": exc.message, "exit_code": exc.exit_code}
+            )
+        else:  # pragma: no cover - the demo shows a refusal here
+            raise AssertionError(f"{title}: expected a refusal")
+
+
+def did(label: str, result: dict[str, Any]) -> dict[str, Any]:
+    return {**result, "_did": label}
+
+
+def play(engine: Engine) -> Story:
+    s = Story(engine)
+    e = engine
+
+    # 1. The article's phone case: a colour difference, returned and refunded.
+    t = "phone case colour difference"
+    s.step(
+        t,
+        "order system",
+        lambda: did(
+            "order placed",
+            e.place_order(
+                "KS-1001",
+                merchant_id="shop-aurora",
+                buyer_id="buyer-lin",
+                lines=["CASE-RED-15:1:39.90:phone_accessory"],
+                at=s.at(),
+            ),
+        ),
+    )
+    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1001", at=s.at(2))))
+    case = s.step(
+        t,
+        "buyer-lin",
+        lambda: did(
+            "opened return_refund (quality.colour_difference)",
+            e.open_case(
+                "KS-1001",
+                case_type="return_refund",
+                reason="quality.colour_difference",
+                amount="39.90",
+                evidence=["photo:case-colour.jpg", "chat:20261103-lin"],
+                note="the red looks orange",
+                at=s.at(3),
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.step(
+        t,
+        "staff-7",
+        lambda: did(
+            "approved, return address given",
+            e.approve(
+                cid,
+                return_address="Aurora returns, 88 Wensan Rd, Hangzhou",
+                by="staff-7",
+                at=s.at(3, 5),
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "buyer-lin",
+        lambda: did(
+            "shipped back SF1234567890",
+            e.ship_back(cid, carrier="SF Express", waybill="SF1234567890", at=s.at(4)),
+        ),
+    )
+    s.step(
+        t,
+        "staff-7",
+        lambda: did(
+            "received, condition ok: refunded",
+            e.receive(cid, condition="ok", by="staff-7", at=s.at(6)),
+        ),
+    )
+    s.step(
+        t,
+        "buyer-lin",
+        lambda: did("rated 5", e.rate(cid, score=5, comment="quick and polite", at=s.at(6, 2))),
+    )
+
+    # 2. Refund only before shipping: approved means refunded at once.
+    t = "refund before shipping"
+    s.step(
+        t,
+        "order system",
+        lambda: did(
+            "order placed",
+            e.place_order(
+                "KS-1002",
+                merchant_id="shop-aurora",
+                buyer_id="buyer-wu",
+                lines=["CHARGER-20W:2:59.00:electronics"],
+                at=s.at(1),
+            ),
+        ),
+    )
+    case = s.step(
+        t,
+        "buyer-wu",
+        lambda: did(
+            "opened refund_only (buyer.changed_mind)",
+            e.open_case(
+                "KS-1002",
+                case_type="refund_only",
+                reason="buyer.changed_mind",
+                amount="118.00",
+                at=s.at(1, 3),
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.step(
+        t,
+        "staff-2",
+        lambda: did("approved: refunded at once", e.approve(cid, by="staff-2", at=s.at(1, 4))),
+    )
+
+    # 3. An exchange for the wrong size.
+    t = "exchange for size"
+    s.step(
+        t,
+        "order system",
+        lambda: did(
+            "order placed",
+            e.place_order(
+                "KS-1003",
+                merchant_id="shop-linen",
+                buyer_id="buyer-zhao",
+                lines=["SHIRT-M:1:129.00:apparel"],
+                at=s.at(),
+            ),
+        ),
+    )
+    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1003", at=s.at(2))))
+    case = s.step(
+        t,
+        "buyer-zhao",
+        lambda: did(
+            "opened exchange (quality.size)",
+            e.open_case(
+                "KS-1003", case_type="exchange", reason="quality.size_mismatch", at=s.at(2, 6)
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.step(t, "shop-linen", lambda: did("approved", e.approve(cid, at=s.at(3))))
+    s.step(
+        t,
+        "buyer-zhao",
+        lambda: did(
+            "shipped back", e.ship_back(cid, carrier="YTO", waybill="YT8800123", at=s.at(3, 4))
+        ),
+    )
+    s.step(
+        t, "shop-linen", lambda: did("received ok: replacement owed", e.receive(cid, at=s.at(5)))
+    )
+    s.step(
+        t,
+        "shop-linen",
+        lambda: did(
+            "replacement shipped: completed",
+            e.ship_replacement(cid, carrier="YTO", waybill="YT8800999", at=s.at(5, 3)),
+        ),
+    )
+
+    # 4. Custom-made goods: no no-reason return; a rejection; a follow-up case.
+    t = "custom-made, rejected, then a new case"
+    s.step(
+        t,
+        "order system",
+        lambda: did(
+            "order placed",
+            e.place_order(
+                "KS-1004",
+                merchant_id="shop-linen",
+                buyer_id="buyer-chen",
+                lines=["NAMEPLATE:1:88.00:custom_made"],
+                at=s.at(),
+            ),
+        ),
+    )
+    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1004", at=s.at(3))))
+    s.refused(
+        t,
+        "buyer-chen",
+        lambda: e.open_case(
+            "KS-1004",
+            case_type="return_refund",
+            reason="buyer.changed_mind",
+            amount="88.00",
+            at=s.at(4),
+        ),
+    )
+    case = s.step(
+        t,
+        "buyer-chen",
+        lambda: did(
+            "opened return_refund (quality.engraving_error)",
+            e.open_case(
+                "KS-1004",
+                case_type="return_refund",
+                reason="quality.engraving_error",
+                amount="88.00",
+                evidence=["photo:plate.jpg"],
+                at=s.at(4, 1),
+            ),
+        ),
+    )
+    first = case["case_id"]
+    s.step(
+        t,
+        "staff-3",
+        lambda: did(
+            "rejected after a call",
+            e.reject(
+                first,
+                reason="engraving matches the submitted text",
+                communication="call:20261105-1432",
+                by="staff-3",
+                at=s.at(5),
+            ),
+        ),
+    )
+    case = s.step(
+        t,
+        "buyer-chen",
+        lambda: did(
+            "opened a new case, refund_only",
+            e.open_case(
+                "KS-1004",
+                case_type="refund_only",
+                reason="quality.engraving_error",
+                amount="30.00",
+                note="partial refund agreed on the phone",
+                at=s.at(5, 2),
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.step(
+        t,
+        "staff-3",
+        lambda: did(
+            "refunded the agreed 30.00", e.refund(cid, amount="30.00", by="staff-3", at=s.at(5, 3))
+        ),
+    )
+
+    # 5. Returned goods arrive damaged: no refund, the platform must decide.
+    t = "returned goods damaged"
+    s.step(
+        t,
+        "order system",
+        lambda: did(
+            "order placed",
+            e.place_order(
+                "KS-1005",
+                merchant_id="shop-aurora",
+                buyer_id="buyer-lin",
+                lines=["EARBUDS-X:1:199.00:electronics"],
+                at=s.at(),
+            ),
+        ),
+    )
+    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1005", at=s.at(1))))
+    case = s.step(
+        t,
+        "buyer-lin",
+        lambda: did(
+            "opened return_refund (buyer.no_longer_needed)",
+            e.open_case(
+                "KS-1005",
+                case_type="return_refund",
+                reason="buyer.no_longer_needed",
+                amount="199.00",
+                at=s.at(2),
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.step(t, "staff-7", lambda: did("approved", e.approve(cid, by="staff-7", at=s.at(2, 5))))
+    s.step(
+        t,
+        "buyer-lin",
+        lambda: did("shipped back", e.ship_back(cid, carrier="ZTO", waybill="ZT55501", at=s.at(3))),
+    )
+    s.step(
+        t,
+        "staff-7",
+        lambda: did(
+            "received damaged: escalated",
+            e.receive(cid, condition="damaged", by="staff-7", at=s.at(5)),
+        ),
+    )
+
+    # 6. The merchant does not answer in 48 hours: the system approves.
+    t = "merchant silent for 48 hours"
+    s.step(
+        t,
+        "order system",
+        lambda: did(
+            "order placed",
+            e.place_order(
+                "KS-1006",
+                merchant_id="shop-linen",
+                buyer_id="buyer-wu",
+                lines=["SCARF:1:45.00:apparel"],
+                at=s.at(),
+            ),
+        ),
+    )
+    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1006", at=s.at(1))))
+    case = s.step(
+        t,
+        "buyer-wu",
+        lambda: did(
+            "opened refund_only (logistics.damaged)",
+            e.open_case(
+                "KS-1006",
+                case_type="refund_only",
+                reason="logistics.damaged",
+                amount="45.00",
+                evidence=["photo:torn-box.jpg"],
+                at=s.at(2),
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.refused(t, "staff-9", lambda: e.fire(cid, "auto_approve", at=s.at(3, 23)))
+    s.step(
+        t,
+        "system",
+        lambda: did(
+            "auto-approved at the deadline: refunded",
+            e.fire(cid, "auto_approve", at=case["due_at"]),
+        ),
+    )
+    return s
+
+
+def render(story: Story, path: Path) -> str:
+    lines = [f"aftersales demo: a fresh store at {path}", ""]
+    current = None
+    for step in story.steps:
+        if step["story"] != current:
+            current = step["story"]
+            lines.append(f"== {current}")
+        if "refused" in step:
+            lines.append(
+                f"  {step['who']:<13} refused (exit {step['exit_code']}): {step['refused']}"
+            )
+            continue
+        status = step["status"] or "-"
+        extra = f"  due {step['due_at']} -> {step['due_action']}" if step["due_at"] else ""
+        money = (
+            f"  refunded {step['refunded_amount']}"
+            if step.get("refunded_amount") not in (None, "0.00")
+            else ""
+        )
+        lines.append(f"  {step['who']:<13} {step['did']:<48} {status}{money}{extra}")
+    lines += ["", "Look closer:"]
+    lines += [
+        f"  aftersales --store sqlite:///{path} case list",
+        f"  aftersales --store sqlite:///{path} case show {story.cases['phone case colour difference']}",  # noqa: E501
+    ]
+    return "\n".join(lines)
+
+
+@click.command("demo")
+@click.option(
+    "--store-path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to create the demo's SQLite file (must not exist yet).",
+)
+@json_option
+def demo(store_path: Path | None, as_json: bool) -> None:
+    """Play the article's cases end to end on a fresh SQLite store and show what happened."""
+    if store_path is None:
+        store_path = Path(tempfile.mkdtemp(prefix="aftersales-demo-")) / "demo.db"
+    elif store_path.exists():
+        raise click.UsageError(f"{store_path} exists already; the demo wants a fresh store")
+    path = store_path.resolve()
+    with Engine(f"sqlite:///{path}") as engine:
+        story = play(engine)
+        finals = {title: engine.get_case(cid) for title, cid in story.cases.items()}
+    if as_json:
+        click.echo(to_json({"store": f"sqlite:///{path}", "steps": story.steps, "cases": finals}))
+    else:
+        click.echo(render(story, path))

@@ -1,0 +1,159 @@
+"""The one place that maps results to JSON or text, and errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import click
+from eventsourcing.persistence import PersistenceError
+
+from engine.errors import AftersalesError, StoreUnavailable
+from engine.policy import load_policy
+from engine.service import Engine
+
+Renderer = Callable[[Any], str]
+
+
+class State:
+    """What the group options set up; the engine opens on first use."""
+
+    def __init__(self, store: str | None, policy_path: str | None) -> None:
+        self.store = store
+        self.policy_path = policy_path
+        self._engine: Engine | None = None
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            try:
+                self._engine = Engine(self.store, policy=load_policy(self.policy_path))
+            except PersistenceError as exc:
+                raise StoreUnavailable(
+                    f"cannot open store {self.store or 'sqlite:///aftersales.db'}: {_one_line(exc)}"
+                ) from None
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=None, separators=(", ", ": "))
+
+
+def fail(code: str, message: str, exit_code: int, as_json: bool) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    if as_json:
+        click.echo(to_json({"error": {"code": code, "message": message}}))
+    sys.exit(exit_code)
+
+
+def emit(
+    ctx: click.Context,
+    /,
+    as_json: bool,
+    call: Callable[[Engine], Any],
+    render: Renderer,
+) -> None:
+    """Run one command against the engine and print its result, or fail with the exit code."""
+    state: State = ctx.find_object(State)  # type: ignore[assignment]
+    try:
+        result = call(state.engine())
+    except AftersalesError as exc:
+        fail(exc.code, exc.message, exc.exit_code, as_json)
+    except PersistenceError as exc:
+        fail("store_unavailable", f"the store failed: {_one_line(exc)}", 1, as_json)
+    if as_json:
+        click.echo(to_json(result))
+    else:
+        click.echo(render(result))
+
+
+# Renderers for a person -------------------------------------------------------------------------
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    return str(value)
+
+
+def render_case(case: dict[str, Any]) -> str:
+    lines = [
+        f"case {case['case_id']}  {case['status']}  (version {case['version']})",
+        f"  order {case['order_id']}  merchant {case['merchant_id']}  buyer {case['buyer_id']}",
+        f"  {case['type']}  {case['reason']}  asked {case['amount']}  "
+        f"refunded {case['refunded_amount']}"
+        + (f" by {case['refund_paid_by']}" if case["refund_paid_by"] else ""),
+    ]
+    if case["due_at"]:
+        lines.append(f"  due {case['due_at']}: {case['due_action']} if nobody acts")
+    for key in (
+        "follows",
+        "rejection",
+        "return_shipment",
+        "receipt_condition",
+        "replacement_shipment",
+        "reshipment",
+        "escalation",
+        "ruling",
+        "rating",
+    ):
+        if case.get(key):
+            lines.append(f"  {key.replace('_', ' ')}: {_cell(case[key])}")
+    allowed = case.get("allowed_actions") or []
+    lines.append(f"  allowed now: {', '.join(allowed) if allowed else 'nothing'}")
+    return "\n".join(lines)
+
+
+def render_cases(rows: list[dict[str, Any]]) -> str:
+    return table(
+        rows,
+        [
+            "case_id",
+            "order_id",
+            "merchant_id",
+            "type",
+            "status",
+            "amount",
+            "refunded_amount",
+            "due_at",
+            "due_action",
+        ],
+    )
+
+
+def render_order(order: dict[str, Any]) -> str:
+    lines = [
+        f"order {order['order_id']}  merchant {order['merchant_id']}  buyer {order['buyer_id']}  "
+        f"total {order['total']}  (version {order['version']})",
+        f"  placed {order['placed_at']}  shipped {order['shipped_at'] or '-'}  "
+        f"delivered {order['delivered_at'] or '-'}",
+        table(
+            order["lines"],
+            ["sku", "quantity", "unit_price", "category", "refunded", "open_case_id"],
+        ),
+    ]
+    return "\n".join(lines)
