@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -13,7 +14,36 @@ from commands.orders import order_group
 from commands.output import State, fail
 
 
-@click.group()
+class AftersalesGroup(click.Group):
+    """Click's own usage errors keep exit 2 and, with --json, print a JSON error too."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            result = super().main(
+                argv, prog_name or "aftersales", complete_var, standalone_mode=False, **extra
+            )
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            if "--json" in argv:
+                fail("bad_input", exc.format_message(), exc.exit_code, as_json=True)
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(result, int) and standalone_mode:
+            sys.exit(result)
+        return result
+
+
+@click.group(cls=AftersalesGroup)
 @click.option(
     "--store",
     envvar="AFTERSALES_STORE",
@@ -42,21 +72,8 @@ cli.add_command(case_group)
 cli.add_command(demo)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: click's own usage errors keep exit 2 and, with --json, a JSON error."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cli.main(args=args, prog_name="aftersales", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
-        if "--json" in args:
-            fail("bad_input", exc.format_message(), exc.exit_code, as_json=True)
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+def main() -> None:
+    cli.main()
 
 
 if __name__ == "__main__":

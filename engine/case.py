@@ -14,10 +14,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from eventsourcing.domain import BaseAggregate
-
 from engine.errors import BadInput, NotAllowed
-from engine.events import Act, Created, Deadline, Event
+from engine.events import Act, Aggregate, Created, Deadline, Event
 from engine.order import CaseLine, Order, Shipment
 from engine.policy import Policy, Stage
 from engine.values import (
@@ -185,7 +183,7 @@ STAGE_OF: Mapping[DueAction, Stage] = {
 # The aggregate ---------------------------------------------------------------------------------
 
 
-class ReturnCase(BaseAggregate[UUID]):
+class ReturnCase(Aggregate):
     if TYPE_CHECKING:  # state set by when(); see Order for why only for the type checker
         order_id: str
         order_ref: UUID
@@ -282,7 +280,7 @@ class ReturnCase(BaseAggregate[UUID]):
             )
         shipped = order.shipped_at is not None
         due = _deadline(policy, DueAction.AUTO_APPROVE, case_type, act.at, shipped=shipped)
-        case = cls._create(
+        case = cls._create_sealed(
             CaseOpened,
             id=case_id,
             status=S.AWAITING_MERCHANT,
@@ -306,6 +304,7 @@ class ReturnCase(BaseAggregate[UUID]):
 
     def when(self, event: Event) -> None:
         assert isinstance(event, CaseEvent)
+        super().when(event)
         if isinstance(event, CaseOpened):
             self.order_id = event.order_id
             self.order_ref = event.order_ref

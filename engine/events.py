@@ -7,11 +7,14 @@ key that makes a retried command change nothing. Events are stored as plain JSON
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 from uuid import UUID
 
-from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
+from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggregate
+from eventsourcing.utils import get_topic
 from pydantic import BaseModel, ConfigDict
 
 from engine.values import Actor, DueAction
@@ -30,6 +33,9 @@ class Event(BaseModel, CanMutateAggregate[UUID]):
     at: datetime
     actor: Actor
     command_id: str
+    # sha256 over this event's stored content and the previous event's hash: a chain per
+    # aggregate, so an edited, deleted or reordered stored event shows up on verification.
+    hash: str = ""
 
     def apply(self, aggregate: Any) -> None:
         aggregate.when(self)
@@ -37,6 +43,71 @@ class Event(BaseModel, CanMutateAggregate[UUID]):
 
 class Created(Event, CanInitAggregate[UUID]):
     originator_topic: str
+
+
+GENESIS_HASH = "0" * 64
+
+
+def stored_state(event: BaseModel) -> dict[str, Any]:
+    """The JSON an event is stored as (its id and version are columns of their own)."""
+    state = event.model_dump(mode="json", exclude={"originator_id", "originator_version"})
+    class_version = getattr(type(event), "class_version", 1)
+    if class_version > 1:
+        state["class_version"] = class_version
+    return state
+
+
+def chain_hash(
+    previous: str, originator_id: UUID | str, originator_version: int, state: dict[str, Any]
+) -> str:
+    """The hash of one stored event: its id, version and stored JSON (less its own hash),
+    chained to the hash of the event before it."""
+    content = {k: v for k, v in state.items() if k != "hash"}
+    payload = {
+        "originator_id": str(originator_id),
+        "originator_version": originator_version,
+        "state": content,
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((previous + canonical).encode("utf-8")).hexdigest()
+
+
+def _sealed(event: Event, previous: str) -> Event:
+    digest = chain_hash(
+        previous, event.originator_id, event.originator_version, stored_state(event)
+    )
+    return event.model_copy(update={"hash": digest})
+
+
+class Aggregate(BaseAggregate[UUID]):
+    """An aggregate whose events are sealed into a hash chain as they are recorded."""
+
+    if TYPE_CHECKING:
+        last_hash: str
+
+    @classmethod
+    def _create_sealed(cls, event_class: type[Created], *, id: UUID, **kwargs: Any) -> Self:
+        event = event_class(
+            originator_id=id,
+            originator_version=cls.INITIAL_VERSION,
+            originator_topic=get_topic(cls),
+            **kwargs,
+        )
+        sealed = _sealed(event, GENESIS_HASH)
+        aggregate = sealed.mutate(None)
+        assert isinstance(aggregate, cls)
+        aggregate.pending_events.append(sealed)
+        return aggregate
+
+    def trigger_event(self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any) -> None:
+        assert issubclass(event_class, Event)
+        event = event_class(originator_id=self.id, originator_version=self.version + 1, **kwargs)
+        sealed = _sealed(event, self.last_hash)
+        sealed.mutate(self)
+        self.pending_events.append(sealed)
+
+    def when(self, event: Event) -> None:
+        self.last_hash = event.hash
 
 
 class Deadline(BaseModel):

@@ -15,11 +15,10 @@ from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
-from eventsourcing.domain import BaseAggregate
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import BadInput, NotAllowed
-from engine.events import Act, Created, Event
+from engine.events import Act, Aggregate, Created, Event
 from engine.values import CENT, ZERO, money_str, parse_money
 
 ORDER_NAMESPACE = UUID("6f1c5c9e-3a52-4c8e-9b1e-2f8d7a4e5b10")
@@ -133,7 +132,7 @@ class CaseUnlinked(Event):
     refunded: dict[str, Decimal]
 
 
-class Order(BaseAggregate[UUID]):
+class Order(Aggregate):
     # State, set by when(); declared for the type checker only, because the library
     # turns an aggregate class with annotations into a dataclass.
     if TYPE_CHECKING:
@@ -171,7 +170,7 @@ class Order(BaseAggregate[UUID]):
         skus = [line.sku for line in lines]
         if len(set(skus)) != len(skus):
             raise BadInput(f"order {order_id}: a SKU appears on more than one line")
-        return cls._create(
+        return cls._create_sealed(
             OrderPlaced,
             id=order_uuid(order_id),
             order_id=order_id,
@@ -182,6 +181,7 @@ class Order(BaseAggregate[UUID]):
         )
 
     def when(self, event: Event) -> None:
+        super().when(event)
         self.last_at = max(event.at, getattr(self, "last_at", event.at))
         if isinstance(event, OrderPlaced):
             self.order_id = event.order_id

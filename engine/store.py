@@ -38,6 +38,7 @@ from psycopg.sql import SQL, Identifier
 from pydantic import BaseModel
 
 from engine.errors import BadInput, StoreUnavailable
+from engine.events import stored_state
 
 DEFAULT_STORE = "sqlite:///aftersales.db"
 APP_NAME = "Aftersales"
@@ -148,12 +149,7 @@ class PydanticMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         assert isinstance(domain_event, BaseModel)
-        state = domain_event.model_dump(
-            mode="json", exclude={"originator_id", "originator_version"}
-        )
-        class_version = getattr(type(domain_event), "class_version", 1)
-        if class_version > 1:
-            state["class_version"] = class_version
+        state = stored_state(domain_event)
         return StoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
