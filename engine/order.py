@@ -50,19 +50,12 @@ class OrderLine(BaseModel):
         return (self.unit_price * self.quantity).quantize(CENT)
 
 
-class CaseLine(BaseModel):
+class CaseLine(OrderLine):
     """A line a case concerns: how many units, and what they cost the buyer."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    sku: str
-    quantity: int = Field(gt=0)
-    unit_price: Decimal
-    category: str | None = None
 
     @property
     def value(self) -> Decimal:
-        return (self.unit_price * self.quantity).quantize(CENT)
+        return self.total
 
 
 class Shipment(BaseModel):

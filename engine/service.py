@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, OperationalError
@@ -409,9 +409,13 @@ class Engine:
         lines: Iterable[str] = (),
         evidence: Iterable[str] = (),
         note: str | None = None,
+        case_id: str | UUID | None = None,
         **common: Any,
     ) -> dict[str, Any]:
+        """Open a case. Its id is ``case_id`` if given, else derived from the command id (so
+        a script can name the case before it exists), else new."""
         c = Common(**common)
+        new_id = new_case_id(case_id, c.command_id)
         kind = _enum(CaseType, case_type, "--type")
         parse_reason(_text(reason, "--reason"))
         asked = _money(amount)
@@ -424,6 +428,7 @@ class Engine:
             "lines": [f"{s}:{q}" for s, q in wanted],
             "evidence": proofs,
             "note": note,
+            "case_id": str(new_id) if case_id is not None else None,
         }
 
         def attempt(command_id: str) -> tuple[ReturnCase, list[Order | ReturnCase | None], Act]:
@@ -431,8 +436,10 @@ class Engine:
             self._check_expected(order, c, f"order {order_id}")
             act = self._act(Role.BUYER, c.by or order.buyer_id, c, command_id)
             case_lines = order.case_lines(wanted)
+            if new_id in self.store.repository:
+                raise NotAllowed(f"case {new_id} exists already")
             case = ReturnCase.open(
-                uuid4(),
+                new_id,
                 order,
                 case_type=kind,
                 reason=reason,
@@ -678,6 +685,22 @@ class Engine:
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [listed_case(row) for row in self.store.query(sql, params)]
+
+
+CASE_NAMESPACE = UUID("0c7b5f3e-8d1a-4f6e-a2b9-5e4d3c2b1a09")
+
+
+def new_case_id(case_id: str | UUID | None, command_id: str | None) -> UUID:
+    if case_id is not None:
+        if isinstance(case_id, UUID):
+            return case_id
+        try:
+            return UUID(str(case_id))
+        except ValueError:
+            raise BadInput(f"--case-id {case_id!r} is not a UUID") from None
+    if command_id is not None:
+        return uuid5(CASE_NAMESPACE, f"case:{command_id}")
+    return uuid4()
 
 
 def default_actor(case: ReturnCase, role: Role) -> str:
