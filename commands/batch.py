@@ -20,14 +20,15 @@ from commands.output import State, to_json
 from engine.errors import AftersalesError
 
 # Commands a batch may not run: they are not single actions or reads.
-NOT_IN_BATCH = {"batch", "demo", "scheduler"}
+NOT_IN_BATCH = {"batch", "demo", "scheduler", "import-history", "order import"}
 
 
-class LineError(Exception):
+class LineError(AftersalesError):
+    """Why one line failed, with the error code and exit code of the command it named."""
+
     def __init__(self, code: str, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.code = code
-        self.message = message
         self.exit_code = exit_code
 
 

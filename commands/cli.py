@@ -11,6 +11,7 @@ import click
 from commands.batch import batch
 from commands.cases import case_group
 from commands.demo import demo
+from commands.imports import import_history, import_orders
 from commands.orders import order_group
 from commands.output import State, fail
 
@@ -72,6 +73,8 @@ cli.add_command(order_group)
 cli.add_command(case_group)
 cli.add_command(demo)
 cli.add_command(batch)
+cli.add_command(import_history)
+order_group.add_command(import_orders)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from psycopg.sql import SQL, Identifier
 from pydantic import BaseModel
 
 from engine.errors import BadInput, StoreUnavailable
-from engine.events import stored_state
+from engine.events import Event, stored_state
 
 DEFAULT_STORE = "sqlite:///aftersales.db"
 APP_NAME = "Aftersales"
@@ -252,12 +252,12 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
                 f"ON CONFLICT (case_id) DO UPDATE SET {updates}",
                 [sqlite_values(row) for row in cases],
             )
-        command: CommandRow | None = kwargs.get("command")
-        if command is not None:
-            c.execute(
+        commands: Sequence[CommandRow] = kwargs.get("commands", ())
+        if commands:
+            c.executemany(
                 f"INSERT INTO {COMMANDS_TABLE} ({', '.join(COMMAND_COLUMNS)}) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                sqlite_values(command),
+                [sqlite_values(command) for command in commands],
             )
         return ids
 
@@ -351,9 +351,9 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         cases: Sequence[CaseRow] = kwargs.get("cases", ())
         if cases:
             curs.executemany(self.upsert_case, cases)
-        command: CommandRow | None = kwargs.get("command")
-        if command is not None:
-            curs.execute(self.insert_command, command)
+        commands: Sequence[CommandRow] = kwargs.get("commands", ())
+        if commands:
+            curs.executemany(self.insert_command, commands)
 
 
 # The application -------------------------------------------------------------------------------
@@ -391,6 +391,44 @@ class EventStore(Application[UUID]):
         with datastore.transaction(commit=False) as c:
             c.execute(sql.replace("{t}", ""), tuple(params))
             return [dict(row) for row in c.fetchall()]
+
+    def load_many(self, ids: Sequence[UUID]) -> dict[UUID, Any]:
+        """Rebuild many aggregates with one query (for bulk paths); absent ids are left out."""
+        if not ids:
+            return {}
+        recorder = self.recorder
+        rows: list[tuple[Any, int, str, bytes]]
+        if isinstance(recorder, PostgresCaseRecorder):
+            statement = SQL(
+                "SELECT originator_id, originator_version, topic, state FROM {}.{} "
+                "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+            ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(statement, (list(ids),))
+                rows = [
+                    (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+                    for r in curs.fetchall()
+                ]
+        else:
+            assert isinstance(recorder, SQLiteCaseRecorder)
+            marks = ", ".join("?" for _ in ids)
+            with recorder.datastore.transaction(commit=False) as c:
+                c.execute(
+                    "SELECT originator_id, originator_version, topic, state FROM "
+                    f"{recorder.events_table_name} WHERE originator_id IN ({marks}) "
+                    "ORDER BY originator_id, originator_version",
+                    [i.hex for i in ids],
+                )
+                rows = [(UUID(r[0]), r[1], r[2], bytes(r[3])) for r in c.fetchall()]
+        aggregates: dict[UUID, Any] = {}
+        for originator_id, version, topic, state in rows:
+            uid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+            event = self.mapper.to_domain_event(
+                StoredEvent(originator_id=uid, originator_version=version, topic=topic, state=state)
+            )
+            assert isinstance(event, Event)
+            aggregates[uid] = event.mutate(aggregates.get(uid))
+        return aggregates
 
     @property
     def is_postgres(self) -> bool:
