@@ -322,6 +322,13 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
             updates=updates,
             **fmt,
         )
+        # Four plain arrays sent in binary: much cheaper to encode than an array of the
+        # library's composite type, for the same single INSERT ... RETURNING.
+        self.insert_events_arrays = SQL(
+            "INSERT INTO {schema}.{events} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+            "RETURNING notification_id"
+        ).format(**fmt)
         self.insert_command = SQL(
             "INSERT INTO {schema}.{commands} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)"
         ).format(columns=SQL(", ").join(Identifier(c) for c in COMMAND_COLUMNS), **fmt)
@@ -343,6 +350,25 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 if not (is_type and type_exists):
                     curs.execute(statement, prepare=False)
         self.datastore.register_type_adapters()
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        # As the library does (table lock, so notification ids commit in order; notify),
+        # then the insert itself with plain arrays.
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            self.insert_events_arrays,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+            prepare=True,
+            binary=True,
+        )
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
