@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,7 +21,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from engine.case import ReturnCase
-from engine.errors import BadInput, Conflict, NotAllowed, NotFound
+from engine.errors import AftersalesError, BadInput, Conflict, NotAllowed, NotFound
 from engine.events import Act
 from engine.order import (
     Order,
@@ -254,6 +255,7 @@ class Engine:
         *,
         policy: Policy | None = None,
         clock: Clock = system_clock,
+        cache_size: int = 10_000,
     ) -> None:
         self.store = store if isinstance(store, EventStore) else EventStore(store)
         self.policy = policy or Policy()
@@ -261,6 +263,12 @@ class Engine:
         # How many saves lost a race and were retried on the new state (for operators).
         self.retries = 0
         self.session: Session | None = None
+        # Aggregates this engine saved last, so a script acting on a case again does not
+        # read it again; see _remember. Not shared between threads: one Engine per thread.
+        self.cache_size = cache_size
+        self._cache: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self._fresh = True  # reads are always fresh; only an action's attempt may use the cache
+        self._used_cache = False
 
     def close(self) -> None:
         self.store.close()
@@ -282,11 +290,28 @@ class Engine:
     def _get(self, uid: UUID) -> Aggregate | None:
         if self.session is not None:
             return self.session.get(uid)
+        if not self._fresh:
+            cached = self._cache.get(uid)
+            if cached is not None:
+                self._cache.move_to_end(uid)
+                self._used_cache = True
+                return cached
         try:
             aggregate: Aggregate = self.store.repository.get(uid)
         except AggregateNotFoundError:
             return None
         return aggregate
+
+    def _remember(self, aggregates: Iterable[Aggregate | None]) -> None:
+        """Keep aggregates just saved. A cached one may be stale (another process may have
+        moved it on): saving on it then fails on the version and is retried fresh, and a
+        refusal is only ever reported from fresh state."""
+        for aggregate in aggregates:
+            if aggregate is not None:
+                self._cache[aggregate.id] = aggregate
+                self._cache.move_to_end(aggregate.id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     # Loading -----------------------------------------------------------------------------------
 
@@ -400,23 +425,62 @@ class Engine:
     ) -> dict[str, Any]:
         """Run one attempt after another until one saves: a concurrent writer makes the
         save fail on the aggregate's version, and the next attempt sees the new state (and
-        may then be refused by the rules). Retrying that does not resolve it is a conflict."""
-        fingerprint = common.fingerprint(action, target, args)
+        may then be refused by the rules). Retrying that does not resolve it is a conflict.
+
+        A command id is looked up only when something fails: a repeat of a command is either
+        refused by the rules (the case has moved on) or fails to save on the command id's
+        primary key, and then the first result is given again."""
+        fingerprint = common.fingerprint(action, target, args) if common.command_id else ""
         command_id = common.command_id or str(uuid4())
+        if self.session is not None:
+            return self._in_session(action, common, fingerprint, command_id, attempt)
+        fresh = False
         for _ in range(MAX_ATTEMPTS):
-            replayed = self._replay(common, fingerprint)
-            if replayed is not None:
-                return replayed
-            main, others, act = attempt(command_id)
+            self._fresh, self._used_cache = fresh, False
+            try:
+                main, others, act = attempt(command_id)
+            except AftersalesError:
+                if self._used_cache:  # decided on cached state: decide again on fresh state
+                    fresh = True
+                    continue
+                replayed = self._replay(common, fingerprint)
+                if replayed is not None:
+                    return replayed
+                raise
+            finally:
+                self._fresh = True
             try:
                 self._save(action, main, others, common, fingerprint, act)
             except (IntegrityError, OperationalError):
+                for aggregate in (main, *others):
+                    if aggregate is not None:
+                        self._cache.pop(aggregate.id, None)
+                replayed = self._replay(common, fingerprint)
+                if replayed is not None:
+                    return replayed
                 self.retries += 1
+                fresh = True
                 continue
-            if self.session is not None:
-                return {}  # bulk paths print no per-line results
+            self._remember((main, *others))
             return main.to_json()
         raise Conflict(f"{action} {target}: the case kept changing under concurrent writers")
+
+    def _in_session(
+        self,
+        action: str,
+        common: Common,
+        fingerprint: str,
+        command_id: str,
+        attempt: Callable[[str], tuple[Order | ReturnCase, list[Order | ReturnCase | None], Act]],
+    ) -> dict[str, Any]:
+        """In a unit of work nothing is saved yet, so nothing can conflict: the command ids
+        the chunk uses were fetched with it, and are checked first."""
+        replayed = self._replay(common, fingerprint)
+        if replayed is not None:
+            return replayed
+        main, others, act = attempt(command_id)
+        self._save(action, main, others, common, fingerprint, act)
+        return {}  # bulk paths print no per-line results
 
     def _check_expected(self, aggregate: Order | ReturnCase, common: Common, what: str) -> None:
         expected = common.expected_version
@@ -574,7 +638,7 @@ class Engine:
             self._check_expected(order, c, f"order {order_id}")
             act = self._act(Role.BUYER, c.by or order.buyer_id, c, command_id)
             case_lines = order.case_lines(wanted)
-            if self._get(new_id) is not None:
+            if (case_id is not None or c.command_id is not None) and self._get(new_id):
                 raise NotAllowed(f"case {new_id} exists already")
             case = ReturnCase.open(
                 new_id,
