@@ -266,6 +266,17 @@ def rate(
     emit(ctx, as_json, lambda e: e.rate(case_id, score=score, comment=comment, **opts), render_case)
 
 
+@case_group.command("recover-goods")
+@click.argument("case_id")
+@click.option("--note", default=None)
+@action_options
+@click.pass_context
+def recover_goods(ctx: click.Context, /, case_id: str, note: str | None, **kwargs: Any) -> None:
+    """The merchant got its goods back after the platform refunded an unjustified rejection."""
+    as_json, opts = common(kwargs)
+    emit(ctx, as_json, lambda e: e.recover_goods(case_id, note=note, **opts), render_case)
+
+
 @case_group.command("show")
 @click.argument("case_id")
 @json_option

@@ -125,6 +125,7 @@ def render_case(case: dict[str, Any]) -> str:
         "escalation",
         "ruling",
         "rating",
+        "ledger",
     ):
         if case.get(key):
             lines.append(f"  {key.replace('_', ' ')}: {_cell(case[key])}")

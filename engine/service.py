@@ -807,6 +807,18 @@ class Engine:
             lambda case, act: case.reship(act, shipment, note=note),
         )
 
+    def recover_goods(
+        self, case_id: str, *, note: str | None = None, **common: Any
+    ) -> dict[str, Any]:
+        return self._case_action(
+            case_id,
+            "recover-goods",
+            Role.MERCHANT,
+            Common(**common),
+            {"note": note},
+            lambda case, act: case.recover_goods(act, note=note),
+        )
+
     # Cases: the platform and the clock ----------------------------------------------------------
 
     def rule(
