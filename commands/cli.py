@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from commands.cases import case_group
+from commands.clock import scheduler, tick_command
 from commands.demo import demo
 from commands.orders import order_group
 from commands.output import State, fail
@@ -70,6 +71,8 @@ def cli(ctx: click.Context, /, store: str | None, policy_path: str | None) -> No
 cli.add_command(order_group)
 cli.add_command(case_group)
 cli.add_command(demo)
+cli.add_command(tick_command)
+cli.add_command(scheduler)
 
 
 def main() -> None:
