@@ -196,6 +196,34 @@ def test_one_late_tick_catches_up_on_a_chain_of_deadlines(engine: Engine) -> Non
     assert [t(e["at"]) for e in history[1:]] == [t(at(days=5)), t(at(days=15))]
 
 
+def test_two_due_cases_on_one_order_both_fire(engine: Engine) -> None:
+    """Two cases on different lines of one order fall due together: each releases its lines
+    on the same order, so they cannot share a save; both still fire, once each."""
+    place_delivered(engine, lines=("CASE-RED:1:39.90:phone_accessory", "GIFT:1:5.00:gift"))
+    ids = [
+        engine.open_case(
+            "KS-1",
+            case_type="refund_only",
+            reason="quality.x",
+            amount=amount,
+            lines=[sku],
+            at=at(days=3),
+        )["case_id"]
+        for sku, amount in (("CASE-RED", "39.90"), ("GIFT", "5.00"))
+    ]
+    result = tick(engine, t(at(days=5)))
+    assert sorted(d.case_id for d in result.fired) == sorted(ids)
+    assert all(
+        kinds(engine, cid) == ["CaseOpened", "CaseAutoApproved", "CaseRefunded"] for cid in ids
+    )
+    order = engine.get_order("KS-1")
+    assert all(line["open_case_id"] is None for line in order["lines"])
+    assert {line["sku"]: line["refunded"] for line in order["lines"]} == {
+        "CASE-RED": "39.90",
+        "GIFT": "5.00",
+    }
+
+
 def test_re_ticks_fire_nothing_twice(engine: Engine) -> None:
     ids = [opened(engine, "refund_only", f"KS-{i}") for i in range(5)]
     first = tick(engine, t(at(days=6)), batch=2, group=2)
