@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import time
@@ -184,6 +185,9 @@ def main() -> None:
     if not args.url.startswith("postgresql://") or "?" in args.url:
         parser.error("give a postgresql://host:port/db URL without options (the schema is ours)")
 
+    # A stop signal unwinds through the finally below, which drops the schema.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
     schema = f"bench_tick_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     store = f"{args.url}?schema={schema}"
     log(f"schema {schema}")
