@@ -10,6 +10,7 @@ import click
 
 from commands.batch import batch
 from commands.cases import case_group
+from commands.clock import scheduler, tick_command
 from commands.demo import demo
 from commands.imports import import_history, import_orders
 from commands.orders import order_group
@@ -75,6 +76,8 @@ cli.add_command(demo)
 cli.add_command(batch)
 cli.add_command(import_history)
 order_group.add_command(import_orders)
+cli.add_command(tick_command)
+cli.add_command(scheduler)
 
 
 def main() -> None:

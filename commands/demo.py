@@ -13,6 +13,7 @@ import click
 
 from commands.options import json_option
 from commands.output import to_json
+from engine.deadlines import tick
 from engine.errors import AftersalesError
 from engine.service import Engine
 
@@ -47,6 +48,26 @@ class Story:
             }
         )
         return result
+
+    def tick(self, title: str, now: str, case_id: str) -> None:
+        """The clock at ``now``: fire whatever fell due, and show the case afterwards."""
+        fired = tick(self.engine, datetime.fromisoformat(now)).fired
+        case = self.engine.get_case(case_id)
+        what = ", ".join(d.action.value for d in fired) or "nothing due yet"
+        self.steps.append(
+            {
+                "story": title,
+                "who": "system",
+                "did": f"tick at {now[:10]} {now[11:16]}: {what}",
+                "status": case["status"],
+                "case_id": case_id,
+                "order_id": case["order_id"],
+                "refunded_amount": case["refunded_amount"],
+                "due_at": case["due_at"],
+                "due_action": case["due_action"],
+                "fired": [d.to_json() for d in fired],
+            }
+        )
 
     def refused(self, title: str, who: str, call: Callable[[], object]) -> None:
         try:
@@ -383,15 +404,43 @@ def play(engine: Engine) -> Story:
         ),
     )
     cid = s.cases[t] = case["case_id"]
-    s.refused(t, "staff-9", lambda: e.fire(cid, "auto_approve", at=s.at(3, 23)))
+    s.tick(t, s.at(3, 23), cid)  # hour 47: nothing is due yet
+    s.tick(t, s.at(4), cid)  # hour 48: the system approves, and refund only refunds
+
+    # 7. Nobody acts on a return: auto-approved, then the buyer never ships it back.
+    t = "return never shipped back"
     s.step(
         t,
-        "system",
+        "order system",
         lambda: did(
-            "auto-approved at the deadline: refunded",
-            e.fire(cid, "auto_approve", at=case["due_at"]),
+            "order placed",
+            e.place_order(
+                "KS-1007",
+                merchant_id="shop-aurora",
+                buyer_id="buyer-chen",
+                lines=["LAMP-DESK:1:89.00:home"],
+                at=s.at(),
+            ),
         ),
     )
+    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1007", at=s.at(2))))
+    case = s.step(
+        t,
+        "buyer-chen",
+        lambda: did(
+            "opened return_refund (quality.flickering)",
+            e.open_case(
+                "KS-1007",
+                case_type="return_refund",
+                reason="quality.flickering",
+                amount="89.00",
+                at=s.at(3),
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.tick(t, s.at(5), cid)  # the merchant let 48 hours pass: the buyer's 10 days start now
+    s.tick(t, s.at(15), cid)  # 10 days later, no waybill: the system closes the case
     return s
 
 
