@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from commands.audit import audit
 from commands.cases import case_group
 from commands.demo import demo
 from commands.orders import order_group
@@ -70,6 +71,7 @@ def cli(ctx: click.Context, /, store: str | None, policy_path: str | None) -> No
 cli.add_command(order_group)
 cli.add_command(case_group)
 cli.add_command(demo)
+cli.add_command(audit)
 
 
 def main() -> None:
