@@ -28,6 +28,11 @@ def case_group() -> None:
 @click.option("--line", "lines", multiple=True, help="SKU[:QTY] the case concerns (default: all)")
 @click.option("--evidence", multiple=True, help="A reference to a photo, chat log, ...")
 @click.option("--note", default=None)
+@click.option(
+    "--case-id",
+    default=None,
+    help="A UUID for the new case (default: from --command-id, else new).",
+)
 @action_options
 @click.pass_context
 def open_case(
@@ -40,6 +45,7 @@ def open_case(
     lines: tuple[str, ...],
     evidence: tuple[str, ...],
     note: str | None,
+    case_id: str | None,
     **kwargs: Any,
 ) -> None:
     """The buyer asks for a refund, a return, an exchange or a reship."""
@@ -55,6 +61,7 @@ def open_case(
             lines=list(lines),
             evidence=list(evidence),
             note=note,
+            case_id=case_id,
             **opts,
         ),
         render_case,
@@ -257,6 +264,17 @@ def rate(
     """The buyer rates the service once the case has ended (once)."""
     as_json, opts = common(kwargs)
     emit(ctx, as_json, lambda e: e.rate(case_id, score=score, comment=comment, **opts), render_case)
+
+
+@case_group.command("recover-goods")
+@click.argument("case_id")
+@click.option("--note", default=None)
+@action_options
+@click.pass_context
+def recover_goods(ctx: click.Context, /, case_id: str, note: str | None, **kwargs: Any) -> None:
+    """The merchant got its goods back after the platform refunded an unjustified rejection."""
+    as_json, opts = common(kwargs)
+    emit(ctx, as_json, lambda e: e.recover_goods(case_id, note=note, **opts), render_case)
 
 
 @case_group.command("show")

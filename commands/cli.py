@@ -9,8 +9,10 @@ from typing import Any
 import click
 
 from commands.audit import audit
+from commands.batch import batch
 from commands.cases import case_group
 from commands.demo import demo
+from commands.imports import import_history, import_orders
 from commands.orders import order_group
 from commands.output import State, fail
 
@@ -71,6 +73,9 @@ def cli(ctx: click.Context, /, store: str | None, policy_path: str | None) -> No
 cli.add_command(order_group)
 cli.add_command(case_group)
 cli.add_command(demo)
+cli.add_command(batch)
+cli.add_command(import_history)
+order_group.add_command(import_orders)
 cli.add_command(audit)
 
 

@@ -24,6 +24,8 @@ class State:
         self.store = store
         self.policy_path = policy_path
         self._engine: Engine | None = None
+        # Set by `batch`: results are handed here and errors raised, instead of printed.
+        self.collect: Callable[[Any], None] | None = None
 
     def engine(self) -> Engine:
         if self._engine is None:
@@ -65,6 +67,9 @@ def emit(
 ) -> None:
     """Run one command against the engine and print its result, or fail with the exit code."""
     state: State = ctx.find_object(State)  # type: ignore[assignment]
+    if state.collect is not None:
+        state.collect(call(state.engine()))
+        return
     try:
         result = call(state.engine())
     except AftersalesError as exc:
@@ -120,6 +125,7 @@ def render_case(case: dict[str, Any]) -> str:
         "escalation",
         "ruling",
         "rating",
+        "ledger",
     ):
         if case.get(key):
             lines.append(f"  {key.replace('_', ' ')}: {_cell(case[key])}")

@@ -55,6 +55,7 @@ ALLOWED_FROM: Mapping[str, frozenset[Status]] = {
     "escalate": frozenset(AWAITING_STATUSES | {S.REJECTED}),
     "rule": frozenset({S.ESCALATED}),
     "rate": FINAL_STATUSES,
+    "recover-goods": frozenset({S.REFUNDED}),
     DueAction.AUTO_APPROVE.value: frozenset({S.AWAITING_MERCHANT}),
     DueAction.AUTO_CLOSE.value: frozenset({S.AWAITING_BUYER_SHIPMENT}),
     DueAction.AUTO_REFUND.value: frozenset({S.AWAITING_MERCHANT_RECEIPT}),
@@ -145,6 +146,29 @@ class CaseRuled(CaseEvent):
     freight_on_merchant: bool = False
 
 
+class FreightCharged(CaseEvent):
+    """Freight a party bears: the merchant pays both legs when a wrong item is upheld."""
+
+    amount: Decimal
+    legs: int
+    payer: Party
+    payee: Party
+
+
+class LateShipmentPenalty(CaseEvent):
+    """Compensation for a late shipment, recorded against the merchant."""
+
+    amount: Decimal
+    payer: Party
+    payee: Party
+
+
+class GoodsRecovered(CaseEvent):
+    """After the platform refunded an unjustified rejection, the merchant got the goods back."""
+
+    note: str | None = None
+
+
 class CaseRated(CaseEvent):
     score: int
     comment: str | None = None
@@ -213,6 +237,8 @@ class ReturnCase(Aggregate):
         ruling: dict[str, Any] | None
         freight_on_merchant: bool
         late_shipment: bool
+        goods_recovered: bool
+        ledger: list[dict[str, Any]]
         rating: dict[str, Any] | None
         policy_version: str | None
 
@@ -266,7 +292,8 @@ class ReturnCase(Aggregate):
                         f"{window_end.isoformat()}: a buyer.* reason is no longer accepted"
                     )
         order.check_lines_free(lines)
-        refundable = order.refundable(lines)
+        listed = policy.listed_price_categories if group is ReasonGroup.MISSING_ITEMS else ()
+        refundable = order.refundable(lines, listed)
         if amount is None:
             if case_type in (CaseType.REFUND_ONLY, CaseType.RETURN_REFUND):
                 raise BadInput(f"a {case_type} case needs --amount")
@@ -332,6 +359,8 @@ class ReturnCase(Aggregate):
             self.ruling = None
             self.freight_on_merchant = False
             self.late_shipment = False
+            self.goods_recovered = False
+            self.ledger = []
             self.rating = None
             self.policy_version = None
         self.status = event.status
@@ -350,6 +379,20 @@ class ReturnCase(Aggregate):
         elif isinstance(event, CaseRefunded):
             self.refunded_amount += event.amount
             self.refund_paid_by = event.paid_by
+            self._entry(
+                event,
+                "refund",
+                event.amount,
+                event.paid_by,
+                Party.BUYER,
+                owed_by=event.owed_by.value,
+            )
+        elif isinstance(event, FreightCharged):
+            self._entry(event, "freight", event.amount, event.payer, event.payee, legs=event.legs)
+        elif isinstance(event, LateShipmentPenalty):
+            self._entry(event, "late_shipment_penalty", event.amount, event.payer, event.payee)
+        elif isinstance(event, GoodsRecovered):
+            self.goods_recovered = True
         elif isinstance(event, ReplacementShipped):
             self.replacement_shipment = event.shipment
         elif isinstance(event, MissingItemsReshipped):
@@ -376,13 +419,41 @@ class ReturnCase(Aggregate):
         elif isinstance(event, CaseRated):
             self.rating = {"score": event.score, "comment": event.comment}
 
+    def _entry(
+        self, event: CaseEvent, kind: str, amount: Decimal, payer: Party, payee: Party, **more: Any
+    ) -> None:
+        self.ledger.append(
+            {
+                "type": kind,
+                "amount": money_str(amount),
+                "payer": payer.value,
+                "payee": payee.value,
+                "at": event.at.isoformat(),
+                "version": event.originator_version,
+                **more,
+            }
+        )
+
     # Shared checks ----------------------------------------------------------------------------
 
     def allowed_now(self) -> list[str]:
         allowed = [a for a in PERSON_ACTIONS if self.status in ALLOWED_FROM[a]]
         if self.rating is not None and "rate" in allowed:
             allowed.remove("rate")
+        if "recover-goods" in allowed and not self.goods_to_recover:
+            allowed.remove("recover-goods")
         return allowed
+
+    @property
+    def goods_to_recover(self) -> bool:
+        """The platform refunded the buyer on a ruling that left the goods with the buyer."""
+        ruling = self.ruling or {}
+        return (
+            ruling.get("for") == Party.BUYER.value
+            and ruling.get("claim") in (Claim.UNJUSTIFIED_REJECTION.value, Claim.OTHER.value)
+            and self.refund_paid_by is Party.PLATFORM
+            and not self.goods_recovered
+        )
 
     def _check(self, action: str, act: Act) -> None:
         if self.status not in ALLOWED_FROM[action]:
@@ -531,6 +602,19 @@ class ReturnCase(Aggregate):
             raise BadInput(f"score {score} must be 1 to 5")
         self._record(CaseRated, act, status=self.status, due=self.due, score=score, comment=comment)
 
+    def recover_goods(self, act: Act, *, note: str | None = None) -> None:
+        """After the platform refunded an unjustified rejection, the merchant records that it
+        got its goods back from the buyer."""
+        self._check("recover-goods", act)
+        if self.goods_recovered:
+            raise NotAllowed(f"case {self.id}: the goods were already recovered")
+        if not self.goods_to_recover:
+            raise NotAllowed(
+                f"case {self.id}: goods are recovered only after the platform refunded the "
+                "buyer on an unjustified rejection"
+            )
+        self._record(GoodsRecovered, act, status=self.status, note=note)
+
     # The platform ------------------------------------------------------------------------------
 
     def rule(
@@ -558,6 +642,16 @@ class ReturnCase(Aggregate):
                 freight_on_merchant=True,
                 **base,
             )
+            self._record(
+                FreightCharged,
+                act,
+                status=S.AWAITING_BUYER_SHIPMENT,
+                due=due,
+                amount=policy.freight_per_leg * 2,
+                legs=2,
+                payer=Party.MERCHANT,
+                payee=Party.BUYER,
+            )
         else:
             self._record(CaseRuled, act, status=S.REFUNDED, **base)
             self._refund(act, self.amount, paid_by=Party.PLATFORM)
@@ -584,6 +678,14 @@ class ReturnCase(Aggregate):
             self._refund(act, self.amount, paid_by=Party.MERCHANT)
         else:
             self._record(ReshipOverdue, act, status=S.REFUNDED, fired=due)
+            self._record(
+                LateShipmentPenalty,
+                act,
+                status=S.REFUNDED,
+                amount=policy.late_shipment_penalty,
+                payer=Party.MERCHANT,
+                payee=Party.BUYER,
+            )
             self._refund(act, self.amount, paid_by=Party.PLATFORM)
 
     # Views ---------------------------------------------------------------------------------------
@@ -628,6 +730,8 @@ class ReturnCase(Aggregate):
             "ruling": self.ruling,
             "freight_on_merchant": self.freight_on_merchant,
             "late_shipment": self.late_shipment,
+            "goods_recovered": self.goods_recovered,
+            "ledger": self.ledger,
             "rating": self.rating,
             "policy_version": self.policy_version,
             "allowed_actions": self.allowed_now(),

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggregate
 from eventsourcing.utils import get_topic
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from engine.values import Actor, DueAction
 
@@ -36,6 +36,8 @@ class Event(BaseModel, CanMutateAggregate[UUID]):
     # sha256 over this event's stored content and the previous event's hash: a chain per
     # aggregate, so an edited, deleted or reordered stored event shows up on verification.
     hash: str = ""
+    # The JSON the event was sealed with, kept so storing it does not dump it again.
+    _stored: dict[str, Any] | None = PrivateAttr(default=None)
 
     def apply(self, aggregate: Any) -> None:
         aggregate.when(self)
@@ -50,6 +52,9 @@ GENESIS_HASH = "0" * 64
 
 def stored_state(event: BaseModel) -> dict[str, Any]:
     """The JSON an event is stored as (its id and version are columns of their own)."""
+    kept = event._stored if isinstance(event, Event) else None
+    if kept is not None:
+        return kept
     state = event.model_dump(mode="json", exclude={"originator_id", "originator_version"})
     class_version = getattr(type(event), "class_version", 1)
     if class_version > 1:

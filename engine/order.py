@@ -44,25 +44,21 @@ class OrderLine(BaseModel):
     quantity: int = Field(gt=0)
     unit_price: Decimal
     category: str | None = None
+    # The price on the product page, for gifts and accessories the buyer paid little or
+    # nothing for: what the platform pays first when they go missing.
+    list_price: Decimal | None = None
 
     @property
     def total(self) -> Decimal:
         return (self.unit_price * self.quantity).quantize(CENT)
 
 
-class CaseLine(BaseModel):
+class CaseLine(OrderLine):
     """A line a case concerns: how many units, and what they cost the buyer."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    sku: str
-    quantity: int = Field(gt=0)
-    unit_price: Decimal
-    category: str | None = None
 
     @property
     def value(self) -> Decimal:
-        return (self.unit_price * self.quantity).quantize(CENT)
+        return self.total
 
 
 class Shipment(BaseModel):
@@ -73,20 +69,26 @@ class Shipment(BaseModel):
 
 
 def parse_order_line(text: str) -> OrderLine:
-    """``SKU:QTY:UNIT_PRICE[:CATEGORY]``, as the command line takes it."""
+    """``SKU:QTY:UNIT_PRICE[:CATEGORY[:LIST_PRICE]]``, as the command line takes it."""
     parts = text.split(":")
-    if len(parts) not in (3, 4):
-        raise BadInput(f"line {text!r} is not SKU:QTY:UNIT_PRICE[:CATEGORY]")
+    if len(parts) not in (3, 4, 5):
+        raise BadInput(f"line {text!r} is not SKU:QTY:UNIT_PRICE[:CATEGORY[:LIST_PRICE]]")
     sku, qty, price = parts[0].strip(), parts[1].strip(), parts[2]
     if not _SKU.match(sku):
         raise BadInput(f"line {text!r}: SKU {sku!r} is not a valid SKU")
     if not qty.isdigit() or int(qty) <= 0:
         raise BadInput(f"line {text!r}: quantity {qty!r} is not a whole number above 0")
     unit_price = parse_money(price, "unit price")
-    if unit_price <= ZERO:
-        raise BadInput(f"line {text!r}: unit price must be more than 0")
-    category = parts[3].strip() if len(parts) == 4 and parts[3].strip() else None
-    return OrderLine(sku=sku, quantity=int(qty), unit_price=unit_price, category=category)
+    category = parts[3].strip() if len(parts) >= 4 and parts[3].strip() else None
+    list_price = parse_money(parts[4], "list price") if len(parts) == 5 else None
+    if unit_price <= ZERO and not list_price:
+        raise BadInput(
+            f"line {text!r}: unit price must be more than 0 (a free gift needs "
+            "its list price: SKU:QTY:0.00:gift:LIST_PRICE)"
+        )
+    return OrderLine(
+        sku=sku, quantity=int(qty), unit_price=unit_price, category=category, list_price=list_price
+    )
 
 
 def parse_case_line(text: str) -> tuple[str, int | None]:
@@ -264,16 +266,24 @@ class Order(Aggregate):
                     quantity=quantity,
                     unit_price=line.unit_price,
                     category=line.category,
+                    list_price=line.list_price,
                 )
             )
         return result
 
-    def refundable(self, lines: list[CaseLine]) -> Decimal:
-        """What was paid for these units, less what earlier cases refunded on their lines."""
+    def refundable(self, lines: list[CaseLine], listed: tuple[str, ...] = ()) -> Decimal:
+        """What was paid for these units, less what earlier cases refunded on their lines.
+        Lines whose category is ``listed`` count at their list price instead (missing gifts
+        and accessories are made good at the price on the product page)."""
         total = ZERO
         for line in lines:
-            left = self.lines[line.sku].total - self.refunded.get(line.sku, ZERO)
-            total += max(ZERO, min(line.value, left))
+            order_line = self.lines[line.sku]
+            worth, whole = line.value, order_line.total
+            if line.category in listed and line.list_price is not None:
+                worth = (line.list_price * line.quantity).quantize(CENT)
+                whole = (line.list_price * order_line.quantity).quantize(CENT)
+            left = whole - self.refunded.get(line.sku, ZERO)
+            total += max(ZERO, min(worth, left))
         return total
 
     def check_lines_free(self, lines: list[CaseLine]) -> None:
@@ -324,6 +334,7 @@ class Order(Aggregate):
                     "quantity": line.quantity,
                     "unit_price": money_str(line.unit_price),
                     "category": line.category,
+                    "list_price": money_str(line.list_price) if line.list_price else None,
                     "refunded": money_str(self.refunded.get(line.sku, ZERO)),
                     "open_case_id": str(self.holders[line.sku])
                     if line.sku in self.holders

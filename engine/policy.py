@@ -11,13 +11,29 @@ import hashlib
 import json
 import tomllib
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from engine.errors import BadInput
-from engine.values import CaseType
+from engine.values import CaseType, parse_money
+
+
+def _money(value: Any) -> Decimal:
+    """Money in a policy file is a string ("10.00") or a whole number, never a float."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError('money must be a string such as "10.00" or a whole number')
+    try:
+        return parse_money(str(value))
+    except BadInput as exc:
+        raise ValueError(exc.message) from None
+
+
+Money = Annotated[Decimal, BeforeValidator(_money)]
 
 Stage = Literal["merchant_review", "buyer_shipment", "merchant_receipt", "reshipment"]
 STAGES: tuple[Stage, ...] = ("merchant_review", "buyer_shipment", "merchant_receipt", "reshipment")
@@ -63,6 +79,12 @@ class Policy(BaseModel):
         "intimate",
         "digital",
     )
+    # Missing items of these categories are made good at their list price.
+    listed_price_categories: tuple[str, ...] = ("gift", "accessory")
+    # Wrong item upheld: the merchant bears the freight both ways, this much a leg.
+    freight_per_leg: Money = Decimal("10.00")
+    # Reship overdue: the late-shipment compensation the merchant owes the buyer.
+    late_shipment_penalty: Money = Decimal("5.00")
     windows: Windows = DEFAULT_WINDOWS
     by_type: dict[CaseType, TypeWindows] = Field(default_factory=dict)
 

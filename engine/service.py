@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from engine.case import ReturnCase
-from engine.errors import BadInput, Conflict, NotAllowed, NotFound
+from engine.errors import AftersalesError, BadInput, Conflict, NotAllowed, NotFound
 from engine.events import Act
 from engine.order import (
     Order,
@@ -147,6 +148,104 @@ class Common:
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
+Aggregate = Order | ReturnCase
+
+
+class Session:
+    """A unit of work for bulk paths: actions run against aggregates kept in memory, and
+    everything they record is saved in one transaction by ``flush()``. Every rule is
+    checked as usual; the domain checks before it records, so a refused action leaves the
+    aggregates as they were."""
+
+    def __init__(self, engine: Engine, cache_size: int) -> None:
+        self.engine = engine
+        self.cache_size = cache_size
+        self.aggregates: dict[UUID, Aggregate] = {}
+        self.absent: set[UUID] = set()
+        self.touched: dict[UUID, Aggregate] = {}
+        self.commands: dict[str, tuple[CommandRow, dict[str, Any]]] = {}
+        self.known_commands: dict[str, dict[str, Any]] = {}
+        self.events = 0
+
+    def prefetch(self, ids: Iterable[UUID]) -> None:
+        """Load, with one query, the aggregates not yet in memory; remember the absent."""
+        wanted = [
+            i for i in dict.fromkeys(ids) if i not in self.aggregates and i not in self.absent
+        ]
+        if not wanted:
+            return
+        found = self.engine.store.load_many(wanted)
+        self.aggregates.update(found)
+        self.absent.update(i for i in wanted if i not in found)
+
+    def prefetch_commands(self, command_ids: Iterable[str]) -> None:
+        wanted = [c for c in dict.fromkeys(command_ids) if c not in self.known_commands]
+        if not wanted:
+            return
+        marks = ", ".join("?" for _ in wanted)
+        rows = self.engine.store.query(
+            "SELECT command_id, action, target_id, fingerprint, version "
+            f"FROM {{t}}aftersales_commands WHERE command_id IN ({marks})",
+            wanted,
+        )
+        found = {row["command_id"]: row for row in rows}
+        for command_id in wanted:
+            self.known_commands[command_id] = found.get(command_id, {})
+
+    def find_command(self, command_id: str) -> dict[str, Any] | None:
+        if command_id in self.commands:
+            return self.commands[command_id][1]
+        known = self.known_commands.get(command_id)
+        if known is not None:
+            return known or None
+        return self.engine.find_command(command_id)
+
+    def get(self, uid: UUID) -> Aggregate | None:
+        if uid in self.aggregates:
+            return self.aggregates[uid]
+        if uid in self.absent:
+            return None
+        self.prefetch([uid])
+        return self.aggregates.get(uid)
+
+    def stage(self, aggregates: Sequence[Aggregate | None], command: CommandRow | None) -> None:
+        for aggregate in aggregates:
+            if aggregate is not None:
+                self.aggregates[aggregate.id] = aggregate
+                self.absent.discard(aggregate.id)
+                self.touched[aggregate.id] = aggregate
+        if command is not None:
+            row = command._asdict()
+            self.commands[command.command_id] = (command, row)
+
+    def flush(self) -> int:
+        """Save everything recorded since the last flush in one transaction."""
+        touched = list(self.touched.values())
+        cases = [case_row(a) for a in touched if isinstance(a, ReturnCase)]
+        commands = [c for c, _ in self.commands.values()]
+        count = sum(len(a.pending_events) for a in touched)
+        if touched:
+            self.engine.store.save(*touched, cases=cases, commands=commands)
+        self.touched.clear()
+        self.commands.clear()
+        self.known_commands.clear()
+        self.events += count
+        if len(self.aggregates) > self.cache_size:  # keep memory flat on long imports
+            for uid in list(self.aggregates)[: len(self.aggregates) - self.cache_size // 2]:
+                del self.aggregates[uid]
+        if len(self.absent) > self.cache_size:
+            self.absent.clear()
+        return count
+
+    def discard(self) -> None:
+        """Forget what was not saved (after a failed flush): the store is the truth."""
+        self.aggregates.clear()
+        self.absent.clear()
+        self.touched.clear()
+        self.commands.clear()
+        self.known_commands.clear()
+
+
 class Engine:
     """One store, one policy, one clock: the after-sales workflow behind every command."""
 
@@ -156,12 +255,20 @@ class Engine:
         *,
         policy: Policy | None = None,
         clock: Clock = system_clock,
+        cache_size: int = 10_000,
     ) -> None:
         self.store = store if isinstance(store, EventStore) else EventStore(store)
         self.policy = policy or Policy()
         self.clock = clock
         # How many saves lost a race and were retried on the new state (for operators).
         self.retries = 0
+        self.session: Session | None = None
+        # Aggregates this engine saved last, so a script acting on a case again does not
+        # read it again; see _remember. Not shared between threads: one Engine per thread.
+        self.cache_size = cache_size
+        self._cache: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self._fresh = True  # reads are always fresh; only an action's attempt may use the cache
+        self._used_cache = False
 
     def close(self) -> None:
         self.store.close()
@@ -172,22 +279,59 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def begin_session(self, cache_size: int = 20_000) -> Session:
+        """Start a unit of work: actions from now on are kept until ``session.flush()``."""
+        self.session = Session(self, cache_size)
+        return self.session
+
+    def end_session(self) -> None:
+        self.session = None
+
+    def _get(self, uid: UUID) -> Aggregate | None:
+        if self.session is not None:
+            return self.session.get(uid)
+        if not self._fresh:
+            cached = self._cache.get(uid)
+            if cached is not None:
+                self._cache.move_to_end(uid)
+                self._used_cache = True
+                return cached
+        try:
+            aggregate: Aggregate = self.store.repository.get(uid)
+        except AggregateNotFoundError:
+            return None
+        return aggregate
+
+    def _remember(self, aggregates: Iterable[Aggregate | None]) -> None:
+        """Keep aggregates just saved. A cached one may be stale (another process may have
+        moved it on): saving on it then fails on the version and is retried fresh, and a
+        refusal is only ever reported from fresh state."""
+        for aggregate in aggregates:
+            if aggregate is not None:
+                self._cache[aggregate.id] = aggregate
+                self._cache.move_to_end(aggregate.id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
     # Loading -----------------------------------------------------------------------------------
 
     def load_order(self, order_id: str) -> Order:
         check_order_id(order_id)
-        try:
-            order: Order = self.store.repository.get(order_uuid(order_id))
-        except AggregateNotFoundError:
-            raise NotFound(f"no order {order_id}") from None
+        order = self._get(order_uuid(order_id))
+        if not isinstance(order, Order):
+            raise NotFound(f"no order {order_id}")
         return order
 
     def load_case(self, case_id: str | UUID, version: int | None = None) -> ReturnCase:
         uid = self._case_uuid(case_id)
-        try:
-            case: ReturnCase = self.store.repository.get(uid, version=version)
-        except AggregateNotFoundError:
-            raise NotFound(f"no case {case_id}") from None
+        case: Aggregate | None
+        if version is None:
+            case = self._get(uid)
+        else:
+            try:
+                case = self.store.repository.get(uid, version=version)
+            except AggregateNotFoundError:
+                case = None
         if not isinstance(case, ReturnCase):
             raise NotFound(f"no case {case_id}")
         return case
@@ -212,7 +356,7 @@ class Engine:
             recorded_at=now,
         )
 
-    def _find_command(self, command_id: str) -> dict[str, Any] | None:
+    def find_command(self, command_id: str) -> dict[str, Any] | None:
         rows = self.store.query(
             "SELECT action, target_id, fingerprint, version FROM {t}aftersales_commands "
             "WHERE command_id = ?",
@@ -224,7 +368,11 @@ class Engine:
         """The first result of a command id already used, or None if it is new."""
         if common.command_id is None:
             return None
-        row = self._find_command(common.command_id)
+        session = self.session
+        if session is not None:
+            row = session.find_command(common.command_id)
+        else:
+            row = self.find_command(common.command_id)
         if row is None:
             return None
         if row["fingerprint"] != fingerprint:
@@ -232,6 +380,8 @@ class Engine:
                 f"command id {common.command_id} was already used for a different "
                 f"{row['action']} (on {row['target_id']}); use a new command id"
             )
+        if session is not None:
+            return {"replayed": common.command_id}  # bulk paths print no per-line results
         version = int(row["version"])
         if row["action"].startswith("order "):
             order: Order = self.store.repository.get(UUID(row["target_id"]), version=version)
@@ -247,7 +397,6 @@ class Engine:
         fingerprint: str,
         act: Act,
     ) -> None:
-        cases = [case_row(a) for a in (target, *others) if isinstance(a, ReturnCase)]
         command = None
         if common.command_id is not None:
             command = CommandRow(
@@ -258,7 +407,13 @@ class Engine:
                 version=target.version,
                 recorded_at=act.recorded_at,
             )
-        self.store.save(target, *others, cases=cases, command=command)
+        if self.session is not None:
+            self.session.stage([target, *others], command)
+            return
+        cases = [case_row(a) for a in (target, *others) if isinstance(a, ReturnCase)]
+        self.store.save(
+            target, *others, cases=cases, commands=[command] if command is not None else []
+        )
 
     def _retrying(
         self,
@@ -270,21 +425,62 @@ class Engine:
     ) -> dict[str, Any]:
         """Run one attempt after another until one saves: a concurrent writer makes the
         save fail on the aggregate's version, and the next attempt sees the new state (and
-        may then be refused by the rules). Retrying that does not resolve it is a conflict."""
-        fingerprint = common.fingerprint(action, target, args)
+        may then be refused by the rules). Retrying that does not resolve it is a conflict.
+
+        A command id is looked up only when something fails: a repeat of a command is either
+        refused by the rules (the case has moved on) or fails to save on the command id's
+        primary key, and then the first result is given again."""
+        fingerprint = common.fingerprint(action, target, args) if common.command_id else ""
         command_id = common.command_id or str(uuid4())
+        if self.session is not None:
+            return self._in_session(action, common, fingerprint, command_id, attempt)
+        fresh = False
         for _ in range(MAX_ATTEMPTS):
-            replayed = self._replay(common, fingerprint)
-            if replayed is not None:
-                return replayed
-            main, others, act = attempt(command_id)
+            self._fresh, self._used_cache = fresh, False
+            try:
+                main, others, act = attempt(command_id)
+            except AftersalesError:
+                if self._used_cache:  # decided on cached state: decide again on fresh state
+                    fresh = True
+                    continue
+                replayed = self._replay(common, fingerprint)
+                if replayed is not None:
+                    return replayed
+                raise
+            finally:
+                self._fresh = True
             try:
                 self._save(action, main, others, common, fingerprint, act)
             except (IntegrityError, OperationalError):
+                for aggregate in (main, *others):
+                    if aggregate is not None:
+                        self._cache.pop(aggregate.id, None)
+                replayed = self._replay(common, fingerprint)
+                if replayed is not None:
+                    return replayed
                 self.retries += 1
+                fresh = True
                 continue
+            self._remember((main, *others))
             return main.to_json()
         raise Conflict(f"{action} {target}: the case kept changing under concurrent writers")
+
+    def _in_session(
+        self,
+        action: str,
+        common: Common,
+        fingerprint: str,
+        command_id: str,
+        attempt: Callable[[str], tuple[Order | ReturnCase, list[Order | ReturnCase | None], Act]],
+    ) -> dict[str, Any]:
+        """In a unit of work nothing is saved yet, so nothing can conflict: the command ids
+        the chunk uses were fetched with it, and are checked first."""
+        replayed = self._replay(common, fingerprint)
+        if replayed is not None:
+            return replayed
+        main, others, act = attempt(command_id)
+        self._save(action, main, others, common, fingerprint, act)
+        return {}  # bulk paths print no per-line results
 
     def _check_expected(self, aggregate: Order | ReturnCase, common: Common, what: str) -> None:
         expected = common.expected_version
@@ -311,10 +507,16 @@ class Engine:
             act = self._act(role, common.by or default_actor(case, role), common, command_id)
             holding = case.holds_lines
             refunded = case.refunded_amount
+            # A rejected case that is escalated takes its lines back: check they are free
+            # before acting, so every check comes before anything is recorded.
+            order = self.load_order(case.order_id) if case.status is Status.REJECTED else None
+            if order is not None:
+                order.check_lines_free(list(case.lines))
             do(case, act)
-            order: Order | None = None
-            if holding != case.holds_lines:
-                order = self.load_order(case.order_id)
+            if holding == case.holds_lines:
+                order = None
+            else:
+                order = order or self.load_order(case.order_id)
                 lines = list(case.lines)
                 if holding:
                     order.unlink_case(
@@ -360,7 +562,7 @@ class Engine:
         args = {"merchant": merchant_id, "buyer": buyer_id, "lines": parsed}
 
         def attempt(command_id: str) -> tuple[Order, list[Order | ReturnCase | None], Act]:
-            if order_uuid(order_id) in self.store.repository:
+            if self._get(order_uuid(order_id)) is not None:
                 raise NotAllowed(f"order {order_id} is already placed")
             act = self._act(Role.PLATFORM, c.by or "order-system", c, command_id)
             order = Order.place(
@@ -409,9 +611,13 @@ class Engine:
         lines: Iterable[str] = (),
         evidence: Iterable[str] = (),
         note: str | None = None,
+        case_id: str | UUID | None = None,
         **common: Any,
     ) -> dict[str, Any]:
+        """Open a case. Its id is ``case_id`` if given, else derived from the command id (so
+        a script can name the case before it exists), else new."""
         c = Common(**common)
+        new_id = new_case_id(case_id, c.command_id)
         kind = _enum(CaseType, case_type, "--type")
         parse_reason(_text(reason, "--reason"))
         asked = _money(amount)
@@ -424,6 +630,7 @@ class Engine:
             "lines": [f"{s}:{q}" for s, q in wanted],
             "evidence": proofs,
             "note": note,
+            "case_id": str(new_id) if case_id is not None else None,
         }
 
         def attempt(command_id: str) -> tuple[ReturnCase, list[Order | ReturnCase | None], Act]:
@@ -431,8 +638,10 @@ class Engine:
             self._check_expected(order, c, f"order {order_id}")
             act = self._act(Role.BUYER, c.by or order.buyer_id, c, command_id)
             case_lines = order.case_lines(wanted)
+            if (case_id is not None or c.command_id is not None) and self._get(new_id):
+                raise NotAllowed(f"case {new_id} exists already")
             case = ReturnCase.open(
-                uuid4(),
+                new_id,
                 order,
                 case_type=kind,
                 reason=reason,
@@ -598,6 +807,18 @@ class Engine:
             lambda case, act: case.reship(act, shipment, note=note),
         )
 
+    def recover_goods(
+        self, case_id: str, *, note: str | None = None, **common: Any
+    ) -> dict[str, Any]:
+        return self._case_action(
+            case_id,
+            "recover-goods",
+            Role.MERCHANT,
+            Common(**common),
+            {"note": note},
+            lambda case, act: case.recover_goods(act, note=note),
+        )
+
     # Cases: the platform and the clock ----------------------------------------------------------
 
     def rule(
@@ -678,6 +899,22 @@ class Engine:
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [listed_case(row) for row in self.store.query(sql, params)]
+
+
+CASE_NAMESPACE = UUID("0c7b5f3e-8d1a-4f6e-a2b9-5e4d3c2b1a09")
+
+
+def new_case_id(case_id: str | UUID | None, command_id: str | None) -> UUID:
+    if case_id is not None:
+        if isinstance(case_id, UUID):
+            return case_id
+        try:
+            return UUID(str(case_id))
+        except ValueError:
+            raise BadInput(f"--case-id {case_id!r} is not a UUID") from None
+    if command_id is not None:
+        return uuid5(CASE_NAMESPACE, f"case:{command_id}")
+    return uuid4()
 
 
 def default_actor(case: ReturnCase, role: Role) -> str:

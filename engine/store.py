@@ -27,24 +27,31 @@ from uuid import UUID
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Mapper, StoredEvent, Transcoder, Transcoding
+from eventsourcing.persistence import (
+    InterfaceError,
+    Mapper,
+    OperationalError,
+    StoredEvent,
+    Transcoder,
+    Transcoding,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import get_topic, resolve_topic
-from psycopg import Cursor
+from eventsourcing.utils import get_topic, resolve_topic, retry
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
+from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from engine.errors import BadInput, StoreUnavailable
-from engine.events import stored_state
+from engine.events import Event, stored_state
 
 DEFAULT_STORE = "sqlite:///aftersales.db"
 APP_NAME = "Aftersales"
 CASES_TABLE = "aftersales_cases"
 COMMANDS_TABLE = "aftersales_commands"
 EVENT_LOG_VIEW = "aftersales_event_log"
+SAVE_FUNCTION = "aftersales_save"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -252,12 +259,12 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
                 f"ON CONFLICT (case_id) DO UPDATE SET {updates}",
                 [sqlite_values(row) for row in cases],
             )
-        command: CommandRow | None = kwargs.get("command")
-        if command is not None:
-            c.execute(
+        commands: Sequence[CommandRow] = kwargs.get("commands", ())
+        if commands:
+            c.executemany(
                 f"INSERT INTO {COMMANDS_TABLE} ({', '.join(COMMAND_COLUMNS)}) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                sqlite_values(command),
+                [sqlite_values(command) for command in commands],
             )
         return ids
 
@@ -309,27 +316,59 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 "convert_from(state, 'UTF8')::jsonb AS data FROM {schema}.{events}"
             ).format(**fmt),
         ]
-        columns = SQL(", ").join(Identifier(c) for c in CASE_COLUMNS)
         updates = SQL(", ").join(
             SQL("{0} = excluded.{0}").format(Identifier(c)) for c in CASE_COLUMNS[1:]
         )
-        self.upsert_case = SQL(
-            "INSERT INTO {schema}.{cases} ({columns}) VALUES ({marks}) "
-            "ON CONFLICT (case_id) DO UPDATE SET {updates}"
-        ).format(
-            columns=columns,
-            marks=SQL(", ").join(SQL("%s") for _ in CASE_COLUMNS),
-            updates=updates,
-            **fmt,
+        # One call saves everything in one round trip, as one statement in autocommit mode:
+        # the table lock keeps notification ids in commit order (as the library's own insert
+        # does), and is held only for the call itself, not for client round trips.
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{save}("
+                "ids uuid[], versions bigint[], topics text[], states bytea[], "
+                "case_rows jsonb, command_rows jsonb) RETURNS SETOF bigint "
+                "LANGUAGE plpgsql AS $BODY$ "
+                "BEGIN "
+                "  SET LOCAL lock_timeout = '{lock_timeout}s'; "
+                "  LOCK TABLE {schema}.{events} IN EXCLUSIVE MODE; "
+                "  IF case_rows IS NOT NULL THEN "
+                "    INSERT INTO {schema}.{cases} SELECT * FROM "
+                "      jsonb_populate_recordset(NULL::{schema}.{cases}, case_rows) "
+                "      ON CONFLICT (case_id) DO UPDATE SET {updates}; "
+                "  END IF; "
+                "  IF command_rows IS NOT NULL THEN "
+                "    INSERT INTO {schema}.{commands} SELECT * FROM "
+                "      jsonb_populate_recordset(NULL::{schema}.{commands}, command_rows); "
+                "  END IF; "
+                "  NOTIFY {channel}; "
+                "  RETURN QUERY INSERT INTO {schema}.{events} "
+                "    (originator_id, originator_version, topic, state) "
+                "    SELECT * FROM unnest(ids, versions, topics, states) "
+                "    RETURNING notification_id; "
+                "END; $BODY$"
+            ).format(
+                save=Identifier(SAVE_FUNCTION),
+                lock_timeout=self.datastore.lock_timeout,
+                channel=Identifier(self.channel_name),
+                updates=updates,
+                **fmt,
+            )
         )
-        self.insert_command = SQL(
-            "INSERT INTO {schema}.{commands} ({columns}) VALUES (%s, %s, %s, %s, %s, %s)"
-        ).format(columns=SQL(", ").join(Identifier(c) for c in COMMAND_COLUMNS), **fmt)
+        self.call_save = SQL("SELECT * FROM {schema}.{save}(%s, %s, %s, %s, %s, %s)").format(
+            save=Identifier(SAVE_FUNCTION), **fmt
+        )
 
     def create_table(self) -> None:
-        """Create the schema's objects under an advisory lock, in one transaction, so that
-        several processes starting at once on a new store do not trip over each other."""
+        """Create the schema's objects, once: under an advisory lock and in one transaction,
+        so several processes starting at once on a new store do not trip over each other,
+        and not at all when they exist (DDL would wait on writers' locks)."""
         schema = self.datastore.schema
+        save = f'"{schema}".{SAVE_FUNCTION}(uuid[],bigint[],text[],bytea[],jsonb,jsonb)'
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("SELECT to_regprocedure(%s) IS NOT NULL AS found", (save,))
+            row = curs.fetchone()
+            if row and row["found"]:
+                return
         with self.datastore.transaction(commit=True) as curs:
             curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"aftersales:{schema}",))
             curs.execute(
@@ -344,16 +383,32 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                     curs.execute(statement, prepare=False)
         self.datastore.register_type_adapters()
 
-    def _insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        super()._insert_events(curs, stored_events, **kwargs)
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if not stored_events:
+            return []
         cases: Sequence[CaseRow] = kwargs.get("cases", ())
-        if cases:
-            curs.executemany(self.upsert_case, cases)
-        command: CommandRow | None = kwargs.get("command")
-        if command is not None:
-            curs.execute(self.insert_command, command)
+        commands: Sequence[CommandRow] = kwargs.get("commands", ())
+        params = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+            Jsonb([_jsonable(row) for row in cases]) if cases else None,
+            Jsonb([_jsonable(row) for row in commands]) if commands else None,
+        )
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.call_save, params, prepare=True)
+            return [row[SAVE_FUNCTION] for row in curs.fetchall()]
+
+
+def _jsonable(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in row._asdict().items()  # type: ignore[attr-defined]
+    }
 
 
 # The application -------------------------------------------------------------------------------
@@ -391,6 +446,44 @@ class EventStore(Application[UUID]):
         with datastore.transaction(commit=False) as c:
             c.execute(sql.replace("{t}", ""), tuple(params))
             return [dict(row) for row in c.fetchall()]
+
+    def load_many(self, ids: Sequence[UUID]) -> dict[UUID, Any]:
+        """Rebuild many aggregates with one query (for bulk paths); absent ids are left out."""
+        if not ids:
+            return {}
+        recorder = self.recorder
+        rows: list[tuple[Any, int, str, bytes]]
+        if isinstance(recorder, PostgresCaseRecorder):
+            statement = SQL(
+                "SELECT originator_id, originator_version, topic, state FROM {}.{} "
+                "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+            ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(statement, (list(ids),))
+                rows = [
+                    (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+                    for r in curs.fetchall()
+                ]
+        else:
+            assert isinstance(recorder, SQLiteCaseRecorder)
+            marks = ", ".join("?" for _ in ids)
+            with recorder.datastore.transaction(commit=False) as c:
+                c.execute(
+                    "SELECT originator_id, originator_version, topic, state FROM "
+                    f"{recorder.events_table_name} WHERE originator_id IN ({marks}) "
+                    "ORDER BY originator_id, originator_version",
+                    [i.hex for i in ids],
+                )
+                rows = [(UUID(r[0]), r[1], r[2], bytes(r[3])) for r in c.fetchall()]
+        aggregates: dict[UUID, Any] = {}
+        for originator_id, version, topic, state in rows:
+            uid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+            event = self.mapper.to_domain_event(
+                StoredEvent(originator_id=uid, originator_version=version, topic=topic, state=state)
+            )
+            assert isinstance(event, Event)
+            aggregates[uid] = event.mutate(aggregates.get(uid))
+        return aggregates
 
     @property
     def is_postgres(self) -> bool:

@@ -1,0 +1,206 @@
+"""`aftersales batch FILE|-`: one action per JSON line, one result line each.
+
+Each line is turned into the arguments of the command it names and run through that same
+command, in this process, against one engine: every action and option of the command line has
+its JSON form, checked by the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from typing import IO, Any
+
+import click
+from eventsourcing.persistence import PersistenceError
+
+from commands.output import State, to_json
+from engine.errors import AftersalesError
+
+# Commands a batch may not run: they are not single actions or reads.
+NOT_IN_BATCH = {"batch", "demo", "scheduler", "import-history", "order import"}
+
+
+class LineError(AftersalesError):
+    """Why one line failed, with the error code and exit code of the command it named."""
+
+    def __init__(self, code: str, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.exit_code = exit_code
+
+
+def _commands(root: click.Group) -> dict[str, click.Command]:
+    """Every runnable command by its path: "case approve", "order place", "tick", ..."""
+    found: dict[str, click.Command] = {}
+
+    def walk(group: click.Group, prefix: str) -> None:
+        for name, command in group.commands.items():
+            path = f"{prefix}{name}"
+            if isinstance(command, click.Group):
+                walk(command, f"{path} ")
+            elif path not in NOT_IN_BATCH:
+                found[path] = command
+
+    walk(root, "")
+    return found
+
+
+def _bare_words(paths: dict[str, click.Command]) -> dict[str, str]:
+    """The last word of a path, where only one path ends with it ("approve" -> "case approve")."""
+    words = Counter(path.split(" ")[-1] for path in paths)
+    return {path.split(" ")[-1]: path for path in paths if words[path.split(" ")[-1]] == 1}
+
+
+def to_argv(command: click.Command, path: str, data: dict[str, Any]) -> list[str]:
+    """JSON keys to command-line arguments: positional ones by name, options by long name."""
+    arguments = [p for p in command.params if isinstance(p, click.Argument)]
+    options = {
+        opt.lstrip("-").replace("-", "_"): (param, opt)
+        for param in command.params
+        if isinstance(param, click.Option)
+        for opt in param.opts
+        if opt.startswith("--")
+    }
+    options.pop("json", None)
+    argv: list[str] = []
+    for argument in arguments:
+        name = argument.name or ""
+        if name not in data:
+            raise LineError("bad_input", f"{path} needs {name!r}", 2)
+        argv.append(str(data.pop(name)))
+    for key, value in data.items():
+        if key not in options:
+            known = ", ".join(sorted(options))
+            raise LineError("bad_input", f"{path} has no option {key!r} (options: {known})", 2)
+        param, flag = options[key]
+        if param.is_flag:
+            if not isinstance(value, bool):
+                raise LineError("bad_input", f"{key!r} is a flag: true or false", 2)
+            if value:
+                argv.append(flag)
+            continue
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not param.multiple:
+            raise LineError("bad_input", f"{key!r} takes one value, not a list", 2)
+        for item in values:
+            if item is None:
+                continue
+            if isinstance(item, (dict, list, float)):
+                raise LineError(
+                    "bad_input",
+                    f"{key!r} must be a string"
+                    + (
+                        ' (money is a decimal string such as "12.50")'
+                        if isinstance(item, float)
+                        else ""
+                    ),
+                    2,
+                )
+            argv += [flag, str(item).lower() if isinstance(item, bool) else str(item)]
+    return argv
+
+
+def parse_line(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LineError("bad_input", f"not JSON: {exc.msg} at column {exc.colno}", 2) from None
+    if not isinstance(data, dict):
+        raise LineError("bad_input", 'a line must be a JSON object with an "action"', 2)
+    if not isinstance(data.get("action"), str):
+        raise LineError("bad_input", 'a line needs "action", e.g. "case approve"', 2)
+    return data
+
+
+class Runner:
+    def __init__(self, ctx: click.Context) -> None:
+        root = ctx.find_root()
+        assert isinstance(root.command, click.Group)
+        self.root = root
+        self.paths = _commands(root.command)
+        self.bare = _bare_words(self.paths)
+        self.state: State = ctx.find_object(State)  # type: ignore[assignment]
+
+    def resolve(self, action: str) -> tuple[str, click.Command]:
+        words = " ".join(action.replace("_", "-").split())
+        path = words if words in self.paths else self.bare.get(words)
+        if path is None:
+            matches = sorted(p for p in self.paths if p.split(" ")[-1] == words)
+            if matches:
+                raise LineError(
+                    "bad_input", f"ambiguous action {action!r}: say {' or '.join(matches)}", 2
+                )
+            raise LineError("bad_input", f"unknown action {action!r}", 2)
+        return path, self.paths[path]
+
+    def run(self, data: dict[str, Any]) -> Any:
+        path, command = self.resolve(data.pop("action"))
+        argv = to_argv(command, path, data)
+        results: list[Any] = []
+        self.state.collect = results.append
+        try:
+            with command.make_context(path, argv, parent=self.root) as sub:
+                command.invoke(sub)
+        except AftersalesError as exc:
+            raise LineError(exc.code, exc.message, exc.exit_code) from None
+        except click.ClickException as exc:
+            raise LineError("bad_input", exc.format_message(), exc.exit_code) from None
+        except PersistenceError as exc:
+            raise LineError("store_unavailable", " ".join(str(exc).split()), 1) from None
+        finally:
+            self.state.collect = None
+        return results[0] if results else None
+
+
+def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
+    for number, text in enumerate(stream, start=1):
+        if text.strip():
+            yield number, text
+
+
+@click.command("batch")
+@click.argument("source", type=click.File("r", encoding="utf-8"))
+@click.option("--stop-on-error", is_flag=True, help="Stop at the first line that fails.")
+@click.pass_context
+def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool) -> None:
+    """Run one action per JSON line of FILE (or - for stdin); print one result line each."""
+    runner = Runner(ctx)
+    counts: Counter[str] = Counter()
+    first_failure = 0
+    show_progress = sys.stderr.isatty() and source is not sys.stdin
+    total = 0
+    if show_progress:
+        total = sum(1 for _ in source)
+        source.seek(0)
+    with click.progressbar(
+        length=total, file=sys.stderr, label="batch", hidden=not show_progress
+    ) as bar:
+        for number, text in _lines(source):
+            try:
+                result = runner.run(parse_line(text))
+                line: dict[str, Any] = {"line": number, "ok": True, "result": result}
+                counts["ok"] += 1
+            except LineError as exc:
+                line = {
+                    "line": number,
+                    "ok": False,
+                    "error": {"code": exc.code, "message": exc.message},
+                }
+                counts[exc.code] += 1
+                first_failure = first_failure or exc.exit_code
+            click.echo(to_json(line))
+            bar.update(1)
+            if stop_on_error and not line["ok"]:
+                break
+    failed = sum(n for code, n in counts.items() if code != "ok")
+    detail = ", ".join(f"{code} {n}" for code, n in sorted(counts.items()) if code != "ok")
+    click.echo(
+        f"batch: {counts['ok'] + failed} lines, {counts['ok']} ok, {failed} failed"
+        + (f" ({detail})" if detail else ""),
+        err=True,
+    )
+    if first_failure:
+        sys.exit(first_failure)

@@ -1,0 +1,379 @@
+"""The engine against PostgreSQL's own limits, measured in one run on one machine.
+
+    python scripts/bench.py [--store postgresql://127.0.0.1:5432/test] [--scale 1.0]
+
+Prints a Markdown table: raw psycopg baselines on a scratch table (single-row INSERT commits
+per second on 1 and 4 connections, COPY rows per second, sequential read rows per second) and
+the engine's figures beside them with the ratio. Everything runs in a schema of its own, dropped
+at the end. ``--scale`` shrinks or grows every size (the defaults take a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.sql import SQL, Identifier
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.service import Engine, new_case_id  # noqa: E402
+
+DEFAULT_STORE = "postgresql://127.0.0.1:5432/test"
+T0 = "2026-11-01T10:00:00+08:00"
+T1 = "2026-11-02T10:00:00+08:00"
+
+
+@dataclass
+class Row:
+    what: str
+    value: float
+    unit: str
+    baseline: str = ""
+    base_value: float | None = None
+
+    def cells(self) -> list[str]:
+        ratio = f"{self.value / self.base_value:.2f}" if self.base_value else ""
+        return [
+            self.what,
+            f"{self.value:,.0f} {self.unit}"
+            if self.value >= 100
+            else f"{self.value:,.2f} {self.unit}",
+            self.baseline,
+            ratio,
+        ]
+
+
+class Bench:
+    def __init__(self, url: str, scale: float) -> None:
+        self.base_url = url.split("?", 1)[0]
+        self.schema = f"bench_{uuid.uuid4().hex[:10]}"
+        self.url = f"{self.base_url}?schema={self.schema}"
+        self.scale = scale
+        self.rows: list[Row] = []
+        self.raw: dict[str, float] = {}
+        self.tmp = Path(tempfile.mkdtemp(prefix="aftersales-bench-"))
+
+    def n(self, size: int) -> int:
+        return max(10, int(size * self.scale))
+
+    def conn(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.base_url, autocommit=True)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(f"  {row.what}: {row.cells()[1]}", file=sys.stderr, flush=True)
+
+    # Raw baselines --------------------------------------------------------------------------------
+
+    def raw_baselines(self) -> None:
+        table = Identifier(self.schema + "_raw")
+        payload = "x" * 400
+        with self.conn() as c:
+            c.execute(
+                SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, k uuid, data text)").format(table)
+            )
+
+        def inserts(count: int) -> None:
+            with self.conn() as c:
+                for _ in range(count):
+                    c.execute(
+                        SQL("INSERT INTO {} (k, data) VALUES (%s, %s)").format(table),
+                        (uuid.uuid4(), payload),
+                        prepare=True,
+                    )
+
+        n1 = self.n(3000)
+        started = time.perf_counter()
+        inserts(n1)
+        self.raw["insert1"] = n1 / (time.perf_counter() - started)
+        self.add(Row("raw: single-row INSERT commits, 1 connection", self.raw["insert1"], "/s"))
+        n4 = self.n(6000)
+        threads = [threading.Thread(target=inserts, args=(n4 // 4,)) for _ in range(4)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.raw["insert4"] = n4 / (time.perf_counter() - started)
+        self.add(Row("raw: single-row INSERT commits, 4 connections", self.raw["insert4"], "/s"))
+        rows = self.n(200_000)
+        with self.conn() as c, c.cursor() as cur:
+            started = time.perf_counter()
+            with cur.copy(SQL("COPY {} (k, data) FROM STDIN").format(table)) as copy:
+                for _ in range(rows):
+                    copy.write_row((uuid.uuid4(), payload))
+            self.raw["copy"] = rows / (time.perf_counter() - started)
+        self.add(Row("raw: COPY rows", self.raw["copy"], "/s"))
+        with psycopg.connect(self.base_url) as c, c.cursor(name="scan") as cur:
+            started = time.perf_counter()
+            cur.itersize = 5000
+            cur.execute(SQL("SELECT * FROM {} ORDER BY id").format(table))
+            count = sum(1 for _ in cur)
+            self.raw["read"] = count / (time.perf_counter() - started)
+        self.add(Row("raw: sequential read rows", self.raw["read"], "/s"))
+        with self.conn() as c:
+            c.execute(SQL("DROP TABLE {}").format(table))
+
+    # The engine -----------------------------------------------------------------------------------
+
+    def orders_file(self, count: int, name: str, prefix: str) -> Path:
+        path = self.tmp / name
+        with path.open("w") as out:
+            for i in range(count):
+                out.write(
+                    json.dumps(
+                        {
+                            "order_id": f"{prefix}{i}",
+                            "merchant": f"shop-{i % 97}",
+                            "buyer": f"buyer-{i}",
+                            "at": T0,
+                            "delivered_at": T1,
+                            "lines": [
+                                f"SKU-{i % 300}:1:39.90:apparel",
+                                f"GIFT-{i % 7}:1:0.00:gift:9.90",
+                            ],
+                        }
+                    )
+                    + "\n"
+                )
+        return path
+
+    def cli(self, *args: str) -> tuple[float, int, str]:
+        """Run the command line in a fresh process: seconds, its peak RSS (KiB), stdout."""
+        out_path, err_path = self.tmp / "out.txt", self.tmp / "err.txt"
+        started = time.perf_counter()
+        with out_path.open("w") as out, err_path.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "commands.cli", "--store", self.url, *args],
+                cwd=ROOT,
+                stdout=out,
+                stderr=err,
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"aftersales {' '.join(args)} failed: {err_path.read_text()[-500:]}")
+        return seconds, usage.ru_maxrss, out_path.read_text()
+
+    def order_import(self) -> None:
+        small, large = self.n(5_000), self.n(50_000)
+        for count, label in ((small, "small"), (large, "large")):
+            path = self.orders_file(count, f"orders-{label}.jsonl", f"OI{label}-")
+            _, rss, out = self.cli("order", "import", str(path), "--json")
+            report = json.loads(out)
+            if label == "large":
+                self.add(
+                    Row(
+                        "order import",
+                        report["events_per_second"],
+                        "events/s",
+                        "COPY rows/s",
+                        self.raw["copy"],
+                    )
+                )
+            self.add(Row(f"order import peak RSS, {count:,} orders", rss / 1024, "MiB"))
+
+    def history(self) -> None:
+        """Cases on the imported orders: open, approve, ship back, receive, as past actions."""
+        count = self.n(20_000)
+        path = self.orders_file(count, "orders-history.jsonl", "H-")
+        self.cli("order", "import", str(path))
+        lines = self.tmp / "history.jsonl"
+        with lines.open("w") as out:
+            for i in range(count):
+                key = f"hist-{i}"
+                case_id = str(new_case_id(None, f"{key}-open"))
+                for n, line in enumerate(
+                    [
+                        {
+                            "action": "case open",
+                            "order_id": f"H-{i}",
+                            "type": "return_refund",
+                            "reason": "quality.colour_difference",
+                            "amount": "39.90",
+                            "line": [f"SKU-{i % 300}"],
+                            "at": "2026-11-03T10:00:00+08:00",
+                        },
+                        {
+                            "action": "case approve",
+                            "case_id": case_id,
+                            "at": "2026-11-03T12:00:00+08:00",
+                        },
+                        {
+                            "action": "case ship-back",
+                            "case_id": case_id,
+                            "carrier": "SF",
+                            "waybill": f"SF{i}",
+                            "at": "2026-11-04T10:00:00+08:00",
+                        },
+                        {
+                            "action": "case receive",
+                            "case_id": case_id,
+                            "at": "2026-11-06T10:00:00+08:00",
+                        },
+                    ]
+                ):
+                    suffix = "open" if n == 0 else str(n)
+                    out.write(json.dumps({**line, "command_id": f"{key}-{suffix}"}) + "\n")
+        _, rss, out = self.cli("import-history", str(lines), "--json")
+        report = json.loads(out)
+        assert report["failed"] == 0, report["errors"][:3]
+        self.add(
+            Row(
+                "import-history (case actions)",
+                report["events_per_second"],
+                "events/s",
+                "COPY rows/s",
+                self.raw["copy"],
+            )
+        )
+        self.add(Row(f"import-history peak RSS, {count * 4:,} actions", rss / 1024, "MiB"))
+
+    def single_actions(self) -> None:
+        count = self.n(2_000)
+        path = self.orders_file(count * 2, "orders-single.jsonl", "S-")
+        self.cli("order", "import", str(path))
+        with Engine(self.url) as engine:
+            started = time.perf_counter()
+            for i in range(count):
+                engine.open_case(
+                    f"S-{i}",
+                    case_type="refund_only",
+                    reason="quality.x",
+                    amount="39.90",
+                    lines=[f"SKU-{i % 300}"],
+                )
+            rate = count / (time.perf_counter() - started)
+        self.add(
+            Row(
+                "single actions, 1 client (case open)",
+                rate,
+                "/s",
+                "INSERT commits/s, 1 conn",
+                self.raw["insert1"],
+            )
+        )
+        ctx = multiprocessing.get_context("spawn")
+        parts = [[f"S-{i}" for i in range(count + k, count * 2, 4)] for k in range(4)]
+        start_at = time.time() + 3
+        with ctx.Pool(4) as pool:
+            results = pool.starmap(_client, [(self.url, part, start_at) for part in parts])
+        total = sum(n for n, _ in results)
+        seconds = max(s for _, s in results)
+        self.add(
+            Row(
+                "single actions, 4 clients (case open)",
+                total / seconds,
+                "/s",
+                "INSERT commits/s, 4 conns",
+                self.raw["insert4"],
+            )
+        )
+
+    def batch(self) -> None:
+        count = self.n(2_000)
+        path = self.orders_file(count, "orders-batch.jsonl", "B-")
+        self.cli("order", "import", str(path))
+        lines = self.tmp / "batch.jsonl"
+        with lines.open("w") as out:
+            for i in range(count):
+                out.write(
+                    json.dumps(
+                        {
+                            "action": "case open",
+                            "order_id": f"B-{i}",
+                            "type": "refund_only",
+                            "reason": "quality.x",
+                            "amount": "39.90",
+                            "line": [f"SKU-{i % 300}"],
+                            "command_id": f"batch-{i}",
+                        }
+                    )
+                    + "\n"
+                )
+        seconds, _, out = self.cli("batch", str(lines))
+        assert out.count('"ok": true') == count
+        self.add(
+            Row(
+                "batch actions (one process, one per line)",
+                count / seconds,
+                "/s",
+                "INSERT commits/s, 1 conn",
+                self.raw["insert1"],
+            )
+        )
+
+    def run(self, parts: list[Callable[[], None]]) -> None:
+        try:
+            for part in parts:
+                part()
+        finally:
+            with self.conn() as c:
+                c.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(self.schema)))
+
+    def table(self) -> str:
+        head = ["what", "figure", "baseline", "ratio"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in self.rows:
+            cells = row.cells()
+            if row.base_value:
+                cells[2] = f"{row.baseline}: {row.base_value:,.0f}"
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _client(url: str, orders: list[str], start_at: float) -> tuple[int, float]:
+    with Engine(url) as engine:
+        engine.list_cases(limit=1)
+        time.sleep(max(0.0, start_at - time.time()))
+        started = time.perf_counter()
+        for order_id in orders:
+            sku = f"SKU-{int(order_id.split('-')[1]) % 300}"
+            engine.open_case(
+                order_id, case_type="refund_only", reason="quality.x", amount="39.90", lines=[sku]
+            )
+        return len(orders), time.perf_counter() - started
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    with psycopg.connect(DEFAULT_STORE) as c:
+        version = c.execute("SHOW server_version").fetchone()
+    return (
+        f"{platform.machine()}, {cpus} cores, Python {platform.python_version()}, "
+        f"PostgreSQL {version[0] if version else '?'} on loopback, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args()
+    bench = Bench(args.store, args.scale)
+    bench.run(
+        [bench.raw_baselines, bench.single_actions, bench.batch, bench.order_import, bench.history]
+    )
+    print(f"Machine: {machine()}\n")
+    print(bench.table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Bulk paths: order import (CSV, JSON Lines) and import-history keep every rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from commands.cli import cli
+from engine.imports import ORDER_FIELDS
+from engine.service import Engine, new_case_id
+from tests.conftest import at
+
+HEADER = ",".join(ORDER_FIELDS)
+CSV = HEADER + """
+KS-1,shop-1,buyer-1,CASE-RED,1,39.90,phone_accessory,{t0},,,,{t2}
+KS-1,shop-1,buyer-1,GIFT,1,5.00,gift,{t0},,,,{t2}
+KS-2,shop-1,buyer-2,SHIRT,2,129.00,apparel,{t0},{t1},SF,SF77,
+KS-3,shop-2,buyer-3,BAD,0,1.00,,{t0},,,,
+KS-4,shop-2,buyer-4,HAT,1,12.x,,{t0},,,,
+KS-5,shop-2,buyer-5,CAP,1,15.00,,{t0},,,,
+""".format(t0=at(), t1=at(days=1), t2=at(days=2))
+
+
+def invoke(store: str, *args: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(cli, ["--store", store, *args, "--json"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_order_import_csv(store_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(CSV)
+    code, report = invoke(store_url, "order", "import", str(path), "--chunk", "2")
+    assert code == 2
+    assert (report["lines"], report["ok"], report["failed"]) == (5, 3, 2)
+    assert report["events"] == 3 + 2 + 1  # placed x3, KS-1 shipped+delivered, KS-2 shipped
+    assert [e["line"] for e in report["errors"]] == [5, 6]
+    with Engine(store_url) as engine:
+        one = engine.get_order("KS-1")
+        assert [line["sku"] for line in one["lines"]] == ["CASE-RED", "GIFT"]
+        assert one["total"] == "44.90" and one["delivered_at"] == at(days=2)
+        two = engine.get_order("KS-2")
+        assert two["waybill"] == "SF77" and two["delivered_at"] is None
+        assert engine.get_order("KS-5")["total"] == "15.00"
+        count = engine.store.recorder.max_notification_id()
+    # Importing the same file again appends nothing.
+    code, again = invoke(store_url, "order", "import", str(path))
+    assert again["ok"] == 3 and again["events"] == 0
+    with Engine(store_url) as engine:
+        assert engine.store.recorder.max_notification_id() == count
+    # A changed order under the same id is refused, not silently merged.
+    path.write_text(CSV.replace("39.90", "29.90"))
+    code, changed = invoke(store_url, "order", "import", str(path))
+    assert any("already used" in e["message"] for e in changed["errors"])
+
+
+def test_order_import_jsonl(store_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    rows = [
+        {
+            "order_id": "KS-1",
+            "merchant": "m",
+            "buyer": "b",
+            "at": at(),
+            "lines": ["A:1:10.00", {"sku": "B", "quantity": 2, "unit_price": "2.50"}],
+            "delivered_at": at(days=1),
+        },
+        {
+            "order_id": "KS-2",
+            "merchant": "m",
+            "buyer": "b",
+            "lines": [{"sku": "C", "quantity": 1, "unit_price": 2.5}],
+        },
+        "not json",
+    ]
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows))
+    code, report = invoke(store_url, "order", "import", str(path))
+    assert code == 2 and report["ok"] == 1
+    assert {e["line"] for e in report["errors"]} == {2, 3}
+    assert "float" in report["errors"][0]["message"]
+    with Engine(store_url) as engine:
+        assert engine.get_order("KS-1")["total"] == "15.00"
+
+
+def history() -> list[dict[str, Any]]:
+    c1 = str(new_case_id(None, "h-open-1"))
+    c2 = str(new_case_id(None, "h-open-2"))
+    return [
+        {
+            "action": "order place",
+            "order_id": "KS-1",
+            "merchant": "shop-1",
+            "buyer": "buyer-1",
+            "line": ["CASE-RED:1:39.90:phone_accessory", "GIFT:1:5.00"],
+            "at": at(),
+            "command_id": "h-place",
+        },
+        {"action": "order deliver", "order_id": "KS-1", "at": at(days=2), "command_id": "h-del"},
+        {
+            "action": "case open",
+            "order_id": "KS-1",
+            "type": "return_refund",
+            "reason": "quality.colour",
+            "amount": "39.90",
+            "line": ["CASE-RED"],
+            "at": at(days=3),
+            "command_id": "h-open-1",
+        },
+        # A second case on the same line while the first is open: refused by the rules.
+        {
+            "action": "case open",
+            "order_id": "KS-1",
+            "type": "refund_only",
+            "reason": "quality.colour",
+            "amount": "1.00",
+            "line": ["CASE-RED"],
+            "at": at(days=3),
+            "command_id": "h-open-x",
+        },
+        {
+            "action": "case approve",
+            "case_id": c1,
+            "at": at(days=3, hours=5),
+            "command_id": "h-approve-1",
+        },
+        {
+            "action": "case ship-back",
+            "case_id": c1,
+            "carrier": "SF",
+            "waybill": "SF1",
+            "at": at(days=4),
+            "command_id": "h-ship-1",
+        },
+        {
+            "action": "case open",
+            "order_id": "KS-1",
+            "type": "refund_only",
+            "reason": "missing_items.gift",
+            "amount": "5.00",
+            "line": ["GIFT"],
+            "at": at(days=4),
+            "command_id": "h-open-2",
+        },
+        {"action": "case receive", "case_id": c1, "at": at(days=6), "command_id": "h-recv-1"},
+        {
+            "action": "case reject",
+            "case_id": c2,
+            "reason": "gift was in the box",
+            "communication": "chat:9",
+            "at": at(days=6),
+            "command_id": "h-reject-2",
+        },
+        {
+            "action": "case escalate",
+            "case_id": c2,
+            "claim": "missing_items",
+            "at": at(days=7),
+            "command_id": "h-esc-2",
+        },
+        {
+            "action": "case rate",
+            "case_id": c1,
+            "score": 4,
+            "at": at(days=7),
+            "command_id": "h-rate-1",
+        },
+        {"action": "case approve", "case_id": c1, "at": at(days=8)},  # refunded already
+    ]
+
+
+def test_import_history_equals_the_same_actions_one_by_one(tmp_path: Path, store_url: str) -> None:
+    text = "\n".join(json.dumps(r) for r in history())
+    path = tmp_path / "history.jsonl"
+    path.write_text(text)
+    code, report = invoke(store_url, "import-history", str(path), "--chunk", "3")
+    assert code == 3
+    assert (report["ok"], report["failed"]) == (10, 2)
+    assert [e["line"] for e in report["errors"]] == [4, 12]
+    other = f"sqlite:///{tmp_path / 'one-by-one.db'}"
+    result = CliRunner().invoke(cli, ["--store", other, "batch", "-"], input=text)
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [x["line"] for x in lines if not x["ok"]] == [4, 12]
+    with Engine(store_url) as bulk, Engine(other) as single:
+        for case_id in (str(new_case_id(None, "h-open-1")), str(new_case_id(None, "h-open-2"))):
+            a, b = bulk.get_case(case_id), single.get_case(case_id)
+            assert a == b
+        assert bulk.get_order("KS-1") == single.get_order("KS-1")
+        assert bulk.list_cases() == single.list_cases()
+        assert bulk.get_case(str(new_case_id(None, "h-open-1")))["status"] == "refunded"
+        assert bulk.get_case(str(new_case_id(None, "h-open-2")))["status"] == "escalated"
+    # Re-running the import appends nothing.
+    code, again = invoke(store_url, "import-history", str(path))
+    assert again["events"] == 0 and again["ok"] == 10
