@@ -50,8 +50,11 @@ from engine.case import (
     CaseRuled,
     CaseWithdrawn,
     DeadlineFired,
+    FreightCharged,
     GoodsReceived,
+    GoodsRecovered,
     GoodsShippedBack,
+    LateShipmentPenalty,
     MissingItemsReshipped,
     ReplacementShipped,
     ReshipImpossible,
@@ -63,7 +66,7 @@ from engine.events import GENESIS_HASH, Deadline, Event, chain_hash
 from engine.order import CaseLinked, CaseUnlinked, Order, OrderPlaced
 from engine.policy import Policy
 from engine.store import EventStore
-from engine.values import ZERO, Role, Status, money_str
+from engine.values import CENT, ZERO, Role, Status, money_str
 
 S = Status
 BUNDLE_FORMAT = "aftersales-dispute-bundle/1"
@@ -83,14 +86,20 @@ ACTION_OF: Mapping[type[CaseEvent], str] = {
     CaseEscalated: "escalate",
     CaseRuled: "rule",
     CaseRated: "rate",
+    GoodsRecovered: "recover-goods",
     CaseAutoApproved: "auto_approve",
     CaseAutoClosed: "auto_close",
     CaseAutoRefunded: "auto_refund",
     ReshipOverdue: "reship_overdue",
 }
 
-# The statuses each event may leave the case in (the contract's "to" column). CaseRated leaves
-# the status as it was, checked on its own.
+# Events recorded only as part of another action (money the action moves besides a refund).
+CONSEQUENCE_ONLY: frozenset[type[CaseEvent]] = frozenset({FreightCharged, LateShipmentPenalty})
+KNOWN: frozenset[type[CaseEvent]] = frozenset(ACTION_OF) | CONSEQUENCE_ONLY
+# Actions that leave the status as it was.
+UNCHANGED: frozenset[type[CaseEvent]] = frozenset({CaseRated, GoodsRecovered})
+
+# The statuses each event may leave the case in (the contract's "to" column).
 LEADS_TO: Mapping[type[CaseEvent], frozenset[Status]] = {
     CaseOpened: frozenset({S.AWAITING_MERCHANT}),
     CaseApproved: frozenset({S.REFUNDED, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_RESHIPMENT}),
@@ -107,22 +116,29 @@ LEADS_TO: Mapping[type[CaseEvent], frozenset[Status]] = {
     CaseRuled: frozenset(
         {S.REJECTED, S.CLOSED, S.AWAITING_RESHIPMENT, S.AWAITING_BUYER_SHIPMENT, S.REFUNDED}
     ),
-    CaseRated: frozenset(Status),
     CaseAutoClosed: frozenset({S.CLOSED}),
     CaseAutoRefunded: frozenset({S.REFUNDED}),
     ReshipOverdue: frozenset({S.REFUNDED}),
 }
 
 # Events one action records after its first, in the same command: the refund that an approval,
-# a receipt, a ruling or a deadline makes, and the escalation of goods received not as sent.
-CONSEQUENCES: Mapping[type[CaseEvent], frozenset[type[CaseEvent]]] = {
-    CaseApproved: frozenset({CaseRefunded}),
-    CaseAutoApproved: frozenset({CaseRefunded}),
-    GoodsReceived: frozenset({CaseRefunded, CaseEscalated}),
-    ReshipImpossible: frozenset({CaseRefunded}),
-    CaseRuled: frozenset({CaseRefunded}),
-    CaseAutoRefunded: frozenset({CaseRefunded}),
-    ReshipOverdue: frozenset({CaseRefunded}),
+# a receipt, a ruling or a deadline makes, the escalation of goods received not as sent, the
+# freight a ruling charges and the penalty for a missed reship.
+_Events = frozenset[type[CaseEvent]]
+
+
+def _events(*kinds: type[CaseEvent]) -> _Events:
+    return frozenset(kinds)
+
+
+CONSEQUENCES: Mapping[type[CaseEvent], _Events] = {
+    CaseApproved: _events(CaseRefunded),
+    CaseAutoApproved: _events(CaseRefunded),
+    GoodsReceived: _events(CaseRefunded, CaseEscalated),
+    ReshipImpossible: _events(CaseRefunded),
+    CaseRuled: _events(CaseRefunded, FreightCharged),
+    CaseAutoRefunded: _events(CaseRefunded),
+    ReshipOverdue: _events(CaseRefunded, LateShipmentPenalty),
 }
 # The consequence each status the first event leaves the case in calls for.
 REQUIRED_CONSEQUENCE: Mapping[Status, type[CaseEvent]] = {
@@ -486,7 +502,7 @@ def kind_of(event: CaseEvent) -> type[CaseEvent]:
     """The event class the audit's tables name for this event (its own, or the nearest base:
     a test's or a migration's subclass reads as the class it extends)."""
     for cls in type(event).__mro__:
-        if cls in ACTION_OF:
+        if cls in KNOWN:
             return cls
     return type(event)
 
@@ -498,8 +514,24 @@ def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> lis
     problems: list[Problem] = []
     status: Status | None = None
     head: CaseEvent | None = None  # the first event of the command being checked
-    owed: type[CaseEvent] | None = None  # a consequence the head calls for, not yet seen
+    seen: set[type[CaseEvent]] = set()  # the consequences recorded with it so far
     rated = False
+
+    def settle() -> None:
+        """The action before this one: the consequence its status calls for is there."""
+        if head is None:
+            return
+        owed = REQUIRED_CONSEQUENCE.get(head.status)
+        if kind_of(head) in CONSEQUENCES and owed is not None and owed not in seen:
+            problems.append(
+                Problem(
+                    "transition",
+                    head.originator_version,
+                    f"version {head.originator_version}: {kind_of(head).__name__} left the case "
+                    f"{head.status} but no {owed.__name__} follows it",
+                )
+            )
+
     for event in events:
         v = event.originator_version
         kind = kind_of(event)
@@ -509,23 +541,18 @@ def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> lis
             and event.command_id == head.command_id
             and event.at == head.at
             and kind in CONSEQUENCES.get(kind_of(head), frozenset())
+            and kind not in seen
             and status == event.status
         )
-        if owed is not None and not (consequence and kind is owed):
-            assert head is not None
-            problems.append(
-                Problem(
-                    "transition",
-                    head.originator_version,
-                    f"version {head.originator_version}: {type(head).__name__} left the case "
-                    f"{status} but no {owed.__name__} follows it",
-                )
-            )
-        owed = None
         if consequence:
-            head = None  # one consequence per action
-        elif action is None:
-            problems.append(Problem("transition", v, f"version {v}: unknown event {kind.__name__}"))
+            seen.add(kind)
+            status = event.status
+            continue
+        settle()
+        head, seen = None, set()
+        if action is None:
+            what = "is recorded only as part of another action" if kind in KNOWN else "unknown"
+            problems.append(Problem("transition", v, f"version {v}: {kind.__name__} {what}"))
         elif kind is CaseOpened:
             if status is not None:
                 problems.append(Problem("transition", v, f"version {v}: opened again"))
@@ -544,16 +571,16 @@ def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> lis
                         f"version {v}: {action} is not allowed from {status} (only from {allowed})",
                     )
                 )
+            if kind in UNCHANGED and event.status != status:
+                problems.append(
+                    Problem("transition", v, f"version {v}: {action} changed the status")
+                )
             if kind is CaseRated:
-                if event.status != status:
-                    problems.append(
-                        Problem("transition", v, f"version {v}: rating changed the status")
-                    )
                 if rated:
                     problems.append(Problem("transition", v, f"version {v}: rated a second time"))
                 rated = True
             head = event
-        if not consequence and event.status not in LEADS_TO.get(kind, frozenset()):
+        if action and kind not in UNCHANGED and event.status not in LEADS_TO.get(kind, frozenset()):
             problems.append(
                 Problem(
                     "transition",
@@ -561,18 +588,9 @@ def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> lis
                     f"version {v}: {kind.__name__} cannot leave a case {event.status}",
                 )
             )
-        if head is event and kind in CONSEQUENCES:
-            owed = REQUIRED_CONSEQUENCE.get(event.status)
         status = event.status
-    if owed is not None and head is not None and whole:
-        problems.append(
-            Problem(
-                "transition",
-                head.originator_version,
-                f"version {head.originator_version}: {type(head).__name__} left the case "
-                f"{status} but no {owed.__name__} follows it",
-            )
-        )
+    if whole:
+        settle()
     return problems
 
 
@@ -711,13 +729,18 @@ def check_order(
     # Every line of the order: never refunded beyond what was paid for it.
     for sku, total in sorted(order.refunded.items()):
         line = order.lines.get(sku)
-        if line is not None and total > line.total:
+        if line is None:
+            continue
+        worth = line.total  # or its list price, at which missing gifts are made good
+        if line.list_price is not None:
+            worth = max(worth, (line.list_price * line.quantity).quantize(CENT))
+        if total > worth:
             problems.append(
                 Problem(
                     "money",
                     None,
                     f"{label}: line {sku} refunded {money_str(total)} in all, more than the "
-                    f"{money_str(line.total)} paid",
+                    f"{money_str(worth)} it is worth",
                 )
             )
     # The order's ledger and the case agree (once the case let go of the lines).
@@ -758,7 +781,11 @@ def _check_asked(opened: CaseOpened, order: Order) -> list[Problem]:
                 )
             )
             return problems
-    refundable = order.refundable(list(opened.lines))
+    # Missing items may be made good at their list price (the policy names the categories;
+    # the audit allows it for every line that carries one).
+    missing = opened.reason.startswith("missing_items.")
+    listed = tuple(line.category for line in opened.lines if missing and line.category)
+    refundable = order.refundable(list(opened.lines), listed)
     if opened.amount <= ZERO or opened.amount > refundable:
         problems.append(
             Problem(

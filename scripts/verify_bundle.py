@@ -60,6 +60,7 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "escalate": AWAITING | {"rejected"},
     "rule": {"escalated"},
     "rate": FINAL,
+    "recover-goods": {"refunded"},
     "auto_approve": {"awaiting_merchant"},
     "auto_close": {"awaiting_buyer_shipment"},
     "auto_refund": {"awaiting_merchant_receipt"},
@@ -79,6 +80,7 @@ ACTION_OF: dict[str, str] = {
     "CaseEscalated": "escalate",
     "CaseRuled": "rule",
     "CaseRated": "rate",
+    "GoodsRecovered": "recover-goods",
     "CaseAutoApproved": "auto_approve",
     "CaseAutoClosed": "auto_close",
     "CaseAutoRefunded": "auto_refund",
@@ -105,7 +107,6 @@ LEADS_TO: dict[str, set[str]] = {
         "awaiting_buyer_shipment",
         "refunded",
     },
-    "CaseRated": ALL_STATUSES,
     "CaseAutoClosed": {"closed"},
     "CaseAutoRefunded": {"refunded"},
     "ReshipOverdue": {"refunded"},
@@ -115,16 +116,18 @@ CONSEQUENCES: dict[str, set[str]] = {
     "CaseAutoApproved": {"CaseRefunded"},
     "GoodsReceived": {"CaseRefunded", "CaseEscalated"},
     "ReshipImpossible": {"CaseRefunded"},
-    "CaseRuled": {"CaseRefunded"},
+    "CaseRuled": {"CaseRefunded", "FreightCharged"},
     "CaseAutoRefunded": {"CaseRefunded"},
-    "ReshipOverdue": {"CaseRefunded"},
+    "ReshipOverdue": {"CaseRefunded", "LateShipmentPenalty"},
 }
 REQUIRED_CONSEQUENCE = {"refunded": "CaseRefunded", "escalated": "CaseEscalated"}
 CASE_MODULE = "engine.case:"
 ORDER_MODULE = "engine.order:"
 # The event types a bundle may hold (the hash covers an event's content, not its type name: a
 # type name outside these shows as a problem).
-CASE_TYPES = frozenset(ACTION_OF)
+CONSEQUENCE_ONLY = frozenset({"FreightCharged", "LateShipmentPenalty"})
+UNCHANGED = frozenset({"CaseRated", "GoodsRecovered"})
+CASE_TYPES = frozenset(ACTION_OF) | CONSEQUENCE_ONLY
 ORDER_TYPES = frozenset(
     {"OrderPlaced", "OrderShipped", "OrderDelivered", "CaseLinked", "CaseUnlinked"}
 )
@@ -225,13 +228,21 @@ def read_chain(
     return readable
 
 
-def check_case(events: list[tuple[int, str, dict[str, Any]]], report: Report) -> None:
+def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, report: Report) -> None:
     status: str | None = None
     head: tuple[int, str, dict[str, Any]] | None = None
-    owed: str | None = None
+    seen: set[str] = set()
     running: Any = None
     last_at: datetime | None = None
     rated = False
+
+    def settle() -> None:
+        if head is None:
+            return
+        owed = REQUIRED_CONSEQUENCE.get(head[2].get("status", ""))
+        if head[1] in CONSEQUENCES and owed is not None and owed not in seen:
+            report.add(f"version {head[0]}: {head[1]} left the case {status} but no {owed} follows")
+
     for version, kind, e in events:
         tag = f"version {version}"
         try:
@@ -240,47 +251,12 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], report: Report) ->
         except (KeyError, ValueError) as exc:
             report.add(f"{tag}: unreadable ({exc})")
             continue
-        if kind not in ACTION_OF:
-            report.add(f"{tag}: unknown event {kind}")
-            continue
-        action = ACTION_OF[kind]
-        consequence = (
-            head is not None
-            and e.get("command_id") == head[2].get("command_id")
-            and e.get("at") == head[2].get("at")
-            and kind in CONSEQUENCES.get(head[1], set())
-            and status == after
-        )
-        if owed is not None and not (consequence and kind == owed):
-            assert head is not None
-            report.add(f"version {head[0]}: {head[1]} left the case {status} but no {owed} follows")
-        owed = None
-        if consequence:
-            head = None
-        elif kind == "CaseOpened":
-            if status is not None or version != 1:
-                report.add(f"{tag}: opened again")
-            head = (version, kind, e)
-        elif status is None:
-            report.add(f"{tag}: {action} before the case was opened")
-        else:
-            if status not in ALLOWED_FROM[action]:
-                report.add(f"{tag}: {action} is not allowed from {status}")
-            if kind == "CaseRated":
-                if after != status:
-                    report.add(f"{tag}: rating changed the status")
-                if rated:
-                    report.add(f"{tag}: rated a second time")
-                rated = True
-            head = (version, kind, e)
-        if not consequence and after not in LEADS_TO[kind]:
-            report.add(f"{tag}: {kind} cannot leave a case {after}")
-        if head is not None and head[0] == version and kind in CONSEQUENCES:
-            owed = REQUIRED_CONSEQUENCE.get(after)
-        # Deadlines and time.
+        # Time, then deadlines.
         if last_at is not None and at < last_at:
             report.add(f"{tag}: happened before the event before it")
+        last_at = at if last_at is None else max(last_at, at)
         if kind in SYSTEM_ACTIONS:
+            action = ACTION_OF[kind]
             fired = e.get("fired") or {}
             if (e.get("actor") or {}).get("role") != "system":
                 report.add(f"{tag}: {action} not recorded as the system")
@@ -294,10 +270,45 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], report: Report) ->
             if fired != running:
                 report.add(f"{tag}: fired a deadline that was not the one running")
         running = e.get("due")
-        last_at = at if last_at is None else max(last_at, at)
+        # Transitions.
+        consequence = (
+            head is not None
+            and e.get("command_id") == head[2].get("command_id")
+            and e.get("at") == head[2].get("at")
+            and kind in CONSEQUENCES.get(head[1], set())
+            and kind not in seen
+            and status == after
+        )
+        if consequence:
+            seen.add(kind)
+            status = after
+            continue
+        settle()
+        head, seen = None, set()
+        action = ACTION_OF.get(kind)
+        if action is None:
+            report.add(f"{tag}: {kind} is recorded only as part of another action")
+        elif kind == "CaseOpened":
+            if status is not None or version != 1:
+                report.add(f"{tag}: opened again")
+            head = (version, kind, e)
+        elif status is None:
+            report.add(f"{tag}: {action} before the case was opened")
+        else:
+            if status not in ALLOWED_FROM[action]:
+                report.add(f"{tag}: {action} is not allowed from {status}")
+            if kind in UNCHANGED and after != status:
+                report.add(f"{tag}: {action} changed the status")
+            if kind == "CaseRated":
+                if rated:
+                    report.add(f"{tag}: rated a second time")
+                rated = True
+            head = (version, kind, e)
+        if action and kind not in UNCHANGED and after not in LEADS_TO.get(kind, set()):
+            report.add(f"{tag}: {kind} cannot leave a case {after}")
         status = after
-    if owed is not None and head is not None:
-        report.add(f"version {head[0]}: {head[1]} left the case {status} but no {owed} follows")
+    if whole:
+        settle()
 
 
 def check_money(
@@ -313,11 +324,17 @@ def check_money(
         report.add("version 1: no CaseOpened or no OrderPlaced to check the money against")
         return
     try:
+        # sku -> (quantity, unit price, list price or None)
         paid = {
-            line["sku"]: (int(line["quantity"]), money(line["unit_price"]))
+            line["sku"]: (
+                int(line["quantity"]),
+                money(line["unit_price"]),
+                money(line["list_price"]) if line.get("list_price") is not None else None,
+            )
             for line in placed["lines"]
         }
         asked = money(opened["amount"])
+        missing = str(opened.get("reason", "")).startswith("missing_items.")
         refunded_by_sku: dict[str, Decimal] = {}
         ledger = Decimal("0")
         checked = False
@@ -326,11 +343,12 @@ def check_money(
                 checked = True
                 refundable = Decimal("0")
                 for line in opened["lines"]:
-                    qty, price = paid.get(line["sku"], (0, Decimal("0")))
+                    qty, price, listed = paid.get(line["sku"], (0, Decimal("0"), None))
                     if int(line["quantity"]) > qty or money(line["unit_price"]) != price:
                         report.add(f"version 1: line {line['sku']} does not match the order")
-                    value = (money(line["unit_price"]) * int(line["quantity"])).quantize(CENT)
-                    left = (price * qty).quantize(CENT) - refunded_by_sku.get(line["sku"], 0)
+                    each = listed if (missing and listed is not None) else price
+                    value = (each * int(line["quantity"])).quantize(CENT)
+                    left = (each * qty).quantize(CENT) - refunded_by_sku.get(line["sku"], 0)
                     refundable += max(Decimal("0"), min(value, left))
                 if asked <= 0 or asked > refundable:
                     report.add(
@@ -345,8 +363,8 @@ def check_money(
         if not checked:
             report.add("version 1: the order has no record of this case")
         for sku, total in refunded_by_sku.items():
-            qty, price = paid.get(sku, (0, Decimal("0")))
-            if total > (price * qty).quantize(CENT):
+            qty, price, listed = paid.get(sku, (0, Decimal("0"), None))
+            if total > (max(price, listed or price) * qty).quantize(CENT):
                 report.add(f"order line {sku}: refunded {money_str(total)}, more than was paid")
         refunded = Decimal("0")
         for version, kind, e in case:
@@ -388,8 +406,8 @@ def verify(raw: bytes) -> Report:
         report.add("the events are not all the bundle's case's")
     if case and bundle.get("head_hash") != case[-1][2].get("hash"):
         report.add("the head hash is not the last event's hash")
-    check_case(case, report)
     whole = not (bundle.get("audit") or {}).get("as_of")
+    check_case(case, whole, report)
     check_money(case, order, case_id, whole, report)
     states = bundle.get("states")
     if not isinstance(states, list) or len(states) != len(case):

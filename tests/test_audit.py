@@ -543,7 +543,10 @@ def test_the_verifier_knows_the_engines_rules() -> None:
         for c in vars(case_mod).values()
         if isinstance(c, type) and issubclass(c, case_mod.CaseEvent)
     } - {"CaseEvent", "DeadlineFired"}
-    assert set(v.ACTION_OF) == case_events  # a new case event needs a place in the audit
+    assert set(v.CASE_TYPES) == case_events  # a new case event needs a place in the audit
+    assert {k.__name__ for k in audit_mod.KNOWN} == case_events
+    assert {k.__name__ for k in audit_mod.CONSEQUENCE_ONLY} == v.CONSEQUENCE_ONLY
+    assert {k.__name__ for k in audit_mod.UNCHANGED} == v.UNCHANGED
     order_events = {
         c.__name__
         for c in vars(order_mod).values()
@@ -668,3 +671,92 @@ def test_byte_identical_output_on_both_backends(
             for s in (lite, pg)
         ]
         assert as_of[0] == as_of[1]
+
+
+# The dispute paths: freight, the late-shipment penalty, list prices, recovered goods -------------
+
+DISPUTE_LINES = ("EARBUDS:1:199.00:electronics", "CASE:1:0.00:gift:15.00")
+
+
+def escalated(engine: Engine, claim: str, **kw: Any) -> str:
+    args: dict[str, Any] = {
+        "case_type": "refund_only",
+        "reason": "quality.broken",
+        "amount": "199.00",
+        "lines": ["EARBUDS"],
+        "at": at(days=3),
+        **kw,
+    }
+    cid: str = engine.open_case("KS-1", **args)["case_id"]
+    engine.reject(cid, reason="used", communication="chat:1", at=at(days=3, hours=2))
+    engine.escalate(cid, claim=claim, evidence=["photo:box"], at=at(days=3, hours=3))
+    return cid
+
+
+def test_dispute_paths_verify(engine: Engine, store_url: str, tmp_path: Path) -> None:
+    verifier = load_verifier()
+    place_delivered(engine, lines=DISPUTE_LINES)
+    gift = escalated(
+        engine,
+        "missing_items",
+        case_type="reship",
+        reason="missing_items.gift",
+        amount="15.00",
+        lines=["CASE"],
+    )
+    due = engine.rule(gift, in_favour_of="buyer", at=at(days=4))["due_at"]
+    engine.fire(gift, "reship_overdue", at=due)  # penalty, and the gift refunded at list price
+    place_delivered(engine, "KS-2", lines=DISPUTE_LINES)
+    wrong = engine.open_case(
+        "KS-2",
+        case_type="return_refund",
+        reason="wrong_item.other_variant",
+        amount="199.00",
+        lines=["EARBUDS"],
+        at=at(days=3),
+    )["case_id"]
+    engine.reject(wrong, reason="no", communication="chat:2", at=at(days=3, hours=1))
+    engine.escalate(wrong, claim="wrong_item", at=at(days=3, hours=2))
+    engine.rule(wrong, in_favour_of="buyer", at=at(days=4))  # freight on the merchant
+    engine.ship_back(wrong, carrier="SF", waybill="B1", at=at(days=5))
+    engine.receive(wrong, at=at(days=6))
+    place_delivered(engine, "KS-3", lines=DISPUTE_LINES)
+    unjust = engine.open_case(
+        "KS-3",
+        case_type="refund_only",
+        reason="quality.broken",
+        amount="199.00",
+        lines=["EARBUDS"],
+        at=at(days=3),
+    )["case_id"]
+    engine.reject(unjust, reason="used", communication="chat:3", at=at(days=3, hours=1))
+    engine.escalate(unjust, claim="unjustified_rejection", at=at(days=3, hours=2))
+    engine.rule(unjust, in_favour_of="buyer", at=at(days=4))
+    engine.recover_goods(unjust, note="courier", at=at(days=6))
+
+    expected = {
+        gift: ["ReshipOverdue", "LateShipmentPenalty", "CaseRefunded"],
+        wrong: ["CaseRuled", "FreightCharged"],
+        unjust: ["GoodsRecovered"],
+    }
+    for cid, types in expected.items():
+        report = export(store_url, cid, tmp_path / f"{cid}.json", "--verify")
+        assert report["verified"] is True, report["problems"]
+        assert report["state"] == engine.get_case(cid)
+        shown = [e["type"] for e in report["events"]]
+        assert any(shown[i : i + len(types)] == types for i in range(len(shown))), shown
+        assert verifier.verify((tmp_path / f"{cid}.json").read_bytes()).problems == []
+
+    # A penalty recorded on its own, outside the action it belongs to, does not verify.
+    from engine.case import LateShipmentPenalty
+
+    events = [e for e in engine.store.events.get(uuid.UUID(gift))]
+    penalty = next(e for e in events if isinstance(e, LateShipmentPenalty))
+    moved = penalty.model_copy(update={"command_id": "elsewhere"})
+    swapped = [moved if e is penalty else e for e in events]
+    problems = audit_mod.check_transitions(swapped)  # type: ignore[arg-type]
+    named = [p for p in problems if p.version == penalty.originator_version]
+    assert [p.message for p in named] == [
+        f"version {penalty.originator_version}: LateShipmentPenalty is recorded only as part "
+        "of another action"
+    ]
