@@ -99,6 +99,9 @@ class HistoryLine:
         command_id = self.data.get("command_id")
         return [command_id] if isinstance(command_id, str) else []
 
+    def reads_the_store(self) -> bool:
+        return str(self.data.get("action", "")).strip() == "tick"
+
 
 def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
     for number, text in enumerate(stream, start=1):

@@ -80,6 +80,7 @@ def run_bulk(
     *,
     ids: Callable[[T], Iterable[UUID]] = lambda _: (),
     command_ids: Callable[[T], Iterable[str]] = lambda _: (),
+    barrier: Callable[[T], bool] = lambda _: False,
     chunk_size: int = 1000,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
@@ -109,7 +110,18 @@ def run_bulk(
             session.prefetch_commands(c for p in payloads for c in command_ids(p))
             ok, failed, kept = report.ok, report.failed, len(report.failures)
             for item in chunk:
+                if isinstance(item.payload, AftersalesError) or not barrier(item.payload):
+                    run_one(item)
+                    continue
+                # An item that reads the store as a whole (a tick finds due deadlines in the
+                # case index) sees everything before it: save first, run it on its own.
+                report.events += session.flush()
+                engine.end_session()
+                before = engine.store.recorder.max_notification_id() or 0
                 run_one(item)
+                report.events += (engine.store.recorder.max_notification_id() or 0) - before
+                session.discard()  # what it changed is in the store, not in memory
+                engine.session = session
             try:
                 report.events += session.flush()
             except (IntegrityError, OperationalError):
