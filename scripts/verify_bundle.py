@@ -182,10 +182,13 @@ def read_chain(
             originator_id = str(item["originator_id"])
             version = item["originator_version"]
             topic = item["topic"]
-            text = item["state"]
-            if not isinstance(version, int) or not isinstance(text, str):
+            if "state_hex" in item:  # stored bytes that are not UTF-8: kept in hexadecimal
+                raw = bytes.fromhex(item["state_hex"])
+            else:
+                raw = item["state"].encode("utf-8")
+            if not isinstance(version, int):
                 raise TypeError("bad field types")
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             report.add(f"{label}: an event entry is malformed ({exc})")
             previous = None
             continue
@@ -198,7 +201,6 @@ def read_chain(
         if version < expected:
             report.add(f"{label} version {version}: out of order")
         expected = max(expected, version + 1)
-        raw = text.encode("utf-8", errors="surrogateescape")
         try:
             state = json.loads(raw.decode("utf-8"))
         except ValueError as exc:

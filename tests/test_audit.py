@@ -336,6 +336,20 @@ def test_an_edited_byte_names_the_version(engine: Engine, store_url: str, phone_
     assert report["events"][2]["data"]["shipment"]["waybill"] == "SF123457"  # shown as stored
 
 
+def test_bytes_that_are_not_json_name_the_version(
+    engine: Engine, store_url: str, phone_case: str, tmp_path: Path
+) -> None:
+    set_state(store_url, phone_case, 4, b"\xff" + stored_state(store_url, phone_case, 4))
+    report = assert_fails(store_url, phone_case, {4}, "chain")
+    assert report["events"][3]["type"] == "GoodsReceived"
+    assert report["events"][3]["data"] is None and report["events"][3]["unreadable"]
+    assert report["state"]["status"] == "refunded"  # the rest still replays
+    path = tmp_path / "bundle.json"
+    export(store_url, phone_case, path)
+    result = verify_process(path)
+    assert result.returncode == 3 and "case version 4: stored bytes are not JSON" in result.stdout
+
+
 def test_an_added_space_is_an_edit(engine: Engine, store_url: str, phone_case: str) -> None:
     state = stored_state(store_url, phone_case, 2)
     set_state(store_url, phone_case, 2, state.replace(b'":', b'": ', 1))
