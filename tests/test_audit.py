@@ -333,6 +333,9 @@ def test_an_edited_byte_names_the_version(engine: Engine, store_url: str, phone_
     set_state(store_url, phone_case, 3, state.replace(b"SF123456", b"SF123457"))
     report = assert_fails(store_url, phone_case, {3}, "chain")
     assert problem_versions(report) == {3}  # nothing else is blamed
+    assert "version 3: hash does not match its content (altered)" in [
+        p["message"] for p in report["problems"]
+    ]
     assert report["events"][2]["data"]["shipment"]["waybill"] == "SF123457"  # shown as stored
 
 
@@ -409,6 +412,9 @@ def test_two_swapped_events_name_their_versions(
     set_version(store_url, phone_case, 3, 2)
     set_version(store_url, phone_case, 1000, 3)
     report = assert_fails(store_url, phone_case, {2, 3}, "chain")
+    messages = [p["message"] for p in report["problems"]]
+    assert "version 2: was sealed as version 3: events moved" in messages
+    assert "version 3: was sealed as version 2: events moved" in messages
     assert [e["type"] for e in report["events"][:3]] == [
         "CaseOpened",
         "GoodsShippedBack",
