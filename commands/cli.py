@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from commands.audit import audit
 from commands.batch import batch
 from commands.cases import case_group
 from commands.clock import scheduler, tick_command
@@ -78,6 +79,7 @@ cli.add_command(import_history)
 order_group.add_command(import_orders)
 cli.add_command(tick_command)
 cli.add_command(scheduler)
+cli.add_command(audit)
 
 
 def main() -> None:

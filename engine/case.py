@@ -664,6 +664,9 @@ class ReturnCase(Aggregate):
         due = self.due
         if due is None or due.action is not action:
             raise NotAllowed(f"case {self.id} has no {action.value} deadline running")
+        if act.at == due.due_at:
+            # Fired at its due time: keep the deadline's own offset in the record.
+            act = act.model_copy(update={"at": due.due_at})
         if act.at < due.due_at:
             raise NotAllowed(
                 f"case {self.id}: {action.value} is due at {due.due_at.isoformat()}, "

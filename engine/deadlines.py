@@ -112,7 +112,8 @@ class _Firing(Engine):
     """
 
     def __init__(self, engine: Engine) -> None:
-        super().__init__(engine.store, policy=engine.policy, clock=engine.clock)
+        # No cache: a group's changes are held back, and may never be saved.
+        super().__init__(engine.store, policy=engine.policy, clock=engine.clock, cache_size=0)
         self.replayed: set[str] = set()
         self.group: list[ReturnCase | Order] | None = None
 

@@ -1,0 +1,1013 @@
+"""Replaying one case for an auditor: the timeline, the case as of a time, verification, export.
+
+Reading is one step (`read_history`: the case's stored events, its order's stored events and its
+index row, through the library's recorder); everything after it is pure (`replay`), so the same
+stored bytes give the same answer on either backend and under any clock.
+
+Verification works on the stored bytes, never on re-serialised objects:
+
+- the hash chain: each stored event's JSON is in the form the store writes (so any changed byte,
+  even a space, shows), its hash is sha256 over that content, its id and version, chained to the
+  previous event's hash; versions run 1, 2, 3 ... with none missing;
+- the transitions: each action was allowed from the status the case stood in (`ALLOWED_FROM`,
+  the same table the engine enforces), led to a status that action can lead to, and the
+  consequences recorded with it (the refund of an approved refund-only case, say) are there;
+- the deadlines: every system action fired the deadline then running, no earlier than it fell due;
+- the money: the amount asked matches what was paid for the order's lines (less earlier cases'
+  refunds), refunds never exceed the amount asked, the order's ledger agrees with the case, and no
+  line of the order was ever refunded beyond what was paid for it;
+- the index: the case's row in ``aftersales_cases`` names the last stored version and status, so a
+  deleted last event shows too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Mapper, StoredEvent
+from pydantic import BaseModel
+
+from engine.case import (
+    ALLOWED_FROM,
+    HOLDING_STATUSES,
+    CaseApproved,
+    CaseAutoApproved,
+    CaseAutoClosed,
+    CaseAutoRefunded,
+    CaseEscalated,
+    CaseEvent,
+    CaseOpened,
+    CaseRated,
+    CaseRefunded,
+    CaseRejected,
+    CaseRuled,
+    CaseWithdrawn,
+    DeadlineFired,
+    FreightCharged,
+    GoodsReceived,
+    GoodsRecovered,
+    GoodsShippedBack,
+    LateShipmentPenalty,
+    MissingItemsReshipped,
+    ReplacementShipped,
+    ReshipImpossible,
+    ReshipOverdue,
+    ReturnCase,
+)
+from engine.errors import BadInput, NotFound
+from engine.events import GENESIS_HASH, Deadline, Event, chain_hash
+from engine.order import CaseLinked, CaseUnlinked, Order, OrderPlaced
+from engine.policy import Policy
+from engine.store import EventStore
+from engine.values import CENT, ZERO, Role, Status, money_str
+
+S = Status
+BUNDLE_FORMAT = "aftersales-dispute-bundle/1"
+
+# Which action of the transition table each case event records.
+ACTION_OF: Mapping[type[CaseEvent], str] = {
+    CaseOpened: "open",
+    CaseApproved: "approve",
+    CaseRejected: "reject",
+    GoodsShippedBack: "ship-back",
+    GoodsReceived: "receive",
+    CaseRefunded: "refund",
+    ReplacementShipped: "ship-replacement",
+    MissingItemsReshipped: "reship",
+    ReshipImpossible: "reship",
+    CaseWithdrawn: "withdraw",
+    CaseEscalated: "escalate",
+    CaseRuled: "rule",
+    CaseRated: "rate",
+    GoodsRecovered: "recover-goods",
+    CaseAutoApproved: "auto_approve",
+    CaseAutoClosed: "auto_close",
+    CaseAutoRefunded: "auto_refund",
+    ReshipOverdue: "reship_overdue",
+}
+
+# Events recorded only as part of another action (money the action moves besides a refund).
+CONSEQUENCE_ONLY: frozenset[type[CaseEvent]] = frozenset({FreightCharged, LateShipmentPenalty})
+KNOWN: frozenset[type[CaseEvent]] = frozenset(ACTION_OF) | CONSEQUENCE_ONLY
+# Actions that leave the status as it was.
+UNCHANGED: frozenset[type[CaseEvent]] = frozenset({CaseRated, GoodsRecovered})
+
+# The statuses each event may leave the case in (the contract's "to" column).
+LEADS_TO: Mapping[type[CaseEvent], frozenset[Status]] = {
+    CaseOpened: frozenset({S.AWAITING_MERCHANT}),
+    CaseApproved: frozenset({S.REFUNDED, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_RESHIPMENT}),
+    CaseAutoApproved: frozenset({S.REFUNDED, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_RESHIPMENT}),
+    CaseRejected: frozenset({S.REJECTED}),
+    GoodsShippedBack: frozenset({S.AWAITING_MERCHANT_RECEIPT}),
+    GoodsReceived: frozenset({S.REFUNDED, S.AWAITING_REPLACEMENT, S.ESCALATED}),
+    CaseRefunded: frozenset({S.REFUNDED}),
+    ReplacementShipped: frozenset({S.COMPLETED}),
+    MissingItemsReshipped: frozenset({S.COMPLETED}),
+    ReshipImpossible: frozenset({S.REFUNDED}),
+    CaseWithdrawn: frozenset({S.CLOSED}),
+    CaseEscalated: frozenset({S.ESCALATED}),
+    CaseRuled: frozenset(
+        {S.REJECTED, S.CLOSED, S.AWAITING_RESHIPMENT, S.AWAITING_BUYER_SHIPMENT, S.REFUNDED}
+    ),
+    CaseAutoClosed: frozenset({S.CLOSED}),
+    CaseAutoRefunded: frozenset({S.REFUNDED}),
+    ReshipOverdue: frozenset({S.REFUNDED}),
+}
+
+# Events one action records after its first, in the same command: the refund that an approval,
+# a receipt, a ruling or a deadline makes, the escalation of goods received not as sent, the
+# freight a ruling charges and the penalty for a missed reship.
+_Events = frozenset[type[CaseEvent]]
+
+
+def _events(*kinds: type[CaseEvent]) -> _Events:
+    return frozenset(kinds)
+
+
+CONSEQUENCES: Mapping[type[CaseEvent], _Events] = {
+    CaseApproved: _events(CaseRefunded),
+    CaseAutoApproved: _events(CaseRefunded),
+    GoodsReceived: _events(CaseRefunded, CaseEscalated),
+    ReshipImpossible: _events(CaseRefunded),
+    CaseRuled: _events(CaseRefunded, FreightCharged),
+    CaseAutoRefunded: _events(CaseRefunded),
+    ReshipOverdue: _events(CaseRefunded, LateShipmentPenalty),
+}
+# The consequence each status the first event leaves the case in calls for.
+REQUIRED_CONSEQUENCE: Mapping[Status, type[CaseEvent]] = {
+    S.REFUNDED: CaseRefunded,
+    S.ESCALATED: CaseEscalated,
+}
+
+
+# Reading ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class History:
+    """What the store holds about one case, as read: nothing here is interpreted yet."""
+
+    case_id: UUID
+    events: Sequence[StoredEvent]
+    order_events: Sequence[StoredEvent]
+    index_row: Mapping[str, Any] | None
+
+
+def case_uuid(case_id: str | UUID) -> UUID:
+    if isinstance(case_id, UUID):
+        return case_id
+    try:
+        return UUID(str(case_id).strip())
+    except ValueError:
+        raise NotFound(f"no case {case_id}: case ids look like 3f2b…-…") from None
+
+
+def read_history(store: EventStore, case_id: str | UUID) -> History:
+    """The case's stored events in version order, its order's, and its row in the case index."""
+    uid = case_uuid(case_id)
+    recorder = store.recorder
+    events = list(recorder.select_events(uid))
+    if not events or not events[0].topic.startswith("engine.case:"):
+        raise NotFound(f"no case {case_id}")
+    order_events: list[StoredEvent] = []
+    order_ref = _order_ref(events)
+    if order_ref is not None:
+        order_events = list(recorder.select_events(order_ref))
+    rows = store.query(
+        "SELECT status, version FROM {t}aftersales_cases WHERE case_id = ?", (str(uid),)
+    )
+    return History(uid, events, order_events, rows[0] if rows else None)
+
+
+def _order_ref(events: Sequence[StoredEvent]) -> UUID | None:
+    """The order named by the case's first readable CaseOpened (read leniently: it may be
+    the tampered one, and verification says so)."""
+    for stored in events:
+        if stored.topic.endswith(":CaseOpened"):
+            try:
+                return UUID(json.loads(stored.state)["order_ref"])
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+# Results ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    check: str  # chain, transition, deadline, money, time, index, read
+    version: int | None  # the case event's version (None: the case as a whole)
+    message: str
+    order_version: int | None = None  # set for a problem found in the order's events
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "version": self.version,
+            "order_version": self.order_version,
+            "message": self.message,
+        }
+
+
+@dataclass
+class Entry:
+    """One stored event of the case: as stored, and as read (None if it cannot be read)."""
+
+    stored: StoredEvent
+    event: Event | None
+    error: str | None = None
+
+    @property
+    def version(self) -> int:
+        return self.stored.originator_version
+
+    @property
+    def case_event(self) -> CaseEvent | None:
+        return self.event if isinstance(self.event, CaseEvent) else None
+
+    @property
+    def type_name(self) -> str:
+        return self.stored.topic.rpartition(":")[2]
+
+
+@dataclass
+class Audit:
+    case_id: UUID
+    entries: list[Entry]
+    state: dict[str, Any] | None
+    states: list[dict[str, Any]]
+    problems: list[Problem]
+    order_entries: list[Entry]
+    as_of: dict[str, Any] | None = None
+    order_events: Sequence[StoredEvent] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return not self.problems
+
+    @property
+    def head_hash(self) -> str | None:
+        if not self.entries:
+            return None
+        return _stored_hash(self.entries[-1].stored)
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "case_id": str(self.case_id),
+            "events": [timeline_row(e) for e in self.entries],
+            "state": self.state,
+            "verified": self.verified,
+            "problems": [p.to_json() for p in self.problems],
+            "head_hash": self.head_hash,
+        }
+        if self.as_of is not None:
+            result["as_of"] = self.as_of
+        return result
+
+
+# Replay -----------------------------------------------------------------------------------------
+
+
+def replay(
+    history: History,
+    mapper: Mapper[UUID],
+    *,
+    as_of: datetime | None = None,
+    version: int | None = None,
+    with_states: bool = False,
+) -> Audit:
+    """Rebuild the case from its stored events (all, those up to ``as_of`` by when they
+    happened, or those up to ``version``) and verify them."""
+    if as_of is not None and version is not None:
+        raise BadInput("give --as-of or --version, not both")
+    if as_of is not None and as_of.tzinfo is None:
+        raise BadInput("--as-of has no time zone")
+    entries = [_read(s, mapper) for s in history.events]
+    whole = as_of is None and version is None
+    if version is not None:
+        last = entries[-1].version
+        if version < 1 or version > last:
+            raise BadInput(f"--version {version}: case {history.case_id} has versions 1 to {last}")
+        entries = [e for e in entries if e.version <= version]
+    elif as_of is not None:
+        entries = _up_to(entries, as_of)
+
+    problems: list[Problem] = []
+    problems += check_chain([e.stored for e in entries])
+    for e in entries:
+        if e.error is not None:
+            problems.append(Problem("read", e.version, f"version {e.version}: {e.error}"))
+
+    case, states = _rebuild(entries, problems, with_states)
+    events = [e.case_event for e in entries if e.case_event is not None]
+    problems += check_transitions(events, whole=version is None)
+    problems += check_deadlines(events)
+
+    order_entries = [_read_order(s, mapper) for s in history.order_events]
+    problems += check_order(history, order_entries, events, whole=whole)
+    if whole:
+        problems += check_index(history.index_row, entries)
+
+    state = case.to_json() if case is not None else None
+    audit = Audit(
+        case_id=history.case_id,
+        entries=entries,
+        state=state,
+        states=states,
+        problems=_sorted(problems),
+        order_entries=order_entries,
+        order_events=history.order_events,
+    )
+    if not whole:
+        audit.as_of = _as_of_view(entries, as_of, version)
+    return audit
+
+
+def _up_to(entries: list[Entry], as_of: datetime) -> list[Entry]:
+    """The events that had happened by ``as_of``: the prefix of the history up to it."""
+    kept = []
+    for e in entries:
+        if e.event is not None and e.event.at > as_of:
+            break
+        kept.append(e)
+    return kept
+
+
+def _as_of_view(
+    entries: list[Entry], as_of: datetime | None, version: int | None
+) -> dict[str, Any]:
+    due: Deadline | None = None
+    for e in entries:
+        if e.case_event is not None:
+            due = e.case_event.due
+    return {
+        "time": _plain(as_of) if as_of is not None else None,
+        "version": entries[-1].version if entries else 0,
+        "deadline": _plain(due) if due is not None else None,
+        # The deadline had fallen due but nobody (not even the clock) had acted yet.
+        "deadline_passed": (due.due_at <= as_of) if (due is not None and as_of) else None,
+        "requested_version": version,
+    }
+
+
+def _read(stored: StoredEvent, mapper: Mapper[UUID]) -> Entry:
+    try:
+        event = mapper.to_domain_event(stored)
+    except Exception as exc:  # a tampered or foreign event: report it, never crash
+        return Entry(stored, None, f"cannot be read as {_topic_name(stored)}: {_one_line(exc)}")
+    if not isinstance(event, CaseEvent):
+        return Entry(stored, None, f"{_topic_name(stored)} is not a case event")
+    return Entry(stored, event)
+
+
+def _read_order(stored: StoredEvent, mapper: Mapper[UUID]) -> Entry:
+    try:
+        event = mapper.to_domain_event(stored)
+    except Exception as exc:
+        return Entry(stored, None, f"cannot be read as {_topic_name(stored)}: {_one_line(exc)}")
+    if not isinstance(event, Event):
+        return Entry(stored, None, f"{_topic_name(stored)} is not an event")
+    return Entry(stored, event)
+
+
+def _rebuild(
+    entries: list[Entry], problems: list[Problem], with_states: bool
+) -> tuple[ReturnCase | None, list[dict[str, Any]]]:
+    """Apply the events as the library does; where the sequence is broken (a missing or
+    unreadable event), carry on with the next one so the rest of the history is still shown."""
+    case: ReturnCase | None = None
+    states: list[dict[str, Any]] = []
+    for e in entries:
+        event = e.event
+        if event is None:
+            continue
+        try:
+            if case is None:
+                if not isinstance(event, CaseOpened):
+                    continue  # nothing to build on; the chain check names what is missing
+                built = event.mutate(None)
+                assert isinstance(built, ReturnCase)
+                case = built
+            elif isinstance(event, CaseOpened):
+                continue  # opened again: the transition check names it
+            elif event.originator_version == case.version + 1:
+                event.mutate(case)
+            else:  # a gap the chain check reports: apply without the library's sequence check
+                event.apply(case)
+                case.version = event.originator_version
+        except Exception as exc:
+            problems.append(
+                Problem("read", e.version, f"version {e.version}: cannot be applied: {exc}")
+            )
+            continue
+        if with_states:
+            states.append({"version": e.version, "state": case.to_json()})
+    return case, states
+
+
+# Checks -----------------------------------------------------------------------------------------
+
+
+def _stored_hash(stored: StoredEvent) -> str | None:
+    try:
+        value = json.loads(stored.state)
+    except ValueError:
+        return None
+    found = value.get("hash") if isinstance(value, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def stored_form(state: Any) -> bytes:
+    """The bytes the store writes for a JSON value (engine.store.JsonTranscoder)."""
+    return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def check_chain(events: Sequence[StoredEvent], label: str = "") -> list[Problem]:
+    """Verify the hash chain from the stored bytes alone, naming the version at fault."""
+    problems: list[Problem] = []
+
+    def problem(version: int, message: str) -> None:
+        if label:
+            problems.append(
+                Problem("chain", None, f"{label} version {version}: {message}", version)
+            )
+        else:
+            problems.append(Problem("chain", version, f"version {version}: {message}"))
+
+    states: list[dict[str, Any] | None] = []
+    for stored in events:
+        try:
+            state = json.loads(bytes(stored.state).decode("utf-8"))
+        except ValueError as exc:
+            problem(stored.originator_version, f"stored bytes are not JSON ({_one_line(exc)})")
+            states.append(None)
+            continue
+        if not isinstance(state, dict) or not isinstance(state.get("hash"), str):
+            problem(stored.originator_version, "stored JSON carries no hash")
+            states.append(None)
+            continue
+        if stored_form(state) != bytes(stored.state):
+            problem(stored.originator_version, "stored bytes are not as the store wrote them")
+        states.append(state)
+    known = {s["hash"]: i for i, s in enumerate(states) if s is not None}
+
+    previous: str | None = GENESIS_HASH
+    expected = 1
+    for i, (stored, state) in enumerate(zip(events, states, strict=True)):
+        version = stored.originator_version
+        missing = list(range(expected, version))
+        for gone in missing:
+            problem(gone, "is missing (deleted?)")
+        expected = max(expected, version + 1)
+        if state is None:
+            previous = None
+            continue
+        if previous is None:
+            problem(version, "cannot be checked: the event before it is unreadable")
+        elif chain_hash(previous, stored.originator_id, version, state) != state["hash"]:
+            other = next(
+                (
+                    j
+                    for h, j in known.items()
+                    if j != i - 1
+                    and chain_hash(h, stored.originator_id, version, state) == state["hash"]
+                ),
+                None,
+            )
+            if missing:
+                problem(version, f"does not chain to version {version - len(missing) - 1}")
+            elif other is not None:
+                problem(
+                    version,
+                    f"chains to the event stored as version {events[other].originator_version}, "
+                    f"not to version {version - 1}: events reordered",
+                )
+            elif (sealed := _sealed_as(events, states, i, known)) is not None:
+                problem(version, f"was sealed as version {sealed}: events moved")
+            else:
+                problem(version, "hash does not match its content (altered)")
+        previous = state["hash"]
+    return problems
+
+
+def _sealed_as(
+    events: Sequence[StoredEvent],
+    states: list[dict[str, Any] | None],
+    i: int,
+    known: dict[str, int],
+) -> int | None:
+    """The version an event whose hash does not match was sealed as, if its content is intact
+    and it was moved (looked for only on a failure, and only in a history of sensible size)."""
+    state = states[i]
+    if state is None or len(events) > 100:
+        return None
+    stored = events[i]
+    last = max(e.originator_version for e in events) + 1
+    for previous in [GENESIS_HASH, *known]:
+        for version in range(1, last + 1):
+            if version != stored.originator_version and (
+                chain_hash(previous, stored.originator_id, version, state) == state["hash"]
+            ):
+                return version
+    return None
+
+
+def kind_of(event: CaseEvent) -> type[CaseEvent]:
+    """The event class the audit's tables name for this event (its own, or the nearest base:
+    a test's or a migration's subclass reads as the class it extends)."""
+    for cls in type(event).__mro__:
+        if cls in KNOWN:
+            return cls
+    return type(event)
+
+
+def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> list[Problem]:
+    """Each action allowed from the status the case stood in, leading where it can lead; the
+    consequences an action calls for recorded with it (unless the history shown stops between
+    them, as ``--version`` may)."""
+    problems: list[Problem] = []
+    status: Status | None = None
+    head: CaseEvent | None = None  # the first event of the command being checked
+    seen: set[type[CaseEvent]] = set()  # the consequences recorded with it so far
+    rated = False
+
+    def settle() -> None:
+        """The action before this one: the consequence its status calls for is there."""
+        if head is None:
+            return
+        owed = REQUIRED_CONSEQUENCE.get(head.status)
+        if kind_of(head) in CONSEQUENCES and owed is not None and owed not in seen:
+            problems.append(
+                Problem(
+                    "transition",
+                    head.originator_version,
+                    f"version {head.originator_version}: {kind_of(head).__name__} left the case "
+                    f"{head.status} but no {owed.__name__} follows it",
+                )
+            )
+
+    for event in events:
+        v = event.originator_version
+        kind = kind_of(event)
+        action = ACTION_OF.get(kind)
+        consequence = (
+            head is not None
+            and event.command_id == head.command_id
+            and event.at == head.at
+            and kind in CONSEQUENCES.get(kind_of(head), frozenset())
+            and kind not in seen
+            and status == event.status
+        )
+        if consequence:
+            seen.add(kind)
+            status = event.status
+            continue
+        settle()
+        head, seen = None, set()
+        if action is None:
+            what = "is recorded only as part of another action" if kind in KNOWN else "unknown"
+            problems.append(Problem("transition", v, f"version {v}: {kind.__name__} {what}"))
+        elif kind is CaseOpened:
+            if status is not None:
+                problems.append(Problem("transition", v, f"version {v}: opened again"))
+            head = event
+        elif status is None:
+            problems.append(
+                Problem("transition", v, f"version {v}: {action} before the case was opened")
+            )
+        else:
+            if status not in ALLOWED_FROM[action]:
+                allowed = ", ".join(sorted(ALLOWED_FROM[action]))
+                problems.append(
+                    Problem(
+                        "transition",
+                        v,
+                        f"version {v}: {action} is not allowed from {status} (only from {allowed})",
+                    )
+                )
+            if kind in UNCHANGED and event.status != status:
+                problems.append(
+                    Problem("transition", v, f"version {v}: {action} changed the status")
+                )
+            if kind is CaseRated:
+                if rated:
+                    problems.append(Problem("transition", v, f"version {v}: rated a second time"))
+                rated = True
+            head = event
+        if action and kind not in UNCHANGED and event.status not in LEADS_TO.get(kind, frozenset()):
+            problems.append(
+                Problem(
+                    "transition",
+                    v,
+                    f"version {v}: {kind.__name__} cannot leave a case {event.status}",
+                )
+            )
+        status = event.status
+    if whole:
+        settle()
+    return problems
+
+
+def check_deadlines(events: Sequence[CaseEvent]) -> list[Problem]:
+    """Every system action fired the deadline then running, at or after it fell due; and the
+    events happened in the order they are recorded in."""
+    problems: list[Problem] = []
+    running: Deadline | None = None
+    last_at: datetime | None = None
+    for event in events:
+        v = event.originator_version
+        if last_at is not None and event.at < last_at:
+            problems.append(
+                Problem(
+                    "time",
+                    v,
+                    f"version {v} happened at {event.at.isoformat()}, before the event "
+                    f"before it ({last_at.isoformat()})",
+                )
+            )
+        if isinstance(event, DeadlineFired):
+            fired = event.fired
+            action = ACTION_OF[kind_of(event)]
+            if event.actor.role is not Role.SYSTEM:
+                problems.append(
+                    Problem("deadline", v, f"version {v}: {action} recorded as {event.actor.role}")
+                )
+            if fired.action.value != action:
+                problems.append(
+                    Problem(
+                        "deadline",
+                        v,
+                        f"version {v}: a {action} that names a {fired.action} deadline",
+                    )
+                )
+            if event.at < fired.due_at:
+                problems.append(
+                    Problem(
+                        "deadline",
+                        v,
+                        f"version {v}: {action} fired at {event.at.isoformat()}, before its "
+                        f"deadline {fired.due_at.isoformat()}",
+                    )
+                )
+            if running != fired:
+                was = f"{running.action} due {running.due_at.isoformat()}" if running else "none"
+                problems.append(
+                    Problem(
+                        "deadline",
+                        v,
+                        f"version {v}: fired a deadline that was not the one running ({was})",
+                    )
+                )
+        running = event.due
+        last_at = event.at if last_at is None else max(last_at, event.at)
+    return problems
+
+
+def check_order(
+    history: History,
+    order_entries: list[Entry],
+    events: Sequence[CaseEvent],
+    *,
+    whole: bool,
+) -> list[Problem]:
+    """Money never exceeds what was paid: the amount asked against the order's lines, refunds
+    against the amount, the order's ledger against the case; and the order's own chain."""
+    problems: list[Problem] = []
+    opened = next((e for e in events if isinstance(e, CaseOpened)), None)
+    if opened is None:
+        return problems
+    if not history.order_events:
+        return [Problem("money", 1, f"version 1: the order {opened.order_id} is not in the store")]
+    label = f"order {opened.order_id}"
+    problems += check_chain(history.order_events, label)
+    for e in order_entries:
+        if e.error is not None:
+            problems.append(
+                Problem("read", None, f"{label} version {e.version}: {e.error}", e.version)
+            )
+
+    # The order as it stood just before this case was linked to it.
+    order: Order | None = None
+    linked_at: int | None = None
+    unlinked = ZERO
+    for e in order_entries:
+        ev: Event | None = e.event
+        if ev is None:
+            continue
+        if isinstance(ev, CaseLinked) and ev.case_id == history.case_id and linked_at is None:
+            linked_at = e.version
+            if order is not None:
+                problems += _check_asked(opened, order)
+        if isinstance(ev, CaseUnlinked) and ev.case_id == history.case_id:
+            unlinked += sum(ev.refunded.values(), ZERO)
+        try:
+            if order is None:
+                if isinstance(ev, OrderPlaced):
+                    built = ev.mutate(None)
+                    assert isinstance(built, Order)
+                    order = built
+            else:
+                ev.apply(order)
+                order.version = ev.originator_version
+        except Exception as exc:
+            problems.append(
+                Problem(
+                    "read",
+                    None,
+                    f"{label} version {e.version}: cannot be applied: {exc}",
+                    e.version,
+                )
+            )
+    if order is None:
+        return [*problems, Problem("money", 1, f"version 1: {label} has no readable OrderPlaced")]
+    if linked_at is None:
+        problems.append(Problem("money", 1, f"version 1: {label} has no record of this case"))
+
+    # Refunds against the amount asked.
+    refunded = ZERO
+    for event in events:
+        if isinstance(event, CaseRefunded):
+            v = event.originator_version
+            if event.amount <= ZERO:
+                problems.append(Problem("money", v, f"version {v}: a refund of {event.amount}"))
+            refunded += event.amount
+            if refunded > opened.amount:
+                problems.append(
+                    Problem(
+                        "money",
+                        v,
+                        f"version {v}: refunds reach {money_str(refunded)}, more than the "
+                        f"{money_str(opened.amount)} asked",
+                    )
+                )
+    # Every line of the order: never refunded beyond what was paid for it.
+    for sku, total in sorted(order.refunded.items()):
+        line = order.lines.get(sku)
+        if line is None:
+            continue
+        worth = line.total  # or its list price, at which missing gifts are made good
+        if line.list_price is not None:
+            worth = max(worth, (line.list_price * line.quantity).quantize(CENT))
+        if total > worth:
+            problems.append(
+                Problem(
+                    "money",
+                    None,
+                    f"{label}: line {sku} refunded {money_str(total)} in all, more than the "
+                    f"{money_str(worth)} it is worth",
+                )
+            )
+    # The order's ledger and the case agree (once the case let go of the lines).
+    final = events[-1] if events else None
+    if (
+        whole
+        and final is not None
+        and final.status not in HOLDING_STATUSES
+        and unlinked != refunded
+    ):
+        problems.append(
+            Problem(
+                "money",
+                final.originator_version,
+                f"version {final.originator_version}: the case refunded "
+                f"{money_str(refunded)} but {label}'s ledger records {money_str(unlinked)}",
+            )
+        )
+    return problems
+
+
+def _check_asked(opened: CaseOpened, order: Order) -> list[Problem]:
+    problems: list[Problem] = []
+    for line in opened.lines:
+        paid = order.lines.get(line.sku)
+        if paid is None:
+            problems.append(
+                Problem("money", 1, f"version 1: line {line.sku} is not on order {order.order_id}")
+            )
+            return problems
+        if line.quantity > paid.quantity or line.unit_price != paid.unit_price:
+            problems.append(
+                Problem(
+                    "money",
+                    1,
+                    f"version 1: line {line.sku} {line.quantity} x {money_str(line.unit_price)} "
+                    f"does not match the order's {paid.quantity} x {money_str(paid.unit_price)}",
+                )
+            )
+            return problems
+    # Missing items may be made good at their list price (the policy names the categories;
+    # the audit allows it for every line that carries one).
+    missing = opened.reason.startswith("missing_items.")
+    listed = tuple(line.category for line in opened.lines if missing and line.category)
+    refundable = order.refundable(list(opened.lines), listed)
+    if opened.amount <= ZERO or opened.amount > refundable:
+        problems.append(
+            Problem(
+                "money",
+                1,
+                f"version 1: {money_str(opened.amount)} asked, but at most "
+                f"{money_str(refundable)} was paid and not yet refunded on these lines",
+            )
+        )
+    return problems
+
+
+def check_index(row: Mapping[str, Any] | None, entries: list[Entry]) -> list[Problem]:
+    """The case index is written in the same transaction as the events: it names the last
+    version, so events deleted from the end show up here."""
+    if not entries:
+        return []
+    last = entries[-1]
+    if row is None:
+        return [Problem("index", None, "the case index has no row for this case")]
+    problems = []
+    if int(row["version"]) != last.version:
+        problems.append(
+            Problem(
+                "index",
+                int(row["version"]),
+                f"the case index says version {int(row['version'])}, the events end at "
+                f"version {last.version} (events missing from the end?)",
+            )
+        )
+    elif last.case_event is not None and row["status"] != last.case_event.status.value:
+        problems.append(
+            Problem(
+                "index",
+                last.version,
+                f"version {last.version}: the case index says {row['status']}, "
+                f"the events {last.case_event.status}",
+            )
+        )
+    return problems
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    order = {"read": 0, "chain": 1, "transition": 2, "deadline": 3, "time": 4, "money": 5}
+    keyed = sorted(
+        enumerate(problems),
+        key=lambda ip: (
+            ip[1].version if ip[1].version is not None else 1 << 30,
+            ip[1].order_version or 0,
+            order.get(ip[1].check, 9),
+            ip[0],
+        ),
+    )
+    return [p for _, p in keyed]
+
+
+# Output -----------------------------------------------------------------------------------------
+
+_COMMON = frozenset(
+    {
+        "originator_id",
+        "originator_version",
+        "originator_topic",
+        "timestamp",
+        "at",
+        "actor",
+        "command_id",
+        "hash",
+        "status",
+        "due",
+    }
+)
+
+
+def _plain(value: Any) -> Any:
+    """JSON values with one spelling for each kind, whatever backend the bytes came from."""
+    if isinstance(value, BaseModel):
+        return {k: _plain(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return money_str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def timeline_row(entry: Entry) -> dict[str, Any]:
+    event = entry.case_event
+    if event is None:
+        return {
+            "version": entry.version,
+            "type": entry.type_name,
+            "occurred_at": None,
+            "recorded_at": None,
+            "actor": None,
+            "data": None,
+            "status_after": None,
+            "due": None,
+            "command_id": None,
+            "hash": _stored_hash(entry.stored),
+            "unreadable": entry.error,
+        }
+    fields = type(event).model_fields
+    return {
+        "version": entry.version,
+        "type": entry.type_name,
+        "occurred_at": event.at.isoformat(),
+        "recorded_at": event.timestamp.isoformat(),
+        "actor": {"role": event.actor.role.value, "id": event.actor.id},
+        "data": {k: _plain(getattr(event, k)) for k in fields if k not in _COMMON},
+        "status_after": event.status.value,
+        "due": _plain(event.due) if event.due is not None else None,
+        "command_id": event.command_id,
+        "hash": event.hash,
+    }
+
+
+def policy_versions(audit: Audit) -> list[str]:
+    """The policy versions recorded on the case's events (deadlines set and fired)."""
+    seen: list[str] = []
+    for e in audit.entries:
+        ev = e.case_event
+        if ev is None:
+            continue
+        for d in (ev.due, ev.fired if isinstance(ev, DeadlineFired) else None):
+            if d is not None and d.policy_version not in seen:
+                seen.append(d.policy_version)
+    return seen
+
+
+def stored_json(stored: StoredEvent) -> dict[str, Any]:
+    """A stored event for a bundle: the bytes kept exactly, as the stored JSON text (or, for
+    bytes that are not even UTF-8, in hexadecimal)."""
+    kept: dict[str, Any] = {
+        "originator_id": str(stored.originator_id),
+        "originator_version": stored.originator_version,
+        "topic": stored.topic,
+    }
+    try:
+        kept["state"] = bytes(stored.state).decode("utf-8")
+    except UnicodeDecodeError:
+        kept["state_hex"] = bytes(stored.state).hex()
+    return kept
+
+
+def bundle(audit: Audit, policy: Policy, exported_at: datetime) -> dict[str, Any]:
+    """The dispute bundle: the events as stored, the policy in force, the replayed states."""
+    versions = policy_versions(audit)
+    return {
+        "format": BUNDLE_FORMAT,
+        "case_id": str(audit.case_id),
+        "exported_at": exported_at.isoformat(),
+        "head_hash": audit.head_hash,
+        "events": [stored_json(e.stored) for e in audit.entries],
+        "order_events": [stored_json(s) for s in audit.order_events],
+        "policy": {
+            "name": policy.name,
+            "version": policy.version,
+            "content": policy.model_dump(mode="json"),
+            "versions_on_events": versions,
+            "note": (
+                "the engine's policy at export; every deadline on these events was set under it"
+                if versions in ([], [policy.version])
+                else "the engine's policy at export; deadlines on these events were set under "
+                "the versions listed, whose content is not kept in the store"
+            ),
+        },
+        "states": audit.states,
+        "audit": audit.to_json(),
+    }
+
+
+def bundle_bytes(content: dict[str, Any]) -> bytes:
+    """The one form a bundle is written in; the verifier checks the file is in it."""
+    return (json.dumps(content, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+
+def audit_case(
+    store: EventStore,
+    case_id: str | UUID,
+    *,
+    as_of: datetime | None = None,
+    version: int | None = None,
+    with_states: bool = False,
+) -> Audit:
+    """Read and replay one case (what `aftersales audit` does)."""
+    history = read_history(store, case_id)
+    return replay(history, store.mapper, as_of=as_of, version=version, with_states=with_states)
+
+
+def _topic_name(stored: StoredEvent) -> str:
+    return stored.topic.rpartition(":")[2] or stored.topic
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Verify an aftersales dispute bundle offline, with nothing but Python's standard library.
+
+    python3 verify_bundle.py BUNDLE.json [--json]
+
+A bundle (``aftersales audit CASE --export FILE``) holds the case's events exactly as they were
+stored, its order's events, the policy in force and the replayed states. This script checks,
+independently of the engine's code:
+
+- the file is byte for byte as exported (so even an added space shows);
+- each stored event's JSON is in the form the store writes, and its hash is sha256 over its
+  content, id and version chained to the previous event's hash; versions run 1, 2, 3 ... with
+  none missing; the bundle's head hash is the last event's;
+- each action was allowed from the status the case stood in, and led to a status it can lead to;
+- every system action fired the deadline then running, no earlier than it fell due;
+- the amount asked matches the order's lines, refunds never exceed it, no line of the order is
+  refunded beyond what was paid, and the order's ledger agrees with the case;
+- the replayed states agree with the events.
+
+Exit 0 when the bundle verifies, 3 (with the problems listed) when it does not, 2 when the file
+cannot be read at all. Compare the head hash with the one the platform reports for the case
+(``aftersales audit CASE``) to know the bundle is the whole history, not a rewritten one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+FORMAT = "aftersales-dispute-bundle/1"
+GENESIS_HASH = "0" * 64
+CENT = Decimal("0.01")
+
+AWAITING = {
+    "awaiting_merchant",
+    "awaiting_buyer_shipment",
+    "awaiting_merchant_receipt",
+    "awaiting_replacement",
+    "awaiting_reshipment",
+}
+FINAL = {"refunded", "completed", "closed"}
+ALL_STATUSES = AWAITING | FINAL | {"escalated", "rejected"}
+HOLDING = ALL_STATUSES - FINAL - {"rejected"}
+
+# The transition table (the command-line contract's): the statuses each action may start from.
+ALLOWED_FROM: dict[str, set[str]] = {
+    "approve": {"awaiting_merchant"},
+    "reject": {"awaiting_merchant"},
+    "refund": {"awaiting_merchant", "awaiting_buyer_shipment", "awaiting_merchant_receipt"},
+    "ship-back": {"awaiting_buyer_shipment"},
+    "receive": {"awaiting_merchant_receipt"},
+    "ship-replacement": {"awaiting_replacement"},
+    "reship": {"awaiting_reshipment"},
+    "withdraw": {"awaiting_merchant", "awaiting_buyer_shipment", "rejected", "escalated"},
+    "escalate": AWAITING | {"rejected"},
+    "rule": {"escalated"},
+    "rate": FINAL,
+    "recover-goods": {"refunded"},
+    "auto_approve": {"awaiting_merchant"},
+    "auto_close": {"awaiting_buyer_shipment"},
+    "auto_refund": {"awaiting_merchant_receipt"},
+    "reship_overdue": {"awaiting_reshipment"},
+}
+ACTION_OF: dict[str, str] = {
+    "CaseOpened": "open",
+    "CaseApproved": "approve",
+    "CaseRejected": "reject",
+    "GoodsShippedBack": "ship-back",
+    "GoodsReceived": "receive",
+    "CaseRefunded": "refund",
+    "ReplacementShipped": "ship-replacement",
+    "MissingItemsReshipped": "reship",
+    "ReshipImpossible": "reship",
+    "CaseWithdrawn": "withdraw",
+    "CaseEscalated": "escalate",
+    "CaseRuled": "rule",
+    "CaseRated": "rate",
+    "GoodsRecovered": "recover-goods",
+    "CaseAutoApproved": "auto_approve",
+    "CaseAutoClosed": "auto_close",
+    "CaseAutoRefunded": "auto_refund",
+    "ReshipOverdue": "reship_overdue",
+}
+SYSTEM_ACTIONS = {"CaseAutoApproved", "CaseAutoClosed", "CaseAutoRefunded", "ReshipOverdue"}
+LEADS_TO: dict[str, set[str]] = {
+    "CaseOpened": {"awaiting_merchant"},
+    "CaseApproved": {"refunded", "awaiting_buyer_shipment", "awaiting_reshipment"},
+    "CaseAutoApproved": {"refunded", "awaiting_buyer_shipment", "awaiting_reshipment"},
+    "CaseRejected": {"rejected"},
+    "GoodsShippedBack": {"awaiting_merchant_receipt"},
+    "GoodsReceived": {"refunded", "awaiting_replacement", "escalated"},
+    "CaseRefunded": {"refunded"},
+    "ReplacementShipped": {"completed"},
+    "MissingItemsReshipped": {"completed"},
+    "ReshipImpossible": {"refunded"},
+    "CaseWithdrawn": {"closed"},
+    "CaseEscalated": {"escalated"},
+    "CaseRuled": {
+        "rejected",
+        "closed",
+        "awaiting_reshipment",
+        "awaiting_buyer_shipment",
+        "refunded",
+    },
+    "CaseAutoClosed": {"closed"},
+    "CaseAutoRefunded": {"refunded"},
+    "ReshipOverdue": {"refunded"},
+}
+CONSEQUENCES: dict[str, set[str]] = {
+    "CaseApproved": {"CaseRefunded"},
+    "CaseAutoApproved": {"CaseRefunded"},
+    "GoodsReceived": {"CaseRefunded", "CaseEscalated"},
+    "ReshipImpossible": {"CaseRefunded"},
+    "CaseRuled": {"CaseRefunded", "FreightCharged"},
+    "CaseAutoRefunded": {"CaseRefunded"},
+    "ReshipOverdue": {"CaseRefunded", "LateShipmentPenalty"},
+}
+REQUIRED_CONSEQUENCE = {"refunded": "CaseRefunded", "escalated": "CaseEscalated"}
+CASE_MODULE = "engine.case:"
+ORDER_MODULE = "engine.order:"
+# The event types a bundle may hold (the hash covers an event's content, not its type name: a
+# type name outside these shows as a problem).
+CONSEQUENCE_ONLY = frozenset({"FreightCharged", "LateShipmentPenalty"})
+UNCHANGED = frozenset({"CaseRated", "GoodsRecovered"})
+CASE_TYPES = frozenset(ACTION_OF) | CONSEQUENCE_ONLY
+ORDER_TYPES = frozenset(
+    {"OrderPlaced", "OrderShipped", "OrderDelivered", "CaseLinked", "CaseUnlinked"}
+)
+
+
+class Report:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.problems.append(message)
+
+
+def chain_hash(previous: str, originator_id: str, version: int, state: dict[str, Any]) -> str:
+    content = {k: v for k, v in state.items() if k != "hash"}
+    payload = {"originator_id": originator_id, "originator_version": version, "state": content}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((previous + canonical).encode("utf-8")).hexdigest()
+
+
+def money(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not money") from None
+
+
+def money_str(value: Decimal) -> str:
+    return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def when(value: Any) -> datetime:
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no offset")
+    return parsed
+
+
+def read_chain(
+    events: Any, report: Report, label: str, module: str, types: frozenset[str]
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """Check one aggregate's stored events; return (version, type, state) of those readable."""
+    if not isinstance(events, list) or not events:
+        report.add(f"{label}: no events")
+        return []
+    readable: list[tuple[int, str, dict[str, Any]]] = []
+    previous: str | None = GENESIS_HASH
+    expected = 1
+    first_id = None
+    for item in events:
+        try:
+            originator_id = str(item["originator_id"])
+            version = item["originator_version"]
+            topic = item["topic"]
+            if "state_hex" in item:  # stored bytes that are not UTF-8: kept in hexadecimal
+                raw = bytes.fromhex(item["state_hex"])
+            else:
+                raw = item["state"].encode("utf-8")
+            if not isinstance(version, int):
+                raise TypeError("bad field types")
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            report.add(f"{label}: an event entry is malformed ({exc})")
+            previous = None
+            continue
+        first_id = first_id or originator_id
+        if originator_id != first_id:
+            report.add(f"{label} version {version}: belongs to another aggregate")
+        for gone in range(expected, version):
+            report.add(f"{label} version {gone}: is missing (deleted?)")
+        gap = version != expected
+        if version < expected:
+            report.add(f"{label} version {version}: out of order")
+        expected = max(expected, version + 1)
+        try:
+            state = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:
+            report.add(f"{label} version {version}: stored bytes are not JSON ({exc})")
+            previous = None
+            continue
+        if not isinstance(state, dict) or not isinstance(state.get("hash"), str):
+            report.add(f"{label} version {version}: stored JSON carries no hash")
+            previous = None
+            continue
+        form = json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if form != raw:
+            report.add(f"{label} version {version}: stored bytes are not as the store wrote them")
+        if previous is None:
+            report.add(f"{label} version {version}: cannot be checked after an unreadable event")
+        elif chain_hash(previous, originator_id, version, state) != state["hash"]:
+            why = "does not chain to the event before it" if gap else "hash does not match"
+            report.add(f"{label} version {version}: {why} (altered, moved or deleted)")
+        previous = state["hash"]
+        if not isinstance(topic, str) or topic.partition(":")[0] + ":" != module:
+            report.add(f"{label} version {version}: unexpected topic {topic!r}")
+            continue
+        if topic[len(module) :] not in types:
+            report.add(f"{label} version {version}: unknown event type {topic!r}")
+            continue
+        readable.append((version, topic[len(module) :], state))
+    return readable
+
+
+def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, report: Report) -> None:
+    status: str | None = None
+    head: tuple[int, str, dict[str, Any]] | None = None
+    seen: set[str] = set()
+    running: Any = None
+    last_at: datetime | None = None
+    rated = False
+
+    def settle() -> None:
+        if head is None:
+            return
+        owed = REQUIRED_CONSEQUENCE.get(head[2].get("status", ""))
+        if head[1] in CONSEQUENCES and owed is not None and owed not in seen:
+            report.add(f"version {head[0]}: {head[1]} left the case {status} but no {owed} follows")
+
+    for version, kind, e in events:
+        tag = f"version {version}"
+        try:
+            at = when(e["at"])
+            after = e["status"]
+        except (KeyError, ValueError) as exc:
+            report.add(f"{tag}: unreadable ({exc})")
+            continue
+        # Time, then deadlines.
+        if last_at is not None and at < last_at:
+            report.add(f"{tag}: happened before the event before it")
+        last_at = at if last_at is None else max(last_at, at)
+        if kind in SYSTEM_ACTIONS:
+            action = ACTION_OF[kind]
+            fired = e.get("fired") or {}
+            if (e.get("actor") or {}).get("role") != "system":
+                report.add(f"{tag}: {action} not recorded as the system")
+            if fired.get("action") != action:
+                report.add(f"{tag}: a {action} that names a {fired.get('action')} deadline")
+            try:
+                if at < when(fired.get("due_at")):
+                    report.add(f"{tag}: {action} fired before its deadline {fired.get('due_at')}")
+            except ValueError:
+                report.add(f"{tag}: the fired deadline has no readable time")
+            if fired != running:
+                report.add(f"{tag}: fired a deadline that was not the one running")
+        running = e.get("due")
+        # Transitions.
+        consequence = (
+            head is not None
+            and e.get("command_id") == head[2].get("command_id")
+            and e.get("at") == head[2].get("at")
+            and kind in CONSEQUENCES.get(head[1], set())
+            and kind not in seen
+            and status == after
+        )
+        if consequence:
+            seen.add(kind)
+            status = after
+            continue
+        settle()
+        head, seen = None, set()
+        action = ACTION_OF.get(kind)
+        if action is None:
+            report.add(f"{tag}: {kind} is recorded only as part of another action")
+        elif kind == "CaseOpened":
+            if status is not None or version != 1:
+                report.add(f"{tag}: opened again")
+            head = (version, kind, e)
+        elif status is None:
+            report.add(f"{tag}: {action} before the case was opened")
+        else:
+            if status not in ALLOWED_FROM[action]:
+                report.add(f"{tag}: {action} is not allowed from {status}")
+            if kind in UNCHANGED and after != status:
+                report.add(f"{tag}: {action} changed the status")
+            if kind == "CaseRated":
+                if rated:
+                    report.add(f"{tag}: rated a second time")
+                rated = True
+            head = (version, kind, e)
+        if action and kind not in UNCHANGED and after not in LEADS_TO.get(kind, set()):
+            report.add(f"{tag}: {kind} cannot leave a case {after}")
+        status = after
+    if whole:
+        settle()
+
+
+def check_money(
+    case: list[tuple[int, str, dict[str, Any]]],
+    order: list[tuple[int, str, dict[str, Any]]],
+    case_id: str,
+    whole: bool,
+    report: Report,
+) -> None:
+    opened = next((e for v, k, e in case if k == "CaseOpened"), None)
+    placed = next((e for v, k, e in order if k == "OrderPlaced"), None)
+    if opened is None or placed is None:
+        report.add("version 1: no CaseOpened or no OrderPlaced to check the money against")
+        return
+    try:
+        # sku -> (quantity, unit price, list price or None)
+        paid = {
+            line["sku"]: (
+                int(line["quantity"]),
+                money(line["unit_price"]),
+                money(line["list_price"]) if line.get("list_price") is not None else None,
+            )
+            for line in placed["lines"]
+        }
+        asked = money(opened["amount"])
+        missing = str(opened.get("reason", "")).startswith("missing_items.")
+        refunded_by_sku: dict[str, Decimal] = {}
+        ledger = Decimal("0")
+        checked = False
+        for _v, kind, e in order:
+            if kind == "CaseLinked" and e.get("case_id") == case_id and not checked:
+                checked = True
+                refundable = Decimal("0")
+                for line in opened["lines"]:
+                    qty, price, listed = paid.get(line["sku"], (0, Decimal("0"), None))
+                    if int(line["quantity"]) > qty or money(line["unit_price"]) != price:
+                        report.add(f"version 1: line {line['sku']} does not match the order")
+                    each = listed if (missing and listed is not None) else price
+                    value = (each * int(line["quantity"])).quantize(CENT)
+                    left = (each * qty).quantize(CENT) - refunded_by_sku.get(line["sku"], 0)
+                    refundable += max(Decimal("0"), min(value, left))
+                if asked <= 0 or asked > refundable:
+                    report.add(
+                        f"version 1: {money_str(asked)} asked, at most {money_str(refundable)} "
+                        "was paid and not yet refunded"
+                    )
+            if kind == "CaseUnlinked":
+                for sku, amount in (e.get("refunded") or {}).items():
+                    refunded_by_sku[sku] = refunded_by_sku.get(sku, Decimal("0")) + money(amount)
+                    if e.get("case_id") == case_id:
+                        ledger += money(amount)
+        if not checked:
+            report.add("version 1: the order has no record of this case")
+        for sku, total in refunded_by_sku.items():
+            qty, price, listed = paid.get(sku, (0, Decimal("0"), None))
+            if total > (max(price, listed or price) * qty).quantize(CENT):
+                report.add(f"order line {sku}: refunded {money_str(total)}, more than was paid")
+        refunded = Decimal("0")
+        for version, kind, e in case:
+            if kind == "CaseRefunded":
+                amount = money(e["amount"])
+                refunded += amount
+                if amount <= 0 or refunded > asked:
+                    report.add(
+                        f"version {version}: refunds reach {money_str(refunded)}, "
+                        f"more than the {money_str(asked)} asked"
+                    )
+        if whole and case and case[-1][2].get("status") not in HOLDING and ledger != refunded:
+            report.add(
+                f"version {case[-1][0]}: the case refunded {money_str(refunded)}, "
+                f"the order's ledger {money_str(ledger)}"
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        report.add(f"the money cannot be checked: {exc}")
+
+
+def verify(raw: bytes) -> Report:
+    report = Report()
+    try:
+        bundle = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        report.add(f"the bundle is not JSON: {exc}")
+        return report
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        report.add(f"not a bundle of format {FORMAT}")
+        return report
+    form = (json.dumps(bundle, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    if form != raw:
+        report.add("the file is not byte for byte as exported (edited or reformatted)")
+    case_id = str(bundle.get("case_id"))
+    case = read_chain(bundle.get("events"), report, "case", CASE_MODULE, CASE_TYPES)
+    order = read_chain(bundle.get("order_events"), report, "order", ORDER_MODULE, ORDER_TYPES)
+    events = bundle.get("events") or []
+    if any(str(e.get("originator_id")) != case_id for e in events if isinstance(e, dict)):
+        report.add("the events are not all the bundle's case's")
+    if case and bundle.get("head_hash") != case[-1][2].get("hash"):
+        report.add("the head hash is not the last event's hash")
+    whole = not (bundle.get("audit") or {}).get("as_of")
+    check_case(case, whole, report)
+    check_money(case, order, case_id, whole, report)
+    states = bundle.get("states")
+    if not isinstance(states, list) or len(states) != len(case):
+        report.add("the replayed states do not match the events one for one")
+    else:
+        for (version, _kind, e), s in zip(case, states, strict=True):
+            state = s.get("state") if isinstance(s, dict) else None
+            if not isinstance(state, dict) or s.get("version") != version:
+                report.add(f"version {version}: no replayed state")
+            elif state.get("status") != e.get("status"):
+                report.add(f"version {version}: the replayed state disagrees with the event")
+    return report
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if a != "--json"]
+    if len(args) != 1:
+        print("usage: verify_bundle.py BUNDLE.json [--json]", file=sys.stderr)
+        return 2
+    try:
+        with open(args[0], "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        print(f"error: cannot read {args[0]}: {exc}", file=sys.stderr)
+        return 2
+    report = verify(raw)
+    head = None
+    with contextlib.suppress(ValueError, AttributeError):
+        head = json.loads(raw).get("head_hash")
+    if "--json" in argv:
+        print(json.dumps({"verified": not report.problems, "problems": report.problems}))
+    elif report.problems:
+        print(f"NOT verified: {len(report.problems)} problem(s)")
+        for p in report.problems:
+            print(f"  {p}")
+    else:
+        print(f"verified: the chain and the checks hold; head hash {head}")
+    return 0 if not report.problems else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
