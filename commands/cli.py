@@ -12,6 +12,8 @@ from commands.cases import case_group
 from commands.demo import demo
 from commands.orders import order_group
 from commands.output import State, fail
+from commands.project import project_group
+from commands.report import report_group
 
 
 class AftersalesGroup(click.Group):
@@ -70,6 +72,8 @@ def cli(ctx: click.Context, /, store: str | None, policy_path: str | None) -> No
 cli.add_command(order_group)
 cli.add_command(case_group)
 cli.add_command(demo)
+cli.add_command(project_group)
+cli.add_command(report_group)
 
 
 def main() -> None:

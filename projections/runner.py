@@ -1,0 +1,244 @@
+"""Running projections: catch up in batches, follow the log, rebuild, report positions.
+
+Catching up reads the notification log in batches (one read serves every projection at the same
+position) and writes each projection's batch with one tracking record. Following on PostgreSQL
+hands over to the library's ``ProjectionRunner`` and its LISTEN/NOTIFY subscription; on SQLite,
+which has no subscription, it catches up again every ``poll`` seconds with the same code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.projection import ProjectionRunner
+
+from engine.store import APP_NAME, EventStore
+from projections.base import (
+    Progress,
+    ProgressFn,
+    StalePosition,
+    View,
+    ViewProjection,
+    ViewRecorder,
+    apply_batch,
+    fact_from_notification,
+    projection_class,
+    recorder_class,
+)
+
+DEFAULT_BATCH = 2000
+
+
+class Projector:
+    """The projections of one store."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._recorders: dict[str, ViewRecorder] = {}
+
+    @property
+    def postgres(self) -> bool:
+        return self.store.is_postgres
+
+    def recorder(self, view: type[View]) -> ViewRecorder:
+        found = self._recorders.get(view.name)
+        if found is None:
+            cls = recorder_class(view, self.postgres)
+            found = cls(datastore=self.store.recorder.datastore)  # type: ignore[call-arg,attr-defined]
+            found.create_table()  # type: ignore[attr-defined]
+            self._recorders[view.name] = found
+        return found
+
+    def position(self, view: type[View]) -> int | None:
+        return self.recorder(view).max_tracking_id(APP_NAME)
+
+    def head(self) -> int:
+        return self.store.recorder.max_notification_id() or 0
+
+    @property
+    def events_table(self) -> str:
+        return self.store.recorder.events_table_name  # type: ignore[attr-defined,no-any-return]
+
+    # Catching up --------------------------------------------------------------------------------
+
+    def catch_up(
+        self,
+        views: Sequence[type[View]],
+        batch_size: int = DEFAULT_BATCH,
+        progress: ProgressFn | None = None,
+    ) -> int:
+        """Bring these views up to the log's head as it is now; return the events read."""
+        read = 0
+        started = time.monotonic()
+        while True:
+            head = self.head()
+            positions = {v.name: self.position(v) for v in views}
+            behind = [v for v in views if (positions[v.name] or 0) < head]
+            if not behind:
+                return read
+            start = min(positions[v.name] or 0 for v in behind)
+            group = [v for v in behind if (positions[v.name] or 0) == start]
+            after = {v.name: positions[v.name] for v in group}
+            read += self._run(group, after, start, head, batch_size, progress, started, read)
+
+    def _run(
+        self,
+        group: list[type[View]],
+        after: dict[str, int | None],
+        start: int,
+        head: int,
+        batch_size: int,
+        progress: ProgressFn | None,
+        started: float,
+        read_before: int,
+    ) -> int:
+        """Read [start, head] once for a group of views at the same position."""
+        topics = sorted({t for v in group for t in v.topics()})
+        recorders = {v.name: self.recorder(v) for v in group}
+        read = 0
+        position = start
+        while position < head:
+            notes = self.store.recorder.select_notifications(
+                start=position,
+                limit=batch_size,
+                stop=head,
+                topics=topics,
+                inclusive_of_start=False,
+            )
+            last = head if len(notes) < batch_size else notes[-1].id
+            facts = [fact_from_notification(n) for n in notes]
+            for view in group:
+                try:
+                    apply_batch(view, recorders[view.name], facts, last, after[view.name])
+                except StalePosition:
+                    # Another runner or a rebuild moved it: start again from where it is.
+                    return read
+                after[view.name] = last
+            read += len(notes)
+            position = last
+            if progress is not None:
+                progress(
+                    Progress(
+                        view=",".join(v.name for v in group),
+                        done=position,
+                        head=head,
+                        started=started,
+                        extra={"events": read_before + read},
+                    )
+                )
+        return read
+
+    def rebuild(
+        self,
+        views: Sequence[type[View]],
+        batch_size: int = DEFAULT_BATCH,
+        progress: ProgressFn | None = None,
+    ) -> int:
+        """Drop these views' tables and tracking, and build them again from the first event."""
+        for view in views:
+            self.recorder(view).reset()
+        return self.catch_up(views, batch_size, progress)
+
+    # Where they are -----------------------------------------------------------------------------
+
+    def status(self, views: Sequence[type[View]]) -> list[dict[str, Any]]:
+        head = self.head()
+        result = []
+        for view in views:
+            position = self.position(view)
+            recorder = self.recorder(view)
+            lag = recorder.pending(position, self.events_table) if (position or 0) < head else 0
+            result.append(
+                {
+                    "projection": view.name,
+                    "tables": [t.name for t in view.tables],
+                    "position": position or 0,
+                    "head": head,
+                    "behind": head - (position or 0),
+                    "lag": lag,
+                }
+            )
+        return result
+
+    # Following --------------------------------------------------------------------------------
+
+    def follow(
+        self,
+        views: Sequence[type[View]],
+        stop: threading.Event,
+        batch_size: int = DEFAULT_BATCH,
+        poll: float = 0.2,
+        progress: ProgressFn | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Keep these views current until ``stop`` is set."""
+        self.catch_up(views, batch_size, progress)
+        if on_ready is not None:
+            on_ready()
+        if isinstance(self.store.recorder, PostgresApplicationRecorder):
+            self._follow_subscription(views, stop, batch_size)
+            return
+        while not stop.wait(poll):
+            self.catch_up(views, batch_size)
+
+    def _follow_subscription(
+        self, views: Sequence[type[View]], stop: threading.Event, batch_size: int
+    ) -> None:
+        """One library ProjectionRunner per view, restarted if its position is moved under it
+        (a rebuild, or another runner writing the same view)."""
+        url = self.store.url.text
+
+        class FollowedStore(EventStore):
+            name = APP_NAME
+
+            def __init__(self, env: Any = None) -> None:
+                super().__init__(url)
+
+        runners: dict[str, Any] = {}
+
+        def start(view: type[View]) -> Any:
+            runner: Any = ProjectionRunner(
+                application_class=FollowedStore,
+                projection_class=projection_class(view),
+                view_class=recorder_class(view, True),
+                env=self.store.url.env,
+            )
+            runner.projection.batch_size = batch_size
+            return runner
+
+        try:
+            for view in views:
+                runners[view.name] = start(view)
+            while not stop.wait(0.1):
+                for view in views:
+                    runner = runners[view.name]
+                    projection: ViewProjection = runner.projection
+                    if projection.error is None and not runner.is_interrupted.is_set():
+                        continue
+                    del runners[view.name]
+                    error = _close(runner)
+                    if error is not None and not isinstance(error, StalePosition):
+                        raise error
+                    runners[view.name] = start(view)
+        finally:
+            for runner in runners.values():
+                _close(runner)
+
+
+def _close(runner: Any) -> BaseException | None:
+    """Stop a runner, then write what its projection still holds; return what went wrong."""
+    error: BaseException | None = None
+    try:
+        runner.__exit__(None, None, None)
+    except Exception as exc:
+        error = exc
+    try:
+        runner.projection.close()
+    except Exception as exc:
+        error = error or exc
+    found: BaseException | None = error or runner.projection.error
+    return found
