@@ -68,15 +68,19 @@ def _event_class(topic: str) -> type[Any]:
     return resolve_topic(topic)  # type: ignore[no-any-return]
 
 
-def fact_from_notification(n: Notification) -> Fact:
+def make_fact(id: int, originator_id: UUID, version: int, topic: str, state: bytes) -> Fact:
     """The fast path: the stored JSON as it is, upcast if the stored shape is older."""
-    data: dict[str, Any] = json.loads(n.state)
-    cls = _event_class(n.topic)
-    version = data.pop("class_version", 1)
-    while version < getattr(cls, "class_version", 1):
-        getattr(cls, f"upcast_v{version}_v{version + 1}")(data)
-        version += 1
-    return Fact(n.id, n.originator_id, n.originator_version, cls.__name__, data)  # type: ignore[arg-type]
+    data: dict[str, Any] = json.loads(state)
+    cls = _event_class(topic)
+    stored_version = data.pop("class_version", 1)
+    while stored_version < getattr(cls, "class_version", 1):
+        getattr(cls, f"upcast_v{stored_version}_v{stored_version + 1}")(data)
+        stored_version += 1
+    return Fact(id, originator_id, version, cls.__name__, data)
+
+
+def fact_from_notification(n: Notification) -> Fact:
+    return make_fact(n.id, n.originator_id, n.originator_version, n.topic, n.state)  # type: ignore[arg-type]
 
 
 def fact_from_event(event: BaseModel, tracking: Tracking) -> Fact:
@@ -170,7 +174,14 @@ class Table:
             )
         return statements
 
-    def upsert(self, postgres: bool) -> str:
+    def upsert_json(self) -> str:
+        """PostgreSQL: the same upsert for a whole batch of rows sent as one JSON array of
+        arrays (one round trip; the server parses JSON far faster than rows are bound)."""
+        fields = ", ".join(f"(r->>{i})::{_PG_TYPES[c.kind]}" for i, c in enumerate(self.columns))
+        values = f"SELECT {fields} FROM json_array_elements(%s::json) AS r"
+        return self.upsert(postgres=True, values=values)
+
+    def upsert(self, postgres: bool, values: str | None = None) -> str:
         mark = "%s" if postgres else "?"
         sets = []
         for c in self.columns:
@@ -189,7 +200,8 @@ class Table:
         action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
         return (
             f"INSERT INTO {{t}}{self.name} ({', '.join(self.names)}) "
-            f"VALUES ({', '.join(mark for _ in self.columns)}) "
+            + (values or f"VALUES ({', '.join(mark for _ in self.columns)})")
+            + " "
             f"ON CONFLICT ({', '.join(self.key)}) {action}"
         )
 
@@ -217,18 +229,22 @@ class Changes:
     def __len__(self) -> int:
         return sum(len(r) for r in self.rows.values())
 
-    def batches(self, postgres: bool) -> Iterator[tuple[Table, list[tuple[Any, ...]]]]:
+    def batches(self, postgres: bool) -> Iterator[tuple[Table, list[list[Any]]]]:
         for name, rows in self.rows.items():
             table = self.tables[name]
-            kinds = [c.kind for c in table.columns]
+            names = table.names
+            convert = [
+                (i, _converter(c.kind, postgres))
+                for i, c in enumerate(table.columns)
+                if c.kind in ("time", "uuid")
+            ]
             values = []
             for row in rows.values():
-                values.append(
-                    tuple(
-                        _param(row[c], kind, postgres)
-                        for c, kind in zip(table.names, kinds, strict=True)
-                    )
-                )
+                line = [row[n] for n in names]
+                for i, f in convert:
+                    if line[i] is not None:
+                        line[i] = f(line[i])
+                values.append(line)
             yield table, values
 
 
@@ -243,14 +259,12 @@ def bigger(row: dict[str, Any], name: str, value: Any) -> None:
         row[name] = value
 
 
-def _param(value: Any, kind: str, postgres: bool) -> Any:
-    if value is None or postgres:
-        return value
-    if kind == "time":
-        return utc_text(value)
+def _converter(kind: str, postgres: bool) -> Callable[[Any], Any]:
     if kind == "uuid":
-        return str(value)
-    return value
+        return str
+    if postgres:
+        return datetime.isoformat
+    return utc_text
 
 
 # A view: what a projection module defines ------------------------------------------------------
@@ -343,7 +357,7 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
             if found != after:
                 raise StalePosition(after, found)
             for table, rows in changes.batches(postgres=True):
-                curs.executemany(self._t(table.upsert(postgres=True)), rows)
+                curs.execute(self._t(table.upsert_json()), (json.dumps(rows),))
             self._insert_tracking(curs, tracking)
 
     def reset(self) -> None:

@@ -11,13 +11,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.projection import ProjectionRunner
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
 
 from engine.store import APP_NAME, EventStore
 from projections.base import (
+    Fact,
     Progress,
     ProgressFn,
     StalePosition,
@@ -26,11 +30,12 @@ from projections.base import (
     ViewRecorder,
     apply_batch,
     fact_from_notification,
+    make_fact,
     projection_class,
     recorder_class,
 )
 
-DEFAULT_BATCH = 2000
+DEFAULT_BATCH = 5000
 
 
 class Projector:
@@ -96,41 +101,62 @@ class Projector:
         started: float,
         read_before: int,
     ) -> int:
-        """Read [start, head] once for a group of views at the same position."""
+        """Read [start, head] once for a group of views at the same position.
+
+        While one batch is being written (the database works, the GIL is free) the next is
+        read and decoded; batches are still written one after the other, in log order."""
         topics = sorted({t for v in group for t in v.topics()})
         recorders = {v.name: self.recorder(v) for v in group}
         read = 0
         position = start
-        while position < head:
-            notes = self.store.recorder.select_notifications(
-                start=position,
-                limit=batch_size,
-                stop=head,
-                topics=topics,
-                inclusive_of_start=False,
-            )
-            last = head if len(notes) < batch_size else notes[-1].id
-            facts = [fact_from_notification(n) for n in notes]
+
+        def write(facts: list[Fact], last: int, after_: dict[str, int | None]) -> None:
             for view in group:
-                try:
-                    apply_batch(view, recorders[view.name], facts, last, after[view.name])
-                except StalePosition:
-                    # Another runner or a rebuild moved it: start again from where it is.
+                apply_batch(view, recorders[view.name], facts, last, after_[view.name])
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projection-writer") as pool:
+            pending: Future[None] | None = None
+            while position < head:
+                facts = self.read(position, head, batch_size, topics)
+                last = head if len(facts) < batch_size else facts[-1].id
+                if pending is not None and not _written(pending):
                     return read
-                after[view.name] = last
-            read += len(notes)
-            position = last
-            if progress is not None:
-                progress(
-                    Progress(
-                        view=",".join(v.name for v in group),
-                        done=position,
-                        head=head,
-                        started=started,
-                        extra={"events": read_before + read},
+                pending = pool.submit(write, facts, last, dict(after))
+                after = {v.name: last for v in group}
+                read += len(facts)
+                position = last
+                if progress is not None:
+                    progress(
+                        Progress(
+                            view=",".join(v.name for v in group),
+                            done=position,
+                            head=head,
+                            started=started,
+                            extra={"events": read_before + read},
+                        )
                     )
-                )
+            if pending is not None:
+                _written(pending)
         return read
+
+    def read(self, after: int, stop: int, limit: int, topics: Sequence[str]) -> list[Fact]:
+        """The next events of the notification log with these topics, decoded to facts. On
+        PostgreSQL this is the library's notification query with plain tuple rows (it is the
+        hot loop of a rebuild); on SQLite the library's ``select_notifications``."""
+        recorder = self.store.recorder
+        if not isinstance(recorder, PostgresApplicationRecorder):
+            notes = recorder.select_notifications(
+                start=after, limit=limit, stop=stop, topics=topics, inclusive_of_start=False
+            )
+            return [fact_from_notification(n) for n in notes]
+        query = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {0}.{1} WHERE notification_id > %s AND notification_id <= %s "
+            "AND topic = ANY(%s) ORDER BY notification_id LIMIT %s"
+        ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as c:
+            c.execute(query, (after, stop, list(topics), limit), prepare=True)
+            return [make_fact(i, o, v, t, s) for i, o, v, t, s in c.fetchall()]
 
     def rebuild(
         self,
@@ -227,6 +253,16 @@ class Projector:
         finally:
             for runner in runners.values():
                 _close(runner)
+
+
+def _written(future: Future[None]) -> bool:
+    """Wait for a batch's write: False if its position had moved (another runner, a rebuild),
+    so catching up starts again from where the view is; other errors are raised."""
+    try:
+        future.result()
+    except StalePosition:
+        return False
+    return True
 
 
 def _close(runner: Any) -> BaseException | None:
