@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,12 @@ from functools import cache
 from typing import Any, ClassVar, Literal
 from uuid import UUID
 
-from eventsourcing.persistence import Notification, Tracking, TrackingRecorder
+from eventsourcing.persistence import (
+    Notification,
+    OperationalError,
+    Tracking,
+    TrackingRecorder,
+)
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
@@ -342,10 +348,21 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
     def _ddl(self) -> list[bytes]:
         return [self._t(s) for table in self.view.tables for s in table.ddl(postgres=True)]
 
-    def _create_table(self, curs: Cursor[DictRow]) -> None:
-        # Several processes may start on a new store at once.
-        curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_key,))
-        super()._create_table(curs)
+    def create_table(self) -> None:
+        """Create the tables in one transaction under the view's lock, so that several
+        processes starting at once on a new store do not trip over each other. (The
+        library's own create_table also migrates old multi-row tracking tables, which a
+        view's own tracking table never was.)"""
+        with self.datastore.transaction(commit=True) as curs:
+            self._lock(curs)
+            for statement in self.sql_create_statements:
+                curs.execute(statement, prepare=False)
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0}.{1} VALUES (%s, 1) ON CONFLICT (application_name) DO NOTHING"
+                ).format(Identifier(self.datastore.schema), Identifier(self.tracking_table_name)),
+                (self.table_migration_identifier,),
+            )
 
     def _lock(self, curs: Cursor[DictRow]) -> None:
         curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_key,))
@@ -414,6 +431,25 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
         return [
             s.replace("{t}", "") for table in self.view.tables for s in table.ddl(postgres=False)
         ]
+
+    def create_table(self) -> None:
+        """Create the tables in one transaction (see the PostgreSQL recorder); SQLite may
+        refuse a second process's schema change for a moment, so try a few times."""
+        for attempt in range(20):
+            try:
+                with self.datastore.transaction(commit=True) as c:
+                    for statement in self.create_table_statements:
+                        c.execute(statement)
+                    c.execute(
+                        f"INSERT INTO {self.tracking_table_name} VALUES (?, 1) "
+                        "ON CONFLICT (application_name) DO NOTHING",
+                        (self.table_migration_identifier,),
+                    )
+                return
+            except OperationalError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def _lock(self, c: SQLiteCursor) -> None:
         # Take the write lock before reading the position (a no-op write does it).

@@ -234,6 +234,7 @@ class Projector:
                 env=self.store.url.env,
             )
             runner.projection.batch_size = batch_size
+            runner.__enter__()
             return runner
 
         try:
