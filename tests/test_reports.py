@@ -33,9 +33,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg.rows import dict_row
+from psycopg.sql import SQL, Identifier
 
 from commands.cli import cli
 from engine.service import Engine
@@ -299,3 +303,28 @@ def test_report_commands_json_csv_and_table(scenario: Scenario, store_url: str) 
         cli, [*base, "return-rates", "--since", UNTIL.isoformat(), "--until", SINCE.isoformat()]
     )
     assert bad.exit_code == 2
+
+
+def test_the_readme_sql_gives_the_same_numbers(scenario: Scenario, store_url: str) -> None:
+    """The return-rate SQL in the README, run by hand as a BI tool would, matches the command."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("the README's SQL is written for PostgreSQL")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Projections and reports") :]
+    start = section.index("```sql\nWITH cohort") + len("```sql\n")
+    sql = section[start : section.index("```", start)]
+    schema = store_url.rsplit("schema=", 1)[1]
+    text = sql.replace(":since", "%(since)s").replace(":until", "%(until)s")
+    with psycopg.connect(store_url.split("?", 1)[0], row_factory=dict_row) as conn:
+        conn.execute(SQL("SET search_path TO {}").format(Identifier(schema)))
+        rows = conn.execute(text.encode(), {"since": SINCE, "until": UNTIL}).fetchall()
+    by_hand = [
+        {
+            **r,
+            "gmv": f"{r['gmv']:.2f}",
+            "refunded_amount": f"{r['refunded_amount']:.2f}",
+            **{k: float(r[k]) for k in COLUMNS if k.endswith("rate")},
+        }
+        for r in rows
+    ]
+    assert by_hand == BY_MERCHANT
