@@ -72,7 +72,7 @@ CASES = Table(
         col("rating", "int", "keep", "the buyer's score, 1 to 5"),
         col("rated_at", "time", "keep", "when the buyer rated"),
     ),
-    indexes=(("merchant_id", "status"), ("merchant_id", "updated_at"), ("due_at",)),
+    indexes=(("merchant_id", "status"), ("merchant_id", "updated_at"), ("merchant_id", "due_at")),
     doc="One row per case.",
 )
 
@@ -170,15 +170,15 @@ TOP_REASONS = 5
 
 
 def _dt(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return parsed.astimezone(UTC)
+    """A stored time: timestamptz arrives as an aware datetime, SQLite's as UTC text."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
 
 
 def _iso(value: Any) -> str | None:
     parsed = _dt(value)
-    return parsed.isoformat() if parsed else None
+    return parsed.astimezone(UTC).isoformat() if parsed else None
 
 
 def _median_seconds(values: list[float]) -> int | None:
@@ -250,8 +250,10 @@ def dashboard(store: EventStore, merchant: str | None, now: datetime) -> dict[st
     for r in store.query(
         f"SELECT r.paid_by, sum(r.amount_cents) AS cents FROM {{t}}{REFUNDS.name} r "
         f"JOIN {{t}}{CASES.name} c ON c.case_id = r.case_id "
-        f"WHERE {where}r.refunded_at >= ? AND r.refunded_at < ? GROUP BY r.paid_by",
-        [*params, t(since), t(now)],
+        # A refund in the window means its case was updated in it: that narrows the join.
+        f"WHERE {where}c.updated_at >= ? AND r.refunded_at >= ? AND r.refunded_at < ? "
+        "GROUP BY r.paid_by",
+        [*params, t(since), t(since), t(now)],
     ):
         paid[r["paid_by"]] = paid.get(r["paid_by"], 0) + int(r["cents"])
 
