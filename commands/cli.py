@@ -16,6 +16,8 @@ from commands.demo import demo
 from commands.imports import import_history, import_orders
 from commands.orders import order_group
 from commands.output import State, fail
+from commands.project import project_group
+from commands.report import report_group
 
 
 class AftersalesGroup(click.Group):
@@ -80,6 +82,8 @@ order_group.add_command(import_orders)
 cli.add_command(tick_command)
 cli.add_command(scheduler)
 cli.add_command(audit)
+cli.add_command(project_group)
+cli.add_command(report_group)
 
 
 def main() -> None:

@@ -1,0 +1,603 @@
+"""The machinery every projection shares: tables, batched changes, tracking, the library's hooks.
+
+A projection (a *view*) is a class with a name, the event classes it reads, its tables and a
+``fold`` method that turns a batch of events into row changes. Everything else is here:
+
+- ``Fact``: one event as the projection sees it (notification id, aggregate id, class name and the
+  stored JSON), whether it came from a bulk read of the notification log or from the library's
+  subscription.
+- ``Changes``: the rows one batch changes, keyed by primary key and merged in memory; each column
+  says how a later change combines with what the table holds (``set``, ``keep``, ``add``, ``max``),
+  so a batch's rows are written with one upsert statement per table.
+- ``PostgresViewRecorder`` / ``SQLiteViewRecorder``: the library's ``TrackingRecorder`` subclasses
+  that own a view's tables and its tracking table, and write a batch's rows and one tracking record
+  (the batch's last notification id) in one transaction. The transaction first checks that the
+  tracking record still says where the batch started, so a batch is applied exactly once even when
+  a runner is killed, two runners race, or the view is rebuilt under a running follower.
+- ``ViewProjection``: the library's ``Projection`` for its ``ProjectionRunner`` (``--follow`` on
+  PostgreSQL); it collects the events the runner hands over one at a time into batches.
+
+Adding a projection: write a module with a ``View`` subclass (tables + fold + its report queries)
+and add it to ``projections.registry.VIEWS``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import cache
+from typing import Any, ClassVar, Literal
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    Notification,
+    OperationalError,
+    Tracking,
+    TrackingRecorder,
+)
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.projection import Projection
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.utils import get_topic, resolve_topic
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+from pydantic import BaseModel
+
+from engine.events import stored_state
+from engine.store import APP_NAME, utc_text
+
+PREFIX = "proj_"
+
+# Facts ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One event: its place in the log, its aggregate, its class name and its stored JSON."""
+
+    id: int
+    originator_id: UUID
+    version: int
+    kind: str
+    data: dict[str, Any]
+
+
+@cache
+def _event_class(topic: str) -> type[Any]:
+    return resolve_topic(topic)  # type: ignore[no-any-return]
+
+
+def make_fact(id: int, originator_id: UUID, version: int, topic: str, state: bytes) -> Fact:
+    """The fast path: the stored JSON as it is, upcast if the stored shape is older."""
+    data: dict[str, Any] = json.loads(state)
+    cls = _event_class(topic)
+    stored_version = data.pop("class_version", 1)
+    while stored_version < getattr(cls, "class_version", 1):
+        getattr(cls, f"upcast_v{stored_version}_v{stored_version + 1}")(data)
+        stored_version += 1
+    return Fact(id, originator_id, version, cls.__name__, data)
+
+
+def fact_from_notification(n: Notification) -> Fact:
+    return make_fact(n.id, n.originator_id, n.originator_version, n.topic, n.state)  # type: ignore[arg-type]
+
+
+def fact_from_event(event: BaseModel, tracking: Tracking) -> Fact:
+    """An event the library's subscription decoded: the same JSON it was stored as."""
+    data = stored_state(event)
+    data.pop("class_version", None)
+    return Fact(
+        tracking.notification_id,
+        event.originator_id,  # type: ignore[attr-defined]
+        event.originator_version,  # type: ignore[attr-defined]
+        type(event).__name__,
+        data,
+    )
+
+
+# Values as the tables keep them -----------------------------------------------------------------
+
+
+def cents(value: str | Decimal) -> int:
+    """Money is kept as whole cents (bigint) on both backends: exact, and SUM works everywhere."""
+    return int((Decimal(value) * 100).to_integral_value())
+
+
+def money(value_cents: int | None) -> str:
+    return f"{Decimal(value_cents or 0) / 100:.2f}"
+
+
+def parse_at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# Tables ----------------------------------------------------------------------------------------
+
+Kind = Literal["text", "time", "int", "uuid"]
+Merge = Literal["key", "set", "keep", "add", "max"]
+_PG_TYPES = {"text": "text", "time": "timestamptz", "int": "bigint", "uuid": "uuid"}
+_LITE_TYPES = {"text": "TEXT", "time": "TEXT", "int": "INTEGER", "uuid": "TEXT"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column and how a batch's value merges into the row already there:
+    ``set`` replaces it, ``keep`` keeps the first value that is not null, ``add`` adds to it,
+    ``max`` keeps the larger; ``key`` columns form the primary key."""
+
+    name: str
+    kind: Kind
+    merge: Merge = "set"
+    doc: str = ""
+
+
+def col(name: str, kind: Kind, merge: Merge = "set", doc: str = "") -> Column:
+    return Column(name, kind, merge, doc)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    indexes: tuple[tuple[str, ...], ...] = ()
+    doc: str = ""
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.merge == "key")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def blank(self, key: tuple[Any, ...]) -> dict[str, Any]:
+        row: dict[str, Any] = {c.name: (0 if c.merge == "add" else None) for c in self.columns}
+        row.update(zip(self.key, key, strict=True))
+        return row
+
+    # DDL and the upsert, per backend ---------------------------------------------------------
+
+    def ddl(self, postgres: bool) -> list[str]:
+        types = _PG_TYPES if postgres else _LITE_TYPES
+        cols = []
+        for c in self.columns:
+            null = " NOT NULL" if c.merge in ("key", "add") else ""
+            default = " DEFAULT 0" if c.merge == "add" else ""
+            cols.append(f"{c.name} {types[c.kind]}{null}{default}")
+        cols.append(f"PRIMARY KEY ({', '.join(self.key)})")
+        statements = [f"CREATE TABLE IF NOT EXISTS {{t}}{self.name} ({', '.join(cols)})"]
+        for index in self.indexes:
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {self.name}_{'_'.join(index)} "
+                f"ON {{t}}{self.name} ({', '.join(index)})"
+            )
+        return statements
+
+    def upsert_json(self) -> str:
+        """PostgreSQL: the same upsert for a whole batch of rows sent as one JSON array of
+        arrays (one round trip; the server parses JSON far faster than rows are bound)."""
+        fields = ", ".join(f"(r->>{i})::{_PG_TYPES[c.kind]}" for i, c in enumerate(self.columns))
+        values = f"SELECT {fields} FROM json_array_elements(%s::json) AS r"
+        return self.upsert(postgres=True, values=values)
+
+    def upsert(self, postgres: bool, values: str | None = None) -> str:
+        mark = "%s" if postgres else "?"
+        sets = []
+        for c in self.columns:
+            old, new = f"{self.name}.{c.name}", f"excluded.{c.name}"
+            if c.merge == "set":
+                sets.append(f"{c.name} = {new}")
+            elif c.merge == "keep":
+                sets.append(f"{c.name} = COALESCE({old}, {new})")
+            elif c.merge == "add":
+                sets.append(f"{c.name} = {old} + {new}")
+            elif c.merge == "max":
+                if postgres:
+                    sets.append(f"{c.name} = GREATEST({old}, {new})")
+                else:
+                    sets.append(f"{c.name} = MAX(COALESCE({old}, {new}), COALESCE({new}, {old}))")
+        action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+        return (
+            f"INSERT INTO {{t}}{self.name} ({', '.join(self.names)}) "
+            + (values or f"VALUES ({', '.join(mark for _ in self.columns)})")
+            + " "
+            f"ON CONFLICT ({', '.join(self.key)}) {action}"
+        )
+
+
+# A batch's changes -----------------------------------------------------------------------------
+
+
+class Changes:
+    """The rows one batch changes, merged in memory exactly as the upsert merges them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        self.tables: dict[str, Table] = {}
+
+    def row(self, table: Table, *key: Any) -> dict[str, Any]:
+        rows = self.rows.get(table.name)
+        if rows is None:
+            rows = self.rows[table.name] = {}
+            self.tables[table.name] = table
+        found = rows.get(key)
+        if found is None:
+            found = rows[key] = table.blank(key)
+        return found
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+    def batches(self, postgres: bool) -> Iterator[tuple[Table, list[list[Any]]]]:
+        for name, rows in self.rows.items():
+            table = self.tables[name]
+            names = table.names
+            convert = [
+                (i, _converter(c.kind, postgres))
+                for i, c in enumerate(table.columns)
+                if c.kind in ("time", "uuid")
+            ]
+            values = []
+            for row in rows.values():
+                line = [row[n] for n in names]
+                for i, f in convert:
+                    if line[i] is not None:
+                        line[i] = f(line[i])
+                values.append(line)
+            yield table, values
+
+
+def keep(row: dict[str, Any], name: str, value: Any) -> None:
+    """Within a batch, as in the table: the first value that is not null stays."""
+    if row[name] is None:
+        row[name] = value
+
+
+def bigger(row: dict[str, Any], name: str, value: Any) -> None:
+    if row[name] is None or (value is not None and value > row[name]):
+        row[name] = value
+
+
+def _converter(kind: str, postgres: bool) -> Callable[[Any], Any]:
+    if kind == "uuid":
+        return str
+    if postgres:
+        return datetime.isoformat
+    return utc_text
+
+
+# A view: what a projection module defines ------------------------------------------------------
+
+
+class View(ABC):
+    """One projection: its name, the events it reads, its tables and how events change them."""
+
+    name: ClassVar[str]
+    events: ClassVar[tuple[type[Any], ...]]
+    tables: ClassVar[tuple[Table, ...]]
+    doc: ClassVar[str] = ""
+
+    @classmethod
+    def topics(cls) -> tuple[str, ...]:
+        return tuple(get_topic(e) for e in cls.events)
+
+    @classmethod
+    def kinds(cls) -> frozenset[str]:
+        return frozenset(e.__name__ for e in cls.events)
+
+    @classmethod
+    @abstractmethod
+    def fold(cls, facts: Iterable[Fact], changes: Changes) -> None:
+        """Merge these events (in log order) into the batch's row changes."""
+
+    @classmethod
+    def tracking_table(cls) -> str:
+        return f"{PREFIX}{cls.name}_tracking"
+
+
+class StalePosition(Exception):
+    """The tracking record moved since the batch was read (another runner, or a rebuild)."""
+
+    def __init__(self, expected: int | None, found: int | None) -> None:
+        super().__init__(f"expected position {expected}, found {found}")
+        self.found = found
+
+
+# The library's tracking recorders, owning a view's tables ---------------------------------------
+
+
+class ViewRecorder(TrackingRecorder, ABC):
+    view: ClassVar[type[View]]
+
+    @abstractmethod
+    def write(self, changes: Changes, tracking: Tracking, after: int | None) -> None:
+        """Write a batch's rows and its tracking record in one transaction, if the tracking
+        record is still at ``after`` (else raise StalePosition and write nothing)."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Drop the view's tables and its tracking record, and create them empty."""
+
+    @abstractmethod
+    def pending(self, position: int | None, events_table: str) -> int:
+        """How many events this view reads lie after ``position`` in the log."""
+
+
+class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
+    def __init__(
+        self,
+        datastore: PostgresDatastore,
+        *,
+        tracking_table_name: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(datastore, tracking_table_name=self.view.tracking_table(), **kwargs)
+        self.sql_create_statements += [Composed([SQL(s.decode())]) for s in self._ddl()]
+        self._lock_key = f"aftersales:{self.datastore.schema}:{self.view.name}"
+
+    def _t(self, sql: str) -> bytes:
+        return sql.replace("{t}", f'"{self.datastore.schema}".').encode()
+
+    def _ddl(self) -> list[bytes]:
+        return [self._t(s) for table in self.view.tables for s in table.ddl(postgres=True)]
+
+    def create_table(self) -> None:
+        """Create the tables in one transaction under the view's lock, so that several
+        processes starting at once on a new store do not trip over each other. (The
+        library's own create_table also migrates old multi-row tracking tables, which a
+        view's own tracking table never was.)"""
+        with self.datastore.transaction(commit=True) as curs:
+            self._lock(curs)
+            for statement in self.sql_create_statements:
+                curs.execute(statement, prepare=False)
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0}.{1} VALUES (%s, 1) ON CONFLICT (application_name) DO NOTHING"
+                ).format(Identifier(self.datastore.schema), Identifier(self.tracking_table_name)),
+                (self.table_migration_identifier,),
+            )
+
+    def _lock(self, curs: Cursor[DictRow]) -> None:
+        curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_key,))
+
+    def write(self, changes: Changes, tracking: Tracking, after: int | None) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            self._lock(curs)
+            found = self._max_tracking_id(tracking.application_name, curs)
+            if found != after:
+                raise StalePosition(after, found)
+            for table, rows in changes.batches(postgres=True):
+                curs.execute(self._t(table.upsert_json()), (json.dumps(rows),))
+            self._insert_tracking(curs, tracking)
+
+    def reset(self) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            self._lock(curs)
+            for table in self.view.tables:
+                curs.execute(self._t(f"DROP TABLE IF EXISTS {{t}}{table.name}"))
+            curs.execute(
+                SQL("DELETE FROM {0}.{1} WHERE application_name = %s").format(
+                    Identifier(self.datastore.schema), Identifier(self.tracking_table_name)
+                ),
+                (APP_NAME,),
+            )
+            for statement in self._ddl():
+                curs.execute(statement)
+
+    def pending(self, position: int | None, events_table: str) -> int:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT count(*) AS n FROM {0}.{1} WHERE notification_id > %s "
+                    "AND topic = ANY(%s)"
+                ).format(Identifier(self.datastore.schema), Identifier(events_table)),
+                (position or 0, list(self.view.topics())),
+            )
+            row = curs.fetchone()
+            return int(row["n"]) if row else 0
+
+
+class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
+    def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
+        self.tracking_table_name = self.view.tracking_table()
+        super().__init__(datastore, **kwargs)
+        t = self.tracking_table_name
+        self.insert_tracking_statement = (
+            f"INSERT INTO {t} VALUES (:application_name, :notification_id) "
+            f"ON CONFLICT (application_name) DO UPDATE SET notification_id = :notification_id "
+            f"WHERE {t}.notification_id < :notification_id RETURNING notification_id"
+        )
+        self.select_max_tracking_id_statement = (
+            f"SELECT MAX(notification_id) FROM {t} WHERE application_name=?"
+        )
+
+    def construct_create_table_statements(self) -> list[str]:
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {self.tracking_table_name} ("
+            "application_name TEXT, notification_id INTEGER, "
+            "PRIMARY KEY (application_name)) WITHOUT ROWID"
+        ]
+        statements += self._ddl()
+        return statements
+
+    def _ddl(self) -> list[str]:
+        return [
+            s.replace("{t}", "") for table in self.view.tables for s in table.ddl(postgres=False)
+        ]
+
+    def create_table(self) -> None:
+        """Create the tables in one transaction (see the PostgreSQL recorder); SQLite may
+        refuse a second process's schema change for a moment, so try a few times."""
+        for attempt in range(20):
+            try:
+                with self.datastore.transaction(commit=True) as c:
+                    for statement in self.create_table_statements:
+                        c.execute(statement)
+                    c.execute(
+                        f"INSERT INTO {self.tracking_table_name} VALUES (?, 1) "
+                        "ON CONFLICT (application_name) DO NOTHING",
+                        (self.table_migration_identifier,),
+                    )
+                return
+            except OperationalError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _lock(self, c: SQLiteCursor) -> None:
+        # Take the write lock before reading the position (a no-op write does it).
+        c.execute(
+            f"UPDATE {self.tracking_table_name} SET notification_id = notification_id "
+            "WHERE application_name = ?",
+            (APP_NAME,),
+        )
+
+    def write(self, changes: Changes, tracking: Tracking, after: int | None) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            self._lock(c)
+            found = self._max_tracking_id(tracking.application_name, c)
+            if found != after:
+                raise StalePosition(after, found)
+            for table, rows in changes.batches(postgres=False):
+                c.executemany(table.upsert(postgres=False).replace("{t}", ""), rows)
+            self._insert_tracking(c, tracking)
+
+    def reset(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            self._lock(c)
+            for table in self.view.tables:
+                c.execute(f"DROP TABLE IF EXISTS {table.name}")
+            c.execute(
+                f"DELETE FROM {self.tracking_table_name} WHERE application_name = ?",
+                (APP_NAME,),
+            )
+            for statement in self._ddl():
+                c.execute(statement)
+
+    def pending(self, position: int | None, events_table: str) -> int:
+        topics = list(self.view.topics())
+        marks = ", ".join("?" for _ in topics)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT count(*) FROM {events_table} WHERE rowid > ? AND topic IN ({marks})",
+                [position or 0, *topics],
+            )
+            return int(c.fetchone()[0])
+
+
+@cache
+def recorder_class(view: type[View], postgres: bool) -> type[ViewRecorder]:
+    """The tracking recorder class of one view on one backend (the library's factories
+    construct recorders from a class, so each view gets its own)."""
+    base: type[ViewRecorder] = PostgresViewRecorder if postgres else SQLiteViewRecorder
+    return type(f"{view.__name__}{base.__name__}", (base,), {"view": view})
+
+
+# Applying a batch ------------------------------------------------------------------------------
+
+
+def apply_batch(
+    view: type[View],
+    recorder: ViewRecorder,
+    facts: Sequence[Fact],
+    last_id: int,
+    after: int | None,
+) -> None:
+    """Fold a batch and write it with one tracking record at ``last_id``."""
+    changes = Changes()
+    kinds = view.kinds()
+    view.fold((f for f in facts if f.kind in kinds), changes)
+    recorder.write(changes, Tracking(APP_NAME, last_id), after)
+
+
+# The library's Projection, for its ProjectionRunner (follow mode on PostgreSQL) ------------------
+
+
+class ViewProjection(Projection[ViewRecorder]):
+    """Collects the events the runner hands over one by one into batches: a batch is written
+    when it is full, or shortly after the last event arrived (``linger`` seconds)."""
+
+    view_class: ClassVar[type[View]]
+    batch_size: ClassVar[int] = 1000
+    linger: ClassVar[float] = 0.02
+
+    def __init__(self, view: ViewRecorder) -> None:
+        super().__init__(view)
+        self.position: int | None = view.max_tracking_id(APP_NAME)
+        self.buffer: list[Fact] = []
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
+        self._flusher.start()
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            self.buffer.append(fact_from_event(domain_event, tracking))
+            if len(self.buffer) >= self.batch_size:
+                self._flush()
+                return
+        self._wake.set()
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        last = self.buffer[-1].id
+        apply_batch(self.view_class, self.view, self.buffer, last, self.position)
+        self.position = last
+        self.buffer = []
+
+    def _flush_loop(self) -> None:
+        while not self._closed.is_set():
+            if not self._wake.wait(0.5):
+                continue
+            self._wake.clear()
+            self._closed.wait(self.linger)
+            try:
+                with self._lock:
+                    self._flush()
+            except BaseException as exc:  # handed to the runner's owner
+                self.error = exc
+                return
+
+    def close(self) -> None:
+        """Write what is buffered and stop the flusher."""
+        self._closed.set()
+        self._wake.set()
+        self._flusher.join()
+        if self.error is None:
+            with self._lock:
+                self._flush()
+
+
+@cache
+def projection_class(view: type[View]) -> type[ViewProjection]:
+    return type(
+        f"{view.__name__}Projection",
+        (ViewProjection,),
+        {"view_class": view, "name": f"{PREFIX}{view.name}", "topics": view.topics()},
+    )
+
+
+@dataclass
+class Progress:
+    """A callback's view of a long run."""
+
+    view: str
+    done: int = 0
+    head: int = 0
+    started: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[Progress], None]

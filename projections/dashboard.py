@@ -1,0 +1,300 @@
+"""The merchant dashboard: one row per case as the merchant watches it, one row per refund.
+
+``proj_dashboard_cases`` keeps each case's current status and running deadline, and the moments
+that matter to a merchant: the first response, the refund, the system's decisions where the
+merchant did not act, the platform's intervention and the buyer's rating.
+``proj_dashboard_refunds`` keeps each refund: how much, when, who paid and who owes it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from engine.case import (
+    CaseApproved,
+    CaseAutoApproved,
+    CaseAutoClosed,
+    CaseAutoRefunded,
+    CaseEscalated,
+    CaseOpened,
+    CaseRated,
+    CaseRefunded,
+    CaseRejected,
+    CaseRuled,
+    CaseWithdrawn,
+    GoodsReceived,
+    GoodsShippedBack,
+    MissingItemsReshipped,
+    ReplacementShipped,
+    ReshipImpossible,
+    ReshipOverdue,
+)
+from engine.store import EventStore
+from engine.values import FINAL_STATUSES, Role
+from projections.base import (
+    Changes,
+    Fact,
+    Table,
+    View,
+    bigger,
+    cents,
+    col,
+    keep,
+    money,
+    parse_at,
+)
+
+CASES = Table(
+    "proj_dashboard_cases",
+    (
+        col("case_id", "uuid", "key", "the case"),
+        col("merchant_id", "text", "keep", "the shop"),
+        col("order_id", "text", "keep", "the order the case is on"),
+        col("case_type", "text", "keep", "refund_only, return_refund, exchange or reship"),
+        col("reason", "text", "keep", "group.detail, e.g. quality.colour_difference"),
+        col("status", "text", "set", "the status now"),
+        col("due_at", "time", "set", "the running deadline, or null"),
+        col("due_action", "text", "set", "what the system does at due_at if nobody acts"),
+        col("opened_at", "time", "keep", "when the buyer opened the case"),
+        col("updated_at", "time", "max", "the latest event's time"),
+        col("first_response_at", "time", "keep", "the merchant's first action on the case"),
+        col("refunded_at", "time", "keep", "the first refund"),
+        col("auto_approved_at", "time", "keep", "the system approved: the merchant did not answer"),
+        col("auto_refunded_at", "time", "keep", "the system refunded: receipt not confirmed"),
+        col("reship_overdue_at", "time", "keep", "the merchant missed the 24 h reship"),
+        col("auto_closed_at", "time", "keep", "the system closed: the buyer did not ship back"),
+        col("escalated_at", "time", "keep", "the platform was first asked to step in"),
+        col("ruled_at", "time", "keep", "the platform's first ruling"),
+        col("rating", "int", "keep", "the buyer's score, 1 to 5"),
+        col("rated_at", "time", "keep", "when the buyer rated"),
+    ),
+    indexes=(("merchant_id", "status"), ("merchant_id", "updated_at"), ("merchant_id", "due_at")),
+    doc="One row per case.",
+)
+
+REFUNDS = Table(
+    "proj_dashboard_refunds",
+    (
+        col("case_id", "uuid", "key", "the case"),
+        col("case_version", "int", "key", "the refund event's version in the case"),
+        col("refunded_at", "time", "keep", "when the money went back"),
+        col("amount_cents", "int", "keep", "the refund, in cents"),
+        col("paid_by", "text", "keep", "merchant or platform"),
+        col("owed_by", "text", "keep", "who owes it in the end"),
+    ),
+    indexes=(("refunded_at",),),
+    doc="One row per refund.",
+)
+
+_AUTO = {
+    "CaseAutoApproved": "auto_approved_at",
+    "CaseAutoRefunded": "auto_refunded_at",
+    "ReshipOverdue": "reship_overdue_at",
+    "CaseAutoClosed": "auto_closed_at",
+}
+
+
+class Dashboard(View):
+    name = "dashboard"
+    events = (
+        CaseOpened,
+        CaseApproved,
+        CaseRejected,
+        GoodsShippedBack,
+        GoodsReceived,
+        CaseRefunded,
+        ReplacementShipped,
+        MissingItemsReshipped,
+        ReshipImpossible,
+        CaseWithdrawn,
+        CaseEscalated,
+        CaseRuled,
+        CaseRated,
+        CaseAutoApproved,
+        CaseAutoClosed,
+        CaseAutoRefunded,
+        ReshipOverdue,
+    )
+    tables = (CASES, REFUNDS)
+    doc = __doc__ or ""
+
+    @classmethod
+    def fold(cls, facts: Iterable[Fact], changes: Changes) -> None:
+        for f in facts:
+            d = f.data
+            at = parse_at(d["at"])
+            row = changes.row(CASES, f.originator_id)
+            due = d.get("due")
+            row["status"] = d["status"]
+            row["due_at"] = parse_at(due["due_at"]) if due else None
+            row["due_action"] = due["action"] if due else None
+            bigger(row, "updated_at", at)
+            kind = f.kind
+            if kind == "CaseOpened":
+                row["merchant_id"] = d["merchant_id"]
+                row["order_id"] = d["order_id"]
+                row["case_type"] = d["case_type"]
+                row["reason"] = d["reason"]
+                row["opened_at"] = at
+            elif d["actor"]["role"] == Role.MERCHANT.value:
+                keep(row, "first_response_at", at)
+            if kind in _AUTO:
+                keep(row, _AUTO[kind], at)
+            elif kind == "CaseRefunded":
+                keep(row, "refunded_at", at)
+                refund = changes.row(REFUNDS, f.originator_id, f.version)
+                refund["refunded_at"] = at
+                refund["amount_cents"] = cents(d["amount"])
+                refund["paid_by"] = d["paid_by"]
+                refund["owed_by"] = d["owed_by"]
+            elif kind == "CaseEscalated":
+                keep(row, "escalated_at", at)
+            elif kind == "CaseRuled":
+                keep(row, "ruled_at", at)
+            elif kind == "CaseRated":
+                keep(row, "rating", int(d["score"]))
+                keep(row, "rated_at", at)
+
+
+# The report: read from the tables only ---------------------------------------------------------
+
+WINDOW = timedelta(days=30)
+SOON = timedelta(hours=24)
+FINAL = tuple(sorted(s.value for s in FINAL_STATUSES))
+LIST_LIMIT = 10
+TOP_REASONS = 5
+
+
+def _dt(value: Any) -> datetime | None:
+    """A stored time: timestamptz arrives as an aware datetime, SQLite's as UTC text."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _iso(value: Any) -> str | None:
+    parsed = _dt(value)
+    return parsed.astimezone(UTC).isoformat() if parsed else None
+
+
+def _median_seconds(values: list[float]) -> int | None:
+    return round(statistics.median(values)) if values else None
+
+
+def dashboard(store: EventStore, merchant: str | None, now: datetime) -> dict[str, Any]:
+    """The merchant's (or, with no merchant, the whole platform's) after-sales dashboard at
+    ``now``: what is open, what falls due, and the last 30 days."""
+    since = now - WINDOW
+    t = store.time_param
+    where, params = ("c.merchant_id = ? AND ", [merchant]) if merchant else ("", [])
+    finals = ", ".join(f"'{s}'" for s in FINAL)
+
+    by_status = {
+        r["status"]: int(r["n"])
+        for r in store.query(
+            f"SELECT c.status, count(*) AS n FROM {{t}}{CASES.name} c "
+            f"WHERE {where}c.status NOT IN ({finals}) GROUP BY c.status ORDER BY c.status",
+            params,
+        )
+    }
+    due_rows = store.query(
+        f"SELECT c.case_id, c.order_id, c.status, c.due_at, c.due_action "
+        f"FROM {{t}}{CASES.name} c WHERE {where}c.due_at IS NOT NULL AND c.due_at < ? "
+        "ORDER BY c.due_at, c.case_id",
+        [*params, t(now + SOON)],
+    )
+    overdue = [r for r in due_rows if _dt(r["due_at"]) <= now]  # type: ignore[operator]
+    due_soon = [r for r in due_rows if _dt(r["due_at"]) > now]  # type: ignore[operator]
+
+    recent = store.query(
+        f"SELECT c.reason, c.opened_at, c.first_response_at, c.refunded_at, "
+        f"c.auto_approved_at, c.auto_refunded_at, c.reship_overdue_at, c.rating, c.rated_at "
+        f"FROM {{t}}{CASES.name} c WHERE {where}c.updated_at >= ?",
+        [*params, t(since)],
+    )
+
+    def within(value: Any) -> bool:
+        moment = _dt(value)
+        return moment is not None and since <= moment < now
+
+    decided = {"auto_approved": 0, "auto_refunded": 0, "reship_overdue": 0, "cases": 0}
+    responses: list[float] = []
+    refunds: list[float] = []
+    ratings: list[int] = []
+    reasons: dict[str, int] = {}
+    for r in recent:
+        hit = False
+        for key in ("auto_approved", "auto_refunded", "reship_overdue"):
+            if within(r[f"{key}_at"]):
+                decided[key] += 1
+                hit = True
+        decided["cases"] += hit
+        opened = _dt(r["opened_at"])
+        first = _dt(r["first_response_at"])
+        auto = _dt(r["auto_approved_at"])
+        if opened and first and within(first) and (auto is None or first < auto):
+            responses.append((first - opened).total_seconds())
+        refunded = _dt(r["refunded_at"])
+        if opened and refunded and within(refunded):
+            refunds.append((refunded - opened).total_seconds())
+        if r["rating"] is not None and within(r["rated_at"]):
+            ratings.append(int(r["rating"]))
+        if within(r["opened_at"]):
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+
+    paid = {"merchant": 0, "platform": 0}
+    for r in store.query(
+        f"SELECT r.paid_by, sum(r.amount_cents) AS cents FROM {{t}}{REFUNDS.name} r "
+        f"JOIN {{t}}{CASES.name} c ON c.case_id = r.case_id "
+        # A refund in the window means its case was updated in it: that narrows the join.
+        f"WHERE {where}c.updated_at >= ? AND r.refunded_at >= ? AND r.refunded_at < ? "
+        "GROUP BY r.paid_by",
+        [*params, t(since), t(since), t(now)],
+    ):
+        paid[r["paid_by"]] = paid.get(r["paid_by"], 0) + int(r["cents"])
+
+    def listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "case_id": str(r["case_id"]),
+                "order_id": r["order_id"],
+                "status": r["status"],
+                "due_at": _iso(r["due_at"]),
+                "due_action": r["due_action"],
+            }
+            for r in rows[:LIST_LIMIT]
+        ]
+
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
+    average = (
+        float((Decimal(sum(ratings)) / len(ratings)).quantize(Decimal("0.01"), ROUND_HALF_UP))
+        if ratings
+        else None
+    )
+    return {
+        "merchant_id": merchant,
+        "now": now.isoformat(),
+        "window_days": WINDOW.days,
+        "open_cases": {"total": sum(by_status.values()), "by_status": by_status},
+        "under_intervention": by_status.get("escalated", 0),
+        "deadlines": {
+            "due_within_24h": len(due_soon),
+            "overdue": len(overdue),
+            "overdue_cases": listed(overdue),
+            "due_soon_cases": listed(due_soon),
+        },
+        "system_decided_30d": decided,
+        "refunded_30d": {
+            "total": money(sum(paid.values())),
+            "paid_by_merchant": money(paid.get("merchant", 0)),
+            "paid_by_platform": money(paid.get("platform", 0)),
+        },
+        "median_first_response_seconds": _median_seconds(responses),
+        "median_time_to_refund_seconds": _median_seconds(refunds),
+        "rating": {"average": average, "count": len(ratings)},
+        "top_reasons": [{"reason": k, "cases": v} for k, v in top],
+    }

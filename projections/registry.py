@@ -1,0 +1,21 @@
+"""The projections there are. A new projection is a module with a ``View`` and one line here."""
+
+from __future__ import annotations
+
+from engine.errors import BadInput
+from projections.base import View
+from projections.dashboard import Dashboard
+from projections.return_rates import ReturnRates
+
+VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates)
+
+
+def select(name: str | None) -> tuple[type[View], ...]:
+    """All views, or the one named."""
+    if name is None:
+        return VIEWS
+    for view in VIEWS:
+        if view.name == name:
+            return (view,)
+    names = ", ".join(v.name for v in VIEWS)
+    raise BadInput(f"no projection {name!r} (projections: {names})")

@@ -1,0 +1,161 @@
+"""Projection speed on PostgreSQL beside a raw psycopg read of the same log, in one run.
+
+    python scripts/bench_projections.py [--events 1000000] [--url postgresql://127.0.0.1:5432/test]
+
+Writes a synthetic log through the real aggregates (bulk saves) into a schema of its own, then
+measures: a raw sequential read of the events table with psycopg (the baseline); catching every
+projection up from empty; a rebuild; catching up on freshly appended events; the merchant
+dashboard query for one merchant and a return-rate report. Prints a Markdown table and drops the
+schema at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg.sql import SQL, Identifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.store import EventStore
+from projections.dashboard import dashboard
+from projections.registry import VIEWS
+from projections.return_rates import return_rates
+from projections.runner import Projector
+from scripts.workload import START, generate
+
+
+def raw_read(conninfo: str, schema: str) -> tuple[int, float]:
+    """Every event, in notification order, through one server-side cursor."""
+    started = time.perf_counter()
+    rows = 0
+    with psycopg.connect(conninfo) as conn, conn.cursor(name="raw") as curs:
+        curs.itersize = 10_000
+        curs.execute(
+            SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state "
+                "FROM {}.aftersales_events ORDER BY notification_id"
+            ).format(Identifier(schema))
+        )
+        for _ in curs:
+            rows += 1
+    return rows, time.perf_counter() - started
+
+
+def timed_ms(fn: object, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()  # type: ignore[operator]
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--append", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--keep", action="store_true", help="Do not drop the schema.")
+    args = parser.parse_args()
+
+    conninfo = args.url.split("?", 1)[0]
+    schema = f"bench_proj_{uuid.uuid4().hex[:8]}"
+    url = f"{conninfo}?schema={schema}"
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    store = EventStore(url)
+    try:
+        say(f"writing {args.events:,} events into schema {schema} ...")
+        started = time.perf_counter()
+        written = generate(store, args.events, progress=lambda n: say(f"  {n:,} events"))
+        write_s = time.perf_counter() - started
+        say(f"  {written:,} events in {write_s:.1f} s")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(SQL("VACUUM ANALYZE {}.aftersales_events").format(Identifier(schema)))
+
+        projector = Projector(store)
+        say("raw sequential read (baseline) ...")
+        rows, raw_s = raw_read(conninfo, schema)
+        say("catching up from empty ...")
+        started = time.perf_counter()
+        projector.catch_up(VIEWS, args.batch_size)
+        catch_s = time.perf_counter() - started
+        say("rebuilding ...")
+        started = time.perf_counter()
+        projector.rebuild(VIEWS, args.batch_size)
+        rebuild_s = time.perf_counter() - started
+        say("raw sequential read again ...")
+        rows2, raw2_s = raw_read(conninfo, schema)
+
+        say(f"appending {args.append:,} events and catching up ...")
+        appended = generate(store, args.append, seed=11, prefix="KS-B")
+        started = time.perf_counter()
+        projector.catch_up(VIEWS, args.batch_size)
+        append_s = time.perf_counter() - started
+
+        merchant = "shop-007"
+        now = START + timedelta(days=20)
+        dash_ms = timed_ms(lambda: dashboard(store, merchant, now), 21)
+        rates_ms = timed_ms(
+            lambda: return_rates(store, "merchant", START, START + timedelta(days=30)), 5
+        )
+        sku_ms = timed_ms(
+            lambda: return_rates(store, "sku", START, START + timedelta(days=30), merchant), 5
+        )
+
+        raw_rate = (rows + rows2) / (raw_s + raw2_s)
+        head = projector.head()
+        lines = [
+            f"Projection benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+            f"{platform.node()} ({os.cpu_count()} cores, shared), PostgreSQL on loopback; "
+            f"{written:,} events written through the aggregates in {write_s:.0f} s "
+            f"({written / write_s:,.0f}/s); batch {args.batch_size} events per transaction.",
+            "",
+            "| what | events | seconds | events/s | vs raw read |",
+            "|---|---:|---:|---:|---:|",
+            f"| raw sequential read with psycopg (baseline, mean of 2) | {rows:,} | "
+            f"{(raw_s + raw2_s) / 2:.2f} | {raw_rate:,.0f} | 1 |",
+        ]
+        for what, n, secs in (
+            ("catch-up of both projections from empty", rows, catch_s),
+            ("rebuild of both projections (`project rebuild`)", rows, rebuild_s),
+            (f"catch-up on {appended:,} appended events", appended, append_s),
+        ):
+            rate = n / secs
+            lines.append(f"| {what} | {n:,} | {secs:.2f} | {rate:,.0f} | 1/{raw_rate / rate:.1f} |")
+        lines += [
+            "",
+            "| query | median ms |",
+            "|---|---:|",
+            f"| `report dashboard --merchant {merchant}` (21 runs) | {dash_ms:.1f} |",
+            f"| `report return-rates --by merchant`, 30-day cohort, all shops (5 runs) | "
+            f"{rates_ms:.1f} |",
+            f"| `report return-rates --by sku --merchant {merchant}` (5 runs) | {sku_ms:.1f} |",
+            "",
+            f"Log head {head:,}; goals: rebuild at no less than 1/10 of the raw read "
+            f"({'met' if rows / rebuild_s >= raw_rate / 10 else 'NOT met'}), dashboard under "
+            f"50 ms ({'met' if dash_ms < 50 else 'NOT met'}).",
+        ]
+        print("\n".join(lines))
+    finally:
+        store.close()
+        if not args.keep:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""A synthetic but rule-abiding event log, written fast: real aggregates, bulk saves.
+
+Orders are placed, shipped and delivered; about a quarter get a case that runs one of several
+realistic paths (return and refund, refund only, the merchant silent and the system approving,
+a rejection escalated and ruled for the buyer, an exchange), each through the aggregates' own
+methods, so every event is one the engine itself would record. Many aggregates are saved per
+``EventStore.save(...)`` call, with the case index rows the engine writes alongside.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from uuid import UUID, uuid4
+
+from engine.case import ReturnCase
+from engine.events import Act
+from engine.order import Order, OrderLine, Shipment
+from engine.policy import Policy
+from engine.service import case_row
+from engine.store import EventStore
+from engine.values import Actor, CaseType, Claim, DueAction, Party, Role
+
+CST = timezone(timedelta(hours=8))
+START = datetime(2026, 9, 1, 9, 0, tzinfo=CST)
+REASONS = {
+    "quality": ["quality.colour_difference", "quality.defective", "quality.size_wrong"],
+    "logistics": ["logistics.damaged", "logistics.late"],
+    "buyer": ["buyer.changed_mind", "buyer.no_longer_needed"],
+}
+CATEGORIES = ["phone_accessory", "apparel", "beauty", "home", "food"]
+
+
+class Writer:
+    """Collects changed aggregates and saves them many at a time."""
+
+    def __init__(self, store: EventStore, chunk: int = 1000) -> None:
+        self.store = store
+        self.chunk = chunk
+        self.pending: dict[UUID, Order | ReturnCase] = {}
+        self.events = 0
+
+    def add(self, *aggregates: Order | ReturnCase) -> None:
+        for a in aggregates:
+            self.pending[a.id] = a
+        if len(self.pending) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        items = list(self.pending.values())
+        self.events += sum(len(a.pending_events) for a in items)
+        cases = [case_row(a) for a in items if isinstance(a, ReturnCase)]
+        self.store.save(*items, cases=cases)
+        self.pending = {}
+
+
+class Story:
+    """One order's life, acted through the aggregates as the engine's service does."""
+
+    def __init__(self, policy: Policy, rng: random.Random) -> None:
+        self.policy = policy
+        self.rng = rng
+
+    def act(self, role: Role, who: str, at: datetime) -> Act:
+        return Act(at=at, actor=Actor(role=role, id=who), command_id=str(uuid4()), recorded_at=at)
+
+    def case_step(
+        self, case: ReturnCase, order: Order, act: Act, do: Callable[[ReturnCase], None]
+    ) -> None:
+        holding, refunded = case.holds_lines, case.refunded_amount
+        do(case)
+        if holding != case.holds_lines:
+            lines = list(case.lines)
+            if holding:
+                order.unlink_case(
+                    case.id, case.status.value, lines, case.refunded_amount - refunded, act
+                )
+            else:
+                order.link_case(case.id, lines, act)
+
+    def order(self, n: int, merchant: str, at: datetime, prefix: str = "KS-") -> Order:
+        rng = self.rng
+        lines = []
+        for i in range(rng.choice((1, 1, 1, 2, 3))):
+            lines.append(
+                OrderLine(
+                    sku=f"{merchant}-SKU{rng.randrange(40)}-{i}",
+                    quantity=rng.choice((1, 1, 2)),
+                    unit_price=Decimal(rng.randrange(990, 29990)) / 100,
+                    category=rng.choice(CATEGORIES),
+                )
+            )
+        order = Order.place(
+            f"{prefix}{n}",
+            merchant_id=merchant,
+            buyer_id=f"buyer-{rng.randrange(100000)}",
+            lines=lines,
+            act=self.act(Role.PLATFORM, "order-system", at),
+        )
+        order.ship(Shipment(carrier="SF", waybill=f"SF{n}"), self.act(Role.PLATFORM, "os", at))
+        order.deliver(self.act(Role.PLATFORM, "order-system", at + timedelta(days=2)))
+        return order
+
+    def case(self, order: Order, at: datetime) -> ReturnCase:
+        rng = self.rng
+        group = rng.choice(("quality", "quality", "logistics", "buyer"))
+        path = rng.choice(("return", "return", "refund_only", "silent", "dispute", "exchange"))
+        kind = {
+            "return": CaseType.RETURN_REFUND,
+            "refund_only": CaseType.REFUND_ONLY,
+            "silent": CaseType.RETURN_REFUND,
+            "dispute": CaseType.REFUND_ONLY,
+            "exchange": CaseType.EXCHANGE,
+        }[path]
+        lines = order.case_lines([])
+        buyer = self.act(Role.BUYER, order.buyer_id, at)
+        amount = order.refundable(lines)
+        case = ReturnCase.open(
+            uuid4(),
+            order,
+            case_type=kind,
+            reason=rng.choice(REASONS[group]),
+            amount=amount,
+            lines=lines,
+            evidence=[],
+            note=None,
+            policy=self.policy,
+            act=buyer,
+        )
+        order.link_case(case.id, lines, buyer)
+        t = at
+        merchant = order.merchant_id
+
+        def step(role: Role, who: str, hours: float, do: Callable[[ReturnCase, Act], None]) -> None:
+            nonlocal t
+            t = t + timedelta(hours=hours)
+            act = self.act(role, who, t)
+            self.case_step(case, order, act, lambda c: do(c, act))
+
+        p = self.policy
+        if path in ("return", "exchange"):
+            step(Role.MERCHANT, merchant, rng.uniform(1, 30), lambda c, a: c.approve(a, p))
+            ship = Shipment(carrier="YTO", waybill=f"YT{rng.randrange(10**9)}")
+            step(Role.BUYER, order.buyer_id, 24, lambda c, a: c.ship_back(a, p, ship))
+            step(Role.MERCHANT, merchant, 48, lambda c, a: c.receive(a, p))
+            if path == "exchange":
+                again = Shipment(carrier="SF", waybill=f"SF{rng.randrange(10**9)}")
+                step(Role.MERCHANT, merchant, 5, lambda c, a: c.ship_replacement(a, again))
+        elif path == "refund_only":
+            step(Role.MERCHANT, merchant, rng.uniform(1, 40), lambda c, a: c.approve(a, p))
+        elif path == "silent":
+            for action in (DueAction.AUTO_APPROVE, DueAction.AUTO_CLOSE):
+                assert case.due is not None
+                wait = (case.due.due_at - t).total_seconds() / 3600
+                step(Role.SYSTEM, "system", wait, lambda c, a, x=action: c.fire(a, p, x))
+        else:
+            step(
+                Role.MERCHANT,
+                merchant,
+                rng.uniform(1, 40),
+                lambda c, a: c.reject(a, reason="used", communication="chat:1"),
+            )
+            step(
+                Role.BUYER,
+                order.buyer_id,
+                10,
+                lambda c, a: c.escalate(a, claim=Claim.UNJUSTIFIED_REJECTION, evidence=[]),
+            )
+            step(
+                Role.PLATFORM,
+                "agent-1",
+                30,
+                lambda c, a: c.rule(a, p, in_favour_of=Party.BUYER),
+            )
+        if case.status.value in ("refunded", "completed", "closed") and rng.random() < 0.5:
+            score = rng.randint(1, 5)
+            step(Role.BUYER, order.buyer_id, 3, lambda c, a: c.rate(a, score=score))
+        return case
+
+
+def generate(
+    store: EventStore,
+    events: int,
+    *,
+    merchants: int = 50,
+    case_share: float = 0.25,
+    seed: int = 7,
+    chunk: int = 1000,
+    prefix: str = "KS-",
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write at least ``events`` events; return how many were written."""
+    rng = random.Random(seed)
+    story = Story(Policy(), rng)
+    writer = Writer(store, chunk)
+    total = 0
+    for n, (merchant, at) in enumerate(_orders(rng, merchants), 1):
+        order = story.order(n, merchant, at, prefix)
+        aggregates: list[Order | ReturnCase] = [order]
+        if rng.random() < case_share:
+            aggregates.append(story.case(order, at + timedelta(days=2, hours=rng.uniform(1, 90))))
+        total += sum(len(a.pending_events) for a in aggregates)
+        writer.add(*aggregates)
+        if total >= events:
+            break
+        if progress is not None and n % 10000 == 0:
+            progress(writer.events)
+    writer.flush()
+    return writer.events
+
+
+def _orders(rng: random.Random, merchants: int) -> Iterator[tuple[str, datetime]]:
+    at = START
+    while True:
+        at += timedelta(seconds=rng.uniform(5, 40))
+        yield f"shop-{rng.randrange(merchants):03d}", at
