@@ -12,10 +12,13 @@ from typing import Any
 import click
 
 from commands.options import json_option
-from commands.output import to_json
+from commands.output import table, to_json
 from engine.deadlines import tick
 from engine.errors import AftersalesError
 from engine.service import Engine
+from projections.ledger import TOTALS, ledger
+from projections.registry import VIEWS
+from projections.runner import Projector
 
 CST = timezone(timedelta(hours=8), "CST")
 START = datetime(2026, 11, 1, 10, 0, tzinfo=CST)
@@ -441,10 +444,165 @@ def play(engine: Engine) -> Story:
     cid = s.cases[t] = case["case_id"]
     s.tick(t, s.at(5), cid)  # the merchant let 48 hours pass: the buyer's 10 days start now
     s.tick(t, s.at(15), cid)  # 10 days later, no waybill: the system closes the case
+
+    # 8. A gift is missing; the merchant says it was packed; the platform upholds the claim,
+    #    and the merchant cannot reship: the platform pays the gift's list price first.
+    t = "missing gift, platform pays first"
+    s.step(
+        t,
+        "order system",
+        lambda: did(
+            "order placed",
+            e.place_order(
+                "KS-1008",
+                merchant_id="shop-aurora",
+                buyer_id="buyer-zhao",
+                lines=["EARBUDS-Y:1:159.00:electronics", "POUCH:1:0.00:gift:19.90"],
+                at=s.at(),
+            ),
+        ),
+    )
+    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1008", at=s.at(2))))
+    case = s.step(
+        t,
+        "buyer-zhao",
+        lambda: did(
+            "opened reship (missing_items.gift)",
+            e.open_case(
+                "KS-1008",
+                case_type="reship",
+                reason="missing_items.gift",
+                lines=["POUCH"],
+                evidence=["photo:open-box.jpg"],
+                at=s.at(2, 4),
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.step(
+        t,
+        "staff-7",
+        lambda: did(
+            "rejected: 'it was packed'",
+            e.reject(
+                cid,
+                reason="packing photo shows the pouch",
+                communication="chat:20261103-zhao",
+                by="staff-7",
+                at=s.at(2, 8),
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "buyer-zhao",
+        lambda: did(
+            "asked the platform (missing_items)",
+            e.escalate(
+                cid,
+                claim="missing_items",
+                evidence=["photo:open-box.jpg", "video:unboxing.mp4"],
+                at=s.at(2, 9),
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "agent-3",
+        lambda: did(
+            "ruled for the buyer: reship in 24 h",
+            e.rule(
+                cid,
+                in_favour_of="buyer",
+                note="unboxing video shows no pouch",
+                by="agent-3",
+                at=s.at(3),
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "staff-7",
+        lambda: did(
+            "cannot reship: the platform pays first",
+            e.reship(cid, cannot=True, note="pouch out of stock", by="staff-7", at=s.at(3, 5)),
+        ),
+    )
+
+    # 9. The merchant rejects without cause; the platform refunds first and the merchant
+    #    recovers the goods itself.
+    t = "unjustified rejection"
+    s.step(
+        t,
+        "order system",
+        lambda: did(
+            "order placed",
+            e.place_order(
+                "KS-1009",
+                merchant_id="shop-linen",
+                buyer_id="buyer-lin",
+                lines=["COAT:1:399.00:apparel"],
+                at=s.at(),
+            ),
+        ),
+    )
+    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1009", at=s.at(2))))
+    case = s.step(
+        t,
+        "buyer-lin",
+        lambda: did(
+            "opened refund_only (quality.torn_seam)",
+            e.open_case(
+                "KS-1009",
+                case_type="refund_only",
+                reason="quality.torn_seam",
+                amount="399.00",
+                evidence=["photo:seam.jpg"],
+                at=s.at(3),
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.step(
+        t,
+        "staff-2",
+        lambda: did(
+            "rejected: 'worn'",
+            e.reject(
+                cid, reason="worn", communication="call:20261104-lin", by="staff-2", at=s.at(3, 6)
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "buyer-lin",
+        lambda: did(
+            "asked the platform (unjustified_rejection)",
+            e.escalate(
+                cid, claim="unjustified_rejection", evidence=["photo:seam.jpg"], at=s.at(3, 8)
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "agent-5",
+        lambda: did(
+            "ruled for the buyer: the platform refunds",
+            e.rule(cid, in_favour_of="buyer", note="seam defect visible", by="agent-5", at=s.at(4)),
+        ),
+    )
+    s.step(
+        t,
+        "staff-2",
+        lambda: did(
+            "recovered the coat from the buyer",
+            e.recover_goods(cid, note="courier pickup", by="staff-2", at=s.at(6)),
+        ),
+    )
     return s
 
 
-def render(story: Story, path: Path) -> str:
+def render(story: Story, path: Path, ledger_rows: list[dict[str, Any]]) -> str:
     lines = [f"aftersales demo: a fresh store at {path}", ""]
     current = None
     for step in story.steps:
@@ -464,6 +622,8 @@ def render(story: Story, path: Path) -> str:
             else ""
         )
         lines.append(f"  {step['who']:<13} {step['did']:<48} {status}{money}{extra}")
+    lines += ["", "The merchants' money (the ledger projection):"]
+    lines += ["  " + line for line in table(ledger_rows, ["merchant_id", *TOTALS]).splitlines()]
     lines += ["", "Look closer:"]
     lines += [
         f"  aftersales --store sqlite:///{path} case list",
@@ -490,7 +650,18 @@ def demo(store_path: Path | None, as_json: bool) -> None:
     with Engine(f"sqlite:///{path}") as engine:
         story = play(engine)
         finals = {title: engine.get_case(cid) for title, cid in story.cases.items()}
+        Projector(engine.store).catch_up(VIEWS)
+        money = ledger(engine.store, None, None, None)
     if as_json:
-        click.echo(to_json({"store": f"sqlite:///{path}", "steps": story.steps, "cases": finals}))
+        click.echo(
+            to_json(
+                {
+                    "store": f"sqlite:///{path}",
+                    "steps": story.steps,
+                    "cases": finals,
+                    "ledger": money,
+                }
+            )
+        )
     else:
-        click.echo(render(story, path))
+        click.echo(render(story, path, money))

@@ -16,6 +16,7 @@ from engine.service import Engine
 from engine.values import parse_time
 from projections.base import View
 from projections.dashboard import Dashboard, dashboard
+from projections.ledger import TOTALS, Ledger, ledger
 from projections.return_rates import GROUPINGS, ReturnRates, return_rates
 from projections.runner import Projector
 
@@ -204,5 +205,44 @@ def return_rates_cmd(
 
     def render(rows: list[dict[str, Any]]) -> str:
         return _csv(rows, RATE_COLUMNS) if as_csv else table(rows, RATE_COLUMNS)
+
+    emit(ctx, as_json, call, render)
+
+
+# The ledger --------------------------------------------------------------------------------------
+
+LEDGER_COLUMNS = ["merchant_id", *TOTALS, "entries"]
+
+
+@click.command("ledger")
+@click.option("--merchant", default=None, help="One shop (default: every shop).")
+@click.option("--since", default=None, help="Money moved from here (default: the beginning).")
+@click.option("--until", default=None, help="... up to here, excluded (default: no end).")
+@csv_option
+@json_option
+@click.pass_context
+def ledger_cmd(
+    ctx: click.Context,
+    /,
+    merchant: str | None,
+    since: str | None,
+    until: str | None,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """Each merchant's money: refunded itself, advanced by the platform and owed, freight,
+    penalties (from the ledger projection)."""
+    if as_csv and as_json:
+        raise click.UsageError("give --json or --csv, not both")
+
+    def call(engine: Engine) -> list[dict[str, Any]]:
+        start, end = _time(since, "--since"), _time(until, "--until")
+        if start and end and start >= end:
+            raise BadInput(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+        _warn_if_behind(engine, Ledger)
+        return ledger(engine.store, merchant, start, end)
+
+    def render(rows: list[dict[str, Any]]) -> str:
+        return _csv(rows, LEDGER_COLUMNS) if as_csv else table(rows, LEDGER_COLUMNS)
 
     emit(ctx, as_json, call, render)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from engine.errors import BadInput
 from projections.base import View
 from projections.dashboard import Dashboard
+from projections.ledger import Ledger
 from projections.return_rates import ReturnRates
 
-VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates)
+VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger)
 
 
 def select(name: str | None) -> tuple[type[View], ...]:

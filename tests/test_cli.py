@@ -326,9 +326,17 @@ def test_demo_runs_on_a_fresh_store(tmp_path: Path) -> None:
     assert cases["returned goods damaged"]["status"] == "escalated"
     assert cases["merchant silent for 48 hours"]["refund_paid_by"] == "merchant"
     assert any("refused" in s for s in out["steps"])
+    gift = cases["missing gift, platform pays first"]
+    assert gift["refund_paid_by"] == "platform" and gift["refunded_amount"] == "19.90"
+    coat = cases["unjustified rejection"]
+    assert coat["refund_paid_by"] == "platform" and coat["goods_recovered"] is True
+    assert {r["merchant_id"]: r["advanced_by_platform"] for r in out["ledger"]} == {
+        "shop-aurora": "19.90",
+        "shop-linen": "399.00",
+    }
     # The store it leaves behind answers the same questions.
     listed = _aftersales("--store", f"sqlite:///{path}", "case", "list", "--json", cwd=tmp_path)
-    assert len(json.loads(listed.stdout)) == 8
+    assert len(json.loads(listed.stdout)) == 10  # nine stories, one with a follow-up case
     again = _aftersales("demo", "--store-path", str(path), cwd=tmp_path)
     assert again.returncode == 2  # a fresh store only
     human = _aftersales("demo", cwd=tmp_path)

@@ -1,0 +1,130 @@
+"""The money ledger: every movement of money or liability, and each merchant's totals.
+
+``proj_ledger_entries`` has one row per money event: a buyer refunded by the merchant, a buyer
+refunded by the platform first (owed by the merchant), freight the merchant bears, a late-shipment
+penalty. ``proj_ledger_cases`` names each case's merchant. The totals are sums over the entries,
+so they add up to the events by construction; money is kept in whole cents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from engine.case import CaseOpened, CaseRefunded, FreightCharged, LateShipmentPenalty
+from engine.store import EventStore
+from projections.base import Changes, Fact, Table, View, cents, col, money, parse_at
+
+CASES = Table(
+    "proj_ledger_cases",
+    (
+        col("case_id", "uuid", "key", "the case"),
+        col("merchant_id", "text", "keep", "the shop that owes what its cases cost"),
+        col("order_id", "text", "keep", "the order"),
+    ),
+    indexes=(("merchant_id",),),
+    doc="Each case's merchant.",
+)
+
+ENTRIES = Table(
+    "proj_ledger_entries",
+    (
+        col("case_id", "uuid", "key", "the case"),
+        col("case_version", "int", "key", "the money event's version in the case"),
+        col("at", "time", "keep", "when the money moved"),
+        col("kind", "text", "keep", "refund, freight or late_shipment_penalty"),
+        col("amount_cents", "int", "keep", "the amount, in cents"),
+        col("payer", "text", "keep", "who paid: merchant or platform"),
+        col("payee", "text", "keep", "who received it: the buyer"),
+        col("owed_by", "text", "keep", "who bears it in the end: the merchant"),
+    ),
+    indexes=(("at",),),
+    doc="One row per movement of money or liability.",
+)
+
+TOTALS = (
+    "refunded_by_merchant",
+    "advanced_by_platform",
+    "owed_to_platform",
+    "freight",
+    "penalties",
+    "total",
+)
+
+
+class Ledger(View):
+    name = "ledger"
+    events = (CaseOpened, CaseRefunded, FreightCharged, LateShipmentPenalty)
+    tables = (CASES, ENTRIES)
+    doc = __doc__ or ""
+
+    @classmethod
+    def fold(cls, facts: Iterable[Fact], changes: Changes) -> None:
+        for f in facts:
+            d = f.data
+            if f.kind == "CaseOpened":
+                row = changes.row(CASES, f.originator_id)
+                row["merchant_id"] = d["merchant_id"]
+                row["order_id"] = d["order_id"]
+                continue
+            entry = changes.row(ENTRIES, f.originator_id, f.version)
+            entry["at"] = parse_at(d["at"])
+            entry["amount_cents"] = cents(d["amount"])
+            if f.kind == "CaseRefunded":
+                entry.update(kind="refund", payer=d["paid_by"], payee="buyer", owed_by=d["owed_by"])
+            elif f.kind == "FreightCharged":
+                entry.update(kind="freight", payer=d["payer"], payee=d["payee"], owed_by=d["payer"])
+            else:
+                entry.update(
+                    kind="late_shipment_penalty",
+                    payer=d["payer"],
+                    payee=d["payee"],
+                    owed_by=d["payer"],
+                )
+
+
+def ledger(
+    store: EventStore,
+    merchant: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[dict[str, Any]]:
+    """Each merchant's totals over the entries in [since, until)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if merchant:
+        where.append("c.merchant_id = ?")
+        params.append(merchant)
+    if since is not None:
+        where.append("e.at >= ?")
+        params.append(store.time_param(since))
+    if until is not None:
+        where.append("e.at < ?")
+        params.append(store.time_param(until))
+    sql = (
+        "SELECT c.merchant_id AS merchant_id, "
+        "sum(CASE WHEN e.kind = 'refund' AND e.payer = 'merchant' THEN e.amount_cents ELSE 0 END)"
+        " AS refunded_by_merchant, "
+        "sum(CASE WHEN e.kind = 'refund' AND e.payer = 'platform' THEN e.amount_cents ELSE 0 END)"
+        " AS advanced_by_platform, "
+        "sum(CASE WHEN e.payer = 'platform' AND e.owed_by = 'merchant' THEN e.amount_cents "
+        "ELSE 0 END) AS owed_to_platform, "
+        "sum(CASE WHEN e.kind = 'freight' THEN e.amount_cents ELSE 0 END) AS freight, "
+        "sum(CASE WHEN e.kind = 'late_shipment_penalty' THEN e.amount_cents ELSE 0 END)"
+        " AS penalties, "
+        "sum(CASE WHEN e.owed_by = 'merchant' THEN e.amount_cents ELSE 0 END) AS total, "
+        "count(*) AS entries "
+        f"FROM {{t}}{ENTRIES.name} e JOIN {{t}}{CASES.name} c ON c.case_id = e.case_id"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " GROUP BY c.merchant_id ORDER BY c.merchant_id"
+    return [
+        {
+            "merchant_id": r["merchant_id"],
+            **{k: money(int(r[k] or 0)) for k in TOTALS},
+            "entries": int(r["entries"]),
+        }
+        for r in store.query(sql, params)
+    ]
