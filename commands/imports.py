@@ -139,6 +139,7 @@ def import_history(ctx: click.Context, /, source: IO[str], chunk: int, as_json: 
                 apply,
                 ids=HistoryLine.ids,
                 command_ids=HistoryLine.command_ids,
+                barrier=HistoryLine.reads_the_store,
                 chunk_size=chunk,
                 progress=bar.update,
             )

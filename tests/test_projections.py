@@ -143,7 +143,8 @@ def test_status_shows_position_and_lag(store_url: str) -> None:
         projector.catch_up(VIEWS)
         after = projector.status(VIEWS)
         head = engine.store.recorder.max_notification_id()
-        assert [(s["position"], s["behind"], s["lag"]) for s in after] == [(head, 0, 0)] * len(VIEWS)
+        expected = [(head, 0, 0)] * len(VIEWS)
+        assert [(s["position"], s["behind"], s["lag"]) for s in after] == expected
 
 
 def _wait_until(check: Any, timeout: float) -> float:
