@@ -472,13 +472,17 @@ def check_chain(events: Sequence[StoredEvent], label: str = "") -> list[Problem]
             continue
         if previous is None:
             problem(version, "cannot be checked: the event before it is unreadable")
-        elif chain_hash(previous, stored.originator_id, version, state) != state["hash"]:
+        elif (
+            chain_hash(previous, stored.originator_id, version, stored.topic, state)
+            != state["hash"]
+        ):
             other = next(
                 (
                     j
                     for h, j in known.items()
                     if j != i - 1
-                    and chain_hash(h, stored.originator_id, version, state) == state["hash"]
+                    and chain_hash(h, stored.originator_id, version, stored.topic, state)
+                    == state["hash"]
                 ),
                 None,
             )
@@ -514,7 +518,8 @@ def _sealed_as(
     for previous in [GENESIS_HASH, *known]:
         for version in range(1, last + 1):
             if version != stored.originator_version and (
-                chain_hash(previous, stored.originator_id, version, state) == state["hash"]
+                chain_hash(previous, stored.originator_id, version, stored.topic, state)
+                == state["hash"]
             ):
                 return version
     return None

@@ -63,14 +63,19 @@ def stored_state(event: BaseModel) -> dict[str, Any]:
 
 
 def chain_hash(
-    previous: str, originator_id: UUID | str, originator_version: int, state: dict[str, Any]
+    previous: str,
+    originator_id: UUID | str,
+    originator_version: int,
+    topic: str,
+    state: dict[str, Any],
 ) -> str:
-    """The hash of one stored event: its id, version and stored JSON (less its own hash),
-    chained to the hash of the event before it."""
+    """The hash of one stored event: its id, version, type (topic) and stored JSON (less its
+    own hash), chained to the hash of the event before it."""
     content = {k: v for k, v in state.items() if k != "hash"}
     payload = {
         "originator_id": str(originator_id),
         "originator_version": originator_version,
+        "topic": topic,
         "state": content,
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -78,10 +83,14 @@ def chain_hash(
 
 
 def _sealed(event: Event, previous: str) -> Event:
-    digest = chain_hash(
-        previous, event.originator_id, event.originator_version, stored_state(event)
-    )
-    return event.model_copy(update={"hash": digest})
+    state = stored_state(event)
+    topic = get_topic(type(event))
+    digest = chain_hash(previous, event.originator_id, event.originator_version, topic, state)
+    sealed = event.model_copy(update={"hash": digest})
+    # Keep the JSON just made, so storing the event does not dump it again.
+    state["hash"] = digest
+    sealed._stored = state
+    return sealed
 
 
 class Aggregate(BaseAggregate[UUID]):

@@ -141,9 +141,16 @@ class Report:
         self.problems.append(message)
 
 
-def chain_hash(previous: str, originator_id: str, version: int, state: dict[str, Any]) -> str:
+def chain_hash(
+    previous: str, originator_id: str, version: int, topic: str, state: dict[str, Any]
+) -> str:
     content = {k: v for k, v in state.items() if k != "hash"}
-    payload = {"originator_id": originator_id, "originator_version": version, "state": content}
+    payload = {
+        "originator_id": originator_id,
+        "originator_version": version,
+        "topic": topic,
+        "state": content,
+    }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256((previous + canonical).encode("utf-8")).hexdigest()
 
@@ -216,7 +223,7 @@ def read_chain(
             report.add(f"{label} version {version}: stored bytes are not as the store wrote them")
         if previous is None:
             report.add(f"{label} version {version}: cannot be checked after an unreadable event")
-        elif chain_hash(previous, originator_id, version, state) != state["hash"]:
+        elif chain_hash(previous, originator_id, version, topic, state) != state["hash"]:
             why = "does not chain to the event before it" if gap else "hash does not match"
             report.add(f"{label} version {version}: {why} (altered, moved or deleted)")
         previous = state["hash"]

@@ -378,7 +378,8 @@ def test_edited_money_with_a_recomputed_hash_is_still_caught(
         state = json.loads(stored_state(store_url, phone_case, version))
         if version == 5:
             state["amount"] = "99.90"
-        state["hash"] = chain_hash(previous, uuid.UUID(phone_case), version, state)
+        topic = "engine.case:CaseRefunded" if version == 5 else "engine.case:CaseRated"
+        state["hash"] = chain_hash(previous, uuid.UUID(phone_case), version, topic, state)
         previous = state["hash"]
         set_state(store_url, phone_case, version, audit_mod.stored_form(state))
     report = assert_fails(store_url, phone_case, {5}, "money")
