@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,85 @@ class Bench:
             )
         )
 
+    def catch_up(self, label: str) -> None:
+        """Projections catch up with the whole log so far, in a fresh process."""
+        with self.conn() as c:
+            events = c.execute(
+                SQL("SELECT count(*) FROM {}.aftersales_events").format(Identifier(self.schema))
+            ).fetchone()
+        count = int(events[0]) if events else 0
+        seconds, rss, _ = self.cli("project", "run")
+        self.add(
+            Row(
+                f"projection catch-up, {count:,} events ({label})",
+                count / seconds,
+                "events/s",
+                "sequential read rows/s",
+                self.raw["read"],
+            )
+        )
+        self.add(Row(f"projection catch-up peak RSS, {count:,} events", rss / 1024, "MiB"))
+
+    def large_store(self) -> None:
+        """A store with many open cases: the tick that finds nothing, firing, one audit, one
+        merchant's dashboard, and the catch-up of the whole log."""
+        from engine.audit import audit_case
+        from engine.deadlines import tick
+        from projections.dashboard import dashboard
+        from scripts.bench_audit import fifty_event_case
+        from scripts.bench_tick import REVIEW, build
+        from scripts.bench_tick import T0 as TICK_T0
+
+        cases = self.n(1_000_000)
+        with Engine(self.url) as engine:
+            print(f"  building {cases:,} open cases ...", file=sys.stderr, flush=True)
+            built, seconds, events = build(engine, cases, 2_000, 3_600)
+            self.add(
+                Row(
+                    f"bulk build of {built:,} open cases (3 events each)",
+                    events / seconds,
+                    "events/s",
+                    "COPY rows/s",
+                    self.raw["copy"],
+                )
+            )
+            with self.conn() as c:
+                for table in ("aftersales_events", "aftersales_cases", "aftersales_commands"):
+                    c.execute(SQL("VACUUM ANALYZE {}").format(Identifier(self.schema, table)))
+            nothing_due = TICK_T0 + REVIEW - timedelta(seconds=1)
+            empty = _median(lambda: tick(engine, nothing_due), 9)
+            self.add(
+                Row(
+                    f"tick finding nothing due among {built:,} open cases",
+                    empty * 1000,
+                    "ms",
+                    "INSERT commit, ms",
+                    1000 / self.raw["insert1"],
+                )
+            )
+            due = min(5_000, built)
+            now = TICK_T0 + REVIEW + timedelta(seconds=due - 1)
+            started = time.perf_counter()
+            fired = tick(engine, now)
+            rate = len(fired.fired) / (time.perf_counter() - started)
+            self.add(
+                Row(
+                    f"tick firing {len(fired.fired):,} due deadlines",
+                    rate,
+                    "/s",
+                    "INSERT commits/s, 1 conn",
+                    self.raw["insert1"],
+                )
+            )
+            case_id = fifty_event_case(engine)
+            audit = _median(lambda: audit_case(engine.store, case_id), 50)
+            self.add(Row(f"audit of one 50-event case among {built:,}", audit * 1000, "ms"))
+        self.catch_up("the large store")
+        with Engine(self.url) as engine:
+            at = datetime.now(UTC)
+            board = _median(lambda: dashboard(engine.store, "shop-7", at), 20)
+            self.add(Row("dashboard query, one merchant", board * 1000, "ms"))
+
     def run(self, parts: list[Callable[[], None]]) -> None:
         try:
             for part in parts:
@@ -333,9 +413,24 @@ class Bench:
         for row in self.rows:
             cells = row.cells()
             if row.base_value:
-                cells[2] = f"{row.baseline}: {row.base_value:,.0f}"
+                base = row.base_value
+                cells[2] = (
+                    f"{row.baseline}: {base:,.0f}"
+                    if base >= 100
+                    else (f"{row.baseline}: {base:,.2f}")
+                )
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def _median(call: Callable[[], object], runs: int) -> float:
+    call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
 
 
 def _client(url: str, orders: list[str], start_at: float) -> tuple[int, float]:
@@ -366,11 +461,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=DEFAULT_STORE)
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument(
+        "--skip-large",
+        action="store_true",
+        help="Leave out the store of a million open cases (tick, audit, dashboard).",
+    )
     args = parser.parse_args()
     bench = Bench(args.store, args.scale)
-    bench.run(
-        [bench.raw_baselines, bench.single_actions, bench.batch, bench.order_import, bench.history]
-    )
+    parts: list[Callable[[], None]] = [
+        bench.raw_baselines,
+        bench.single_actions,
+        bench.batch,
+        bench.order_import,
+        bench.history,
+        lambda: bench.catch_up("after the imports"),
+    ]
+    if not args.skip_large:
+        parts.append(bench.large_store)
+    bench.run(parts)
     print(f"Machine: {machine()}\n")
     print(bench.table())
 
