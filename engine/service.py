@@ -279,7 +279,7 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def begin_session(self, cache_size: int = 20_000) -> Session:
+    def begin_session(self, cache_size: int = 4_000) -> Session:
         """Start a unit of work: actions from now on are kept until ``session.flush()``."""
         self.session = Session(self, cache_size)
         return self.session
