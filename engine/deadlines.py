@@ -37,7 +37,7 @@ from engine.errors import AftersalesError, BadInput, NotAllowed
 from engine.events import Act
 from engine.order import Order
 from engine.service import Common, Engine, case_row
-from engine.store import parse_stored_time
+from engine.store import CommandRow, parse_stored_time
 from engine.values import DueAction
 
 # Deadlines read from the index per query: memory stays flat however many fall due at once.
@@ -116,6 +116,7 @@ class _Firing(Engine):
         super().__init__(engine.store, policy=engine.policy, clock=engine.clock, cache_size=0)
         self.replayed: set[str] = set()
         self.group: list[ReturnCase | Order] | None = None
+        self.group_commands: list[CommandRow] = []
 
     def _replay(self, common: Common, fingerprint: str) -> dict[str, Any] | None:
         if self.group is not None:
@@ -138,14 +139,27 @@ class _Firing(Engine):
     ) -> None:
         if self.group is None:
             super()._save(action, target, others, common, fingerprint, act)
-        else:
-            self.group += [a for a in (target, *others) if a is not None]
+            return
+        self.group += [a for a in (target, *others) if a is not None]
+        if common.command_id is not None:
+            self.group_commands.append(
+                CommandRow(
+                    command_id=common.command_id,
+                    action=action,
+                    target_id=str(target.id),
+                    fingerprint=fingerprint,
+                    version=target.version,
+                    recorded_at=act.recorded_at,
+                )
+            )
 
     def save_group(self, aggregates: list[ReturnCase | Order]) -> bool:
-        """Save a group's changes in one transaction; False if anything in it had changed."""
+        """Save a group's changes and command ids in one transaction; False if anything in
+        it had changed (or another tick recorded one of its command ids first)."""
         rows = [case_row(a) for a in aggregates if isinstance(a, ReturnCase)]
+        commands, self.group_commands = self.group_commands, []
         try:
-            self.store.save(*aggregates, cases=rows)
+            self.store.save(*aggregates, cases=rows, commands=commands)
         except (IntegrityError, OperationalError):
             self.retries += 1
             return False
@@ -226,6 +240,7 @@ def tick(
 
 def _fire_group(firing: _Firing, dues: list[Due], result: Tick) -> None:
     firing.group = []
+    firing.group_commands = []
     try:
         outcomes = [_fire_one(firing, due) for due in dues]
     finally:

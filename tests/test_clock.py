@@ -234,6 +234,13 @@ def test_re_ticks_fire_nothing_twice(engine: Engine) -> None:
         assert again.fired == [] and again.skipped == [] and again.failed == []
     assert {cid: len(kinds(engine, cid)) for cid in ids} == counts
     assert all(kinds(engine, cid).count("CaseAutoApproved") == 1 for cid in ids)
+    # Fired in groups, each deadline's command id is recorded with its events.
+    recorded = engine.store.query(
+        "SELECT command_id, target_id FROM {t}aftersales_commands WHERE command_id LIKE ?",
+        ("deadline:%",),
+    )
+    assert sorted(r["target_id"] for r in recorded) == sorted(ids)
+    assert {r["command_id"] for r in recorded} == {d.command_id for d in first.fired}
 
 
 def test_the_policy_version_is_on_the_fired_events(store_url: str) -> None:
