@@ -35,6 +35,8 @@ from projections.base import (
     recorder_class,
 )
 
+# A catch-up that applied this many events refreshes the tables' statistics.
+ANALYZE_AFTER = 50_000
 DEFAULT_BATCH = 5000
 
 
@@ -84,11 +86,25 @@ class Projector:
             positions = {v.name: self.position(v) for v in views}
             behind = [v for v in views if (positions[v.name] or 0) < head]
             if not behind:
+                if read >= ANALYZE_AFTER:
+                    self.analyze(views)
                 return read
             start = min(positions[v.name] or 0 for v in behind)
             group = [v for v in behind if (positions[v.name] or 0) == start]
             after = {v.name: positions[v.name] for v in group}
             read += self._run(group, after, start, head, batch_size, progress, started, read)
+
+    def analyze(self, views: Sequence[type[View]]) -> None:
+        """Give PostgreSQL statistics on tables that just grew a lot, as autovacuum would some
+        time later: without them a report's query may scan a table its index would answer."""
+        recorder = self.store.recorder
+        if not isinstance(recorder, PostgresApplicationRecorder):
+            return
+        schema = recorder.datastore.schema
+        with recorder.datastore.get_connection() as conn:
+            for view in views:
+                for table in view.tables:
+                    conn.execute(SQL("ANALYZE {}").format(Identifier(schema, table.name)))
 
     def _run(
         self,

@@ -255,3 +255,23 @@ def test_a_view_is_a_small_class() -> None:
         assert issubclass(view, View)
         assert view.tables and view.events
         assert all(t.name.startswith("proj_") and t.key for t in view.tables)
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+def test_a_large_catch_up_leaves_statistics_for_the_reports(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projections.runner as runner
+
+    monkeypatch.setattr(runner, "ANALYZE_AFTER", 1)
+    with Engine(store_url) as engine:
+        engine.place_order("S-1", merchant_id="m", buyer_id="b", lines=["X:1:1.00"])
+        assert Projector(engine.store).catch_up(VIEWS) >= 1
+        schema = engine.store.url.schema
+        rows = engine.store.query(
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = ? "
+            "AND starts_with(relname, 'proj_') AND last_analyze IS NOT NULL",
+            (schema,),
+        )
+    analyzed = {r["relname"] for r in rows}
+    assert {t.name for v in VIEWS for t in v.tables} <= analyzed
