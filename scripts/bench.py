@@ -173,7 +173,7 @@ class Bench:
         return seconds, usage.ru_maxrss, out_path.read_text()
 
     def order_import(self) -> None:
-        small, large = self.n(5_000), self.n(50_000)
+        small, large = self.n(10_000), self.n(100_000)
         for count, label in ((small, "small"), (large, "large")):
             path = self.orders_file(count, f"orders-{label}.jsonl", f"OI{label}-")
             _, rss, out = self.cli("order", "import", str(path), "--json")
