@@ -36,7 +36,7 @@ from engine.case import ReturnCase
 from engine.errors import AftersalesError, BadInput, NotAllowed
 from engine.events import Act
 from engine.order import Order
-from engine.service import Common, Engine, case_row
+from engine.service import Common, Engine, case_row, command_row
 from engine.store import CommandRow, parse_stored_time
 from engine.values import DueAction
 
@@ -141,17 +141,9 @@ class _Firing(Engine):
             super()._save(action, target, others, common, fingerprint, act)
             return
         self.group += [a for a in (target, *others) if a is not None]
-        if common.command_id is not None:
-            self.group_commands.append(
-                CommandRow(
-                    command_id=common.command_id,
-                    action=action,
-                    target_id=str(target.id),
-                    fingerprint=fingerprint,
-                    version=target.version,
-                    recorded_at=act.recorded_at,
-                )
-            )
+        command = command_row(action, target, common, fingerprint, act)
+        if command is not None:
+            self.group_commands.append(command)
 
     def save_group(self, aggregates: list[ReturnCase | Order]) -> bool:
         """Save a group's changes and command ids in one transaction; False if anything in

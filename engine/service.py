@@ -397,16 +397,7 @@ class Engine:
         fingerprint: str,
         act: Act,
     ) -> None:
-        command = None
-        if common.command_id is not None:
-            command = CommandRow(
-                command_id=common.command_id,
-                action=action,
-                target_id=str(target.id),
-                fingerprint=fingerprint,
-                version=target.version,
-                recorded_at=act.recorded_at,
-            )
+        command = command_row(action, target, common, fingerprint, act)
         if self.session is not None:
             self.session.stage([target, *others], command)
             return
@@ -915,6 +906,22 @@ def new_case_id(case_id: str | UUID | None, command_id: str | None) -> UUID:
     if command_id is not None:
         return uuid5(CASE_NAMESPACE, f"case:{command_id}")
     return uuid4()
+
+
+def command_row(
+    action: str, target: Aggregate, common: Common, fingerprint: str, act: Act
+) -> CommandRow | None:
+    """The record of a command id, saved with the events the command made (if it has one)."""
+    if common.command_id is None:
+        return None
+    return CommandRow(
+        command_id=common.command_id,
+        action=action,
+        target_id=str(target.id),
+        fingerprint=fingerprint,
+        version=target.version,
+        recorded_at=act.recorded_at,
+    )
 
 
 def default_actor(case: ReturnCase, role: Role) -> str:
