@@ -52,6 +52,21 @@ class Story:
         )
         return result
 
+    def order(
+        self, title: str, order_id: str, merchant: str, buyer: str, lines: list[str], at: str
+    ) -> None:
+        """The order system reports an order placed."""
+        self.step(
+            title,
+            "order system",
+            lambda: did(
+                "order placed",
+                self.engine.place_order(
+                    order_id, merchant_id=merchant, buyer_id=buyer, lines=lines, at=at
+                ),
+            ),
+        )
+
     def tick(self, title: str, now: str, case_id: str) -> None:
         """The clock at ``now``: fire whatever fell due, and show the case afterwards."""
         fired = tick(self.engine, datetime.fromisoformat(now)).fired
@@ -93,19 +108,8 @@ def play(engine: Engine) -> Story:
 
     # 1. The article's phone case: a colour difference, returned and refunded.
     t = "phone case colour difference"
-    s.step(
-        t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1001",
-                merchant_id="shop-aurora",
-                buyer_id="buyer-lin",
-                lines=["CASE-RED-15:1:39.90:phone_accessory"],
-                at=s.at(),
-            ),
-        ),
+    s.order(
+        t, "KS-1001", "shop-aurora", "buyer-lin", ["CASE-RED-15:1:39.90:phone_accessory"], s.at()
     )
     s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1001", at=s.at(2))))
     case = s.step(
@@ -162,20 +166,7 @@ def play(engine: Engine) -> Story:
 
     # 2. Refund only before shipping: approved means refunded at once.
     t = "refund before shipping"
-    s.step(
-        t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1002",
-                merchant_id="shop-aurora",
-                buyer_id="buyer-wu",
-                lines=["CHARGER-20W:2:59.00:electronics"],
-                at=s.at(1),
-            ),
-        ),
-    )
+    s.order(t, "KS-1002", "shop-aurora", "buyer-wu", ["CHARGER-20W:2:59.00:electronics"], s.at(1))
     case = s.step(
         t,
         "buyer-wu",
@@ -199,20 +190,7 @@ def play(engine: Engine) -> Story:
 
     # 3. An exchange for the wrong size.
     t = "exchange for size"
-    s.step(
-        t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1003",
-                merchant_id="shop-linen",
-                buyer_id="buyer-zhao",
-                lines=["SHIRT-M:1:129.00:apparel"],
-                at=s.at(),
-            ),
-        ),
-    )
+    s.order(t, "KS-1003", "shop-linen", "buyer-zhao", ["SHIRT-M:1:129.00:apparel"], s.at())
     s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1003", at=s.at(2))))
     case = s.step(
         t,
@@ -247,20 +225,7 @@ def play(engine: Engine) -> Story:
 
     # 4. Custom-made goods: no no-reason return; a rejection; a follow-up case.
     t = "custom-made, rejected, then a new case"
-    s.step(
-        t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1004",
-                merchant_id="shop-linen",
-                buyer_id="buyer-chen",
-                lines=["NAMEPLATE:1:88.00:custom_made"],
-                at=s.at(),
-            ),
-        ),
-    )
+    s.order(t, "KS-1004", "shop-linen", "buyer-chen", ["NAMEPLATE:1:88.00:custom_made"], s.at())
     s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1004", at=s.at(3))))
     s.refused(
         t,
@@ -329,20 +294,7 @@ def play(engine: Engine) -> Story:
 
     # 5. Returned goods arrive damaged: no refund, the platform must decide.
     t = "returned goods damaged"
-    s.step(
-        t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1005",
-                merchant_id="shop-aurora",
-                buyer_id="buyer-lin",
-                lines=["EARBUDS-X:1:199.00:electronics"],
-                at=s.at(),
-            ),
-        ),
-    )
+    s.order(t, "KS-1005", "shop-aurora", "buyer-lin", ["EARBUDS-X:1:199.00:electronics"], s.at())
     s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1005", at=s.at(1))))
     case = s.step(
         t,
@@ -376,20 +328,7 @@ def play(engine: Engine) -> Story:
 
     # 6. The merchant does not answer in 48 hours: the system approves.
     t = "merchant silent for 48 hours"
-    s.step(
-        t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1006",
-                merchant_id="shop-linen",
-                buyer_id="buyer-wu",
-                lines=["SCARF:1:45.00:apparel"],
-                at=s.at(),
-            ),
-        ),
-    )
+    s.order(t, "KS-1006", "shop-linen", "buyer-wu", ["SCARF:1:45.00:apparel"], s.at())
     s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1006", at=s.at(1))))
     case = s.step(
         t,
@@ -412,20 +351,7 @@ def play(engine: Engine) -> Story:
 
     # 7. Nobody acts on a return: auto-approved, then the buyer never ships it back.
     t = "return never shipped back"
-    s.step(
-        t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1007",
-                merchant_id="shop-aurora",
-                buyer_id="buyer-chen",
-                lines=["LAMP-DESK:1:89.00:home"],
-                at=s.at(),
-            ),
-        ),
-    )
+    s.order(t, "KS-1007", "shop-aurora", "buyer-chen", ["LAMP-DESK:1:89.00:home"], s.at())
     s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1007", at=s.at(2))))
     case = s.step(
         t,
@@ -448,19 +374,13 @@ def play(engine: Engine) -> Story:
     # 8. A gift is missing; the merchant says it was packed; the platform upholds the claim,
     #    and the merchant cannot reship: the platform pays the gift's list price first.
     t = "missing gift, platform pays first"
-    s.step(
+    s.order(
         t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1008",
-                merchant_id="shop-aurora",
-                buyer_id="buyer-zhao",
-                lines=["EARBUDS-Y:1:159.00:electronics", "POUCH:1:0.00:gift:19.90"],
-                at=s.at(),
-            ),
-        ),
+        "KS-1008",
+        "shop-aurora",
+        "buyer-zhao",
+        ["EARBUDS-Y:1:159.00:electronics", "POUCH:1:0.00:gift:19.90"],
+        s.at(),
     )
     s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1008", at=s.at(2))))
     case = s.step(
@@ -532,20 +452,7 @@ def play(engine: Engine) -> Story:
     # 9. The merchant rejects without cause; the platform refunds first and the merchant
     #    recovers the goods itself.
     t = "unjustified rejection"
-    s.step(
-        t,
-        "order system",
-        lambda: did(
-            "order placed",
-            e.place_order(
-                "KS-1009",
-                merchant_id="shop-linen",
-                buyer_id="buyer-lin",
-                lines=["COAT:1:399.00:apparel"],
-                at=s.at(),
-            ),
-        ),
-    )
+    s.order(t, "KS-1009", "shop-linen", "buyer-lin", ["COAT:1:399.00:apparel"], s.at())
     s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1009", at=s.at(2))))
     case = s.step(
         t,
