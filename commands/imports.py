@@ -78,7 +78,6 @@ def import_orders(
                 items,
                 lambda e, r: r.apply(e),
                 ids=OrderRecord.ids,
-                command_ids=OrderRecord.command_ids,
                 chunk_size=chunk,
                 progress=bar.update,
             )

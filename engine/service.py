@@ -315,6 +315,11 @@ class Engine:
 
     # Loading -----------------------------------------------------------------------------------
 
+    def find_order(self, order_id: str) -> Order | None:
+        """The order, or None if the store has none by that id (fresh, or from the session)."""
+        order = self._get(order_uuid(check_order_id(order_id)))
+        return order if isinstance(order, Order) else None
+
     def load_order(self, order_id: str) -> Order:
         check_order_id(order_id)
         order = self._get(order_uuid(order_id))

@@ -56,7 +56,7 @@ def test_order_import_csv(store_url: str, tmp_path: Path) -> None:
     # A changed order under the same id is refused, not silently merged.
     path.write_text(CSV.replace("39.90", "29.90"))
     code, changed = invoke(store_url, "order", "import", str(path))
-    assert any("already used" in e["message"] for e in changed["errors"])
+    assert any("imported before with other facts" in e["message"] for e in changed["errors"])
 
 
 def test_order_import_jsonl(store_url: str, tmp_path: Path) -> None:
