@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
@@ -26,6 +27,7 @@ _SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
 _ORDER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
+@lru_cache(maxsize=4096)
 def order_uuid(order_id: str) -> UUID:
     """Orders keep the order system's id; the stored aggregate id is derived from it."""
     return uuid5(ORDER_NAMESPACE, f"order:{order_id}")

@@ -400,7 +400,7 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
             Jsonb([_jsonable(row) for row in commands]) if commands else None,
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.call_save, params, prepare=True)
+            curs.execute(self.call_save, params, prepare=True, binary=True)
             return [row[SAVE_FUNCTION] for row in curs.fetchall()]
 
 
