@@ -83,9 +83,11 @@ class Bench:
     # Raw baselines --------------------------------------------------------------------------------
 
     def raw_baselines(self) -> None:
-        table = Identifier(self.schema + "_raw")
+        # In the benchmark's own schema, so it goes with it whatever happens.
+        table = Identifier(self.schema, "raw_scratch")
         payload = "x" * 400
         with self.conn() as c:
+            c.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(self.schema)))
             c.execute(
                 SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, k uuid, data text)").format(table)
             )
