@@ -39,6 +39,11 @@ def csv_option(f: Any) -> Any:
     return click.option("--csv", "as_csv", is_flag=True, help="Print CSV (a header row first).")(f)
 
 
+def _one_format(as_csv: bool, as_json: bool) -> None:
+    if as_csv and as_json:
+        raise click.UsageError("give --json or --csv, not both")
+
+
 def _time(value: str | None, what: str) -> datetime | None:
     return parse_time(value, what) if value is not None else None
 
@@ -150,8 +155,7 @@ def dashboard_cmd(
     ctx: click.Context, /, merchant: str | None, now: str | None, as_csv: bool, as_json: bool
 ) -> None:
     """Open cases, deadlines, the system's decisions, refunds, response times, ratings."""
-    if as_csv and as_json:
-        raise click.UsageError("give --json or --csv, not both")
+    _one_format(as_csv, as_json)
 
     def call(engine: Engine) -> dict[str, Any]:
         moment = _time(now, "--now") or datetime.now(UTC)
@@ -192,8 +196,7 @@ def return_rates_cmd(
     as_json: bool,
 ) -> None:
     """Return, refund, quality-return and dispute rates of the orders delivered in a window."""
-    if as_csv and as_json:
-        raise click.UsageError("give --json or --csv, not both")
+    _one_format(as_csv, as_json)
 
     def call(engine: Engine) -> list[dict[str, Any]]:
         end = _time(until, "--until") or datetime.now(UTC)
@@ -232,8 +235,7 @@ def ledger_cmd(
 ) -> None:
     """Each merchant's money: refunded itself, advanced by the platform and owed, freight,
     penalties (from the ledger projection)."""
-    if as_csv and as_json:
-        raise click.UsageError("give --json or --csv, not both")
+    _one_format(as_csv, as_json)
 
     def call(engine: Engine) -> list[dict[str, Any]]:
         start, end = _time(since, "--since"), _time(until, "--until")

@@ -60,6 +60,7 @@ from engine.case import (
     ReshipImpossible,
     ReshipOverdue,
     ReturnCase,
+    case_uuid,
 )
 from engine.errors import BadInput, NotFound
 from engine.events import GENESIS_HASH, Deadline, Event, chain_hash
@@ -158,15 +159,6 @@ class History:
     events: Sequence[StoredEvent]
     order_events: Sequence[StoredEvent]
     index_row: Mapping[str, Any] | None
-
-
-def case_uuid(case_id: str | UUID) -> UUID:
-    if isinstance(case_id, UUID):
-        return case_id
-    try:
-        return UUID(str(case_id).strip())
-    except ValueError:
-        raise NotFound(f"no case {case_id}: case ids look like 3f2b…-…") from None
 
 
 def read_history(store: EventStore, case_id: str | UUID) -> History:

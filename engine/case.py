@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from engine.errors import BadInput, NotAllowed
+from engine.errors import BadInput, NotAllowed, NotFound
 from engine.events import Act, Aggregate, Created, Deadline, Event
 from engine.order import CaseLine, Order, Shipment
 from engine.policy import Policy, Stage
@@ -739,6 +739,34 @@ class ReturnCase(Aggregate):
             "policy_version": self.policy_version,
             "allowed_actions": self.allowed_now(),
         }
+
+
+def case_uuid(case_id: str | UUID) -> UUID:
+    """A case id as given on the command line; not a UUID means no such case."""
+    if isinstance(case_id, UUID):
+        return case_id
+    try:
+        return UUID(str(case_id).strip())
+    except ValueError:
+        raise NotFound(f"no case {case_id}: case ids look like 3f2b…-…") from None
+
+
+def settle_order_lines(
+    case: ReturnCase, order: Order, *, was_holding: bool, refunded_before: Decimal, act: Act
+) -> bool:
+    """After an action on a case, keep its order's books: a case that stopped holding its
+    lines lets them go (with what it refunded on them); one that took them back (a rejected
+    case escalated) holds them again. True if the order recorded something."""
+    if was_holding == case.holds_lines:
+        return False
+    lines = list(case.lines)
+    if was_holding:
+        order.unlink_case(
+            case.id, case.status.value, lines, case.refunded_amount - refunded_before, act
+        )
+    else:
+        order.link_case(case.id, lines, act)
+    return True
 
 
 def _deadline(

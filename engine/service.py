@@ -20,7 +20,7 @@ from uuid import UUID, uuid4, uuid5
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from engine.case import ReturnCase
+from engine.case import ReturnCase, case_uuid, settle_order_lines
 from engine.errors import AftersalesError, BadInput, Conflict, NotAllowed, NotFound
 from engine.events import Act
 from engine.order import (
@@ -328,7 +328,7 @@ class Engine:
         return order
 
     def load_case(self, case_id: str | UUID, version: int | None = None) -> ReturnCase:
-        uid = self._case_uuid(case_id)
+        uid = case_uuid(case_id)
         case: Aggregate | None
         if version is None:
             case = self._get(uid)
@@ -340,15 +340,6 @@ class Engine:
         if not isinstance(case, ReturnCase):
             raise NotFound(f"no case {case_id}")
         return case
-
-    @staticmethod
-    def _case_uuid(case_id: str | UUID) -> UUID:
-        if isinstance(case_id, UUID):
-            return case_id
-        try:
-            return UUID(str(case_id).strip())
-        except ValueError:
-            raise NotFound(f"no case {case_id}: case ids look like 3f2b…-…") from None
 
     # The common path of every action ---------------------------------------------------------
 
@@ -495,7 +486,7 @@ class Engine:
         args: dict[str, Any],
         do: Callable[[ReturnCase, Act], None],
     ) -> dict[str, Any]:
-        uid = self._case_uuid(case_id)
+        uid = case_uuid(case_id)
 
         def attempt(command_id: str) -> tuple[ReturnCase, list[Order | ReturnCase | None], Act]:
             case = self.load_case(uid)
@@ -510,16 +501,9 @@ class Engine:
                 order.check_lines_free(list(case.lines))
             do(case, act)
             if holding == case.holds_lines:
-                order = None
-            else:
-                order = order or self.load_order(case.order_id)
-                lines = list(case.lines)
-                if holding:
-                    order.unlink_case(
-                        case.id, case.status.value, lines, case.refunded_amount - refunded, act
-                    )
-                else:
-                    order.link_case(case.id, lines, act)
+                return case, [], act
+            order = order or self.load_order(case.order_id)
+            settle_order_lines(case, order, was_holding=holding, refunded_before=refunded, act=act)
             return case, [order], act
 
         return self._retrying(f"case {action}", str(uid), args, common, attempt)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import UUID, uuid4
 
-from engine.case import ReturnCase
+from engine.case import ReturnCase, settle_order_lines
 from engine.events import Act
 from engine.order import Order, OrderLine, Shipment
 from engine.policy import Policy
@@ -73,14 +73,7 @@ class Story:
     ) -> None:
         holding, refunded = case.holds_lines, case.refunded_amount
         do(case)
-        if holding != case.holds_lines:
-            lines = list(case.lines)
-            if holding:
-                order.unlink_case(
-                    case.id, case.status.value, lines, case.refunded_amount - refunded, act
-                )
-            else:
-                order.link_case(case.id, lines, act)
+        settle_order_lines(case, order, was_holding=holding, refunded_before=refunded, act=act)
 
     def order(self, n: int, merchant: str, at: datetime, prefix: str = "KS-") -> Order:
         rng = self.rng
