@@ -36,8 +36,8 @@ class Event(BaseModel, CanMutateAggregate[UUID]):
     # sha256 over this event's stored content and the previous event's hash: a chain per
     # aggregate, so an edited, deleted or reordered stored event shows up on verification.
     hash: str = ""
-    # The JSON the event was sealed with, kept so storing it does not dump it again.
-    _stored: dict[str, Any] | None = PrivateAttr(default=None)
+    # The JSON text the event was sealed with, kept so storing it does not dump it again.
+    _stored_json: bytes | None = PrivateAttr(default=None)
 
     def apply(self, aggregate: Any) -> None:
         aggregate.when(self)
@@ -52,14 +52,38 @@ GENESIS_HASH = "0" * 64
 
 def stored_state(event: BaseModel) -> dict[str, Any]:
     """The JSON an event is stored as (its id and version are columns of their own)."""
-    kept = event._stored if isinstance(event, Event) else None
-    if kept is not None:
-        return kept
     state = event.model_dump(mode="json", exclude={"originator_id", "originator_version"})
     class_version = getattr(type(event), "class_version", 1)
     if class_version > 1:
         state["class_version"] = class_version
     return state
+
+
+# The canonical JSON hashes are taken over: sorted keys, no spaces, UTF-8 as is. One encoder,
+# made once (``json.dumps`` with options builds a new one per call).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _digest(
+    previous: str, originator_id: UUID | str, originator_version: int, topic: str, body: str
+) -> str:
+    # Exactly ``_canonical({"originator_id": ..., "originator_version": ..., "state": content,
+    # "topic": ...})`` with ``body`` the canonical content, written out in sorted key order so
+    # the content is encoded only once.
+    if type(originator_version) is not int:
+        raise TypeError("originator_version must be an int")
+    payload = (
+        '{"originator_id":'
+        + _canonical(str(originator_id))
+        + ',"originator_version":'
+        + str(originator_version)
+        + ',"state":'
+        + body
+        + ',"topic":'
+        + _canonical(topic)
+        + "}"
+    )
+    return hashlib.sha256((previous + payload).encode("utf-8")).hexdigest()
 
 
 def chain_hash(
@@ -70,27 +94,26 @@ def chain_hash(
     state: dict[str, Any],
 ) -> str:
     """The hash of one stored event: its id, version, type (topic) and stored JSON (less its
-    own hash), chained to the hash of the event before it."""
+    own hash), chained to the hash of the event before it. It is sha256 over the previous hash
+    followed by the canonical JSON (sorted keys, no spaces, UTF-8 as is) of
+    ``{"originator_id", "originator_version", "state", "topic"}``."""
     content = {k: v for k, v in state.items() if k != "hash"}
-    payload = {
-        "originator_id": str(originator_id),
-        "originator_version": originator_version,
-        "topic": topic,
-        "state": content,
-    }
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256((previous + canonical).encode("utf-8")).hexdigest()
+    return _digest(previous, originator_id, originator_version, topic, _canonical(content))
 
 
 def _sealed(event: Event, previous: str) -> Event:
     state = stored_state(event)
+    state.pop("hash", None)
     topic = get_topic(type(event))
-    digest = chain_hash(previous, event.originator_id, event.originator_version, topic, state)
-    sealed = event.model_copy(update={"hash": digest})
-    # Keep the JSON just made, so storing the event does not dump it again.
-    state["hash"] = digest
-    sealed._stored = state
-    return sealed
+    body = _canonical(state)
+    digest = _digest(previous, event.originator_id, event.originator_version, topic, body)
+    # The event was made just now and nobody else holds it: set its hash in place rather
+    # than copying the frozen model.
+    event.__dict__["hash"] = digest
+    # The stored text is the canonical content with the hash added as the last key.
+    stored = body[:-1] + ("," if len(body) > 2 else "") + '"hash":"' + digest + '"}'
+    event._stored_json = stored.encode("utf-8")
+    return event
 
 
 class Aggregate(BaseAggregate[UUID]):

@@ -156,12 +156,12 @@ class PydanticMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         assert isinstance(domain_event, BaseModel)
-        state = stored_state(domain_event)
+        kept = domain_event._stored_json if isinstance(domain_event, Event) else None
         return StoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
             topic=get_topic(type(domain_event)),
-            state=self.transcoder.encode(state),
+            state=kept if kept is not None else self.transcoder.encode(stored_state(domain_event)),
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
@@ -354,9 +354,9 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 **fmt,
             )
         )
-        self.call_save = SQL("SELECT * FROM {schema}.{save}(%s, %s, %s, %s, %s, %s)").format(
-            save=Identifier(SAVE_FUNCTION), **fmt
-        )
+        self.call_save = SQL(
+            "SELECT * FROM {schema}.{save}(%b, %b::bigint[], %b, %b, %s, %s)"
+        ).format(save=Identifier(SAVE_FUNCTION), **fmt)
 
     def create_table(self) -> None:
         """Create the schema's objects, once: under an advisory lock and in one transaction,

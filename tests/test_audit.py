@@ -789,3 +789,46 @@ def test_dispute_paths_verify(engine: Engine, store_url: str, tmp_path: Path) ->
         f"version {penalty.originator_version}: LateShipmentPenalty is recorded only as part "
         "of another action"
     ]
+
+
+def test_sealing_hashes_the_same_canonical_json_as_the_standalone_verifier() -> None:
+    """Sealing writes the canonical JSON out by hand (to encode each event once); it must hash
+    exactly what the verifier's plain ``json.dumps(sort_keys=True)`` form hashes, and the stored
+    text must hold the same values."""
+    from engine.events import GENESIS_HASH, Deadline, _sealed, chain_hash
+    from engine.events import stored_state as stored_state_of
+    from engine.values import Actor, DueAction, Role
+
+    verifier = load_verifier()
+    awkward = 'quote " backslash \\ newline \n tab \t 中文 emoji 🎁 \u2028 \x01'
+    event = case_mod.CaseRejected(
+        originator_id=uuid.uuid4(),
+        originator_version=7,
+        timestamp=datetime(2026, 11, 3, 10, tzinfo=UTC),
+        at=datetime(2026, 11, 3, 9, 59, 59, 123456, tzinfo=UTC),
+        actor=Actor(role=Role.MERCHANT, id=awkward),
+        command_id=awkward,
+        status=case_mod.Status.REJECTED,
+        due=Deadline(
+            due_at=datetime(2026, 11, 5, tzinfo=UTC),
+            action=DueAction.AUTO_CLOSE,
+            policy_version="p",
+        ),
+        reason=awkward,
+        communication="",
+    )
+    previous = "ab" * 32
+    sealed = _sealed(event, previous)
+    assert sealed._stored_json is not None
+    stored = json.loads(sealed._stored_json)
+    assert stored == stored_state_of(sealed)
+    topic = es_utils.get_topic(type(event))
+    expected = verifier.chain_hash(previous, str(event.originator_id), 7, topic, stored)
+    assert stored["hash"] == sealed.hash == expected
+    assert chain_hash(previous, event.originator_id, 7, topic, stored) == expected
+    # Any change to the content, the version or the chain gives another hash.
+    assert chain_hash(previous, event.originator_id, 8, topic, stored) != expected
+    assert chain_hash(GENESIS_HASH, event.originator_id, 7, topic, stored) != expected
+    assert (
+        chain_hash(previous, event.originator_id, 7, topic, {**stored, "reason": "x"}) != expected
+    )
