@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Generic, TypeVar
@@ -20,7 +21,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from engine.case import ReturnCase
 from engine.errors import AftersalesError
-from engine.service import Engine
+from engine.service import Engine, Pending
 
 T = TypeVar("T")
 MAX_ERRORS_KEPT = 1000
@@ -62,6 +63,16 @@ class Report:
 
 
 @dataclass
+class InFlight(Generic[T]):
+    """A chunk whose save runs while the next chunk is worked out; how to undo its count."""
+
+    chunk: list[Item[T]]
+    pending: Pending | None
+    saving: Future[int]
+    counts: tuple[int, int, int]  # ok, failed and failures kept before the chunk ran
+
+
+@dataclass
 class Item(Generic[T]):
     line: int
     payload: T | AftersalesError  # an input that could not even be parsed carries its error
@@ -98,7 +109,58 @@ def run_bulk(
             if len(report.failures) < MAX_ERRORS_KEPT:
                 report.failures.append(Failure(item.line, exc.code, exc.message, exc.exit_code))
 
+    def one_by_one(chunks: list[list[Item[T]]]) -> None:
+        """Run items through the ordinary path, each saved on its own (retried on a lost
+        race), and count the events they appended."""
+        engine.end_session()
+        before = engine.store.events_saved
+        for chunk in chunks:
+            for item in chunk:
+                run_one(item)
+        report.events += engine.store.events_saved - before
+
+    # On PostgreSQL a chunk is saved on another thread while the next one runs in memory, so
+    # the database and Python work at once. If that save fails (another writer got there
+    # first), the chunk and everything worked out on top of it are run again item by item.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-save")
+    in_flight: InFlight[T] | None = None
     session = engine.begin_session()
+
+    def submit(done: list[Item[T]], counts: tuple[int, int, int]) -> None:
+        nonlocal in_flight
+        pending = session.take()
+        saving: Future[int] = Future()
+        if engine.store.is_postgres:
+            saving = writer.submit(session.write, pending)
+        else:
+            try:
+                saving.set_result(session.write(pending))
+            except Exception as exc:
+                saving.set_exception(exc)
+        in_flight = InFlight(done, pending, saving, counts)
+
+    def settle(on_top: list[Item[T]]) -> bool:
+        """Wait for the chunk being saved. True if it was; if it lost a race, it and the
+        items run since (``on_top``) are redone one by one, and False is returned."""
+        nonlocal in_flight, session
+        if in_flight is None:
+            return True
+        flight, in_flight = in_flight, None
+        try:
+            report.events += flight.saving.result()
+            session.written(flight.pending)
+            return True
+        except (IntegrityError, OperationalError):
+            report.ok, report.failed = flight.counts[:2]
+            del report.failures[flight.counts[2] :]
+            session.discard()
+            one_by_one([flight.chunk, on_top])
+            session = engine.begin_session()
+            return False
+
+    def counts() -> tuple[int, int, int]:
+        return report.ok, report.failed, len(report.failures)
+
     try:
         for chunk in _chunks(items, chunk_size):
             payloads = [i.payload for i in chunk if not isinstance(i.payload, AftersalesError)]
@@ -108,37 +170,32 @@ def run_bulk(
             cases = [session.aggregates.get(uid) for uid in wanted]
             session.prefetch(c.order_ref for c in cases if isinstance(c, ReturnCase))
             session.prefetch_commands(c for p in payloads for c in command_ids(p))
-            ok, failed, kept = report.ok, report.failed, len(report.failures)
+            before = counts()
+            done: list[Item[T]] = []
             for item in chunk:
                 if isinstance(item.payload, AftersalesError) or not barrier(item.payload):
                     run_one(item)
+                    done.append(item)
                     continue
                 # An item that reads the store as a whole (a tick finds due deadlines in the
-                # case index) sees everything before it: save first, run it on its own.
-                report.events += session.flush()
-                engine.end_session()
-                before = engine.store.recorder.max_notification_id() or 0
-                run_one(item)
-                report.events += (engine.store.recorder.max_notification_id() or 0) - before
+                # case index) sees everything before it saved, and runs on its own.
+                if settle(done) and done:
+                    submit(done, before)
+                    settle([])
+                one_by_one([[item]])
                 session.discard()  # what it changed is in the store, not in memory
                 engine.session = session
-            try:
-                report.events += session.flush()
-            except (IntegrityError, OperationalError):
-                # Another writer got there first: redo this chunk one item at a time.
-                session.discard()
-                report.ok, report.failed = ok, failed
-                del report.failures[kept:]
-                engine.end_session()
-                before = engine.store.recorder.max_notification_id() or 0
-                for item in chunk:
-                    run_one(item)
-                report.events += (engine.store.recorder.max_notification_id() or 0) - before
-                session = engine.begin_session()
+                before, done = counts(), []
+            if settle(done):
+                submit(done, before)
             report.lines += len(chunk)
             if progress is not None:
                 progress(len(chunk))
+        settle([])
     finally:
+        if in_flight is not None:  # an error is on its way up: let the save end first
+            wait([in_flight.saving])
+        writer.shutdown(wait=True)
         engine.end_session()
     report.seconds = time.perf_counter() - started
     return report

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 
 from engine.case import ReturnCase, case_uuid, settle_order_lines
 from engine.errors import AftersalesError, BadInput, Conflict, NotAllowed, NotFound
@@ -165,6 +165,8 @@ class Session:
         self.touched: dict[UUID, Aggregate] = {}
         self.commands: dict[str, tuple[CommandRow, dict[str, Any]]] = {}
         self.known_commands: dict[str, dict[str, Any]] = {}
+        # Commands taken to be saved and not known to be saved yet (see ``take``).
+        self.saving: dict[str, dict[str, Any]] = {}
         self.events = 0
 
     def prefetch(self, ids: Iterable[UUID]) -> None:
@@ -195,6 +197,8 @@ class Session:
     def find_command(self, command_id: str) -> dict[str, Any] | None:
         if command_id in self.commands:
             return self.commands[command_id][1]
+        if command_id in self.saving:
+            return self.saving[command_id]
         known = self.known_commands.get(command_id)
         if known is not None:
             return known or None
@@ -218,23 +222,55 @@ class Session:
             row = command._asdict()
             self.commands[command.command_id] = (command, row)
 
-    def flush(self) -> int:
-        """Save everything recorded since the last flush in one transaction."""
+    def take(self) -> Pending | None:
+        """Everything recorded since the last take, ready to save (``write``), or None. The
+        session goes on from the state in memory; the commands taken stay known until saved."""
         touched = list(self.touched.values())
-        cases = [case_row(a) for a in touched if isinstance(a, ReturnCase)]
-        commands = [c for c, _ in self.commands.values()]
-        count = sum(len(a.pending_events) for a in touched)
-        if touched:
-            self.engine.store.save(*touched, cases=cases, commands=commands)
         self.touched.clear()
+        if not touched:
+            self.commands.clear()
+            return None
+        mapper = self.engine.store.mapper
+        stored = [mapper.to_stored_event(e) for a in touched for e in a.collect_events()]
+        pending = Pending(
+            stored,
+            [case_row(a) for a in touched if isinstance(a, ReturnCase)],
+            [c for c, _ in self.commands.values()],
+        )
+        self.saving.update((c, row) for c, (_, row) in self.commands.items())
         self.commands.clear()
         self.known_commands.clear()
-        self.events += count
         if len(self.aggregates) > self.cache_size:  # keep memory flat on long imports
-            for uid in list(self.aggregates)[: len(self.aggregates) - self.cache_size // 2]:
+            # Not those being saved: until they are, the store has them at older versions.
+            saving = {a.id for a in touched}
+            oldest = [uid for uid in self.aggregates if uid not in saving]
+            for uid in oldest[: len(self.aggregates) - self.cache_size // 2]:
                 del self.aggregates[uid]
         if len(self.absent) > self.cache_size:
             self.absent.clear()
+        return pending
+
+    def write(self, pending: Pending | None) -> int:
+        """Save what ``take`` gave, in one transaction; safe to run on another thread while
+        the session goes on (PostgreSQL only: its recorder takes a pooled connection)."""
+        if pending is None:
+            return 0
+        recorder = self.engine.store.recorder
+        recorder.insert_events(pending.stored, cases=pending.cases, commands=pending.commands)
+        return len(pending.stored)
+
+    def written(self, pending: Pending | None) -> None:
+        """What ``write`` saved is in the store now: its commands are found there."""
+        if pending is not None:
+            for command in pending.commands:
+                self.saving.pop(command.command_id, None)
+            self.events += len(pending.stored)
+
+    def flush(self) -> int:
+        """Save everything recorded since the last flush in one transaction."""
+        pending = self.take()
+        count = self.write(pending)
+        self.written(pending)
         return count
 
     def discard(self) -> None:
@@ -244,6 +280,15 @@ class Session:
         self.touched.clear()
         self.commands.clear()
         self.known_commands.clear()
+        self.saving.clear()
+
+
+class Pending(NamedTuple):
+    """One unit of work's events, case index rows and command rows, ready to save."""
+
+    stored: list[StoredEvent]
+    cases: list[CaseRow]
+    commands: list[CommandRow]
 
 
 class Engine:

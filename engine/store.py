@@ -31,6 +31,7 @@ from eventsourcing.persistence import (
     InterfaceError,
     Mapper,
     OperationalError,
+    Recording,
     StoredEvent,
     Transcoder,
     Transcoding,
@@ -422,12 +423,21 @@ class EventStore(Application[UUID]):
 
     def __init__(self, url: str | None = None) -> None:
         self.url = parse_store_url(url)
+        self.events_saved = 0
         if self.url.kind == "postgresql":
             ensure_schema(self.url)
         super().__init__(env=self.url.env)
 
     def construct_mapper(self) -> Mapper[UUID]:
         return PydanticMapper(transcoder=JsonTranscoder())
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """The library's save, counting the events it recorded (``events_saved``): bulk
+        paths report how many events they appended from it, exactly, whatever else is
+        being written to the store at the same time."""
+        recordings = super().save(*objs, **kwargs)
+        self.events_saved += len(recordings)
+        return recordings
 
     # Plain SQL for the index tables ---------------------------------------------------------
 

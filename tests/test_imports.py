@@ -245,3 +245,62 @@ def test_generated_workload_imported_equals_applied_one_by_one(
         assert {"refunded", "closed", "completed"} <= statuses
         for case in listed:
             assert bulk.get_case(case["case_id"]) == single.get_case(case["case_id"])
+
+
+def test_a_chunk_that_loses_a_race_is_redone_with_the_chunk_worked_out_on_top_of_it(
+    store_url: str,
+) -> None:
+    """Chunk 1 opens a case on an order that another writer changes before chunk 1 is saved;
+    chunk 2 (worked out in memory while chunk 1 was being saved, on PostgreSQL) approves that
+    case. Chunk 1's save fails on the order's version, and both chunks are redone one by one
+    on the new state: nothing is lost, nothing is counted twice."""
+    from engine.bulk import Item, run_bulk
+    from tests.conftest import place_delivered
+
+    lines = ("CASE-RED:1:39.90:phone_accessory", "STRAP:1:9.90:phone_accessory")
+    case_a = str(new_case_id(None, "bulk-open-a"))
+    with Engine(store_url) as engine, Engine(store_url) as other:
+        place_delivered(engine, "KS-R", lines=lines)
+        before = len(engine.store.query("SELECT notification_id FROM {t}aftersales_event_log"))
+
+        def apply(e: Engine, step: str) -> None:
+            if step == "open":
+                e.open_case(
+                    "KS-R",
+                    case_type="refund_only",
+                    reason="quality.colour",
+                    amount="39.90",
+                    lines=["CASE-RED"],
+                    at=at(days=3),
+                    command_id="bulk-open-a",
+                )
+            elif step == "race":  # another process opens a case on the same order, now
+                other.open_case(
+                    "KS-R",
+                    case_type="refund_only",
+                    reason="quality.strap",
+                    amount="9.90",
+                    lines=["STRAP"],
+                    at=at(days=3),
+                    command_id="race-open-b",
+                )
+            else:
+                e.approve(case_a, at=at(days=3, hours=1), command_id="bulk-approve-a")
+
+        items = [Item(1, "open"), Item(2, "race"), Item(3, "approve")]
+        report = run_bulk(engine, items, apply, chunk_size=2)
+        assert (report.ok, report.failed, report.lines) == (3, 0, 3)
+        # Approving a refund-only case refunds it: approved and refunded, once each.
+        assert engine.get_case(case_a)["status"] == "refunded"
+        assert engine.get_case(case_a)["version"] == 3
+        case_b = engine.get_case(str(new_case_id(None, "race-open-b")))
+        assert case_b["status"] == "awaiting_merchant"
+        order = engine.get_order("KS-R")
+        assert {x["sku"]: (x["open_case_id"], x["refunded"]) for x in order["lines"]} == {
+            "CASE-RED": (None, "39.90"),
+            "STRAP": (case_b["case_id"], "0.00"),
+        }
+        assert sorted(order["case_ids"]) == sorted([case_a, case_b["case_id"]])
+        after = len(engine.store.query("SELECT notification_id FROM {t}aftersales_event_log"))
+        # Case B's opening (case and order) is the other writer's; the rest is the import's.
+        assert report.events == after - before - 2 > 0
