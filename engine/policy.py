@@ -12,6 +12,7 @@ import json
 import tomllib
 from datetime import timedelta
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -88,9 +89,10 @@ class Policy(BaseModel):
     windows: Windows = DEFAULT_WINDOWS
     by_type: dict[CaseType, TypeWindows] = Field(default_factory=dict)
 
-    @property
+    @cached_property
     def version(self) -> str:
-        """Name plus a short hash of the content: the same rules give the same version."""
+        """Name plus a short hash of the content: the same rules give the same version (the
+        policy is frozen, so it is worked out once)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return f"{self.name}@{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 

@@ -17,7 +17,6 @@ from enum import Enum
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID, uuid4, uuid5
 
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 
 from engine.case import ReturnCase, case_uuid, settle_order_lines
@@ -341,10 +340,7 @@ class Engine:
                 self._cache.move_to_end(uid)
                 self._used_cache = True
                 return cached
-        try:
-            aggregate: Aggregate = self.store.repository.get(uid)
-        except AggregateNotFoundError:
-            return None
+        aggregate: Aggregate | None = self.store.load(uid)
         return aggregate
 
     def _remember(self, aggregates: Iterable[Aggregate | None]) -> None:
@@ -374,14 +370,7 @@ class Engine:
 
     def load_case(self, case_id: str | UUID, version: int | None = None) -> ReturnCase:
         uid = case_uuid(case_id)
-        case: Aggregate | None
-        if version is None:
-            case = self._get(uid)
-        else:
-            try:
-                case = self.store.repository.get(uid, version=version)
-            except AggregateNotFoundError:
-                case = None
+        case = self._get(uid) if version is None else self.store.load(uid, version=version)
         if not isinstance(case, ReturnCase):
             raise NotFound(f"no case {case_id}")
         return case
@@ -425,7 +414,8 @@ class Engine:
             return {"replayed": common.command_id}  # bulk paths print no per-line results
         version = int(row["version"])
         if row["action"].startswith("order "):
-            order: Order = self.store.repository.get(UUID(row["target_id"]), version=version)
+            order = self.store.load(UUID(row["target_id"]), version=version)
+            assert isinstance(order, Order)
             return order.to_json()
         return self.load_case(row["target_id"], version=version).to_json()
 
