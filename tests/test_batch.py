@@ -147,3 +147,45 @@ def test_exit_code_is_the_first_failures(store_url: str) -> None:
     assert code == 4 and out[0]["error"]["code"] == "not_found"
     code, out, err = run_batch(store_url, "")
     assert code == 0 and out == [] and "0 lines" in err
+
+
+def test_values_are_checked_by_each_options_own_type(store_url: str) -> None:
+    """JSON values go through the same click types as the command line: ranges, choices,
+    whole numbers and required options, with the same messages; null means not given."""
+    good = [x for x in lines() if '"command_id": "b-' in x and "b-early-ship" not in x]
+    checks: list[tuple[dict[str, Any], str]] = [
+        ({"action": "case rate", "case_id": CASE, "score": 9}, "9 is not in the range 1<=x<=5"),
+        ({"action": "case rate", "case_id": CASE, "score": "x"}, "'x' is not a valid integer"),
+        ({"action": "case open", "order_id": "KS-1", "reason": "a.b"}, "Missing option '--type'"),
+        (
+            {"action": "case open", "order_id": "KS-1", "type": None, "reason": "a.b"},
+            "Missing option '--type'",
+        ),
+        (
+            {"action": "case open", "order_id": "KS-1", "type": "nope", "reason": "a.b"},
+            "'nope' is not one of 'refund_only'",
+        ),
+        (
+            {"action": "case approve", "case_id": CASE, "expected_version": "1.5"},
+            "Invalid value for '--expected-version'",
+        ),
+        ({"action": "case list", "limit": 0}, "0 is not in the range x>=1"),
+        ({"action": "case approve", "case_id": CASE, "by": ["a", "b"]}, "takes one value"),
+        ({"action": "reship", "case_id": CASE, "cannot": "yes"}, "is a flag: true or false"),
+    ]
+    text = "\n".join(good + [json.dumps(line) for line, _ in checks])
+    code, out, _ = run_batch(store_url, text)
+    assert code == 2
+    assert all(o["ok"] for o in out[: len(good)])
+    for o, (_, message) in zip(out[len(good) :], checks, strict=True):
+        assert not o["ok"] and o["error"]["code"] == "bad_input", o
+        assert message in o["error"]["message"], (o, message)
+    # Nulls and defaults: no amount (the whole line), no notes, an empty list of lines; a
+    # rating with its score as a number; the list read with its default and a status choice.
+    more = [
+        {"action": "case rate", "case_id": CASE, "score": 5, "comment": None, "at": at(days=8)},
+        {"action": "case list", "status": "refunded", "limit": None},
+    ]
+    code, out, _ = run_batch(store_url, "\n".join(json.dumps(x) for x in more))
+    assert code == 0, out
+    assert [c["case_id"] for c in out[1]["result"]] == [CASE]
