@@ -15,7 +15,7 @@ from uuid import UUID
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggregate
 from eventsourcing.utils import get_topic
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict
 
 from engine.values import Actor, DueAction
 
@@ -36,8 +36,10 @@ class Event(BaseModel, CanMutateAggregate[UUID]):
     # sha256 over this event's stored content and the previous event's hash: a chain per
     # aggregate, so an edited, deleted or reordered stored event shows up on verification.
     hash: str = ""
-    # The JSON text the event was sealed with, kept so storing it does not dump it again.
-    _stored_json: bytes | None = PrivateAttr(default=None)
+    # The JSON text the event was sealed with, kept (in a slot, not a pydantic private
+    # attribute, which costs every event's construction) so storing it does not dump it
+    # again. A copy does not carry it: its content may differ.
+    __slots__ = ("_stored_json",)
 
     def apply(self, aggregate: Any) -> None:
         aggregate.when(self)
@@ -112,8 +114,14 @@ def _sealed(event: Event, previous: str) -> Event:
     event.__dict__["hash"] = digest
     # The stored text is the canonical content with the hash added as the last key.
     stored = body[:-1] + ("," if len(body) > 2 else "") + '"hash":"' + digest + '"}'
-    event._stored_json = stored.encode("utf-8")
+    object.__setattr__(event, "_stored_json", stored.encode("utf-8"))
     return event
+
+
+def stored_json(event: object) -> bytes | None:
+    """The JSON text an event was sealed with, if it was sealed in this process."""
+    kept: bytes | None = getattr(event, "_stored_json", None)
+    return kept
 
 
 class Aggregate(BaseAggregate[UUID]):

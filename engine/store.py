@@ -45,7 +45,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from engine.errors import BadInput, StoreUnavailable
-from engine.events import Aggregate, Event, stored_state
+from engine.events import Aggregate, Event, stored_json, stored_state
 
 DEFAULT_STORE = "sqlite:///aftersales.db"
 APP_NAME = "Aftersales"
@@ -157,7 +157,7 @@ class PydanticMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         assert isinstance(domain_event, BaseModel)
-        kept = domain_event._stored_json if isinstance(domain_event, Event) else None
+        kept = stored_json(domain_event)
         return StoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,

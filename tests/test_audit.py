@@ -795,7 +795,7 @@ def test_sealing_hashes_the_same_canonical_json_as_the_standalone_verifier() -> 
     """Sealing writes the canonical JSON out by hand (to encode each event once); it must hash
     exactly what the verifier's plain ``json.dumps(sort_keys=True)`` form hashes, and the stored
     text must hold the same values."""
-    from engine.events import GENESIS_HASH, Deadline, _sealed, chain_hash
+    from engine.events import GENESIS_HASH, Deadline, _sealed, chain_hash, stored_json
     from engine.events import stored_state as stored_state_of
     from engine.values import Actor, DueAction, Role
 
@@ -819,8 +819,9 @@ def test_sealing_hashes_the_same_canonical_json_as_the_standalone_verifier() -> 
     )
     previous = "ab" * 32
     sealed = _sealed(event, previous)
-    assert sealed._stored_json is not None
-    stored = json.loads(sealed._stored_json)
+    text = stored_json(sealed)
+    assert text is not None
+    stored = json.loads(text)
     assert stored == stored_state_of(sealed)
     topic = es_utils.get_topic(type(event))
     expected = verifier.chain_hash(previous, str(event.originator_id), 7, topic, stored)
