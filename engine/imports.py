@@ -11,8 +11,8 @@ from typing import IO, Any
 from uuid import UUID
 
 from engine.bulk import Item
-from engine.errors import BadInput, NotAllowed
-from engine.order import Order, OrderLine, order_uuid, parse_order_line
+from engine.errors import BadInput
+from engine.order import OrderLine, order_uuid
 from engine.service import Engine, new_case_id
 from engine.values import parse_money
 
@@ -45,43 +45,17 @@ class OrderRecord:
     delivered_at: str | None = None
 
     def apply(self, engine: Engine) -> None:
-        """Place (and ship, deliver) what the store does not have yet. The order id is the
-        key: a re-import of the same file changes nothing, and an order imported before with
-        other facts (merchant, buyer, lines) is refused, not merged."""
-        order = engine.find_order(self.order_id)
-        if order is None:
-            engine.place_order(
-                self.order_id,
-                merchant_id=self.merchant,
-                buyer_id=self.buyer,
-                lines=self.lines,
-                at=self.placed_at,
-            )
-            order = engine.find_order(self.order_id)
-            assert order is not None
-        else:
-            self.check_same(order)
-        if (self.shipped_at or self.carrier) and order.shipped_at is None:
-            engine.ship_order(
-                self.order_id,
-                carrier=self.carrier,
-                waybill=self.waybill,
-                at=self.shipped_at or self.delivered_at,
-            )
-        if self.delivered_at and order.delivered_at is None:
-            engine.deliver_order(self.order_id, at=self.delivered_at)
-
-    def check_same(self, order: Order) -> None:
-        lines = [x if isinstance(x, OrderLine) else parse_order_line(x) for x in self.lines]
-        if (order.merchant_id, order.buyer_id, list(order.lines.values())) != (
-            self.merchant,
-            self.buyer,
-            lines,
-        ):
-            raise NotAllowed(
-                f"order {self.order_id} was imported before with other facts "
-                "(merchant, buyer or lines); it is not changed"
-            )
+        engine.import_order(
+            self.order_id,
+            merchant_id=self.merchant,
+            buyer_id=self.buyer,
+            lines=self.lines,
+            placed_at=self.placed_at,
+            shipped_at=self.shipped_at,
+            carrier=self.carrier,
+            waybill=self.waybill,
+            delivered_at=self.delivered_at,
+        )
 
     def ids(self) -> list[UUID]:
         return [order_uuid(self.order_id)]

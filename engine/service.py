@@ -611,6 +611,61 @@ class Engine:
         c = Common(**common)
         return self._order_action(order_id, "deliver", c, {}, lambda o, act: o.deliver(act))
 
+    def import_order(
+        self,
+        order_id: str,
+        *,
+        merchant_id: str,
+        buyer_id: str,
+        lines: Iterable[OrderLine | str],
+        placed_at: datetime | str | None = None,
+        shipped_at: datetime | str | None = None,
+        carrier: str | None = None,
+        waybill: str | None = None,
+        delivered_at: datetime | str | None = None,
+        by: str | None = None,
+    ) -> dict[str, Any]:
+        """Place an order, and ship and deliver it as far as the facts given go, as one action
+        saved at once. The order id is the key: what the store has already is kept, so
+        importing the same facts again changes nothing; an order that is there with other
+        facts (merchant, buyer or lines) is refused, not merged."""
+        check_order_id(order_id)
+        parsed = [x if isinstance(x, OrderLine) else parse_order_line(x) for x in lines]
+        if (carrier is None) != (waybill is None):
+            raise BadInput("give both carrier and waybill, or neither")
+        shipment = _shipment(carrier, waybill) if carrier is not None else None
+        placed = Common(at=placed_at, by=by)
+        shipped = Common(at=shipped_at or delivered_at, by=by) if shipped_at or carrier else None
+        delivered = Common(at=delivered_at, by=by) if delivered_at else None
+        actor = placed.by or "order-system"
+        args = {"merchant": merchant_id, "buyer": buyer_id, "lines": parsed}
+
+        def attempt(command_id: str) -> tuple[Order, list[Order | ReturnCase | None], Act]:
+            act = self._act(Role.PLATFORM, actor, placed, command_id)
+            order = self._get(order_uuid(order_id))
+            if not isinstance(order, Order):
+                order = Order.place(
+                    order_id, merchant_id=merchant_id, buyer_id=buyer_id, lines=parsed, act=act
+                )
+            elif (order.merchant_id, order.buyer_id, list(order.lines.values())) != (
+                merchant_id,
+                buyer_id,
+                parsed,
+            ):
+                raise NotAllowed(
+                    f"order {order_id} was imported before with other facts "
+                    "(merchant, buyer or lines); it is not changed"
+                )
+            if shipped is not None and order.shipped_at is None:
+                act = self._act(Role.PLATFORM, actor, shipped, command_id)
+                order.ship(shipment, act)
+            if delivered is not None and order.delivered_at is None:
+                act = self._act(Role.PLATFORM, actor, delivered, command_id)
+                order.deliver(act)
+            return order, [], act
+
+        return self._retrying("order import", order_id, args, placed, attempt)
+
     def get_order(self, order_id: str) -> dict[str, Any]:
         return self.load_order(order_id).to_json()
 

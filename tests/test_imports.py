@@ -304,3 +304,46 @@ def test_a_chunk_that_loses_a_race_is_redone_with_the_chunk_worked_out_on_top_of
         after = len(engine.store.query("SELECT notification_id FROM {t}aftersales_event_log"))
         # Case B's opening (case and order) is the other writer's; the rest is the import's.
         assert report.events == after - before - 2 > 0
+
+
+def test_an_imported_order_is_one_action_saved_at_once(store_url: str, tmp_path: Path) -> None:
+    """An order's facts are placed, shipped and delivered together: a record whose delivery
+    the rules refuse (before the order was placed) leaves nothing behind, and facts added
+    later (the delivery of an order imported as shipped) are appended to what is there."""
+    path = tmp_path / "orders.jsonl"
+    rows = [
+        {"order_id": "KS-1", "merchant": "m", "buyer": "b", "at": at(days=2), "lines": ["A:1:10"]},
+        {
+            "order_id": "KS-2",
+            "merchant": "m",
+            "buyer": "b",
+            "at": at(days=2),
+            "delivered_at": at(days=1),
+            "lines": ["A:1:10"],
+        },
+        {
+            "order_id": "KS-3",
+            "merchant": "m",
+            "buyer": "b",
+            "at": at(),
+            "shipped_at": at(days=1),
+            "carrier": "SF",
+            "waybill": "SF3",
+            "lines": ["A:1:10"],
+        },
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    code, report = invoke(store_url, "order", "import", str(path))
+    assert (code, report["ok"], report["failed"], report["events"]) == (2, 2, 1, 3)
+    assert [e["line"] for e in report["errors"]] == [2]
+    assert "before order KS-2" in report["errors"][0]["message"]
+    with Engine(store_url) as engine:
+        assert engine.find_order("KS-2") is None  # nothing of the refused record
+        assert engine.get_order("KS-3")["delivered_at"] is None
+    rows[2]["delivered_at"] = at(days=3)
+    path.write_text(json.dumps(rows[2]))
+    code, report = invoke(store_url, "order", "import", str(path))
+    assert (code, report["ok"], report["events"]) == (0, 1, 1)
+    with Engine(store_url) as engine:
+        three = engine.get_order("KS-3")
+        assert (three["waybill"], three["delivered_at"], three["version"]) == ("SF3", at(days=3), 3)
