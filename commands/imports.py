@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -11,9 +14,15 @@ import click
 
 from commands.batch import LineError, Runner, parse_line
 from commands.options import json_option
-from commands.output import emit, table
+from commands.output import State, emit, table
 from engine.bulk import Item, Report, run_bulk
-from engine.imports import OrderRecord, history_ids, read_orders_csv, read_orders_jsonl
+from engine.imports import (
+    OrderRecord,
+    history_ids,
+    import_orders_in_parallel,
+    read_orders_csv,
+    read_orders_jsonl,
+)
 from engine.service import Engine
 
 
@@ -41,6 +50,20 @@ def _finish(ctx: click.Context, as_json: bool, run: Any) -> None:
         sys.exit(result["exit"])
 
 
+@contextmanager
+def _readable_path(source: IO[str]) -> Iterator[Path]:
+    """A path each worker can open: the file's own, or standard input copied to a
+    temporary file first (in pieces, so memory stays flat)."""
+    if source.name not in ("<stdin>", "-") and Path(source.name).is_file():
+        yield Path(source.name)
+        return
+    with tempfile.TemporaryDirectory(prefix="aftersales-import-") as folder:
+        path = Path(folder) / "orders"
+        with path.open("w", encoding="utf-8") as out:
+            shutil.copyfileobj(source, out)
+        yield path
+
+
 def _progress(label: str) -> Any:
     return click.progressbar(length=0, label=label, file=sys.stderr, hidden=not sys.stderr.isatty())
 
@@ -61,16 +84,30 @@ def _progress(label: str) -> Any:
     show_default=True,
     help="Orders per transaction.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes importing at once, each taking the orders whose id hashes to it "
+    "(PostgreSQL only).",
+)
 @json_option
 @click.pass_context
 def import_orders(
-    ctx: click.Context, /, source: IO[str], fmt: str, chunk: int, as_json: bool
+    ctx: click.Context, /, source: IO[str], fmt: str, chunk: int, workers: int, as_json: bool
 ) -> None:
     """Import many orders at once (placed, and shipped or delivered where the file says)."""
     if fmt == "auto":
         fmt = "csv" if Path(source.name).suffix.lower() == ".csv" else "jsonl"
+    state: State = ctx.find_object(State)  # type: ignore[assignment]
 
     def run(engine: Engine) -> Report:
+        if workers > 1:
+            with _readable_path(source) as path, _progress("orders") as bar:
+                return import_orders_in_parallel(
+                    state.store, path, fmt, chunk=chunk, workers=workers, progress=bar.update
+                )
         items = read_orders_csv(source) if fmt == "csv" else read_orders_jsonl(source)
         with _progress("orders") as bar:
             return run_bulk(

@@ -347,3 +347,51 @@ def test_an_imported_order_is_one_action_saved_at_once(store_url: str, tmp_path:
     with Engine(store_url) as engine:
         three = engine.get_order("KS-3")
         assert (three["waybill"], three["delivered_at"], three["version"]) == ("SF3", at(days=3), 3)
+
+
+def test_order_import_on_several_workers_equals_one(store_url: str, tmp_path: Path) -> None:
+    """--workers 3 (real processes, each taking the orders whose id hashes to it) gives the
+    same orders, the same errors in line order, and the same re-run as one worker; standard
+    input works too. On SQLite, one writer at a time, it is refused and nothing is written."""
+    rows: list[Any] = []
+    for i in range(60):
+        rows.append(
+            {
+                "order_id": f"KS-{i}",
+                "merchant": f"m-{i % 4}",
+                "buyer": f"b-{i}",
+                "at": at(),
+                "lines": [f"A{i}:1:10.00", "GIFT:1:0.00:gift:5.00"],
+                **({"delivered_at": at(days=2)} if i % 3 else {}),
+            }
+        )
+        if i % 17 == 5:
+            rows.append({"order_id": f"BAD-{i}", "merchant": "m", "buyer": "b", "lines": []})
+    path = tmp_path / "orders.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    if not store_url.startswith("postgresql"):
+        code, report = invoke(store_url, "order", "import", str(path), "--workers", "2")
+        assert code == 2 and "PostgreSQL" in report["error"]["message"]
+        with Engine(store_url) as engine:
+            assert engine.find_order("KS-1") is None
+        return
+    one = f"sqlite:///{tmp_path / 'one.db'}"
+    code_one, single = invoke(one, "order", "import", str(path), "--chunk", "7")
+    code, parallel = invoke(
+        store_url, "order", "import", str(path), "--chunk", "7", "--workers", "3"
+    )
+    assert code == code_one == 2
+    for key in ("lines", "ok", "failed", "events"):
+        assert parallel[key] == single[key], key
+    assert parallel["errors"] == single["errors"]
+    assert [e["line"] for e in parallel["errors"]] == [7, 25, 43, 61]
+    with Engine(store_url) as engine, Engine(one) as reference:
+        for i in range(60):
+            assert engine.get_order(f"KS-{i}") == reference.get_order(f"KS-{i}")
+    result = CliRunner().invoke(
+        cli,
+        ["--store", store_url, "order", "import", "-", "--workers", "2", "--json"],
+        input=path.read_text(),
+    )
+    again = json.loads(result.stdout)
+    assert (again["ok"], again["events"]) == (60, 0)
