@@ -5,25 +5,28 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+from uuid import UUID
 
 import click
 
 from commands.batch import LineError, Runner, parse_line
-from commands.options import json_option
+from commands.options import json_option, workers_option
 from commands.output import State, emit, table
-from engine.bulk import Item, Report, run_bulk
+from engine.bulk import Item, Report, Share, run_bulk
 from engine.imports import (
     OrderRecord,
     history_ids,
-    import_orders_in_parallel,
+    order_import_share,
+    order_owner,
     read_orders_csv,
     read_orders_jsonl,
 )
-from engine.service import Engine
+from engine.service import Engine, new_case_id
+from engine.workers import Worker, in_processes
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -84,14 +87,7 @@ def _progress(label: str) -> Any:
     show_default=True,
     help="Orders per transaction.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Processes importing at once, each taking the orders whose id hashes to it "
-    "(PostgreSQL only).",
-)
+@workers_option("the orders whose id hashes to it")
 @json_option
 @click.pass_context
 def import_orders(
@@ -105,8 +101,12 @@ def import_orders(
     def run(engine: Engine) -> Report:
         if workers > 1:
             with _readable_path(source) as path, _progress("orders") as bar:
-                return import_orders_in_parallel(
-                    state.store, path, fmt, chunk=chunk, workers=workers, progress=bar.update
+                return in_processes(
+                    state.store,
+                    order_import_share,
+                    (state.store, path, fmt, chunk),
+                    workers=workers,
+                    progress=bar.update,
                 )
         items = read_orders_csv(source) if fmt == "csv" else read_orders_jsonl(source)
         with _progress("orders") as bar:
@@ -138,6 +138,94 @@ class HistoryLine:
     def reads_the_store(self) -> bool:
         return str(self.data.get("action", "")).strip() == "tick"
 
+    @property
+    def order_id(self) -> str | None:
+        order_id = self.data.get("order_id")
+        return order_id if isinstance(order_id, str) else None
+
+    @property
+    def case(self) -> UUID | None:
+        case_id = self.data.get("case_id")
+        try:
+            return UUID(case_id) if isinstance(case_id, str) else None
+        except ValueError:
+            return None
+
+    def opens(self) -> UUID | None:
+        """The id of the case this line opens, if it opens one with an id known beforehand."""
+        action = str(self.data.get("action", "")).replace("_", "-").split()
+        if not action or action[-1] != "open" or self.order_id is None:
+            return None
+        command_id = self.data.get("command_id")
+        if "case_id" in self.data:
+            return self.case
+        return new_case_id(None, command_id) if isinstance(command_id, str) else None
+
+
+def history_owners(engine: Engine, workers: int) -> Callable[[list[Item[HistoryLine]]], list[int]]:
+    """Which worker takes each line of a chunk: the worker of the order the line concerns,
+    named on the line, or the order of the case it names (opened earlier in the chunk, or
+    in the store, where every worker has saved the chunks before). Every worker works out
+    the same answer, and all of an order's lines go to one worker, in file order."""
+
+    def owners(chunk: list[Item[HistoryLine]]) -> list[int]:
+        lines = [i.payload if isinstance(i.payload, HistoryLine) else None for i in chunk]
+        opened: dict[UUID, str] = {}
+        for line in lines:
+            if line is not None and line.order_id is not None and (case := line.opens()):
+                opened[case] = line.order_id
+        asked = {
+            line.case
+            for line in lines
+            if line is not None and line.order_id is None and line.case is not None
+        } - opened.keys()
+        found: dict[UUID, str] = {}
+        if asked:
+            marks = ", ".join("?" for _ in asked)
+            rows = engine.store.query(
+                f"SELECT case_id, order_id FROM {{t}}aftersales_cases WHERE case_id IN ({marks})",
+                [str(c) for c in asked],
+            )
+            found = {UUID(str(r["case_id"])): r["order_id"] for r in rows}
+        result: list[int] = []
+        for line in lines:
+            key: str | None = None
+            if line is not None:
+                case = line.case
+                key = line.order_id
+                if key is None and case is not None:
+                    key = opened.get(case) or found.get(case) or str(case)
+            result.append(order_owner(key, workers) if key else 0)
+        return result
+
+    return owners
+
+
+def history_share(
+    store: str | None, policy_path: str | None, path: Path, chunk: int, worker: Worker
+) -> Report:
+    """One worker's share of an import-history run (see ``history_owners``)."""
+    from commands.cli import cli  # the whole command tree, which imports this module
+
+    state = State(store, policy_path)
+    try:
+        runner = Runner(click.Context(cli, info_name="aftersales", obj=state))
+        engine = state.engine()
+        with path.open(encoding="utf-8") as stream:
+            return run_bulk(
+                engine,
+                _history(stream),
+                lambda _, line: runner.run(dict(line.data)),
+                ids=HistoryLine.ids,
+                command_ids=HistoryLine.command_ids,
+                barrier=HistoryLine.reads_the_store,
+                chunk_size=chunk,
+                progress=worker.progress,
+                share=Share(worker.index, history_owners(engine, worker.workers), worker.sync),
+            )
+    finally:
+        state.close()
+
 
 def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
     for number, text in enumerate(stream, start=1):
@@ -158,16 +246,29 @@ def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
     show_default=True,
     help="Lines per transaction.",
 )
+@workers_option("the lines of the orders whose id hashes to it")
 @json_option
 @click.pass_context
-def import_history(ctx: click.Context, /, source: IO[str], chunk: int, as_json: bool) -> None:
+def import_history(
+    ctx: click.Context, /, source: IO[str], chunk: int, workers: int, as_json: bool
+) -> None:
     """Import past cases: JSON lines of actions with their times (as `batch` takes them)."""
     runner = Runner(ctx)
+    state: State = ctx.find_object(State)  # type: ignore[assignment]
 
     def apply(engine: Engine, line: HistoryLine) -> None:
         runner.run(dict(line.data))  # a refusal raises LineError, which the report keeps
 
     def run(engine: Engine) -> Report:
+        if workers > 1:
+            with _readable_path(source) as path, _progress("actions") as bar:
+                return in_processes(
+                    state.store,
+                    history_share,
+                    (state.store, state.policy_path, path, chunk),
+                    workers=workers,
+                    progress=bar.update,
+                )
         with _progress("actions") as bar:
             return run_bulk(
                 engine,

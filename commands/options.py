@@ -41,3 +41,18 @@ def common(kwargs: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     as_json = bool(kwargs.pop("as_json", False))
     keys = ("at", "by", "command_id", "expected_version")
     return as_json, {k: kwargs.pop(k) for k in keys if k in kwargs}
+
+
+def workers_option(takes: str) -> Callable[[F], F]:
+    """--workers for the bulk paths: how many processes import at once, and what each takes."""
+
+    def decorate(f: F) -> F:
+        return click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            default=1,
+            show_default=True,
+            help=f"Processes importing at once, each taking {takes} (PostgreSQL only).",
+        )(f)
+
+    return decorate

@@ -63,6 +63,17 @@ class Report:
 
 
 @dataclass
+class Share(Generic[T]):
+    """One process's share of a bulk run done by several at once (see ``run_bulk``)."""
+
+    worker: int
+    # Which worker takes each item of a chunk (the same answer in every process).
+    owners: Callable[[list[Item[T]]], list[int]]
+    # Returns once every process has called it.
+    sync: Callable[[], None]
+
+
+@dataclass
 class InFlight(Generic[T]):
     """A chunk whose save runs while the next chunk is worked out; how to undo its count."""
 
@@ -94,7 +105,13 @@ def run_bulk(
     barrier: Callable[[T], bool] = lambda _: False,
     chunk_size: int = 1000,
     progress: Callable[[int], None] | None = None,
+    share: Share[T] | None = None,
 ) -> Report:
+    """Apply items in chunks, each chunk's actions in memory and saved at once. With
+    ``share``, this process is one of several doing the same run: it takes the items the
+    share's ``owners`` gives it, every process saves its part of a chunk before any goes on
+    to the next, and an item that reads the store as a whole (``barrier``) is run by
+    worker 0 alone once everything before it is saved everywhere."""
     report = Report()
     started = time.perf_counter()
 
@@ -161,8 +178,21 @@ def run_bulk(
     def counts() -> tuple[int, int, int]:
         return report.ok, report.failed, len(report.failures)
 
+    def sync() -> None:
+        if share is not None:
+            share.sync()
+
     try:
-        for chunk in _chunks(items, chunk_size):
+        for whole in _chunks(items, chunk_size):
+            chunk = whole
+            if share is not None:
+                owned = share.owners(whole)
+                chunk = [
+                    i
+                    for i, owner in zip(whole, owned, strict=True)
+                    if owner == share.worker
+                    or (not isinstance(i.payload, AftersalesError) and barrier(i.payload))
+                ]
             payloads = [i.payload for i in chunk if not isinstance(i.payload, AftersalesError)]
             wanted = [uid for p in payloads for uid in ids(p)]
             session.prefetch(wanted)
@@ -182,12 +212,20 @@ def run_bulk(
                 if settle(done) and done:
                     submit(done, before)
                     settle([])
-                one_by_one([[item]])
+                sync()
+                if share is None or share.worker == 0:
+                    one_by_one([[item]])
+                else:
+                    report.lines -= 1  # counted by worker 0
+                sync()
                 session.discard()  # what it changed is in the store, not in memory
                 engine.session = session
                 before, done = counts(), []
             if settle(done):
                 submit(done, before)
+            if share is not None:  # every process's part saved before the next chunk
+                settle([])
+                sync()
             report.lines += len(chunk)
             if progress is not None:
                 progress(len(chunk))

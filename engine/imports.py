@@ -5,32 +5,19 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import multiprocessing
-import time
 import zlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
-from multiprocessing.sharedctypes import Synchronized
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from uuid import UUID
 
-from eventsourcing.persistence import PersistenceError
-
-from engine.bulk import MAX_ERRORS_KEPT, Failure, Item, Report, run_bulk
-from engine.errors import (
-    AftersalesError,
-    BadInput,
-    Conflict,
-    NotAllowed,
-    NotFound,
-    StoreUnavailable,
-)
+from engine.bulk import Item, Report, run_bulk
+from engine.errors import BadInput
 from engine.order import OrderLine, order_uuid
 from engine.service import Engine, new_case_id
-from engine.store import parse_store_url
 from engine.values import parse_money
+from engine.workers import Worker
 
 ORDER_FIELDS = (
     "order_id",
@@ -198,11 +185,9 @@ def history_ids(data: dict[str, Any]) -> list[UUID]:
 # Order import on several processes ------------------------------------------------------------
 
 
-def _owner(item: Item[OrderRecord], workers: int) -> int:
-    """Which worker takes an item: by order id, so each order is one worker's alone."""
-    payload = item.payload
-    key = payload.order_id if isinstance(payload, OrderRecord) else str(item.line)
-    return zlib.crc32(key.encode("utf-8")) % workers
+def order_owner(order_id: str, workers: int) -> int:
+    """Which of several workers takes an order: each order is one worker's alone."""
+    return zlib.crc32(order_id.encode("utf-8")) % workers
 
 
 def read_orders(path: Path, fmt: str) -> Iterator[Item[OrderRecord]]:
@@ -210,89 +195,23 @@ def read_orders(path: Path, fmt: str) -> Iterator[Item[OrderRecord]]:
         yield from read_orders_csv(stream) if fmt == "csv" else read_orders_jsonl(stream)
 
 
-# The count of orders done, shared by the workers of one import (set in each worker process).
-_done: Synchronized[int] | None = None
-
-
-def _start_worker(done: Synchronized[int]) -> None:
-    global _done
-    _done = done
-
-
-def _order_worker(
-    store: str | None, path: Path, fmt: str, chunk: int, worker: int, workers: int
-) -> dict[str, Any]:
-    """One worker's share of an order import, in its own process, with its own engine."""
-
-    def progress(count: int) -> None:
-        if _done is not None:
-            with _done.get_lock():
-                _done.value += count
-
-    try:
-        with Engine(store) as engine:
-            report = run_bulk(
-                engine,
-                (i for i in read_orders(path, fmt) if _owner(i, workers) == worker),
-                lambda e, r: r.apply(e),
-                ids=OrderRecord.ids,
-                chunk_size=chunk,
-                progress=progress,
-            )
-    except AftersalesError as exc:
-        return {"error": [type(exc).__name__, exc.message]}
-    except PersistenceError as exc:
-        return {"error": ["StoreUnavailable", " ".join(str(exc).split()) or type(exc).__name__]}
-    return {"report": asdict(report)}
-
-
-def import_orders_in_parallel(
-    store: str | None,
-    path: Path,
-    fmt: str,
-    *,
-    chunk: int,
-    workers: int,
-    progress: Callable[[int], None] | None = None,
+def order_import_share(
+    store: str | None, path: Path, fmt: str, chunk: int, worker: Worker
 ) -> Report:
-    """Import orders on ``workers`` processes, each taking the orders whose id hashes to it
-    (so an order is only ever one worker's, and its lines stay in file order), each streaming
-    the file with its own engine and connections. The reports are added up; the time is the
-    whole run's, process start included. PostgreSQL only: SQLite has one writer at a time."""
-    if not parse_store_url(store).kind == "postgresql":
-        raise BadInput("more than one worker needs a PostgreSQL store (SQLite has one writer)")
-    started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    done = context.Value("q", 0)
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=(done,)
-    ) as pool:
-        futures = [
-            pool.submit(_order_worker, store, path, fmt, chunk, k, workers) for k in range(workers)
-        ]
-        reported = 0
-        while not all(f.done() for f in futures):
-            wait(futures, timeout=0.25)
-            if progress is not None and done.value > reported:
-                progress(done.value - reported)
-                reported = done.value
-        results = [f.result() for f in futures]
-    report = Report()
-    for result in results:
-        if "error" in result:
-            kind, message = result["error"]
-            raise _ERRORS.get(kind, AftersalesError)(message)
-        part = result["report"]
-        report.lines += part["lines"]
-        report.ok += part["ok"]
-        report.failed += part["failed"]
-        report.events += part["events"]
-        report.failures += [Failure(**f) for f in part["failures"]]
-    report.failures = sorted(report.failures, key=lambda f: f.line)[:MAX_ERRORS_KEPT]
-    report.seconds = time.perf_counter() - started
-    return report
+    """One worker's share of an order import: the orders whose id hashes to it. Orders
+    are independent of each other, so the workers need not wait for each other."""
 
+    def mine(item: Item[OrderRecord]) -> bool:
+        payload = item.payload
+        key = payload.order_id if isinstance(payload, OrderRecord) else str(item.line)
+        return order_owner(key, worker.workers) == worker.index
 
-_ERRORS: dict[str, type[AftersalesError]] = {
-    cls.__name__: cls for cls in (BadInput, NotAllowed, NotFound, Conflict, StoreUnavailable)
-}
+    with Engine(store) as engine:
+        return run_bulk(
+            engine,
+            (i for i in read_orders(path, fmt) if mine(i)),
+            lambda e, r: r.apply(e),
+            ids=OrderRecord.ids,
+            chunk_size=chunk,
+            progress=worker.progress,
+        )

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from commands.cli import cli
+from engine.bulk import Report
+from engine.errors import NotFound
 from engine.imports import ORDER_FIELDS
 from engine.service import Engine, new_case_id
+from engine.workers import Worker, in_processes
 from tests.conftest import at
 
 HEADER = ",".join(ORDER_FIELDS)
@@ -198,11 +202,15 @@ def test_import_history_equals_the_same_actions_one_by_one(tmp_path: Path, store
     assert again["events"] == 0 and again["ok"] == 10
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 def test_generated_workload_imported_equals_applied_one_by_one(
-    tmp_path: Path, store_url: str
+    tmp_path: Path, store_url: str, workers: int
 ) -> None:
     """scripts/loadgen.py's workload (ticks included) through import-history, against the
-    same lines through batch one by one on another store: the same cases, the same states."""
+    same lines through batch one by one on another store: the same cases, the same states.
+    With 3 workers (real processes, PostgreSQL only) too: each takes the lines of its
+    orders, cases acted on in later chunks are found through the store, and ticks run once
+    everything before them is saved by every worker."""
     import subprocess
     import sys
 
@@ -228,7 +236,13 @@ def test_generated_workload_imported_equals_applied_one_by_one(
     assert '"action":"tick"' in workload and '"case rule"' in workload.replace(
         '"action":"case rule"', '"case rule"'
     )
-    _, report = invoke(store_url, "import-history", str(path), "--chunk", "97")
+    if workers > 1 and not store_url.startswith("postgresql"):
+        code, refused = invoke(store_url, "import-history", str(path), "--workers", "2")
+        assert code == 2 and "PostgreSQL" in refused["error"]["message"]
+        return
+    _, report = invoke(
+        store_url, "import-history", str(path), "--chunk", "97", "--workers", str(workers)
+    )
     other = f"sqlite:///{tmp_path / 'one-by-one.db'}"
     result = CliRunner().invoke(cli, ["--store", other, "batch", str(path)])
     lines = [json.loads(x) for x in result.stdout.splitlines()]
@@ -395,3 +409,75 @@ def test_order_import_on_several_workers_equals_one(store_url: str, tmp_path: Pa
     )
     again = json.loads(result.stdout)
     assert (again["ok"], again["events"]) == (60, 0)
+
+
+def test_history_workers_send_a_cases_lines_to_its_orders_worker(
+    tmp_path: Path, store_url: str
+) -> None:
+    """A case opened in one chunk is withdrawn in the next, and its line taken by a new case
+    right after: both must run on the order's worker, in file order, for the new case to
+    find the line free (as one by one). The case id alone would send the withdrawal to the
+    other worker, whose chunk is not saved when the new case opens."""
+    from engine.imports import order_owner
+
+    if not store_url.startswith("postgresql"):
+        pytest.skip("more than one worker needs PostgreSQL")
+    first = new_case_id(None, "w-open-a")
+    order = next(
+        f"KS-{n}" for n in range(100) if order_owner(f"KS-{n}", 2) != order_owner(str(first), 2)
+    )
+
+    def opening(command_id: str, when: str) -> dict[str, Any]:
+        return {
+            "action": "case open",
+            "order_id": order,
+            "type": "refund_only",
+            "reason": "quality.colour",
+            "amount": "39.90",
+            "line": ["CASE-RED"],
+            "at": when,
+            "command_id": command_id,
+        }
+
+    rows = [
+        {
+            "action": "order place",
+            "order_id": order,
+            "merchant": "shop-1",
+            "buyer": "buyer-1",
+            "line": ["CASE-RED:1:39.90", "STRAP:1:9.90"],
+            "at": at(),
+        },
+        {"action": "order deliver", "order_id": order, "at": at(days=1)},
+        opening("w-open-a", at(days=2)),
+        {"action": "case withdraw", "case_id": str(first), "at": at(days=3)},
+        opening("w-open-b", at(days=3, hours=1)),
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    code, report = invoke(store_url, "import-history", str(path), "--chunk", "3", "--workers", "2")
+    assert (code, report["ok"], report["failed"]) == (0, 5, 0), report["errors"]
+    with Engine(store_url) as engine:
+        assert engine.get_case(str(first))["status"] == "closed"
+        second = engine.get_case(str(new_case_id(None, "w-open-b")))
+        assert second["status"] == "awaiting_merchant"
+
+
+def _share_that_fails_on_worker_1(worker: Worker) -> Report:
+    if worker.index == 1:
+        raise NotFound("no such thing on worker 1")
+    worker.sync()  # worker 0 waits for worker 1, which never comes
+    return Report(lines=1, ok=1)
+
+
+def test_a_failing_worker_stops_the_others_and_its_error_is_reported(store_url: str) -> None:
+    """Workers wait for each other at sync points; one that fails breaks the wait for all
+    (rather than leaving them waiting), and the run reports that worker's error."""
+    import time
+
+    if not store_url.startswith("postgresql"):
+        pytest.skip("more than one worker needs PostgreSQL")
+    started = time.monotonic()
+    with pytest.raises(NotFound, match="no such thing on worker 1"):
+        in_processes(store_url, _share_that_fails_on_worker_1, (), workers=2)
+    assert time.monotonic() - started < 60
