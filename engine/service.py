@@ -708,7 +708,11 @@ class Engine:
             self._check_expected(order, c, f"order {order_id}")
             act = self._act(Role.BUYER, c.by or order.buyer_id, c, command_id)
             case_lines = order.case_lines(wanted)
-            if (case_id is not None or c.command_id is not None) and self._get(new_id):
+            # A case id given or derived from the command id may be taken. Saving over it
+            # fails on its first version and the action is tried again on fresh state: only
+            # then is it worth a read (in a unit of work, reads are from memory anyway).
+            named = case_id is not None or c.command_id is not None
+            if named and (self._fresh or self.session is not None) and self._get(new_id):
                 raise NotAllowed(f"case {new_id} exists already")
             case = ReturnCase.open(
                 new_id,

@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 from psycopg.sql import SQL, Identifier
+from psycopg.types.json import Jsonb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -183,7 +184,7 @@ class Bench:
             if label == "large":
                 self.add(
                     Row(
-                        "order import",
+                        "order import, 1 worker",
                         report["events_per_second"],
                         "events/s",
                         "COPY rows/s",
@@ -191,22 +192,54 @@ class Bench:
                     )
                 )
             self.add(Row(f"order import peak RSS, {count:,} orders", rss / 1024, "MiB"))
+        path = self.orders_file(large, "orders-workers.jsonl", "OIW-")
+        _, _, out = self.cli("order", "import", str(path), "--json", "--workers", "2")
+        self.add(
+            Row(
+                "order import, 2 workers",
+                json.loads(out)["events_per_second"],
+                "events/s",
+                "COPY rows/s",
+                self.raw["copy"],
+            )
+        )
 
     def history(self) -> None:
-        """Cases on the imported orders: open, approve, ship back, receive, as past actions."""
+        """Cases on imported orders: open, approve, ship back, receive, as past actions; on
+        one worker, then (other cases) on two."""
         count = self.n(20_000)
-        path = self.orders_file(count, "orders-history.jsonl", "H-")
-        self.cli("order", "import", str(path))
-        lines = self.tmp / "history.jsonl"
+        for workers, prefix in ((1, "H"), (2, "G")):
+            path = self.orders_file(count, f"orders-history-{prefix}.jsonl", f"{prefix}-")
+            self.cli("order", "import", str(path))
+            lines = self.history_file(count, prefix)
+            _, rss, out = self.cli(
+                "import-history", str(lines), "--json", "--workers", str(workers)
+            )
+            report = json.loads(out)
+            assert report["failed"] == 0, report["errors"][:3]
+            self.add(
+                Row(
+                    f"import-history (case actions), {workers} worker{'s' if workers > 1 else ''}",
+                    report["events_per_second"],
+                    "events/s",
+                    "COPY rows/s",
+                    self.raw["copy"],
+                )
+            )
+            if workers == 1:
+                self.add(Row(f"import-history peak RSS, {count * 4:,} actions", rss / 1024, "MiB"))
+
+    def history_file(self, count: int, prefix: str) -> Path:
+        lines = self.tmp / f"history-{prefix}.jsonl"
         with lines.open("w") as out:
             for i in range(count):
-                key = f"hist-{i}"
+                key = f"hist-{prefix}-{i}"
                 case_id = str(new_case_id(None, f"{key}-open"))
                 for n, line in enumerate(
                     [
                         {
                             "action": "case open",
-                            "order_id": f"H-{i}",
+                            "order_id": f"{prefix}-{i}",
                             "type": "return_refund",
                             "reason": "quality.colour_difference",
                             "amount": "39.90",
@@ -234,19 +267,7 @@ class Bench:
                 ):
                     suffix = "open" if n == 0 else str(n)
                     out.write(json.dumps({**line, "command_id": f"{key}-{suffix}"}) + "\n")
-        _, rss, out = self.cli("import-history", str(lines), "--json")
-        report = json.loads(out)
-        assert report["failed"] == 0, report["errors"][:3]
-        self.add(
-            Row(
-                "import-history (case actions)",
-                report["events_per_second"],
-                "events/s",
-                "COPY rows/s",
-                self.raw["copy"],
-            )
-        )
-        self.add(Row(f"import-history peak RSS, {count * 4:,} actions", rss / 1024, "MiB"))
+        return lines
 
     def single_actions(self) -> None:
         count = self.n(2_000)
@@ -286,6 +307,71 @@ class Bench:
                 "/s",
                 "INSERT commits/s, 4 conns",
                 self.raw["insert4"],
+            )
+        )
+
+    def statements_floor(self) -> None:
+        """The two statements of a single action (read an aggregate's events, call the save
+        function with a case's two events and its index row) from psycopg with no Python
+        domain work: the most single actions could reach with this shape. In a schema of its
+        own, so its rows stay out of the rest of the run."""
+        schema = f"{self.schema}_floor"
+        url = f"{self.base_url}?schema={schema}"
+        with Engine(url) as engine:
+            engine.place_order("F-1", merchant_id="m", buyer_id="b", lines=["A:1:1.00"], at=T0)
+        state = json.dumps({"x": "y" * 400}).encode()
+        row = {
+            "order_id": "F-1",
+            "merchant_id": "m",
+            "buyer_id": "b",
+            "case_type": "refund_only",
+            "reason": "quality.x",
+            "status": "awaiting_merchant",
+            "amount": "1.00",
+            "refunded_amount": "0",
+            "due_at": T1,
+            "due_action": "auto_approve",
+            "opened_at": T0,
+            "updated_at": T0,
+            "version": 1,
+        }
+        count = self.n(2_000)
+        try:
+            with self.conn() as c:
+                c.execute(SQL("SET search_path TO {}").format(Identifier(schema)))
+                order = c.execute("SELECT originator_id FROM aftersales_events LIMIT 1").fetchone()
+                assert order is not None
+                started = time.perf_counter()
+                for i in range(count):
+                    c.execute(
+                        "SELECT originator_id, originator_version, topic, state "
+                        "FROM aftersales_events WHERE originator_id = %s "
+                        "ORDER BY originator_version",
+                        (order[0],),
+                        prepare=True,
+                    ).fetchall()
+                    c.execute(
+                        "SELECT * FROM aftersales_save(%b, %b::bigint[], %b, %b, %s, NULL)",
+                        (
+                            [uuid.uuid4(), uuid.uuid4()],
+                            [1, 1],
+                            ["t:CaseOpened", "t:CaseLinked"],
+                            [state, state],
+                            Jsonb([{**row, "case_id": f"floor-{i}"}]),
+                        ),
+                        prepare=True,
+                    ).fetchall()
+                rate = count / (time.perf_counter() - started)
+        finally:
+            with self.conn() as c:
+                c.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
+        self.add(
+            Row(
+                "raw: a single action's two statements, no Python domain work",
+                rate,
+                "/s",
+                "INSERT commits/s, 1 conn",
+                self.raw["insert1"],
             )
         )
 
@@ -472,6 +558,7 @@ def main() -> None:
     bench = Bench(args.store, args.scale)
     parts: list[Callable[[], None]] = [
         bench.raw_baselines,
+        bench.statements_floor,
         bench.single_actions,
         bench.batch,
         bench.order_import,

@@ -346,3 +346,51 @@ def test_order_facts(engine: Engine) -> None:
     refused(
         engine, NotAllowed, "already delivered", lambda: engine.deliver_order("KS-2", at=at(days=2))
     )
+
+
+def test_a_case_id_already_taken_is_refused_and_changes_nothing(delivered: Engine) -> None:
+    """A case id given (or derived from a command id) that another case has is refused, from
+    the same engine that opened it (which has both cached) and from a fresh one; the order
+    the second case would have taken lines of keeps them free."""
+    e = delivered
+    taken = open_quality(e, case_id="3f2b6a1e-8f4c-4d2a-9b7e-1c5d0e9a7b11")["case_id"]
+    place_delivered(e, "KS-2", lines=("CUP:1:20.00",))
+    for engine in (e, Engine(e.store)):
+        refused(
+            engine,
+            NotAllowed,
+            f"case {taken} exists already",
+            lambda engine=engine: engine.open_case(
+                "KS-2",
+                case_type="refund_only",
+                reason="quality.crack",
+                amount="20.00",
+                case_id=taken,
+                at=at(days=3),
+            ),
+        )
+        assert engine.get_order("KS-2")["lines"][0]["open_case_id"] is None
+    # A command id names a case too: reusing one for another order's case is refused as a
+    # reused command id, before anything is saved.
+    place_delivered(e, "KS-3", lines=("BOWL:1:30.00",))
+    e.open_case(
+        "KS-3",
+        case_type="refund_only",
+        reason="quality.crack",
+        amount="30.00",
+        at=at(days=3),
+        command_id="named-1",
+    )
+    refused(
+        e,
+        BadInput,
+        "command id named-1 was already used",
+        lambda: e.open_case(
+            "KS-2",
+            case_type="refund_only",
+            reason="quality.crack",
+            amount="20.00",
+            at=at(days=3),
+            command_id="named-1",
+        ),
+    )
