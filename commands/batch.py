@@ -74,6 +74,7 @@ class Binding:
             if opt.startswith("--")
         }
         self.options.pop("json", None)
+        self.defaults: dict[str, Any] = {}
 
     def context(self, data: dict[str, Any], parent: click.Context) -> click.Context:
         """A context for the command with every parameter set from ``data``."""
@@ -101,13 +102,22 @@ class Binding:
                 continue
             if param.required:
                 raise click.MissingParameter(ctx=ctx, param=param)
-            default = param.get_default(ctx)
-            if default is None or default is _NO_DEFAULT:
-                flag = isinstance(param, click.Option) and param.is_flag
-                ctx.params[name] = () if param.multiple else (False if flag else None)
-            else:
-                ctx.params[name] = param.type_cast_value(ctx, default)
+            if name in self.defaults:
+                ctx.params[name] = self.defaults[name]
+                continue
+            ctx.params[name] = value = self.default(param, ctx)
+            if not callable(param.default) and not param.envvar:  # the same every line
+                self.defaults[name] = value
         return ctx
+
+    @staticmethod
+    def default(param: click.Parameter, ctx: click.Context) -> Any:
+        """A parameter's value when not given."""
+        default = param.get_default(ctx)
+        if default is None or default is _NO_DEFAULT:
+            flag = isinstance(param, click.Option) and param.is_flag
+            return () if param.multiple else (False if flag else None)
+        return param.type_cast_value(ctx, default)
 
 
 def _raw(param: click.Option, key: str, value: Any) -> Any:

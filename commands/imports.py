@@ -164,16 +164,22 @@ class HistoryLine:
 
 def history_owners(engine: Engine, workers: int) -> Callable[[list[Item[HistoryLine]]], list[int]]:
     """Which worker takes each line of a chunk: the worker of the order the line concerns,
-    named on the line, or the order of the case it names (opened earlier in the chunk, or
-    in the store, where every worker has saved the chunks before). Every worker works out
-    the same answer, and all of an order's lines go to one worker, in file order."""
+    named on the line, or the order of the case it names (opened in this chunk or the one
+    before, or else in the store, where every worker has saved the chunks before those).
+    Every worker works out the same answer, and all of an order's lines go to one worker,
+    in file order."""
+
+    # Cases the last chunk opened: its saves may not be in the store yet.
+    before: dict[UUID, str] = {}
 
     def owners(chunk: list[Item[HistoryLine]]) -> list[int]:
+        nonlocal before
         lines = [i.payload if isinstance(i.payload, HistoryLine) else None for i in chunk]
-        opened: dict[UUID, str] = {}
+        mine: dict[UUID, str] = {}
         for line in lines:
             if line is not None and line.order_id is not None and (case := line.opens()):
-                opened[case] = line.order_id
+                mine[case] = line.order_id
+        opened, before = {**before, **mine}, mine
         asked = {
             line.case
             for line in lines

@@ -67,7 +67,8 @@ class Share(Generic[T]):
     """One process's share of a bulk run done by several at once (see ``run_bulk``)."""
 
     worker: int
-    # Which worker takes each item of a chunk (the same answer in every process).
+    # Which worker takes each item of a chunk (the same answer in every process). The store
+    # has everything up to the chunk before the last one seen.
     owners: Callable[[list[Item[T]]], list[int]]
     # Returns once every process has called it.
     sync: Callable[[], None]
@@ -109,9 +110,10 @@ def run_bulk(
 ) -> Report:
     """Apply items in chunks, each chunk's actions in memory and saved at once. With
     ``share``, this process is one of several doing the same run: it takes the items the
-    share's ``owners`` gives it, every process saves its part of a chunk before any goes on
-    to the next, and an item that reads the store as a whole (``barrier``) is run by
-    worker 0 alone once everything before it is saved everywhere."""
+    share's ``owners`` gives it; before a chunk's owners are worked out, every process has
+    saved its part of the chunk before the one just done (so ``owners`` must know what the
+    last chunk it saw opened); and an item that reads the store as a whole (``barrier``) is
+    run by worker 0 alone once everything before it is saved everywhere."""
     report = Report()
     started = time.perf_counter()
 
@@ -221,11 +223,12 @@ def run_bulk(
                 session.discard()  # what it changed is in the store, not in memory
                 engine.session = session
                 before, done = counts(), []
-            if settle(done):
+            saved = settle(done)
+            # Every process has saved its part of the chunk before this one (so the next
+            # chunk's owners are found in the store, but for the cases opened in this one).
+            sync()
+            if saved:
                 submit(done, before)
-            if share is not None:  # every process's part saved before the next chunk
-                settle([])
-                sync()
             report.lines += len(chunk)
             if progress is not None:
                 progress(len(chunk))

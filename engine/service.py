@@ -110,6 +110,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# json.dumps(sort_keys=True, separators=(",", ":")) with its encoder made once. Fingerprints
+# are stored with command ids, so this form must not change.
+_fingerprint_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 class Common:
     """The options every action takes: --at, --by, --command-id, --expected-version."""
 
@@ -143,8 +148,7 @@ class Common:
             "by": self.by,
             "at": self.at.isoformat() if self.at else None,
         }
-        raw = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(raw.encode()).hexdigest()
+        return hashlib.sha256(_fingerprint_json(data).encode()).hexdigest()
 
 
 Aggregate = Order | ReturnCase

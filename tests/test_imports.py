@@ -414,53 +414,68 @@ def test_order_import_on_several_workers_equals_one(store_url: str, tmp_path: Pa
 def test_history_workers_send_a_cases_lines_to_its_orders_worker(
     tmp_path: Path, store_url: str
 ) -> None:
-    """A case opened in one chunk is withdrawn in the next, and its line taken by a new case
-    right after: both must run on the order's worker, in file order, for the new case to
-    find the line free (as one by one). The case id alone would send the withdrawal to the
-    other worker, whose chunk is not saved when the new case opens."""
+    """Cases are withdrawn and their lines taken by new cases right after: the withdrawal
+    names only the case, and must run on its order's worker, before the new case, for the
+    line to be free (as one by one). Case A is withdrawn in the chunk after the one that
+    opened it (its saves may still be on their way: its order is known from that chunk),
+    case B two chunks later (its order is found in the store). The case id alone would send
+    the withdrawals to another worker."""
     from engine.imports import order_owner
 
     if not store_url.startswith("postgresql"):
         pytest.skip("more than one worker needs PostgreSQL")
-    first = new_case_id(None, "w-open-a")
+    case_a, case_b = new_case_id(None, "w-open-a"), new_case_id(None, "w-open-b")
     order = next(
-        f"KS-{n}" for n in range(100) if order_owner(f"KS-{n}", 2) != order_owner(str(first), 2)
+        f"KS-{n}"
+        for n in range(100)
+        if order_owner(f"KS-{n}", 3) != order_owner(str(case_a), 3)
+        and order_owner(f"KS-{n}", 3) != order_owner(str(case_b), 3)
     )
 
-    def opening(command_id: str, when: str) -> dict[str, Any]:
+    def opening(command_id: str, line: str, when: str) -> dict[str, Any]:
         return {
             "action": "case open",
             "order_id": order,
             "type": "refund_only",
             "reason": "quality.colour",
-            "amount": "39.90",
-            "line": ["CASE-RED"],
+            "amount": "9.90",
+            "line": [line],
             "at": when,
             "command_id": command_id,
         }
 
-    rows = [
-        {
+    def placing(order_id: str) -> dict[str, Any]:
+        return {
             "action": "order place",
-            "order_id": order,
+            "order_id": order_id,
             "merchant": "shop-1",
             "buyer": "buyer-1",
-            "line": ["CASE-RED:1:39.90", "STRAP:1:9.90"],
+            "line": ["CASE-RED:1:9.90", "STRAP:1:9.90"],
             "at": at(),
-        },
+        }
+
+    rows = [  # chunks of 3
+        placing(order),
         {"action": "order deliver", "order_id": order, "at": at(days=1)},
-        opening("w-open-a", at(days=2)),
-        {"action": "case withdraw", "case_id": str(first), "at": at(days=3)},
-        opening("w-open-b", at(days=3, hours=1)),
+        opening("w-open-a", "CASE-RED", at(days=2)),
+        {"action": "case withdraw", "case_id": str(case_a), "at": at(days=3)},
+        opening("w-open-c", "CASE-RED", at(days=3, hours=1)),
+        opening("w-open-b", "STRAP", at(days=3, hours=2)),
+        placing("OTHER-1"),
+        placing("OTHER-2"),
+        placing("OTHER-3"),
+        {"action": "case withdraw", "case_id": str(case_b), "at": at(days=4)},
+        opening("w-open-e", "STRAP", at(days=4, hours=1)),
     ]
     path = tmp_path / "history.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    code, report = invoke(store_url, "import-history", str(path), "--chunk", "3", "--workers", "2")
-    assert (code, report["ok"], report["failed"]) == (0, 5, 0), report["errors"]
+    code, report = invoke(store_url, "import-history", str(path), "--chunk", "3", "--workers", "3")
+    assert (code, report["ok"], report["failed"]) == (0, len(rows), 0), report["errors"]
     with Engine(store_url) as engine:
-        assert engine.get_case(str(first))["status"] == "closed"
-        second = engine.get_case(str(new_case_id(None, "w-open-b")))
-        assert second["status"] == "awaiting_merchant"
+        for closed in (case_a, case_b):
+            assert engine.get_case(str(closed))["status"] == "closed"
+        for key in ("w-open-c", "w-open-e"):
+            assert engine.get_case(str(new_case_id(None, key)))["status"] == "awaiting_merchant"
 
 
 def _share_that_fails_on_worker_1(worker: Worker) -> Report:

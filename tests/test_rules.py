@@ -394,3 +394,31 @@ def test_a_case_id_already_taken_is_refused_and_changes_nothing(delivered: Engin
             command_id="named-1",
         ),
     )
+
+
+def test_a_commands_fingerprint_keeps_its_stored_form() -> None:
+    """Fingerprints are stored with command ids, and a retry compares against them: the form
+    (sorted keys, no spaces, ASCII escapes) must stay as it was stored."""
+    import hashlib
+    import json
+    from decimal import Decimal
+
+    from engine.service import Common
+
+    common = Common(at="2026-11-03T10:00:00+08:00", by="店员-7", command_id="c-1")
+    args = {"amount": Decimal("1.5"), "lines": ["A:1"], "note": "颜色"}
+    expected = json.dumps(
+        {
+            "action": "case refund",
+            "target": "t-1",
+            "args": {"amount": "1.50", "lines": ["A:1"], "note": "颜色"},
+            "by": "店员-7",
+            "at": "2026-11-03T10:00:00+08:00",
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    assert (
+        common.fingerprint("case refund", "t-1", args)
+        == hashlib.sha256(expected.encode()).hexdigest()
+    )
