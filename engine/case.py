@@ -9,6 +9,7 @@ projection reads what happened without re-deriving it from rules that may since 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -666,7 +667,7 @@ class ReturnCase(Aggregate):
             raise NotAllowed(f"case {self.id} has no {action.value} deadline running")
         if act.at == due.due_at:
             # Fired at its due time: keep the deadline's own offset in the record.
-            act = act.model_copy(update={"at": due.due_at})
+            act = replace(act, at=due.due_at)
         if act.at < due.due_at:
             raise NotAllowed(
                 f"case {self.id}: {action.value} is due at {due.due_at.isoformat()}, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from uuid import UUID
@@ -165,10 +166,10 @@ class Deadline(BaseModel):
     policy_version: str
 
 
-class Act(BaseModel):
-    """One action's circumstances, handed to the domain by the service (which owns the clock)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True, slots=True)
+class Act:
+    """One action's circumstances, handed to the domain by the service (which owns the clock).
+    A plain dataclass: the service builds it from values it has checked, once per action."""
 
     at: datetime
     actor: Actor
