@@ -195,17 +195,29 @@ def run_bulk(
                     if owner == share.worker
                     or (not isinstance(i.payload, AftersalesError) and barrier(i.payload))
                 ]
-            payloads = [i.payload for i in chunk if not isinstance(i.payload, AftersalesError)]
-            wanted = [uid for p in payloads for uid in ids(p)]
-            session.prefetch(wanted)
-            # Cases acted on need their orders (to free or take back their lines).
-            cases = [session.aggregates.get(uid) for uid in wanted]
-            session.prefetch(c.order_ref for c in cases if isinstance(c, ReturnCase))
-            session.prefetch_commands(c for p in payloads for c in command_ids(p))
+
+            def is_barrier(item: Item[T]) -> bool:
+                return not isinstance(item.payload, AftersalesError) and barrier(item.payload)
+
+            def prefetch(segment: list[Item[T]]) -> None:
+                """Load what a run of items needs with a few queries, not one per item."""
+                payloads = [
+                    i.payload for i in segment if not isinstance(i.payload, AftersalesError)
+                ]
+                wanted = [uid for p in payloads for uid in ids(p)]
+                session.prefetch(wanted)
+                # Cases acted on need their orders (to free or take back their lines).
+                cases = [session.aggregates.get(uid) for uid in wanted]
+                session.prefetch(c.order_ref for c in cases if isinstance(c, ReturnCase))
+                session.prefetch_commands(c for p in payloads for c in command_ids(p))
+
+            # The items up to the first barrier item, and after each one up to the next.
+            cuts = [n for n, item in enumerate(chunk) if is_barrier(item)]
+            prefetch(chunk[: cuts[0] if cuts else len(chunk)])
             before = counts()
             done: list[Item[T]] = []
-            for item in chunk:
-                if isinstance(item.payload, AftersalesError) or not barrier(item.payload):
+            for n, item in enumerate(chunk):
+                if not is_barrier(item):
                     run_one(item)
                     done.append(item)
                     continue
@@ -222,6 +234,8 @@ def run_bulk(
                 sync()
                 session.discard()  # what it changed is in the store, not in memory
                 engine.session = session
+                later = [c for c in cuts if c > n]
+                prefetch(chunk[n + 1 : later[0] if later else len(chunk)])
                 before, done = counts(), []
             saved = settle(done)
             # Every process has saved its part of the chunk before this one (so the next

@@ -496,3 +496,48 @@ def test_a_failing_worker_stops_the_others_and_its_error_is_reported(store_url: 
     with pytest.raises(NotFound, match="no such thing on worker 1"):
         in_processes(store_url, _share_that_fails_on_worker_1, (), workers=2)
     assert time.monotonic() - started < 60
+
+
+def test_lines_after_a_tick_are_loaded_together_not_one_by_one(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick empties the session (it changed the store behind it); the lines after it, up to
+    the next tick, have what they need loaded with a few queries, not one per line."""
+    from engine.store import EventStore
+
+    rows: list[dict[str, Any]] = []
+    for i in range(12):
+        rows.append(
+            {
+                "action": "order place",
+                "order_id": f"KS-{i}",
+                "merchant": "shop-1",
+                "buyer": f"buyer-{i}",
+                "line": ["A:1:10.00"],
+                "at": at(hours=i),
+                "command_id": f"place-{i}",
+            }
+        )
+        rows.append({"action": "order deliver", "order_id": f"KS-{i}", "at": at(days=1, hours=i)})
+        if i % 4 == 3:
+            rows.append({"action": "tick", "now": at(days=2, hours=i)})
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    calls = {"load_many": 0, "find_command": 0}
+    load_many, find_command = EventStore.load_many, Engine.find_command
+
+    def counting_load_many(self: EventStore, ids: Any) -> Any:
+        calls["load_many"] += 1
+        return load_many(self, ids)
+
+    def counting_find_command(self: Engine, command_id: str) -> Any:
+        calls["find_command"] += 1
+        return find_command(self, command_id)
+
+    monkeypatch.setattr(EventStore, "load_many", counting_load_many)
+    monkeypatch.setattr(Engine, "find_command", counting_find_command)
+    code, report = invoke(store_url, "import-history", str(path), "--chunk", "100")
+    assert (code, report["ok"]) == (0, len(rows)), report["errors"]
+    # Four runs of lines (before, between and after three ticks), each loaded at once.
+    assert calls["find_command"] == 0
+    assert calls["load_many"] <= 2 * 4
