@@ -3,9 +3,13 @@
     python scripts/bench.py [--store postgresql://127.0.0.1:5432/test] [--scale 1.0]
 
 Prints a Markdown table: raw psycopg baselines on a scratch table (single-row INSERT commits
-per second on 1 and 4 connections, COPY rows per second, sequential read rows per second) and
-the engine's figures beside them with the ratio. Everything runs in a schema of its own, dropped
-at the end. ``--scale`` shrinks or grows every size (the defaults take a few minutes).
+per second on 1 and 4 connections, COPY rows per second, sequential read rows per second, and a
+single action's two statements with no Python work) and the engine's figures beside them with
+the ratio: single actions on 1 and 4 clients, batch, order import and import-history on one
+worker and on two, projection catch-up, and on a store of a million open cases the tick, an
+audit and a dashboard; peak memory of the imports and the catch-up. Everything runs in a schema
+of its own, dropped at the end. ``--scale`` shrinks or grows every size (the defaults take
+about a quarter of an hour; ``--skip-large`` leaves out the million cases).
 """
 
 from __future__ import annotations

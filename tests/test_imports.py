@@ -409,6 +409,16 @@ def test_order_import_on_several_workers_equals_one(store_url: str, tmp_path: Pa
     )
     again = json.loads(result.stdout)
     assert (again["ok"], again["events"]) == (60, 0)
+    # CSV, where an order is several rows: each worker groups its orders' rows as one.
+    csv_path = tmp_path / "orders.csv"
+    csv_path.write_text(CSV.replace("KS-", "CSV-"))
+    code, by_csv = invoke(store_url, "order", "import", str(csv_path), "--workers", "2")
+    code_one, by_csv_one = invoke(one, "order", "import", str(csv_path))
+    assert (code, by_csv["ok"], by_csv["events"]) == (code_one, 3, 6) == (2, 3, 6)
+    assert by_csv["errors"] == by_csv_one["errors"]
+    with Engine(store_url) as engine, Engine(one) as reference:
+        for order_id in ("CSV-1", "CSV-2", "CSV-5"):
+            assert engine.get_order(order_id) == reference.get_order(order_id)
 
 
 def test_history_workers_send_a_cases_lines_to_its_orders_worker(
