@@ -184,6 +184,19 @@ def run_bulk(
         if share is not None:
             share.sync()
 
+    def is_barrier(item: Item[T]) -> bool:
+        return not isinstance(item.payload, AftersalesError) and barrier(item.payload)
+
+    def prefetch(segment: list[Item[T]]) -> None:
+        """Load what a run of items needs with a few queries, not one per item."""
+        payloads = [i.payload for i in segment if not isinstance(i.payload, AftersalesError)]
+        wanted = [uid for p in payloads for uid in ids(p)]
+        session.prefetch(wanted)
+        # Cases acted on need their orders (to free or take back their lines).
+        cases = [session.aggregates.get(uid) for uid in wanted]
+        session.prefetch(c.order_ref for c in cases if isinstance(c, ReturnCase))
+        session.prefetch_commands(c for p in payloads for c in command_ids(p))
+
     try:
         for whole in _chunks(items, chunk_size):
             chunk = whole
@@ -192,25 +205,8 @@ def run_bulk(
                 chunk = [
                     i
                     for i, owner in zip(whole, owned, strict=True)
-                    if owner == share.worker
-                    or (not isinstance(i.payload, AftersalesError) and barrier(i.payload))
+                    if owner == share.worker or is_barrier(i)
                 ]
-
-            def is_barrier(item: Item[T]) -> bool:
-                return not isinstance(item.payload, AftersalesError) and barrier(item.payload)
-
-            def prefetch(segment: list[Item[T]]) -> None:
-                """Load what a run of items needs with a few queries, not one per item."""
-                payloads = [
-                    i.payload for i in segment if not isinstance(i.payload, AftersalesError)
-                ]
-                wanted = [uid for p in payloads for uid in ids(p)]
-                session.prefetch(wanted)
-                # Cases acted on need their orders (to free or take back their lines).
-                cases = [session.aggregates.get(uid) for uid in wanted]
-                session.prefetch(c.order_ref for c in cases if isinstance(c, ReturnCase))
-                session.prefetch_commands(c for p in payloads for c in command_ids(p))
-
             # The items up to the first barrier item, and after each one up to the next.
             cuts = [n for n, item in enumerate(chunk) if is_barrier(item)]
             prefetch(chunk[: cuts[0] if cuts else len(chunk)])
