@@ -49,10 +49,11 @@ def workers_option(takes: str) -> Callable[[F], F]:
     def decorate(f: F) -> F:
         return click.option(
             "--workers",
-            type=click.IntRange(1, 64),
+            type=click.IntRange(1, 16),
             default=1,
             show_default=True,
-            help=f"Processes importing at once, each taking {takes} (PostgreSQL only).",
+            help=f"Processes importing at once, each taking {takes} (PostgreSQL only; each "
+            "holds 4 to 8 connections).",
         )(f)
 
     return decorate
