@@ -317,8 +317,9 @@ class Bench:
     def statements_floor(self) -> None:
         """The two statements of a single action (read an aggregate's events, call the save
         function with a case's two events and its index row) from psycopg with no Python
-        domain work: the most single actions could reach with this shape. In a schema of its
-        own, so its rows stay out of the rest of the run."""
+        domain work, on one connection and on four (threads, as the raw baseline): the most
+        single actions could reach with this shape. In a schema of its own, so its rows stay
+        out of the rest of the run."""
         schema = f"{self.schema}_floor"
         url = f"{self.base_url}?schema={schema}"
         with Engine(url) as engine:
@@ -339,13 +340,12 @@ class Bench:
             "updated_at": T0,
             "version": 1,
         }
-        count = self.n(2_000)
-        try:
+
+        def loop(count: int, tag: str) -> None:
             with self.conn() as c:
                 c.execute(SQL("SET search_path TO {}").format(Identifier(schema)))
                 order = c.execute("SELECT originator_id FROM aftersales_events LIMIT 1").fetchone()
                 assert order is not None
-                started = time.perf_counter()
                 for i in range(count):
                     c.execute(
                         "SELECT originator_id, originator_version, topic, state "
@@ -361,23 +361,39 @@ class Bench:
                             [1, 1],
                             ["t:CaseOpened", "t:CaseLinked"],
                             [state, state],
-                            Jsonb([{**row, "case_id": f"floor-{i}"}]),
+                            Jsonb([{**row, "case_id": f"floor-{tag}-{i}"}]),
                         ),
                         prepare=True,
                     ).fetchall()
-                rate = count / (time.perf_counter() - started)
+
+        try:
+            for connections, total, raw in (
+                (1, self.n(2_000), "insert1"),
+                (4, self.n(4_000), "insert4"),
+            ):
+                threads = [
+                    threading.Thread(target=loop, args=(total // connections, f"{connections}-{k}"))
+                    for k in range(connections)
+                ]
+                started = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                rate = total // connections * connections / (time.perf_counter() - started)
+                self.add(
+                    Row(
+                        f"raw: a single action's two statements, no Python domain work, "
+                        f"{connections} connection{'s' if connections > 1 else ''}",
+                        rate,
+                        "/s",
+                        f"INSERT commits/s, {connections} conn{'s' if connections > 1 else ''}",
+                        self.raw[raw],
+                    )
+                )
         finally:
             with self.conn() as c:
                 c.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
-        self.add(
-            Row(
-                "raw: a single action's two statements, no Python domain work",
-                rate,
-                "/s",
-                "INSERT commits/s, 1 conn",
-                self.raw["insert1"],
-            )
-        )
 
     def batch(self) -> None:
         count = self.n(2_000)
