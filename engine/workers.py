@@ -9,12 +9,13 @@ at a time, so it gets one worker.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.queues
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing.sharedctypes import Synchronized
+from queue import Empty
 from typing import Any
 
 from eventsourcing.persistence import PersistenceError
@@ -29,9 +30,6 @@ from engine.errors import (
     StoreUnavailable,
 )
 from engine.store import parse_store_url
-
-# How long a worker waits for the others at a sync point before giving up on them.
-SYNC_TIMEOUT = 600.0
 
 
 @dataclass
@@ -50,38 +48,38 @@ class Worker:
                 self.done.value += count
 
     def sync(self) -> None:
-        """Return once every worker has called it (an error in one breaks it for all)."""
+        """Return once every worker has called it. A worker that fails, or dies, breaks it
+        for all (the parent aborts it for one that died)."""
         if self.barrier is not None:
-            self.barrier.wait(SYNC_TIMEOUT)
+            self.barrier.wait()
 
 
-# Set in each worker process when it starts: shared by the workers of one run.
-_shared: tuple[Synchronized[int], threading.Barrier] | None = None
+# What a worker says when the run broke because of another worker.
+ANOTHER_FAILED = "another worker failed"
 
 
-def _start(done: Synchronized[int], barrier: threading.Barrier) -> None:
-    global _shared
-    _shared = (done, barrier)
-
-
-def _run(job: Callable[..., Report], args: tuple[Any, ...], index: int, workers: int) -> Any:
-    done, barrier = _shared if _shared is not None else (None, None)
-    worker = Worker(index, workers, done, barrier)
+def _main(
+    job: Callable[..., Report],
+    args: tuple[Any, ...],
+    worker: Worker,
+    results: multiprocessing.queues.Queue[tuple[int, dict[str, Any]]],
+) -> None:
+    """A worker process: run its share and send back its report or its error."""
+    barrier = worker.barrier
     try:
-        return {"report": asdict(job(*args, worker))}
+        result: dict[str, Any] = {"report": asdict(job(*args, worker))}
     except AftersalesError as exc:
-        kind, message = type(exc).__name__, exc.message
+        result = {"error": [type(exc).__name__, exc.message]}
     except PersistenceError as exc:
-        kind, message = "StoreUnavailable", " ".join(str(exc).split()) or type(exc).__name__
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        result = {"error": ["StoreUnavailable", message]}
     except threading.BrokenBarrierError:
-        kind, message = "StoreUnavailable", "another worker failed"
-    except BaseException:
-        if barrier is not None:
-            barrier.abort()  # the others stop waiting for this one
-        raise
-    if barrier is not None:
-        barrier.abort()
-    return {"error": [kind, message]}
+        result = {"error": ["StoreUnavailable", ANOTHER_FAILED]}
+    except BaseException as exc:
+        result = {"error": ["AftersalesError", f"worker {worker.index} failed: {exc!r}"]}
+    if "error" in result and barrier is not None:
+        barrier.abort()  # the others stop waiting for this one
+    results.put((worker.index, result))
 
 
 _ERRORS: dict[str, type[AftersalesError]] = {
@@ -106,21 +104,60 @@ def in_processes(
     context = multiprocessing.get_context("spawn")
     done = context.Value("q", 0)
     barrier = context.Barrier(workers)
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start, initargs=(done, barrier)
-    ) as pool:
-        futures = [pool.submit(_run, job, args, k, workers) for k in range(workers)]
-        reported = 0
-        while not all(f.done() for f in futures):
-            wait(futures, timeout=0.25)
+    queue: multiprocessing.queues.Queue[tuple[int, dict[str, Any]]] = context.Queue()
+    processes = [
+        context.Process(
+            target=_main,
+            args=(job, args, Worker(k, workers, done, barrier), queue),
+            name=f"aftersales-worker-{k}",
+            daemon=True,
+        )
+        for k in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    got: dict[int, dict[str, Any]] = {}
+    reported = 0
+    try:
+        while len(got) < workers:
+            try:
+                index, result = queue.get(timeout=0.25)
+                got[index] = result
+                continue
+            except Empty:
+                pass
             if progress is not None and done.value > reported:
                 progress(done.value - reported)
                 reported = done.value
-        results = [f.result() for f in futures]
+            ended = [k for k, p in enumerate(processes) if k not in got and p.exitcode is not None]
+            if ended:
+                # What an ended worker sent is in the pipe by the time it ends: read it first.
+                while True:
+                    try:
+                        index, result = queue.get(timeout=0.5)
+                        got[index] = result
+                    except Empty:
+                        break
+            for k, process in enumerate(processes):
+                if k not in got and process.exitcode is not None:
+                    # Ended without a word (killed, out of memory): wait no longer for it.
+                    got[k] = {
+                        "error": [
+                            "AftersalesError",
+                            f"worker {k} ended unexpectedly (exit code {process.exitcode})",
+                        ]
+                    }
+                    barrier.abort()
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+    results = [got[k] for k in range(workers)]
     report = Report()
     errors = [r["error"] for r in results if "error" in r]
     # The error that broke the run, not the "another worker failed" of the others.
-    errors.sort(key=lambda e: e[1] == "another worker failed")
+    errors.sort(key=lambda e: e[1] == ANOTHER_FAILED)
     if errors:
         kind, message = errors[0]
         raise _ERRORS.get(kind, AftersalesError)(message)

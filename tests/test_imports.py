@@ -551,3 +551,27 @@ def test_lines_after_a_tick_are_loaded_together_not_one_by_one(
     # Four runs of lines (before, between and after three ticks), each loaded at once.
     assert calls["find_command"] == 0
     assert calls["load_many"] <= 2 * 4
+
+
+def _share_that_dies_on_worker_1(worker: Worker) -> Report:
+    import os
+
+    if worker.index == 1:
+        os._exit(9)  # as if killed: no error sent, no wait broken
+    worker.sync()
+    return Report(lines=1, ok=1)
+
+
+def test_a_worker_that_dies_is_reported_and_the_others_stop_waiting(store_url: str) -> None:
+    """A worker killed outright (out of memory, a signal) sends nothing; the run does not
+    wait for it forever: it reports which worker ended, and the others are released."""
+    import time
+
+    from engine.errors import AftersalesError
+
+    if not store_url.startswith("postgresql"):
+        pytest.skip("more than one worker needs PostgreSQL")
+    started = time.monotonic()
+    with pytest.raises(AftersalesError, match="worker 1 ended unexpectedly"):
+        in_processes(store_url, _share_that_dies_on_worker_1, (), workers=2)
+    assert time.monotonic() - started < 60
