@@ -14,7 +14,7 @@ from uuid import UUID
 import click
 
 from commands.batch import LineError, Runner, parse_line
-from commands.options import json_option, workers_option
+from commands.options import bulk_options, json_option
 from commands.output import State, emit, table
 from engine.bulk import Item, Report, Share, run_bulk
 from engine.imports import (
@@ -80,14 +80,7 @@ def _progress(label: str) -> Any:
     default="auto",
     help="CSV (one row per order line) or JSON Lines (one order per line).",
 )
-@click.option(
-    "--chunk",
-    type=click.IntRange(1, 100_000),
-    default=2000,
-    show_default=True,
-    help="Orders per transaction.",
-)
-@workers_option("the orders whose id hashes to it")
+@bulk_options("Orders", "the orders whose id hashes to it")
 @json_option
 @click.pass_context
 def import_orders(
@@ -162,6 +155,29 @@ class HistoryLine:
         return new_case_id(None, command_id) if isinstance(command_id, str) else None
 
 
+def _run_history(
+    engine: Engine,
+    runner: Runner,
+    stream: IO[str],
+    chunk: int,
+    progress: Callable[[int], None],
+    share: Share[HistoryLine] | None = None,
+) -> Report:
+    """Run history lines through the same commands as `batch`, in chunks (``share``: as one of
+    several workers); a refusal raises LineError, which the report keeps."""
+    return run_bulk(
+        engine,
+        _history(stream),
+        lambda _, line: runner.run(dict(line.data)),
+        ids=HistoryLine.ids,
+        command_ids=HistoryLine.command_ids,
+        barrier=HistoryLine.reads_the_store,
+        chunk_size=chunk,
+        progress=progress,
+        share=share,
+    )
+
+
 def history_owners(engine: Engine, workers: int) -> Callable[[list[Item[HistoryLine]]], list[int]]:
     """Which worker takes each line of a chunk: the worker of the order the line concerns,
     named on the line, or the order of the case it names (opened in this chunk or the one
@@ -217,18 +233,9 @@ def history_share(
     try:
         runner = Runner(click.Context(cli, info_name="aftersales", obj=state))
         engine = state.engine()
+        share = Share(worker.index, history_owners(engine, worker.workers), worker.sync)
         with path.open(encoding="utf-8") as stream:
-            return run_bulk(
-                engine,
-                _history(stream),
-                lambda _, line: runner.run(dict(line.data)),
-                ids=HistoryLine.ids,
-                command_ids=HistoryLine.command_ids,
-                barrier=HistoryLine.reads_the_store,
-                chunk_size=chunk,
-                progress=worker.progress,
-                share=Share(worker.index, history_owners(engine, worker.workers), worker.sync),
-            )
+            return _run_history(engine, runner, stream, chunk, worker.progress, share)
     finally:
         state.close()
 
@@ -245,14 +252,7 @@ def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
 
 @click.command("import-history")
 @click.argument("source", type=click.File("r", encoding="utf-8"))
-@click.option(
-    "--chunk",
-    type=click.IntRange(1, 100_000),
-    default=2000,
-    show_default=True,
-    help="Lines per transaction.",
-)
-@workers_option("the lines of the orders whose id hashes to it")
+@bulk_options("Lines", "the lines of the orders whose id hashes to it")
 @json_option
 @click.pass_context
 def import_history(
@@ -261,9 +261,6 @@ def import_history(
     """Import past cases: JSON lines of actions with their times (as `batch` takes them)."""
     runner = Runner(ctx)
     state: State = ctx.find_object(State)  # type: ignore[assignment]
-
-    def apply(engine: Engine, line: HistoryLine) -> None:
-        runner.run(dict(line.data))  # a refusal raises LineError, which the report keeps
 
     def run(engine: Engine) -> Report:
         if workers > 1:
@@ -276,15 +273,6 @@ def import_history(
                     progress=bar.update,
                 )
         with _progress("actions") as bar:
-            return run_bulk(
-                engine,
-                _history(source),
-                apply,
-                ids=HistoryLine.ids,
-                command_ids=HistoryLine.command_ids,
-                barrier=HistoryLine.reads_the_store,
-                chunk_size=chunk,
-                progress=bar.update,
-            )
+            return _run_history(engine, runner, source, chunk, bar.update)
 
     _finish(ctx, as_json, run)

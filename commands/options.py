@@ -43,17 +43,25 @@ def common(kwargs: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     return as_json, {k: kwargs.pop(k) for k in keys if k in kwargs}
 
 
-def workers_option(takes: str) -> Callable[[F], F]:
-    """--workers for the bulk paths: how many processes import at once, and what each takes."""
+def bulk_options(per_chunk: str, takes: str) -> Callable[[F], F]:
+    """--chunk and --workers for the bulk paths: what one transaction holds, and how many
+    processes import at once and what each takes."""
 
     def decorate(f: F) -> F:
-        return click.option(
+        f = click.option(
             "--workers",
             type=click.IntRange(1, 16),
             default=1,
             show_default=True,
             help=f"Processes importing at once, each taking {takes} (PostgreSQL only; each "
             "holds 4 to 8 connections).",
+        )(f)
+        return click.option(
+            "--chunk",
+            type=click.IntRange(1, 100_000),
+            default=2000,
+            show_default=True,
+            help=f"{per_chunk} per transaction.",
         )(f)
 
     return decorate

@@ -156,7 +156,7 @@ Aggregate = Order | ReturnCase
 
 class Session:
     """A unit of work for bulk paths: actions run against aggregates kept in memory, and
-    everything they record is saved in one transaction by ``flush()``. Every rule is
+    everything they record is saved in one transaction (``take``, then ``write``). Every rule is
     checked as usual; the domain checks before it records, so a refused action leaves the
     aggregates as they were."""
 
@@ -170,7 +170,6 @@ class Session:
         self.known_commands: dict[str, dict[str, Any]] = {}
         # Commands taken to be saved and not known to be saved yet (see ``take``).
         self.saving: dict[str, dict[str, Any]] = {}
-        self.events = 0
 
     def prefetch(self, ids: Iterable[UUID]) -> None:
         """Load, with one query, the aggregates not yet in memory; remember the absent."""
@@ -267,17 +266,9 @@ class Session:
         if pending is not None:
             for command in pending.commands:
                 self.saving.pop(command.command_id, None)
-            self.events += len(pending.stored)
-
-    def flush(self) -> int:
-        """Save everything recorded since the last flush in one transaction."""
-        pending = self.take()
-        count = self.write(pending)
-        self.written(pending)
-        return count
 
     def discard(self) -> None:
-        """Forget what was not saved (after a failed flush): the store is the truth."""
+        """Forget what was not saved (after a failed write): the store is the truth."""
         self.aggregates.clear()
         self.absent.clear()
         self.touched.clear()
@@ -328,7 +319,8 @@ class Engine:
         self.close()
 
     def begin_session(self, cache_size: int = 4_000) -> Session:
-        """Start a unit of work: actions from now on are kept until ``session.flush()``."""
+        """Start a unit of work: actions from now on are kept in memory until the session's
+        ``take`` gives them to ``write`` (see engine/bulk.py)."""
         self.session = Session(self, cache_size)
         return self.session
 

@@ -15,6 +15,7 @@ about a quarter of an hour; ``--skip-large`` leaves out the million cases).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -112,13 +113,7 @@ class Bench:
         self.raw["insert1"] = n1 / (time.perf_counter() - started)
         self.add(Row("raw: single-row INSERT commits, 1 connection", self.raw["insert1"], "/s"))
         n4 = self.n(6000)
-        threads = [threading.Thread(target=inserts, args=(n4 // 4,)) for _ in range(4)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.raw["insert4"] = n4 / (time.perf_counter() - started)
+        self.raw["insert4"] = n4 // 4 * 4 / _in_threads([lambda: inserts(n4 // 4)] * 4)
         self.add(Row("raw: single-row INSERT commits, 4 connections", self.raw["insert4"], "/s"))
         rows = self.n(200_000)
         with self.conn() as c, c.cursor() as cur:
@@ -371,16 +366,11 @@ class Bench:
                 (1, self.n(2_000), "insert1"),
                 (4, self.n(4_000), "insert4"),
             ):
-                threads = [
-                    threading.Thread(target=loop, args=(total // connections, f"{connections}-{k}"))
-                    for k in range(connections)
+                each = total // connections
+                calls = [
+                    functools.partial(loop, each, f"{connections}-{k}") for k in range(connections)
                 ]
-                started = time.perf_counter()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                rate = total // connections * connections / (time.perf_counter() - started)
+                rate = each * connections / _in_threads(calls)
                 self.add(
                     Row(
                         f"raw: a single action's two statements, no Python domain work, "
@@ -529,6 +519,17 @@ class Bench:
                 )
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def _in_threads(calls: list[Callable[[], None]]) -> float:
+    """Run each call on a thread of its own, all at once; the seconds until all are done."""
+    threads = [threading.Thread(target=call) for call in calls]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
 
 
 def _median(call: Callable[[], object], runs: int) -> float:
