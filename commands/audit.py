@@ -12,7 +12,7 @@ import click
 from eventsourcing.persistence import PersistenceError
 
 from commands.options import json_option
-from commands.output import State, _cell, _one_line, fail, table, to_json
+from commands.output import State, _cell, _one_line, fail, fail_with, table, to_json
 from engine.audit import Audit, audit_case, bundle, bundle_bytes
 from engine.errors import AftersalesError, BadInput
 from engine.values import parse_time
@@ -62,7 +62,7 @@ def audit(
             content = bundle(result, engine.policy, engine.clock())
             _write(export_path, bundle_bytes(content))
     except AftersalesError as exc:
-        fail(exc.code, exc.message, exc.exit_code, as_json)
+        fail_with(exc, as_json)
     except PersistenceError as exc:
         fail("store_unavailable", f"the store failed: {_one_line(exc)}", 1, as_json)
     except OSError as exc:

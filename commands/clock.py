@@ -10,36 +10,15 @@ from typing import Any
 import click
 from eventsourcing.persistence import PersistenceError
 
+from commands.actions import click_command
 from commands.options import json_option
-from commands.output import State, emit, fail, table, to_json
+from commands.output import State, fail_with, render_tick, to_json
+from engine.commands import Tick as TickCommand
 from engine.deadlines import BATCH, Tick, tick
 from engine.errors import AftersalesError
-from engine.service import Engine
-from engine.values import parse_time
 
 # The scheduler sleeps in short slices so that a stop signal ends it promptly.
 _NAP = 0.1
-
-
-def _run_tick(engine: Engine, now: str | None, batch: int) -> dict[str, Any]:
-    moment = parse_time(now, "--now") if now is not None else engine.clock()
-    return tick(engine, moment, batch=batch).to_json()
-
-
-def render_tick(result: dict[str, Any]) -> str:
-    lines = [f"tick at {result['now']}: {len(result['fired'])} deadline(s) fired"]
-    if result["fired"]:
-        lines.append(table(result["fired"], ["case_id", "action", "due_at"]))
-    if result["skipped"]:
-        lines.append(f"{result['skipped']} already dealt with by someone else")
-    for failed in result["failed"]:
-        lines.append(
-            f"failed {failed['case_id']} {failed['action']} due {failed['due_at']}: "
-            f"{failed['error']['message']}"
-        )
-    if result["stopped"]:
-        lines.append("stopped before the end; the next tick carries on")
-    return "\n".join(lines)
 
 
 def _batch_option(f: Any) -> Any:
@@ -52,19 +31,7 @@ def _batch_option(f: Any) -> Any:
     )(f)
 
 
-@click.command("tick")
-@click.option(
-    "--now",
-    default=None,
-    help="Fire every deadline due at or before this time, ISO-8601 with offset (default: now).",
-)
-@_batch_option
-@json_option
-@click.pass_context
-def tick_command(ctx: click.Context, /, now: str | None, batch: int, as_json: bool) -> None:
-    """Fire every deadline that has fallen due: auto-approve, auto-close, auto-refund,
-    reship overdue. Running it again fires nothing twice."""
-    emit(ctx, as_json, lambda e: _run_tick(e, now, batch), render_tick)
+tick_command = click_command(TickCommand)
 
 
 class _Stop:
@@ -121,7 +88,7 @@ def scheduler(ctx: click.Context, /, interval: float, batch: int, as_json: bool)
         try:
             engine = state.engine()
         except AftersalesError as exc:
-            fail(exc.code, exc.message, exc.exit_code, as_json)
+            fail_with(exc, as_json)
         _log(f"started, ticking every {interval:g} s")
         while not stop.requested:
             started = engine.clock()

@@ -12,7 +12,23 @@ from typing import Any
 import click
 
 from commands.options import json_option
-from commands.output import table, to_json
+from commands.output import exit_code, table, to_json
+from engine.commands import (
+    ApproveCase,
+    DeliverOrder,
+    EscalateCase,
+    OpenCase,
+    PlaceOrder,
+    RateCase,
+    ReceiveGoods,
+    RecoverGoods,
+    RefundCase,
+    RejectCase,
+    Reship,
+    RuleCase,
+    ShipBack,
+    ShipReplacement,
+)
 from engine.deadlines import tick
 from engine.errors import AftersalesError
 from engine.service import Engine
@@ -61,8 +77,10 @@ class Story:
             "order system",
             lambda: did(
                 "order placed",
-                self.engine.place_order(
-                    order_id, merchant_id=merchant, buyer_id=buyer, lines=lines, at=at
+                self.engine.handle(
+                    PlaceOrder(
+                        order_id=order_id, merchant=merchant, buyer=buyer, lines=lines, at=at
+                    )
                 ),
             ),
         )
@@ -92,7 +110,12 @@ class Story:
             call()
         except AftersalesError as exc:
             self.steps.append(
-                {"story": title, "who": who, "refused": exc.message, "exit_code": exc.exit_code}
+                {
+                    "story": title,
+                    "who": who,
+                    "refused": exc.message,
+                    "exit_code": exit_code(exc.code),
+                }
             )
         else:  # pragma: no cover - the demo shows a refusal here
             raise AssertionError(f"{title}: expected a refusal")
@@ -111,20 +134,26 @@ def play(engine: Engine) -> Story:
     s.order(
         t, "KS-1001", "shop-aurora", "buyer-lin", ["CASE-RED-15:1:39.90:phone_accessory"], s.at()
     )
-    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1001", at=s.at(2))))
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1001", at=s.at(2)))),
+    )
     case = s.step(
         t,
         "buyer-lin",
         lambda: did(
             "opened return_refund (quality.colour_difference)",
-            e.open_case(
-                "KS-1001",
-                case_type="return_refund",
-                reason="quality.colour_difference",
-                amount="39.90",
-                evidence=["photo:case-colour.jpg", "chat:20261103-lin"],
-                note="the red looks orange",
-                at=s.at(3),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1001",
+                    type="return_refund",
+                    reason="quality.colour_difference",
+                    amount="39.90",
+                    evidence=["photo:case-colour.jpg", "chat:20261103-lin"],
+                    note="the red looks orange",
+                    at=s.at(3),
+                )
             ),
         ),
     )
@@ -134,11 +163,13 @@ def play(engine: Engine) -> Story:
         "staff-7",
         lambda: did(
             "approved, return address given",
-            e.approve(
-                cid,
-                return_address="Aurora returns, 88 Wensan Rd, Hangzhou",
-                by="staff-7",
-                at=s.at(3, 5),
+            e.handle(
+                ApproveCase(
+                    case_id=cid,
+                    return_address="Aurora returns, 88 Wensan Rd, Hangzhou",
+                    by="staff-7",
+                    at=s.at(3, 5),
+                )
             ),
         ),
     )
@@ -147,7 +178,9 @@ def play(engine: Engine) -> Story:
         "buyer-lin",
         lambda: did(
             "shipped back SF1234567890",
-            e.ship_back(cid, carrier="SF Express", waybill="SF1234567890", at=s.at(4)),
+            e.handle(
+                ShipBack(case_id=cid, carrier="SF Express", waybill="SF1234567890", at=s.at(4))
+            ),
         ),
     )
     s.step(
@@ -155,13 +188,16 @@ def play(engine: Engine) -> Story:
         "staff-7",
         lambda: did(
             "received, condition ok: refunded",
-            e.receive(cid, condition="ok", by="staff-7", at=s.at(6)),
+            e.handle(ReceiveGoods(case_id=cid, condition="ok", by="staff-7", at=s.at(6))),
         ),
     )
     s.step(
         t,
         "buyer-lin",
-        lambda: did("rated 5", e.rate(cid, score=5, comment="quick and polite", at=s.at(6, 2))),
+        lambda: did(
+            "rated 5",
+            e.handle(RateCase(case_id=cid, score=5, comment="quick and polite", at=s.at(6, 2))),
+        ),
     )
 
     # 2. Refund only before shipping: approved means refunded at once.
@@ -172,12 +208,14 @@ def play(engine: Engine) -> Story:
         "buyer-wu",
         lambda: did(
             "opened refund_only (buyer.changed_mind)",
-            e.open_case(
-                "KS-1002",
-                case_type="refund_only",
-                reason="buyer.changed_mind",
-                amount="118.00",
-                at=s.at(1, 3),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1002",
+                    type="refund_only",
+                    reason="buyer.changed_mind",
+                    amount="118.00",
+                    at=s.at(1, 3),
+                )
             ),
         ),
     )
@@ -185,57 +223,82 @@ def play(engine: Engine) -> Story:
     s.step(
         t,
         "staff-2",
-        lambda: did("approved: refunded at once", e.approve(cid, by="staff-2", at=s.at(1, 4))),
+        lambda: did(
+            "approved: refunded at once",
+            e.handle(ApproveCase(case_id=cid, by="staff-2", at=s.at(1, 4))),
+        ),
     )
 
     # 3. An exchange for the wrong size.
     t = "exchange for size"
     s.order(t, "KS-1003", "shop-linen", "buyer-zhao", ["SHIRT-M:1:129.00:apparel"], s.at())
-    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1003", at=s.at(2))))
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1003", at=s.at(2)))),
+    )
     case = s.step(
         t,
         "buyer-zhao",
         lambda: did(
             "opened exchange (quality.size)",
-            e.open_case(
-                "KS-1003", case_type="exchange", reason="quality.size_mismatch", at=s.at(2, 6)
+            e.handle(
+                OpenCase(
+                    order_id="KS-1003",
+                    type="exchange",
+                    reason="quality.size_mismatch",
+                    at=s.at(2, 6),
+                )
             ),
         ),
     )
     cid = s.cases[t] = case["case_id"]
-    s.step(t, "shop-linen", lambda: did("approved", e.approve(cid, at=s.at(3))))
+    s.step(t, "shop-linen", lambda: did("approved", e.handle(ApproveCase(case_id=cid, at=s.at(3)))))
     s.step(
         t,
         "buyer-zhao",
         lambda: did(
-            "shipped back", e.ship_back(cid, carrier="YTO", waybill="YT8800123", at=s.at(3, 4))
+            "shipped back",
+            e.handle(ShipBack(case_id=cid, carrier="YTO", waybill="YT8800123", at=s.at(3, 4))),
         ),
     )
     s.step(
-        t, "shop-linen", lambda: did("received ok: replacement owed", e.receive(cid, at=s.at(5)))
+        t,
+        "shop-linen",
+        lambda: did(
+            "received ok: replacement owed", e.handle(ReceiveGoods(case_id=cid, at=s.at(5)))
+        ),
     )
     s.step(
         t,
         "shop-linen",
         lambda: did(
             "replacement shipped: completed",
-            e.ship_replacement(cid, carrier="YTO", waybill="YT8800999", at=s.at(5, 3)),
+            e.handle(
+                ShipReplacement(case_id=cid, carrier="YTO", waybill="YT8800999", at=s.at(5, 3))
+            ),
         ),
     )
 
     # 4. Custom-made goods: no no-reason return; a rejection; a follow-up case.
     t = "custom-made, rejected, then a new case"
     s.order(t, "KS-1004", "shop-linen", "buyer-chen", ["NAMEPLATE:1:88.00:custom_made"], s.at())
-    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1004", at=s.at(3))))
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1004", at=s.at(3)))),
+    )
     s.refused(
         t,
         "buyer-chen",
-        lambda: e.open_case(
-            "KS-1004",
-            case_type="return_refund",
-            reason="buyer.changed_mind",
-            amount="88.00",
-            at=s.at(4),
+        lambda: e.handle(
+            OpenCase(
+                order_id="KS-1004",
+                type="return_refund",
+                reason="buyer.changed_mind",
+                amount="88.00",
+                at=s.at(4),
+            )
         ),
     )
     case = s.step(
@@ -243,13 +306,15 @@ def play(engine: Engine) -> Story:
         "buyer-chen",
         lambda: did(
             "opened return_refund (quality.engraving_error)",
-            e.open_case(
-                "KS-1004",
-                case_type="return_refund",
-                reason="quality.engraving_error",
-                amount="88.00",
-                evidence=["photo:plate.jpg"],
-                at=s.at(4, 1),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1004",
+                    type="return_refund",
+                    reason="quality.engraving_error",
+                    amount="88.00",
+                    evidence=["photo:plate.jpg"],
+                    at=s.at(4, 1),
+                )
             ),
         ),
     )
@@ -259,12 +324,14 @@ def play(engine: Engine) -> Story:
         "staff-3",
         lambda: did(
             "rejected after a call",
-            e.reject(
-                first,
-                reason="engraving matches the submitted text",
-                communication="call:20261105-1432",
-                by="staff-3",
-                at=s.at(5),
+            e.handle(
+                RejectCase(
+                    case_id=first,
+                    reason="engraving matches the submitted text",
+                    communication="call:20261105-1432",
+                    by="staff-3",
+                    at=s.at(5),
+                )
             ),
         ),
     )
@@ -273,13 +340,15 @@ def play(engine: Engine) -> Story:
         "buyer-chen",
         lambda: did(
             "opened a new case, refund_only",
-            e.open_case(
-                "KS-1004",
-                case_type="refund_only",
-                reason="quality.engraving_error",
-                amount="30.00",
-                note="partial refund agreed on the phone",
-                at=s.at(5, 2),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1004",
+                    type="refund_only",
+                    reason="quality.engraving_error",
+                    amount="30.00",
+                    note="partial refund agreed on the phone",
+                    at=s.at(5, 2),
+                )
             ),
         ),
     )
@@ -288,60 +357,80 @@ def play(engine: Engine) -> Story:
         t,
         "staff-3",
         lambda: did(
-            "refunded the agreed 30.00", e.refund(cid, amount="30.00", by="staff-3", at=s.at(5, 3))
+            "refunded the agreed 30.00",
+            e.handle(RefundCase(case_id=cid, amount="30.00", by="staff-3", at=s.at(5, 3))),
         ),
     )
 
     # 5. Returned goods arrive damaged: no refund, the platform must decide.
     t = "returned goods damaged"
     s.order(t, "KS-1005", "shop-aurora", "buyer-lin", ["EARBUDS-X:1:199.00:electronics"], s.at())
-    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1005", at=s.at(1))))
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1005", at=s.at(1)))),
+    )
     case = s.step(
         t,
         "buyer-lin",
         lambda: did(
             "opened return_refund (buyer.no_longer_needed)",
-            e.open_case(
-                "KS-1005",
-                case_type="return_refund",
-                reason="buyer.no_longer_needed",
-                amount="199.00",
-                at=s.at(2),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1005",
+                    type="return_refund",
+                    reason="buyer.no_longer_needed",
+                    amount="199.00",
+                    at=s.at(2),
+                )
             ),
         ),
     )
     cid = s.cases[t] = case["case_id"]
-    s.step(t, "staff-7", lambda: did("approved", e.approve(cid, by="staff-7", at=s.at(2, 5))))
+    s.step(
+        t,
+        "staff-7",
+        lambda: did("approved", e.handle(ApproveCase(case_id=cid, by="staff-7", at=s.at(2, 5)))),
+    )
     s.step(
         t,
         "buyer-lin",
-        lambda: did("shipped back", e.ship_back(cid, carrier="ZTO", waybill="ZT55501", at=s.at(3))),
+        lambda: did(
+            "shipped back",
+            e.handle(ShipBack(case_id=cid, carrier="ZTO", waybill="ZT55501", at=s.at(3))),
+        ),
     )
     s.step(
         t,
         "staff-7",
         lambda: did(
             "received damaged: escalated",
-            e.receive(cid, condition="damaged", by="staff-7", at=s.at(5)),
+            e.handle(ReceiveGoods(case_id=cid, condition="damaged", by="staff-7", at=s.at(5))),
         ),
     )
 
     # 6. The merchant does not answer in 48 hours: the system approves.
     t = "merchant silent for 48 hours"
     s.order(t, "KS-1006", "shop-linen", "buyer-wu", ["SCARF:1:45.00:apparel"], s.at())
-    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1006", at=s.at(1))))
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1006", at=s.at(1)))),
+    )
     case = s.step(
         t,
         "buyer-wu",
         lambda: did(
             "opened refund_only (logistics.damaged)",
-            e.open_case(
-                "KS-1006",
-                case_type="refund_only",
-                reason="logistics.damaged",
-                amount="45.00",
-                evidence=["photo:torn-box.jpg"],
-                at=s.at(2),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1006",
+                    type="refund_only",
+                    reason="logistics.damaged",
+                    amount="45.00",
+                    evidence=["photo:torn-box.jpg"],
+                    at=s.at(2),
+                )
             ),
         ),
     )
@@ -352,18 +441,24 @@ def play(engine: Engine) -> Story:
     # 7. Nobody acts on a return: auto-approved, then the buyer never ships it back.
     t = "return never shipped back"
     s.order(t, "KS-1007", "shop-aurora", "buyer-chen", ["LAMP-DESK:1:89.00:home"], s.at())
-    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1007", at=s.at(2))))
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1007", at=s.at(2)))),
+    )
     case = s.step(
         t,
         "buyer-chen",
         lambda: did(
             "opened return_refund (quality.flickering)",
-            e.open_case(
-                "KS-1007",
-                case_type="return_refund",
-                reason="quality.flickering",
-                amount="89.00",
-                at=s.at(3),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1007",
+                    type="return_refund",
+                    reason="quality.flickering",
+                    amount="89.00",
+                    at=s.at(3),
+                )
             ),
         ),
     )
@@ -382,19 +477,25 @@ def play(engine: Engine) -> Story:
         ["EARBUDS-Y:1:159.00:electronics", "POUCH:1:0.00:gift:19.90"],
         s.at(),
     )
-    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1008", at=s.at(2))))
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1008", at=s.at(2)))),
+    )
     case = s.step(
         t,
         "buyer-zhao",
         lambda: did(
             "opened reship (missing_items.gift)",
-            e.open_case(
-                "KS-1008",
-                case_type="reship",
-                reason="missing_items.gift",
-                lines=["POUCH"],
-                evidence=["photo:open-box.jpg"],
-                at=s.at(2, 4),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1008",
+                    type="reship",
+                    reason="missing_items.gift",
+                    lines=["POUCH"],
+                    evidence=["photo:open-box.jpg"],
+                    at=s.at(2, 4),
+                )
             ),
         ),
     )
@@ -404,12 +505,14 @@ def play(engine: Engine) -> Story:
         "staff-7",
         lambda: did(
             "rejected: 'it was packed'",
-            e.reject(
-                cid,
-                reason="packing photo shows the pouch",
-                communication="chat:20261103-zhao",
-                by="staff-7",
-                at=s.at(2, 8),
+            e.handle(
+                RejectCase(
+                    case_id=cid,
+                    reason="packing photo shows the pouch",
+                    communication="chat:20261103-zhao",
+                    by="staff-7",
+                    at=s.at(2, 8),
+                )
             ),
         ),
     )
@@ -418,11 +521,13 @@ def play(engine: Engine) -> Story:
         "buyer-zhao",
         lambda: did(
             "asked the platform (missing_items)",
-            e.escalate(
-                cid,
-                claim="missing_items",
-                evidence=["photo:open-box.jpg", "video:unboxing.mp4"],
-                at=s.at(2, 9),
+            e.handle(
+                EscalateCase(
+                    case_id=cid,
+                    claim="missing_items",
+                    evidence=["photo:open-box.jpg", "video:unboxing.mp4"],
+                    at=s.at(2, 9),
+                )
             ),
         ),
     )
@@ -431,12 +536,14 @@ def play(engine: Engine) -> Story:
         "agent-3",
         lambda: did(
             "ruled for the buyer: reship in 24 h",
-            e.rule(
-                cid,
-                in_favour_of="buyer",
-                note="unboxing video shows no pouch",
-                by="agent-3",
-                at=s.at(3),
+            e.handle(
+                RuleCase(
+                    case_id=cid,
+                    in_favour_of="buyer",
+                    note="unboxing video shows no pouch",
+                    by="agent-3",
+                    at=s.at(3),
+                )
             ),
         ),
     )
@@ -445,7 +552,11 @@ def play(engine: Engine) -> Story:
         "staff-7",
         lambda: did(
             "cannot reship: the platform pays first",
-            e.reship(cid, cannot=True, note="pouch out of stock", by="staff-7", at=s.at(3, 5)),
+            e.handle(
+                Reship(
+                    case_id=cid, cannot=True, note="pouch out of stock", by="staff-7", at=s.at(3, 5)
+                )
+            ),
         ),
     )
 
@@ -453,19 +564,25 @@ def play(engine: Engine) -> Story:
     #    recovers the goods itself.
     t = "unjustified rejection"
     s.order(t, "KS-1009", "shop-linen", "buyer-lin", ["COAT:1:399.00:apparel"], s.at())
-    s.step(t, "order system", lambda: did("delivered", e.deliver_order("KS-1009", at=s.at(2))))
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1009", at=s.at(2)))),
+    )
     case = s.step(
         t,
         "buyer-lin",
         lambda: did(
             "opened refund_only (quality.torn_seam)",
-            e.open_case(
-                "KS-1009",
-                case_type="refund_only",
-                reason="quality.torn_seam",
-                amount="399.00",
-                evidence=["photo:seam.jpg"],
-                at=s.at(3),
+            e.handle(
+                OpenCase(
+                    order_id="KS-1009",
+                    type="refund_only",
+                    reason="quality.torn_seam",
+                    amount="399.00",
+                    evidence=["photo:seam.jpg"],
+                    at=s.at(3),
+                )
             ),
         ),
     )
@@ -475,8 +592,14 @@ def play(engine: Engine) -> Story:
         "staff-2",
         lambda: did(
             "rejected: 'worn'",
-            e.reject(
-                cid, reason="worn", communication="call:20261104-lin", by="staff-2", at=s.at(3, 6)
+            e.handle(
+                RejectCase(
+                    case_id=cid,
+                    reason="worn",
+                    communication="call:20261104-lin",
+                    by="staff-2",
+                    at=s.at(3, 6),
+                )
             ),
         ),
     )
@@ -485,8 +608,13 @@ def play(engine: Engine) -> Story:
         "buyer-lin",
         lambda: did(
             "asked the platform (unjustified_rejection)",
-            e.escalate(
-                cid, claim="unjustified_rejection", evidence=["photo:seam.jpg"], at=s.at(3, 8)
+            e.handle(
+                EscalateCase(
+                    case_id=cid,
+                    claim="unjustified_rejection",
+                    evidence=["photo:seam.jpg"],
+                    at=s.at(3, 8),
+                )
             ),
         ),
     )
@@ -495,7 +623,15 @@ def play(engine: Engine) -> Story:
         "agent-5",
         lambda: did(
             "ruled for the buyer: the platform refunds",
-            e.rule(cid, in_favour_of="buyer", note="seam defect visible", by="agent-5", at=s.at(4)),
+            e.handle(
+                RuleCase(
+                    case_id=cid,
+                    in_favour_of="buyer",
+                    note="seam defect visible",
+                    by="agent-5",
+                    at=s.at(4),
+                )
+            ),
         ),
     )
     s.step(
@@ -503,7 +639,7 @@ def play(engine: Engine) -> Story:
         "staff-2",
         lambda: did(
             "recovered the coat from the buyer",
-            e.recover_goods(cid, note="courier pickup", by="staff-2", at=s.at(6)),
+            e.handle(RecoverGoods(case_id=cid, note="courier pickup", by="staff-2", at=s.at(6))),
         ),
     )
     return s

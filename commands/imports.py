@@ -13,19 +13,22 @@ from uuid import UUID
 
 import click
 
-from commands.batch import LineError, Runner, parse_line
+from commands.batch import parse_line
 from commands.options import bulk_options, json_option
-from commands.output import State, emit, table
+from commands.output import State, emit, exit_code, table
 from engine.bulk import Item, Report, Share, run_bulk
+from engine.commands import Command, OpenCase, Tick
+from engine.errors import AftersalesError
 from engine.imports import (
-    OrderRecord,
-    history_ids,
+    apply_order,
+    order_ids,
     order_import_share,
     order_owner,
     read_orders_csv,
     read_orders_jsonl,
 )
-from engine.service import Engine, new_case_id
+from engine.order import order_uuid
+from engine.service import Engine
 from engine.workers import Worker, in_processes
 
 
@@ -45,7 +48,8 @@ def _finish(ctx: click.Context, as_json: bool, run: Any) -> None:
 
     def call(engine: Engine) -> dict[str, Any]:
         report: Report = run(engine)
-        result["exit"] = report.first_exit_code
+        code = report.first_code
+        result["exit"] = exit_code(code) if code else 0
         return report.to_json()
 
     emit(ctx, as_json, call, render_report)
@@ -106,8 +110,8 @@ def import_orders(
             return run_bulk(
                 engine,
                 items,
-                lambda e, r: r.apply(e),
-                ids=OrderRecord.ids,
+                apply_order,
+                ids=order_ids,
                 chunk_size=chunk,
                 progress=bar.update,
             )
@@ -116,59 +120,64 @@ def import_orders(
 
 
 class HistoryLine:
-    """One past action: the same JSON as a `batch` line, run through the same command."""
+    """One past action: the same JSON as a `batch` line, as its typed command."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
+    def __init__(self, command: Command) -> None:
+        self.command = command
 
-    def ids(self) -> list[Any]:
-        return history_ids(self.data)
+    def ids(self) -> list[UUID]:
+        """The aggregates the line touches, so a chunk can load them with one query."""
+        found: list[UUID] = []
+        case = self.case
+        if case is not None:
+            found.append(case)
+        if self.order_id is not None:
+            found.append(order_uuid(self.order_id))
+        opened = self.opens()
+        if opened is not None:
+            found.append(opened)
+        return found
 
     def command_ids(self) -> list[str]:
-        command_id = self.data.get("command_id")
+        command_id = getattr(self.command, "command_id", None)
         return [command_id] if isinstance(command_id, str) else []
 
     def reads_the_store(self) -> bool:
-        return str(self.data.get("action", "")).strip() == "tick"
+        return isinstance(self.command, Tick)
 
     @property
     def order_id(self) -> str | None:
-        order_id = self.data.get("order_id")
+        order_id = getattr(self.command, "order_id", None)
         return order_id if isinstance(order_id, str) else None
 
     @property
     def case(self) -> UUID | None:
-        case_id = self.data.get("case_id")
-        try:
-            return UUID(case_id) if isinstance(case_id, str) else None
-        except ValueError:
+        if isinstance(self.command, OpenCase):
             return None
+        case_id = getattr(self.command, "case_id", None)
+        return case_id if isinstance(case_id, UUID) else None
 
     def opens(self) -> UUID | None:
         """The id of the case this line opens, if it opens one with an id known beforehand."""
-        action = str(self.data.get("action", "")).replace("_", "-").split()
-        if not action or action[-1] != "open" or self.order_id is None:
-            return None
-        command_id = self.data.get("command_id")
-        if "case_id" in self.data:
-            return self.case
-        return new_case_id(None, command_id) if isinstance(command_id, str) else None
+        command = self.command
+        if isinstance(command, OpenCase) and (command.case_id or command.command_id):
+            return command.new_case_id()
+        return None
 
 
 def _run_history(
     engine: Engine,
-    runner: Runner,
     stream: IO[str],
     chunk: int,
     progress: Callable[[int], None],
     share: Share[HistoryLine] | None = None,
 ) -> Report:
-    """Run history lines through the same commands as `batch`, in chunks (``share``: as one of
-    several workers); a refusal raises LineError, which the report keeps."""
+    """Run history lines through ``Engine.handle`` as `batch` does, in chunks (``share``: as
+    one of several workers); a refusal is kept in the report."""
     return run_bulk(
         engine,
         _history(stream),
-        lambda _, line: runner.run(dict(line.data)),
+        lambda e, line: e.handle(line.command),
         ids=HistoryLine.ids,
         command_ids=HistoryLine.command_ids,
         barrier=HistoryLine.reads_the_store,
@@ -227,15 +236,12 @@ def history_share(
     store: str | None, policy_path: str | None, path: Path, chunk: int, worker: Worker
 ) -> Report:
     """One worker's share of an import-history run (see ``history_owners``)."""
-    from commands.cli import cli  # the whole command tree, which imports this module
-
     state = State(store, policy_path)
     try:
-        runner = Runner(click.Context(cli, info_name="aftersales", obj=state))
         engine = state.engine()
         share = Share(worker.index, history_owners(engine, worker.workers), worker.sync)
         with path.open(encoding="utf-8") as stream:
-            return _run_history(engine, runner, stream, chunk, worker.progress, share)
+            return _run_history(engine, stream, chunk, worker.progress, share)
     finally:
         state.close()
 
@@ -246,7 +252,7 @@ def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
             continue
         try:
             yield Item(number, HistoryLine(parse_line(text)))
-        except LineError as exc:
+        except AftersalesError as exc:
             yield Item(number, exc)
 
 
@@ -259,7 +265,6 @@ def import_history(
     ctx: click.Context, /, source: IO[str], chunk: int, workers: int, as_json: bool
 ) -> None:
     """Import past cases: JSON lines of actions with their times (as `batch` takes them)."""
-    runner = Runner(ctx)
     state: State = ctx.find_object(State)  # type: ignore[assignment]
 
     def run(engine: Engine) -> Report:
@@ -273,6 +278,6 @@ def import_history(
                     progress=bar.update,
                 )
         with _progress("actions") as bar:
-            return _run_history(engine, runner, source, chunk, bar.update)
+            return _run_history(engine, source, chunk, bar.update)
 
     _finish(ctx, as_json, run)

@@ -1,4 +1,7 @@
-"""The one place that maps results to JSON or text, and errors to exit codes."""
+"""The one place that maps results to JSON or text, and errors to exit codes.
+
+The engine's errors speak the domain and carry a code (``bad_input``, ``not_allowed``, ...);
+the exit code each one gives is decided here, for the command line and `batch` alike."""
 
 from __future__ import annotations
 
@@ -24,8 +27,6 @@ class State:
         self.store = store
         self.policy_path = policy_path
         self._engine: Engine | None = None
-        # Set by `batch`: results are handed here and errors raised, instead of printed.
-        self.collect: Callable[[Any], None] | None = None
 
     def engine(self) -> Engine:
         if self._engine is None:
@@ -51,6 +52,25 @@ def to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=None, separators=(", ", ": "))
 
 
+# The contract's exit codes, by error code: 2 bad input, 3 not allowed by the rules, 4 no such
+# case or order, 5 a conflicting change; 1 the store cannot be reached.
+EXIT_CODES: dict[str, int] = {
+    "bad_input": 2,
+    "not_allowed": 3,
+    "not_found": 4,
+    "conflict": 5,
+    "store_unavailable": 1,
+}
+
+
+def exit_code(code: str) -> int:
+    return EXIT_CODES.get(code, 1)
+
+
+def fail_with(exc: AftersalesError, as_json: bool) -> NoReturn:
+    fail(exc.code, exc.message, exit_code(exc.code), as_json)
+
+
 def fail(code: str, message: str, exit_code: int, as_json: bool) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     if as_json:
@@ -67,13 +87,10 @@ def emit(
 ) -> None:
     """Run one command against the engine and print its result, or fail with the exit code."""
     state: State = ctx.find_object(State)  # type: ignore[assignment]
-    if state.collect is not None:
-        state.collect(call(state.engine()))
-        return
     try:
         result = call(state.engine())
     except AftersalesError as exc:
-        fail(exc.code, exc.message, exc.exit_code, as_json)
+        fail_with(exc, as_json)
     except PersistenceError as exc:
         fail("store_unavailable", f"the store failed: {_one_line(exc)}", 1, as_json)
     if as_json:
@@ -163,3 +180,28 @@ def render_order(order: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def render_tick(result: dict[str, Any]) -> str:
+    lines = [f"tick at {result['now']}: {len(result['fired'])} deadline(s) fired"]
+    if result["fired"]:
+        lines.append(table(result["fired"], ["case_id", "action", "due_at"]))
+    if result["skipped"]:
+        lines.append(f"{result['skipped']} already dealt with by someone else")
+    for failed in result["failed"]:
+        lines.append(
+            f"failed {failed['case_id']} {failed['action']} due {failed['due_at']}: "
+            f"{failed['error']['message']}"
+        )
+    if result["stopped"]:
+        lines.append("stopped before the end; the next tick carries on")
+    return "\n".join(lines)
+
+
+# How the command line shows each kind of result (a command's ``shows``).
+RENDERERS: dict[str, Renderer] = {
+    "case": render_case,
+    "cases": render_cases,
+    "order": render_order,
+    "tick": render_tick,
+}

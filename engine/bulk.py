@@ -1,6 +1,6 @@
 """Bulk paths: many actions per transaction, every rule still checked.
 
-Items are applied in chunks inside a unit of work (`Engine.begin_session`): the aggregates a
+Items are applied in chunks inside a unit of work (`engine.service.Chunk`): the aggregates a
 chunk needs are loaded with one query, the actions run in memory, and the whole chunk is saved
 in one transaction. If that save loses a race with another writer, the chunk is run again item
 by item through the ordinary path, which retries on the new state. Memory stays flat: the input
@@ -21,7 +21,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from engine.case import ReturnCase
 from engine.errors import AftersalesError
-from engine.service import Engine, Pending
+from engine.service import Chunk, Engine, Pending, SaveNow
 
 T = TypeVar("T")
 MAX_ERRORS_KEPT = 1000
@@ -32,7 +32,6 @@ class Failure:
     line: int
     code: str
     message: str
-    exit_code: int
 
 
 @dataclass
@@ -45,8 +44,9 @@ class Report:
     failed: int = 0
 
     @property
-    def first_exit_code(self) -> int:
-        return self.failures[0].exit_code if self.failures else 0
+    def first_code(self) -> str | None:
+        """The error code of the first line that failed, if any did."""
+        return self.failures[0].code if self.failures else None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -126,12 +126,12 @@ def run_bulk(
         except AftersalesError as exc:
             report.failed += 1
             if len(report.failures) < MAX_ERRORS_KEPT:
-                report.failures.append(Failure(item.line, exc.code, exc.message, exc.exit_code))
+                report.failures.append(Failure(item.line, exc.code, exc.message))
 
     def one_by_one(chunks: list[list[Item[T]]]) -> None:
         """Run items through the ordinary path, each saved on its own (retried on a lost
         race), and count the events they appended."""
-        engine.end_session()
+        engine.uow = SaveNow(engine)
         before = engine.store.events_saved
         for chunk in chunks:
             for item in chunk:
@@ -143,7 +143,8 @@ def run_bulk(
     # first), the chunk and everything worked out on top of it are run again item by item.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-save")
     in_flight: InFlight[T] | None = None
-    session = engine.begin_session()
+    previous = engine.uow
+    session = engine.uow = Chunk(engine, cache_size=4_000)
 
     def submit(done: list[Item[T]], counts: tuple[int, int, int]) -> None:
         nonlocal in_flight
@@ -174,7 +175,7 @@ def run_bulk(
             del report.failures[flight.counts[2] :]
             session.discard()
             one_by_one([flight.chunk, on_top])
-            session = engine.begin_session()
+            session = engine.uow = Chunk(engine, cache_size=4_000)
             return False
 
     def counts() -> tuple[int, int, int]:
@@ -229,7 +230,7 @@ def run_bulk(
                     report.lines -= 1  # counted by worker 0
                 sync()
                 session.discard()  # what it changed is in the store, not in memory
-                engine.session = session
+                engine.uow = session
                 later = [c for c in cuts if c > n]
                 prefetch(chunk[n + 1 : later[0] if later else len(chunk)])
                 before, done = counts(), []
@@ -247,6 +248,6 @@ def run_bulk(
         if in_flight is not None:  # an error is on its way up: let the save end first
             wait([in_flight.saving])
         writer.shutdown(wait=True)
-        engine.end_session()
+        engine.uow = previous
     report.seconds = time.perf_counter() - started
     return report

@@ -25,19 +25,15 @@ command id shows it done).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, OperationalError
-
-from engine.case import ReturnCase
+from engine.commands import FireDeadline
 from engine.errors import AftersalesError, BadInput, NotAllowed
-from engine.events import Act
-from engine.order import Order
-from engine.service import Common, Engine, case_row, command_row
-from engine.store import CommandRow, parse_stored_time
+from engine.service import Engine, Group, SaveNow
+from engine.store import parse_stored_time
 from engine.values import DueAction
 
 # Deadlines read from the index per query: memory stays flat however many fall due at once.
@@ -96,68 +92,6 @@ class Tick:
         }
 
 
-class _Firing(Engine):
-    """The engine on the same store, firing deadlines as ``Engine.fire`` does, with two
-    additions a tick needs.
-
-    - It notes which command ids were already done by another writer (a replayed command), so a
-      tick reports only the deadlines it fired itself.
-    - In a group (``self.group`` a list), it runs each deadline's action in memory and holds the
-      changed case and order back, and the tick saves the whole group in one transaction: one
-      commit for many deadlines instead of one each. A group is safe because every aggregate in
-      it is saved on the version it was loaded at: if a person or another tick changed any of
-      them meanwhile, the save fails as a whole, nothing is written, and the tick fires that
-      group's deadlines again one by one through the ordinary path (command ids, retries,
-      the rules on the new state).
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        # No cache: a group's changes are held back, and may never be saved.
-        super().__init__(engine.store, policy=engine.policy, clock=engine.clock, cache_size=0)
-        self.replayed: set[str] = set()
-        self.group: list[ReturnCase | Order] | None = None
-        self.group_commands: list[CommandRow] = []
-
-    def _replay(self, common: Common, fingerprint: str) -> dict[str, Any] | None:
-        if self.group is not None:
-            # A deadline already fired shows up as a case that moved on (refused when loaded)
-            # or as a failed group save (then fired again one by one, and replayed there).
-            return None
-        result = super()._replay(common, fingerprint)
-        if result is not None and common.command_id is not None:
-            self.replayed.add(common.command_id)
-        return result
-
-    def _save(
-        self,
-        action: str,
-        target: Order | ReturnCase,
-        others: Sequence[Order | ReturnCase | None],
-        common: Common,
-        fingerprint: str,
-        act: Act,
-    ) -> None:
-        if self.group is None:
-            super()._save(action, target, others, common, fingerprint, act)
-            return
-        self.group += [a for a in (target, *others) if a is not None]
-        command = command_row(action, target, common, fingerprint, act)
-        if command is not None:
-            self.group_commands.append(command)
-
-    def save_group(self, aggregates: list[ReturnCase | Order]) -> bool:
-        """Save a group's changes and command ids in one transaction; False if anything in
-        it had changed (or another tick recorded one of its command ids first)."""
-        rows = [case_row(a) for a in aggregates if isinstance(a, ReturnCase)]
-        commands, self.group_commands = self.group_commands, []
-        try:
-            self.store.save(*aggregates, cases=rows, commands=commands)
-        except (IntegrityError, OperationalError):
-            self.retries += 1
-            return False
-        return True
-
-
 def due_deadlines(
     engine: Engine,
     now: datetime,
@@ -210,7 +144,6 @@ def tick(
         raise BadInput("the tick's time has no time zone")
     if batch < 1 or group < 1:
         raise BadInput("the batch and group sizes must be at least 1")
-    firing = _Firing(engine)
     result = Tick(now=now)
     # Passes over the due deadlines until one fires nothing: firing a deadline may start the
     # next wait, due by ``now`` too, but behind the pass's cursor (a backlog longer than it).
@@ -223,24 +156,25 @@ def tick(
                 if should_stop():
                     result.stopped = True
                     return result
-                _fire_group(firing, found[start : start + group], result)
+                _fire_group(engine, found[start : start + group], result)
             if len(found) < batch:
                 break
         if len(result.fired) == fired_before:
             return result
 
 
-def _fire_group(firing: _Firing, dues: list[Due], result: Tick) -> None:
-    firing.group = []
-    firing.group_commands = []
-    try:
-        outcomes = [_fire_one(firing, due) for due in dues]
-    finally:
-        changed, firing.group = firing.group, None
-    if changed and not firing.save_group(changed):
-        outcomes = [
-            _fire_one(firing, d) if o is True else o for d, o in zip(dues, outcomes, strict=True)
-        ]
+def _fire_group(engine: Engine, dues: list[Due], result: Tick) -> None:
+    """Fire a group of deadlines in memory and save them in one transaction; if anything in
+    the group changed meanwhile, fire them again one by one, each saved on its own."""
+    with engine.unit_of_work(Group(engine)) as grouped:
+        outcomes = [_fire_one(engine, due) for due in dues]
+    assert isinstance(grouped, Group)
+    if not grouped.save():
+        with engine.unit_of_work(SaveNow(engine)):
+            outcomes = [
+                _fire_one(engine, d) if o is True else o
+                for d, o in zip(dues, outcomes, strict=True)
+            ]
     failed = {d.command_id for d, _ in result.failed}
     for due, outcome in zip(dues, outcomes, strict=True):
         if isinstance(outcome, AftersalesError):
@@ -252,14 +186,17 @@ def _fire_group(firing: _Firing, dues: list[Due], result: Tick) -> None:
             result.skipped.append(due)
 
 
-def _fire_one(firing: _Firing, due: Due) -> bool | AftersalesError:
+def _fire_one(engine: Engine, due: Due) -> bool | AftersalesError:
     """True if this tick fired the deadline (or, in a group, will with the group's save),
     False if someone else dealt with it first, the error if it was refused otherwise."""
+    command = FireDeadline(
+        case_id=due.case_id, deadline=due.action, at=due.due_at, command_id=due.command_id
+    )
     try:
-        firing.fire(due.case_id, due.action, at=due.due_at, command_id=due.command_id)
+        engine.handle(command)
     except NotAllowed:
         # The deadline is no longer running: a person acted, or another tick fired it.
         return False
     except AftersalesError as exc:
         return exc
-    return due.command_id not in firing.replayed
+    return not engine.uow.replayed

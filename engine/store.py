@@ -421,12 +421,40 @@ class EventStore(Application[UUID]):
     name = APP_NAME
     env: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, cache_size: int = 0) -> None:
         self.url = parse_store_url(url)
         self.events_saved = 0
         if self.url.kind == "postgresql":
             ensure_schema(self.url)
-        super().__init__(env=self.url.env)
+        env = dict(self.url.env)
+        if cache_size > 0:
+            # The library's aggregate cache: what this process saved last, kept as saved (no
+            # fast-forward read, no copy). A cached aggregate may be stale if another process
+            # moved it on; saving on it then fails on its version, and the caller forgets it
+            # and tries again on fresh state (see engine/service.py).
+            env.update(
+                AGGREGATE_CACHE_MAXSIZE=str(cache_size),
+                AGGREGATE_CACHE_FASTFORWARD="n",
+                DEEPCOPY_FROM_AGGREGATE_CACHE="n",
+            )
+        super().__init__(env=env)
+
+    def cached(self, uid: UUID) -> Any | None:
+        """The aggregate as this process last saved it, if the cache has it."""
+        cache = self.repository.cache
+        if cache is None:
+            return None
+        try:
+            return cache.get(uid)
+        except KeyError:
+            return None
+
+    def forget(self, uid: UUID) -> None:
+        """Drop an aggregate from the cache (its save failed: the store is the truth)."""
+        cache = self.repository.cache
+        if cache is not None:
+            with contextlib.suppress(KeyError):
+                cache.get(uid, evict=True)
 
     def construct_mapper(self) -> Mapper[UUID]:
         return PydanticMapper(transcoder=JsonTranscoder())

@@ -39,7 +39,13 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.service import Engine, new_case_id  # noqa: E402
+from engine.commands import (  # noqa: E402
+    ListCases,
+    OpenCase,
+    PlaceOrder,
+    new_case_id,
+)
+from engine.service import Engine  # noqa: E402
 
 DEFAULT_STORE = "postgresql://127.0.0.1:5432/test"
 T0 = "2026-11-01T10:00:00+08:00"
@@ -275,12 +281,14 @@ class Bench:
         with Engine(self.url) as engine:
             started = time.perf_counter()
             for i in range(count):
-                engine.open_case(
-                    f"S-{i}",
-                    case_type="refund_only",
-                    reason="quality.x",
-                    amount="39.90",
-                    lines=[f"SKU-{i % 300}"],
+                engine.handle(
+                    OpenCase(
+                        order_id=f"S-{i}",
+                        type="refund_only",
+                        reason="quality.x",
+                        amount="39.90",
+                        lines=[f"SKU-{i % 300}"],
+                    )
                 )
             rate = count / (time.perf_counter() - started)
         self.add(
@@ -318,7 +326,9 @@ class Bench:
         schema = f"{self.schema}_floor"
         url = f"{self.base_url}?schema={schema}"
         with Engine(url) as engine:
-            engine.place_order("F-1", merchant_id="m", buyer_id="b", lines=["A:1:1.00"], at=T0)
+            engine.handle(
+                PlaceOrder(order_id="F-1", merchant="m", buyer="b", lines=["A:1:1.00"], at=T0)
+            )
         state = json.dumps({"x": "y" * 400}).encode()
         row = {
             "order_id": "F-1",
@@ -544,13 +554,19 @@ def _median(call: Callable[[], object], runs: int) -> float:
 
 def _client(url: str, orders: list[str], start_at: float) -> tuple[int, float]:
     with Engine(url) as engine:
-        engine.list_cases(limit=1)
+        engine.handle(ListCases(limit=1))
         time.sleep(max(0.0, start_at - time.time()))
         started = time.perf_counter()
         for order_id in orders:
             sku = f"SKU-{int(order_id.split('-')[1]) % 300}"
-            engine.open_case(
-                order_id, case_type="refund_only", reason="quality.x", amount="39.90", lines=[sku]
+            engine.handle(
+                OpenCase(
+                    order_id=order_id,
+                    type="refund_only",
+                    reason="quality.x",
+                    amount="39.90",
+                    lines=[sku],
+                )
             )
         return len(orders), time.perf_counter() - started
 

@@ -36,6 +36,7 @@ from psycopg.sql import SQL, Identifier
 
 from engine.audit import audit_case, read_history, replay
 from engine.case import ReturnCase
+from engine.commands import DeliverOrder, EscalateCase, OpenCase, PlaceOrder, RejectCase, RuleCase
 from engine.events import Act
 from engine.order import Order, OrderLine
 from engine.policy import Policy
@@ -102,20 +103,32 @@ def build_others(engine: Engine, target: int, budget: float, batch: int) -> tupl
 
 
 def fifty_event_case(engine: Engine) -> str:
-    engine.place_order(
-        "AUDIT-50", merchant_id="shop-a", buyer_id="buyer-a", lines=["X:1:50.00"], at=T0
+    engine.handle(
+        PlaceOrder(
+            order_id="AUDIT-50", merchant="shop-a", buyer="buyer-a", lines=["X:1:50.00"], at=T0
+        )
     )
-    engine.deliver_order("AUDIT-50", at=T0 + timedelta(days=1))
+    engine.handle(DeliverOrder(order_id="AUDIT-50", at=T0 + timedelta(days=1)))
     t = T0 + timedelta(days=2)
-    case = engine.open_case(
-        "AUDIT-50", case_type="return_refund", reason="quality.broken", amount="50.00", at=t
+    case = engine.handle(
+        OpenCase(
+            order_id="AUDIT-50", type="return_refund", reason="quality.broken", amount="50.00", at=t
+        )
     )
     cid: str = case["case_id"]
-    engine.reject(cid, reason="not broken", communication="chat:1", at=t + timedelta(hours=1))
+    engine.handle(
+        RejectCase(
+            case_id=cid, reason="not broken", communication="chat:1", at=t + timedelta(hours=1)
+        )
+    )
     for n in range(24):
         t += timedelta(hours=2)
-        engine.escalate(cid, claim="unjustified_rejection", at=t)
-        engine.rule(cid, in_favour_of="merchant", note=f"round {n}", at=t + timedelta(hours=1))
+        engine.handle(EscalateCase(case_id=cid, claim="unjustified_rejection", at=t))
+        engine.handle(
+            RuleCase(
+                case_id=cid, in_favour_of="merchant", note=f"round {n}", at=t + timedelta(hours=1)
+            )
+        )
     assert engine.get_case(cid)["version"] == 50
     return cid
 

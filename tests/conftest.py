@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg.sql import SQL, Identifier
 
+from engine.commands import DeliverOrder, PlaceOrder
 from engine.service import Engine
 
 PG_URL = os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
@@ -60,6 +61,8 @@ def place_delivered(
     buyer: str = "buyer-1",
     delivered: bool = True,
 ) -> None:
-    engine.place_order(order_id, merchant_id=merchant, buyer_id=buyer, lines=list(lines), at=at())
+    engine.handle(
+        PlaceOrder(order_id=order_id, merchant=merchant, buyer=buyer, lines=list(lines), at=at())
+    )
     if delivered:
-        engine.deliver_order(order_id, at=at(days=2))
+        engine.handle(DeliverOrder(order_id=order_id, at=at(days=2)))

@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+from commands.output import exit_code
+from engine.commands import ApproveCase, ListCases, OpenCase, RejectCase, WithdrawCase
 from engine.errors import AftersalesError
 from engine.service import Engine
 
@@ -18,19 +20,26 @@ from engine.service import Engine
 def main() -> None:
     store, start, action, *case_ids = sys.argv[1:]
     with Engine(store) as engine:
-        engine.list_cases(limit=1)  # connect before the start line
+        engine.handle(ListCases(limit=1))  # connect before the start line
         time.sleep(max(0.0, float(start) - time.time()))
         for case_id in case_ids:
             try:
                 if action == "approve":
-                    result = engine.approve(case_id)
+                    result = engine.handle(ApproveCase(case_id=case_id))
                 elif action == "withdraw":
-                    result = engine.withdraw(case_id)
+                    result = engine.handle(WithdrawCase(case_id=case_id))
                 elif action == "reject":
-                    result = engine.reject(case_id, reason="race", communication="chat:race")
+                    result = engine.handle(
+                        RejectCase(case_id=case_id, reason="race", communication="chat:race")
+                    )
                 elif action.startswith("open:"):
-                    result = engine.open_case(
-                        case_id, case_type="refund_only", reason="quality.race", amount=action[5:]
+                    result = engine.handle(
+                        OpenCase(
+                            order_id=case_id,
+                            type="refund_only",
+                            reason="quality.race",
+                            amount=action[5:],
+                        )
                     )
                 else:
                     raise SystemExit(f"unknown action {action}")
@@ -39,7 +48,7 @@ def main() -> None:
                 line = {
                     "target": case_id,
                     "ok": False,
-                    "exit_code": exc.exit_code,
+                    "exit_code": exit_code(exc.code),
                     "message": exc.message,
                 }
             print(json.dumps(line), flush=True)

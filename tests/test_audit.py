@@ -26,6 +26,7 @@ from eventsourcing import utils as es_utils
 from psycopg.sql import SQL, Identifier
 from pydantic import ValidationError
 
+import engine.commands
 import engine.service
 from commands.cli import cli
 from commands.demo import play
@@ -34,6 +35,19 @@ from engine import case as case_mod
 from engine import order as order_mod
 from engine.audit import audit_case
 from engine.case import CaseRejected
+from engine.commands import (
+    ApproveCase,
+    EscalateCase,
+    FireDeadline,
+    ListCases,
+    OpenCase,
+    RateCase,
+    ReceiveGoods,
+    RecoverGoods,
+    RejectCase,
+    RuleCase,
+    ShipBack,
+)
 from engine.errors import BadInput, NotFound
 from engine.service import Engine
 from engine.store import parse_store_url
@@ -63,7 +77,7 @@ def demo_cases(engine: Engine) -> dict[str, str]:
     """The demo's cases by story title, plus the first (rejected) custom-made case."""
     story = play(engine)
     cases = dict(story.cases)
-    for row in engine.list_cases(order_id="KS-1004"):
+    for row in engine.handle(ListCases(order="KS-1004")):
         if row["case_id"] not in cases.values():
             cases["custom-made, first case"] = row["case_id"]
     return cases
@@ -124,18 +138,24 @@ def set_version(store_url: str, case_id: str, old: int, new: int) -> None:
 def phone_case(engine: Engine) -> str:
     """The article's case: opened, approved, shipped back, received, refunded, rated."""
     place_delivered(engine)
-    cid: str = engine.open_case(
-        "KS-1",
-        case_type="return_refund",
-        reason="quality.colour_difference",
-        amount="39.90",
-        evidence=["photo:1.jpg"],
-        at=at(days=3),
+    cid: str = engine.handle(
+        OpenCase(
+            order_id="KS-1",
+            type="return_refund",
+            reason="quality.colour_difference",
+            amount="39.90",
+            evidence=["photo:1.jpg"],
+            at=at(days=3),
+        )
     )["case_id"]
-    engine.approve(cid, return_address="88 Wensan Rd", by="staff-7", at=at(days=3, hours=5))
-    engine.ship_back(cid, carrier="SF", waybill="SF123456", at=at(days=4))
-    engine.receive(cid, by="staff-7", at=at(days=6))
-    engine.rate(cid, score=5, at=at(days=6, hours=2))
+    engine.handle(
+        ApproveCase(
+            case_id=cid, return_address="88 Wensan Rd", by="staff-7", at=at(days=3, hours=5)
+        )
+    )
+    engine.handle(ShipBack(case_id=cid, carrier="SF", waybill="SF123456", at=at(days=4)))
+    engine.handle(ReceiveGoods(case_id=cid, by="staff-7", at=at(days=6)))
+    engine.handle(RateCase(case_id=cid, score=5, at=at(days=6, hours=2)))
     return cid
 
 
@@ -621,11 +641,15 @@ def test_old_shape_event_still_replays_and_verifies(
     engine: Engine, store_url: str, tmp_path: Path
 ) -> None:
     place_delivered(engine)
-    cid = engine.open_case(
-        "KS-1", case_type="refund_only", reason="quality.x", amount="10.00", at=at(days=3)
+    cid = engine.handle(
+        OpenCase(
+            order_id="KS-1", type="refund_only", reason="quality.x", amount="10.00", at=at(days=3)
+        )
     )["case_id"]
-    engine.reject(cid, reason="no", communication="call:1", at=at(days=3, hours=1))
-    engine.escalate(cid, claim="unjustified_rejection", at=at(days=4))
+    engine.handle(
+        RejectCase(case_id=cid, reason="no", communication="call:1", at=at(days=3, hours=1))
+    )
+    engine.handle(EscalateCase(case_id=cid, claim="unjustified_rejection", at=at(days=4)))
     before = run_cli(store_url, cid)
     old = json.loads(stored_state(store_url, cid, 2))
     assert "communications" not in old and "class_version" not in old  # stored in the old shape
@@ -666,7 +690,12 @@ def two_stores(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def deterministic_demo(store: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The demo with ids and the recording clock fixed, so both stores get the same events."""
     rng = random.Random(6)
-    monkeypatch.setattr(engine.service, "uuid4", lambda: uuid.UUID(int=rng.getrandbits(128)))
+
+    def fixed() -> uuid.UUID:
+        return uuid.UUID(int=rng.getrandbits(128))
+
+    monkeypatch.setattr(engine.service, "uuid4", fixed)
+    monkeypatch.setattr(engine.commands, "uuid4", fixed)
     ticks = itertools.count()
 
     def clock() -> datetime:
@@ -674,7 +703,7 @@ def deterministic_demo(store: str, monkeypatch: pytest.MonkeyPatch) -> list[str]
 
     with Engine(store, clock=clock) as e:
         play(e)
-        return sorted(c["case_id"] for c in e.list_cases())
+        return sorted(c["case_id"] for c in e.handle(ListCases()))
 
 
 def test_byte_identical_output_on_both_backends(
@@ -709,16 +738,20 @@ DISPUTE_LINES = ("EARBUDS:1:199.00:electronics", "CASE:1:0.00:gift:15.00")
 
 def escalated(engine: Engine, claim: str, **kw: Any) -> str:
     args: dict[str, Any] = {
-        "case_type": "refund_only",
+        "type": "refund_only",
         "reason": "quality.broken",
         "amount": "199.00",
         "lines": ["EARBUDS"],
         "at": at(days=3),
         **kw,
     }
-    cid: str = engine.open_case("KS-1", **args)["case_id"]
-    engine.reject(cid, reason="used", communication="chat:1", at=at(days=3, hours=2))
-    engine.escalate(cid, claim=claim, evidence=["photo:box"], at=at(days=3, hours=3))
+    cid: str = engine.handle(OpenCase(order_id="KS-1", **args))["case_id"]
+    engine.handle(
+        RejectCase(case_id=cid, reason="used", communication="chat:1", at=at(days=3, hours=2))
+    )
+    engine.handle(
+        EscalateCase(case_id=cid, claim=claim, evidence=["photo:box"], at=at(days=3, hours=3))
+    )
     return cid
 
 
@@ -728,40 +761,54 @@ def test_dispute_paths_verify(engine: Engine, store_url: str, tmp_path: Path) ->
     gift = escalated(
         engine,
         "missing_items",
-        case_type="reship",
+        type="reship",
         reason="missing_items.gift",
         amount="15.00",
         lines=["CASE"],
     )
-    due = engine.rule(gift, in_favour_of="buyer", at=at(days=4))["due_at"]
-    engine.fire(gift, "reship_overdue", at=due)  # penalty, and the gift refunded at list price
+    due = engine.handle(RuleCase(case_id=gift, in_favour_of="buyer", at=at(days=4)))["due_at"]
+    engine.handle(
+        FireDeadline(case_id=gift, deadline="reship_overdue", at=due)
+    )  # penalty, and the gift refunded at list price
     place_delivered(engine, "KS-2", lines=DISPUTE_LINES)
-    wrong = engine.open_case(
-        "KS-2",
-        case_type="return_refund",
-        reason="wrong_item.other_variant",
-        amount="199.00",
-        lines=["EARBUDS"],
-        at=at(days=3),
+    wrong = engine.handle(
+        OpenCase(
+            order_id="KS-2",
+            type="return_refund",
+            reason="wrong_item.other_variant",
+            amount="199.00",
+            lines=["EARBUDS"],
+            at=at(days=3),
+        )
     )["case_id"]
-    engine.reject(wrong, reason="no", communication="chat:2", at=at(days=3, hours=1))
-    engine.escalate(wrong, claim="wrong_item", at=at(days=3, hours=2))
-    engine.rule(wrong, in_favour_of="buyer", at=at(days=4))  # freight on the merchant
-    engine.ship_back(wrong, carrier="SF", waybill="B1", at=at(days=5))
-    engine.receive(wrong, at=at(days=6))
+    engine.handle(
+        RejectCase(case_id=wrong, reason="no", communication="chat:2", at=at(days=3, hours=1))
+    )
+    engine.handle(EscalateCase(case_id=wrong, claim="wrong_item", at=at(days=3, hours=2)))
+    engine.handle(
+        RuleCase(case_id=wrong, in_favour_of="buyer", at=at(days=4))
+    )  # freight on the merchant
+    engine.handle(ShipBack(case_id=wrong, carrier="SF", waybill="B1", at=at(days=5)))
+    engine.handle(ReceiveGoods(case_id=wrong, at=at(days=6)))
     place_delivered(engine, "KS-3", lines=DISPUTE_LINES)
-    unjust = engine.open_case(
-        "KS-3",
-        case_type="refund_only",
-        reason="quality.broken",
-        amount="199.00",
-        lines=["EARBUDS"],
-        at=at(days=3),
+    unjust = engine.handle(
+        OpenCase(
+            order_id="KS-3",
+            type="refund_only",
+            reason="quality.broken",
+            amount="199.00",
+            lines=["EARBUDS"],
+            at=at(days=3),
+        )
     )["case_id"]
-    engine.reject(unjust, reason="used", communication="chat:3", at=at(days=3, hours=1))
-    engine.escalate(unjust, claim="unjustified_rejection", at=at(days=3, hours=2))
-    engine.rule(unjust, in_favour_of="buyer", at=at(days=4))
-    engine.recover_goods(unjust, note="courier", at=at(days=6))
+    engine.handle(
+        RejectCase(case_id=unjust, reason="used", communication="chat:3", at=at(days=3, hours=1))
+    )
+    engine.handle(
+        EscalateCase(case_id=unjust, claim="unjustified_rejection", at=at(days=3, hours=2))
+    )
+    engine.handle(RuleCase(case_id=unjust, in_favour_of="buyer", at=at(days=4)))
+    engine.handle(RecoverGoods(case_id=unjust, note="courier", at=at(days=6)))
 
     expected = {
         gift: ["ReshipOverdue", "LateShipmentPenalty", "CaseRefunded"],

@@ -149,29 +149,31 @@ def test_exit_code_is_the_first_failures(store_url: str) -> None:
     assert code == 0 and out == [] and "0 lines" in err
 
 
-def test_values_are_checked_by_each_options_own_type(store_url: str) -> None:
-    """JSON values go through the same click types as the command line: ranges, choices,
-    whole numbers and required options, with the same messages; null means not given."""
+def test_values_are_checked_by_the_commands_own_model(store_url: str) -> None:
+    """JSON values go through the same typed command as the command line's options: ranges,
+    choices, whole numbers and required fields, with the same messages; null means not
+    given."""
     good = [x for x in lines() if '"command_id": "b-' in x and "b-early-ship" not in x]
     checks: list[tuple[dict[str, Any], str]] = [
-        ({"action": "case rate", "case_id": CASE, "score": 9}, "9 is not in the range 1<=x<=5"),
-        ({"action": "case rate", "case_id": CASE, "score": "x"}, "'x' is not a valid integer"),
-        ({"action": "case open", "order_id": "KS-1", "reason": "a.b"}, "Missing option '--type'"),
+        ({"action": "case rate", "case_id": CASE, "score": 9}, "score 9 must be 1 to 5"),
+        ({"action": "case rate", "case_id": CASE, "score": "x"}, "score 'x' is not a whole number"),
+        ({"action": "case open", "order_id": "KS-1", "reason": "a.b"}, "type is required"),
         (
             {"action": "case open", "order_id": "KS-1", "type": None, "reason": "a.b"},
-            "Missing option '--type'",
+            "type is required",
         ),
         (
             {"action": "case open", "order_id": "KS-1", "type": "nope", "reason": "a.b"},
-            "'nope' is not one of 'refund_only'",
+            "type 'nope' is not one of refund_only|return_refund|exchange|reship",
         ),
         (
             {"action": "case approve", "case_id": CASE, "expected_version": "1.5"},
-            "Invalid value for '--expected-version'",
+            "expected_version '1.5' is not a whole number",
         ),
-        ({"action": "case list", "limit": 0}, "0 is not in the range x>=1"),
-        ({"action": "case approve", "case_id": CASE, "by": ["a", "b"]}, "takes one value"),
-        ({"action": "reship", "case_id": CASE, "cannot": "yes"}, "is a flag: true or false"),
+        ({"action": "case list", "limit": 0}, "limit 0 must be 1 or more"),
+        ({"action": "case approve", "case_id": CASE, "by": ["a", "b"]}, "by takes one value"),
+        ({"action": "reship", "case_id": CASE, "cannot": "yes"}, "cannot is a flag: true or false"),
+        ({"action": "case approve", "case_id": CASE, "colour": "red"}, "has no option 'colour'"),
     ]
     text = "\n".join(good + [json.dumps(line) for line, _ in checks])
     code, out, _ = run_batch(store_url, text)
@@ -180,6 +182,18 @@ def test_values_are_checked_by_each_options_own_type(store_url: str) -> None:
     for o, (_, message) in zip(out[len(good) :], checks, strict=True):
         assert not o["ok"] and o["error"]["code"] == "bad_input", o
         assert message in o["error"]["message"], (o, message)
+    # The command line refuses the same values with the same words.
+    argv_checks = [
+        (["case", "rate", CASE, "--score", "9"], "score 9 must be 1 to 5"),
+        (["case", "open", "KS-1", "--reason", "a.b"], "type is required"),
+        (["case", "open", "KS-1", "--type", "nope", "--reason", "a.b"], "type 'nope' is not one"),
+        (["case", "list", "--limit", "0"], "limit 0 must be 1 or more"),
+        (["case", "approve", CASE, "--expected-version", "1.5"], "'1.5' is not a whole number"),
+    ]
+    for argv, message in argv_checks:
+        result = CliRunner().invoke(cli, ["--store", store_url, *argv, "--json"])
+        assert result.exit_code == 2, (argv, result.output)
+        assert message in json.loads(result.stdout)["error"]["message"], (argv, result.stdout)
     # Nulls and defaults: no amount (the whole line), no notes, an empty list of lines; a
     # rating with its score as a number; the list read with its default and a status choice.
     more = [

@@ -272,7 +272,8 @@ def test_usage_errors_in_a_real_process(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert json.loads(result.stdout)["error"]["code"] == "bad_input"
     result = _aftersales("case", "show", "--json", cwd=tmp_path)
-    assert result.returncode == 2 and "CASE_ID" in json.loads(result.stdout)["error"]["message"]
+    message = json.loads(result.stdout)["error"]["message"]
+    assert result.returncode == 2 and message == "case_id is required"
 
 
 def test_default_store_is_aftersales_db_and_env_store(tmp_path: Path) -> None:

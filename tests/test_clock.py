@@ -25,6 +25,16 @@ from click.testing import CliRunner
 from commands.cli import cli
 from commands.demo import play
 from engine.case import ReturnCase
+from engine.commands import (
+    ApproveCase,
+    DeliverOrder,
+    EscalateCase,
+    ListCases,
+    OpenCase,
+    PlaceOrder,
+    ShipBack,
+    WithdrawCase,
+)
 from engine.deadlines import Tick, due_deadlines, tick
 from engine.errors import Conflict, NotAllowed
 from engine.policy import Policy, Windows
@@ -46,13 +56,15 @@ def opened(engine: Engine, case_type: str = "return_refund", order_id: str = "KS
         engine, order_id, lines=("CASE-RED:1:39.90:phone_accessory", "GIFT:1:5.00:gift")
     )
     reship = case_type == "reship"
-    case = engine.open_case(
-        order_id,
-        case_type=case_type,
-        reason="missing_items.gift" if reship else "quality.colour",
-        amount="5.00" if reship else "39.90",
-        lines=["GIFT"] if reship else ["CASE-RED"],
-        at=at(days=3),
+    case = engine.handle(
+        OpenCase(
+            order_id=order_id,
+            type=case_type,
+            reason="missing_items.gift" if reship else "quality.colour",
+            amount="5.00" if reship else "39.90",
+            lines=["GIFT"] if reship else ["CASE-RED"],
+            at=at(days=3),
+        )
     )
     return str(case["case_id"])
 
@@ -89,19 +101,19 @@ def wait_merchant(e: Engine) -> tuple[str, datetime]:
 
 def wait_buyer(e: Engine) -> tuple[str, datetime]:
     cid = opened(e)
-    e.approve(cid, at=at(days=3, hours=2))
+    e.handle(ApproveCase(case_id=cid, at=at(days=3, hours=2)))
     return cid, t(at(days=13, hours=2))
 
 
 def wait_receipt(e: Engine) -> tuple[str, datetime]:
     cid, _ = wait_buyer(e)
-    e.ship_back(cid, carrier="SF", waybill="SF1", at=at(days=4))
+    e.handle(ShipBack(case_id=cid, carrier="SF", waybill="SF1", at=at(days=4)))
     return cid, t(at(days=14))
 
 
 def wait_reship(e: Engine) -> tuple[str, datetime]:
     cid = opened(e, "reship")
-    e.approve(cid, at=at(days=3, hours=2))
+    e.handle(ApproveCase(case_id=cid, at=at(days=3, hours=2)))
     return cid, t(at(days=4, hours=2))
 
 
@@ -149,7 +161,7 @@ def test_never_after_the_case_moved_on(engine: Engine) -> None:
     """The merchant approves at hour 47: the 48-hour deadline never fires; the buyer's own
     10 days run from the approval."""
     cid = opened(engine)
-    engine.approve(cid, at=at(days=4, hours=23), return_address="HZ")
+    engine.handle(ApproveCase(case_id=cid, at=at(days=4, hours=23), return_address="HZ"))
     result = tick(engine, t(at(days=5)))
     assert result.fired == [] and result.failed == []
     assert tick(engine, t(at(days=14, hours=23)) - SECOND).fired == []
@@ -162,8 +174,8 @@ def test_never_after_the_case_moved_on(engine: Engine) -> None:
 def test_a_withdrawn_or_escalated_case_has_no_deadline_to_fire(engine: Engine) -> None:
     withdrawn = opened(engine, "return_refund", "KS-1")
     escalated = opened(engine, "return_refund", "KS-2")
-    engine.withdraw(withdrawn, at=at(days=4))
-    engine.escalate(escalated, claim="other", at=at(days=4))
+    engine.handle(WithdrawCase(case_id=withdrawn, at=at(days=4)))
+    engine.handle(EscalateCase(case_id=escalated, claim="other", at=at(days=4)))
     assert tick(engine, t(at(days=60))).fired == []
     assert kinds(engine, withdrawn) == ["CaseOpened", "CaseWithdrawn"]
     assert kinds(engine, escalated) == ["CaseOpened", "CaseEscalated"]
@@ -201,13 +213,15 @@ def test_two_due_cases_on_one_order_both_fire(engine: Engine) -> None:
     on the same order, so they cannot share a save; both still fire, once each."""
     place_delivered(engine, lines=("CASE-RED:1:39.90:phone_accessory", "GIFT:1:5.00:gift"))
     ids = [
-        engine.open_case(
-            "KS-1",
-            case_type="refund_only",
-            reason="quality.x",
-            amount=amount,
-            lines=[sku],
-            at=at(days=3),
+        engine.handle(
+            OpenCase(
+                order_id="KS-1",
+                type="refund_only",
+                reason="quality.x",
+                amount=amount,
+                lines=[sku],
+                at=at(days=3),
+            )
         )["case_id"]
         for sku, amount in (("CASE-RED", "39.90"), ("GIFT", "5.00"))
     ]
@@ -265,14 +279,14 @@ def test_the_policy_version_is_on_the_fired_events(store_url: str) -> None:
 def test_due_before_lists_what_the_tick_would_fire(engine: Engine) -> None:
     soon = opened(engine, "refund_only", "KS-1")
     later = opened(engine, "return_refund", "KS-2")
-    engine.approve(later, at=at(days=3, hours=1))  # now due at day 13
+    engine.handle(ApproveCase(case_id=later, at=at(days=3, hours=1)))  # now due at day 13
     cutoff = at(days=5)
-    listed = engine.list_cases(due_before=cutoff)
+    listed = engine.handle(ListCases(due_before=cutoff))
     assert [c["case_id"] for c in listed] == [soon]
     assert listed[0]["due_action"] == "auto_approve" and t(listed[0]["due_at"]) == t(cutoff)
     assert [d.case_id for d in due_deadlines(engine, t(cutoff))[0]] == [soon]
-    assert [c["case_id"] for c in engine.list_cases(due_before=at(days=20))] == [soon, later]
-    assert engine.list_cases(due_before=t(cutoff) - SECOND) == []
+    assert [c["case_id"] for c in engine.handle(ListCases(due_before=at(days=20)))] == [soon, later]
+    assert engine.handle(ListCases(due_before=t(cutoff) - SECOND)) == []
 
 
 def test_a_deadline_that_fails_does_not_hold_up_the_others(
@@ -309,7 +323,7 @@ def test_the_person_wins_the_race_and_the_tick_skips(engine: Engine) -> None:
     def clock() -> datetime:
         if not raced["done"]:
             raced["done"] = True
-            merchant.approve(cid, at=at(days=5))
+            merchant.handle(ApproveCase(case_id=cid, at=at(days=5)))
         return datetime.now(UTC)
 
     with Engine(engine.store.url.text, clock=clock) as clock_engine:
@@ -335,7 +349,7 @@ def test_the_tick_wins_the_race_and_the_person_is_refused(engine: Engine) -> Non
         Engine(engine.store.url.text, clock=clock) as merchant,
         pytest.raises(NotAllowed, match="is refunded: approve is not allowed"),
     ):
-        merchant.approve(cid, at=at(days=5))
+        merchant.handle(ApproveCase(case_id=cid, at=at(days=5)))
     ticker.close()
     assert fired_of(raced["tick"]) == [(cid, "auto_approve", t(at(days=5)))]
     assert kinds(engine, cid) == ["CaseOpened", "CaseAutoApproved", "CaseRefunded"]
@@ -367,20 +381,24 @@ def due_now(engine: Engine, n: int, case_type: str = "refund_only") -> list[str]
     ids = []
     for i in range(n):
         order_id = f"KS-{i}"
-        engine.place_order(
-            order_id,
-            merchant_id="shop-1",
-            buyer_id="buyer-1",
-            lines=["A:1:1.00"],
-            at=opened_at - timedelta(hours=1),
+        engine.handle(
+            PlaceOrder(
+                order_id=order_id,
+                merchant="shop-1",
+                buyer="buyer-1",
+                lines=["A:1:1.00"],
+                at=opened_at - timedelta(hours=1),
+            )
         )
-        engine.deliver_order(order_id, at=opened_at - timedelta(minutes=30))
-        case = engine.open_case(
-            order_id,
-            case_type="return_refund" if i % 3 == 2 else case_type,
-            reason="quality.x",
-            amount="1.00",
-            at=opened_at + timedelta(seconds=i % 7),  # some deadlines fall due together
+        engine.handle(DeliverOrder(order_id=order_id, at=opened_at - timedelta(minutes=30)))
+        case = engine.handle(
+            OpenCase(
+                order_id=order_id,
+                type="return_refund" if i % 3 == 2 else case_type,
+                reason="quality.x",
+                amount="1.00",
+                at=opened_at + timedelta(seconds=i % 7),
+            )
         )
         ids.append(str(case["case_id"]))
     return ids

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from engine.commands import ApproveCase, ListCases, OpenCase, WithdrawCase
 from engine.errors import NotAllowed
 from engine.service import Engine
 from tests.conftest import at, place_delivered
@@ -56,12 +57,14 @@ def open_cases(engine: Engine, case_type: str = "return_refund") -> list[str]:
     for i in range(N):
         place_delivered(engine, f"KS-{i}")
         ids.append(
-            engine.open_case(
-                f"KS-{i}",
-                case_type=case_type,
-                reason="quality.x",
-                amount="1.00",
-                at=datetime.now(UTC).isoformat(),
+            engine.handle(
+                OpenCase(
+                    order_id=f"KS-{i}",
+                    type=case_type,
+                    reason="quality.x",
+                    amount="1.00",
+                    at=datetime.now(UTC).isoformat(),
+                )
             )["case_id"]
         )
     return ids
@@ -134,15 +137,17 @@ def test_two_processes_open_cases_on_the_same_lines(store_url: str) -> None:
             assert sorted([a["ok"], b["ok"]]) == [False, True], (a, b)
             loser = b if a["ok"] else a
             assert loser["exit_code"] == 3 and "already has an open case" in loser["message"]
-            assert len(engine.list_cases(order_id=a["target"])) == 1
+            assert len(engine.handle(ListCases(order=a["target"]))) == 1
 
 
 def test_a_lost_race_is_retried_on_the_new_state(engine: Engine) -> None:
     """Writer A loads the case; before A saves, writer B withdraws it. A's save fails on the
     version, A reloads, and the rules now refuse its approval: one outcome, nothing doubled."""
     place_delivered(engine)
-    cid = engine.open_case(
-        "KS-1", case_type="return_refund", reason="quality.x", amount="1.00", at=at(days=3)
+    cid = engine.handle(
+        OpenCase(
+            order_id="KS-1", type="return_refund", reason="quality.x", amount="1.00", at=at(days=3)
+        )
     )["case_id"]
     interleaved = {"done": False}
     b = Engine(engine.store.url.text)
@@ -150,12 +155,12 @@ def test_a_lost_race_is_retried_on_the_new_state(engine: Engine) -> None:
     def clock() -> datetime:
         if not interleaved["done"]:
             interleaved["done"] = True
-            b.withdraw(cid, at=at(days=3, hours=1))
+            b.handle(WithdrawCase(case_id=cid, at=at(days=3, hours=1)))
         return datetime.fromisoformat(at(days=3, hours=2))
 
     a = Engine(engine.store.url.text, clock=clock)
     with pytest.raises(NotAllowed, match="is closed: approve is not allowed"):
-        a.approve(cid)
+        a.handle(ApproveCase(case_id=cid))
     assert topics(engine, cid) == ["CaseOpened", "CaseWithdrawn"]
     a.close()
     b.close()

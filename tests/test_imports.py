@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from commands.cli import cli
 from engine.bulk import Report
+from engine.commands import ApproveCase, ListCases, OpenCase, new_case_id
 from engine.errors import NotFound
 from engine.imports import ORDER_FIELDS
-from engine.service import Engine, new_case_id
+from engine.service import Engine
 from engine.workers import Worker, in_processes
 from tests.conftest import at
 
@@ -194,7 +195,7 @@ def test_import_history_equals_the_same_actions_one_by_one(tmp_path: Path, store
             a, b = bulk.get_case(case_id), single.get_case(case_id)
             assert a == b
         assert bulk.get_order("KS-1") == single.get_order("KS-1")
-        assert bulk.list_cases() == single.list_cases()
+        assert bulk.handle(ListCases()) == single.handle(ListCases())
         assert bulk.get_case(str(new_case_id(None, "h-open-1")))["status"] == "refunded"
         assert bulk.get_case(str(new_case_id(None, "h-open-2")))["status"] == "escalated"
     # Re-running the import appends nothing.
@@ -252,8 +253,8 @@ def test_generated_workload_imported_equals_applied_one_by_one(
     assert [e["line"] for e in report["errors"]] == failed_one_by_one
     assert report["ok"] == len(lines) - len(failed_one_by_one) > 0
     with Engine(store_url) as bulk, Engine(other) as single:
-        listed = bulk.list_cases()
-        assert listed == single.list_cases()
+        listed = bulk.handle(ListCases())
+        assert listed == single.handle(ListCases())
         assert len(listed) > 20
         statuses = {c["status"] for c in listed}
         assert {"refunded", "closed", "completed"} <= statuses
@@ -279,27 +280,33 @@ def test_a_chunk_that_loses_a_race_is_redone_with_the_chunk_worked_out_on_top_of
 
         def apply(e: Engine, step: str) -> None:
             if step == "open":
-                e.open_case(
-                    "KS-R",
-                    case_type="refund_only",
-                    reason="quality.colour",
-                    amount="39.90",
-                    lines=["CASE-RED"],
-                    at=at(days=3),
-                    command_id="bulk-open-a",
+                e.handle(
+                    OpenCase(
+                        order_id="KS-R",
+                        type="refund_only",
+                        reason="quality.colour",
+                        amount="39.90",
+                        lines=["CASE-RED"],
+                        at=at(days=3),
+                        command_id="bulk-open-a",
+                    )
                 )
             elif step == "race":  # another process opens a case on the same order, now
-                other.open_case(
-                    "KS-R",
-                    case_type="refund_only",
-                    reason="quality.strap",
-                    amount="9.90",
-                    lines=["STRAP"],
-                    at=at(days=3),
-                    command_id="race-open-b",
+                other.handle(
+                    OpenCase(
+                        order_id="KS-R",
+                        type="refund_only",
+                        reason="quality.strap",
+                        amount="9.90",
+                        lines=["STRAP"],
+                        at=at(days=3),
+                        command_id="race-open-b",
+                    )
                 )
             else:
-                e.approve(case_a, at=at(days=3, hours=1), command_id="bulk-approve-a")
+                e.handle(
+                    ApproveCase(case_id=case_a, at=at(days=3, hours=1), command_id="bulk-approve-a")
+                )
 
         items = [Item(1, "open"), Item(2, "race"), Item(3, "approve")]
         report = run_bulk(engine, items, apply, chunk_size=2)

@@ -9,6 +9,18 @@ from typing import Any
 from click.testing import CliRunner
 
 from commands.cli import cli
+from engine.commands import (
+    ApproveCase,
+    DeliverOrder,
+    EscalateCase,
+    FireDeadline,
+    OpenCase,
+    PlaceOrder,
+    ReceiveGoods,
+    RejectCase,
+    RuleCase,
+    ShipBack,
+)
 from engine.service import Engine
 from tests.conftest import at
 
@@ -26,67 +38,89 @@ def scenario(e: Engine) -> list[str]:
         ("A-3", "shop-a", ["PLATE:1:88.00:home"]),
         ("B-1", "shop-b", ["SHIRT:1:129.00:apparel"]),
     ):
-        e.place_order(order, merchant_id=shop, buyer_id=f"buyer-{order}", lines=lines, at=at())
-        e.deliver_order(order, at=at(days=1))
+        e.handle(
+            PlaceOrder(order_id=order, merchant=shop, buyer=f"buyer-{order}", lines=lines, at=at())
+        )
+        e.handle(DeliverOrder(order_id=order, at=at(days=1)))
     ids = []
     # shop-a: a quality refund, paid by the merchant (day 3).
-    c = e.open_case(
-        "A-1",
-        case_type="refund_only",
-        reason="quality.colour",
-        amount="39.90",
-        lines=["CASE"],
-        at=at(days=3),
+    c = e.handle(
+        OpenCase(
+            order_id="A-1",
+            type="refund_only",
+            reason="quality.colour",
+            amount="39.90",
+            lines=["CASE"],
+            at=at(days=3),
+        )
     )["case_id"]
-    e.approve(c, at=at(days=3, hours=1))
+    e.handle(ApproveCase(case_id=c, at=at(days=3, hours=1)))
     ids.append(c)
     # shop-a: a missing gift, ruled for the buyer, reship missed (day 5).
-    c = e.open_case(
-        "A-1",
-        case_type="reship",
-        reason="missing_items.gift",
-        amount="15.00",
-        lines=["GIFT"],
-        at=at(days=3),
+    c = e.handle(
+        OpenCase(
+            order_id="A-1",
+            type="reship",
+            reason="missing_items.gift",
+            amount="15.00",
+            lines=["GIFT"],
+            at=at(days=3),
+        )
     )["case_id"]
-    e.reject(c, reason="it was packed", communication="chat:1", at=at(days=3, hours=2))
-    e.escalate(c, claim="missing_items", at=at(days=3, hours=3))
-    due = e.rule(c, in_favour_of="buyer", at=at(days=4))["due_at"]
-    e.fire(c, "reship_overdue", at=due)
+    e.handle(
+        RejectCase(
+            case_id=c, reason="it was packed", communication="chat:1", at=at(days=3, hours=2)
+        )
+    )
+    e.handle(EscalateCase(case_id=c, claim="missing_items", at=at(days=3, hours=3)))
+    due = e.handle(RuleCase(case_id=c, in_favour_of="buyer", at=at(days=4)))["due_at"]
+    e.handle(FireDeadline(case_id=c, deadline="reship_overdue", at=due))
     ids.append(c)
     # shop-a: a return received ok (day 6).
-    c = e.open_case(
-        "A-2",
-        case_type="return_refund",
-        reason="buyer.changed_mind",
-        amount="199.00",
-        at=at(days=2),
+    c = e.handle(
+        OpenCase(
+            order_id="A-2",
+            type="return_refund",
+            reason="buyer.changed_mind",
+            amount="199.00",
+            at=at(days=2),
+        )
     )["case_id"]
-    e.approve(c, at=at(days=2, hours=1))
-    e.ship_back(c, carrier="SF", waybill="1", at=at(days=3))
-    e.receive(c, at=at(days=6))
+    e.handle(ApproveCase(case_id=c, at=at(days=2, hours=1)))
+    e.handle(ShipBack(case_id=c, carrier="SF", waybill="1", at=at(days=3)))
+    e.handle(ReceiveGoods(case_id=c, at=at(days=6)))
     ids.append(c)
     # shop-a: an unjustified rejection, the platform pays first (day 8).
-    c = e.open_case(
-        "A-3", case_type="refund_only", reason="quality.cracked", amount="88.00", at=at(days=2)
+    c = e.handle(
+        OpenCase(
+            order_id="A-3",
+            type="refund_only",
+            reason="quality.cracked",
+            amount="88.00",
+            at=at(days=2),
+        )
     )["case_id"]
-    e.reject(c, reason="no", communication="call:1", at=at(days=2, hours=1))
-    e.escalate(c, claim="unjustified_rejection", at=at(days=2, hours=2))
-    e.rule(c, in_favour_of="buyer", at=at(days=8))
+    e.handle(RejectCase(case_id=c, reason="no", communication="call:1", at=at(days=2, hours=1)))
+    e.handle(EscalateCase(case_id=c, claim="unjustified_rejection", at=at(days=2, hours=2)))
+    e.handle(RuleCase(case_id=c, in_favour_of="buyer", at=at(days=8)))
     ids.append(c)
     # shop-b: a wrong item, freight both ways on the merchant, then refunded (day 9).
-    c = e.open_case(
-        "B-1",
-        case_type="return_refund",
-        reason="wrong_item.other_variant",
-        amount="129.00",
-        at=at(days=2),
+    c = e.handle(
+        OpenCase(
+            order_id="B-1",
+            type="return_refund",
+            reason="wrong_item.other_variant",
+            amount="129.00",
+            at=at(days=2),
+        )
     )["case_id"]
-    e.reject(c, reason="same item", communication="chat:2", at=at(days=2, hours=1))
-    e.escalate(c, claim="wrong_item", at=at(days=2, hours=2))
-    e.rule(c, in_favour_of="buyer", at=at(days=3))
-    e.ship_back(c, carrier="SF", waybill="2", at=at(days=4))
-    e.receive(c, at=at(days=9))
+    e.handle(
+        RejectCase(case_id=c, reason="same item", communication="chat:2", at=at(days=2, hours=1))
+    )
+    e.handle(EscalateCase(case_id=c, claim="wrong_item", at=at(days=2, hours=2)))
+    e.handle(RuleCase(case_id=c, in_favour_of="buyer", at=at(days=3)))
+    e.handle(ShipBack(case_id=c, carrier="SF", waybill="2", at=at(days=4)))
+    e.handle(ReceiveGoods(case_id=c, at=at(days=9)))
     ids.append(c)
     return ids
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from engine.commands import ApproveCase, ListCases, OpenCase
 from engine.errors import BadInput
 from engine.policy import Policy, load_policy
 from engine.service import Engine
@@ -74,14 +75,20 @@ def test_policy_version_is_recorded_and_deadlines_do_not_move(
     path.write_text(POLICY)
     with Engine(store_url, policy=load_policy(path)) as engine:
         place_delivered(engine, delivered=False)
-        case = engine.open_case(
-            "KS-1", case_type="refund_only", reason="quality.x", amount="1.00", at=at(days=1)
+        case = engine.handle(
+            OpenCase(
+                order_id="KS-1",
+                type="refund_only",
+                reason="quality.x",
+                amount="1.00",
+                at=at(days=1),
+            )
         )
         assert case["policy_version"] == load_policy(path).version
         assert case["due_at"] == at(days=2)  # 24 h: refund only on an unshipped order
     with Engine(store_url) as engine:  # the default policy now: the deadline stays
         assert engine.get_case(case["case_id"])["due_at"] == at(days=2)
-        later = engine.approve(case["case_id"], at=at(days=1, hours=1))
+        later = engine.handle(ApproveCase(case_id=case["case_id"], at=at(days=1, hours=1)))
         assert later["status"] == "refunded"
 
 
@@ -113,7 +120,7 @@ def test_schemas_keep_stores_apart(store_url: str) -> None:
         with Engine(store_url) as a, Engine(other) as b:
             place_delivered(a)
             assert a.get_order("KS-1")["order_id"] == "KS-1"
-            assert b.list_cases() == []
+            assert b.handle(ListCases()) == []
             with pytest.raises(Exception, match="no order KS-1"):
                 b.get_order("KS-1")
     finally:
@@ -123,16 +130,18 @@ def test_schemas_keep_stores_apart(store_url: str) -> None:
 def test_events_are_readable_json_with_actor_time_and_command_id(store_url: str) -> None:
     with Engine(store_url) as engine:
         place_delivered(engine)
-        case = engine.open_case(
-            "KS-1",
-            case_type="refund_only",
-            reason="quality.x",
-            amount="1.50",
-            at=at(days=3),
-            by="buyer-1",
-            command_id="c-1",
+        case = engine.handle(
+            OpenCase(
+                order_id="KS-1",
+                type="refund_only",
+                reason="quality.x",
+                amount="1.50",
+                at=at(days=3),
+                by="buyer-1",
+                command_id="c-1",
+            )
         )
-        engine.approve(case["case_id"], by="staff-7", at=at(days=3, hours=1))
+        engine.handle(ApproveCase(case_id=case["case_id"], by="staff-7", at=at(days=3, hours=1)))
         sql = (
             "SELECT originator_version, topic, data FROM {t}aftersales_event_log "
             "WHERE originator_id = ? ORDER BY originator_version"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from engine.commands import DeliverOrder, PlaceOrder
 from engine.service import Engine
 from engine.store import EventStore
 from projections.base import View
@@ -134,7 +135,7 @@ def test_two_runners_at_once_apply_each_event_once(store_url: str) -> None:
 
 def test_status_shows_position_and_lag(store_url: str) -> None:
     with Engine(store_url) as engine:
-        engine.place_order("S-1", merchant_id="m", buyer_id="b", lines=["X:1:1.00"])
+        engine.handle(PlaceOrder(order_id="S-1", merchant="m", buyer="b", lines=["X:1:1.00"]))
         projector = Projector(engine.store)
         before = {s["projection"]: s for s in projector.status(VIEWS)}
         assert before["return_rates"]["lag"] == 1  # OrderPlaced (OrderShipped is not read)
@@ -176,10 +177,10 @@ def test_follow_picks_up_a_new_event_within_a_second_on_postgres(store_url: str)
     if not store_url.startswith("postgresql"):
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite is covered by the next test")
     with Engine(store_url) as engine:
-        engine.place_order("F-0", merchant_id="m", buyer_id="b", lines=["X:1:1.00"])
+        engine.handle(PlaceOrder(order_id="F-0", merchant="m", buyer="b", lines=["X:1:1.00"]))
         follower = _follow(store_url)
         try:
-            engine.place_order("F-1", merchant_id="m", buyer_id="b", lines=["X:1:2.00"])
+            engine.handle(PlaceOrder(order_id="F-1", merchant="m", buyer="b", lines=["X:1:2.00"]))
             placed = time.monotonic()
             head = engine.store.recorder.max_notification_id() or 0
             rates = Projector(engine.store).recorder(VIEWS[1])
@@ -187,8 +188,10 @@ def test_follow_picks_up_a_new_event_within_a_second_on_postgres(store_url: str)
             assert time.monotonic() - placed < 1.0
             # A burst, written by the library's runner in batches, lands as a rebuild would.
             for i in range(30):
-                engine.place_order(f"F-B{i}", merchant_id="m", buyer_id="b", lines=["Y:2:3.00"])
-            engine.deliver_order("F-B3")
+                engine.handle(
+                    PlaceOrder(order_id=f"F-B{i}", merchant="m", buyer="b", lines=["Y:2:3.00"])
+                )
+            engine.handle(DeliverOrder(order_id="F-B3"))
             head = engine.store.recorder.max_notification_id() or 0
             _wait_until(lambda: (rates.max_tracking_id("Aftersales") or 0) >= head, 10)
         finally:
@@ -204,10 +207,10 @@ def test_follow_on_sqlite_polls_the_log(store_url: str) -> None:
     if not store_url.startswith("sqlite"):
         pytest.skip("the SQLite follower")
     with Engine(store_url) as engine:
-        engine.place_order("F-0", merchant_id="m", buyer_id="b", lines=["X:1:1.00"])
+        engine.handle(PlaceOrder(order_id="F-0", merchant="m", buyer="b", lines=["X:1:1.00"]))
         follower = _follow(store_url)
         try:
-            engine.place_order("F-1", merchant_id="m", buyer_id="b", lines=["X:1:2.00"])
+            engine.handle(PlaceOrder(order_id="F-1", merchant="m", buyer="b", lines=["X:1:2.00"]))
             head = engine.store.recorder.max_notification_id() or 0
             _wait_until(lambda: min(positions(engine.store).values()) >= head, 10)
         finally:
@@ -219,7 +222,7 @@ def test_follow_in_process_survives_a_rebuild_under_it(store_url: str) -> None:
     """A rebuild moves the tracking record under a running follower: its next batch is
     refused (exactly once), and it carries on from the rebuilt position."""
     with Engine(store_url) as engine:
-        engine.place_order("R-0", merchant_id="m", buyer_id="b", lines=["X:1:1.00"])
+        engine.handle(PlaceOrder(order_id="R-0", merchant="m", buyer="b", lines=["X:1:1.00"]))
         stop = threading.Event()
         follower = Projector(EventStore(store_url))
         thread = threading.Thread(
@@ -231,7 +234,9 @@ def test_follow_in_process_survives_a_rebuild_under_it(store_url: str) -> None:
             _wait_until(lambda: all(positions(engine.store).values()), 20)
             projector.rebuild(VIEWS)
             for i in range(5):
-                engine.place_order(f"R-{i + 1}", merchant_id="m", buyer_id="b", lines=["X:1:1.00"])
+                engine.handle(
+                    PlaceOrder(order_id=f"R-{i + 1}", merchant="m", buyer="b", lines=["X:1:1.00"])
+                )
             head = engine.store.recorder.max_notification_id() or 0
             _wait_until(lambda: positions(engine.store)["return_rates"] >= head - 1, 20)
         finally:
@@ -265,7 +270,7 @@ def test_a_large_catch_up_leaves_statistics_for_the_reports(
 
     monkeypatch.setattr(runner, "ANALYZE_AFTER", 1)
     with Engine(store_url) as engine:
-        engine.place_order("S-1", merchant_id="m", buyer_id="b", lines=["X:1:1.00"])
+        engine.handle(PlaceOrder(order_id="S-1", merchant="m", buyer="b", lines=["X:1:1.00"]))
         assert Projector(engine.store).catch_up(VIEWS) >= 1
         schema = engine.store.url.schema
         rows = engine.store.query(

@@ -42,6 +42,19 @@ from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
 from commands.cli import cli
+from engine.commands import (
+    ApproveCase,
+    DeliverOrder,
+    EscalateCase,
+    FireDeadline,
+    OpenCase,
+    PlaceOrder,
+    RateCase,
+    ReceiveGoods,
+    RejectCase,
+    ShipBack,
+    WithdrawCase,
+)
 from engine.service import Engine
 from engine.values import parse_time
 from projections.dashboard import dashboard
@@ -65,64 +78,101 @@ def build(engine: Engine) -> dict[str, str]:
     cases: dict[str, str] = {}
 
     def order(oid: str, merchant: str, lines: list[str], delivered_day: float) -> None:
-        e.place_order(oid, merchant_id=merchant, buyer_id=f"b-{oid}", lines=lines, at=at())
-        e.deliver_order(oid, at=at(days=delivered_day))
+        e.handle(
+            PlaceOrder(order_id=oid, merchant=merchant, buyer=f"b-{oid}", lines=lines, at=at())
+        )
+        e.handle(DeliverOrder(order_id=oid, at=at(days=delivered_day)))
 
     order("O1", "shop-a", ["MUG:1:30.00:home", "TEE:2:25.00:apparel"], 2)
     order("O2", "shop-a", ["MUG:1:30.00:home"], 2)
     order("O3", "shop-a", ["TEE:1:25.00:apparel"], 2)
     order("O4", "shop-a", ["LAMP:1:100.00:home"], 2)
     order("O5", "shop-b", ["BAG:1:200.00:apparel"], 2)
-    e.place_order("O7", merchant_id="shop-a", buyer_id="b-O7", lines=["MUG:1:30.00:home"], at=at())
-    e.deliver_order("O7", at=at(days=35))
+    e.handle(
+        PlaceOrder(
+            order_id="O7", merchant="shop-a", buyer="b-O7", lines=["MUG:1:30.00:home"], at=at()
+        )
+    )
+    e.handle(DeliverOrder(order_id="O7", at=at(days=35)))
 
-    c1 = e.open_case(
-        "O1",
-        case_type="return_refund",
-        reason="quality.defective",
-        amount="50.00",
-        lines=["TEE"],
-        at=at(days=3),
+    c1 = e.handle(
+        OpenCase(
+            order_id="O1",
+            type="return_refund",
+            reason="quality.defective",
+            amount="50.00",
+            lines=["TEE"],
+            at=at(days=3),
+        )
     )["case_id"]
-    e.approve(c1, return_address="1 Road", at=at(days=3, hours=4))
-    e.ship_back(c1, carrier="SF", waybill="SF1", at=at(days=4))
-    assert e.receive(c1, at=at(days=5, hours=6))["refunded_amount"] == "50.00"
-    e.rate(c1, score=4, at=at(days=6))
+    e.handle(ApproveCase(case_id=c1, return_address="1 Road", at=at(days=3, hours=4)))
+    e.handle(ShipBack(case_id=c1, carrier="SF", waybill="SF1", at=at(days=4)))
+    assert e.handle(ReceiveGoods(case_id=c1, at=at(days=5, hours=6)))["refunded_amount"] == "50.00"
+    e.handle(RateCase(case_id=c1, score=4, at=at(days=6)))
 
-    c2 = e.open_case(
-        "O2", case_type="refund_only", reason="logistics.damaged", amount="30.00", at=at(days=3)
+    c2 = e.handle(
+        OpenCase(
+            order_id="O2",
+            type="refund_only",
+            reason="logistics.damaged",
+            amount="30.00",
+            at=at(days=3),
+        )
     )
     assert c2["due_at"] == parse_time(at(days=5)).isoformat()  # 48 h to answer
     c2_id = c2["case_id"]
-    assert e.fire(c2_id, "auto_approve", at=at(days=5))["status"] == "refunded"
-    e.rate(c2_id, score=2, at=at(days=6))
+    assert (
+        e.handle(FireDeadline(case_id=c2_id, deadline="auto_approve", at=at(days=5)))["status"]
+        == "refunded"
+    )
+    e.handle(RateCase(case_id=c2_id, score=2, at=at(days=6)))
 
-    c3 = e.open_case(
-        "O4", case_type="refund_only", reason="buyer.changed_mind", amount="100.00", at=at(days=3)
+    c3 = e.handle(
+        OpenCase(
+            order_id="O4",
+            type="refund_only",
+            reason="buyer.changed_mind",
+            amount="100.00",
+            at=at(days=3),
+        )
     )["case_id"]
-    e.reject(c3, reason="used", communication="chat:1", at=at(days=3, hours=2))
-    e.escalate(c3, claim="unjustified_rejection", evidence=["photo:1"], at=at(days=3, hours=5))
+    e.handle(RejectCase(case_id=c3, reason="used", communication="chat:1", at=at(days=3, hours=2)))
+    e.handle(
+        EscalateCase(
+            case_id=c3, claim="unjustified_rejection", evidence=["photo:1"], at=at(days=3, hours=5)
+        )
+    )
 
-    c4 = e.open_case(
-        "O1",
-        case_type="refund_only",
-        reason="logistics.late",
-        amount="10.00",
-        lines=["MUG"],
-        at=at(days=6),
+    c4 = e.handle(
+        OpenCase(
+            order_id="O1",
+            type="refund_only",
+            reason="logistics.late",
+            amount="10.00",
+            lines=["MUG"],
+            at=at(days=6),
+        )
     )["case_id"]
-    e.withdraw(c4, at=at(days=6, hours=1))
+    e.handle(WithdrawCase(case_id=c4, at=at(days=6, hours=1)))
 
-    c5 = e.open_case(
-        "O5",
-        case_type="return_refund",
-        reason="quality.colour_difference",
-        amount="200.00",
-        at=at(days=3),
+    c5 = e.handle(
+        OpenCase(
+            order_id="O5",
+            type="return_refund",
+            reason="quality.colour_difference",
+            amount="200.00",
+            at=at(days=3),
+        )
     )
     assert c5["due_at"] == parse_time(at(days=5)).isoformat()
-    c6 = e.open_case(
-        "O7", case_type="refund_only", reason="quality.defective", amount="30.00", at=at(days=36)
+    c6 = e.handle(
+        OpenCase(
+            order_id="O7",
+            type="refund_only",
+            reason="quality.defective",
+            amount="30.00",
+            at=at(days=36),
+        )
     )["case_id"]
     cases.update(c1=c1, c2=c2_id, c3=c3, c4=c4, c5=c5["case_id"], c6=c6)
     return cases

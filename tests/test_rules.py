@@ -6,6 +6,19 @@ from typing import Any
 
 import pytest
 
+from engine.commands import (
+    ApproveCase,
+    DeliverOrder,
+    EscalateCase,
+    FireDeadline,
+    OpenCase,
+    PlaceOrder,
+    RefundCase,
+    RejectCase,
+    ShipBack,
+    ShipOrder,
+    WithdrawCase,
+)
 from engine.errors import BadInput, Conflict, NotAllowed, NotFound
 from engine.service import Engine
 from tests.conftest import at, place_delivered
@@ -17,13 +30,13 @@ def event_count(engine: Engine) -> int:
 
 def open_quality(engine: Engine, **kw: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "case_type": "return_refund",
+        "type": "return_refund",
         "reason": "quality.colour",
         "amount": "39.90",
         "at": at(days=3),
     }
     args.update(kw)
-    return engine.open_case("KS-1", **args)
+    return engine.handle(OpenCase(order_id="KS-1", **args))
 
 
 @pytest.fixture
@@ -47,16 +60,23 @@ def test_a_case_needs_a_known_order(engine: Engine) -> None:
         engine,
         NotFound,
         "no order KS-404",
-        lambda: engine.open_case(
-            "KS-404", case_type="refund_only", reason="quality.x", amount="1.00", at=at()
+        lambda: engine.handle(
+            OpenCase(
+                order_id="KS-404", type="refund_only", reason="quality.x", amount="1.00", at=at()
+            )
         ),
     )
 
 
 def test_unknown_case(delivered: Engine) -> None:
     e = delivered
-    refused(e, NotFound, "no case", lambda: e.approve("5d3c4b1a-0000-4000-8000-000000000000"))
-    refused(e, NotFound, "no case", lambda: e.approve("not-a-case"))
+    refused(
+        e,
+        NotFound,
+        "no case",
+        lambda: e.handle(ApproveCase(case_id="5d3c4b1a-0000-4000-8000-000000000000")),
+    )
+    refused(e, NotFound, "no case", lambda: e.handle(ApproveCase(case_id="not-a-case")))
     # An order's id is not a case.
     order_uuid = str(e.load_order("KS-1").id)
     refused(e, NotFound, "no case", lambda: e.get_case(order_uuid))
@@ -81,7 +101,7 @@ def test_amount_no_more_than_what_was_paid(delivered: Engine) -> None:
 def test_earlier_refunds_reduce_what_can_be_asked(delivered: Engine) -> None:
     e = delivered
     first = open_quality(e, amount="15.00", lines=["STRAP"])
-    e.refund(first["case_id"], amount="12.00", at=at(days=3, hours=1))
+    e.handle(RefundCase(case_id=first["case_id"], amount="12.00", at=at(days=3, hours=1)))
     assert e.get_order("KS-1")["lines"][1]["refunded"] == "12.00"
     refused(
         e,
@@ -111,14 +131,16 @@ def test_after_rejection_or_closure_a_new_case_follows(delivered: Engine, end: s
     e = delivered
     first = open_quality(e, lines=["CASE-RED"])
     if end == "reject":
-        e.reject(
-            first["case_id"],
-            reason="scratched by use",
-            communication="chat:77",
-            at=at(days=3, hours=1),
+        e.handle(
+            RejectCase(
+                case_id=first["case_id"],
+                reason="scratched by use",
+                communication="chat:77",
+                at=at(days=3, hours=1),
+            )
         )
     else:
-        e.withdraw(first["case_id"], at=at(days=3, hours=1))
+        e.handle(WithdrawCase(case_id=first["case_id"], at=at(days=3, hours=1)))
     second = open_quality(e, lines=["CASE-RED"], at=at(days=3, hours=2))
     assert second["follows"] == first["case_id"]
     assert e.get_order("KS-1")["lines"][0]["open_case_id"] == second["case_id"]
@@ -127,13 +149,19 @@ def test_after_rejection_or_closure_a_new_case_follows(delivered: Engine, end: s
 def test_escalating_a_rejected_case_after_a_new_one_opened_is_refused(delivered: Engine) -> None:
     e = delivered
     first = open_quality(e, lines=["CASE-RED"])
-    e.reject(first["case_id"], reason="r", communication="c", at=at(days=3, hours=1))
+    e.handle(
+        RejectCase(case_id=first["case_id"], reason="r", communication="c", at=at(days=3, hours=1))
+    )
     open_quality(e, lines=["CASE-RED"], at=at(days=3, hours=2))
     refused(
         e,
         NotAllowed,
         "already has an open case",
-        lambda: e.escalate(first["case_id"], claim="unjustified_rejection", at=at(days=3, hours=3)),
+        lambda: e.handle(
+            EscalateCase(
+                case_id=first["case_id"], claim="unjustified_rejection", at=at(days=3, hours=3)
+            )
+        ),
     )
 
 
@@ -166,15 +194,25 @@ def test_no_reason_window_is_7_days_after_delivery(delivered: Engine) -> None:
 def test_returns_need_a_delivered_order(engine: Engine) -> None:
     place_delivered(engine, delivered=False)
     refused(engine, NotAllowed, "not delivered yet", lambda: open_quality(engine))
-    case = open_quality(engine, case_type="refund_only", reason="buyer.changed_mind")
+    case = open_quality(engine, type="refund_only", reason="buyer.changed_mind")
     assert case["status"] == "awaiting_merchant"
 
 
 def test_a_rejection_needs_reason_and_communication(delivered: Engine) -> None:
     e = delivered
     cid = open_quality(e)["case_id"]
-    refused(e, BadInput, "--communication", lambda: e.reject(cid, reason="worn", communication=" "))
-    refused(e, BadInput, "--reason", lambda: e.reject(cid, reason="", communication="c"))
+    refused(
+        e,
+        BadInput,
+        "communication is required",
+        lambda: e.handle(RejectCase(case_id=cid, reason="worn", communication=" ")),
+    )
+    refused(
+        e,
+        BadInput,
+        "reason is required",
+        lambda: e.handle(RejectCase(case_id=cid, reason="", communication="c")),
+    )
 
 
 def test_withdraw_is_the_buyers_until_the_money_moved(delivered: Engine) -> None:
@@ -184,14 +222,14 @@ def test_withdraw_is_the_buyers_until_the_money_moved(delivered: Engine) -> None
         e,
         NotAllowed,
         "buyer-1; buyer-2 may not withdraw",
-        lambda: e.withdraw(cid, by="buyer-2", at=at(days=4)),
+        lambda: e.handle(WithdrawCase(case_id=cid, by="buyer-2", at=at(days=4))),
     )
-    e.refund(cid, at=at(days=4))
+    e.handle(RefundCase(case_id=cid, at=at(days=4)))
     refused(
         e,
         NotAllowed,
         "is refunded: withdraw is not allowed",
-        lambda: e.withdraw(cid, at=at(days=5)),
+        lambda: e.handle(WithdrawCase(case_id=cid, at=at(days=5))),
     )
 
 
@@ -212,7 +250,7 @@ def test_action_not_allowed_names_status_and_what_is_allowed(delivered: Engine) 
         NotAllowed,
         "is awaiting_merchant: ship-back is not allowed; allowed now: approve, reject, "
         "refund, withdraw, escalate",
-        lambda: e.ship_back(cid, carrier="SF", waybill="1", at=at(days=4)),
+        lambda: e.handle(ShipBack(case_id=cid, carrier="SF", waybill="1", at=at(days=4))),
     )
 
 
@@ -220,16 +258,22 @@ def test_action_dated_before_the_latest_event_is_refused(delivered: Engine) -> N
     e = delivered
     cid = open_quality(e)["case_id"]
     refused(
-        e, BadInput, "before case .* latest event", lambda: e.approve(cid, at=at(days=2, hours=23))
+        e,
+        BadInput,
+        "before case .* latest event",
+        lambda: e.handle(ApproveCase(case_id=cid, at=at(days=2, hours=23))),
     )
     refused(
-        e, BadInput, "before order KS-1's latest event", lambda: e.ship_order("KS-1", at=at(days=1))
+        e,
+        BadInput,
+        "before order KS-1's latest event",
+        lambda: e.handle(ShipOrder(order_id="KS-1", at=at(days=1))),
     )
 
 
 @pytest.mark.parametrize("value", ["yesterday", "2026-11-01T10:00:00", "2026-13-01T00:00+08:00"])
 def test_malformed_time(delivered: Engine, value: str) -> None:
-    refused(delivered, BadInput, "--at", lambda: open_quality(delivered, at=value))
+    refused(delivered, BadInput, "^at ", lambda: open_quality(delivered, at=value))
 
 
 def test_command_id_makes_a_retry_change_nothing(delivered: Engine) -> None:
@@ -238,11 +282,16 @@ def test_command_id_makes_a_retry_change_nothing(delivered: Engine) -> None:
     count = event_count(e)
     again = open_quality(e, command_id="cmd-open-1")
     assert again == first and event_count(e) == count
-    approved = e.approve(first["case_id"], at=at(days=4), command_id="cmd-approve-1")
-    e.ship_back(first["case_id"], carrier="SF", waybill="1", at=at(days=5))
+    approved = e.handle(
+        ApproveCase(case_id=first["case_id"], at=at(days=4), command_id="cmd-approve-1")
+    )
+    e.handle(ShipBack(case_id=first["case_id"], carrier="SF", waybill="1", at=at(days=5)))
     # The retry prints the first result again, though the case has moved on since.
     count = event_count(e)
-    assert e.approve(first["case_id"], at=at(days=4), command_id="cmd-approve-1") == approved
+    assert (
+        e.handle(ApproveCase(case_id=first["case_id"], at=at(days=4), command_id="cmd-approve-1"))
+        == approved
+    )
     assert event_count(e) == count
 
 
@@ -259,7 +308,7 @@ def test_command_id_reused_with_different_arguments_is_refused(delivered: Engine
         e,
         BadInput,
         "command id k-1 was already used",
-        lambda: e.approve(cid, at=at(days=4), command_id="k-1"),
+        lambda: e.handle(ApproveCase(case_id=cid, at=at(days=4), command_id="k-1")),
     )
 
 
@@ -270,9 +319,12 @@ def test_expected_version(delivered: Engine) -> None:
         e,
         Conflict,
         "not the expected 0",
-        lambda: e.approve(case["case_id"], at=at(days=4), expected_version=0),
+        lambda: e.handle(ApproveCase(case_id=case["case_id"], at=at(days=4), expected_version=0)),
     )
-    assert e.approve(case["case_id"], at=at(days=4), expected_version=1)["version"] == 2
+    assert (
+        e.handle(ApproveCase(case_id=case["case_id"], at=at(days=4), expected_version=1))["version"]
+        == 2
+    )
 
 
 def test_refund_no_more_than_asked(delivered: Engine) -> None:
@@ -282,7 +334,7 @@ def test_refund_no_more_than_asked(delivered: Engine) -> None:
         e,
         NotAllowed,
         "more than the 30.00 asked",
-        lambda: e.refund(cid, amount="30.01", at=at(days=4)),
+        lambda: e.handle(RefundCase(case_id=cid, amount="30.01", at=at(days=4))),
     )
 
 
@@ -293,20 +345,30 @@ def test_deadline_fires_not_a_second_early_and_only_while_running(delivered: Eng
         e,
         NotAllowed,
         "not yet",
-        lambda: e.fire(case["case_id"], "auto_approve", at=at(days=5, seconds=-1)),
+        lambda: e.handle(
+            FireDeadline(
+                case_id=case["case_id"], deadline="auto_approve", at=at(days=5, seconds=-1)
+            )
+        ),
     )
     refused(
         e,
         NotAllowed,
         "awaiting_merchant: auto_close is not allowed",
-        lambda: e.fire(case["case_id"], "auto_close", at=at(days=30)),
+        lambda: e.handle(
+            FireDeadline(case_id=case["case_id"], deadline="auto_close", at=at(days=30))
+        ),
     )
-    e.approve(case["case_id"], at=at(days=4, hours=23))  # the merchant at hour 47
+    e.handle(
+        ApproveCase(case_id=case["case_id"], at=at(days=4, hours=23))
+    )  # the merchant at hour 47
     refused(
         e,
         NotAllowed,
         "auto_approve is not allowed",
-        lambda: e.fire(case["case_id"], "auto_approve", at=at(days=5)),
+        lambda: e.handle(
+            FireDeadline(case_id=case["case_id"], deadline="auto_approve", at=at(days=5))
+        ),
     )
 
 
@@ -315,36 +377,43 @@ def test_order_facts(engine: Engine) -> None:
         engine,
         BadInput,
         "SKU appears on more than one line",
-        lambda: engine.place_order(
-            "KS-2", merchant_id="m", buyer_id="b", lines=["A:1:1.00", "A:2:1.00"], at=at()
+        lambda: engine.handle(
+            PlaceOrder(
+                order_id="KS-2", merchant="m", buyer="b", lines=["A:1:1.00", "A:2:1.00"], at=at()
+            )
         ),
     )
     refused(
         engine,
         BadInput,
         "not SKU:QTY:UNIT_PRICE",
-        lambda: engine.place_order("KS-2", merchant_id="m", buyer_id="b", lines=["A:1"], at=at()),
+        lambda: engine.handle(
+            PlaceOrder(order_id="KS-2", merchant="m", buyer="b", lines=["A:1"], at=at())
+        ),
     )
     refused(
         engine,
         BadInput,
         "quantity",
-        lambda: engine.place_order(
-            "KS-2", merchant_id="m", buyer_id="b", lines=["A:0:1.00"], at=at()
+        lambda: engine.handle(
+            PlaceOrder(order_id="KS-2", merchant="m", buyer="b", lines=["A:0:1.00"], at=at())
         ),
     )
-    engine.place_order("KS-2", merchant_id="m", buyer_id="b", lines=["A:1:1.00"], at=at())
+    engine.handle(PlaceOrder(order_id="KS-2", merchant="m", buyer="b", lines=["A:1:1.00"], at=at()))
     refused(
         engine,
         NotAllowed,
         "already placed",
-        lambda: engine.place_order(
-            "KS-2", merchant_id="m", buyer_id="b", lines=["A:1:1.00"], at=at()
+        lambda: engine.handle(
+            PlaceOrder(order_id="KS-2", merchant="m", buyer="b", lines=["A:1:1.00"], at=at())
         ),
     )
-    engine.deliver_order("KS-2", at=at(days=1))
+    engine.handle(DeliverOrder(order_id="KS-2", at=at(days=1)))
     refused(
-        engine, NotAllowed, "already delivered", lambda: engine.deliver_order("KS-2", at=at(days=2))
+        engine,
+        NotAllowed,
+        "already delivered",
+        lambda: engine.handle(DeliverOrder(order_id="KS-2", at=at(days=2))),
     )
 
 
@@ -360,38 +429,44 @@ def test_a_case_id_already_taken_is_refused_and_changes_nothing(delivered: Engin
             engine,
             NotAllowed,
             f"case {taken} exists already",
-            lambda engine=engine: engine.open_case(
-                "KS-2",
-                case_type="refund_only",
-                reason="quality.crack",
-                amount="20.00",
-                case_id=taken,
-                at=at(days=3),
+            lambda engine=engine: engine.handle(
+                OpenCase(
+                    order_id="KS-2",
+                    type="refund_only",
+                    reason="quality.crack",
+                    amount="20.00",
+                    case_id=taken,
+                    at=at(days=3),
+                )
             ),
         )
         assert engine.get_order("KS-2")["lines"][0]["open_case_id"] is None
     # A command id names a case too: reusing one for another order's case is refused as a
     # reused command id, before anything is saved.
     place_delivered(e, "KS-3", lines=("BOWL:1:30.00",))
-    e.open_case(
-        "KS-3",
-        case_type="refund_only",
-        reason="quality.crack",
-        amount="30.00",
-        at=at(days=3),
-        command_id="named-1",
+    e.handle(
+        OpenCase(
+            order_id="KS-3",
+            type="refund_only",
+            reason="quality.crack",
+            amount="30.00",
+            at=at(days=3),
+            command_id="named-1",
+        )
     )
     refused(
         e,
         BadInput,
         "command id named-1 was already used",
-        lambda: e.open_case(
-            "KS-2",
-            case_type="refund_only",
-            reason="quality.crack",
-            amount="20.00",
-            at=at(days=3),
-            command_id="named-1",
+        lambda: e.handle(
+            OpenCase(
+                order_id="KS-2",
+                type="refund_only",
+                reason="quality.crack",
+                amount="20.00",
+                at=at(days=3),
+                command_id="named-1",
+            )
         ),
     )
 
@@ -401,24 +476,50 @@ def test_a_commands_fingerprint_keeps_its_stored_form() -> None:
     (sorted keys, no spaces, ASCII escapes) must stay as it was stored."""
     import hashlib
     import json
-    from decimal import Decimal
 
-    from engine.service import Common
+    from engine.commands import RefundCase, RuleCase
 
-    common = Common(at="2026-11-03T10:00:00+08:00", by="店员-7", command_id="c-1")
-    args = {"amount": Decimal("1.5"), "lines": ["A:1"], "note": "颜色"}
+    command = RefundCase(
+        case_id="9b2f7c4e-1d3a-4c5b-8e6f-0a1b2c3d4e5f",
+        amount="1.5",
+        at="2026-11-03T10:00:00+08:00",
+        by="店员-7",
+        command_id="c-1",
+    )
     expected = json.dumps(
         {
             "action": "case refund",
-            "target": "t-1",
-            "args": {"amount": "1.50", "lines": ["A:1"], "note": "颜色"},
+            "target": "9b2f7c4e-1d3a-4c5b-8e6f-0a1b2c3d4e5f",
+            "args": {"amount": "1.50"},
             "by": "店员-7",
             "at": "2026-11-03T10:00:00+08:00",
         },
         sort_keys=True,
         separators=(",", ":"),
     )
-    assert (
-        common.fingerprint("case refund", "t-1", args)
-        == hashlib.sha256(expected.encode()).hexdigest()
+    assert command.fingerprint() == hashlib.sha256(expected.encode()).hexdigest()
+    # An opening's lines and a ruling's party keep the keys they were first stored under.
+    opening = OpenCase(
+        order_id="KS-1", type="exchange", reason="quality.colour", line=["A", "B:2"], note="颜色"
     )
+    stored_form = {
+        "action": "case open",
+        "target": "KS-1",
+        "args": {
+            "amount": None,
+            "case_id": None,
+            "evidence": [],
+            "lines": ["A:None", "B:2"],
+            "note": "颜色",
+            "reason": "quality.colour",
+            "type": "exchange",
+        },
+        "by": None,
+        "at": None,
+    }
+    text = json.dumps(stored_form, sort_keys=True, separators=(",", ":"))
+    assert opening.fingerprint() == hashlib.sha256(text.encode()).hexdigest()
+    assert set(RuleCase(case_id=command.case_id, in_favour_of="buyer").fingerprint_args()) == {
+        "for",
+        "note",
+    }

@@ -7,6 +7,21 @@ from typing import Any
 
 import pytest
 
+from engine.commands import (
+    ApproveCase,
+    EscalateCase,
+    FireDeadline,
+    OpenCase,
+    RateCase,
+    ReceiveGoods,
+    RefundCase,
+    RejectCase,
+    Reship,
+    RuleCase,
+    ShipBack,
+    ShipReplacement,
+    WithdrawCase,
+)
 from engine.errors import NotAllowed
 from engine.service import Engine
 from tests.conftest import at, place_delivered
@@ -18,34 +33,44 @@ def due(case: dict[str, Any]) -> datetime:
 
 def opened(engine: Engine, case_type: str = "return_refund", **kw: Any) -> dict[str, Any]:
     place_delivered(engine, lines=("CASE-RED:1:39.90:phone_accessory", "GIFT:1:5.00:gift"))
-    return engine.open_case(
-        "KS-1",
-        case_type=case_type,
-        reason=kw.pop(
-            "reason", "missing_items.gift" if case_type == "reship" else "quality.colour"
-        ),
-        amount=kw.pop("amount", "39.90" if case_type != "reship" else "5.00"),
-        lines=kw.pop("lines", ["CASE-RED"] if case_type != "reship" else ["GIFT"]),
-        at=at(days=3),
-        **kw,
+    return engine.handle(
+        OpenCase(
+            order_id="KS-1",
+            type=case_type,
+            reason=kw.pop(
+                "reason", "missing_items.gift" if case_type == "reship" else "quality.colour"
+            ),
+            amount=kw.pop("amount", "39.90" if case_type != "reship" else "5.00"),
+            lines=kw.pop("lines", ["CASE-RED"] if case_type != "reship" else ["GIFT"]),
+            at=at(days=3),
+            **kw,
+        )
     )
 
 
 def approved(engine: Engine, case_type: str = "return_refund") -> dict[str, Any]:
     case = opened(engine, case_type)
-    return engine.approve(case["case_id"], at=at(days=3, hours=2))
+    return engine.handle(ApproveCase(case_id=case["case_id"], at=at(days=3, hours=2)))
 
 
 def shipped_back(engine: Engine, case_type: str = "return_refund") -> dict[str, Any]:
     case = approved(engine, case_type)
-    return engine.ship_back(case["case_id"], carrier="SF", waybill="SF1", at=at(days=4))
+    return engine.handle(
+        ShipBack(case_id=case["case_id"], carrier="SF", waybill="SF1", at=at(days=4))
+    )
 
 
 def escalated_after(engine: Engine, claim: str) -> dict[str, Any]:
     case = opened(engine)
-    engine.reject(case["case_id"], reason="used", communication="chat:1", at=at(days=3, hours=1))
-    return engine.escalate(
-        case["case_id"], claim=claim, evidence=["photo:1"], at=at(days=3, hours=2)
+    engine.handle(
+        RejectCase(
+            case_id=case["case_id"], reason="used", communication="chat:1", at=at(days=3, hours=1)
+        )
+    )
+    return engine.handle(
+        EscalateCase(
+            case_id=case["case_id"], claim=claim, evidence=["photo:1"], at=at(days=3, hours=2)
+        )
     )
 
 
@@ -62,9 +87,11 @@ def test_open_waits_for_the_merchant_48_hours(engine: Engine) -> None:
 def test_refund_only_approval_refunds_at_once(engine: Engine, fire: bool) -> None:
     case = opened(engine, "refund_only")
     if fire:
-        result = engine.fire(case["case_id"], "auto_approve", at=case["due_at"])
+        result = engine.handle(
+            FireDeadline(case_id=case["case_id"], deadline="auto_approve", at=case["due_at"])
+        )
     else:
-        result = engine.approve(case["case_id"], at=at(days=3, hours=1))
+        result = engine.handle(ApproveCase(case_id=case["case_id"], at=at(days=3, hours=1)))
     assert result["status"] == "refunded"
     assert result["refunded_amount"] == "39.90" and result["refund_paid_by"] == "merchant"
     assert result["due_at"] is None
@@ -77,10 +104,14 @@ def test_return_approval_waits_10_days_for_the_buyer(
 ) -> None:
     case = opened(engine, case_type)
     if fire:
-        result = engine.fire(case["case_id"], "auto_approve", at=case["due_at"])
+        result = engine.handle(
+            FireDeadline(case_id=case["case_id"], deadline="auto_approve", at=case["due_at"])
+        )
         start = due(case)  # the buyer's 10 days count from the auto-approval
     else:
-        result = engine.approve(case["case_id"], at=at(days=3, hours=5), return_address="HZ")
+        result = engine.handle(
+            ApproveCase(case_id=case["case_id"], at=at(days=3, hours=5), return_address="HZ")
+        )
         start = datetime.fromisoformat(at(days=3, hours=5))
     assert result["status"] == "awaiting_buyer_shipment"
     assert result["due_action"] == "auto_close"
@@ -96,8 +127,10 @@ def test_reship_approval_waits_24_hours(engine: Engine) -> None:
 
 def test_reject_records_reason_and_communication(engine: Engine) -> None:
     case = opened(engine)
-    result = engine.reject(
-        case["case_id"], reason="worn", communication="call:42", at=at(days=3, hours=1)
+    result = engine.handle(
+        RejectCase(
+            case_id=case["case_id"], reason="worn", communication="call:42", at=at(days=3, hours=1)
+        )
     )
     assert result["status"] == "rejected" and result["due_at"] is None
     assert result["rejection"] == {"reason": "worn", "communication": "call:42"}
@@ -114,7 +147,7 @@ def test_merchant_refund_from_each_waiting_status(engine: Engine, stage: str) ->
     }[stage]
     case = drive(engine)
     assert case["status"] == stage
-    result = engine.refund(case["case_id"], amount="20.00", at=at(days=5))
+    result = engine.handle(RefundCase(case_id=case["case_id"], amount="20.00", at=at(days=5)))
     assert result["status"] == "refunded"
     assert result["refunded_amount"] == "20.00" and result["refund_paid_by"] == "merchant"
 
@@ -129,22 +162,26 @@ def test_ship_back_waits_10_days_from_the_waybill(engine: Engine) -> None:
 
 def test_auto_close_when_the_buyer_does_not_ship(engine: Engine) -> None:
     case = approved(engine)
-    result = engine.fire(case["case_id"], "auto_close", at=case["due_at"])
+    result = engine.handle(
+        FireDeadline(case_id=case["case_id"], deadline="auto_close", at=case["due_at"])
+    )
     assert result["status"] == "closed" and result["refunded_amount"] == "0.00"
 
 
 def test_receive_ok_refunds_a_return(engine: Engine) -> None:
     case = shipped_back(engine)
-    result = engine.receive(case["case_id"], condition="ok", at=at(days=6))
+    result = engine.handle(ReceiveGoods(case_id=case["case_id"], condition="ok", at=at(days=6)))
     assert result["status"] == "refunded"
     assert result["refunded_amount"] == "39.90" and result["refund_paid_by"] == "merchant"
 
 
 def test_exchange_receive_then_ship_replacement_completes(engine: Engine) -> None:
     case = shipped_back(engine, "exchange")
-    result = engine.receive(case["case_id"], at=at(days=6))
+    result = engine.handle(ReceiveGoods(case_id=case["case_id"], at=at(days=6)))
     assert result["status"] == "awaiting_replacement" and result["refunded_amount"] == "0.00"
-    result = engine.ship_replacement(case["case_id"], carrier="YTO", waybill="Y2", at=at(days=7))
+    result = engine.handle(
+        ShipReplacement(case_id=case["case_id"], carrier="YTO", waybill="Y2", at=at(days=7))
+    )
     assert result["status"] == "completed"
     assert result["replacement_shipment"] == {"carrier": "YTO", "waybill": "Y2"}
 
@@ -152,7 +189,9 @@ def test_exchange_receive_then_ship_replacement_completes(engine: Engine) -> Non
 @pytest.mark.parametrize("condition", ["damaged", "not_as_returned"])
 def test_receive_not_ok_waits_for_the_platform(engine: Engine, condition: str) -> None:
     case = shipped_back(engine)
-    result = engine.receive(case["case_id"], condition=condition, at=at(days=6))
+    result = engine.handle(
+        ReceiveGoods(case_id=case["case_id"], condition=condition, at=at(days=6))
+    )
     assert result["status"] == "escalated"
     assert result["refunded_amount"] == "0.00"
     assert result["escalation"]["claim"] == "disputed_receipt"
@@ -161,20 +200,24 @@ def test_receive_not_ok_waits_for_the_platform(engine: Engine, condition: str) -
 
 def test_auto_refund_when_the_merchant_does_not_confirm(engine: Engine) -> None:
     case = shipped_back(engine)
-    result = engine.fire(case["case_id"], "auto_refund", at=case["due_at"])
+    result = engine.handle(
+        FireDeadline(case_id=case["case_id"], deadline="auto_refund", at=case["due_at"])
+    )
     assert result["status"] == "refunded" and result["refund_paid_by"] == "merchant"
     assert result["refunded_amount"] == "39.90"
 
 
 def test_reship_completes(engine: Engine) -> None:
     case = approved(engine, "reship")
-    result = engine.reship(case["case_id"], carrier="SF", waybill="R1", at=at(days=3, hours=5))
+    result = engine.handle(
+        Reship(case_id=case["case_id"], carrier="SF", waybill="R1", at=at(days=3, hours=5))
+    )
     assert result["status"] == "completed" and result["reshipment"]["waybill"] == "R1"
 
 
 def test_reship_cannot_makes_the_platform_pay(engine: Engine) -> None:
     case = approved(engine, "reship")
-    result = engine.reship(case["case_id"], cannot=True, at=at(days=3, hours=5))
+    result = engine.handle(Reship(case_id=case["case_id"], cannot=True, at=at(days=3, hours=5)))
     assert result["status"] == "refunded"
     assert result["refund_paid_by"] == "platform" and result["refunded_amount"] == "5.00"
     assert result["late_shipment"] is False
@@ -182,7 +225,9 @@ def test_reship_cannot_makes_the_platform_pay(engine: Engine) -> None:
 
 def test_reship_overdue_is_a_late_shipment_and_the_platform_pays(engine: Engine) -> None:
     case = approved(engine, "reship")
-    result = engine.fire(case["case_id"], "reship_overdue", at=case["due_at"])
+    result = engine.handle(
+        FireDeadline(case_id=case["case_id"], deadline="reship_overdue", at=case["due_at"])
+    )
     assert result["status"] == "refunded" and result["refund_paid_by"] == "platform"
     assert result["late_shipment"] is True
 
@@ -192,7 +237,7 @@ def test_reship_overdue_is_a_late_shipment_and_the_platform_pays(engine: Engine)
 )
 def test_withdraw_closes(engine: Engine, drive: Any) -> None:
     case = drive(engine)
-    result = engine.withdraw(case["case_id"], at=at(days=4))
+    result = engine.handle(WithdrawCase(case_id=case["case_id"], at=at(days=4)))
     assert result["status"] == "closed"
 
 
@@ -201,7 +246,9 @@ def test_withdraw_closes(engine: Engine, drive: Any) -> None:
 )
 def test_escalate_from_waiting(engine: Engine, drive: Any) -> None:
     case = drive(engine)
-    result = engine.escalate(case["case_id"], claim="other", evidence=["chat:9"], at=at(days=5))
+    result = engine.handle(
+        EscalateCase(case_id=case["case_id"], claim="other", evidence=["chat:9"], at=at(days=5))
+    )
     assert result["status"] == "escalated" and result["due_at"] is None
     assert result["escalation"]["from_status"] == case["status"]
 
@@ -209,15 +256,19 @@ def test_escalate_from_waiting(engine: Engine, drive: Any) -> None:
 def test_escalate_from_reshipment_and_replacement(engine: Engine) -> None:
     case = approved(engine, "reship")
     assert (
-        engine.escalate(case["case_id"], claim="missing_items", at=at(days=3, hours=3))["status"]
+        engine.handle(
+            EscalateCase(case_id=case["case_id"], claim="missing_items", at=at(days=3, hours=3))
+        )["status"]
         == "escalated"
     )
 
 
 def test_rule_for_buyer_on_missing_items_orders_a_reship(engine: Engine) -> None:
     case = escalated_after(engine, "missing_items")
-    result = engine.rule(
-        case["case_id"], in_favour_of="buyer", note="photos show it", at=at(days=4)
+    result = engine.handle(
+        RuleCase(
+            case_id=case["case_id"], in_favour_of="buyer", note="photos show it", at=at(days=4)
+        )
     )
     assert result["status"] == "awaiting_reshipment" and result["due_action"] == "reship_overdue"
     assert due(result) == datetime.fromisoformat(at(days=4)) + timedelta(hours=24)
@@ -226,65 +277,78 @@ def test_rule_for_buyer_on_missing_items_orders_a_reship(engine: Engine) -> None
 
 def test_rule_for_buyer_on_wrong_item_charges_freight_to_the_merchant(engine: Engine) -> None:
     case = escalated_after(engine, "wrong_item")
-    result = engine.rule(case["case_id"], in_favour_of="buyer", at=at(days=4))
+    result = engine.handle(RuleCase(case_id=case["case_id"], in_favour_of="buyer", at=at(days=4)))
     assert result["status"] == "awaiting_buyer_shipment" and result["freight_on_merchant"] is True
 
 
 def test_rule_for_buyer_on_unjustified_rejection_platform_pays_first(engine: Engine) -> None:
     case = escalated_after(engine, "unjustified_rejection")
-    result = engine.rule(case["case_id"], in_favour_of="buyer", at=at(days=4))
+    result = engine.handle(RuleCase(case_id=case["case_id"], in_favour_of="buyer", at=at(days=4)))
     assert result["status"] == "refunded" and result["refund_paid_by"] == "platform"
     assert result["refunded_amount"] == "39.90"
 
 
 def test_rule_on_disputed_receipt(engine: Engine) -> None:
     case = shipped_back(engine)
-    engine.receive(case["case_id"], condition="damaged", at=at(days=6))
-    result = engine.rule(case["case_id"], in_favour_of="merchant", at=at(days=7))
+    engine.handle(ReceiveGoods(case_id=case["case_id"], condition="damaged", at=at(days=6)))
+    result = engine.handle(
+        RuleCase(case_id=case["case_id"], in_favour_of="merchant", at=at(days=7))
+    )
     assert result["status"] == "closed" and result["refunded_amount"] == "0.00"
 
 
 def test_rule_on_disputed_receipt_for_buyer(engine: Engine) -> None:
     case = shipped_back(engine)
-    engine.receive(case["case_id"], condition="damaged", at=at(days=6))
-    result = engine.rule(case["case_id"], in_favour_of="buyer", at=at(days=7))
+    engine.handle(ReceiveGoods(case_id=case["case_id"], condition="damaged", at=at(days=6)))
+    result = engine.handle(RuleCase(case_id=case["case_id"], in_favour_of="buyer", at=at(days=7)))
     assert result["status"] == "refunded" and result["refund_paid_by"] == "platform"
 
 
 def test_rule_for_merchant_goes_back_to_rejected(engine: Engine) -> None:
     case = escalated_after(engine, "unjustified_rejection")
-    result = engine.rule(case["case_id"], in_favour_of="merchant", at=at(days=4))
+    result = engine.handle(
+        RuleCase(case_id=case["case_id"], in_favour_of="merchant", at=at(days=4))
+    )
     assert result["status"] == "rejected"
 
 
 @pytest.mark.parametrize("end", ["refunded", "completed", "closed"])
 def test_rate_once_after_the_end_and_nothing_else(engine: Engine, end: str) -> None:
     if end == "refunded":
-        case = engine.refund(opened(engine)["case_id"], at=at(days=4))
+        case = engine.handle(RefundCase(case_id=opened(engine)["case_id"], at=at(days=4)))
     elif end == "completed":
-        case = engine.reship(
-            approved(engine, "reship")["case_id"], carrier="SF", waybill="1", at=at(days=4)
+        case = engine.handle(
+            Reship(
+                case_id=approved(engine, "reship")["case_id"],
+                carrier="SF",
+                waybill="1",
+                at=at(days=4),
+            )
         )
     else:
-        case = engine.withdraw(opened(engine)["case_id"], at=at(days=4))
+        case = engine.handle(WithdrawCase(case_id=opened(engine)["case_id"], at=at(days=4)))
     assert case["status"] == end
     cid = case["case_id"]
-    rated = engine.rate(cid, score=4, comment="fine", at=at(days=5))
+    rated = engine.handle(RateCase(case_id=cid, score=4, comment="fine", at=at(days=5)))
     assert rated["status"] == end and rated["rating"] == {"score": 4, "comment": "fine"}
     assert rated["version"] == case["version"] + 1
     with pytest.raises(NotAllowed, match="rated once"):
-        engine.rate(cid, score=5, at=at(days=6))
+        engine.handle(RateCase(case_id=cid, score=5, at=at(days=6)))
     refusals = [
-        lambda: engine.approve(cid, at=at(days=6)),
-        lambda: engine.reject(cid, reason="r", communication="c", at=at(days=6)),
-        lambda: engine.refund(cid, at=at(days=6)),
-        lambda: engine.ship_back(cid, carrier="SF", waybill="2", at=at(days=6)),
-        lambda: engine.receive(cid, at=at(days=6)),
-        lambda: engine.ship_replacement(cid, carrier="SF", waybill="3", at=at(days=6)),
-        lambda: engine.reship(cid, carrier="SF", waybill="4", at=at(days=6)),
-        lambda: engine.withdraw(cid, at=at(days=6)),
-        lambda: engine.escalate(cid, claim="other", at=at(days=6)),
-        lambda: engine.rule(cid, in_favour_of="buyer", at=at(days=6)),
+        lambda: engine.handle(ApproveCase(case_id=cid, at=at(days=6))),
+        lambda: engine.handle(
+            RejectCase(case_id=cid, reason="r", communication="c", at=at(days=6))
+        ),
+        lambda: engine.handle(RefundCase(case_id=cid, at=at(days=6))),
+        lambda: engine.handle(ShipBack(case_id=cid, carrier="SF", waybill="2", at=at(days=6))),
+        lambda: engine.handle(ReceiveGoods(case_id=cid, at=at(days=6))),
+        lambda: engine.handle(
+            ShipReplacement(case_id=cid, carrier="SF", waybill="3", at=at(days=6))
+        ),
+        lambda: engine.handle(Reship(case_id=cid, carrier="SF", waybill="4", at=at(days=6))),
+        lambda: engine.handle(WithdrawCase(case_id=cid, at=at(days=6))),
+        lambda: engine.handle(EscalateCase(case_id=cid, claim="other", at=at(days=6))),
+        lambda: engine.handle(RuleCase(case_id=cid, in_favour_of="buyer", at=at(days=6))),
     ]
     for refuse in refusals:
         with pytest.raises(NotAllowed, match=f"is {end}: .* is not allowed"):

@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import datetime
 
+from engine.commands import ListCases
 from engine.deadlines import tick
 from engine.service import Engine
 
@@ -19,7 +20,7 @@ from engine.service import Engine
 def main() -> None:
     store, start, now, batch, group = sys.argv[1:]
     with Engine(store) as engine:
-        engine.list_cases(limit=1)  # connect before the start line
+        engine.handle(ListCases(limit=1))  # connect before the start line
         time.sleep(max(0.0, float(start) - time.time()))
         result = tick(engine, datetime.fromisoformat(now), batch=int(batch), group=int(group))
         print(json.dumps(result.to_json()), flush=True)

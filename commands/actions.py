@@ -1,0 +1,87 @@
+"""Click commands derived from the typed commands of ``engine/commands.py``.
+
+Each model field becomes an argument (``arguments``) or an option named after its key
+(``--return-address``, ``--for``, ``--line``): repeatable for a tuple, a flag for a bool. Every
+value reaches the model as the text typed, so the command line refuses exactly what a `batch`
+line or an HTTP body refuses, with the same message.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from enum import Enum
+from typing import Any
+
+import click
+from pydantic.fields import FieldInfo
+
+from commands.output import RENDERERS, emit
+from engine.commands import Action, Command, key_of
+
+
+def _inner(annotation: Any) -> Any:
+    """The type inside Annotated[...] and Optional[...]."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _enum_words(field: FieldInfo) -> list[str] | None:
+    kind = _inner(field.annotation)
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return [str(m.value) for m in kind]
+    return None
+
+
+def _parameter(name: str, field: FieldInfo, positional: bool) -> click.Parameter:
+    key = key_of(name)
+    kind = _inner(field.annotation)
+    if positional:
+        return click.Argument([name], required=False)
+    help_text = field.description or ""
+    words = _enum_words(field)
+    if words and name != "status":
+        help_text = f"{help_text} One of {', '.join(words)}.".strip()
+    if field.is_required():
+        help_text = f"{help_text} [required]".strip()
+    flag = f"--{key.replace('_', '-')}"
+    if kind is bool:
+        return click.Option([flag, name], is_flag=True, default=None, help=help_text)
+    multiple = typing.get_origin(kind) is tuple
+    metavar = "|".join(words) if words and len(words) <= 6 else None
+    return click.Option(
+        [flag, name], multiple=multiple, default=None, help=help_text, metavar=metavar
+    )
+
+
+def click_command(kind: type[Command]) -> click.Command:
+    """A click command for a typed command: parse, hand to the engine, print."""
+    params: list[click.Parameter] = [
+        _parameter(name, field, name in kind.arguments)
+        for name, field in sorted(
+            kind.model_fields.items(),
+            key=lambda item: (item[0] not in kind.arguments, item[0] in Action.model_fields),
+        )
+    ]
+    params.append(
+        click.Option(
+            ["--json", "as_json"], is_flag=True, help="Print exactly one JSON value on stdout."
+        )
+    )
+
+    @click.pass_context
+    def callback(ctx: click.Context, /, as_json: bool, **given: Any) -> None:
+        values = {k: v for k, v in given.items() if v is not None and v != ()}
+        emit(ctx, as_json, lambda engine: engine.handle(kind.parse(values)), RENDERERS[kind.shows])
+
+    return click.Command(
+        kind.name.split(" ")[-1],
+        callback=callback,
+        params=params,
+        help=(kind.__doc__ or "").strip(),
+        short_help=(kind.__doc__ or "").strip().split("\n")[0],
+    )

@@ -1,0 +1,881 @@
+"""Every action and query as one typed command: its fields, types, limits and messages, said once.
+
+A command is a frozen pydantic model. The command line's options, a `batch` or `import-history`
+line's keys and an HTTP request's body are all derived from these models (see
+``commands/actions.py``), so an option added here reaches every interface with the same name,
+type and message. ``Engine.handle`` runs any of them.
+
+Each field's key is its name, except where the interfaces have always spelt it otherwise
+(``for`` for ``in_favour_of``, ``line`` for ``lines``); error messages name the key. Values come
+as text from the command line and as JSON values from files and HTTP: every field accepts both.
+A case action knows which domain method it calls (``apply``), so adding an action is its
+command, its rule in the transition table and its event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Any, ClassVar, NamedTuple
+from uuid import UUID, uuid4, uuid5
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from engine.case import ReturnCase, case_uuid
+from engine.errors import BadInput
+from engine.events import Act
+from engine.order import (
+    Order,
+    OrderLine,
+    Shipment,
+    check_order_id,
+    parse_case_line,
+    parse_order_line,
+)
+from engine.policy import Policy
+from engine.values import (
+    CaseType,
+    Claim,
+    Condition,
+    DueAction,
+    Party,
+    Role,
+    Status,
+    money_str,
+    parse_money,
+    parse_reason,
+    parse_time,
+)
+
+# Keys the interfaces spell differently from the field's name.
+KEYS: Mapping[str, str] = {"in_favour_of": "for", "lines": "line"}
+
+
+def key_of(field_name: str) -> str:
+    """The key a field is given by in a JSON line or a body, and named by in messages."""
+    return KEYS.get(field_name, field_name)
+
+
+# Field validators: each takes what the command line (text) or JSON gives and returns the
+# field's value, or raises BadInput naming the field. ---------------------------------------
+
+
+def _key(info: ValidationInfo) -> str:
+    return key_of(info.field_name or "value")
+
+
+def _scalar(value: Any, key: str) -> str:
+    """One value as text: strings as they are, whole numbers written out; nothing else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        raise BadInput(f'{key} must be a string (money is a decimal string such as "12.50")')
+    if isinstance(value, (list, tuple)):
+        raise BadInput(f"{key} takes one value, not a list")
+    raise BadInput(f"{key} must be a string")
+
+
+def _items(value: Any, key: str) -> list[Any]:
+    """A repeatable value: a list, or one value alone."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if v is not None]
+    return [value]
+
+
+def _optional_text(value: Any, info: ValidationInfo) -> str | None:
+    return None if value is None else _scalar(value, _key(info))
+
+
+def _required_text(value: Any, info: ValidationInfo) -> str:
+    key = _key(info)
+    text = _scalar(value, key).strip() if value is not None else ""
+    if not text:
+        raise BadInput(f"{key} is required")
+    return text
+
+
+def _name(value: Any, info: ValidationInfo) -> str | None:
+    """An id given by a person (--by, --command-id): not empty when given."""
+    if value is None:
+        return None
+    key = _key(info)
+    text = _scalar(value, key)
+    if not text.strip():
+        raise BadInput(f"{key} must not be empty")
+    return text.strip() if key == "by" else text
+
+
+def _time(value: Any, info: ValidationInfo) -> datetime | None:
+    if value is None or value == "":
+        return None
+    key = _key(info)
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise BadInput(f"{key} has no time zone")
+        return value
+    return parse_time(_scalar(value, key), key)
+
+
+def _money(value: Any, info: ValidationInfo) -> Decimal | None:
+    if value is None:
+        return None
+    key = _key(info)
+    if isinstance(value, float):  # never money: refuse rather than round
+        raise BadInput(f"{key} must be a decimal string such as 12.50, not a float")
+    text = str(value) if isinstance(value, Decimal) else _scalar(value, key)
+    return parse_money(text, key)
+
+
+def _whole(value: Any, key: str) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise BadInput(f"{key} {value!r} is not a whole number")
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = _scalar(value, key).strip()
+    if not text.lstrip("-").isdigit():
+        raise BadInput(f"{key} {value!r} is not a whole number")
+    return int(text)
+
+
+def _between(low: int | None, high: int | None) -> Any:
+    def check(value: Any, info: ValidationInfo) -> int | None:
+        if value is None:
+            return None
+        key = _key(info)
+        number = _whole(value, key)
+        if (low is not None and number < low) or (high is not None and number > high):
+            bounds = f"{low} to {high}" if high is not None else f"{low} or more"
+            raise BadInput(f"{key} {number} must be {bounds}")
+        return number
+
+    return BeforeValidator(check)
+
+
+def _flag(value: Any, info: ValidationInfo) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadInput(f"{_key(info)} is a flag: true or false")
+    return value
+
+
+def _choice(kind: type[Enum], *, leave_out: Iterable[Enum] = ()) -> Any:
+    allowed = [m for m in kind if m not in set(leave_out)]
+
+    def check(value: Any, info: ValidationInfo) -> Enum | None:
+        if value is None or (isinstance(value, kind) and value in allowed):
+            return value
+        key = _key(info)
+        text = _scalar(value, key) if not isinstance(value, Enum) else value.value
+        for member in allowed:
+            if member.value == text:
+                return member
+        words = "|".join(str(m.value) for m in allowed)
+        raise BadInput(f"{key} {text!r} is not one of {words}")
+
+    return BeforeValidator(check)
+
+
+def choices(kind: type[Enum], *, leave_out: Iterable[Enum] = ()) -> list[str]:
+    return [str(m.value) for m in kind if m not in set(leave_out)]
+
+
+def _evidence(value: Any, info: ValidationInfo) -> tuple[str, ...]:
+    key = _key(info)
+    found = []
+    for item in _items(value, key):
+        text = _scalar(item, key).strip()
+        if not text:
+            raise BadInput(f"{key} is required (an empty reference was given)")
+        found.append(text)
+    return tuple(found)
+
+
+def _order_lines(value: Any, info: ValidationInfo) -> tuple[OrderLine, ...]:
+    key = _key(info)
+    lines: list[OrderLine] = []
+    for item in _items(value, key):
+        if isinstance(item, OrderLine):
+            lines.append(item)
+        elif isinstance(item, Mapping):
+            lines.append(_order_line_object(item, key))
+        else:
+            lines.append(parse_order_line(_scalar(item, key)))
+    return tuple(lines)
+
+
+def _order_line_object(item: Mapping[str, Any], key: str) -> OrderLine:
+    """A line given as a JSON object: sku, quantity, unit_price[, category, list_price]."""
+    try:
+        spec = [str(item["sku"]), str(_whole(item["quantity"], "quantity"))]
+        price = item["unit_price"]
+    except KeyError:
+        raise BadInput(f"{key}: a line needs sku, quantity, unit_price") from None
+    if isinstance(price, float):
+        raise BadInput(f"{key}: unit_price must be a decimal string, not a float")
+    spec.append(str(price))
+    category, listed = item.get("category"), item.get("list_price")
+    if category or listed is not None:
+        spec.append(str(category or ""))
+    if listed is not None:
+        spec.append(str(listed))
+    return parse_order_line(":".join(spec))
+
+
+class WantedLine(NamedTuple):
+    """A line a case concerns, as asked: the SKU, and how many (None: the whole line)."""
+
+    sku: str
+    quantity: int | None
+
+    def __str__(self) -> str:
+        return f"{self.sku}:{self.quantity}"
+
+
+def _case_lines(value: Any, info: ValidationInfo) -> tuple[WantedLine, ...]:
+    key = _key(info)
+    found = []
+    for item in _items(value, key):
+        if isinstance(item, WantedLine):
+            found.append(item)
+        else:
+            found.append(WantedLine(*parse_case_line(_scalar(item, key))))
+    return tuple(found)
+
+
+def _case_id(value: Any, info: ValidationInfo) -> UUID:
+    if value is None:
+        raise BadInput(f"{_key(info)} is required")
+    return case_uuid(value if isinstance(value, UUID) else _scalar(value, _key(info)))
+
+
+def _new_case_id(value: Any, info: ValidationInfo) -> UUID | None:
+    if value is None or isinstance(value, UUID):
+        return value
+    text = _scalar(value, _key(info))
+    try:
+        return UUID(text)
+    except ValueError:
+        raise BadInput(f"{_key(info)} {text!r} is not a UUID") from None
+
+
+def _order_id(value: Any, info: ValidationInfo) -> str:
+    key = _key(info)
+    if value is None:
+        raise BadInput(f"{key} is required")
+    return check_order_id(_scalar(value, key))
+
+
+def _optional_order_id(value: Any, info: ValidationInfo) -> str | None:
+    return None if value is None else _order_id(value, info)
+
+
+def _reason(value: Any, info: ValidationInfo) -> str:
+    return parse_reason(_required_text(value, info))
+
+
+Text = Annotated[str, BeforeValidator(_required_text)]
+OptionalText = Annotated[str | None, BeforeValidator(_optional_text)]
+When = Annotated[datetime | None, BeforeValidator(_time)]
+Money = Annotated[Decimal | None, BeforeValidator(_money)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Evidence = Annotated[tuple[str, ...], BeforeValidator(_evidence)]
+CaseId = Annotated[UUID, BeforeValidator(_case_id)]
+OrderId = Annotated[str, BeforeValidator(_order_id)]
+
+
+# fingerprints are stored with command ids: this form (json.dumps(sort_keys=True,
+# separators=(",", ":"))) must not change, or a retried command would look like another.
+_fingerprint_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as a JSON-comparable value, for a command's fingerprint."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Decimal):
+        return money_str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, OrderLine):
+        return value.model_dump(mode="json")
+    if isinstance(value, WantedLine):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# The commands ---------------------------------------------------------------------------------
+
+
+class Command(BaseModel):
+    """What every command has: its path (``name``), and how it is validated."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    # The command path, as on the command line and in a batch line's "action".
+    name: ClassVar[str]
+    # Fields given as positional arguments on the command line.
+    arguments: ClassVar[tuple[str, ...]] = ()
+    # How the command line shows the result: "case", "cases", "order", "tick".
+    shows: ClassVar[str] = "case"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _in_our_words(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        """A command built in Python is refused as one parsed from a line is: BadInput,
+        naming a missing field before any malformed one."""
+        if isinstance(data, Mapping):
+            for name, field in cls.model_fields.items():
+                if field.is_required() and name not in data and key_of(name) not in data:
+                    raise BadInput(f"{key_of(name)} is required")
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise BadInput(describe(exc)) from None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Any:
+        """Validate a mapping of keys to values (JSON or command-line text) into a command;
+        a key given as null counts as not given. Refusals are ``BadInput`` (or ``NotFound``
+        for a malformed case id) naming the key."""
+        given = {k: v for k, v in data.items() if v is not None}
+        known = {key_of(f) for f in cls.model_fields} | set(cls.model_fields)
+        unknown = [k for k in given if k not in known]
+        if unknown:
+            options = ", ".join(sorted(key_of(f) for f in cls.model_fields))
+            raise BadInput(f"{cls.name} has no option {unknown[0]!r} (options: {options})")
+        return cls.model_validate(given)
+
+
+def describe(exc: ValidationError) -> str:
+    """The first problem of a validation error, in the commands' own words."""
+    error = exc.errors()[0]
+    key = key_of(str(error["loc"][0])) if error["loc"] else "value"
+    if error["type"] == "missing":
+        return f"{key} is required"
+    if error["type"] == "extra_forbidden":
+        return f"there is no option {key!r}"
+    return f"{key}: {error['msg']}"
+
+
+class Action(Command):
+    """A command that records something: every action takes these."""
+
+    role: ClassVar[Role]
+
+    at: When = Field(None, description="When it happened, ISO-8601 with offset (default: now).")
+    by: Annotated[str | None, BeforeValidator(_name)] = Field(
+        None, description="Id of the person or account acting."
+    )
+    command_id: Annotated[str | None, BeforeValidator(_name)] = Field(
+        None, description="Idempotency key: the same action again with this key changes nothing."
+    )
+    expected_version: Annotated[int | None, _between(0, None)] = Field(
+        None, description="Refuse (exit 5) unless the case or order is still at this version."
+    )
+
+    @property
+    def action(self) -> str:
+        """The action as recorded with a command id."""
+        return self.name
+
+    def target(self) -> str:
+        raise NotImplementedError
+
+    def fingerprint_args(self) -> dict[str, Any]:
+        common = set(Action.model_fields) | set(self.arguments)
+        return {key_of(f): getattr(self, f) for f in type(self).model_fields if f not in common}
+
+    def fingerprint(self) -> str:
+        """What identifies this command's content, stored with its command id: the same id
+        with other content is refused rather than taken for a retry."""
+        args = self.fingerprint_args()
+        data = {
+            "action": self.action,
+            "target": self.target(),
+            "args": {k: _plain(v) for k, v in sorted(args.items())},
+            "by": self.by,
+            "at": self.at.isoformat() if self.at else None,
+        }
+        return hashlib.sha256(_fingerprint_json(data).encode()).hexdigest()
+
+
+class CaseAction(Action):
+    """An action on one case: loaded, checked by the domain, saved (with its order when the
+    case takes or lets go of its lines)."""
+
+    arguments: ClassVar[tuple[str, ...]] = ("case_id",)
+
+    case_id: CaseId
+
+    def target(self) -> str:
+        return str(self.case_id)
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        """The domain's method for this action."""
+        raise NotImplementedError
+
+
+class OrderAction(Action):
+    """A fact from the order system about one order."""
+
+    role: ClassVar[Role] = Role.PLATFORM
+    arguments: ClassVar[tuple[str, ...]] = ("order_id",)
+    shows: ClassVar[str] = "order"
+
+    order_id: OrderId
+
+    def target(self) -> str:
+        return self.order_id
+
+    def apply(self, order: Order, act: Act) -> None:
+        raise NotImplementedError
+
+
+def _shipment(carrier: str | None, waybill: str | None) -> Shipment | None:
+    if (carrier is None) != (waybill is None):
+        raise BadInput("give both carrier and waybill, or neither")
+    return Shipment(carrier=carrier, waybill=waybill) if carrier and waybill else None
+
+
+# Orders ----------------------------------------------------------------------------------------
+
+
+class PlaceOrder(OrderAction):
+    """Record a placed order with its lines (unit price as paid)."""
+
+    name: ClassVar[str] = "order place"
+
+    merchant: Text = Field(description="The shop selling the order.")
+    buyer: Text = Field(description="The buyer.")
+    lines: Annotated[tuple[OrderLine, ...], BeforeValidator(_order_lines)] = Field(
+        min_length=1,
+        validation_alias=AliasChoices("line", "lines"),
+        description="SKU:QTY:UNIT_PRICE[:CATEGORY[:LIST_PRICE]]",
+    )
+
+
+class ShipOrder(OrderAction):
+    """Record that the merchant shipped the order."""
+
+    name: ClassVar[str] = "order ship"
+
+    carrier: OptionalText = Field(None, description="The carrier (with --waybill).")
+    waybill: OptionalText = Field(None, description="The waybill number (with --carrier).")
+
+    def apply(self, order: Order, act: Act) -> None:
+        order.ship(_shipment(self.carrier, self.waybill), act)
+
+
+class DeliverOrder(OrderAction):
+    """Record that the order reached the buyer (starts the no-reason window)."""
+
+    name: ClassVar[str] = "order deliver"
+
+    def apply(self, order: Order, act: Act) -> None:
+        order.deliver(act)
+
+
+class ImportOrder(Command):
+    """One order of `order import`: placed, and shipped and delivered as far as its facts go,
+    as one action. The order id is the key: what the store has is kept."""
+
+    name: ClassVar[str] = "order import"
+    shows: ClassVar[str] = "order"
+
+    order_id: OrderId
+    merchant: Text
+    buyer: Text
+    lines: Annotated[tuple[OrderLine, ...], BeforeValidator(_order_lines)] = Field(
+        min_length=1, validation_alias=AliasChoices("line", "lines")
+    )
+    placed_at: When = None
+    shipped_at: When = None
+    carrier: OptionalText = None
+    waybill: OptionalText = None
+    delivered_at: When = None
+    by: Annotated[str | None, BeforeValidator(_name)] = None
+
+    def shipment(self) -> Shipment | None:
+        return _shipment(self.carrier, self.waybill)
+
+
+# Cases: the buyer ----------------------------------------------------------------------------
+
+
+CASE_NAMESPACE = UUID("0c7b5f3e-8d1a-4f6e-a2b9-5e4d3c2b1a09")
+
+
+def new_case_id(case_id: UUID | None, command_id: str | None) -> UUID:
+    """A new case's id: given, or derived from the command id (so a script can name the case
+    before it exists), else new."""
+    if case_id is not None:
+        return case_id
+    if command_id is not None:
+        return uuid5(CASE_NAMESPACE, f"case:{command_id}")
+    return uuid4()
+
+
+class OpenCase(Action):
+    """The buyer asks for a refund, a return, an exchange or a reship."""
+
+    name: ClassVar[str] = "case open"
+    role: ClassVar[Role] = Role.BUYER
+    arguments: ClassVar[tuple[str, ...]] = ("order_id",)
+
+    order_id: OrderId
+    type: Annotated[CaseType, _choice(CaseType)] = Field(description="The service asked for.")
+    reason: Annotated[str, BeforeValidator(_reason)] = Field(
+        description="group.detail, e.g. quality.colour_difference"
+    )
+    amount: Money = Field(None, description="Money asked for, e.g. 29.90.")
+    lines: Annotated[tuple[WantedLine, ...], BeforeValidator(_case_lines)] = Field(
+        (),
+        validation_alias=AliasChoices("line", "lines"),
+        description="SKU[:QTY] the case concerns (default: all)",
+    )
+    evidence: Evidence = Field((), description="A reference to a photo, chat log, ...")
+    note: OptionalText = None
+    case_id: Annotated[UUID | None, BeforeValidator(_new_case_id)] = Field(
+        None, description="A UUID for the new case (default: from --command-id, else new)."
+    )
+
+    def target(self) -> str:
+        return self.order_id
+
+    def new_case_id(self) -> UUID:
+        return new_case_id(self.case_id, self.command_id)
+
+    def fingerprint_args(self) -> dict[str, Any]:
+        args = super().fingerprint_args()
+        args["lines"] = args.pop("line")
+        return args
+
+
+class ShipBack(CaseAction):
+    """The buyer ships the goods back and enters the waybill."""
+
+    name: ClassVar[str] = "case ship-back"
+    role: ClassVar[Role] = Role.BUYER
+
+    carrier: Text
+    waybill: Text
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.ship_back(act, policy, Shipment(carrier=self.carrier, waybill=self.waybill))
+
+
+class WithdrawCase(CaseAction):
+    """The buyer withdraws the case (until the money has moved)."""
+
+    name: ClassVar[str] = "case withdraw"
+    role: ClassVar[Role] = Role.BUYER
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.withdraw(act)
+
+
+class EscalateCase(CaseAction):
+    """The buyer asks the platform to intervene."""
+
+    name: ClassVar[str] = "case escalate"
+    role: ClassVar[Role] = Role.BUYER
+
+    claim: Annotated[Claim, _choice(Claim, leave_out=[Claim.DISPUTED_RECEIPT])] = Field(
+        description="What the buyer claims."
+    )
+    evidence: Evidence = ()
+    note: OptionalText = None
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.escalate(act, claim=self.claim, evidence=list(self.evidence), note=self.note)
+
+
+class RateCase(CaseAction):
+    """The buyer rates the service once the case has ended (once)."""
+
+    name: ClassVar[str] = "case rate"
+    role: ClassVar[Role] = Role.BUYER
+
+    score: Annotated[int, _between(1, 5)] = Field(description="1 to 5.")
+    comment: OptionalText = None
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.rate(act, score=self.score, comment=self.comment)
+
+
+# Cases: the merchant -------------------------------------------------------------------------
+
+
+class ApproveCase(CaseAction):
+    """The merchant approves: refund only refunds at once; returns wait for the goods."""
+
+    name: ClassVar[str] = "case approve"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    return_address: OptionalText = Field(None, description="Where the buyer sends the goods.")
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.approve(act, policy, return_address=self.return_address)
+
+
+class RejectCase(CaseAction):
+    """The merchant rejects, after talking to the buyer."""
+
+    name: ClassVar[str] = "case reject"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    reason: Text = Field(description="Why the request is rejected.")
+    communication: Text = Field(description="Reference to the talk with the buyer.")
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.reject(act, reason=self.reason, communication=self.communication)
+
+
+class ReceiveGoods(CaseAction):
+    """The merchant confirms receipt of the returned goods."""
+
+    name: ClassVar[str] = "case receive"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    condition: Annotated[Condition, _choice(Condition)] = Field(
+        Condition.OK, description="The goods' condition (default: ok)."
+    )
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.receive(act, policy, condition=self.condition)
+
+
+class RefundCase(CaseAction):
+    """The merchant refunds the buyer."""
+
+    name: ClassVar[str] = "case refund"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    amount: Money = Field(None, description="At most the amount asked (default: all of it).")
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.refund(act, amount=self.amount)
+
+
+class ShipReplacement(CaseAction):
+    """The merchant ships the exchange's replacement."""
+
+    name: ClassVar[str] = "case ship-replacement"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    carrier: Text
+    waybill: Text
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.ship_replacement(act, Shipment(carrier=self.carrier, waybill=self.waybill))
+
+
+class Reship(CaseAction):
+    """The merchant reships missing items (or says it cannot)."""
+
+    name: ClassVar[str] = "case reship"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    carrier: OptionalText = None
+    waybill: OptionalText = None
+    cannot: Flag = Field(False, description="The merchant cannot reship: the platform pays.")
+    note: OptionalText = None
+
+    def shipment(self) -> Shipment | None:
+        if self.cannot:
+            if self.carrier or self.waybill:
+                raise BadInput("cannot takes no carrier or waybill")
+            return None
+        for key in ("carrier", "waybill"):
+            if not (getattr(self, key) or "").strip():
+                raise BadInput(f"{key} is required")
+        assert self.carrier is not None and self.waybill is not None
+        return Shipment(carrier=self.carrier.strip(), waybill=self.waybill.strip())
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.reship(act, self.shipment(), note=self.note)
+
+
+class RecoverGoods(CaseAction):
+    """The merchant got its goods back after the platform refunded an unjustified rejection."""
+
+    name: ClassVar[str] = "case recover-goods"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    note: OptionalText = None
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.recover_goods(act, note=self.note)
+
+
+# Cases: the platform and the clock -----------------------------------------------------------
+
+
+class RuleCase(CaseAction):
+    """The platform rules on an escalated case."""
+
+    name: ClassVar[str] = "case rule"
+    role: ClassVar[Role] = Role.PLATFORM
+
+    in_favour_of: Annotated[Party, _choice(Party, leave_out=[Party.PLATFORM])] = Field(
+        validation_alias=AliasChoices("for", "in_favour_of"), description="Who the ruling is for."
+    )
+    note: OptionalText = None
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.rule(act, policy, in_favour_of=self.in_favour_of, note=self.note)
+
+
+class FireDeadline(CaseAction):
+    """Fire a case's running deadline as the system (what the tick does for each one)."""
+
+    name: ClassVar[str] = "case fire"
+    role: ClassVar[Role] = Role.SYSTEM
+
+    deadline: Annotated[DueAction, _choice(DueAction)]
+
+    @property
+    def action(self) -> str:
+        return f"case {self.deadline.value}"
+
+    def fingerprint_args(self) -> dict[str, Any]:
+        return {}
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.fire(act, policy, self.deadline)
+
+
+# Queries ---------------------------------------------------------------------------------------
+
+
+class ShowCase(Command):
+    """A case as it stands: status, money, the running deadline, what is allowed now."""
+
+    name: ClassVar[str] = "case show"
+    arguments: ClassVar[tuple[str, ...]] = ("case_id",)
+
+    case_id: CaseId
+
+
+class ListCases(Command):
+    """Cases, filtered by merchant, buyer, order, status or deadline."""
+
+    name: ClassVar[str] = "case list"
+    shows: ClassVar[str] = "cases"
+
+    merchant: OptionalText = None
+    buyer: OptionalText = None
+    order: Annotated[str | None, BeforeValidator(_optional_order_id)] = None
+    status: Annotated[Status | None, _choice(Status)] = None
+    due_before: When = Field(None, description="Only cases with a deadline due by then.")
+    limit: Annotated[int | None, _between(1, None)] = None
+
+
+class ShowOrder(Command):
+    """An order's lines, what was refunded on each, and which case holds it."""
+
+    name: ClassVar[str] = "order show"
+    arguments: ClassVar[tuple[str, ...]] = ("order_id",)
+    shows: ClassVar[str] = "order"
+
+    order_id: OrderId
+
+
+class Tick(Command):
+    """Fire every deadline that has fallen due: auto-approve, auto-close, auto-refund,
+    reship overdue. Running it again fires nothing twice."""
+
+    name: ClassVar[str] = "tick"
+    shows: ClassVar[str] = "tick"
+
+    now: When = Field(
+        None,
+        description="Fire every deadline due at or before this time, ISO-8601 with offset "
+        "(default: now).",
+    )
+    batch: Annotated[int, _between(1, 10_000)] = Field(
+        500, description="Due deadlines read from the index per query."
+    )
+
+
+# Every command a person or a script can give by name, in the order the help lists them.
+COMMANDS: tuple[type[Command], ...] = (
+    PlaceOrder,
+    ShipOrder,
+    DeliverOrder,
+    ShowOrder,
+    OpenCase,
+    ApproveCase,
+    RejectCase,
+    ShipBack,
+    ReceiveGoods,
+    RefundCase,
+    ShipReplacement,
+    Reship,
+    WithdrawCase,
+    EscalateCase,
+    RuleCase,
+    RateCase,
+    RecoverGoods,
+    ShowCase,
+    ListCases,
+    Tick,
+)
+BY_NAME: Mapping[str, type[Command]] = {c.name: c for c in COMMANDS}
+
+
+# Lines of `batch` and `import-history`: {"action": "case approve", "case_id": ..., ...} ------
+
+
+def _bare_words() -> dict[str, str]:
+    """The last word of a path, where only one path ends with it ("approve" -> "case approve")."""
+    last = [name.split(" ")[-1] for name in BY_NAME]
+    return {name.split(" ")[-1]: name for name in BY_NAME if last.count(name.split(" ")[-1]) == 1}
+
+
+BARE_WORDS: Mapping[str, str] = _bare_words()
+
+
+def resolve(action: str) -> type[Command]:
+    """The command a line's "action" names: its path, or a last word only one path has."""
+    words = " ".join(action.replace("_", "-").split())
+    name = words if words in BY_NAME else BARE_WORDS.get(words)
+    if name is None:
+        matches = sorted(n for n in BY_NAME if n.split(" ")[-1] == words)
+        if matches:
+            raise BadInput(f"ambiguous action {action!r}: say {' or '.join(matches)}")
+        raise BadInput(f"unknown action {action!r} (actions: {', '.join(BY_NAME)})")
+    return BY_NAME[name]
+
+
+def from_line(data: Mapping[str, Any]) -> Command:
+    """A JSON line as a command: "action" names it, every other key is one of its fields."""
+    action = data.get("action")
+    if not isinstance(action, str):
+        raise BadInput('a line needs "action", e.g. "case approve"')
+    kind = resolve(action)
+    command: Command = kind.parse({k: v for k, v in data.items() if k != "action"})
+    return command
