@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import types
 import typing
+from datetime import datetime
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -37,22 +39,37 @@ def _enum_words(field: FieldInfo) -> list[str] | None:
     return None
 
 
+# How a value is shown in --help, by the field's type.
+METAVARS: dict[Any, str] = {int: "N", datetime: "TIME", Decimal: "AMOUNT"}
+
+
+def _scalar(kind: Any) -> Any:
+    """The type of one value: a tuple's items, else the type itself."""
+    if typing.get_origin(kind) is tuple:
+        return _inner(typing.get_args(kind)[0])
+    return kind
+
+
 def _parameter(name: str, field: FieldInfo, positional: bool) -> click.Parameter:
     key = key_of(name)
     kind = _inner(field.annotation)
     if positional:
-        return click.Argument([name], required=False)
+        # Not required by click: the model says what is missing, as it does for a batch line.
+        return click.Argument([name], required=False, metavar=name.upper())
     help_text = field.description or ""
     words = _enum_words(field)
     if words and name != "status":
         help_text = f"{help_text} One of {', '.join(words)}.".strip()
     if field.is_required():
         help_text = f"{help_text} [required]".strip()
+    elif field.default not in (None, (), False):
+        shown = field.default.value if isinstance(field.default, Enum) else field.default
+        help_text = f"{help_text} [default: {shown}]".strip()
     flag = f"--{key.replace('_', '-')}"
     if kind is bool:
         return click.Option([flag, name], is_flag=True, default=None, help=help_text)
     multiple = typing.get_origin(kind) is tuple
-    metavar = "|".join(words) if words and len(words) <= 6 else None
+    metavar = "|".join(words) if words and len(words) <= 6 else METAVARS.get(_scalar(kind))
     return click.Option(
         [flag, name], multiple=multiple, default=None, help=help_text, metavar=metavar
     )
