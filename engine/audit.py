@@ -205,15 +205,15 @@ def replay(
     """Rebuild the case from its stored events (all, those up to ``as_of`` by when they
     happened, or those up to ``version``) and verify them."""
     if as_of is not None and version is not None:
-        raise BadInput("give --as-of or --version, not both")
+        raise BadInput("a case is replayed as of a time or up to a version, not both")
     if as_of is not None and as_of.tzinfo is None:
-        raise BadInput("--as-of has no time zone")
+        raise BadInput("the time to replay the case as of has no time zone")
     entries = [_read(s, mapper) for s in history.events]
     whole = as_of is None and version is None
     if version is not None:
         last = entries[-1].version
         if version < 1 or version > last:
-            raise BadInput(f"--version {version}: case {history.case_id} has versions 1 to {last}")
+            raise BadInput(f"no version {version}: case {history.case_id} has versions 1 to {last}")
         entries = [e for e in entries if e.version <= version]
     elif as_of is not None:
         entries = _up_to(entries, as_of)
@@ -455,7 +455,7 @@ def kind_of(event: CaseEvent) -> type[CaseEvent]:
 def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> list[Problem]:
     """Each action allowed from the status the case stood in, leading where it can lead; the
     consequences an action calls for recorded with it (unless the history shown stops between
-    them, as ``--version`` may)."""
+    them, as a replay up to a version may)."""
     problems: list[Problem] = []
     status: Status | None = None
     head: CaseEvent | None = None  # the first event of the command being checked

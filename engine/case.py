@@ -1,9 +1,11 @@
-"""The `ReturnCase` aggregate: one method per action of the contract's transition table.
+"""The `ReturnCase` aggregate: one method per action of the transition table, engine/transitions.py.
 
-Each method checks the rules for the current status and records one event (or a few, where one
-action has several consequences, as an approval that refunds at once). Every case event records
-the status it leaves the case in and the deadline then running, so a replay, an audit or a
-projection reads what happened without re-deriving it from rules that may since have changed.
+Each method checks the rules for the current status and its own inputs, then takes the action's
+row of the table: the new status, the deadline it starts, the money moved, and the events to
+record, one (or a few, where one action has consequences, as an approval that refunds at once).
+Every case event records the status it leaves the case in and the deadline then running, so a
+replay, an audit or a projection reads what happened without re-deriving it from rules that may
+since have changed.
 """
 
 from __future__ import annotations
@@ -302,7 +304,7 @@ class ReturnCase(Aggregate):
         refundable = order.refundable(lines, listed)
         if amount is None:
             if case_type in (CaseType.REFUND_ONLY, CaseType.RETURN_REFUND):
-                raise BadInput(f"a {case_type} case needs --amount")
+                raise BadInput(f"a {_TYPE_WORDS[case_type]} case needs an amount")
             amount = refundable
         if amount <= ZERO:
             raise BadInput("the amount asked for must be more than 0")
@@ -569,11 +571,10 @@ class ReturnCase(Aggregate):
     def reject(self, act: Act, *, reason: str, communication: str) -> None:
         self._check("reject", act)
         if not reason.strip():
-            raise BadInput("a rejection needs --reason")
+            raise BadInput("a rejection needs a reason")
         if not communication.strip():
             raise BadInput(
-                "a rejection needs --communication: a reference to the talk with the buyer "
-                "(chat log, call note)"
+                "a rejection needs a reference to the talk with the buyer (chat log, call note)"
             )
         self._take(self._outcome("reject"), act, reason=reason, communication=communication)
 
@@ -832,6 +833,15 @@ def _money(
             "payee": row.penalty.payee,
         }
     return {}
+
+
+# How a case type is written in a sentence.
+_TYPE_WORDS: Mapping[CaseType, str] = {
+    CaseType.REFUND_ONLY: "refund only",
+    CaseType.RETURN_REFUND: "return and refund",
+    CaseType.EXCHANGE: "exchange",
+    CaseType.RESHIP: "reship",
+}
 
 
 def _deadline(

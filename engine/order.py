@@ -171,7 +171,7 @@ class Order(Aggregate):
         if not merchant_id.strip() or not buyer_id.strip():
             raise BadInput("an order needs a merchant and a buyer")
         if not lines:
-            raise BadInput("an order needs at least one --line")
+            raise BadInput("an order needs at least one line")
         skus = [line.sku for line in lines]
         if len(set(skus)) != len(skus):
             raise BadInput(f"order {order_id}: a SKU appears on more than one line")
