@@ -136,9 +136,18 @@ def _row(
     penalty: Charge | None = None,
 ) -> Transition:
     return Transition(
-        action, actor, frozenset(before), after, records, then, given or Given(), starts,
-        refund, freight, penalty,
-    )  # fmt: skip
+        action=action,
+        actor=actor,
+        before=frozenset(before),
+        after=after,
+        records=records,
+        then=then,
+        given=given or Given(),
+        starts=starts,
+        refund=refund,
+        freight=freight,
+        penalty=penalty,
+    )
 
 
 def _approval(action: str, actor: Role, records: str) -> tuple[Transition, ...]:
