@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Generic, TypeVar
 
 from engine.values import (
@@ -228,6 +229,7 @@ _BY_ACTION: Mapping[str, tuple[Transition, ...]] = {
 }
 
 
+@cache  # the table never changes, so each question has one answer: looked up once
 def outcome(
     action: str,
     status: Status | None,
