@@ -574,7 +574,8 @@ class ReturnCase(Aggregate):
             raise BadInput("a rejection needs a reason")
         if not communication.strip():
             raise BadInput(
-                "a rejection needs a reference to the talk with the buyer (chat log, call note)"
+                "a rejection needs a reference to the talk with the buyer "
+                "(its communication: chat log, call note)"
             )
         self._take(self._outcome("reject"), act, reason=reason, communication=communication)
 
