@@ -12,6 +12,7 @@ Verification works on the stored bytes, never on re-serialised objects:
 - the transitions: each action was allowed from the status the case stood in (`ALLOWED_FROM`,
   the same table the engine enforces), led to a status that action can lead to, and the
   consequences recorded with it (the refund of an approved refund-only case, say) are there;
+  these tables are all derived from the one transition table, engine/transitions.py;
 - the deadlines: every system action fired the deadline then running, no earlier than it fell due;
 - the money: the amount asked matches what was paid for the order's lines (less earlier cases'
   refunds), refunds never exceed the amount asked, the order's ledger agrees with the case, and no
@@ -35,30 +36,13 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from pydantic import BaseModel
 
 from engine.case import (
-    ALLOWED_FROM,
+    EVENT_CLASSES,
     HOLDING_STATUSES,
-    CaseApproved,
-    CaseAutoApproved,
-    CaseAutoClosed,
-    CaseAutoRefunded,
-    CaseEscalated,
     CaseEvent,
     CaseOpened,
     CaseRated,
     CaseRefunded,
-    CaseRejected,
-    CaseRuled,
-    CaseWithdrawn,
     DeadlineFired,
-    FreightCharged,
-    GoodsReceived,
-    GoodsRecovered,
-    GoodsShippedBack,
-    LateShipmentPenalty,
-    MissingItemsReshipped,
-    ReplacementShipped,
-    ReshipImpossible,
-    ReshipOverdue,
     ReturnCase,
     case_uuid,
 )
@@ -67,85 +51,27 @@ from engine.events import GENESIS_HASH, Deadline, Event, chain_hash
 from engine.order import CaseLinked, CaseUnlinked, Order, OrderPlaced
 from engine.policy import Policy
 from engine.store import EventStore
+from engine.transitions import ALLOWED_FROM, bind
 from engine.values import CENT, ZERO, Role, Status, money_str
 
 S = Status
 BUNDLE_FORMAT = "aftersales-dispute-bundle/1"
 
-# Which action of the transition table each case event records.
-ACTION_OF: Mapping[type[CaseEvent], str] = {
-    CaseOpened: "open",
-    CaseApproved: "approve",
-    CaseRejected: "reject",
-    GoodsShippedBack: "ship-back",
-    GoodsReceived: "receive",
-    CaseRefunded: "refund",
-    ReplacementShipped: "ship-replacement",
-    MissingItemsReshipped: "reship",
-    ReshipImpossible: "reship",
-    CaseWithdrawn: "withdraw",
-    CaseEscalated: "escalate",
-    CaseRuled: "rule",
-    CaseRated: "rate",
-    GoodsRecovered: "recover-goods",
-    CaseAutoApproved: "auto_approve",
-    CaseAutoClosed: "auto_close",
-    CaseAutoRefunded: "auto_refund",
-    ReshipOverdue: "reship_overdue",
-}
-
+# The transition table's audit tables (engine/transitions.py), with the event classes for the
+# names there: which action each event records, the statuses each may leave the case in, the
+# events one action records after its first in the same command (the refund an approval, a
+# receipt, a ruling or a deadline makes, the escalation of goods received not as sent, the
+# freight a ruling charges, the penalty for a missed reship) and the one a status calls for.
+_TABLES = bind(EVENT_CLASSES)
+ACTION_OF: Mapping[type[CaseEvent], str] = _TABLES.action_of
+LEADS_TO: Mapping[type[CaseEvent], frozenset[Status]] = _TABLES.leads_to
+CONSEQUENCES: Mapping[type[CaseEvent], frozenset[type[CaseEvent]]] = _TABLES.consequences
+REQUIRED_CONSEQUENCE: Mapping[Status, type[CaseEvent]] = _TABLES.required_consequence
 # Events recorded only as part of another action (money the action moves besides a refund).
-CONSEQUENCE_ONLY: frozenset[type[CaseEvent]] = frozenset({FreightCharged, LateShipmentPenalty})
-KNOWN: frozenset[type[CaseEvent]] = frozenset(ACTION_OF) | CONSEQUENCE_ONLY
+CONSEQUENCE_ONLY: frozenset[type[CaseEvent]] = _TABLES.consequence_only
+KNOWN: frozenset[type[CaseEvent]] = _TABLES.known
 # Actions that leave the status as it was.
-UNCHANGED: frozenset[type[CaseEvent]] = frozenset({CaseRated, GoodsRecovered})
-
-# The statuses each event may leave the case in (the contract's "to" column).
-LEADS_TO: Mapping[type[CaseEvent], frozenset[Status]] = {
-    CaseOpened: frozenset({S.AWAITING_MERCHANT}),
-    CaseApproved: frozenset({S.REFUNDED, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_RESHIPMENT}),
-    CaseAutoApproved: frozenset({S.REFUNDED, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_RESHIPMENT}),
-    CaseRejected: frozenset({S.REJECTED}),
-    GoodsShippedBack: frozenset({S.AWAITING_MERCHANT_RECEIPT}),
-    GoodsReceived: frozenset({S.REFUNDED, S.AWAITING_REPLACEMENT, S.ESCALATED}),
-    CaseRefunded: frozenset({S.REFUNDED}),
-    ReplacementShipped: frozenset({S.COMPLETED}),
-    MissingItemsReshipped: frozenset({S.COMPLETED}),
-    ReshipImpossible: frozenset({S.REFUNDED}),
-    CaseWithdrawn: frozenset({S.CLOSED}),
-    CaseEscalated: frozenset({S.ESCALATED}),
-    CaseRuled: frozenset(
-        {S.REJECTED, S.CLOSED, S.AWAITING_RESHIPMENT, S.AWAITING_BUYER_SHIPMENT, S.REFUNDED}
-    ),
-    CaseAutoClosed: frozenset({S.CLOSED}),
-    CaseAutoRefunded: frozenset({S.REFUNDED}),
-    ReshipOverdue: frozenset({S.REFUNDED}),
-}
-
-# Events one action records after its first, in the same command: the refund that an approval,
-# a receipt, a ruling or a deadline makes, the escalation of goods received not as sent, the
-# freight a ruling charges and the penalty for a missed reship.
-_Events = frozenset[type[CaseEvent]]
-
-
-def _events(*kinds: type[CaseEvent]) -> _Events:
-    return frozenset(kinds)
-
-
-CONSEQUENCES: Mapping[type[CaseEvent], _Events] = {
-    CaseApproved: _events(CaseRefunded),
-    CaseAutoApproved: _events(CaseRefunded),
-    GoodsReceived: _events(CaseRefunded, CaseEscalated),
-    ReshipImpossible: _events(CaseRefunded),
-    CaseRuled: _events(CaseRefunded, FreightCharged),
-    CaseAutoRefunded: _events(CaseRefunded),
-    ReshipOverdue: _events(CaseRefunded, LateShipmentPenalty),
-}
-# The consequence each status the first event leaves the case in calls for.
-REQUIRED_CONSEQUENCE: Mapping[Status, type[CaseEvent]] = {
-    S.REFUNDED: CaseRefunded,
-    S.ESCALATED: CaseEscalated,
-}
+UNCHANGED: frozenset[type[CaseEvent]] = _TABLES.unchanged
 
 
 # Reading ----------------------------------------------------------------------------------------
@@ -279,15 +205,15 @@ def replay(
     """Rebuild the case from its stored events (all, those up to ``as_of`` by when they
     happened, or those up to ``version``) and verify them."""
     if as_of is not None and version is not None:
-        raise BadInput("give --as-of or --version, not both")
+        raise BadInput("a case is replayed as of a time or up to a version, not both")
     if as_of is not None and as_of.tzinfo is None:
-        raise BadInput("--as-of has no time zone")
+        raise BadInput("the time to replay the case as of has no time zone")
     entries = [_read(s, mapper) for s in history.events]
     whole = as_of is None and version is None
     if version is not None:
         last = entries[-1].version
         if version < 1 or version > last:
-            raise BadInput(f"--version {version}: case {history.case_id} has versions 1 to {last}")
+            raise BadInput(f"no version {version}: case {history.case_id} has versions 1 to {last}")
         entries = [e for e in entries if e.version <= version]
     elif as_of is not None:
         entries = _up_to(entries, as_of)
@@ -529,7 +455,7 @@ def kind_of(event: CaseEvent) -> type[CaseEvent]:
 def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> list[Problem]:
     """Each action allowed from the status the case stood in, leading where it can lead; the
     consequences an action calls for recorded with it (unless the history shown stops between
-    them, as ``--version`` may)."""
+    them, as a replay up to a version may)."""
     problems: list[Problem] = []
     status: Status | None = None
     head: CaseEvent | None = None  # the first event of the command being checked

@@ -1,17 +1,20 @@
-"""The `ReturnCase` aggregate: one method per action of the contract's transition table.
+"""The `ReturnCase` aggregate: one method per action of the transition table, engine/transitions.py.
 
-Each method checks the rules for the current status and records one event (or a few, where one
-action has several consequences, as an approval that refunds at once). Every case event records
-the status it leaves the case in and the deadline then running, so a replay, an audit or a
-projection reads what happened without re-deriving it from rules that may since have changed.
+Each method checks the rules for the current status and its own inputs, then takes the action's
+row of the table: the new status, the deadline it starts, the money moved, and the events to
+record, one (or a few, where one action has consequences, as an approval that refunds at once).
+Every case event records the status it leaves the case in and the deadline then running, so a
+replay, an audit or a projection reads what happened without re-deriving it from rules that may
+since have changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -19,10 +22,9 @@ from engine.errors import BadInput, NotAllowed, NotFound
 from engine.events import Act, Aggregate, Created, Deadline, Event
 from engine.order import CaseLine, Order, Shipment
 from engine.policy import Policy, Stage
+from engine.transitions import ALLOWED_FROM, OPEN, PERSON_ACTIONS, Transition, outcome
 from engine.values import (
-    AWAITING_STATUSES,
     FINAL_STATUSES,
-    RETURN_TYPES,
     ZERO,
     CaseType,
     Claim,
@@ -38,31 +40,8 @@ from engine.values import (
 
 S = Status
 
-# The transition table: the statuses each action may start from. The deadline actions are the
-# system's; everything else is a person's. Audit verification reads this same table.
-ALLOWED_FROM: Mapping[str, frozenset[Status]] = {
-    "approve": frozenset({S.AWAITING_MERCHANT}),
-    "reject": frozenset({S.AWAITING_MERCHANT}),
-    "refund": frozenset(
-        {S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_MERCHANT_RECEIPT}
-    ),
-    "ship-back": frozenset({S.AWAITING_BUYER_SHIPMENT}),
-    "receive": frozenset({S.AWAITING_MERCHANT_RECEIPT}),
-    "ship-replacement": frozenset({S.AWAITING_REPLACEMENT}),
-    "reship": frozenset({S.AWAITING_RESHIPMENT}),
-    "withdraw": frozenset(
-        {S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.REJECTED, S.ESCALATED}
-    ),
-    "escalate": frozenset(AWAITING_STATUSES | {S.REJECTED}),
-    "rule": frozenset({S.ESCALATED}),
-    "rate": FINAL_STATUSES,
-    "recover-goods": frozenset({S.REFUNDED}),
-    DueAction.AUTO_APPROVE.value: frozenset({S.AWAITING_MERCHANT}),
-    DueAction.AUTO_CLOSE.value: frozenset({S.AWAITING_BUYER_SHIPMENT}),
-    DueAction.AUTO_REFUND.value: frozenset({S.AWAITING_MERCHANT_RECEIPT}),
-    DueAction.RESHIP_OVERDUE.value: frozenset({S.AWAITING_RESHIPMENT}),
-}
-PERSON_ACTIONS = tuple(a for a in ALLOWED_FROM if a not in {d.value for d in DueAction})
+# The transition table is engine/transitions.py: the aggregate reads its row for each action
+# (`outcome`) and enforces `ALLOWED_FROM`, derived from it, as the audit does.
 
 # Statuses in which a case holds its order lines (no other case may open on them).
 HOLDING_STATUSES = frozenset(set(Status) - FINAL_STATUSES - {S.REJECTED})
@@ -197,6 +176,34 @@ class ReshipOverdue(DeadlineFired):
     """The merchant missed the 24 h reship: recorded as a late shipment against it."""
 
 
+# The case's events by class name: the names the transition table uses (and the tails of their
+# stored topics).
+EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
+    kind.__name__: kind
+    for kind in (
+        CaseOpened,
+        CaseApproved,
+        CaseRejected,
+        GoodsShippedBack,
+        GoodsReceived,
+        CaseRefunded,
+        ReplacementShipped,
+        MissingItemsReshipped,
+        ReshipImpossible,
+        CaseWithdrawn,
+        CaseEscalated,
+        CaseRuled,
+        FreightCharged,
+        LateShipmentPenalty,
+        GoodsRecovered,
+        CaseRated,
+        CaseAutoApproved,
+        CaseAutoClosed,
+        CaseAutoRefunded,
+        ReshipOverdue,
+    )
+}
+
 STAGE_OF: Mapping[DueAction, Stage] = {
     DueAction.AUTO_APPROVE: "merchant_review",
     DueAction.AUTO_CLOSE: "buyer_shipment",
@@ -297,7 +304,7 @@ class ReturnCase(Aggregate):
         refundable = order.refundable(lines, listed)
         if amount is None:
             if case_type in (CaseType.REFUND_ONLY, CaseType.RETURN_REFUND):
-                raise BadInput(f"a {case_type} case needs --amount")
+                raise BadInput(f"a {_TYPE_WORDS[case_type]} case needs an amount")
             amount = refundable
         if amount <= ZERO:
             raise BadInput("the amount asked for must be more than 0")
@@ -307,11 +314,16 @@ class ReturnCase(Aggregate):
                 "on these lines (what was paid, less earlier refunds)"
             )
         shipped = order.shipped_at is not None
-        due = _deadline(policy, DueAction.AUTO_APPROVE, case_type, act.at, shipped=shipped)
+        row = outcome(OPEN, None, case_type=case_type)
+        due = (
+            None
+            if row.starts is None
+            else _deadline(policy, row.starts, case_type, act.at, shipped=shipped)
+        )
         case = cls._create_sealed(
             CaseOpened,
             id=case_id,
-            status=S.AWAITING_MERCHANT,
+            status=row.after,
             due=due,
             order_id=order.order_id,
             order_ref=order.id,
@@ -333,92 +345,112 @@ class ReturnCase(Aggregate):
     def when(self, event: Event) -> None:
         assert isinstance(event, CaseEvent)
         super().when(event)
-        if isinstance(event, CaseOpened):
-            self.order_id = event.order_id
-            self.order_ref = event.order_ref
-            self.merchant_id = event.merchant_id
-            self.buyer_id = event.buyer_id
-            self.case_type = event.case_type
-            self.reason = event.reason
-            self.amount = event.amount
-            self.lines = event.lines
-            self.evidence = event.evidence
-            self.note = event.note
-            self.follows = event.follows
-            self.order_shipped = event.order_shipped
-            self.opened_at = event.at
-            self.last_at = event.at
-            self.refunded_amount = ZERO
-            self.refund_paid_by = None
-            self.return_address = None
-            self.rejection = None
-            self.return_shipment = None
-            self.receipt_condition = None
-            self.replacement_shipment = None
-            self.reshipment = None
-            self.escalation = None
-            self.ruling = None
-            self.freight_on_merchant = False
-            self.late_shipment = False
-            self.goods_recovered = False
-            self.ledger = []
-            self.rating = None
-            self.policy_version = None
+        apply = _applier(type(event))
+        if apply is not None:
+            apply(self, event)
         self.status = event.status
         self.due = event.due
         self.last_at = max(self.last_at, event.at)
         if event.due is not None:
             self.policy_version = event.due.policy_version
-        if isinstance(event, CaseApproved):
-            self.return_address = event.return_address
-        elif isinstance(event, CaseRejected):
-            self.rejection = {"reason": event.reason, "communication": event.communication}
-        elif isinstance(event, GoodsShippedBack):
-            self.return_shipment = event.shipment
-        elif isinstance(event, GoodsReceived):
-            self.receipt_condition = event.condition
-        elif isinstance(event, CaseRefunded):
-            self.refunded_amount += event.amount
-            self.refund_paid_by = event.paid_by
-            self._entry(
-                event,
-                "refund",
-                event.amount,
-                event.paid_by,
-                Party.BUYER,
-                owed_by=event.owed_by.value,
-            )
-        elif isinstance(event, FreightCharged):
-            self._entry(event, "freight", event.amount, event.payer, event.payee, legs=event.legs)
-        elif isinstance(event, LateShipmentPenalty):
-            self._entry(event, "late_shipment_penalty", event.amount, event.payer, event.payee)
-        elif isinstance(event, GoodsRecovered):
-            self.goods_recovered = True
-        elif isinstance(event, ReplacementShipped):
-            self.replacement_shipment = event.shipment
-        elif isinstance(event, MissingItemsReshipped):
-            self.reshipment = event.shipment
-        elif isinstance(event, CaseEscalated):
-            self.escalation = {
-                "claim": event.claim.value,
-                "evidence": list(event.evidence),
-                "from_status": event.from_status.value,
-                "by": event.actor.role.value,
-                "at": event.at.isoformat(),
-            }
-        elif isinstance(event, CaseRuled):
-            self.ruling = {
-                "for": event.in_favour_of.value,
-                "claim": event.claim.value,
-                "note": event.note,
-                "by": event.actor.id,
-                "at": event.at.isoformat(),
-            }
-            self.freight_on_merchant = self.freight_on_merchant or event.freight_on_merchant
-        elif isinstance(event, ReshipOverdue):
-            self.late_shipment = True
-        elif isinstance(event, CaseRated):
-            self.rating = {"score": event.score, "comment": event.comment}
+
+    # What each kind of event changes besides the status and the deadline (see _APPLY).
+
+    def _opened(self, event: CaseOpened) -> None:
+        self.order_id = event.order_id
+        self.order_ref = event.order_ref
+        self.merchant_id = event.merchant_id
+        self.buyer_id = event.buyer_id
+        self.case_type = event.case_type
+        self.reason = event.reason
+        self.amount = event.amount
+        self.lines = event.lines
+        self.evidence = event.evidence
+        self.note = event.note
+        self.follows = event.follows
+        self.order_shipped = event.order_shipped
+        self.opened_at = event.at
+        self.last_at = event.at
+        self.refunded_amount = ZERO
+        self.refund_paid_by = None
+        self.return_address = None
+        self.rejection = None
+        self.return_shipment = None
+        self.receipt_condition = None
+        self.replacement_shipment = None
+        self.reshipment = None
+        self.escalation = None
+        self.ruling = None
+        self.freight_on_merchant = False
+        self.late_shipment = False
+        self.goods_recovered = False
+        self.ledger = []
+        self.rating = None
+        self.policy_version = None
+
+    def _approved(self, event: CaseApproved) -> None:
+        self.return_address = event.return_address
+
+    def _rejected(self, event: CaseRejected) -> None:
+        self.rejection = {"reason": event.reason, "communication": event.communication}
+
+    def _shipped_back(self, event: GoodsShippedBack) -> None:
+        self.return_shipment = event.shipment
+
+    def _received(self, event: GoodsReceived) -> None:
+        self.receipt_condition = event.condition
+
+    def _refunded(self, event: CaseRefunded) -> None:
+        self.refunded_amount += event.amount
+        self.refund_paid_by = event.paid_by
+        self._entry(
+            event,
+            "refund",
+            event.amount,
+            event.paid_by,
+            Party.BUYER,
+            owed_by=event.owed_by.value,
+        )
+
+    def _freight(self, event: FreightCharged) -> None:
+        self._entry(event, "freight", event.amount, event.payer, event.payee, legs=event.legs)
+
+    def _penalty(self, event: LateShipmentPenalty) -> None:
+        self._entry(event, "late_shipment_penalty", event.amount, event.payer, event.payee)
+
+    def _recovered(self, event: GoodsRecovered) -> None:
+        self.goods_recovered = True
+
+    def _replacement(self, event: ReplacementShipped) -> None:
+        self.replacement_shipment = event.shipment
+
+    def _reshipped(self, event: MissingItemsReshipped) -> None:
+        self.reshipment = event.shipment
+
+    def _escalated(self, event: CaseEscalated) -> None:
+        self.escalation = {
+            "claim": event.claim.value,
+            "evidence": list(event.evidence),
+            "from_status": event.from_status.value,
+            "by": event.actor.role.value,
+            "at": event.at.isoformat(),
+        }
+
+    def _ruled(self, event: CaseRuled) -> None:
+        self.ruling = {
+            "for": event.in_favour_of.value,
+            "claim": event.claim.value,
+            "note": event.note,
+            "by": event.actor.id,
+            "at": event.at.isoformat(),
+        }
+        self.freight_on_merchant = self.freight_on_merchant or event.freight_on_merchant
+
+    def _overdue(self, event: ReshipOverdue) -> None:
+        self.late_shipment = True
+
+    def _rated(self, event: CaseRated) -> None:
+        self.rating = {"score": event.score, "comment": event.comment}
 
     def _entry(
         self, event: CaseEvent, kind: str, amount: Decimal, payer: Party, payee: Party, **more: Any
@@ -479,47 +511,73 @@ class ReturnCase(Aggregate):
     def _wait(self, policy: Policy, action: DueAction, at: datetime) -> Deadline:
         return _deadline(policy, action, self.case_type, at, shipped=self.order_shipped)
 
-    def _refund(self, act: Act, amount: Decimal, *, paid_by: Party) -> None:
-        self._record(
-            CaseRefunded,
-            act,
-            status=S.REFUNDED,
-            amount=amount,
-            paid_by=paid_by,
-            owed_by=Party.MERCHANT,
+    def _outcome(
+        self,
+        action: str,
+        *,
+        claim: Claim | None = None,
+        receipt: Condition | None = None,
+        ruling: Party | None = None,
+        reshipped: bool | None = None,
+    ) -> Transition:
+        return outcome(
+            action,
+            self.status,
+            case_type=self.case_type,
+            claim=claim,
+            receipt=receipt,
+            ruling=ruling,
+            reshipped=reshipped,
         )
 
-    def _move_on_after_approval(
-        self, act: Act, policy: Policy, first: type[CaseEvent], **fields: Any
+    def _take(
+        self,
+        row: Transition,
+        act: Act,
+        policy: Policy | None = None,
+        *,
+        amount: Decimal | None = None,
+        consequences: Mapping[type[CaseEvent], Mapping[str, Any]] | None = None,
+        **fields: Any,
     ) -> None:
-        if self.case_type is CaseType.REFUND_ONLY:
-            self._record(first, act, status=S.REFUNDED, due=None, **fields)
-            self._refund(act, self.amount, paid_by=Party.MERCHANT)
-        elif self.case_type in RETURN_TYPES:
-            due = self._wait(policy, DueAction.AUTO_CLOSE, act.at)
-            self._record(first, act, status=S.AWAITING_BUYER_SHIPMENT, due=due, **fields)
+        """Record what the row says: its first event, with the fields only the action knows,
+        then its consequences in order. Each leaves the case in the row's status with the
+        deadline that status starts (a row that changes nothing keeps both); money moves as the
+        row says, a refund of ``amount`` (the amount asked unless given)."""
+        if row.after is None:
+            status, due = self.status, self.due
+        elif row.starts is None:
+            status, due = row.after, None
         else:
-            due = self._wait(policy, DueAction.RESHIP_OVERDUE, act.at)
-            self._record(first, act, status=S.AWAITING_RESHIPMENT, due=due, **fields)
+            assert policy is not None, f"{row.action} starts a deadline: it needs the policy"
+            status, due = row.after, self._wait(policy, row.starts, act.at)
+        refund = self.amount if amount is None else amount
+        first = EVENT_CLASSES[row.records]
+        money = _money(first, row, policy, refund)
+        self._record(first, act, status=status, due=due, **money, **fields)
+        for name in row.then:
+            kind = EVENT_CLASSES[name]
+            more = (consequences or {}).get(kind, {})
+            self._record(
+                kind, act, status=status, due=due, **_money(kind, row, policy, refund), **more
+            )
 
     # The merchant ------------------------------------------------------------------------------
 
     def approve(self, act: Act, policy: Policy, *, return_address: str | None = None) -> None:
         self._check("approve", act)
-        self._move_on_after_approval(act, policy, CaseApproved, return_address=return_address)
+        self._take(self._outcome("approve"), act, policy, return_address=return_address)
 
     def reject(self, act: Act, *, reason: str, communication: str) -> None:
         self._check("reject", act)
         if not reason.strip():
-            raise BadInput("a rejection needs --reason")
+            raise BadInput("a rejection needs a reason")
         if not communication.strip():
             raise BadInput(
-                "a rejection needs --communication: a reference to the talk with the buyer "
-                "(chat log, call note)"
+                "a rejection needs a reference to the talk with the buyer "
+                "(its communication: chat log, call note)"
             )
-        self._record(
-            CaseRejected, act, status=S.REJECTED, reason=reason, communication=communication
-        )
+        self._take(self._outcome("reject"), act, reason=reason, communication=communication)
 
     def refund(self, act: Act, *, amount: Decimal | None = None) -> None:
         self._check("refund", act)
@@ -530,52 +588,46 @@ class ReturnCase(Aggregate):
             raise NotAllowed(
                 f"refund of {money_str(value)} is more than the {money_str(self.amount)} asked"
             )
-        self._refund(act, value, paid_by=Party.MERCHANT)
+        self._take(self._outcome("refund"), act, amount=value)
 
     def receive(self, act: Act, policy: Policy, *, condition: Condition = Condition.OK) -> None:
         self._check("receive", act)
-        if condition is not Condition.OK:
-            # Goods not as they should be: no refund; the platform decides.
-            self._record(GoodsReceived, act, status=S.ESCALATED, condition=condition)
-            self._record(
-                CaseEscalated,
-                act,
-                status=S.ESCALATED,
-                claim=Claim.DISPUTED_RECEIPT,
-                from_status=S.AWAITING_MERCHANT_RECEIPT,
-                note=f"returned goods received {condition.value}",
-            )
-        elif self.case_type is CaseType.EXCHANGE:
-            self._record(GoodsReceived, act, status=S.AWAITING_REPLACEMENT, condition=condition)
-        else:
-            self._record(GoodsReceived, act, status=S.REFUNDED, condition=condition)
-            self._refund(act, self.amount, paid_by=Party.MERCHANT)
+        # Goods not as they should be escalate by themselves: the engine's own claim.
+        escalation = {
+            "claim": Claim.DISPUTED_RECEIPT,
+            "from_status": self.status,
+            "note": f"returned goods received {condition.value}",
+        }
+        self._take(
+            self._outcome("receive", receipt=condition),
+            act,
+            policy,
+            consequences={CaseEscalated: escalation},
+            condition=condition,
+        )
 
     def ship_replacement(self, act: Act, shipment: Shipment) -> None:
         self._check("ship-replacement", act)
-        self._record(ReplacementShipped, act, status=S.COMPLETED, shipment=shipment)
+        self._take(self._outcome("ship-replacement"), act, shipment=shipment)
 
     def reship(self, act: Act, shipment: Shipment | None, *, note: str | None = None) -> None:
         """Reship the missing items, or (no shipment) say it cannot: the platform pays first."""
         self._check("reship", act)
+        row = self._outcome("reship", reshipped=shipment is not None)
         if shipment is not None:
-            self._record(MissingItemsReshipped, act, status=S.COMPLETED, shipment=shipment)
+            self._take(row, act, shipment=shipment)
         else:
-            self._record(ReshipImpossible, act, status=S.REFUNDED, note=note)
-            self._refund(act, self.amount, paid_by=Party.PLATFORM)
+            self._take(row, act, note=note)
 
     # The buyer ---------------------------------------------------------------------------------
 
     def ship_back(self, act: Act, policy: Policy, shipment: Shipment) -> None:
         self._check("ship-back", act)
-        due = self._wait(policy, DueAction.AUTO_REFUND, act.at)
-        self._record(
-            GoodsShippedBack, act, status=S.AWAITING_MERCHANT_RECEIPT, due=due, shipment=shipment
-        )
+        self._take(self._outcome("ship-back"), act, policy, shipment=shipment)
 
     def withdraw(self, act: Act) -> None:
         self._check("withdraw", act)
-        self._record(CaseWithdrawn, act, status=S.CLOSED)
+        self._take(self._outcome("withdraw"), act)
 
     def escalate(
         self, act: Act, *, claim: Claim, evidence: list[str], note: str | None = None
@@ -585,10 +637,9 @@ class ReturnCase(Aggregate):
             raise BadInput(
                 "claim must be missing_items, wrong_item, unjustified_rejection or other"
             )
-        self._record(
-            CaseEscalated,
+        self._take(
+            self._outcome("escalate"),
             act,
-            status=S.ESCALATED,
             claim=claim,
             evidence=tuple(evidence),
             from_status=self.status,
@@ -601,7 +652,7 @@ class ReturnCase(Aggregate):
             raise NotAllowed(f"case {self.id} was already rated; a case is rated once")
         if not 1 <= score <= 5:
             raise BadInput(f"score {score} must be 1 to 5")
-        self._record(CaseRated, act, status=self.status, due=self.due, score=score, comment=comment)
+        self._take(self._outcome("rate"), act, score=score, comment=comment)
 
     def recover_goods(self, act: Act, *, note: str | None = None) -> None:
         """After the platform refunded an unjustified rejection, the merchant records that it
@@ -614,7 +665,7 @@ class ReturnCase(Aggregate):
                 f"case {self.id}: goods are recovered only after the platform refunded the "
                 "buyer on an unjustified rejection"
             )
-        self._record(GoodsRecovered, act, status=self.status, note=note)
+        self._take(self._outcome("recover-goods"), act, note=note)
 
     # The platform ------------------------------------------------------------------------------
 
@@ -626,36 +677,16 @@ class ReturnCase(Aggregate):
             raise BadInput("a ruling is for the buyer or for the merchant")
         assert self.escalation is not None
         claim = Claim(self.escalation["claim"])
-        base = {"in_favour_of": in_favour_of, "claim": claim, "note": note}
-        if in_favour_of is Party.MERCHANT:
-            status = S.CLOSED if claim is Claim.DISPUTED_RECEIPT else S.REJECTED
-            self._record(CaseRuled, act, status=status, **base)
-        elif claim is Claim.MISSING_ITEMS:
-            due = self._wait(policy, DueAction.RESHIP_OVERDUE, act.at)
-            self._record(CaseRuled, act, status=S.AWAITING_RESHIPMENT, due=due, **base)
-        elif claim is Claim.WRONG_ITEM:
-            due = self._wait(policy, DueAction.AUTO_CLOSE, act.at)
-            self._record(
-                CaseRuled,
-                act,
-                status=S.AWAITING_BUYER_SHIPMENT,
-                due=due,
-                freight_on_merchant=True,
-                **base,
-            )
-            self._record(
-                FreightCharged,
-                act,
-                status=S.AWAITING_BUYER_SHIPMENT,
-                due=due,
-                amount=policy.freight_per_leg * 2,
-                legs=2,
-                payer=Party.MERCHANT,
-                payee=Party.BUYER,
-            )
-        else:
-            self._record(CaseRuled, act, status=S.REFUNDED, **base)
-            self._refund(act, self.amount, paid_by=Party.PLATFORM)
+        row = self._outcome("rule", claim=claim, ruling=in_favour_of)
+        self._take(
+            row,
+            act,
+            policy,
+            in_favour_of=in_favour_of,
+            claim=claim,
+            note=note,
+            freight_on_merchant=row.freight is not None,
+        )
 
     # The clock ---------------------------------------------------------------------------------
 
@@ -673,24 +704,7 @@ class ReturnCase(Aggregate):
                 f"case {self.id}: {action.value} is due at {due.due_at.isoformat()}, "
                 f"not yet at {act.at.isoformat()}"
             )
-        if action is DueAction.AUTO_APPROVE:
-            self._move_on_after_approval(act, policy, CaseAutoApproved, fired=due)
-        elif action is DueAction.AUTO_CLOSE:
-            self._record(CaseAutoClosed, act, status=S.CLOSED, fired=due)
-        elif action is DueAction.AUTO_REFUND:
-            self._record(CaseAutoRefunded, act, status=S.REFUNDED, fired=due)
-            self._refund(act, self.amount, paid_by=Party.MERCHANT)
-        else:
-            self._record(ReshipOverdue, act, status=S.REFUNDED, fired=due)
-            self._record(
-                LateShipmentPenalty,
-                act,
-                status=S.REFUNDED,
-                amount=policy.late_shipment_penalty,
-                payer=Party.MERCHANT,
-                payee=Party.BUYER,
-            )
-            self._refund(act, self.amount, paid_by=Party.PLATFORM)
+        self._take(self._outcome(action.value), act, policy, fired=due)
 
     # Views ---------------------------------------------------------------------------------------
 
@@ -768,6 +782,67 @@ def settle_order_lines(
     else:
         order.link_case(case.id, lines, act)
     return True
+
+
+# The state each kind of event sets, by class; an event of a subclass (an upcast shape, say) reads
+# as the class it extends, and one not here changes only the status and the deadline.
+_APPLY: Mapping[type[CaseEvent], Callable[[ReturnCase, Any], None]] = {
+    CaseOpened: ReturnCase._opened,
+    CaseApproved: ReturnCase._approved,
+    CaseRejected: ReturnCase._rejected,
+    GoodsShippedBack: ReturnCase._shipped_back,
+    GoodsReceived: ReturnCase._received,
+    CaseRefunded: ReturnCase._refunded,
+    FreightCharged: ReturnCase._freight,
+    LateShipmentPenalty: ReturnCase._penalty,
+    GoodsRecovered: ReturnCase._recovered,
+    ReplacementShipped: ReturnCase._replacement,
+    MissingItemsReshipped: ReturnCase._reshipped,
+    CaseEscalated: ReturnCase._escalated,
+    CaseRuled: ReturnCase._ruled,
+    ReshipOverdue: ReturnCase._overdue,
+    CaseRated: ReturnCase._rated,
+}
+
+
+@cache
+def _applier(kind: type[Event]) -> Callable[[ReturnCase, Any], None] | None:
+    return next((_APPLY[c] for c in kind.__mro__ if c in _APPLY), None)
+
+
+def _money(
+    kind: type[CaseEvent], row: Transition, policy: Policy | None, refund: Decimal
+) -> dict[str, Any]:
+    """The fields of an event that moves money: the parties from the row, the amount from the
+    action (a refund) or the policy (freight, a penalty)."""
+    if kind is CaseRefunded and row.refund is not None:
+        return {"amount": refund, "paid_by": row.refund.paid_by, "owed_by": row.refund.owed_by}
+    if kind is FreightCharged and row.freight is not None:
+        assert policy is not None
+        legs = row.freight.legs
+        return {
+            "amount": policy.freight_per_leg * legs,
+            "legs": legs,
+            "payer": row.freight.payer,
+            "payee": row.freight.payee,
+        }
+    if kind is LateShipmentPenalty and row.penalty is not None:
+        assert policy is not None
+        return {
+            "amount": policy.late_shipment_penalty,
+            "payer": row.penalty.payer,
+            "payee": row.penalty.payee,
+        }
+    return {}
+
+
+# How a case type is written in a sentence.
+_TYPE_WORDS: Mapping[CaseType, str] = {
+    CaseType.REFUND_ONLY: "refund only",
+    CaseType.RETURN_REFUND: "return and refund",
+    CaseType.EXCHANGE: "exchange",
+    CaseType.RESHIP: "reship",
+}
 
 
 def _deadline(

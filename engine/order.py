@@ -10,9 +10,10 @@ aggregate, even when two cases are opened at once.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
@@ -170,7 +171,7 @@ class Order(Aggregate):
         if not merchant_id.strip() or not buyer_id.strip():
             raise BadInput("an order needs a merchant and a buyer")
         if not lines:
-            raise BadInput("an order needs at least one --line")
+            raise BadInput("an order needs at least one line")
         skus = [line.sku for line in lines]
         if len(set(skus)) != len(skus):
             raise BadInput(f"order {order_id}: a SKU appears on more than one line")
@@ -187,35 +188,45 @@ class Order(Aggregate):
     def when(self, event: Event) -> None:
         super().when(event)
         self.last_at = max(event.at, getattr(self, "last_at", event.at))
-        if isinstance(event, OrderPlaced):
-            self.order_id = event.order_id
-            self.merchant_id = event.merchant_id
-            self.buyer_id = event.buyer_id
-            self.lines = {line.sku: line for line in event.lines}
-            self.placed_at = event.at
-            self.shipped_at = None
-            self.shipment = None
-            self.delivered_at = None
-            self.holders = {}
-            self.refunded = {}
-            self.last_case = {}
-            self.cases = []
-        elif isinstance(event, OrderShipped):
-            self.shipped_at = event.at
-            self.shipment = event.shipment
-        elif isinstance(event, OrderDelivered):
-            self.delivered_at = event.at
-        elif isinstance(event, CaseLinked):
-            for sku in event.skus:
-                self.holders[sku] = event.case_id
-                self.last_case[sku] = event.case_id
-            if event.case_id not in self.cases:
-                self.cases.append(event.case_id)
-        elif isinstance(event, CaseUnlinked):
-            for sku in [s for s, c in self.holders.items() if c == event.case_id]:
-                del self.holders[sku]
-            for sku, amount in event.refunded.items():
-                self.refunded[sku] = self.refunded.get(sku, ZERO) + amount
+        apply = _applier(type(event))
+        if apply is not None:
+            apply(self, event)
+
+    # What each kind of event changes (see _APPLY).
+
+    def _placed(self, event: OrderPlaced) -> None:
+        self.order_id = event.order_id
+        self.merchant_id = event.merchant_id
+        self.buyer_id = event.buyer_id
+        self.lines = {line.sku: line for line in event.lines}
+        self.placed_at = event.at
+        self.shipped_at = None
+        self.shipment = None
+        self.delivered_at = None
+        self.holders = {}
+        self.refunded = {}
+        self.last_case = {}
+        self.cases = []
+
+    def _shipped(self, event: OrderShipped) -> None:
+        self.shipped_at = event.at
+        self.shipment = event.shipment
+
+    def _delivered(self, event: OrderDelivered) -> None:
+        self.delivered_at = event.at
+
+    def _linked(self, event: CaseLinked) -> None:
+        for sku in event.skus:
+            self.holders[sku] = event.case_id
+            self.last_case[sku] = event.case_id
+        if event.case_id not in self.cases:
+            self.cases.append(event.case_id)
+
+    def _unlinked(self, event: CaseUnlinked) -> None:
+        for sku in [s for s, c in self.holders.items() if c == event.case_id]:
+            del self.holders[sku]
+        for sku, amount in event.refunded.items():
+            self.refunded[sku] = self.refunded.get(sku, ZERO) + amount
 
     # Order facts --------------------------------------------------------------------------
 
@@ -353,6 +364,21 @@ class Order(Aggregate):
             "case_ids": [str(c) for c in self.cases],
             "version": self.version,
         }
+
+
+# The state each kind of event sets, by class (a subclass reads as the class it extends).
+_APPLY: Mapping[type[Event], Callable[[Order, Any], None]] = {
+    OrderPlaced: Order._placed,
+    OrderShipped: Order._shipped,
+    OrderDelivered: Order._delivered,
+    CaseLinked: Order._linked,
+    CaseUnlinked: Order._unlinked,
+}
+
+
+@cache
+def _applier(kind: type[Event]) -> Callable[[Order, Any], None] | None:
+    return next((_APPLY[c] for c in kind.__mro__ if c in _APPLY), None)
 
 
 def allocate(amount: Decimal, lines: list[CaseLine]) -> dict[str, Decimal]:

@@ -87,7 +87,7 @@ class Party(StrEnum):
 
 
 class Actor(BaseModel):
-    """Who acted: the role comes from the action, the id from `--by`."""
+    """Who acted: the role comes from the action, the id names the one who took it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

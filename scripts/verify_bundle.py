@@ -47,7 +47,10 @@ FINAL = {"refunded", "completed", "closed"}
 ALL_STATUSES = AWAITING | FINAL | {"escalated", "rejected"}
 HOLDING = ALL_STATUSES - FINAL - {"rejected"}
 
-# The transition table (the command-line contract's): the statuses each action may start from.
+# A copy of the engine's rules, kept here so this file needs nothing but Python. The transition
+# tables below are those the engine derives from its one transition table
+# (engine/transitions.py); tests/test_audit.py checks every table in this file equal to the
+# engine's. The statuses each action may start from:
 ALLOWED_FROM: dict[str, set[str]] = {
     "approve": {"awaiting_merchant"},
     "reject": {"awaiting_merchant"},
@@ -66,6 +69,7 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "auto_refund": {"awaiting_merchant_receipt"},
     "reship_overdue": {"awaiting_reshipment"},
 }
+# Which action each event records when it comes first.
 ACTION_OF: dict[str, str] = {
     "CaseOpened": "open",
     "CaseApproved": "approve",
@@ -86,7 +90,9 @@ ACTION_OF: dict[str, str] = {
     "CaseAutoRefunded": "auto_refund",
     "ReshipOverdue": "reship_overdue",
 }
+# The events a deadline (the system) records first.
 SYSTEM_ACTIONS = {"CaseAutoApproved", "CaseAutoClosed", "CaseAutoRefunded", "ReshipOverdue"}
+# The statuses each event may leave the case in when it comes first.
 LEADS_TO: dict[str, set[str]] = {
     "CaseOpened": {"awaiting_merchant"},
     "CaseApproved": {"refunded", "awaiting_buyer_shipment", "awaiting_reshipment"},
@@ -111,6 +117,8 @@ LEADS_TO: dict[str, set[str]] = {
     "CaseAutoRefunded": {"refunded"},
     "ReshipOverdue": {"refunded"},
 }
+# The events an event coming first may bring with it, in the same command, and the one the
+# status it leaves calls for.
 CONSEQUENCES: dict[str, set[str]] = {
     "CaseApproved": {"CaseRefunded"},
     "CaseAutoApproved": {"CaseRefunded"},
