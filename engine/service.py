@@ -108,9 +108,9 @@ class UnitOfWork:
                 f"{row['action']} (on {row['target_id']}); use a new command id"
             )
         self.replayed = True
-        return self.first_result(row)
+        return self.first_result(row, command.command_id)
 
-    def first_result(self, row: dict[str, Any]) -> dict[str, Any]:
+    def first_result(self, row: dict[str, Any], command_id: str) -> dict[str, Any]:
         version = int(row["version"])
         aggregate = self.engine.store.load(UUID(row["target_id"]), version=version)
         assert isinstance(aggregate, (Order, ReturnCase))
@@ -216,8 +216,8 @@ class Chunk(UnitOfWork):
             self.commands[row.command_id] = (row, row._asdict())
         return {}  # bulk paths print no per-line results
 
-    def first_result(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"replayed": row.get("command_id")}  # bulk paths print no per-line results
+    def first_result(self, row: dict[str, Any], command_id: str) -> dict[str, Any]:
+        return {"replayed": command_id}  # bulk paths print no per-line results
 
     def prefetch(self, ids: Iterable[UUID]) -> None:
         """Load, with one query, the aggregates not yet in memory; remember the absent."""
