@@ -190,10 +190,9 @@ class PydanticMapper(Mapper[UUID]):
             and len(state) > 2
             and b'"class_version"' not in state
         ):
-            tail = b',"originator_id":"%s","originator_version":%d}' % (
-                str(originator_id).encode(),
-                version,
-            )
+            # The plain hex form: pydantic reads it, and it costs a third of str(uuid).
+            uid = originator_id.hex if isinstance(originator_id, UUID) else str(originator_id)
+            tail = b',"originator_id":"%s","originator_version":%d}' % (uid.encode(), version)
             return cls.model_validate_json(state[:-1] + tail)
         data: dict[str, Any] = self.transcoder.decode(state)
         from_version = data.pop("class_version", 1)
