@@ -83,7 +83,8 @@ class Folds:
         def _refunded(e: CaseRefunded, changes: Changes, seq: int) -> None: ...
 
     An event is folded by the function of its exact class (one dict lookup per event, on the
-    hot path of a rebuild); a function may take several classes, typed as their common base."""
+    hot path of a rebuild), so a subclass needs its own entry; a function may take several
+    classes, typed as their union or a common base."""
 
     def __init__(self) -> None:
         self.table: dict[type[Event], Fold[Any]] = {}
@@ -116,7 +117,7 @@ class Folds:
 
 def cents(value: Decimal) -> int:
     """Money is kept as whole cents (bigint) on both backends: exact, and SUM works everywhere."""
-    return int((Decimal(value) * 100).to_integral_value())
+    return int((value * 100).to_integral_value())
 
 
 def money(value_cents: int | None) -> str:
@@ -294,7 +295,9 @@ class View(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.events = tuple(cls.folds.table)
+        folds = getattr(cls, "folds", None)
+        if folds is not None:  # not on a base that leaves its folds to subclasses
+            cls.events = tuple(folds.table)
 
     @classmethod
     def topics(cls) -> tuple[str, ...]:
