@@ -3,6 +3,7 @@ mapper, dispatched by class; and the one SQL helper both backends' statements go
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -227,3 +228,28 @@ def test_upserts_are_written_once_with_question_marks() -> None:
     assert "VALUES (?, ?)" in table.upsert(postgres=False)
     assert "json_array_elements(?::json)" in table.upsert_json()
     assert "%s" in Dialect(postgres=True)(table.upsert_json())
+
+
+# The collector is paused for a catch-up only ------------------------------------------------------
+
+
+def test_a_catch_up_gives_the_garbage_collector_back_as_it_found_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projections.runner as runner
+
+    monkeypatch.setattr(runner, "COLLECT_EVERY", 100)  # collect between batches too
+    with EventStore(store_url) as store:
+        generate(store, 300, merchants=2)
+        projector = Projector(store)
+        assert gc.isenabled()
+        assert projector.catch_up(VIEWS, batch_size=50) > 0
+        assert gc.isenabled()
+        for view in VIEWS:
+            projector.recorder(view).reset()
+        gc.disable()
+        try:
+            projector.catch_up(VIEWS, batch_size=50)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
