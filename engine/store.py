@@ -46,6 +46,7 @@ from pydantic import BaseModel
 
 from engine.errors import BadInput, StoreUnavailable
 from engine.events import Aggregate, Event, stored_json, stored_state
+from engine.sql import SQLITE, Dialect
 
 DEFAULT_STORE = "sqlite:///aftersales.db"
 APP_NAME = "Aftersales"
@@ -166,16 +167,41 @@ class PydanticMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        cls = resolve_topic(stored_event.topic)
-        state: dict[str, Any] = self.transcoder.decode(stored_event.state)
-        from_version = state.pop("class_version", 1)
-        while from_version < getattr(cls, "class_version", 1):
-            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+        return self.decode(
+            stored_event.originator_id,  # type: ignore[arg-type]
+            stored_event.originator_version,
+            stored_event.topic,
+            stored_event.state,
+        )
+
+    def decode(self, originator_id: UUID, version: int, topic: str, state: bytes) -> Event:
+        """One stored event as its class, upcast if it was stored in an older shape: the one
+        decoding both aggregates and projections use.
+
+        A stored event of its class's current first version (nearly all of them) is validated
+        straight from its JSON text, with its id and version appended as the last keys (they
+        are columns of their own, and the last of two equal keys wins, as on the slow path):
+        pydantic parses and validates in one pass, a third faster than ``json.loads`` and
+        ``model_validate``. Any other shape goes through the upcasters first."""
+        cls: type[Event] = resolve_topic(topic)
+        if (
+            cls.class_version == 1
+            and state[-1:] == b"}"
+            and len(state) > 2
+            and b'"class_version"' not in state
+        ):
+            # The plain hex form: pydantic reads it, and it costs a third of str(uuid).
+            uid = originator_id.hex if isinstance(originator_id, UUID) else str(originator_id)
+            tail = b',"originator_id":"%s","originator_version":%d}' % (uid.encode(), version)
+            return cls.model_validate_json(state[:-1] + tail)
+        data: dict[str, Any] = self.transcoder.decode(state)
+        from_version = data.pop("class_version", 1)
+        while from_version < cls.class_version:
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(data)
             from_version += 1
-        state["originator_id"] = stored_event.originator_id
-        state["originator_version"] = stored_event.originator_version
-        event: DomainEventProtocol[UUID] = cls.model_validate(state)
-        return event
+        data["originator_id"] = originator_id
+        data["originator_version"] = version
+        return cls.model_validate(data)
 
 
 # The case index and the command record, written with the events ------------------------------
@@ -253,7 +279,7 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
         cases: Sequence[CaseRow] = kwargs.get("cases", ())
         if cases:
             columns = ", ".join(CASE_COLUMNS)
-            marks = ", ".join("?" for _ in CASE_COLUMNS)
+            marks = SQLITE.marks(len(CASE_COLUMNS))
             updates = ", ".join(f"{col} = excluded.{col}" for col in CASE_COLUMNS[1:])
             c.executemany(
                 f"INSERT INTO {CASES_TABLE} ({columns}) VALUES ({marks}) "
@@ -420,6 +446,7 @@ class EventStore(Application[UUID]):
 
     name = APP_NAME
     env: ClassVar[dict[str, str]] = {}
+    mapper: PydanticMapper
 
     def __init__(self, url: str | None = None, *, cache_size: int = 0) -> None:
         self.url = parse_store_url(url)
@@ -456,7 +483,7 @@ class EventStore(Application[UUID]):
             with contextlib.suppress(KeyError):
                 cache.get(uid, evict=True)
 
-    def construct_mapper(self) -> Mapper[UUID]:
+    def construct_mapper(self) -> PydanticMapper:
         return PydanticMapper(transcoder=JsonTranscoder())
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
@@ -479,20 +506,26 @@ class EventStore(Application[UUID]):
 
     # Plain SQL for the index tables ---------------------------------------------------------
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Run a read query on the store. Write ``{t}`` before a table name for its place
-        (schema on PostgreSQL) and ``?`` for parameters on both backends."""
+    @property
+    def dialect(self) -> Dialect:
         recorder = self.recorder
         if isinstance(recorder, PostgresCaseRecorder):
-            schema = recorder.datastore.schema
-            text = sql.replace("{t}", f'"{schema}".').replace("?", "%s")
+            return Dialect(postgres=True, schema=recorder.datastore.schema)
+        return SQLITE
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read query on the store. Write ``{t}`` before a table name for its place
+        (schema on PostgreSQL) and ``?`` for parameters on both backends (``engine.sql``)."""
+        recorder = self.recorder
+        text = self.dialect(sql)
+        if isinstance(recorder, PostgresCaseRecorder):
             with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
                 curs.execute(text.encode(), params)
                 return [dict(row) for row in curs.fetchall()]
         assert isinstance(recorder, SQLiteCaseRecorder)
         datastore: SQLiteDatastore = recorder.datastore
         with datastore.transaction(commit=False) as c:
-            c.execute(sql.replace("{t}", ""), tuple(params))
+            c.execute(text, tuple(params))
             return [dict(row) for row in c.fetchall()]
 
     def load_many(self, ids: Sequence[UUID]) -> dict[UUID, Any]:
@@ -514,7 +547,7 @@ class EventStore(Application[UUID]):
                 ]
         else:
             assert isinstance(recorder, SQLiteCaseRecorder)
-            marks = ", ".join("?" for _ in ids)
+            marks = SQLITE.marks(len(ids))
             with recorder.datastore.transaction(commit=False) as c:
                 c.execute(
                     "SELECT originator_id, originator_version, topic, state FROM "
@@ -526,10 +559,7 @@ class EventStore(Application[UUID]):
         aggregates: dict[UUID, Any] = {}
         for originator_id, version, topic, state in rows:
             uid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
-            event = self.mapper.to_domain_event(
-                StoredEvent(originator_id=uid, originator_version=version, topic=topic, state=state)
-            )
-            assert isinstance(event, Event)
+            event = self.mapper.decode(uid, version, topic, state)
             aggregates[uid] = event.mutate(aggregates.get(uid))
         return aggregates
 

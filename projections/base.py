@@ -1,11 +1,11 @@
 """The machinery every projection shares: tables, batched changes, tracking, the library's hooks.
 
-A projection (a *view*) is a class with a name, the event classes it reads, its tables and a
-``fold`` method that turns a batch of events into row changes. Everything else is here:
+A projection (a *view*) is a class with a name, its tables and its ``Folds``: a table of event
+class -> function that turns one event into row changes. Everything else is here:
 
-- ``Fact``: one event as the projection sees it (notification id, aggregate id, class name and the
-  stored JSON), whether it came from a bulk read of the notification log or from the library's
-  subscription.
+- ``Fact``: one event as the projection sees it: its notification id and the typed event (the
+  aggregates' own pydantic class, decoded and upcast by the store's mapper), whether it came from
+  a bulk read of the notification log or from the library's subscription.
 - ``Changes``: the rows one batch changes, keyed by primary key and merged in memory; each column
   says how a later change combines with what the table holds (``set``, ``keep``, ``add``, ``max``),
   so a batch's rows are written with one upsert statement per table.
@@ -17,8 +17,8 @@ A projection (a *view*) is a class with a name, the event classes it reads, its 
 - ``ViewProjection``: the library's ``Projection`` for its ``ProjectionRunner`` (``--follow`` on
   PostgreSQL); it collects the events the runner hands over one at a time into batches.
 
-Adding a projection: write a module with a ``View`` subclass (tables + fold + its report queries)
-and add it to ``projections.registry.VIEWS``.
+Adding a projection: write a module with a ``View`` subclass (tables + folds + its report
+queries) and add it to ``projections.registry.VIEWS``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
-from typing import Any, ClassVar, Literal
-from uuid import UUID
+from typing import Any, ClassVar, Literal, TypeVar, overload
 
 from eventsourcing.persistence import (
-    Notification,
     OperationalError,
     Tracking,
     TrackingRecorder,
@@ -44,78 +42,86 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import get_topic
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
-from pydantic import BaseModel
 
-from engine.events import stored_state
+from engine.events import Event
+from engine.sql import SQLITE, Dialect
 from engine.store import APP_NAME, utc_text
 
 PREFIX = "proj_"
 
-# Facts ---------------------------------------------------------------------------------------
+# Facts and folds ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Fact:
-    """One event: its place in the log, its aggregate, its class name and its stored JSON."""
+    """One event at its place in the log: its notification id and the event itself, decoded to
+    its class and upcast by the store's mapper (the one decoding the aggregates use), whether it
+    came from a bulk read of the notification log or from the library's subscription."""
 
     id: int
-    originator_id: UUID
-    version: int
-    kind: str
-    data: dict[str, Any]
+    event: Event
 
 
-@cache
-def _event_class(topic: str) -> type[Any]:
-    return resolve_topic(topic)  # type: ignore[no-any-return]
+E = TypeVar("E", bound=Event)
+A = TypeVar("A", bound=Event)
+B = TypeVar("B", bound=Event)
+C = TypeVar("C", bound=Event)
+Fold = Callable[[E, "Changes", int], None]
+"""How one event changes a batch's rows: ``fold(event, changes, notification_id)``."""
 
 
-def make_fact(id: int, originator_id: UUID, version: int, topic: str, state: bytes) -> Fact:
-    """The fast path: the stored JSON as it is, upcast if the stored shape is older."""
-    data: dict[str, Any] = json.loads(state)
-    cls = _event_class(topic)
-    stored_version = data.pop("class_version", 1)
-    while stored_version < getattr(cls, "class_version", 1):
-        getattr(cls, f"upcast_v{stored_version}_v{stored_version + 1}")(data)
-        stored_version += 1
-    return Fact(id, originator_id, version, cls.__name__, data)
+class Folds:
+    """A view's table of event class -> fold function, filled by decorating the functions:
 
+        folds = Folds()
 
-def fact_from_notification(n: Notification) -> Fact:
-    return make_fact(n.id, n.originator_id, n.originator_version, n.topic, n.state)  # type: ignore[arg-type]
+        @folds.on(CaseRefunded)
+        def _refunded(e: CaseRefunded, changes: Changes, seq: int) -> None: ...
 
+    An event is folded by the function of its exact class (one dict lookup per event, on the
+    hot path of a rebuild), so a subclass needs its own entry; a function may take several
+    classes, typed as their union or a common base."""
 
-def fact_from_event(event: BaseModel, tracking: Tracking) -> Fact:
-    """An event the library's subscription decoded: the same JSON it was stored as."""
-    data = stored_state(event)
-    data.pop("class_version", None)
-    return Fact(
-        tracking.notification_id,
-        event.originator_id,  # type: ignore[attr-defined]
-        event.originator_version,  # type: ignore[attr-defined]
-        type(event).__name__,
-        data,
-    )
+    def __init__(self) -> None:
+        self.table: dict[type[Event], Fold[Any]] = {}
+
+    # Several classes type the function's event as their union (mypy would otherwise infer
+    # their common base, which may lack the fields the function reads).
+    @overload
+    def on(self, a: type[A], /) -> Callable[[Fold[A]], Fold[A]]: ...
+    @overload
+    def on(self, a: type[A], b: type[B], /) -> Callable[[Fold[A | B]], Fold[A | B]]: ...
+    @overload
+    def on(
+        self, a: type[A], b: type[B], c: type[C], /
+    ) -> Callable[[Fold[A | B | C]], Fold[A | B | C]]: ...
+    @overload
+    def on(self, *classes: type[E]) -> Callable[[Fold[E]], Fold[E]]: ...
+    def on(self, *classes: type[Event]) -> Callable[[Fold[Any]], Fold[Any]]:
+        def register(fold: Fold[Any]) -> Fold[Any]:
+            for cls in classes:
+                if cls in self.table:
+                    raise TypeError(f"{cls.__name__} has two folds")
+                self.table[cls] = fold
+            return fold
+
+        return register
 
 
 # Values as the tables keep them -----------------------------------------------------------------
 
 
-def cents(value: str | Decimal) -> int:
+def cents(value: Decimal) -> int:
     """Money is kept as whole cents (bigint) on both backends: exact, and SUM works everywhere."""
-    return int((Decimal(value) * 100).to_integral_value())
+    return int((value * 100).to_integral_value())
 
 
 def money(value_cents: int | None) -> str:
     return f"{Decimal(value_cents or 0) / 100:.2f}"
-
-
-def parse_at(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 # Tables ----------------------------------------------------------------------------------------
@@ -184,11 +190,12 @@ class Table:
         """PostgreSQL: the same upsert for a whole batch of rows sent as one JSON array of
         arrays (one round trip; the server parses JSON far faster than rows are bound)."""
         fields = ", ".join(f"(r->>{i})::{_PG_TYPES[c.kind]}" for i, c in enumerate(self.columns))
-        values = f"SELECT {fields} FROM json_array_elements(%s::json) AS r"
+        values = f"SELECT {fields} FROM json_array_elements(?::json) AS r"
         return self.upsert(postgres=True, values=values)
 
     def upsert(self, postgres: bool, values: str | None = None) -> str:
-        mark = "%s" if postgres else "?"
+        """The upsert of one row (``?`` per column), or of the rows ``values`` selects;
+        ``postgres`` picks the backend's spelling of ``max``."""
         sets = []
         for c in self.columns:
             old, new = f"{self.name}.{c.name}", f"excluded.{c.name}"
@@ -206,7 +213,7 @@ class Table:
         action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
         return (
             f"INSERT INTO {{t}}{self.name} ({', '.join(self.names)}) "
-            + (values or f"VALUES ({', '.join(mark for _ in self.columns)})")
+            + (values or f"VALUES ({Dialect.marks(len(self.columns))})")
             + " "
             f"ON CONFLICT ({', '.join(self.key)}) {action}"
         )
@@ -277,25 +284,34 @@ def _converter(kind: str, postgres: bool) -> Callable[[Any], Any]:
 
 
 class View(ABC):
-    """One projection: its name, the events it reads, its tables and how events change them."""
+    """One projection: its name, its tables, and its folds (the event classes it reads are
+    the ones it has a fold for)."""
 
     name: ClassVar[str]
-    events: ClassVar[tuple[type[Any], ...]]
     tables: ClassVar[tuple[Table, ...]]
+    folds: ClassVar[Folds]
+    events: ClassVar[tuple[type[Event], ...]]
     doc: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        folds = getattr(cls, "folds", None)
+        if folds is not None:  # not on a base that leaves its folds to subclasses
+            cls.events = tuple(folds.table)
 
     @classmethod
     def topics(cls) -> tuple[str, ...]:
         return tuple(get_topic(e) for e in cls.events)
 
     @classmethod
-    def kinds(cls) -> frozenset[str]:
-        return frozenset(e.__name__ for e in cls.events)
-
-    @classmethod
-    @abstractmethod
     def fold(cls, facts: Iterable[Fact], changes: Changes) -> None:
-        """Merge these events (in log order) into the batch's row changes."""
+        """Merge these events (in log order) into the batch's row changes; events this view
+        has no fold for are passed over (one read of the log serves several views)."""
+        table = cls.folds.table
+        for fact in facts:
+            fold = table.get(type(fact.event))
+            if fold is not None:
+                fold(fact.event, changes, fact.id)
 
     @classmethod
     def tracking_table(cls) -> str:
@@ -339,14 +355,13 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
         **kwargs: Any,
     ) -> None:
         super().__init__(datastore, tracking_table_name=self.view.tracking_table(), **kwargs)
-        self.sql_create_statements += [Composed([SQL(s.decode())]) for s in self._ddl()]
+        self.dialect = Dialect(postgres=True, schema=self.datastore.schema)
+        self.sql_create_statements += [Composed([SQL(s)]) for s in self._ddl()]
         self._lock_key = f"aftersales:{self.datastore.schema}:{self.view.name}"
+        self._upserts = {t.name: self.dialect(t.upsert_json()).encode() for t in self.view.tables}
 
-    def _t(self, sql: str) -> bytes:
-        return sql.replace("{t}", f'"{self.datastore.schema}".').encode()
-
-    def _ddl(self) -> list[bytes]:
-        return [self._t(s) for table in self.view.tables for s in table.ddl(postgres=True)]
+    def _ddl(self) -> list[str]:
+        return [self.dialect(s) for table in self.view.tables for s in table.ddl(postgres=True)]
 
     def create_table(self) -> None:
         """Create the tables in one transaction under the view's lock, so that several
@@ -374,14 +389,14 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
             if found != after:
                 raise StalePosition(after, found)
             for table, rows in changes.batches(postgres=True):
-                curs.execute(self._t(table.upsert_json()), (json.dumps(rows),))
+                curs.execute(self._upserts[table.name], (json.dumps(rows),))
             self._insert_tracking(curs, tracking)
 
     def reset(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
             self._lock(curs)
             for table in self.view.tables:
-                curs.execute(self._t(f"DROP TABLE IF EXISTS {{t}}{table.name}"))
+                curs.execute(self.dialect(f"DROP TABLE IF EXISTS {{t}}{table.name}").encode())
             curs.execute(
                 SQL("DELETE FROM {0}.{1} WHERE application_name = %s").format(
                     Identifier(self.datastore.schema), Identifier(self.tracking_table_name)
@@ -389,7 +404,7 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
                 (APP_NAME,),
             )
             for statement in self._ddl():
-                curs.execute(statement)
+                curs.execute(statement.encode())
 
     def pending(self, position: int | None, events_table: str) -> int:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -428,9 +443,7 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
         return statements
 
     def _ddl(self) -> list[str]:
-        return [
-            s.replace("{t}", "") for table in self.view.tables for s in table.ddl(postgres=False)
-        ]
+        return [SQLITE(s) for table in self.view.tables for s in table.ddl(postgres=False)]
 
     def create_table(self) -> None:
         """Create the tables in one transaction (see the PostgreSQL recorder); SQLite may
@@ -466,7 +479,7 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
             if found != after:
                 raise StalePosition(after, found)
             for table, rows in changes.batches(postgres=False):
-                c.executemany(table.upsert(postgres=False).replace("{t}", ""), rows)
+                c.executemany(SQLITE(table.upsert(postgres=False)), rows)
             self._insert_tracking(c, tracking)
 
     def reset(self) -> None:
@@ -483,7 +496,7 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
 
     def pending(self, position: int | None, events_table: str) -> int:
         topics = list(self.view.topics())
-        marks = ", ".join("?" for _ in topics)
+        marks = SQLITE.marks(len(topics))
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 f"SELECT count(*) FROM {events_table} WHERE rowid > ? AND topic IN ({marks})",
@@ -512,8 +525,7 @@ def apply_batch(
 ) -> None:
     """Fold a batch and write it with one tracking record at ``last_id``."""
     changes = Changes()
-    kinds = view.kinds()
-    view.fold((f for f in facts if f.kind in kinds), changes)
+    view.fold(facts, changes)
     recorder.write(changes, Tracking(APP_NAME, last_id), after)
 
 
@@ -543,7 +555,7 @@ class ViewProjection(Projection[ViewRecorder]):
         if self.error is not None:
             raise self.error
         with self._lock:
-            self.buffer.append(fact_from_event(domain_event, tracking))
+            self.buffer.append(Fact(tracking.notification_id, domain_event))
             if len(self.buffer) >= self.batch_size:
                 self._flush()
                 return

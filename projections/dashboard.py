@@ -9,7 +9,6 @@ merchant did not act, the platform's intervention and the buyer's rating.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -20,12 +19,14 @@ from engine.case import (
     CaseAutoClosed,
     CaseAutoRefunded,
     CaseEscalated,
+    CaseEvent,
     CaseOpened,
     CaseRated,
     CaseRefunded,
     CaseRejected,
     CaseRuled,
     CaseWithdrawn,
+    DeadlineFired,
     GoodsReceived,
     GoodsShippedBack,
     MissingItemsReshipped,
@@ -37,7 +38,7 @@ from engine.store import EventStore
 from engine.values import FINAL_STATUSES, Role
 from projections.base import (
     Changes,
-    Fact,
+    Folds,
     Table,
     View,
     bigger,
@@ -45,7 +46,6 @@ from projections.base import (
     col,
     keep,
     money,
-    parse_at,
 )
 
 CASES = Table(
@@ -90,74 +90,99 @@ REFUNDS = Table(
     doc="One row per refund.",
 )
 
-_AUTO = {
-    "CaseAutoApproved": "auto_approved_at",
-    "CaseAutoRefunded": "auto_refunded_at",
-    "ReshipOverdue": "reship_overdue_at",
-    "CaseAutoClosed": "auto_closed_at",
+folds = Folds()
+Row = dict[str, Any]
+
+
+def _now(e: CaseEvent, changes: Changes) -> Row:
+    """What every case event sets: the status now, the deadline running now, the latest time."""
+    row = changes.row(CASES, e.originator_id)
+    row["status"] = e.status.value
+    due = e.due
+    row["due_at"] = due.due_at if due else None
+    row["due_action"] = due.action.value if due else None
+    bigger(row, "updated_at", e.at)
+    return row
+
+
+def _case(e: CaseEvent, changes: Changes) -> Row:
+    """A later event on the case: ``_now``, and the merchant's first action if it is one."""
+    row = _now(e, changes)
+    if e.actor.role == Role.MERCHANT:
+        keep(row, "first_response_at", e.at)
+    return row
+
+
+@folds.on(CaseOpened)
+def _opened(e: CaseOpened, changes: Changes, seq: int) -> None:
+    row = _now(e, changes)
+    row["merchant_id"] = e.merchant_id
+    row["order_id"] = e.order_id
+    row["case_type"] = e.case_type.value
+    row["reason"] = e.reason
+    row["opened_at"] = e.at
+
+
+@folds.on(
+    CaseApproved,
+    CaseRejected,
+    GoodsShippedBack,
+    GoodsReceived,
+    ReplacementShipped,
+    MissingItemsReshipped,
+    ReshipImpossible,
+    CaseWithdrawn,
+)
+def _moved(e: CaseEvent, changes: Changes, seq: int) -> None:
+    _case(e, changes)
+
+
+_AUTO: dict[type[DeadlineFired], str] = {
+    CaseAutoApproved: "auto_approved_at",
+    CaseAutoRefunded: "auto_refunded_at",
+    ReshipOverdue: "reship_overdue_at",
+    CaseAutoClosed: "auto_closed_at",
 }
+
+
+@folds.on(*_AUTO)
+def _decided(e: DeadlineFired, changes: Changes, seq: int) -> None:
+    """The system acted because nobody else did: the first time of each kind is kept."""
+    keep(_case(e, changes), _AUTO[type(e)], e.at)
+
+
+@folds.on(CaseRefunded)
+def _refunded(e: CaseRefunded, changes: Changes, seq: int) -> None:
+    keep(_case(e, changes), "refunded_at", e.at)
+    refund = changes.row(REFUNDS, e.originator_id, e.originator_version)
+    refund["refunded_at"] = e.at
+    refund["amount_cents"] = cents(e.amount)
+    refund["paid_by"] = e.paid_by.value
+    refund["owed_by"] = e.owed_by.value
+
+
+@folds.on(CaseEscalated)
+def _escalated(e: CaseEscalated, changes: Changes, seq: int) -> None:
+    keep(_case(e, changes), "escalated_at", e.at)
+
+
+@folds.on(CaseRuled)
+def _ruled(e: CaseRuled, changes: Changes, seq: int) -> None:
+    keep(_case(e, changes), "ruled_at", e.at)
+
+
+@folds.on(CaseRated)
+def _rated(e: CaseRated, changes: Changes, seq: int) -> None:
+    row = _case(e, changes)
+    keep(row, "rating", e.score)
+    keep(row, "rated_at", e.at)
 
 
 class Dashboard(View):
     name = "dashboard"
-    events = (
-        CaseOpened,
-        CaseApproved,
-        CaseRejected,
-        GoodsShippedBack,
-        GoodsReceived,
-        CaseRefunded,
-        ReplacementShipped,
-        MissingItemsReshipped,
-        ReshipImpossible,
-        CaseWithdrawn,
-        CaseEscalated,
-        CaseRuled,
-        CaseRated,
-        CaseAutoApproved,
-        CaseAutoClosed,
-        CaseAutoRefunded,
-        ReshipOverdue,
-    )
     tables = (CASES, REFUNDS)
+    folds = folds
     doc = __doc__ or ""
-
-    @classmethod
-    def fold(cls, facts: Iterable[Fact], changes: Changes) -> None:
-        for f in facts:
-            d = f.data
-            at = parse_at(d["at"])
-            row = changes.row(CASES, f.originator_id)
-            due = d.get("due")
-            row["status"] = d["status"]
-            row["due_at"] = parse_at(due["due_at"]) if due else None
-            row["due_action"] = due["action"] if due else None
-            bigger(row, "updated_at", at)
-            kind = f.kind
-            if kind == "CaseOpened":
-                row["merchant_id"] = d["merchant_id"]
-                row["order_id"] = d["order_id"]
-                row["case_type"] = d["case_type"]
-                row["reason"] = d["reason"]
-                row["opened_at"] = at
-            elif d["actor"]["role"] == Role.MERCHANT.value:
-                keep(row, "first_response_at", at)
-            if kind in _AUTO:
-                keep(row, _AUTO[kind], at)
-            elif kind == "CaseRefunded":
-                keep(row, "refunded_at", at)
-                refund = changes.row(REFUNDS, f.originator_id, f.version)
-                refund["refunded_at"] = at
-                refund["amount_cents"] = cents(d["amount"])
-                refund["paid_by"] = d["paid_by"]
-                refund["owed_by"] = d["owed_by"]
-            elif kind == "CaseEscalated":
-                keep(row, "escalated_at", at)
-            elif kind == "CaseRuled":
-                keep(row, "ruled_at", at)
-            elif kind == "CaseRated":
-                keep(row, "rating", int(d["score"]))
-                keep(row, "rated_at", at)
 
 
 # The report: read from the tables only ---------------------------------------------------------

@@ -8,13 +8,12 @@ so they add up to the events by construction; money is kept in whole cents.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from engine.case import CaseOpened, CaseRefunded, FreightCharged, LateShipmentPenalty
 from engine.store import EventStore
-from projections.base import Changes, Fact, Table, View, cents, col, money, parse_at
+from projections.base import Changes, Folds, Table, View, cents, col, money
 
 CASES = Table(
     "proj_ledger_cases",
@@ -53,35 +52,47 @@ TOTALS = (
 )
 
 
+folds = Folds()
+
+
+@folds.on(CaseOpened)
+def _opened(e: CaseOpened, changes: Changes, seq: int) -> None:
+    row = changes.row(CASES, e.originator_id)
+    row["merchant_id"] = e.merchant_id
+    row["order_id"] = e.order_id
+
+
+@folds.on(CaseRefunded)
+def _refunded(e: CaseRefunded, changes: Changes, seq: int) -> None:
+    entry = changes.row(ENTRIES, e.originator_id, e.originator_version)
+    entry.update(
+        at=e.at,
+        kind="refund",
+        amount_cents=cents(e.amount),
+        payer=e.paid_by.value,
+        payee="buyer",
+        owed_by=e.owed_by.value,
+    )
+
+
+@folds.on(FreightCharged, LateShipmentPenalty)
+def _charged(e: FreightCharged | LateShipmentPenalty, changes: Changes, seq: int) -> None:
+    entry = changes.row(ENTRIES, e.originator_id, e.originator_version)
+    entry.update(
+        at=e.at,
+        kind="freight" if isinstance(e, FreightCharged) else "late_shipment_penalty",
+        amount_cents=cents(e.amount),
+        payer=e.payer.value,
+        payee=e.payee.value,
+        owed_by=e.payer.value,
+    )
+
+
 class Ledger(View):
     name = "ledger"
-    events = (CaseOpened, CaseRefunded, FreightCharged, LateShipmentPenalty)
     tables = (CASES, ENTRIES)
+    folds = folds
     doc = __doc__ or ""
-
-    @classmethod
-    def fold(cls, facts: Iterable[Fact], changes: Changes) -> None:
-        for f in facts:
-            d = f.data
-            if f.kind == "CaseOpened":
-                row = changes.row(CASES, f.originator_id)
-                row["merchant_id"] = d["merchant_id"]
-                row["order_id"] = d["order_id"]
-                continue
-            entry = changes.row(ENTRIES, f.originator_id, f.version)
-            entry["at"] = parse_at(d["at"])
-            entry["amount_cents"] = cents(d["amount"])
-            if f.kind == "CaseRefunded":
-                entry.update(kind="refund", payer=d["paid_by"], payee="buyer", owed_by=d["owed_by"])
-            elif f.kind == "FreightCharged":
-                entry.update(kind="freight", payer=d["payer"], payee=d["payee"], owed_by=d["payer"])
-            else:
-                entry.update(
-                    kind="late_shipment_penalty",
-                    payer=d["payer"],
-                    payee=d["payee"],
-                    owed_by=d["payer"],
-                )
 
 
 def ledger(

@@ -8,24 +8,23 @@ allocated to those lines. By reason, each order counts under the reason group of
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
-from uuid import UUID
 
 from engine.case import (
     CaseAutoApproved,
     CaseAutoRefunded,
     CaseEscalated,
     CaseOpened,
+    DeadlineFired,
     ReshipOverdue,
 )
 from engine.errors import BadInput
 from engine.order import CaseUnlinked, OrderDelivered, OrderPlaced
 from engine.store import EventStore
 from engine.values import reason_group
-from projections.base import Changes, Fact, Table, View, bigger, cents, col, keep, money, parse_at
+from projections.base import Changes, Folds, Table, View, bigger, cents, col, keep, money
 
 ORDERS = Table(
     "proj_rates_orders",
@@ -85,70 +84,72 @@ CASE_LINES = Table(
     doc="One row per line a case concerns.",
 )
 
-_TIMEOUTS = frozenset({"CaseAutoApproved", "CaseAutoRefunded", "ReshipOverdue"})
+folds = Folds()
+
+
+@folds.on(OrderPlaced)
+def _placed(e: OrderPlaced, changes: Changes, seq: int) -> None:
+    order = changes.row(ORDERS, e.originator_id)
+    order["order_id"] = e.order_id
+    order["merchant_id"] = e.merchant_id
+    order["placed_at"] = e.at
+    total = 0
+    for line in e.lines:
+        value = cents(line.unit_price * line.quantity)
+        total += value
+        row = changes.row(LINES, e.originator_id, line.sku)
+        row["merchant_id"] = e.merchant_id
+        row["category"] = line.category
+        row["value_cents"] = value
+    order["gmv_cents"] = total
+
+
+@folds.on(OrderDelivered)
+def _delivered(e: OrderDelivered, changes: Changes, seq: int) -> None:
+    keep(changes.row(ORDERS, e.originator_id), "delivered_at", e.at)
+
+
+@folds.on(CaseOpened)
+def _opened(e: CaseOpened, changes: Changes, seq: int) -> None:
+    case = changes.row(CASES, e.originator_id)
+    case["order_ref"] = e.order_ref
+    case["merchant_id"] = e.merchant_id
+    case["reason"] = e.reason
+    case["reason_group"] = reason_group(e.reason).value
+    case["opened_at"] = e.at
+    case["opened_seq"] = seq
+    bigger(case, "escalated", 0)
+    bigger(case, "timed_out", 0)
+    for line in e.lines:
+        row = changes.row(CASE_LINES, e.originator_id, line.sku)
+        row["order_ref"] = e.order_ref
+        row["merchant_id"] = e.merchant_id
+        row["category"] = line.category
+        row["value_cents"] = cents(line.unit_price * line.quantity)
+
+
+@folds.on(CaseUnlinked)
+def _unlinked(e: CaseUnlinked, changes: Changes, seq: int) -> None:
+    """The order's record of what the case refunded, line by line."""
+    for sku, amount in e.refunded.items():
+        changes.row(CASE_LINES, e.case_id, sku)["refunded_cents"] += cents(amount)
+
+
+@folds.on(CaseEscalated)
+def _escalated(e: CaseEscalated, changes: Changes, seq: int) -> None:
+    bigger(changes.row(CASES, e.originator_id), "escalated", 1)
+
+
+@folds.on(CaseAutoApproved, CaseAutoRefunded, ReshipOverdue)
+def _timed_out(e: DeadlineFired, changes: Changes, seq: int) -> None:
+    bigger(changes.row(CASES, e.originator_id), "timed_out", 1)
 
 
 class ReturnRates(View):
     name = "return_rates"
-    events = (
-        OrderPlaced,
-        OrderDelivered,
-        CaseOpened,
-        CaseUnlinked,
-        CaseEscalated,
-        CaseAutoApproved,
-        CaseAutoRefunded,
-        ReshipOverdue,
-    )
     tables = (ORDERS, LINES, CASES, CASE_LINES)
+    folds = folds
     doc = __doc__ or ""
-
-    @classmethod
-    def fold(cls, facts: Iterable[Fact], changes: Changes) -> None:
-        for f in facts:
-            d = f.data
-            kind = f.kind
-            if kind == "OrderPlaced":
-                order = changes.row(ORDERS, f.originator_id)
-                order["order_id"] = d["order_id"]
-                order["merchant_id"] = d["merchant_id"]
-                order["placed_at"] = parse_at(d["at"])
-                total = 0
-                for line in d["lines"]:
-                    value = cents(Decimal(line["unit_price"]) * line["quantity"])
-                    total += value
-                    row = changes.row(LINES, f.originator_id, line["sku"])
-                    row["merchant_id"] = d["merchant_id"]
-                    row["category"] = line.get("category")
-                    row["value_cents"] = value
-                order["gmv_cents"] = total
-            elif kind == "OrderDelivered":
-                keep(changes.row(ORDERS, f.originator_id), "delivered_at", parse_at(d["at"]))
-            elif kind == "CaseOpened":
-                case = changes.row(CASES, f.originator_id)
-                order_ref = UUID(d["order_ref"])
-                case["order_ref"] = order_ref
-                case["merchant_id"] = d["merchant_id"]
-                case["reason"] = d["reason"]
-                case["reason_group"] = reason_group(d["reason"]).value
-                case["opened_at"] = parse_at(d["at"])
-                case["opened_seq"] = f.id
-                bigger(case, "escalated", 0)
-                bigger(case, "timed_out", 0)
-                for line in d["lines"]:
-                    row = changes.row(CASE_LINES, f.originator_id, line["sku"])
-                    row["order_ref"] = order_ref
-                    row["merchant_id"] = d["merchant_id"]
-                    row["category"] = line.get("category")
-                    row["value_cents"] = cents(Decimal(line["unit_price"]) * line["quantity"])
-            elif kind == "CaseUnlinked":
-                case_id = UUID(d["case_id"])
-                for sku, amount in d["refunded"].items():
-                    changes.row(CASE_LINES, case_id, sku)["refunded_cents"] += cents(amount)
-            elif kind == "CaseEscalated":
-                bigger(changes.row(CASES, f.originator_id), "escalated", 1)
-            elif kind in _TIMEOUTS:
-                bigger(changes.row(CASES, f.originator_id), "timed_out", 1)
 
 
 # The report: read from the tables only ---------------------------------------------------------
