@@ -29,6 +29,7 @@ from engine.imports import (
 )
 from engine.order import order_uuid
 from engine.service import Engine
+from engine.sql import Dialect
 from engine.workers import Worker, in_processes
 
 
@@ -212,7 +213,7 @@ def history_owners(engine: Engine, workers: int) -> Callable[[list[Item[HistoryL
         } - opened.keys()
         found: dict[UUID, str] = {}
         if asked:
-            marks = ", ".join("?" for _ in asked)
+            marks = Dialect.marks(len(asked))
             rows = engine.store.query(
                 f"SELECT case_id, order_id FROM {{t}}aftersales_cases WHERE case_id IN ({marks})",
                 [str(c) for c in asked],

@@ -48,6 +48,7 @@ from engine.errors import AftersalesError, BadInput, Conflict, NotAllowed, NotFo
 from engine.events import Act
 from engine.order import Order, check_order_id, order_uuid
 from engine.policy import Policy
+from engine.sql import Dialect
 from engine.store import CaseRow, CommandRow, EventStore, parse_stored_time
 from engine.values import Actor, Role, Status, money_str
 
@@ -234,7 +235,7 @@ class Chunk(UnitOfWork):
         wanted = [c for c in dict.fromkeys(command_ids) if c not in self.known_commands]
         if not wanted:
             return
-        marks = ", ".join("?" for _ in wanted)
+        marks = Dialect.marks(len(wanted))
         rows = self.engine.store.query(
             "SELECT command_id, action, target_id, fingerprint, version "
             f"FROM {{t}}aftersales_commands WHERE command_id IN ({marks})",

@@ -14,6 +14,7 @@ from uuid import UUID
 import pytest
 
 from engine.case import CaseEvent, CaseOpened, CaseRefunded
+from engine.commands import PlaceOrder
 from engine.events import Event
 from engine.order import OrderPlaced
 from engine.service import Engine
@@ -205,7 +206,7 @@ def test_one_dialect_writes_both_backends_statements() -> None:
 
 def test_store_queries_and_view_upserts_take_the_same_helper(store_url: str) -> None:
     with Engine(store_url) as e:
-        e.place_order("S-1", merchant_id="m%1", buyer_id="b", lines=["X:1:1.00"])
+        e.handle(PlaceOrder(order_id="S-1", merchant="m%1", buyer="b", lines=["X:1:1.00"]))
         Projector(e.store).catch_up(VIEWS)
         rows = e.store.query(
             "SELECT merchant_id FROM {t}proj_rates_orders WHERE merchant_id LIKE 'm%' "
