@@ -35,6 +35,13 @@ _NO_SYNC = "-c synchronous_commit=off"
 if _NO_SYNC not in os.environ.get("PGOPTIONS", ""):
     os.environ["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} {_NO_SYNC}".strip()
 
+# SQLite stores (and every other file a test writes under tmp_path) in memory where the machine
+# has a tmpfs: the same files, without a disk sync on each commit. A root given to pytest
+# (--basetemp, or PYTEST_DEBUG_TEMPROOT) is kept.
+_SHM = Path("/dev/shm")
+if _SHM.is_dir() and os.access(_SHM, os.W_OK):
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(_SHM))
+
 
 def at(days: float = 0, hours: float = 0, minutes: float = 0, seconds: float = 0) -> str:
     """A time on the test calendar, as the command line takes it."""
