@@ -1,16 +1,26 @@
-"""Every scenario runs on SQLite and on a real PostgreSQL, each test in a fresh store."""
+"""Every scenario runs on SQLite and on a real PostgreSQL, each test in an empty store of its own.
+
+On PostgreSQL a store's schema (its tables, stored function and view) costs far more to create
+than the test that uses it, so each test process keeps a few schemas made once by the store itself
+and empties one between tests: anything a test added to it is dropped, the store's own tables are
+emptied and their sequences restarted, and the schema's shape is checked against the one the
+store made. A schema that cannot be emptied at once, or whose shape changed, is dropped and never
+handed out again. Either way the next test sees an empty store, with notification ids from 1.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 from engine.commands import DeliverOrder, PlaceOrder
 from engine.service import Engine
@@ -18,6 +28,20 @@ from engine.service import Engine
 PG_URL = os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=CST)
+
+# Test stores are thrown away, so no commit waits for the server's WAL flush: the same
+# statements and transactions, without a disk sync each (this process and the CLI processes
+# the tests start inherit it through libpq's PGOPTIONS).
+_NO_SYNC = "-c synchronous_commit=off"
+if _NO_SYNC not in os.environ.get("PGOPTIONS", ""):
+    os.environ["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} {_NO_SYNC}".strip()
+
+# SQLite stores (and every other file a test writes under tmp_path) in memory where the machine
+# has a tmpfs: the same files, without a disk sync on each commit. A root given to pytest
+# (--basetemp, or PYTEST_DEBUG_TEMPROOT) is kept.
+_SHM = Path("/dev/shm")
+if _SHM.is_dir() and os.access(_SHM, os.W_OK):
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(_SHM))
 
 
 def at(days: float = 0, hours: float = 0, minutes: float = 0, seconds: float = 0) -> str:
@@ -29,21 +53,173 @@ def _pg_conninfo() -> str:
     return PG_URL.split("?", 1)[0]
 
 
+def schema_url(schema: str) -> str:
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}schema={schema}"
+
+
 def drop_schema(schema: str) -> None:
     with psycopg.connect(_pg_conninfo(), autocommit=True) as conn:
         conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
 
 
+# Everything in a schema that makes up its shape: relations with their columns, functions
+# with their source, and triggers. Two schemas made by the store have the same shape.
+_SHAPE = """
+SELECT md5(concat_ws('|',
+  (SELECT string_agg(c.relname || ':' || c.relkind::text || ':' || coalesce(
+      (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                         || ' ' || a.attnotnull::text, ',' ORDER BY a.attnum)
+       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+      ''), ';' ORDER BY c.relname)
+   FROM pg_class c WHERE c.relnamespace = to_regnamespace({schema})),
+  (SELECT string_agg(p.proname || ':' || md5(replace(p.prosrc, {schema}, '')), ';'
+                     ORDER BY p.proname, p.prosrc)
+   FROM pg_proc p WHERE p.pronamespace = to_regnamespace({schema})),
+  (SELECT string_agg(t.tgname, ';' ORDER BY t.tgname)
+   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+   WHERE c.relnamespace = to_regnamespace({schema}))
+)) AS shape
+"""
+
+# Empty a schema in one statement: drop what a test added (projection tables, tracking tables,
+# views, functions), keep what the store made (the relations and functions named in the two
+# arrays), delete the store's rows and restart its sequences. For tables this small, DELETE
+# is several times quicker than TRUNCATE, which makes new files for every table and index.
+_EMPTY = """
+DO $$
+DECLARE r record;
+BEGIN
+  FOR r IN
+    SELECT c.relname, c.relkind FROM pg_class c
+    WHERE c.relnamespace = to_regnamespace({schema}) AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+      AND NOT c.relname = ANY({relations})
+  LOOP
+    EXECUTE format('DROP %s IF EXISTS %I.%I CASCADE',
+      CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                     WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+      {schema}, r.relname);
+  END LOOP;
+  FOR r IN
+    SELECT p.oid::regprocedure AS signature FROM pg_proc p
+    WHERE p.pronamespace = to_regnamespace({schema}) AND NOT p.proname = ANY({functions})
+  LOOP
+    EXECUTE format('DROP ROUTINE IF EXISTS %s CASCADE', r.signature);
+  END LOOP;
+  FOR r IN
+    SELECT c.relname, c.relkind FROM pg_class c
+    WHERE c.relnamespace = to_regnamespace({schema}) AND c.relkind IN ('r', 'S')
+  LOOP
+    IF r.relkind = 'r' THEN
+      EXECUTE format('DELETE FROM %I.%I', {schema}, r.relname);
+    ELSE
+      EXECUTE format('ALTER SEQUENCE %I.%I RESTART', {schema}, r.relname);
+    END IF;
+  END LOOP;
+END $$
+"""
+
+
+class SchemaPool:
+    """This test process's PostgreSQL schemas, each made once by the store and emptied after
+    every test that used it."""
+
+    def __init__(self) -> None:
+        self.clean: list[str] = []
+        self.made: list[str] = []
+        self.shape = ""
+        self.relations: list[str] = []
+        self.functions: list[str] = []
+        self.conn: psycopg.Connection[tuple[Any, ...]] | None = None
+
+    def take(self) -> str:
+        if self.clean:
+            return self.clean.pop()
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        self.made.append(schema)
+        with Engine(schema_url(schema)):
+            pass  # the store creates its own tables, function and view, as it does for users
+        if not self.shape:
+            conn = self._admin()
+            self.shape = self._shape(conn, schema)
+            in_schema = "WHERE {0}namespace = to_regnamespace(%s)"
+            self.relations = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT relname FROM pg_class " + in_schema.format("rel"), (schema,)
+                )
+            ]
+            self.functions = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT proname FROM pg_proc " + in_schema.format("pro"), (schema,)
+                )
+            ]
+        return schema
+
+    def give_back(self, schema: str) -> None:
+        """Empty the schema for the next test, or drop it if it cannot be made as new."""
+        try:
+            conn = self._admin()
+            with conn.transaction():
+                # A test that left a writer behind must not make the next one wait.
+                conn.execute("SET LOCAL lock_timeout = '2s'")
+                conn.execute(
+                    SQL(_EMPTY).format(
+                        schema=Literal(schema),
+                        relations=Literal(self.relations),
+                        functions=Literal(self.functions),
+                    )
+                )
+            same = self._shape(conn, schema) == self.shape
+        except psycopg.Error:
+            self._close_admin()
+            same = False
+        if same:
+            self.clean.append(schema)
+        else:
+            self.made.remove(schema)
+            drop_schema(schema)
+
+    def _admin(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(_pg_conninfo(), autocommit=True)
+        return self.conn
+
+    def _close_admin(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def close(self) -> None:
+        self._close_admin()
+        for schema in self.made:
+            with contextlib.suppress(psycopg.Error):
+                drop_schema(schema)
+
+    @staticmethod
+    def _shape(conn: psycopg.Connection[tuple[Any, ...]], schema: str) -> str:
+        row = conn.execute(SQL(_SHAPE).format(schema=Literal(schema))).fetchone()
+        return str(row[0]) if row else ""
+
+
+@pytest.fixture(scope="session")
+def pg_schemas() -> Iterator[SchemaPool]:
+    pool = SchemaPool()
+    yield pool
+    pool.close()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store: an SQLite file, or a new schema in the test PostgreSQL."""
+    """An empty store of the test's own: a new SQLite file, or an emptied PostgreSQL schema."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}schema={schema}"
-    drop_schema(schema)
+    pool: SchemaPool = request.getfixturevalue("pg_schemas")
+    schema = pool.take()
+    yield schema_url(schema)
+    pool.give_back(schema)
 
 
 @pytest.fixture

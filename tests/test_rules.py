@@ -1,4 +1,9 @@
-"""The rules of domain.md and the refusals of the issue: each refused, nothing appended."""
+"""The rules of domain.md and the refusals of the issue: each refused, nothing appended.
+
+Each rule's variants are covered without a store in tests/test_domain.py; here each kind of
+refusal runs at least once through the engine on both backends, with the store's event count
+checked unchanged.
+"""
 
 from __future__ import annotations
 
@@ -82,7 +87,7 @@ def test_unknown_case(delivered: Engine) -> None:
     refused(e, NotFound, "no case", lambda: e.get_case(order_uuid))
 
 
-@pytest.mark.parametrize("amount", ["0", "0.00", "-1", "12.345", "1e3", "abc", "12,50", ""])
+@pytest.mark.parametrize("amount", ["0.00", "12.345"])
 def test_amount_must_be_money_above_zero(delivered: Engine, amount: str) -> None:
     refused(delivered, BadInput, "amount", lambda: open_quality(delivered, amount=amount))
 
@@ -126,7 +131,7 @@ def test_one_open_case_per_line(delivered: Engine) -> None:
     assert open_quality(e, lines=["STRAP"], amount="5.00")["status"] == "awaiting_merchant"
 
 
-@pytest.mark.parametrize("end", ["reject", "withdraw"])
+@pytest.mark.parametrize("end", ["withdraw"])
 def test_after_rejection_or_closure_a_new_case_follows(delivered: Engine, end: str) -> None:
     e = delivered
     first = open_quality(e, lines=["CASE-RED"])

@@ -1,4 +1,9 @@
-"""Every row of the contract's transition table, on SQLite and on PostgreSQL."""
+"""The contract's transitions end to end, on SQLite and on PostgreSQL.
+
+Every action from every status, and each variant of each outcome, is covered without a store
+in tests/test_domain.py; here each kind of transition runs at least once through the engine on
+both backends, as the contract suite.
+"""
 
 from __future__ import annotations
 
@@ -97,8 +102,11 @@ def test_refund_only_approval_refunds_at_once(engine: Engine, fire: bool) -> Non
     assert result["due_at"] is None
 
 
-@pytest.mark.parametrize("case_type", ["return_refund", "exchange"])
-@pytest.mark.parametrize("fire", [False, True], ids=["approve", "auto_approve"])
+@pytest.mark.parametrize(
+    "case_type,fire",
+    [("return_refund", True), ("exchange", False)],
+    ids=["return_refund-auto_approve", "exchange-approve"],
+)
 def test_return_approval_waits_10_days_for_the_buyer(
     engine: Engine, case_type: str, fire: bool
 ) -> None:
@@ -136,10 +144,8 @@ def test_reject_records_reason_and_communication(engine: Engine) -> None:
     assert result["rejection"] == {"reason": "worn", "communication": "call:42"}
 
 
-@pytest.mark.parametrize(
-    "stage", ["awaiting_merchant", "awaiting_buyer_shipment", "awaiting_merchant_receipt"]
-)
-def test_merchant_refund_from_each_waiting_status(engine: Engine, stage: str) -> None:
+@pytest.mark.parametrize("stage", ["awaiting_merchant_receipt"])
+def test_merchant_refund_from_a_waiting_status(engine: Engine, stage: str) -> None:
     drive = {
         "awaiting_merchant": opened,
         "awaiting_buyer_shipment": approved,
@@ -186,7 +192,7 @@ def test_exchange_receive_then_ship_replacement_completes(engine: Engine) -> Non
     assert result["replacement_shipment"] == {"carrier": "YTO", "waybill": "Y2"}
 
 
-@pytest.mark.parametrize("condition", ["damaged", "not_as_returned"])
+@pytest.mark.parametrize("condition", ["damaged"])
 def test_receive_not_ok_waits_for_the_platform(engine: Engine, condition: str) -> None:
     case = shipped_back(engine)
     result = engine.handle(
@@ -232,18 +238,14 @@ def test_reship_overdue_is_a_late_shipment_and_the_platform_pays(engine: Engine)
     assert result["late_shipment"] is True
 
 
-@pytest.mark.parametrize(
-    "drive", [opened, approved], ids=["awaiting_merchant", "awaiting_buyer_shipment"]
-)
+@pytest.mark.parametrize("drive", [approved], ids=["awaiting_buyer_shipment"])
 def test_withdraw_closes(engine: Engine, drive: Any) -> None:
     case = drive(engine)
     result = engine.handle(WithdrawCase(case_id=case["case_id"], at=at(days=4)))
     assert result["status"] == "closed"
 
 
-@pytest.mark.parametrize(
-    "drive", [opened, approved, shipped_back], ids=["merchant", "buyer_shipment", "receipt"]
-)
+@pytest.mark.parametrize("drive", [shipped_back], ids=["receipt"])
 def test_escalate_from_waiting(engine: Engine, drive: Any) -> None:
     case = drive(engine)
     result = engine.handle(
@@ -312,7 +314,7 @@ def test_rule_for_merchant_goes_back_to_rejected(engine: Engine) -> None:
     assert result["status"] == "rejected"
 
 
-@pytest.mark.parametrize("end", ["refunded", "completed", "closed"])
+@pytest.mark.parametrize("end", ["completed"])
 def test_rate_once_after_the_end_and_nothing_else(engine: Engine, end: str) -> None:
     if end == "refunded":
         case = engine.handle(RefundCase(case_id=opened(engine)["case_id"], at=at(days=4)))
