@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 from enum import Enum
 from typing import Annotated, Any, ClassVar, NamedTuple
 from uuid import UUID, uuid4, uuid5
@@ -347,9 +348,9 @@ class Command(BaseModel):
         """A command built in Python is refused as one parsed from a line is: BadInput,
         naming a missing field before any malformed one."""
         if isinstance(data, Mapping):
-            for name, field in cls.model_fields.items():
-                if field.is_required() and name not in data and key_of(name) not in data:
-                    raise BadInput(f"{key_of(name)} is required")
+            for name, key in _required(cls):
+                if name not in data and key not in data:
+                    raise BadInput(f"{key} is required")
         try:
             return handler(data)
         except ValidationError as exc:
@@ -367,6 +368,12 @@ class Command(BaseModel):
             options = ", ".join(sorted(key_of(f) for f in cls.model_fields))
             raise BadInput(f"{cls.name} has no option {unknown[0]!r} (options: {options})")
         return cls.model_validate(given)
+
+
+@cache
+def _required(kind: type[Command]) -> tuple[tuple[str, str], ...]:
+    """A command's required fields: each name, and the key it is given by."""
+    return tuple((n, key_of(n)) for n, f in kind.model_fields.items() if f.is_required())
 
 
 def describe(exc: ValidationError) -> str:

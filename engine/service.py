@@ -421,10 +421,14 @@ class Engine:
         )
         return rows[0] if rows else None
 
-    def _act(self, command: Action, actor_id: str, command_id: str) -> Act:
+    def _act(
+        self, command: Action, actor_id: str, command_id: str, at: datetime | None = None
+    ) -> Act:
+        """An action's circumstances: when (``at``, else the command's, else now), who, and
+        under which command id."""
         now = self.clock()
         return Act(
-            at=command.at or now,
+            at=at or command.at or now,
             actor=Actor(role=command.role, id=command.by or actor_id),
             command_id=command_id,
             recorded_at=now,
@@ -539,19 +543,22 @@ class Engine:
         importing the same facts again changes nothing; an order that is there with other
         facts (merchant, buyer or lines) is refused, not merged."""
         shipment = command.shipment()
-        placing = PlaceOrder(
+        # The placing, as `order place` would record it (its fields are checked already).
+        placing = PlaceOrder.model_construct(
             order_id=command.order_id,
             merchant=command.merchant,
             buyer=command.buyer,
             lines=command.lines,
             at=command.placed_at,
             by=command.by,
+            command_id=None,
+            expected_version=None,
         )
         shipped_at = command.shipped_at or command.delivered_at
         ships = command.shipped_at is not None or command.carrier is not None
 
         def at(when: datetime | None, command_id: str) -> Act:
-            return self._act(placing.model_copy(update={"at": when}), "order-system", command_id)
+            return self._act(placing, "order-system", command_id, at=when)
 
         def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
             act = at(command.placed_at, command_id)
