@@ -19,8 +19,8 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from functools import cache
 from enum import Enum
+from functools import cache
 from typing import Annotated, Any, ClassVar, NamedTuple
 from uuid import UUID, uuid4, uuid5
 
