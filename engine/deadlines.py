@@ -29,10 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from engine.commands import FireDeadline
 from engine.errors import AftersalesError, BadInput, NotAllowed
-from engine.service import Engine, Group, SaveNow
+from engine.service import Engine, Group, SaveNow, deadline_command_id
 from engine.store import parse_stored_time
 from engine.values import DueAction
 
@@ -55,7 +56,7 @@ class Due:
     @property
     def command_id(self) -> str:
         """The same deadline gives the same command id in every process, on every run."""
-        return f"deadline:{self.case_id}:{self.version}:{self.action.value}"
+        return deadline_command_id(UUID(self.case_id), self.version, self.action)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -317,6 +317,9 @@ class Order(Aggregate):
         return None
 
     def link_case(self, case_id: UUID, lines: list[CaseLine], act: Act) -> None:
+        # Time never runs backwards on an order: a case cannot be opened (or take its lines
+        # back) at a time before what the order already records, such as its delivery.
+        self._check_time(act, "a case on it")
         self.check_lines_free(lines)
         self.trigger_event(
             CaseLinked,

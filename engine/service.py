@@ -34,6 +34,7 @@ from engine.commands import (
     Action,
     CaseAction,
     Command,
+    FireDeadline,
     ImportOrder,
     ListCases,
     OpenCase,
@@ -50,11 +51,11 @@ from engine.order import Order, check_order_id, order_uuid
 from engine.policy import Policy
 from engine.sql import Dialect
 from engine.store import CaseRow, CommandRow, EventStore, parse_stored_time
-from engine.values import Actor, Role, Status, money_str
+from engine.values import Actor, DueAction, Role, Status, money_str
 
 __all__ = ["Engine", "new_case_id"]
 
-Clock = Callable[[], datetime]
+WallClock = Callable[[], datetime]
 MAX_ATTEMPTS = 8
 
 Aggregate = Order | ReturnCase
@@ -72,6 +73,35 @@ class Pending(NamedTuple):
     stored: list[StoredEvent]
     cases: list[CaseRow]
     commands: list[CommandRow]
+
+
+def deadline_command_id(case_id: UUID, version: int, action: DueAction) -> str:
+    """The command id a deadline fires under: the same deadline gives the same id in every
+    process, whether a tick fires it or an action that came after it."""
+    return f"deadline:{case_id}:{version}:{action.value}"
+
+
+def _due_by(case: ReturnCase, until: datetime) -> bool:
+    return case.due is not None and case.due.due_at <= until
+
+
+class Clock:
+    """What the clock did before an action: the aggregates it changed, and what fired."""
+
+    def __init__(self) -> None:
+        self.touched: dict[UUID, Aggregate] = {}
+        self.fired: dict[UUID, list[str]] = {}
+
+    def changed(self, *, exclude: Aggregate) -> list[Aggregate]:
+        return [a for a in self.touched.values() if a is not exclude]
+
+    def explain(self, case: ReturnCase, refusal: AftersalesError) -> AftersalesError:
+        """A refusal that came after the clock acted says what the clock did first."""
+        fired = self.fired.get(case.id)
+        if not fired:
+            return refusal
+        told = "; ".join(fired)
+        return type(refusal)(f"the clock acted first: {told}. {refusal.message}")
 
 
 # Units of work -------------------------------------------------------------------------------
@@ -129,14 +159,23 @@ class SaveNow(UnitOfWork):
         super().__init__(engine)
         self.use_cache = False
         self.used_cache = False
+        # Aggregates this attempt took from the cache: an attempt that fails may have changed
+        # them (the clock fires deadlines before the action is judged), so they are forgotten.
+        self.served: set[UUID] = set()
 
     def get(self, uid: UUID) -> Aggregate | None:
         if self.use_cache:
             cached = self.engine.store.cached(uid)
             if isinstance(cached, (Order, ReturnCase)):
                 self.used_cache = True
+                self.served.add(uid)
                 return cached
         return super().get(uid)
+
+    def forget_served(self) -> None:
+        for uid in self.served:
+            self.engine.store.forget(uid)
+        self.served.clear()
 
     def run(self, command: Action, attempt: Attempt) -> dict[str, Any]:
         """Run one attempt after another until one saves: a concurrent writer makes the save
@@ -149,9 +188,11 @@ class SaveNow(UnitOfWork):
         fresh = False
         for _ in range(MAX_ATTEMPTS):
             self.use_cache, self.used_cache = not fresh, False
+            self.served.clear()
             try:
                 main, others, act = attempt(command_id)
             except AftersalesError:
+                self.forget_served()
                 if self.used_cache:  # decided on cached state: decide again on fresh state
                     fresh = True
                     continue
@@ -362,7 +403,7 @@ class Engine:
         store: str | EventStore | None = None,
         *,
         policy: Policy | None = None,
-        clock: Clock = system_clock,
+        clock: WallClock = system_clock,
         cache_size: int = 10_000,
     ) -> None:
         self.store = (
@@ -443,6 +484,45 @@ class Engine:
                 "it changed since you read it"
             )
 
+    # The clock acts first ------------------------------------------------------------------
+
+    def _clock_first(self, order: Order, cases: list[ReturnCase], until: datetime) -> Clock:
+        """Fire, in the order they fell due, every deadline due by ``until`` on ``cases`` and
+        on the other cases holding lines of ``order``, each exactly as the tick fires it (the
+        system, at its due time, under the deadline's own command id), freeing or keeping the
+        order's lines as each one leaves them. Every rule is then judged on the state the clock
+        would have made, whenever the tick happens to run."""
+        clock = Clock()
+        involved = {case.id: case for case in cases}
+        for holder in dict.fromkeys(order.holders.values()):
+            if holder not in involved:
+                found = self.uow.get(holder)
+                if isinstance(found, ReturnCase):
+                    involved[holder] = found
+        now = self.clock()
+        while due := [c for c in involved.values() if _due_by(c, until)]:
+            case = min(due, key=lambda c: (c.due.due_at if c.due else until, str(c.id)))
+            assert case.due is not None
+            deadline = case.due
+            act = Act(
+                at=deadline.due_at,
+                actor=Actor(role=Role.SYSTEM, id=Role.SYSTEM.value),
+                command_id=deadline_command_id(case.id, case.version, deadline.action),
+                recorded_at=now,
+            )
+            before, holding, refunded = case.status, case.holds_lines, case.refunded_amount
+            case.fire(act, self.policy, deadline.action)
+            if settle_order_lines(
+                case, order, was_holding=holding, refunded_before=refunded, act=act
+            ):
+                clock.touched[order.id] = order
+            clock.touched[case.id] = case
+            clock.fired.setdefault(case.id, []).append(
+                f"{deadline.action.value} fell due at {deadline.due_at.isoformat()} and fired "
+                f"then ({before} to {case.status})"
+            )
+        return clock
+
     # The one entry point -------------------------------------------------------------------
 
     @singledispatchmethod
@@ -458,19 +538,34 @@ class Engine:
             case = self.load_case(uid)
             self._check_expected(case, command, f"case {uid}")
             act = self._act(command, default_actor(case, command.role), command_id)
+            order: Order | None = None
+            clock = Clock()
+            if not isinstance(command, FireDeadline) and _due_by(case, act.at):
+                # The clock acts first: the deadlines due by this action's time fire now,
+                # exactly as a tick would have fired them, and the action is judged after.
+                order = self.load_order(case.order_id)
+                clock = self._clock_first(order, [case], act.at)
             holding = case.holds_lines
             refunded = case.refunded_amount
             # A rejected case that is escalated takes its lines back: check they are free
             # before acting, so every check comes before anything is recorded.
-            order = self.load_order(case.order_id) if case.status is Status.REJECTED else None
-            if order is not None:
+            if case.status is Status.REJECTED:
+                order = order or self.load_order(case.order_id)
                 order.check_lines_free(list(case.lines))
-            command.apply(case, act, self.policy)
-            if holding == case.holds_lines:
-                return case, [], act
-            order = order or self.load_order(case.order_id)
-            settle_order_lines(case, order, was_holding=holding, refunded_before=refunded, act=act)
-            return case, [order], act
+            try:
+                command.apply(case, act, self.policy)
+            except AftersalesError as exc:
+                raise clock.explain(case, exc) from None
+            if holding != case.holds_lines:
+                order = order or self.load_order(case.order_id)
+                settle_order_lines(
+                    case, order, was_holding=holding, refunded_before=refunded, act=act
+                )
+            others = clock.changed(exclude=case)
+            settled = order is not None and holding != case.holds_lines
+            if settled and order is not None and all(a is not order for a in others):
+                others.insert(0, order)
+            return case, others, act
 
         return self.uow.run(command, attempt)
 
@@ -483,13 +578,17 @@ class Engine:
             order = self.load_order(command.order_id)
             self._check_expected(order, command, f"order {command.order_id}")
             act = self._act(command, order.buyer_id, command_id)
+            # Cases holding this order's lines whose deadlines fell due by now have acted (a
+            # case auto-closed at day 10 holds nothing at day 12), whether or not a tick ran.
+            clock = self._clock_first(order, [], act.at)
             case_lines = order.case_lines([(w.sku, w.quantity) for w in command.lines])
             # A case id given or derived from the command id may be taken. Saving over it
             # fails on its first version and the action is tried again on fresh state: only
             # then is it worth a read (in a chunk, reads are from memory anyway).
             uow = self.uow
             reread = not (isinstance(uow, SaveNow) and uow.use_cache)
-            if named and reread and self.uow.get(new_id) is not None:
+            held = new_id in order.holders.values() or new_id in clock.touched
+            if named and (held or (reread and self.uow.get(new_id) is not None)):
                 raise NotAllowed(f"case {new_id} exists already")
             case = ReturnCase.open(
                 new_id,
@@ -504,7 +603,7 @@ class Engine:
                 act=act,
             )
             order.link_case(case.id, case_lines, act)
-            return case, [order], act
+            return case, [order, *clock.changed(exclude=order)], act
 
         return self.uow.run(command, attempt)
 

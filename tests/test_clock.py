@@ -323,7 +323,7 @@ def test_the_person_wins_the_race_and_the_tick_skips(engine: Engine) -> None:
     def clock() -> datetime:
         if not raced["done"]:
             raced["done"] = True
-            merchant.handle(ApproveCase(case_id=cid, at=at(days=5)))
+            merchant.handle(ApproveCase(case_id=cid, at=at(days=4, hours=23)))
         return datetime.now(UTC)
 
     with Engine(engine.store.url.text, clock=clock) as clock_engine:

@@ -157,7 +157,7 @@ def history() -> list[dict[str, Any]]:
             "case_id": c2,
             "reason": "gift was in the box",
             "communication": "chat:9",
-            "at": at(days=6),
+            "at": at(days=5, hours=20),
             "command_id": "h-reject-2",
         },
         {
