@@ -14,6 +14,10 @@ Verification works on the stored bytes, never on re-serialised objects:
   consequences recorded with it (the refund of an approved refund-only case, say) are there;
   these tables are all derived from the one transition table, engine/transitions.py;
 - the deadlines: every system action fired the deadline then running, no earlier than it fell due;
+- the claims: every escalation's claim fits its case (`claim_misfit`: missing items and wrong item
+  for cases opened for them, an unjustified rejection for a case escalated from `rejected`), and a
+  missing-items ruling pays no more than the case's lines are worth (a history written before
+  these rules is reported, never rewritten);
 - the money: the amount asked matches what was paid for the order's lines (less earlier cases'
   refunds), refunds never exceed the amount asked, the order's ledger agrees with the case, and no
   line of the order was ever refunded beyond what was paid for it;
@@ -38,21 +42,23 @@ from pydantic import BaseModel
 from engine.case import (
     EVENT_CLASSES,
     HOLDING_STATUSES,
+    CaseEscalated,
     CaseEvent,
     CaseOpened,
     CaseRated,
     CaseRefunded,
+    CaseRuled,
     DeadlineFired,
     ReturnCase,
     case_uuid,
 )
 from engine.errors import BadInput, NotFound
 from engine.events import GENESIS_HASH, Deadline, Event, chain_hash
-from engine.order import CaseLinked, CaseUnlinked, Order, OrderPlaced
+from engine.order import CaseLinked, CaseUnlinked, Order, OrderPlaced, lines_worth
 from engine.policy import Policy
 from engine.store import EventStore
-from engine.transitions import ALLOWED_FROM, bind
-from engine.values import CENT, ZERO, Role, Status, money_str
+from engine.transitions import ALLOWED_FROM, bind, claim_misfit
+from engine.values import CENT, ZERO, Claim, Party, Role, Status, money_str
 
 S = Status
 BUNDLE_FORMAT = "aftersales-dispute-bundle/1"
@@ -121,7 +127,7 @@ def _order_ref(events: Sequence[StoredEvent]) -> UUID | None:
 
 @dataclass(frozen=True)
 class Problem:
-    check: str  # chain, transition, deadline, money, time, index, read
+    check: str  # chain, transition, claim, deadline, money, time, index, read
     version: int | None  # the case event's version (None: the case as a whole)
     message: str
     order_version: int | None = None  # set for a problem found in the order's events
@@ -228,6 +234,7 @@ def replay(
     events = [e.case_event for e in entries if e.case_event is not None]
     problems += check_transitions(events, whole=version is None)
     problems += check_deadlines(events)
+    problems += check_claims(events)
 
     order_entries = [_read_order(s, mapper) for s in history.order_events]
     problems += check_order(history, order_entries, events, whole=whole)
@@ -594,6 +601,44 @@ def check_deadlines(events: Sequence[CaseEvent]) -> list[Problem]:
     return problems
 
 
+def check_claims(events: Sequence[CaseEvent]) -> list[Problem]:
+    """Every escalation's claim fits the case; a missing-items ruling for the buyer pays no
+    more than the case's lines are worth (at list price where a line carries one)."""
+    problems: list[Problem] = []
+    opened = next((e for e in events if isinstance(e, CaseOpened)), None)
+    if opened is None:
+        return problems
+    # The audit does not know the policy's categories: every line that carries a list price
+    # may be made good at it, as the amount asked is checked.
+    listed = tuple(line.category for line in opened.lines if line.category)
+    worth = lines_worth(list(opened.lines), listed)
+    ruling: CaseRuled | None = None
+    paid = ZERO
+    for event in events:
+        v = event.originator_version
+        if isinstance(event, CaseEscalated):
+            misfit = claim_misfit(event.claim, opened.reason, event.from_status)
+            if misfit is not None:
+                problems.append(Problem("claim", v, f"version {v}: {misfit}"))
+        elif isinstance(event, CaseRuled):
+            upheld = event.in_favour_of is Party.BUYER and event.claim is Claim.MISSING_ITEMS
+            ruling, paid = (event if upheld else None), ZERO
+        elif isinstance(event, CaseRefunded) and ruling is not None:
+            paid += event.amount
+            if paid > worth:
+                r = ruling.originator_version
+                problems.append(
+                    Problem(
+                        "money",
+                        v,
+                        f"version {v}: the missing-items ruling of version {r} pays "
+                        f"{money_str(paid)}, more than the {money_str(worth)} the case's lines "
+                        "are worth",
+                    )
+                )
+    return problems
+
+
 def check_order(
     history: History,
     order_entries: list[Entry],
@@ -774,7 +819,15 @@ def check_index(row: Mapping[str, Any] | None, entries: list[Entry]) -> list[Pro
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
-    order = {"read": 0, "chain": 1, "transition": 2, "deadline": 3, "time": 4, "money": 5}
+    order = {
+        "read": 0,
+        "chain": 1,
+        "transition": 2,
+        "claim": 3,
+        "deadline": 4,
+        "time": 5,
+        "money": 6,
+    }
     keyed = sorted(
         enumerate(problems),
         key=lambda ip: (

@@ -20,11 +20,20 @@ from uuid import UUID
 
 from engine.errors import BadInput, NotAllowed, NotFound
 from engine.events import Act, Aggregate, Created, Deadline, Event
-from engine.order import CaseLine, Order, Shipment
+from engine.order import CaseLine, Order, Shipment, lines_worth
 from engine.policy import Policy, Stage
-from engine.transitions import ALLOWED_FROM, OPEN, PERSON_ACTIONS, Transition, outcome
+from engine.transitions import (
+    ALLOWED_FROM,
+    OPEN,
+    PERSON_ACTIONS,
+    Transition,
+    claim_misfit,
+    outcome,
+)
 from engine.values import (
     FINAL_STATUSES,
+    PARCEL_LOST_OR_DAMAGED,
+    RETURN_TYPES,
     ZERO,
     CaseType,
     Claim,
@@ -69,6 +78,11 @@ class CaseOpened(CaseEvent, Created):
     follows: UUID | None = None
     order_shipped: bool
     order_delivered_at: datetime | None = None
+    # The policy's windows as they stood when the case was opened (None on cases opened before
+    # these rules): the end of the after-sales window for a return or an exchange, and the days
+    # a rejection may be taken to the platform.
+    after_sales_until: datetime | None = None
+    escalation_days_after_rejection: int | None = None
 
 
 class CaseApproved(CaseEvent):
@@ -124,6 +138,9 @@ class CaseRuled(CaseEvent):
     claim: Claim
     note: str | None = None
     freight_on_merchant: bool = False
+    # The most the ruling may pay, where the claim concerns less than the case (the missing
+    # lines of a missing-items claim); None: the amount asked.
+    pays_at_most: Decimal | None = None
 
 
 class FreightCharged(CaseEvent):
@@ -176,6 +193,10 @@ class ReshipOverdue(DeadlineFired):
     """The merchant missed the 24 h reship: recorded as a late shipment against it."""
 
 
+class ReplacementOverdue(DeadlineFired):
+    """The merchant shipped no replacement in time: it refunds the goods it has back."""
+
+
 # The case's events by class name: the names the transition table uses (and the tails of their
 # stored topics).
 EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
@@ -201,6 +222,7 @@ EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
         CaseAutoClosed,
         CaseAutoRefunded,
         ReshipOverdue,
+        ReplacementOverdue,
     )
 }
 
@@ -209,6 +231,7 @@ STAGE_OF: Mapping[DueAction, Stage] = {
     DueAction.AUTO_CLOSE: "buyer_shipment",
     DueAction.AUTO_REFUND: "merchant_receipt",
     DueAction.RESHIP_OVERDUE: "reshipment",
+    DueAction.REPLACEMENT_OVERDUE: "replacement",
 }
 
 
@@ -229,6 +252,10 @@ class ReturnCase(Aggregate):
         note: str | None
         follows: UUID | None
         order_shipped: bool
+        after_sales_until: datetime | None
+        escalation_days_after_rejection: int | None
+        rejected_at: datetime | None
+        pays_at_most: Decimal | None
         status: Status
         due: Deadline | None
         opened_at: datetime
@@ -278,13 +305,32 @@ class ReturnCase(Aggregate):
                 f"open at {act.at.isoformat()} is before order {order.order_id} was placed"
             )
         group = reason_group(reason)
-        if case_type is CaseType.RESHIP and group is not ReasonGroup.MISSING_ITEMS:
-            raise NotAllowed("a reship case is for missing items: use a missing_items.* reason")
-        if case_type is not CaseType.REFUND_ONLY and order.delivered_at is None:
+        parcel = reason in PARCEL_LOST_OR_DAMAGED
+        if case_type is CaseType.RESHIP and group is not ReasonGroup.MISSING_ITEMS and not parcel:
             raise NotAllowed(
-                f"order {order.order_id} is not delivered yet: only a refund_only case "
-                "may be opened before delivery"
+                "a reship case is for missing items or a parcel lost or damaged on its way: "
+                "use a missing_items.* reason, logistics.lost or logistics.damaged"
             )
+        # A parcel lost or damaged on its way may be reshipped once it was sent, arrived or not.
+        before_delivery = case_type is CaseType.REFUND_ONLY or (
+            case_type is CaseType.RESHIP and parcel and order.shipped_at is not None
+        )
+        if order.delivered_at is None and not before_delivery:
+            raise NotAllowed(
+                f"order {order.order_id} is not delivered yet: only a refund_only case (or a "
+                "reship of a shipped parcel lost or damaged on its way) may be opened before "
+                "delivery"
+            )
+        after_sales_until = None
+        if case_type in RETURN_TYPES and order.delivered_at is not None:
+            after_sales_until = order.delivered_at + timedelta(days=policy.after_sales_days)
+            if act.at > after_sales_until:
+                raise NotAllowed(
+                    f"the {policy.after_sales_days}-day after-sales window for returns and "
+                    f"exchanges on order {order.order_id} closed at "
+                    f"{after_sales_until.isoformat()}: a {_TYPE_WORDS[case_type]} case is no "
+                    "longer accepted"
+                )
         if group is ReasonGroup.BUYER:
             for line in lines:
                 if policy.excludes_no_reason(line.category):
@@ -300,6 +346,7 @@ class ReturnCase(Aggregate):
                         f"{window_end.isoformat()}: a buyer.* reason is no longer accepted"
                     )
         order.check_lines_free(lines)
+        order.check_case_limit(lines, policy.max_cases_per_line)
         listed = policy.listed_price_categories if group is ReasonGroup.MISSING_ITEMS else ()
         refundable = order.refundable(lines, listed)
         if amount is None:
@@ -338,6 +385,8 @@ class ReturnCase(Aggregate):
             follows=order.previous_case(lines),
             order_shipped=shipped,
             order_delivered_at=order.delivered_at,
+            after_sales_until=after_sales_until,
+            escalation_days_after_rejection=policy.escalation_days_after_rejection,
             **act.fields(),
         )
         return case
@@ -348,6 +397,8 @@ class ReturnCase(Aggregate):
         apply = _applier(type(event))
         if apply is not None:
             apply(self, event)
+        if event.status is S.REJECTED and self.status is not S.REJECTED:
+            self.rejected_at = event.at  # when the window to take it to the platform opened
         self.status = event.status
         self.due = event.due
         self.last_at = max(self.last_at, event.at)
@@ -369,6 +420,10 @@ class ReturnCase(Aggregate):
         self.note = event.note
         self.follows = event.follows
         self.order_shipped = event.order_shipped
+        self.after_sales_until = event.after_sales_until
+        self.escalation_days_after_rejection = event.escalation_days_after_rejection
+        self.rejected_at = None
+        self.pays_at_most = None
         self.opened_at = event.at
         self.last_at = event.at
         self.refunded_amount = ZERO
@@ -445,6 +500,7 @@ class ReturnCase(Aggregate):
             "at": event.at.isoformat(),
         }
         self.freight_on_merchant = self.freight_on_merchant or event.freight_on_merchant
+        self.pays_at_most = event.pays_at_most
 
     def _overdue(self, event: ReshipOverdue) -> None:
         self.late_shipment = True
@@ -476,6 +532,24 @@ class ReturnCase(Aggregate):
         if "recover-goods" in allowed and not self.goods_to_recover:
             allowed.remove("recover-goods")
         return allowed
+
+    @property
+    def refund_due(self) -> Decimal:
+        """What a refund pays unless told otherwise: the amount asked, or less where a ruling
+        concerns less (the missing lines' worth)."""
+        if self.pays_at_most is None:
+            return self.amount
+        return min(self.amount, self.pays_at_most)
+
+    @property
+    def escalation_until(self) -> datetime | None:
+        """Until when a rejected case may be taken to the platform (None: not rejected, or
+        opened before the window was a rule)."""
+        if self.status is not S.REJECTED or self.rejected_at is None:
+            return None
+        if self.escalation_days_after_rejection is None:
+            return None
+        return self.rejected_at + timedelta(days=self.escalation_days_after_rejection)
 
     @property
     def goods_to_recover(self) -> bool:
@@ -551,7 +625,7 @@ class ReturnCase(Aggregate):
         else:
             assert policy is not None, f"{row.action} starts a deadline: it needs the policy"
             status, due = row.after, self._wait(policy, row.starts, act.at)
-        refund = self.amount if amount is None else amount
+        refund = self.refund_due if amount is None else amount
         first = EVENT_CLASSES[row.records]
         money = _money(first, row, policy, refund)
         self._record(first, act, status=status, due=due, **money, **fields)
@@ -632,11 +706,28 @@ class ReturnCase(Aggregate):
     def escalate(
         self, act: Act, *, claim: Claim, evidence: list[str], note: str | None = None
     ) -> None:
+        if self.status is S.AWAITING_MERCHANT:
+            due = f" (until {self.due.due_at.isoformat()})" if self.due else ""
+            raise NotAllowed(
+                f"case {self.id} is awaiting_merchant: escalate is not allowed while the "
+                f"merchant may still answer{due}; if it does not, the request is approved "
+                "when its time runs out"
+            )
         self._check("escalate", act)
         if claim is Claim.DISPUTED_RECEIPT:
             raise BadInput(
                 "claim must be missing_items, wrong_item, unjustified_rejection or other"
             )
+        until = self.escalation_until
+        if until is not None and act.at > until:
+            raise NotAllowed(
+                f"case {self.id} is rejected: a rejection may be escalated for "
+                f"{self.escalation_days_after_rejection} days, and that window closed at "
+                f"{until.isoformat()}"
+            )
+        misfit = claim_misfit(claim, self.reason, self.status)
+        if misfit is not None:
+            raise NotAllowed(f"case {self.id}: {misfit}")
         self._take(
             self._outcome("escalate"),
             act,
@@ -678,6 +769,13 @@ class ReturnCase(Aggregate):
         assert self.escalation is not None
         claim = Claim(self.escalation["claim"])
         row = self._outcome("rule", claim=claim, ruling=in_favour_of)
+        # Missing items upheld pay for the missing lines only (gifts and accessories at their
+        # list price), whatever else the case asked for.
+        pays_at_most = (
+            lines_worth(list(self.lines), policy.listed_price_categories)
+            if claim is Claim.MISSING_ITEMS and in_favour_of is Party.BUYER
+            else None
+        )
         self._take(
             row,
             act,
@@ -686,6 +784,7 @@ class ReturnCase(Aggregate):
             claim=claim,
             note=note,
             freight_on_merchant=row.freight is not None,
+            pays_at_most=pays_at_most,
         )
 
     # The clock ---------------------------------------------------------------------------------
@@ -727,6 +826,8 @@ class ReturnCase(Aggregate):
             "due_at": self.due.due_at.isoformat() if self.due else None,
             "due_action": self.due.action.value if self.due else None,
             "version": self.version,
+            "after_sales_until": _iso(self.after_sales_until),
+            "escalation_until": _iso(self.escalation_until),
             "lines": [
                 {"sku": line.sku, "quantity": line.quantity, "value": money_str(line.value)}
                 for line in self.lines
@@ -754,6 +855,10 @@ class ReturnCase(Aggregate):
             "policy_version": self.policy_version,
             "allowed_actions": self.allowed_now(),
         }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def case_uuid(case_id: str | UUID) -> UUID:

@@ -154,6 +154,7 @@ class Order(Aggregate):
         refunded: dict[str, Decimal]
         last_case: dict[str, UUID]
         cases: list[UUID]
+        line_cases: dict[str, list[UUID]]
 
     # Construction and replay -------------------------------------------------------------
 
@@ -207,6 +208,7 @@ class Order(Aggregate):
         self.refunded = {}
         self.last_case = {}
         self.cases = []
+        self.line_cases = {}
 
     def _shipped(self, event: OrderShipped) -> None:
         self.shipped_at = event.at
@@ -219,6 +221,10 @@ class Order(Aggregate):
         for sku in event.skus:
             self.holders[sku] = event.case_id
             self.last_case[sku] = event.case_id
+            # A rejected case escalated links its lines again: it is still one case.
+            on_line = self.line_cases.setdefault(sku, [])
+            if event.case_id not in on_line:
+                on_line.append(event.case_id)
         if event.case_id not in self.cases:
             self.cases.append(event.case_id)
 
@@ -306,6 +312,16 @@ class Order(Aggregate):
                 raise NotAllowed(
                     f"line {line.sku} of order {self.order_id} already has an open case "
                     f"{holder}; one open case per line at a time"
+                )
+
+    def check_case_limit(self, lines: list[CaseLine], most: int) -> None:
+        """A line has at most ``most`` cases over its lifetime, one after another."""
+        for line in lines:
+            had = len(self.line_cases.get(line.sku, ()))
+            if had >= most:
+                raise NotAllowed(
+                    f"line {line.sku} of order {self.order_id} has had {had} cases already: "
+                    f"at most {most} cases per order line"
                 )
 
     def previous_case(self, lines: list[CaseLine]) -> UUID | None:
@@ -397,3 +413,15 @@ def allocate(amount: Decimal, lines: list[CaseLine]) -> dict[str, Decimal]:
         given += share
     shares[lines[-1].sku] = amount - given
     return shares
+
+
+def lines_worth(lines: list[CaseLine], listed: tuple[str, ...]) -> Decimal:
+    """What these units are worth to the buyer: what was paid, or for ``listed`` categories
+    that carry one, the list price (missing gifts and accessories are made good at it)."""
+    total = ZERO
+    for line in lines:
+        if line.category in listed and line.list_price is not None:
+            total += (line.list_price * line.quantity).quantize(CENT)
+        else:
+            total += line.value
+    return total

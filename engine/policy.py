@@ -36,8 +36,16 @@ def _money(value: Any) -> Decimal:
 
 Money = Annotated[Decimal, BeforeValidator(_money)]
 
-Stage = Literal["merchant_review", "buyer_shipment", "merchant_receipt", "reshipment"]
-STAGES: tuple[Stage, ...] = ("merchant_review", "buyer_shipment", "merchant_receipt", "reshipment")
+Stage = Literal[
+    "merchant_review", "buyer_shipment", "merchant_receipt", "reshipment", "replacement"
+]
+STAGES: tuple[Stage, ...] = (
+    "merchant_review",
+    "buyer_shipment",
+    "merchant_receipt",
+    "reshipment",
+    "replacement",
+)
 
 
 class Windows(BaseModel):
@@ -49,6 +57,7 @@ class Windows(BaseModel):
     buyer_shipment_hours: int | None = Field(default=None, gt=0)
     merchant_receipt_hours: int | None = Field(default=None, gt=0)
     reshipment_hours: int | None = Field(default=None, gt=0)
+    replacement_hours: int | None = Field(default=None, gt=0)
 
     def hours(self, stage: Stage) -> int | None:
         value: int | None = getattr(self, f"{stage}_hours")
@@ -66,6 +75,7 @@ DEFAULT_WINDOWS = Windows(
     buyer_shipment_hours=240,
     merchant_receipt_hours=240,
     reshipment_hours=24,
+    replacement_hours=48,
 )
 
 
@@ -74,6 +84,12 @@ class Policy(BaseModel):
 
     name: str = "default"
     no_reason_return_days: int = Field(default=7, ge=0)
+    # Returns and exchanges (any reason) are opened within this many days of delivery.
+    after_sales_days: int = Field(default=15, ge=0)
+    # A rejected case may be taken to the platform for this many days after the rejection.
+    escalation_days_after_rejection: int = Field(default=7, ge=0)
+    # Cases an order line may have over its lifetime, one after another.
+    max_cases_per_line: int = Field(default=5, ge=1)
     no_reason_excluded_categories: tuple[str, ...] = (
         "custom_made",
         "perishable",

@@ -34,8 +34,10 @@ from engine.values import (
     Condition,
     DueAction,
     Party,
+    ReasonGroup,
     Role,
     Status,
+    reason_group,
 )
 
 S = Status
@@ -121,6 +123,9 @@ _OK = frozenset({Condition.OK})
 _NOT_OK = frozenset(set(Condition) - _OK)
 _PLATFORM_REFUNDS = frozenset({Claim.UNJUSTIFIED_REJECTION, Claim.OTHER, Claim.DISPUTED_RECEIPT})
 _BUYERS_CLAIMS = frozenset(set(Claim) - {Claim.DISPUTED_RECEIPT})
+# The buyer goes to the platform once the merchant has answered, or should have: while the
+# merchant's review runs, its deadline (approval when it runs out) is the buyer's remedy.
+_ESCALATE_FROM = frozenset((AWAITING_STATUSES - {S.AWAITING_MERCHANT}) | {S.REJECTED})
 
 
 def _row(
@@ -170,8 +175,10 @@ TRANSITIONS: tuple[Transition, ...] = (
     *_approval("approve", M, "CaseApproved"),
     *_approval(DueAction.AUTO_APPROVE.value, SYS, "CaseAutoApproved"),
     _row("reject", M, [S.AWAITING_MERCHANT], S.REJECTED, "CaseRejected"),
+    # From awaiting_replacement too: the merchant has the goods back and no replacement to send.
     _row("refund", M,
-         [S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_MERCHANT_RECEIPT],
+         [S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_MERCHANT_RECEIPT,
+          S.AWAITING_REPLACEMENT],
          S.REFUNDED, "CaseRefunded", refund=_MERCHANT_PAYS),
     _row("ship-back", B, [S.AWAITING_BUYER_SHIPMENT], S.AWAITING_MERCHANT_RECEIPT,
          "GoodsShippedBack", starts=DueAction.AUTO_REFUND),
@@ -181,13 +188,16 @@ TRANSITIONS: tuple[Transition, ...] = (
          "CaseRefunded", given=Given(case_types=_REFUNDED_ON_RECEIPT, receipt=_OK),
          refund=_MERCHANT_PAYS),
     _row("receive", M, [S.AWAITING_MERCHANT_RECEIPT], S.AWAITING_REPLACEMENT, "GoodsReceived",
-         given=Given(case_types=_EXCHANGE, receipt=_OK)),
+         given=Given(case_types=_EXCHANGE, receipt=_OK), starts=DueAction.REPLACEMENT_OVERDUE),
     # Goods not as they should be: no refund; the engine escalates and the platform decides.
     _row("receive", M, [S.AWAITING_MERCHANT_RECEIPT], S.ESCALATED, "GoodsReceived",
          "CaseEscalated", given=Given(receipt=_NOT_OK)),
     _row(DueAction.AUTO_REFUND.value, SYS, [S.AWAITING_MERCHANT_RECEIPT], S.REFUNDED,
          "CaseAutoRefunded", "CaseRefunded", refund=_MERCHANT_PAYS),
     _row("ship-replacement", M, [S.AWAITING_REPLACEMENT], S.COMPLETED, "ReplacementShipped"),
+    # The merchant holds the goods sent back: it refunds them.
+    _row(DueAction.REPLACEMENT_OVERDUE.value, SYS, [S.AWAITING_REPLACEMENT], S.REFUNDED,
+         "ReplacementOverdue", "CaseRefunded", refund=_MERCHANT_PAYS),
     _row("reship", M, [S.AWAITING_RESHIPMENT], S.COMPLETED, "MissingItemsReshipped",
          given=Given(reshipped=True)),
     _row("reship", M, [S.AWAITING_RESHIPMENT], S.REFUNDED, "ReshipImpossible",
@@ -198,7 +208,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     _row("withdraw", B,
          [S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.REJECTED, S.ESCALATED],
          S.CLOSED, "CaseWithdrawn"),
-    _row("escalate", B, [*AWAITING_STATUSES, S.REJECTED], S.ESCALATED, "CaseEscalated"),
+    _row("escalate", B, _ESCALATE_FROM, S.ESCALATED, "CaseEscalated"),
     _row("rule", P, [S.ESCALATED], S.AWAITING_RESHIPMENT, "CaseRuled",
          given=Given(ruling=Party.BUYER, claims=frozenset({Claim.MISSING_ITEMS})),
          starts=DueAction.RESHIP_OVERDUE),
@@ -219,6 +229,36 @@ TRANSITIONS: tuple[Transition, ...] = (
 )  # fmt: skip
 
 SYSTEM_ACTIONS: frozenset[str] = frozenset(d.value for d in DueAction)
+
+
+# What a claim must fit -------------------------------------------------------------------------
+
+# A claim about the goods is for a case opened for that: the reason group it needs.
+CLAIM_REASON: Mapping[Claim, ReasonGroup] = {
+    Claim.MISSING_ITEMS: ReasonGroup.MISSING_ITEMS,
+    Claim.WRONG_ITEM: ReasonGroup.WRONG_ITEM,
+}
+# A claim about what happened to the case is for a case escalated from there.
+CLAIM_FROM: Mapping[Claim, frozenset[Status]] = {
+    Claim.UNJUSTIFIED_REJECTION: frozenset({S.REJECTED}),
+    Claim.DISPUTED_RECEIPT: frozenset({S.AWAITING_MERCHANT_RECEIPT}),
+}
+
+
+def claim_misfit(claim: Claim, reason: str, from_status: Status) -> str | None:
+    """Why the claim does not fit a case opened for ``reason`` and escalated from
+    ``from_status``, or None when it fits (``other`` fits every case)."""
+    group = CLAIM_REASON.get(claim)
+    if group is not None and reason_group(reason) is not group:
+        return (
+            f"a {claim.value} claim is for a case opened for {group.value} "
+            f"({group.value}.*), not for {reason}"
+        )
+    statuses = CLAIM_FROM.get(claim)
+    if statuses is not None and from_status not in statuses:
+        where = " or ".join(sorted(statuses))
+        return f"a {claim.value} claim is for a case escalated from {where}, not from {from_status}"
+    return None
 
 
 # Reading the rows --------------------------------------------------------------------------------

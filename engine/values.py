@@ -63,6 +63,7 @@ class DueAction(StrEnum):
     AUTO_CLOSE = "auto_close"
     AUTO_REFUND = "auto_refund"
     RESHIP_OVERDUE = "reship_overdue"
+    REPLACEMENT_OVERDUE = "replacement_overdue"
 
 
 class Condition(StrEnum):
@@ -141,3 +142,8 @@ def parse_reason(text: str) -> str:
 
 def reason_group(reason: str) -> ReasonGroup:
     return ReasonGroup(reason.partition(".")[0])
+
+
+# A parcel lost or damaged on its way: the article's 物流问题, refunded or reshipped, also when it
+# never arrived.
+PARCEL_LOST_OR_DAMAGED = frozenset({"logistics.lost", "logistics.damaged"})

@@ -12,6 +12,8 @@ independently of the engine's code:
   content, id and version chained to the previous event's hash; versions run 1, 2, 3 ... with
   none missing; the bundle's head hash is the last event's;
 - each action was allowed from the status the case stood in, and led to a status it can lead to;
+- each escalation's claim fits its case, and a missing-items ruling pays no more than the case's
+  lines are worth;
 - every system action fired the deadline then running, no earlier than it fell due;
 - the amount asked matches the order's lines, refunds never exceed it, no line of the order is
   refunded beyond what was paid, and the order's ledger agrees with the case;
@@ -54,13 +56,18 @@ HOLDING = ALL_STATUSES - FINAL - {"rejected"}
 ALLOWED_FROM: dict[str, set[str]] = {
     "approve": {"awaiting_merchant"},
     "reject": {"awaiting_merchant"},
-    "refund": {"awaiting_merchant", "awaiting_buyer_shipment", "awaiting_merchant_receipt"},
+    "refund": {
+        "awaiting_merchant",
+        "awaiting_buyer_shipment",
+        "awaiting_merchant_receipt",
+        "awaiting_replacement",
+    },
     "ship-back": {"awaiting_buyer_shipment"},
     "receive": {"awaiting_merchant_receipt"},
     "ship-replacement": {"awaiting_replacement"},
     "reship": {"awaiting_reshipment"},
     "withdraw": {"awaiting_merchant", "awaiting_buyer_shipment", "rejected", "escalated"},
-    "escalate": AWAITING | {"rejected"},
+    "escalate": (AWAITING - {"awaiting_merchant"}) | {"rejected"},
     "rule": {"escalated"},
     "rate": FINAL,
     "recover-goods": {"refunded"},
@@ -68,6 +75,7 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "auto_close": {"awaiting_buyer_shipment"},
     "auto_refund": {"awaiting_merchant_receipt"},
     "reship_overdue": {"awaiting_reshipment"},
+    "replacement_overdue": {"awaiting_replacement"},
 }
 # Which action each event records when it comes first.
 ACTION_OF: dict[str, str] = {
@@ -89,9 +97,16 @@ ACTION_OF: dict[str, str] = {
     "CaseAutoClosed": "auto_close",
     "CaseAutoRefunded": "auto_refund",
     "ReshipOverdue": "reship_overdue",
+    "ReplacementOverdue": "replacement_overdue",
 }
 # The events a deadline (the system) records first.
-SYSTEM_ACTIONS = {"CaseAutoApproved", "CaseAutoClosed", "CaseAutoRefunded", "ReshipOverdue"}
+SYSTEM_ACTIONS = {
+    "CaseAutoApproved",
+    "CaseAutoClosed",
+    "CaseAutoRefunded",
+    "ReshipOverdue",
+    "ReplacementOverdue",
+}
 # The statuses each event may leave the case in when it comes first.
 LEADS_TO: dict[str, set[str]] = {
     "CaseOpened": {"awaiting_merchant"},
@@ -116,6 +131,7 @@ LEADS_TO: dict[str, set[str]] = {
     "CaseAutoClosed": {"closed"},
     "CaseAutoRefunded": {"refunded"},
     "ReshipOverdue": {"refunded"},
+    "ReplacementOverdue": {"refunded"},
 }
 # The events an event coming first may bring with it, in the same command, and the one the
 # status it leaves calls for.
@@ -127,8 +143,16 @@ CONSEQUENCES: dict[str, set[str]] = {
     "CaseRuled": {"CaseRefunded", "FreightCharged"},
     "CaseAutoRefunded": {"CaseRefunded"},
     "ReshipOverdue": {"CaseRefunded", "LateShipmentPenalty"},
+    "ReplacementOverdue": {"CaseRefunded"},
 }
 REQUIRED_CONSEQUENCE = {"refunded": "CaseRefunded", "escalated": "CaseEscalated"}
+# What a claim must fit: the reason group the case was opened for, or the status it was
+# escalated from (a claim named in neither fits every case).
+CLAIM_REASON = {"missing_items": "missing_items", "wrong_item": "wrong_item"}
+CLAIM_FROM = {
+    "unjustified_rejection": {"rejected"},
+    "disputed_receipt": {"awaiting_merchant_receipt"},
+}
 CASE_MODULE = "engine.case:"
 ORDER_MODULE = "engine.order:"
 # The event types a bundle may hold (the hash covers an event's content, not its type name: a
@@ -328,6 +352,45 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, repor
         settle()
 
 
+def check_claims(case: list[tuple[int, str, dict[str, Any]]], report: Report) -> None:
+    opened = next((e for v, k, e in case if k == "CaseOpened"), None)
+    if opened is None:
+        return  # check_money names it
+    try:
+        reason = str(opened.get("reason", ""))
+        worth = Decimal("0")
+        for line in opened["lines"]:
+            listed = line.get("list_price") is not None and line.get("category")
+            each = money(line["list_price"] if listed else line["unit_price"])
+            worth += (each * int(line["quantity"])).quantize(CENT)
+        ruling: int | None = None
+        paid = Decimal("0")
+        for version, kind, e in case:
+            if kind == "CaseEscalated":
+                claim = e.get("claim")
+                group = CLAIM_REASON.get(claim)
+                if group is not None and reason.partition(".")[0] != group:
+                    report.add(f"version {version}: a {claim} claim on a case opened for {reason}")
+                statuses = CLAIM_FROM.get(claim)
+                if statuses is not None and e.get("from_status") not in statuses:
+                    report.add(
+                        f"version {version}: a {claim} claim on a case escalated from "
+                        f"{e.get('from_status')}"
+                    )
+            elif kind == "CaseRuled":
+                upheld = e.get("in_favour_of") == "buyer" and e.get("claim") == "missing_items"
+                ruling, paid = (version if upheld else None), Decimal("0")
+            elif kind == "CaseRefunded" and ruling is not None:
+                paid += money(e["amount"])
+                if paid > worth:
+                    report.add(
+                        f"version {version}: the missing-items ruling of version {ruling} pays "
+                        f"{money_str(paid)}, more than the {money_str(worth)} the lines are worth"
+                    )
+    except (KeyError, TypeError, ValueError) as exc:
+        report.add(f"the claims cannot be checked: {exc}")
+
+
 def check_money(
     case: list[tuple[int, str, dict[str, Any]]],
     order: list[tuple[int, str, dict[str, Any]]],
@@ -425,6 +488,7 @@ def verify(raw: bytes) -> Report:
         report.add("the head hash is not the last event's hash")
     whole = not (bundle.get("audit") or {}).get("as_of")
     check_case(case, whole, report)
+    check_claims(case, report)
     check_money(case, order, case_id, whole, report)
     states = bundle.get("states")
     if not isinstance(states, list) or len(states) != len(case):

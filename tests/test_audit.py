@@ -620,6 +620,10 @@ def test_the_verifier_knows_the_engines_rules() -> None:
         "ORDER_MODULE": es_utils.get_topic(order_mod.OrderPlaced).partition(":")[0] + ":",
         "CONSEQUENCE_ONLY": {k.__name__ for k in audit_mod.CONSEQUENCE_ONLY},
         "UNCHANGED": {k.__name__ for k in audit_mod.UNCHANGED},
+        "CLAIM_REASON": {c.value: g.value for c, g in transitions_mod.CLAIM_REASON.items()},
+        "CLAIM_FROM": {
+            c.value: {s.value for s in ss} for c, ss in transitions_mod.CLAIM_FROM.items()
+        },
         "CASE_TYPES": case_events,  # a new case event needs a place in the audit
         "ORDER_TYPES": order_events,
     }

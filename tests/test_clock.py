@@ -175,10 +175,12 @@ def test_a_withdrawn_or_escalated_case_has_no_deadline_to_fire(engine: Engine) -
     withdrawn = opened(engine, "return_refund", "KS-1")
     escalated = opened(engine, "return_refund", "KS-2")
     engine.handle(WithdrawCase(case_id=withdrawn, at=at(days=4)))
+    # Escalated once the merchant answered: its review deadline no longer runs.
+    engine.handle(ApproveCase(case_id=escalated, at=at(days=4)))
     engine.handle(EscalateCase(case_id=escalated, claim="other", at=at(days=4)))
     assert tick(engine, t(at(days=60))).fired == []
     assert kinds(engine, withdrawn) == ["CaseOpened", "CaseWithdrawn"]
-    assert kinds(engine, escalated) == ["CaseOpened", "CaseEscalated"]
+    assert kinds(engine, escalated) == ["CaseOpened", "CaseApproved", "CaseEscalated"]
 
 
 def test_the_auto_approved_return_waits_its_own_10_days(engine: Engine) -> None:

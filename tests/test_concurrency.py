@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from engine.commands import ApproveCase, ListCases, OpenCase, WithdrawCase
+from engine.commands import (
+    ApproveCase,
+    DeliverOrder,
+    ListCases,
+    OpenCase,
+    PlaceOrder,
+    WithdrawCase,
+)
 from engine.errors import NotAllowed
 from engine.service import Engine
 from tests.conftest import at, place_delivered
@@ -55,15 +62,17 @@ def topics(engine: Engine, case_id: str) -> list[str]:
 def open_cases(engine: Engine, case_type: str = "return_refund") -> list[str]:
     ids = []
     for i in range(N):
-        place_delivered(engine, f"KS-{i}")
+        # Delivered now: a return is opened within its after-sales window of the delivery.
+        now = datetime.now(UTC).isoformat()
+        line = "CASE-RED:1:39.90:phone_accessory"
+        engine.handle(
+            PlaceOrder(order_id=f"KS-{i}", merchant="shop-1", buyer="buyer-1", lines=[line], at=now)
+        )
+        engine.handle(DeliverOrder(order_id=f"KS-{i}", at=now))
         ids.append(
             engine.handle(
                 OpenCase(
-                    order_id=f"KS-{i}",
-                    type=case_type,
-                    reason="quality.x",
-                    amount="1.00",
-                    at=datetime.now(UTC).isoformat(),
+                    order_id=f"KS-{i}", type=case_type, reason="quality.x", amount="1.00", at=now
                 )
             )["case_id"]
         )

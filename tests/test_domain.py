@@ -38,6 +38,7 @@ from engine.case import (
     GoodsShippedBack,
     LateShipmentPenalty,
     MissingItemsReshipped,
+    ReplacementOverdue,
     ReplacementShipped,
     ReshipImpossible,
     ReshipOverdue,
@@ -315,13 +316,19 @@ WAITING = {
 CONTRACT: dict[str, set[Status]] = {
     "approve": {S.AWAITING_MERCHANT},
     "reject": {S.AWAITING_MERCHANT},
-    "refund": {S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_MERCHANT_RECEIPT},
+    "refund": {
+        S.AWAITING_MERCHANT,
+        S.AWAITING_BUYER_SHIPMENT,
+        S.AWAITING_MERCHANT_RECEIPT,
+        S.AWAITING_REPLACEMENT,
+    },
     "ship-back": {S.AWAITING_BUYER_SHIPMENT},
     "receive": {S.AWAITING_MERCHANT_RECEIPT},
     "ship-replacement": {S.AWAITING_REPLACEMENT},
     "reship": {S.AWAITING_RESHIPMENT},
     "withdraw": {S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.REJECTED, S.ESCALATED},
-    "escalate": WAITING | {S.REJECTED},
+    # Not while the merchant may still answer: its review deadline is the buyer's remedy.
+    "escalate": (WAITING - {S.AWAITING_MERCHANT}) | {S.REJECTED},
     "rule": {S.ESCALATED},
     "rate": {S.REFUNDED, S.COMPLETED, S.CLOSED},
     "recover-goods": {S.REFUNDED},
@@ -329,6 +336,7 @@ CONTRACT: dict[str, set[Status]] = {
     "auto_close": {S.AWAITING_BUYER_SHIPMENT},
     "auto_refund": {S.AWAITING_MERCHANT_RECEIPT},
     "reship_overdue": {S.AWAITING_RESHIPMENT},
+    "replacement_overdue": {S.AWAITING_REPLACEMENT},
 }
 
 # One way to each status.
@@ -338,7 +346,7 @@ TO_STATUS: dict[Status, tuple[CaseType, tuple[str, ...]]] = {
     S.AWAITING_MERCHANT_RECEIPT: (T.RETURN_REFUND, ("approve", "ship back")),
     S.AWAITING_REPLACEMENT: (T.EXCHANGE, ("approve", "ship back", "receive")),
     S.AWAITING_RESHIPMENT: (T.RESHIP, ("approve",)),
-    S.ESCALATED: (T.RETURN_REFUND, ("escalate other",)),
+    S.ESCALATED: (T.RETURN_REFUND, ("approve", "escalate other")),
     S.REJECTED: (T.RETURN_REFUND, ("reject",)),
     # The platform refunded an unjustified rejection: the goods are still to recover.
     S.REFUNDED: (
@@ -385,10 +393,11 @@ def test_each_action_from_each_status(action: str, status: Status) -> None:
     story = in_status(status)
     case = story.case
     role, call = ACTIONS[action]
-    a = act(role, LATER)
+    # A rejection is escalated within its window (tests/test_windows.py has the window).
+    a = act(role, story.next if (action, status) == ("escalate", S.REJECTED) else LATER)
     if status in CONTRACT[action]:
         events = when(case, lambda: call(case, a))
-        assert events and all(e.actor.role is role and e.at == LATER for e in events)
+        assert events and all(e.actor.role is role and e.at == a.at for e in events)
     else:
         refused(case, lambda: call(case, a), NotAllowed, status.value, action)
 
@@ -574,8 +583,8 @@ def test_the_no_reason_window_runs_from_delivery(days: int, policy: Policy) -> N
         order, reason="buyer.changed_mind", skus=["STRAP"], amount="1.00", at=end, policy=policy
     )
     assert case.status is S.AWAITING_MERCHANT
-    # Any other reason is not held to the window.
-    assert open_on(order, skus=["CASE-RED"], at=t(days=40)).status is S.AWAITING_MERCHANT
+    # Any other reason is not held to the window (only to the after-sales one).
+    assert open_on(order, skus=["CASE-RED"], at=t(days=17)).status is S.AWAITING_MERCHANT
 
 
 @pytest.mark.parametrize("case_type", [T.REFUND_ONLY, T.RETURN_REFUND])
@@ -882,7 +891,12 @@ def test_receive_ok(case_type: CaseType) -> None:
     if case_type is T.EXCHANGE:
         then(
             events,
-            ev(GoodsReceived, status=S.AWAITING_REPLACEMENT, due=None, condition=Condition.OK),
+            ev(
+                GoodsReceived,
+                status=S.AWAITING_REPLACEMENT,
+                due=deadline(DueAction.REPLACEMENT_OVERDUE, story.next, 48),
+                condition=Condition.OK,
+            ),
         )
         assert case.refunded_amount == Decimal("0.00")
     else:
@@ -997,7 +1011,7 @@ def test_escalate_from_each_status_it_is_allowed_from(status: Status) -> None:
 
 
 def test_a_person_does_not_claim_a_disputed_receipt() -> None:
-    case = given().case
+    case = given(T.RETURN_REFUND, "approve").case
     refused(
         case,
         lambda: case.escalate(
@@ -1182,6 +1196,11 @@ DEADLINES: dict[DueAction, tuple[CaseType, tuple[str, ...], datetime]] = {
     DueAction.AUTO_CLOSE: (T.RETURN_REFUND, ("approve",), t(days=13, hours=1)),
     DueAction.AUTO_REFUND: (T.RETURN_REFUND, ("approve", "ship back"), t(days=13, hours=2)),
     DueAction.RESHIP_OVERDUE: (T.RESHIP, ("approve",), t(days=4, hours=1)),
+    DueAction.REPLACEMENT_OVERDUE: (
+        T.EXCHANGE,
+        ("approve", "ship back", "receive"),
+        t(days=5, hours=3),
+    ),
 }
 
 
@@ -1196,6 +1215,11 @@ def fired_events(action: DueAction, due: Deadline) -> list[Expect]:
     if action is DueAction.AUTO_REFUND:
         return [
             ev(CaseAutoRefunded, status=S.REFUNDED, due=None, fired=due),
+            refund("39.90", Party.MERCHANT),
+        ]
+    if action is DueAction.REPLACEMENT_OVERDUE:
+        return [
+            ev(ReplacementOverdue, status=S.REFUNDED, due=None, fired=due),
             refund("39.90", Party.MERCHANT),
         ]
     return [
@@ -1304,7 +1328,7 @@ def test_an_auto_approved_return_waits_its_own_10_days_then_closes() -> None:
     )
 
 
-@pytest.mark.parametrize("steps", [("withdraw",), ("escalate other",), ("reject",)])
+@pytest.mark.parametrize("steps", [("withdraw",), ("approve", "escalate other"), ("reject",)])
 def test_a_withdrawn_escalated_or_rejected_case_has_no_deadline(steps: tuple[str, ...]) -> None:
     case = given(T.RETURN_REFUND, *steps).case
     assert case.due is None

@@ -254,7 +254,7 @@ def test_action_not_allowed_names_status_and_what_is_allowed(delivered: Engine) 
         e,
         NotAllowed,
         "is awaiting_merchant: ship-back is not allowed; allowed now: approve, reject, "
-        "refund, withdraw, escalate",
+        "refund, withdraw",
         lambda: e.handle(ShipBack(case_id=cid, carrier="SF", waybill="1", at=at(days=4))),
     )
 

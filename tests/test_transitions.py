@@ -66,7 +66,9 @@ def shipped_back(engine: Engine, case_type: str = "return_refund") -> dict[str, 
 
 
 def escalated_after(engine: Engine, claim: str) -> dict[str, Any]:
-    case = opened(engine)
+    # A claim about the goods is made on a case opened for it.
+    reasons = {"missing_items": "missing_items.case", "wrong_item": "wrong_item.colour"}
+    case = opened(engine, reason=reasons.get(claim, "quality.colour"))
     engine.handle(
         RejectCase(
             case_id=case["case_id"], reason="used", communication="chat:1", at=at(days=3, hours=1)
