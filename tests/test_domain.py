@@ -38,6 +38,7 @@ from engine.case import (
     GoodsShippedBack,
     LateShipmentPenalty,
     MissingItemsReshipped,
+    OfferLapsed,
     ReplacementShipped,
     ReshipImpossible,
     ReshipOverdue,
@@ -195,6 +196,9 @@ STEPS: dict[str, Step] = {
         act(Role.PLATFORM, w), POLICY, in_favour_of=Party.MERCHANT
     ),
     "rate": lambda c, w: c.rate(act(Role.BUYER, w), score=4),
+    "offer refund_only": lambda c, w: c.offer(
+        act(Role.MERCHANT, w), POLICY, case_type=T.REFUND_ONLY
+    ),
     **{
         f"escalate {claim.value}": (
             lambda c, w, claim=claim: c.escalate(act(Role.BUYER, w), claim=claim, evidence=["p:1"])
@@ -311,6 +315,7 @@ WAITING = {
     S.AWAITING_MERCHANT_RECEIPT,
     S.AWAITING_REPLACEMENT,
     S.AWAITING_RESHIPMENT,
+    S.AWAITING_BUYER_ANSWER,
 }
 CONTRACT: dict[str, set[Status]] = {
     "approve": {S.AWAITING_MERCHANT},
@@ -320,7 +325,13 @@ CONTRACT: dict[str, set[Status]] = {
     "receive": {S.AWAITING_MERCHANT_RECEIPT},
     "ship-replacement": {S.AWAITING_REPLACEMENT},
     "reship": {S.AWAITING_RESHIPMENT},
-    "withdraw": {S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.REJECTED, S.ESCALATED},
+    "withdraw": {
+        S.AWAITING_MERCHANT,
+        S.AWAITING_BUYER_SHIPMENT,
+        S.REJECTED,
+        S.ESCALATED,
+        S.AWAITING_BUYER_ANSWER,
+    },
     "escalate": WAITING | {S.REJECTED},
     "rule": {S.ESCALATED},
     "rate": {S.REFUNDED, S.COMPLETED, S.CLOSED},
@@ -329,6 +340,12 @@ CONTRACT: dict[str, set[Status]] = {
     "auto_close": {S.AWAITING_BUYER_SHIPMENT},
     "auto_refund": {S.AWAITING_MERCHANT_RECEIPT},
     "reship_overdue": {S.AWAITING_RESHIPMENT},
+    "message": set(Status) - {S.REFUNDED, S.COMPLETED, S.CLOSED},
+    "offer": {S.AWAITING_MERCHANT},
+    "accept-offer": {S.AWAITING_BUYER_ANSWER},
+    "decline-offer": {S.AWAITING_BUYER_ANSWER},
+    "extend": {S.AWAITING_MERCHANT_RECEIPT},
+    "offer_lapsed": {S.AWAITING_BUYER_ANSWER},
 }
 
 # One way to each status.
@@ -347,6 +364,7 @@ TO_STATUS: dict[Status, tuple[CaseType, tuple[str, ...]]] = {
     ),
     S.COMPLETED: (T.RESHIP, ("approve", "reship")),
     S.CLOSED: (T.RETURN_REFUND, ("withdraw",)),
+    S.AWAITING_BUYER_ANSWER: (T.RETURN_REFUND, ("offer refund_only",)),
 }
 
 RESHIPMENT = Shipment(carrier="SF", waybill="R2")
@@ -363,6 +381,14 @@ ACTIONS: dict[str, tuple[Role, Callable[[ReturnCase, Act], None]]] = {
     "rule": (Role.PLATFORM, lambda c, a: c.rule(a, POLICY, in_favour_of=Party.BUYER)),
     "rate": (Role.BUYER, lambda c, a: c.rate(a, score=4)),
     "recover-goods": (Role.MERCHANT, lambda c, a: c.recover_goods(a)),
+    "message": (Role.BUYER, lambda c, a: c.message(a, text="any news?", evidence=[])),
+    "offer": (Role.MERCHANT, lambda c, a: c.offer(a, POLICY, case_type=T.REFUND_ONLY)),
+    "accept-offer": (Role.BUYER, lambda c, a: c.accept_offer(a, POLICY)),
+    "decline-offer": (Role.BUYER, lambda c, a: c.decline_offer(a, POLICY)),
+    "extend": (
+        Role.MERCHANT,
+        lambda c, a: c.extend_receipt(a, POLICY, hours=24, reason="warehouse closed"),
+    ),
     **{d.value: (Role.SYSTEM, lambda c, a, d=d: c.fire(a, POLICY, d)) for d in DueAction},
 }
 
@@ -1182,6 +1208,7 @@ DEADLINES: dict[DueAction, tuple[CaseType, tuple[str, ...], datetime]] = {
     DueAction.AUTO_CLOSE: (T.RETURN_REFUND, ("approve",), t(days=13, hours=1)),
     DueAction.AUTO_REFUND: (T.RETURN_REFUND, ("approve", "ship back"), t(days=13, hours=2)),
     DueAction.RESHIP_OVERDUE: (T.RESHIP, ("approve",), t(days=4, hours=1)),
+    DueAction.OFFER_LAPSED: (T.RETURN_REFUND, ("offer refund_only",), t(days=5, hours=1)),
 }
 
 
@@ -1198,6 +1225,9 @@ def fired_events(action: DueAction, due: Deadline) -> list[Expect]:
             ev(CaseAutoRefunded, status=S.REFUNDED, due=None, fired=due),
             refund("39.90", Party.MERCHANT),
         ]
+    if action is DueAction.OFFER_LAPSED:
+        review = deadline(DueAction.AUTO_APPROVE, due.due_at, 48)
+        return [ev(OfferLapsed, status=S.AWAITING_MERCHANT, due=review, fired=due)]
     return [
         ev(ReshipOverdue, status=S.REFUNDED, due=None, fired=due),
         ev(
