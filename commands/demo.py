@@ -14,9 +14,12 @@ import click
 from commands.options import json_option
 from commands.output import exit_code, table, to_json
 from engine.commands import (
+    AcceptOffer,
     ApproveCase,
     DeliverOrder,
     EscalateCase,
+    MessageCase,
+    OfferChange,
     OpenCase,
     PlaceOrder,
     RateCase,
@@ -640,6 +643,90 @@ def play(engine: Engine) -> Story:
         lambda: did(
             "recovered the coat from the buyer",
             e.handle(RecoverGoods(case_id=cid, note="courier pickup", by="staff-2", at=s.at(6))),
+        ),
+    )
+
+    # 10. Negotiation: a scratch on a return; the merchant offers part of the money back
+    #     instead, the buyer keeps the goods and accepts.
+    t = "negotiated refund only"
+    s.order(t, "KS-1010", "shop-aurora", "buyer-wu", ["KETTLE-1L:1:129.00:home"], s.at())
+    s.step(
+        t,
+        "order system",
+        lambda: did("delivered", e.handle(DeliverOrder(order_id="KS-1010", at=s.at(2)))),
+    )
+    case = s.step(
+        t,
+        "buyer-wu",
+        lambda: did(
+            "opened return_refund (quality.scratched)",
+            e.handle(
+                OpenCase(
+                    order_id="KS-1010",
+                    type="return_refund",
+                    reason="quality.scratched",
+                    amount="129.00",
+                    at=s.at(3),
+                )
+            ),
+        ),
+    )
+    cid = s.cases[t] = case["case_id"]
+    s.step(
+        t,
+        "buyer-wu",
+        lambda: did(
+            "message with two photos",
+            e.handle(
+                MessageCase(
+                    case_id=cid,
+                    text="a scratch along the lid, see the photos",
+                    evidence=["photo:lid-1.jpg", "photo:lid-2.jpg"],
+                    at=s.at(3, 1),
+                )
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "staff-7",
+        lambda: did(
+            "message: works fine, keep it?",
+            e.handle(
+                MessageCase(
+                    case_id=cid,
+                    party="merchant",
+                    text="the kettle works; would 40.00 back and keeping it suit you?",
+                    evidence=["chat:20261104-wu"],
+                    by="staff-7",
+                    at=s.at(3, 4),
+                )
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "staff-7",
+        lambda: did(
+            "offered refund only, 40.00",
+            e.handle(
+                OfferChange(
+                    case_id=cid,
+                    type="refund_only",
+                    amount="40.00",
+                    note="cosmetic scratch; keep the kettle",
+                    by="staff-7",
+                    at=s.at(3, 5),
+                )
+            ),
+        ),
+    )
+    s.step(
+        t,
+        "buyer-wu",
+        lambda: did(
+            "accepted: refunded 40.00",
+            e.handle(AcceptOffer(case_id=cid, at=s.at(3, 9))),
         ),
     )
     return s

@@ -146,9 +146,23 @@ def render_case(case: dict[str, Any]) -> str:
     ):
         if case.get(key):
             lines.append(f"  {key.replace('_', ' ')}: {_cell(case[key])}")
+    lines += _negotiation(case)
     allowed = case.get("allowed_actions") or []
     lines.append(f"  allowed now: {', '.join(allowed) if allowed else 'nothing'}")
     return "\n".join(lines)
+
+
+def _negotiation(case: dict[str, Any]) -> list[str]:
+    """The talk about a case, one line a message, then the offers and the extension."""
+    lines = []
+    for m in case.get("messages") or []:
+        evidence = f"  evidence: {', '.join(m['evidence'])}" if m["evidence"] else ""
+        lines.append(f"  message {m['at']} {m['party']} {m['by']}: {m['text']}{evidence}")
+    for offer in case.get("offers") or []:
+        lines.append(f"  offer: {_cell(offer)}")
+    if case.get("receipt_extension"):
+        lines.append(f"  receipt extension: {_cell(case['receipt_extension'])}")
+    return lines
 
 
 def render_cases(rows: list[dict[str, Any]]) -> str:

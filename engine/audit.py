@@ -14,13 +14,16 @@ Verification works on the stored bytes, never on re-serialised objects:
   consequences recorded with it (the refund of an approved refund-only case, say) are there;
   these tables are all derived from the one transition table, engine/transitions.py;
 - the deadlines: every system action fired the deadline then running, no earlier than it fell due;
+  an action that leaves the status as it was leaves the deadline too, but for the merchant's one
+  extension of its receipt window, which moves the running deadline later by the hours it records;
 - the claims: every escalation's claim fits its case (`claim_misfit`: missing items and wrong item
   for cases opened for them, an unjustified rejection for a case escalated from `rejected`), and a
   missing-items ruling pays no more than the case's lines are worth (a history written before
   these rules is reported, never rewritten);
 - the money: the amount asked matches what was paid for the order's lines (less earlier cases'
-  refunds), refunds never exceed the amount asked, the order's ledger agrees with the case, and no
-  line of the order was ever refunded beyond what was paid for it;
+  refunds), offers and refunds never exceed the amount asked (refunds not the amount of an offer
+  the buyer accepted either), the order's ledger agrees with the case, and no line of the order
+  was ever refunded beyond what was paid for it;
 - the index: the case's row in ``aftersales_cases`` names the last stored version and status, so a
   deleted last event shows too.
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -48,7 +51,10 @@ from engine.case import (
     CaseRated,
     CaseRefunded,
     CaseRuled,
+    ChangeOffered,
     DeadlineFired,
+    OfferAccepted,
+    ReceiptExtended,
     ReturnCase,
     case_uuid,
 )
@@ -547,11 +553,13 @@ def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> lis
 
 
 def check_deadlines(events: Sequence[CaseEvent]) -> list[Problem]:
-    """Every system action fired the deadline then running, at or after it fell due; and the
-    events happened in the order they are recorded in."""
+    """Every system action fired the deadline then running, at or after it fell due; an
+    action that leaves the status as it was kept the deadline running, but for one extension
+    of the receipt window; and the events happened in the order they are recorded in."""
     problems: list[Problem] = []
     running: Deadline | None = None
     last_at: datetime | None = None
+    extended = False
     for event in events:
         v = event.originator_version
         if last_at is not None and event.at < last_at:
@@ -596,6 +604,26 @@ def check_deadlines(events: Sequence[CaseEvent]) -> list[Problem]:
                         f"version {v}: fired a deadline that was not the one running ({was})",
                     )
                 )
+        kind = kind_of(event)
+        if isinstance(event, ReceiptExtended):
+            if extended:
+                problems.append(
+                    Problem("deadline", v, f"version {v}: the receipt window extended again")
+                )
+            extended = True
+            if not _moved_by(running, event.due, event.hours):
+                problems.append(
+                    Problem(
+                        "deadline",
+                        v,
+                        f"version {v}: an extension of {event.hours} hours that does not move "
+                        "the running deadline by as much",
+                    )
+                )
+        elif kind in UNCHANGED and event.due != running:
+            problems.append(
+                Problem("deadline", v, f"version {v}: {ACTION_OF[kind]} moved the deadline")
+            )
         running = event.due
         last_at = event.at if last_at is None else max(last_at, event.at)
     return problems
@@ -637,6 +665,16 @@ def check_claims(events: Sequence[CaseEvent]) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def _moved_by(before: Deadline | None, after: Deadline | None, hours: int) -> bool:
+    """The same deadline, ``hours`` (more than none) later."""
+    return (
+        before is not None
+        and after is not None
+        and hours > 0
+        and after == before.model_copy(update={"due_at": before.due_at + timedelta(hours=hours)})
+    )
 
 
 def check_order(
@@ -699,21 +737,41 @@ def check_order(
     if linked_at is None:
         problems.append(Problem("money", 1, f"version 1: {label} has no record of this case"))
 
-    # Refunds against the amount asked.
+    # Offers and refunds against the amount asked (refunds against an accepted offer's).
     refunded = ZERO
+    limit = opened.amount
     for event in events:
+        v = event.originator_version
+        offered = (
+            event.offered_amount
+            if isinstance(event, ChangeOffered)
+            else event.agreed_amount
+            if isinstance(event, OfferAccepted)
+            else None
+        )
+        if offered is not None:
+            if offered <= ZERO or offered > opened.amount:
+                problems.append(
+                    Problem(
+                        "money",
+                        v,
+                        f"version {v}: {money_str(offered)} offered, but "
+                        f"{money_str(opened.amount)} was asked",
+                    )
+                )
+            if isinstance(event, OfferAccepted):
+                limit = offered
         if isinstance(event, CaseRefunded):
-            v = event.originator_version
             if event.amount <= ZERO:
                 problems.append(Problem("money", v, f"version {v}: a refund of {event.amount}"))
             refunded += event.amount
-            if refunded > opened.amount:
+            if refunded > limit:
                 problems.append(
                     Problem(
                         "money",
                         v,
                         f"version {v}: refunds reach {money_str(refunded)}, more than the "
-                        f"{money_str(opened.amount)} asked",
+                        f"{money_str(limit)} asked",
                     )
                 )
     # Every line of the order: never refunded beyond what was paid for it.

@@ -197,6 +197,48 @@ class ReplacementOverdue(DeadlineFired):
     """The merchant shipped no replacement in time: it refunds the goods it has back."""
 
 
+# Negotiation: what the parties said, and the merchant's offers and extension.
+
+
+class MessagePosted(CaseEvent):
+    """A message in the talk about the case; the actor says which party spoke. Evidence
+    references travel with it (adding evidence is a message that carries some)."""
+
+    text: str
+    evidence: tuple[str, ...] = ()
+
+
+class ChangeOffered(CaseEvent):
+    """The merchant offers another service instead of the one asked for (and, it may be,
+    another amount: None keeps the amount asked)."""
+
+    case_type: CaseType
+    offered_amount: Decimal | None = None
+    note: str | None = None
+
+
+class OfferAccepted(CaseEvent):
+    """The buyer took the offer: the case is now of this type, for this amount."""
+
+    case_type: CaseType
+    agreed_amount: Decimal
+
+
+class OfferDeclined(CaseEvent):
+    pass
+
+
+class OfferLapsed(DeadlineFired):
+    """The buyer did not answer the offer in time: the case goes back to the merchant."""
+
+
+class ReceiptExtended(CaseEvent):
+    """The merchant's one extension of its receipt window, by ``hours``, for a reason."""
+
+    hours: int
+    reason: str
+
+
 # The case's events by class name: the names the transition table uses (and the tails of their
 # stored topics).
 EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
@@ -223,6 +265,12 @@ EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
         CaseAutoRefunded,
         ReshipOverdue,
         ReplacementOverdue,
+        MessagePosted,
+        ChangeOffered,
+        OfferAccepted,
+        OfferDeclined,
+        OfferLapsed,
+        ReceiptExtended,
     )
 }
 
@@ -232,6 +280,7 @@ STAGE_OF: Mapping[DueAction, Stage] = {
     DueAction.AUTO_REFUND: "merchant_receipt",
     DueAction.RESHIP_OVERDUE: "reshipment",
     DueAction.REPLACEMENT_OVERDUE: "replacement",
+    DueAction.OFFER_LAPSED: "offer_answer",
 }
 
 
@@ -276,6 +325,10 @@ class ReturnCase(Aggregate):
         ledger: list[dict[str, Any]]
         rating: dict[str, Any] | None
         policy_version: str | None
+        order_delivered: bool
+        messages: list[dict[str, Any]]
+        offers: list[dict[str, Any]]
+        receipt_extension: dict[str, Any] | None
 
     # Opening and replay ---------------------------------------------------------------------
 
@@ -442,6 +495,10 @@ class ReturnCase(Aggregate):
         self.ledger = []
         self.rating = None
         self.policy_version = None
+        self.order_delivered = event.order_delivered_at is not None
+        self.messages = []
+        self.offers = []
+        self.receipt_extension = None
 
     def _approved(self, event: CaseApproved) -> None:
         self.return_address = event.return_address
@@ -508,6 +565,54 @@ class ReturnCase(Aggregate):
     def _rated(self, event: CaseRated) -> None:
         self.rating = {"score": event.score, "comment": event.comment}
 
+    def _message(self, event: MessagePosted) -> None:
+        self.messages.append(
+            {
+                "party": event.actor.role.value,
+                "by": event.actor.id,
+                "at": event.at.isoformat(),
+                "text": event.text,
+                "evidence": list(event.evidence),
+            }
+        )
+
+    def _offered(self, event: ChangeOffered) -> None:
+        self.offers.append(
+            {
+                "type": event.case_type.value,
+                "amount": (
+                    money_str(event.offered_amount) if event.offered_amount is not None else None
+                ),
+                "note": event.note,
+                "by": event.actor.id,
+                "at": event.at.isoformat(),
+                "answer": None,  # stays None if the case moved on unanswered (escalated)
+                "answered_at": None,
+            }
+        )
+
+    def _answered(self, event: CaseEvent, answer: str) -> None:
+        self.offers[-1] = {**self.offers[-1], "answer": answer, "answered_at": event.at.isoformat()}
+
+    def _accepted(self, event: OfferAccepted) -> None:
+        self._answered(event, "accepted")
+        self.case_type = event.case_type
+        self.amount = event.agreed_amount
+
+    def _declined(self, event: OfferDeclined) -> None:
+        self._answered(event, "declined")
+
+    def _lapsed(self, event: OfferLapsed) -> None:
+        self._answered(event, "lapsed")
+
+    def _extended(self, event: ReceiptExtended) -> None:
+        self.receipt_extension = {
+            "hours": event.hours,
+            "reason": event.reason,
+            "by": event.actor.id,
+            "at": event.at.isoformat(),
+        }
+
     def _entry(
         self, event: CaseEvent, kind: str, amount: Decimal, payer: Party, payee: Party, **more: Any
     ) -> None:
@@ -531,6 +636,8 @@ class ReturnCase(Aggregate):
             allowed.remove("rate")
         if "recover-goods" in allowed and not self.goods_to_recover:
             allowed.remove("recover-goods")
+        if "extend" in allowed and self.receipt_extension is not None:
+            allowed.remove("extend")
         return allowed
 
     @property
@@ -612,12 +719,15 @@ class ReturnCase(Aggregate):
         *,
         amount: Decimal | None = None,
         consequences: Mapping[type[CaseEvent], Mapping[str, Any]] | None = None,
+        deadline: Deadline | None = None,
         **fields: Any,
     ) -> None:
         """Record what the row says: its first event, with the fields only the action knows,
         then its consequences in order. Each leaves the case in the row's status with the
         deadline that status starts (a row that changes nothing keeps both); money moves as the
-        row says, a refund of ``amount`` (the amount asked unless given)."""
+        row says, a refund of ``amount`` (the amount asked unless given). ``deadline``, where an
+        action works its deadline out itself (an extension, an accepted offer's new type),
+        replaces the one the row would start or keep."""
         if row.after is None:
             status, due = self.status, self.due
         elif row.starts is None:
@@ -625,6 +735,8 @@ class ReturnCase(Aggregate):
         else:
             assert policy is not None, f"{row.action} starts a deadline: it needs the policy"
             status, due = row.after, self._wait(policy, row.starts, act.at)
+        if deadline is not None:
+            due = deadline
         refund = self.refund_due if amount is None else amount
         first = EVENT_CLASSES[row.records]
         money = _money(first, row, policy, refund)
@@ -805,6 +917,120 @@ class ReturnCase(Aggregate):
             )
         self._take(self._outcome(action.value), act, policy, fired=due)
 
+    # Negotiation ------------------------------------------------------------------------------
+
+    def message(self, act: Act, *, text: str, evidence: list[str]) -> None:
+        """A message from the buyer, the merchant or the platform (the actor's role), with any
+        evidence; it changes neither the status nor the deadline."""
+        self._check("message", act)
+        if not text.strip():
+            raise BadInput("a message needs its text")
+        if any(not ref.strip() for ref in evidence):
+            raise BadInput("an evidence reference is empty")
+        row = self._outcome_by("message", act.actor.role)
+        self._take(row, act, text=text, evidence=tuple(evidence))
+
+    def offer(
+        self,
+        act: Act,
+        policy: Policy,
+        *,
+        case_type: CaseType,
+        amount: Decimal | None = None,
+        note: str | None = None,
+    ) -> None:
+        """The merchant offers another service instead of the one asked for; the buyer has
+        the policy's window to answer."""
+        self._check("offer", act)
+        if (
+            case_type is CaseType.RESHIP
+            and reason_group(self.reason) is not ReasonGroup.MISSING_ITEMS
+        ):
+            raise NotAllowed(f"case {self.id} is not for missing items: a reship cannot be offered")
+        if case_type is self.case_type:
+            raise NotAllowed(
+                f"case {self.id} is already {_TYPE_WORDS[case_type]}: an offer changes the service"
+            )
+        if case_type in RETURN_TYPES and self.case_type is CaseType.RESHIP:
+            raise NotAllowed(
+                f"case {self.id} is for missing items: there is nothing to send back, "
+                "only refund only can be offered"
+            )
+        if case_type in RETURN_TYPES and not self.order_delivered:
+            raise NotAllowed(
+                f"order {self.order_id} was not delivered when case {self.id} was opened: "
+                "only refund only can be offered"
+            )
+        if amount is not None:
+            if amount <= ZERO:
+                raise BadInput("the amount offered must be more than 0")
+            if amount > self.amount:
+                # The amount asked was checked against what was paid on the case's lines.
+                raise NotAllowed(
+                    f"{money_str(amount)} offered, but at most the {money_str(self.amount)} "
+                    "asked can be refunded on this case"
+                )
+        self._take(
+            self._outcome("offer"),
+            act,
+            policy,
+            case_type=case_type,
+            offered_amount=amount,
+            note=note,
+        )
+
+    def accept_offer(self, act: Act, policy: Policy) -> None:
+        """The buyer takes the offer: the case goes on as an approval of the type offered."""
+        self._check("accept-offer", act)
+        offered = self.offers[-1]
+        case_type = CaseType(offered["type"])
+        agreed = self.amount if offered["amount"] is None else Decimal(offered["amount"])
+        row = outcome("accept-offer", self.status, case_type=case_type)
+        # The deadline the new status starts counts with the new type's windows.
+        due = (
+            None
+            if row.starts is None
+            else _deadline(policy, row.starts, case_type, act.at, shipped=self.order_shipped)
+        )
+        self._take(
+            row,
+            act,
+            policy,
+            amount=agreed,
+            deadline=due,
+            case_type=case_type,
+            agreed_amount=agreed,
+        )
+
+    def decline_offer(self, act: Act, policy: Policy) -> None:
+        """The buyer declines the offer: the merchant reviews the case again, afresh."""
+        self._check("decline-offer", act)
+        self._take(self._outcome("decline-offer"), act, policy)
+
+    def extend_receipt(self, act: Act, policy: Policy, *, hours: int, reason: str) -> None:
+        """The merchant's one extension of its receipt window, moving the running deadline."""
+        self._check("extend", act)
+        if self.receipt_extension is not None:
+            raise NotAllowed(
+                f"case {self.id}: the receipt window was already extended "
+                f"({self.receipt_extension['hours']} hours); it is extended once"
+            )
+        if hours <= 0:
+            raise BadInput("an extension must be of at least one hour")
+        limit = policy.max_receipt_extension_hours
+        if hours > limit:
+            raise NotAllowed(
+                f"an extension of {hours} hours is more than the {limit} hours the policy allows"
+            )
+        if not reason.strip():
+            raise BadInput("an extension needs a reason")
+        assert self.due is not None  # awaiting receipt always has its deadline running
+        moved = self.due.model_copy(update={"due_at": self.due.due_at + timedelta(hours=hours)})
+        self._take(self._outcome("extend"), act, deadline=moved, hours=hours, reason=reason)
+
+    def _outcome_by(self, action: str, actor: Role) -> Transition:
+        return outcome(action, self.status, case_type=self.case_type, actor=actor)
+
     # Views ---------------------------------------------------------------------------------------
 
     @property
@@ -853,6 +1079,9 @@ class ReturnCase(Aggregate):
             "ledger": self.ledger,
             "rating": self.rating,
             "policy_version": self.policy_version,
+            "messages": self.messages,
+            "offers": self.offers,
+            "receipt_extension": self.receipt_extension,
             "allowed_actions": self.allowed_now(),
         }
 
@@ -907,6 +1136,12 @@ _APPLY: Mapping[type[CaseEvent], Callable[[ReturnCase, Any], None]] = {
     CaseRuled: ReturnCase._ruled,
     ReshipOverdue: ReturnCase._overdue,
     CaseRated: ReturnCase._rated,
+    MessagePosted: ReturnCase._message,
+    ChangeOffered: ReturnCase._offered,
+    OfferAccepted: ReturnCase._accepted,
+    OfferDeclined: ReturnCase._declined,
+    OfferLapsed: ReturnCase._lapsed,
+    ReceiptExtended: ReturnCase._extended,
 }
 
 

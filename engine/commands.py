@@ -63,7 +63,7 @@ from engine.values import (
 )
 
 # Keys the interfaces spell differently from the field's name.
-KEYS: Mapping[str, str] = {"in_favour_of": "for", "lines": "line"}
+KEYS: Mapping[str, str] = {"in_favour_of": "for", "lines": "line", "party": "as"}
 
 
 def key_of(field_name: str) -> str:
@@ -775,6 +775,85 @@ class FireDeadline(CaseAction):
         case.fire(act, policy, self.deadline)
 
 
+# Cases: negotiation --------------------------------------------------------------------------
+
+
+class MessageCase(CaseAction):
+    """A message about the case from the buyer, the merchant or the platform, with any
+    evidence (a photo, a chat log): the talk becomes part of the record."""
+
+    name: ClassVar[str] = "case message"
+
+    text: Text = Field(description="What is said.")
+    evidence: Evidence = Field((), description="A reference to a photo, chat log, ...")
+    party: Annotated[Party, _choice(Party)] = Field(
+        Party.BUYER,
+        validation_alias=AliasChoices("as", "party"),
+        description="Who is speaking.",
+    )
+
+    @property  # who acts is the party speaking, not fixed by the command
+    def role(self) -> Role:  # type: ignore[override]
+        return Role(self.party.value)
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.message(act, text=self.text, evidence=list(self.evidence))
+
+
+class OfferChange(CaseAction):
+    """The merchant offers the buyer another service instead (refund only for a return, say);
+    the buyer has the policy's window to answer."""
+
+    name: ClassVar[str] = "case offer"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    type: Annotated[CaseType, _choice(CaseType)] = Field(
+        description="The service offered instead (reship only for missing items)."
+    )
+    amount: Money = Field(
+        None, description="Money offered, at most the amount asked (default: the amount asked)."
+    )
+    note: OptionalText = None
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.offer(act, policy, case_type=self.type, amount=self.amount, note=self.note)
+
+
+class AcceptOffer(CaseAction):
+    """The buyer accepts the merchant's offer: the case goes on as that service, approved."""
+
+    name: ClassVar[str] = "case accept-offer"
+    role: ClassVar[Role] = Role.BUYER
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.accept_offer(act, policy)
+
+
+class DeclineOffer(CaseAction):
+    """The buyer declines the merchant's offer: the merchant reviews the case again."""
+
+    name: ClassVar[str] = "case decline-offer"
+    role: ClassVar[Role] = Role.BUYER
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.decline_offer(act, policy)
+
+
+class ExtendReceipt(CaseAction):
+    """The merchant extends its window to receive the returned goods, once, with a reason."""
+
+    name: ClassVar[str] = "case extend"
+    role: ClassVar[Role] = Role.MERCHANT
+
+    hours: Annotated[int, _between(1, None)] = Field(
+        description="How much later the refund falls due (at most the policy's maximum)."
+    )
+    reason: Text = Field(description="Why more time is needed.")
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+        case.extend_receipt(act, policy, hours=self.hours, reason=self.reason)
+
+
 # Queries ---------------------------------------------------------------------------------------
 
 
@@ -850,6 +929,11 @@ COMMANDS: tuple[type[Command], ...] = (
     ShowCase,
     ListCases,
     Tick,
+    MessageCase,
+    OfferChange,
+    AcceptOffer,
+    DeclineOffer,
+    ExtendReceipt,
 )
 BY_NAME: Mapping[str, type[Command]] = {c.name: c for c in COMMANDS}
 

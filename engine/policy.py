@@ -37,7 +37,12 @@ def _money(value: Any) -> Decimal:
 Money = Annotated[Decimal, BeforeValidator(_money)]
 
 Stage = Literal[
-    "merchant_review", "buyer_shipment", "merchant_receipt", "reshipment", "replacement"
+    "merchant_review",
+    "buyer_shipment",
+    "merchant_receipt",
+    "reshipment",
+    "replacement",
+    "offer_answer",
 ]
 STAGES: tuple[Stage, ...] = (
     "merchant_review",
@@ -45,6 +50,7 @@ STAGES: tuple[Stage, ...] = (
     "merchant_receipt",
     "reshipment",
     "replacement",
+    "offer_answer",
 )
 
 
@@ -58,6 +64,8 @@ class Windows(BaseModel):
     merchant_receipt_hours: int | None = Field(default=None, gt=0)
     reshipment_hours: int | None = Field(default=None, gt=0)
     replacement_hours: int | None = Field(default=None, gt=0)
+    # The buyer's time to answer a merchant's offer of another service.
+    offer_answer_hours: int | None = Field(default=None, gt=0)
 
     def hours(self, stage: Stage) -> int | None:
         value: int | None = getattr(self, f"{stage}_hours")
@@ -76,6 +84,7 @@ DEFAULT_WINDOWS = Windows(
     merchant_receipt_hours=240,
     reshipment_hours=24,
     replacement_hours=48,
+    offer_answer_hours=48,
 )
 
 
@@ -104,6 +113,8 @@ class Policy(BaseModel):
     late_shipment_penalty: Money = Decimal("5.00")
     windows: Windows = DEFAULT_WINDOWS
     by_type: dict[CaseType, TypeWindows] = Field(default_factory=dict)
+    # The merchant may extend its receipt window once, by at most this much.
+    max_receipt_extension_hours: int = Field(default=72, gt=0)
 
     @cached_property
     def version(self) -> str:

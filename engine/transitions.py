@@ -94,7 +94,9 @@ class Transition:
     action: str
     actor: Role
     before: frozenset[Status]  # empty: the case does not exist yet
-    after: Status | None  # None: the status (and the deadline running) stay as they were
+    # None: the status stays as it was, and the deadline running too (unless the action's
+    # purpose is to move it: a receipt window extended)
+    after: Status | None
     records: str  # the event class the action records first
     then: tuple[str, ...] = ()  # the consequence events, in the order they are recorded
     given: Given = field(default_factory=Given)
@@ -126,6 +128,8 @@ _BUYERS_CLAIMS = frozenset(set(Claim) - {Claim.DISPUTED_RECEIPT})
 # The buyer goes to the platform once the merchant has answered, or should have: while the
 # merchant's review runs, its deadline (approval when it runs out) is the buyer's remedy.
 _ESCALATE_FROM = frozenset((AWAITING_STATUSES - {S.AWAITING_MERCHANT}) | {S.REJECTED})
+# Any status but the end states: where the parties may still talk.
+_NOT_ENDED = frozenset(set(Status) - FINAL_STATUSES)
 
 
 def _row(
@@ -156,15 +160,18 @@ def _row(
     )
 
 
-def _approval(action: str, actor: Role, records: str) -> tuple[Transition, ...]:
-    """The merchant's approval and the deadline's are one: the case type decides what next."""
-    at = [S.AWAITING_MERCHANT]
+def _approval(
+    action: str, actor: Role, records: str, at: Status = S.AWAITING_MERCHANT
+) -> tuple[Transition, ...]:
+    """The merchant's approval and the deadline's are one (and a buyer's acceptance of the
+    merchant's offer): the case type decides what next."""
+    before = [at]
     return (
-        _row(action, actor, at, S.REFUNDED, records, "CaseRefunded",
+        _row(action, actor, before, S.REFUNDED, records, "CaseRefunded",
              given=Given(case_types=_REFUND_ONLY), refund=_MERCHANT_PAYS),
-        _row(action, actor, at, S.AWAITING_BUYER_SHIPMENT, records,
+        _row(action, actor, before, S.AWAITING_BUYER_SHIPMENT, records,
              given=Given(case_types=RETURN_TYPES), starts=DueAction.AUTO_CLOSE),
-        _row(action, actor, at, S.AWAITING_RESHIPMENT, records,
+        _row(action, actor, before, S.AWAITING_RESHIPMENT, records,
              given=Given(case_types=_RESHIP), starts=DueAction.RESHIP_OVERDUE),
     )  # fmt: skip
 
@@ -226,6 +233,23 @@ TRANSITIONS: tuple[Transition, ...] = (
     # Only after the platform refunded on a ruling that left the goods with the buyer: a guard
     # the aggregate checks; the outcome does not depend on it.
     _row("recover-goods", M, [S.REFUNDED], None, "GoodsRecovered"),
+    # Negotiation: a message (with any evidence) from whichever party speaks, one row each.
+    *(_row("message", who, _NOT_ENDED, None, "MessagePosted") for who in (B, M, P)),
+    # The merchant offers another service instead: the buyer's answer clock replaces the
+    # merchant's review clock.
+    _row("offer", M, [S.AWAITING_MERCHANT], S.AWAITING_BUYER_ANSWER, "ChangeOffered",
+         starts=DueAction.OFFER_LAPSED),
+    # Accepted, the case goes on as an approval of the type offered (the type here).
+    *_approval("accept-offer", B, "OfferAccepted", at=S.AWAITING_BUYER_ANSWER),
+    # Declined or unanswered: back to the merchant, with a fresh review clock.
+    _row("decline-offer", B, [S.AWAITING_BUYER_ANSWER], S.AWAITING_MERCHANT, "OfferDeclined",
+         starts=DueAction.AUTO_APPROVE),
+    _row(DueAction.OFFER_LAPSED.value, SYS, [S.AWAITING_BUYER_ANSWER], S.AWAITING_MERCHANT,
+         "OfferLapsed", starts=DueAction.AUTO_APPROVE),
+    # The buyer may walk away instead of answering, as from the merchant's review.
+    _row("withdraw", B, [S.AWAITING_BUYER_ANSWER], S.CLOSED, "CaseWithdrawn"),
+    # The merchant's one extension of its receipt window: the running deadline moves later.
+    _row("extend", M, [S.AWAITING_MERCHANT_RECEIPT], None, "ReceiptExtended"),
 )  # fmt: skip
 
 SYSTEM_ACTIONS: frozenset[str] = frozenset(d.value for d in DueAction)
@@ -279,20 +303,24 @@ def outcome(
     receipt: Condition | None = None,
     ruling: Party | None = None,
     reshipped: bool | None = None,
+    actor: Role | None = None,
 ) -> Transition:
     """The one row for this action from this status, given what its outcome depends on.
-    ``status`` None is a case not opened yet. A miss is a caller's mistake (the aggregate checks
-    the status and its inputs first), so it raises LookupError rather than a domain error."""
+    ``status`` None is a case not opened yet. ``actor`` picks among rows that differ only in
+    who acts (a message); None: whoever it is. A miss is a caller's mistake (the aggregate
+    checks the status and its inputs first), so it raises LookupError rather than a domain
+    error."""
     found = [
         t
         for t in _BY_ACTION.get(action, ())
         if (status in t.before if status is not None else not t.before)
         and t.given.holds(case_type, claim, receipt, ruling, reshipped)
+        and (actor is None or t.actor is actor)
     ]
     if len(found) != 1:
         raise LookupError(
             f"{len(found)} transitions for {action} from {status} "
-            f"({case_type}, {claim}, {receipt}, {ruling}, {reshipped})"
+            f"({case_type}, {claim}, {receipt}, {ruling}, {reshipped}, {actor})"
         )
     return found[0]
 

@@ -34,6 +34,8 @@ class Status(StrEnum):
     REFUNDED = "refunded"
     COMPLETED = "completed"
     CLOSED = "closed"
+    # A merchant's offer of another service waits for the buyer's answer.
+    AWAITING_BUYER_ANSWER = "awaiting_buyer_answer"
 
 
 FINAL_STATUSES = frozenset({Status.REFUNDED, Status.COMPLETED, Status.CLOSED})
@@ -64,6 +66,7 @@ class DueAction(StrEnum):
     AUTO_REFUND = "auto_refund"
     RESHIP_OVERDUE = "reship_overdue"
     REPLACEMENT_OVERDUE = "replacement_overdue"
+    OFFER_LAPSED = "offer_lapsed"
 
 
 class Condition(StrEnum):

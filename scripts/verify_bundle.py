@@ -14,8 +14,11 @@ independently of the engine's code:
 - each action was allowed from the status the case stood in, and led to a status it can lead to;
 - each escalation's claim fits its case, and a missing-items ruling pays no more than the case's
   lines are worth;
-- every system action fired the deadline then running, no earlier than it fell due;
-- the amount asked matches the order's lines, refunds never exceed it, no line of the order is
+- every system action fired the deadline then running, no earlier than it fell due; an action
+  that leaves the status as it was leaves the deadline too, but for the one extension of the
+  receipt window, which moves it later by the hours it records;
+- the amount asked matches the order's lines, an offer never exceeds it, refunds never exceed
+  it (or the amount of an offer the buyer accepted), no line of the order is
   refunded beyond what was paid, and the order's ledger agrees with the case;
 - the replayed states agree with the events.
 
@@ -30,7 +33,7 @@ import contextlib
 import hashlib
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -44,6 +47,7 @@ AWAITING = {
     "awaiting_merchant_receipt",
     "awaiting_replacement",
     "awaiting_reshipment",
+    "awaiting_buyer_answer",
 }
 FINAL = {"refunded", "completed", "closed"}
 ALL_STATUSES = AWAITING | FINAL | {"escalated", "rejected"}
@@ -66,7 +70,13 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "receive": {"awaiting_merchant_receipt"},
     "ship-replacement": {"awaiting_replacement"},
     "reship": {"awaiting_reshipment"},
-    "withdraw": {"awaiting_merchant", "awaiting_buyer_shipment", "rejected", "escalated"},
+    "withdraw": {
+        "awaiting_merchant",
+        "awaiting_buyer_shipment",
+        "rejected",
+        "escalated",
+        "awaiting_buyer_answer",
+    },
     "escalate": (AWAITING - {"awaiting_merchant"}) | {"rejected"},
     "rule": {"escalated"},
     "rate": FINAL,
@@ -76,6 +86,12 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "auto_refund": {"awaiting_merchant_receipt"},
     "reship_overdue": {"awaiting_reshipment"},
     "replacement_overdue": {"awaiting_replacement"},
+    "message": ALL_STATUSES - FINAL,
+    "offer": {"awaiting_merchant"},
+    "accept-offer": {"awaiting_buyer_answer"},
+    "decline-offer": {"awaiting_buyer_answer"},
+    "offer_lapsed": {"awaiting_buyer_answer"},
+    "extend": {"awaiting_merchant_receipt"},
 }
 # Which action each event records when it comes first.
 ACTION_OF: dict[str, str] = {
@@ -98,6 +114,12 @@ ACTION_OF: dict[str, str] = {
     "CaseAutoRefunded": "auto_refund",
     "ReshipOverdue": "reship_overdue",
     "ReplacementOverdue": "replacement_overdue",
+    "MessagePosted": "message",
+    "ChangeOffered": "offer",
+    "OfferAccepted": "accept-offer",
+    "OfferDeclined": "decline-offer",
+    "OfferLapsed": "offer_lapsed",
+    "ReceiptExtended": "extend",
 }
 # The events a deadline (the system) records first.
 SYSTEM_ACTIONS = {
@@ -106,6 +128,7 @@ SYSTEM_ACTIONS = {
     "CaseAutoRefunded",
     "ReshipOverdue",
     "ReplacementOverdue",
+    "OfferLapsed",
 }
 # The statuses each event may leave the case in when it comes first.
 LEADS_TO: dict[str, set[str]] = {
@@ -132,6 +155,10 @@ LEADS_TO: dict[str, set[str]] = {
     "CaseAutoRefunded": {"refunded"},
     "ReshipOverdue": {"refunded"},
     "ReplacementOverdue": {"refunded"},
+    "ChangeOffered": {"awaiting_buyer_answer"},
+    "OfferAccepted": {"refunded", "awaiting_buyer_shipment", "awaiting_reshipment"},
+    "OfferDeclined": {"awaiting_merchant"},
+    "OfferLapsed": {"awaiting_merchant"},
 }
 # The events an event coming first may bring with it, in the same command, and the one the
 # status it leaves calls for.
@@ -144,6 +171,7 @@ CONSEQUENCES: dict[str, set[str]] = {
     "CaseAutoRefunded": {"CaseRefunded"},
     "ReshipOverdue": {"CaseRefunded", "LateShipmentPenalty"},
     "ReplacementOverdue": {"CaseRefunded"},
+    "OfferAccepted": {"CaseRefunded"},
 }
 REQUIRED_CONSEQUENCE = {"refunded": "CaseRefunded", "escalated": "CaseEscalated"}
 # What a claim must fit: the reason group the case was opened for, or the status it was
@@ -158,7 +186,7 @@ ORDER_MODULE = "engine.order:"
 # The event types a bundle may hold (the hash covers an event's content, not its type name: a
 # type name outside these shows as a problem).
 CONSEQUENCE_ONLY = frozenset({"FreightCharged", "LateShipmentPenalty"})
-UNCHANGED = frozenset({"CaseRated", "GoodsRecovered"})
+UNCHANGED = frozenset({"CaseRated", "GoodsRecovered", "MessagePosted", "ReceiptExtended"})
 CASE_TYPES = frozenset(ACTION_OF) | CONSEQUENCE_ONLY
 ORDER_TYPES = frozenset(
     {"OrderPlaced", "OrderShipped", "OrderDelivered", "CaseLinked", "CaseUnlinked"}
@@ -269,6 +297,20 @@ def read_chain(
     return readable
 
 
+def moved_by(before: Any, after: Any, hours: Any) -> bool:
+    """An extension: the same deadline, ``hours`` (more than none) later."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return False
+    if not isinstance(hours, int) or isinstance(hours, bool) or hours <= 0:
+        return False
+    try:
+        later = when(after.get("due_at")) == when(before.get("due_at")) + timedelta(hours=hours)
+    except ValueError:
+        return False
+    same = {k: v for k, v in after.items() if k != "due_at"}
+    return later and same == {k: v for k, v in before.items() if k != "due_at"}
+
+
 def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, report: Report) -> None:
     status: str | None = None
     head: tuple[int, str, dict[str, Any]] | None = None
@@ -276,6 +318,7 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, repor
     running: Any = None
     last_at: datetime | None = None
     rated = False
+    extended = False
 
     def settle() -> None:
         if head is None:
@@ -310,6 +353,14 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, repor
                 report.add(f"{tag}: the fired deadline has no readable time")
             if fired != running:
                 report.add(f"{tag}: fired a deadline that was not the one running")
+        if kind == "ReceiptExtended":
+            if extended:
+                report.add(f"{tag}: the receipt window extended a second time")
+            extended = True
+            if not moved_by(running, e.get("due"), e.get("hours")):
+                report.add(f"{tag}: the extension does not move the running deadline by its hours")
+        elif kind in UNCHANGED and e.get("due") != running:
+            report.add(f"{tag}: {ACTION_OF[kind]} changed the deadline running")
         running = e.get("due")
         # Transitions.
         consequence = (
@@ -447,14 +498,27 @@ def check_money(
             if total > (max(price, listed or price) * qty).quantize(CENT):
                 report.add(f"order line {sku}: refunded {money_str(total)}, more than was paid")
         refunded = Decimal("0")
+        limit = asked  # lowered by an offer the buyer accepted
         for version, kind, e in case:
+            offered = e.get("offered_amount") if kind == "ChangeOffered" else None
+            if kind == "OfferAccepted":
+                offered = e["agreed_amount"]
+            if offered is not None:
+                value = money(offered)
+                if value <= 0 or value > asked:
+                    report.add(
+                        f"version {version}: {money_str(value)} offered, more than the "
+                        f"{money_str(asked)} asked"
+                    )
+                if kind == "OfferAccepted":
+                    limit = value
             if kind == "CaseRefunded":
                 amount = money(e["amount"])
                 refunded += amount
-                if amount <= 0 or refunded > asked:
+                if amount <= 0 or refunded > limit:
                     report.add(
                         f"version {version}: refunds reach {money_str(refunded)}, "
-                        f"more than the {money_str(asked)} asked"
+                        f"more than the {money_str(limit)} asked"
                     )
         if whole and case and case[-1][2].get("status") not in HOLDING and ledger != refunded:
             report.add(

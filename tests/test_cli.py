@@ -338,7 +338,7 @@ def test_demo_runs_on_a_fresh_store(tmp_path: Path) -> None:
     }
     # The store it leaves behind answers the same questions.
     listed = _aftersales("--store", f"sqlite:///{path}", "case", "list", "--json", cwd=tmp_path)
-    assert len(json.loads(listed.stdout)) == 10  # nine stories, one with a follow-up case
+    assert len(json.loads(listed.stdout)) == 11  # ten stories, one with a follow-up case
     again = _aftersales("demo", "--store-path", str(path), cwd=tmp_path)
     assert again.returncode == 2  # a fresh store only
     human = _aftersales("demo", cwd=tmp_path)

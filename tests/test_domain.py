@@ -38,6 +38,7 @@ from engine.case import (
     GoodsShippedBack,
     LateShipmentPenalty,
     MissingItemsReshipped,
+    OfferLapsed,
     ReplacementOverdue,
     ReplacementShipped,
     ReshipImpossible,
@@ -196,6 +197,9 @@ STEPS: dict[str, Step] = {
         act(Role.PLATFORM, w), POLICY, in_favour_of=Party.MERCHANT
     ),
     "rate": lambda c, w: c.rate(act(Role.BUYER, w), score=4),
+    "offer refund_only": lambda c, w: c.offer(
+        act(Role.MERCHANT, w), POLICY, case_type=T.REFUND_ONLY
+    ),
     **{
         f"escalate {claim.value}": (
             lambda c, w, claim=claim: c.escalate(act(Role.BUYER, w), claim=claim, evidence=["p:1"])
@@ -312,6 +316,7 @@ WAITING = {
     S.AWAITING_MERCHANT_RECEIPT,
     S.AWAITING_REPLACEMENT,
     S.AWAITING_RESHIPMENT,
+    S.AWAITING_BUYER_ANSWER,
 }
 CONTRACT: dict[str, set[Status]] = {
     "approve": {S.AWAITING_MERCHANT},
@@ -326,7 +331,13 @@ CONTRACT: dict[str, set[Status]] = {
     "receive": {S.AWAITING_MERCHANT_RECEIPT},
     "ship-replacement": {S.AWAITING_REPLACEMENT},
     "reship": {S.AWAITING_RESHIPMENT},
-    "withdraw": {S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.REJECTED, S.ESCALATED},
+    "withdraw": {
+        S.AWAITING_MERCHANT,
+        S.AWAITING_BUYER_SHIPMENT,
+        S.REJECTED,
+        S.ESCALATED,
+        S.AWAITING_BUYER_ANSWER,
+    },
     # Not while the merchant may still answer: its review deadline is the buyer's remedy.
     "escalate": (WAITING - {S.AWAITING_MERCHANT}) | {S.REJECTED},
     "rule": {S.ESCALATED},
@@ -337,6 +348,12 @@ CONTRACT: dict[str, set[Status]] = {
     "auto_refund": {S.AWAITING_MERCHANT_RECEIPT},
     "reship_overdue": {S.AWAITING_RESHIPMENT},
     "replacement_overdue": {S.AWAITING_REPLACEMENT},
+    "message": set(Status) - {S.REFUNDED, S.COMPLETED, S.CLOSED},
+    "offer": {S.AWAITING_MERCHANT},
+    "accept-offer": {S.AWAITING_BUYER_ANSWER},
+    "decline-offer": {S.AWAITING_BUYER_ANSWER},
+    "extend": {S.AWAITING_MERCHANT_RECEIPT},
+    "offer_lapsed": {S.AWAITING_BUYER_ANSWER},
 }
 
 # One way to each status.
@@ -355,6 +372,7 @@ TO_STATUS: dict[Status, tuple[CaseType, tuple[str, ...]]] = {
     ),
     S.COMPLETED: (T.RESHIP, ("approve", "reship")),
     S.CLOSED: (T.RETURN_REFUND, ("withdraw",)),
+    S.AWAITING_BUYER_ANSWER: (T.RETURN_REFUND, ("offer refund_only",)),
 }
 
 RESHIPMENT = Shipment(carrier="SF", waybill="R2")
@@ -371,6 +389,14 @@ ACTIONS: dict[str, tuple[Role, Callable[[ReturnCase, Act], None]]] = {
     "rule": (Role.PLATFORM, lambda c, a: c.rule(a, POLICY, in_favour_of=Party.BUYER)),
     "rate": (Role.BUYER, lambda c, a: c.rate(a, score=4)),
     "recover-goods": (Role.MERCHANT, lambda c, a: c.recover_goods(a)),
+    "message": (Role.BUYER, lambda c, a: c.message(a, text="any news?", evidence=[])),
+    "offer": (Role.MERCHANT, lambda c, a: c.offer(a, POLICY, case_type=T.REFUND_ONLY)),
+    "accept-offer": (Role.BUYER, lambda c, a: c.accept_offer(a, POLICY)),
+    "decline-offer": (Role.BUYER, lambda c, a: c.decline_offer(a, POLICY)),
+    "extend": (
+        Role.MERCHANT,
+        lambda c, a: c.extend_receipt(a, POLICY, hours=24, reason="warehouse closed"),
+    ),
     **{d.value: (Role.SYSTEM, lambda c, a, d=d: c.fire(a, POLICY, d)) for d in DueAction},
 }
 
@@ -1201,6 +1227,7 @@ DEADLINES: dict[DueAction, tuple[CaseType, tuple[str, ...], datetime]] = {
         ("approve", "ship back", "receive"),
         t(days=5, hours=3),
     ),
+    DueAction.OFFER_LAPSED: (T.RETURN_REFUND, ("offer refund_only",), t(days=5, hours=1)),
 }
 
 
@@ -1222,6 +1249,9 @@ def fired_events(action: DueAction, due: Deadline) -> list[Expect]:
             ev(ReplacementOverdue, status=S.REFUNDED, due=None, fired=due),
             refund("39.90", Party.MERCHANT),
         ]
+    if action is DueAction.OFFER_LAPSED:
+        review = deadline(DueAction.AUTO_APPROVE, due.due_at, 48)
+        return [ev(OfferLapsed, status=S.AWAITING_MERCHANT, due=review, fired=due)]
     return [
         ev(ReshipOverdue, status=S.REFUNDED, due=None, fired=due),
         ev(

@@ -83,15 +83,20 @@ def test_every_event_the_table_names_is_a_case_event_and_every_case_event_is_nam
 
 def test_every_case_finds_exactly_one_row() -> None:
     """For every action, from every status it is allowed from, whatever the case type, claim,
-    receipt condition, ruling (buyer or merchant) and reship: one row, no more, no less."""
+    receipt condition, ruling (buyer or merchant) and reship, and by each party that may take
+    it: one row, no more, no less."""
     for action, statuses in T.ALLOWED_FROM.items():
-        for status, case_type, claim, receipt, ruling, reshipped in itertools.product(
+        actors = {t.actor for t in T.TRANSITIONS if t.action == action}
+        # An action one party takes is looked up without naming it.
+        by: list[Role | None] = [None] if len(actors) == 1 else sorted(actors)
+        for status, case_type, claim, receipt, ruling, reshipped, actor in itertools.product(
             sorted(statuses),
             CaseType,
             Claim,
             Condition,
             (Party.BUYER, Party.MERCHANT),
             (True, False),
+            by,
         ):
             row = T.outcome(
                 action,
@@ -101,6 +106,7 @@ def test_every_case_finds_exactly_one_row() -> None:
                 receipt=receipt,
                 ruling=ruling,
                 reshipped=reshipped,
+                actor=actor,
             )
             assert row.action == action and status in row.before
     for case_type in CaseType:
@@ -109,6 +115,8 @@ def test_every_case_finds_exactly_one_row() -> None:
         T.outcome("approve", Status.REJECTED, case_type=CaseType.REFUND_ONLY)
     with pytest.raises(LookupError):  # the platform rules for the buyer or the merchant only
         T.outcome("rule", Status.ESCALATED, claim=Claim.OTHER, ruling=Party.PLATFORM)
+    with pytest.raises(LookupError):  # a message names who speaks
+        T.outcome("message", Status.ESCALATED)
 
 
 def test_a_deadline_fires_only_from_the_status_that_started_it() -> None:
@@ -146,13 +154,18 @@ def test_the_derived_tables() -> None:
         "rule",
         "rate",
         "recover-goods",
+        "message",
+        "offer",
+        "accept-offer",
+        "decline-offer",
+        "extend",
     )
     assert set(T.ALLOWED_FROM) == set(T.PERSON_ACTIONS) | T.SYSTEM_ACTIONS
     assert T.OPEN not in T.ALLOWED_FROM  # no case to start from yet
     assert T.ACTION_OF["CaseOpened"] == T.OPEN
     assert T.ACTION_OF["ReshipImpossible"] == T.ACTION_OF["MissingItemsReshipped"] == "reship"
     assert {"FreightCharged", "LateShipmentPenalty"} == T.CONSEQUENCE_ONLY
-    assert {"CaseRated", "GoodsRecovered"} == T.UNCHANGED
+    assert {"CaseRated", "GoodsRecovered", "MessagePosted", "ReceiptExtended"} == T.UNCHANGED
     assert T.REQUIRED_CONSEQUENCE == {
         Status.REFUNDED: "CaseRefunded",
         Status.ESCALATED: "CaseEscalated",
