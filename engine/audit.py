@@ -553,9 +553,10 @@ def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> lis
 
 
 def check_deadlines(events: Sequence[CaseEvent]) -> list[Problem]:
-    """Every system action fired the deadline then running, at or after it fell due; an
-    action that leaves the status as it was kept the deadline running, but for one extension
-    of the receipt window; and the events happened in the order they are recorded in."""
+    """Every system action fired the deadline then running, at or after it fell due; no
+    person acted at or after a running deadline fell due (the clock acts first); an action
+    that leaves the status as it was kept the deadline running, but for one extension of the
+    receipt window; and the events happened in the order they are recorded in."""
     problems: list[Problem] = []
     running: Deadline | None = None
     last_at: datetime | None = None
@@ -605,6 +606,18 @@ def check_deadlines(events: Sequence[CaseEvent]) -> list[Problem]:
                     )
                 )
         kind = kind_of(event)
+        person = event.actor.role is not Role.SYSTEM and kind in ACTION_OF
+        if person and running is not None and event.at >= running.due_at:
+            # The clock acts first: by then the deadline had fired, whether or not a tick ran.
+            problems.append(
+                Problem(
+                    "deadline",
+                    v,
+                    f"version {v}: {ACTION_OF[kind]} by the {event.actor.role} at "
+                    f"{event.at.isoformat()} came after {running.action} fell due at "
+                    f"{running.due_at.isoformat()}: the clock should have acted first",
+                )
+            )
         if isinstance(event, ReceiptExtended):
             if extended:
                 problems.append(

@@ -26,10 +26,17 @@ from engine.case import (
     CaseRejected,
     CaseRuled,
     CaseWithdrawn,
+    ChangeOffered,
     DeadlineFired,
     GoodsReceived,
     GoodsShippedBack,
+    MessagePosted,
     MissingItemsReshipped,
+    OfferAccepted,
+    OfferDeclined,
+    OfferLapsed,
+    ReceiptExtended,
+    ReplacementOverdue,
     ReplacementShipped,
     ReshipImpossible,
     ReshipOverdue,
@@ -132,8 +139,19 @@ def _opened(e: CaseOpened, changes: Changes, seq: int) -> None:
     MissingItemsReshipped,
     ReshipImpossible,
     CaseWithdrawn,
+    MessagePosted,
+    ChangeOffered,
+    OfferAccepted,
+    OfferDeclined,
+    ReceiptExtended,
 )
 def _moved(e: CaseEvent, changes: Changes, seq: int) -> None:
+    _case(e, changes)
+
+
+@folds.on(OfferLapsed, ReplacementOverdue)
+def _lapsed(e: DeadlineFired, changes: Changes, seq: int) -> None:
+    """Deadlines the dashboard keeps no time of its own for: the status and deadline move."""
     _case(e, changes)
 
 

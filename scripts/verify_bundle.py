@@ -14,7 +14,8 @@ independently of the engine's code:
 - each action was allowed from the status the case stood in, and led to a status it can lead to;
 - each escalation's claim fits its case, and a missing-items ruling pays no more than the case's
   lines are worth;
-- every system action fired the deadline then running, no earlier than it fell due; an action
+- every system action fired the deadline then running, no earlier than it fell due, and no
+  person acted at or after the running deadline fell due (the clock acts first); an action
   that leaves the status as it was leaves the deadline too, but for the one extension of the
   receipt window, which moves it later by the hours it records;
 - the amount asked matches the order's lines, an offer never exceeds it, refunds never exceed
@@ -353,6 +354,16 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, repor
                 report.add(f"{tag}: the fired deadline has no readable time")
             if fired != running:
                 report.add(f"{tag}: fired a deadline that was not the one running")
+        person = (e.get("actor") or {}).get("role") != "system" and kind in ACTION_OF
+        if person and running:
+            try:
+                if at >= when(running.get("due_at")):
+                    report.add(
+                        f"{tag}: {ACTION_OF[kind]} came after {running.get('action')} fell due "
+                        f"at {running.get('due_at')}: the clock should have acted first"
+                    )
+            except ValueError:
+                report.add(f"{tag}: the deadline running has no readable time")
         if kind == "ReceiptExtended":
             if extended:
                 report.add(f"{tag}: the receipt window extended a second time")

@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -21,10 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.commands import (
+    AcceptOffer,
     ApproveCase,
     Command,
     DeliverOrder,
     EscalateCase,
+    OfferChange,
     OpenCase,
     PlaceOrder,
     ReceiveGoods,
@@ -34,6 +36,7 @@ from engine.commands import (
     RuleCase,
     ShipBack,
     ShipOrder,
+    ShipReplacement,
     Tick,
     WithdrawCase,
 )
@@ -109,6 +112,15 @@ def _reship_ruled(engine: Engine, cid: str) -> None:
     engine.handle(RuleCase(case_id=cid, in_favour_of="buyer", at=at(days=3, hours=3)))
 
 
+def _received_exchange(engine: Engine, cid: str) -> None:
+    _ship(engine, cid)
+    engine.handle(ReceiveGoods(case_id=cid, at=at(days=5)))
+
+
+def _offered(engine: Engine, cid: str) -> None:
+    engine.handle(OfferChange(case_id=cid, type="refund_only", at=at(days=3, hours=1)))
+
+
 SCENARIOS: dict[str, tuple[str, Steps, Callable[[str], Command], str | None, int]] = {
     # name: case type, steps before, the late action, the error it meets (None: it succeeds),
     # and the hours after opening it comes at
@@ -149,6 +161,20 @@ SCENARIOS: dict[str, tuple[str, Steps, Callable[[str], Command], str | None, int
         "reship_overdue",
         25,
     ),
+    "a replacement shipped after its 48 hours": (
+        "exchange",
+        _received_exchange,
+        lambda c: ShipReplacement(case_id=c, carrier="SF", waybill="X2", at=at(days=7, hours=1)),
+        "replacement_overdue",
+        49,
+    ),
+    "an offer accepted after the buyer's 48 hours": (
+        "return_refund",
+        _offered,
+        lambda c: AcceptOffer(case_id=c, at=at(days=5, hours=2)),
+        "offer_lapsed",
+        49,
+    ),
     "a chain: auto-approve, then auto-close ten days later": (
         "return_refund",
         lambda e, c: None,
@@ -180,7 +206,9 @@ def _run(store_url: str, name: str, tick_first: bool) -> tuple[str | None, list[
         cid = open_case(engine, case_type)
         before(engine, cid)
         action = late(cid)
-        assert isinstance(action, (ShipBack, RejectCase, ReceiveGoods, Reship))
+        assert isinstance(
+            action, (ShipBack, RejectCase, ReceiveGoods, Reship, ShipReplacement, AcceptOffer)
+        )
         if tick_first:
             engine.handle(Tick(now=action.at))
         head = engine.store.recorder.max_notification_id()
@@ -410,3 +438,69 @@ def test_ticks_inserted_anywhere_change_nothing_postgres(
     steps: list[tuple[str, UUID, int, str]],
 ) -> None:
     _check_ticks_change_nothing(_postgres_stores, steps)
+
+
+# The audit knows the clock acts first -------------------------------------------------------
+
+
+def test_audit_flags_an_action_recorded_after_a_deadline_that_should_have_fired(
+    engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    """A rejection at hour 72, as the engine once accepted when no tick had run: written with
+    the store's own save on the aggregate's own method, it is reported, never rewritten."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from commands.cli import cli
+    from engine.events import Act
+    from engine.service import case_rows
+    from engine.values import Actor, Role
+
+    setup_order(engine)
+    cid = open_case(engine)
+    case = engine.load_case(cid)
+    late = datetime.fromisoformat(at(days=6))
+    merchant = Act(
+        at=late, actor=Actor(role=Role.MERCHANT, id="shop-1"), command_id="old", recorded_at=late
+    )
+    case.reject(merchant, reason="worn", communication="chat:1")
+    order = engine.load_order("KS-1")
+    order.unlink_case(case.id, case.status.value, list(case.lines), case.refunded_amount, merchant)
+    engine.store.save(case, order, cases=case_rows([case]))
+
+    result = CliRunner().invoke(cli, ["--store", store_url, "audit", cid, "--verify", "--json"])
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    problems = json.loads(result.stdout)["problems"]
+    assert [(p["check"], p["version"]) for p in problems] == [("deadline", 2)], problems
+    assert "the clock should have acted first" in problems[0]["message"]
+    assert "auto_approve fell due at 2026-11-06T10:00:00+08:00" in problems[0]["message"]
+
+    bundle = tmp_path / "bundle.json"
+    exported = CliRunner().invoke(
+        cli, ["--store", store_url, "audit", cid, "--export", str(bundle)]
+    )
+    assert exported.exit_code == 0, exported.output
+    path = Path(__file__).resolve().parent.parent / "scripts" / "verify_bundle.py"
+    spec = importlib.util.spec_from_file_location("verify_bundle", path)
+    assert spec is not None and spec.loader is not None
+    verifier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verifier)
+    offline = verifier.verify(bundle.read_bytes()).problems
+    assert len(offline) == 1 and "the clock should have acted first" in offline[0], offline
+
+
+def test_the_audit_passes_a_history_where_the_clock_acted_first(
+    engine: Engine, store_url: str
+) -> None:
+    from click.testing import CliRunner
+
+    from commands.cli import cli
+
+    setup_order(engine)
+    cid = open_case(engine)
+    engine.handle(ShipBack(case_id=cid, carrier="SF", waybill="R1", at=at(days=6)))
+    result = CliRunner().invoke(cli, ["--store", store_url, "audit", cid, "--verify", "--json"])
+    assert result.exit_code == 0, result.stdout
+    kinds = [e["type"] for e in json.loads(result.stdout)["events"]]
+    assert kinds == ["CaseOpened", "CaseAutoApproved", "GoodsShippedBack"]

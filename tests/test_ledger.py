@@ -64,7 +64,7 @@ def scenario(e: Engine) -> list[str]:
             reason="missing_items.gift",
             amount="15.00",
             lines=["GIFT"],
-            at=at(days=3),
+            at=at(days=3, hours=1),
         )
     )["case_id"]
     e.handle(

@@ -86,7 +86,9 @@ def test_refund_only_offered_and_accepted_refunds_the_offer(engine: Engine, stor
 def test_an_offer_cannot_ask_for_more_than_the_case(engine: Engine) -> None:
     cid = opened(engine)
     try:
-        engine.handle(OfferChange(case_id=cid, type="refund_only", amount="40.00"))
+        engine.handle(
+            OfferChange(case_id=cid, type="refund_only", amount="40.00", at=at(days=3, hours=1))
+        )
     except NotAllowed as exc:
         assert "39.90" in exc.message
     else:  # pragma: no cover
@@ -181,9 +183,11 @@ def test_the_extension_moves_the_refund_and_the_tick_fires_at_the_new_time(
     with Engine(store_url) as engine:
         cid = shipped_back(engine)
     before = run.run("case", "show", cid)
-    error = run.run("case", "extend", cid, "--hours", "73", "--reason", "x", code=3)
+    error = run.run(
+        "case", "extend", cid, "--hours", "73", "--reason", "x", "--at", at(days=5), code=3
+    )  # fmt: skip
     assert "72" in error["error"]["message"]
-    run.run("case", "extend", cid, "--hours", "48", code=2)  # no reason
+    run.run("case", "extend", cid, "--hours", "48", "--at", at(days=5), code=2)  # no reason
     extended = run.run(
         "case", "extend", cid, "--hours", "48", "--reason", "warehouse stocktake",
         "--at", at(days=5),
@@ -191,7 +195,9 @@ def test_the_extension_moves_the_refund_and_the_tick_fires_at_the_new_time(
     assert extended["status"] == "awaiting_merchant_receipt"
     assert when(extended) == when(before) + timedelta(hours=48)
     assert extended["receipt_extension"]["reason"] == "warehouse stocktake"
-    again = run.run("case", "extend", cid, "--hours", "1", "--reason", "more", code=3)
+    again = run.run(
+        "case", "extend", cid, "--hours", "1", "--reason", "more", "--at", at(days=5), code=3
+    )  # fmt: skip
     assert "once" in again["error"]["message"]
     assert run.run("tick", "--now", before["due_at"])["fired"] == []
     ticked = run.run("tick", "--now", extended["due_at"])
@@ -287,3 +293,29 @@ def test_a_refund_above_an_accepted_offer_is_refused(engine: Engine) -> None:
         assert "30.00" in exc.message
     else:  # pragma: no cover
         raise AssertionError("a refund above the agreed amount was taken")
+
+
+def test_the_dashboard_follows_an_offer_and_its_answer(engine: Engine) -> None:
+    from projections.registry import VIEWS
+    from projections.runner import Projector
+
+    cid = opened(engine)
+
+    def row() -> dict[str, Any]:
+        Projector(engine.store).catch_up(VIEWS)
+        rows = engine.store.query(
+            "SELECT status, due_action, first_response_at FROM {t}proj_dashboard_cases "
+            "WHERE case_id = ?",
+            (cid,),
+        )
+        assert len(rows) == 1
+        return rows[0]
+
+    engine.handle(OfferChange(case_id=cid, type="refund_only", at=at(days=3, hours=1)))
+    offered = row()
+    assert (offered["status"], offered["due_action"]) == ("awaiting_buyer_answer", "offer_lapsed")
+    assert offered["first_response_at"] is not None  # the offer is the merchant's answer
+    run = Cli(engine.store.url.text)
+    run.run("tick", "--now", at(days=6))
+    lapsed = row()
+    assert (lapsed["status"], lapsed["due_action"]) == ("awaiting_merchant", "auto_approve")
