@@ -584,11 +584,13 @@ class EventStore(Application[UUID]):
 
 
 def ensure_schema(url: StoreUrl) -> None:
-    """Create the PostgreSQL schema a store URL names, if it is not there yet."""
-    if not url.schema:
-        return
+    """Create the PostgreSQL schema a store URL names, if it is not there yet. A server that
+    cannot be reached is said so at once, not after the connection pool's retries."""
     try:
-        with psycopg.connect(make_conninfo("", **url.conninfo), autocommit=True) as conn:
+        conninfo = make_conninfo("", connect_timeout=10, **url.conninfo)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            if not url.schema:
+                return
             exists = conn.execute(
                 "SELECT 1 FROM pg_namespace WHERE nspname = %s", (url.schema,)
             ).fetchone()
