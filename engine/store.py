@@ -587,7 +587,7 @@ def ensure_schema(url: StoreUrl) -> None:
     """Create the PostgreSQL schema a store URL names, if it is not there yet. A server that
     cannot be reached is said so at once, not after the connection pool's retries."""
     try:
-        conninfo = make_conninfo("", connect_timeout=10, **url.conninfo)
+        conninfo = make_conninfo("", **url.conninfo)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             if not url.schema:
                 return
