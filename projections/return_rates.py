@@ -18,6 +18,7 @@ from engine.case import (
     CaseEscalated,
     CaseOpened,
     DeadlineFired,
+    ReplacementOverdue,
     ReshipOverdue,
 )
 from engine.errors import BadInput
@@ -140,7 +141,8 @@ def _escalated(e: CaseEscalated, changes: Changes, seq: int) -> None:
     bigger(changes.row(CASES, e.originator_id), "escalated", 1)
 
 
-@folds.on(CaseAutoApproved, CaseAutoRefunded, ReshipOverdue)
+# The merchant's timeouts: the system decided because the merchant did not act in time.
+@folds.on(CaseAutoApproved, CaseAutoRefunded, ReshipOverdue, ReplacementOverdue)
 def _timed_out(e: DeadlineFired, changes: Changes, seq: int) -> None:
     bigger(changes.row(CASES, e.originator_id), "timed_out", 1)
 

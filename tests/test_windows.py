@@ -474,6 +474,15 @@ def test_the_replacement_deadline_fires_from_the_tick(engine: Engine, store_url:
     assert case["status"] == "refunded" and case["refund_paid_by"] == "merchant"
     assert case["refunded_amount"] == "39.90"
     assert tick_cli(store_url, at(days=60))["fired"] == []
+    # The merchant's missed replacement counts among its timeouts in the return rates.
+    from projections.registry import VIEWS
+    from projections.return_rates import return_rates
+    from projections.runner import Projector
+
+    Projector(engine.store).catch_up(VIEWS)
+    since, until = datetime.fromisoformat(at(days=-30)), datetime.fromisoformat(at(days=60))
+    rows = return_rates(engine.store, "merchant", since, until)
+    assert [(r["key"], r["timeouts"]) for r in rows] == [("shop-1", 1)], rows
 
 
 def test_a_lost_parcel_reship_end_to_end(engine: Engine) -> None:
