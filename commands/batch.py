@@ -54,14 +54,20 @@ def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
 @click.command("batch")
 @click.argument("source", type=click.File("r", encoding="utf-8"))
 @click.option("--stop-on-error", is_flag=True, help="Stop at the first line that fails.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Result lines are JSON always; with --json a run that cannot start says why in JSON too.",
+)
 @click.pass_context
-def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool) -> None:
+def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: bool) -> None:
     """Run one action per JSON line of FILE (or - for stdin); print one result line each."""
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     try:
         engine = state.engine()
     except AftersalesError as exc:
-        fail_with(exc, as_json=False)
+        fail_with(exc, as_json=as_json)
     counts: Counter[str] = Counter()
     first_failure = 0
     show_progress = sys.stderr.isatty() and source is not sys.stdin

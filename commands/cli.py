@@ -49,7 +49,7 @@ class AftersalesGroup(click.Group):
         return result
 
 
-@click.group(cls=AftersalesGroup)
+@click.group(cls=AftersalesGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--store",
     envvar="AFTERSALES_STORE",

@@ -578,7 +578,18 @@ def verify(raw: bytes) -> Report:
     return report
 
 
+_usage = """usage: verify_bundle.py BUNDLE.json [--json]
+
+Checks a dispute bundle exported by `aftersales audit CASE --export FILE` with nothing but
+Python's standard library: the file byte for byte as exported, each event's hash chain, the
+transitions, the deadlines, the claims and the money. Exit 0 when it verifies, 3 with the
+problems listed, 2 when the file cannot be read. --json prints {"verified", "problems"}."""
+
+
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(_usage)
+        return 0
     args = [a for a in argv if a != "--json"]
     if len(args) != 1:
         print("usage: verify_bundle.py BUNDLE.json [--json]", file=sys.stderr)

@@ -343,3 +343,25 @@ def test_demo_runs_on_a_fresh_store(tmp_path: Path) -> None:
     assert again.returncode == 2  # a fresh store only
     human = _aftersales("demo", cwd=tmp_path)
     assert human.returncode == 0 and "phone case colour difference" in human.stdout
+
+
+def test_help_and_json_conventions(store_url: str, tmp_path: Path) -> None:
+    """-h as well as --help, everywhere; `batch --json` like every other command."""
+    runner = CliRunner()
+    for argv in (["-h"], ["case", "-h"], ["case", "approve", "-h"], ["batch", "-h"]):
+        result = runner.invoke(cli, argv, prog_name="aftersales")
+        assert result.exit_code == 0 and result.output.startswith("Usage: aftersales"), argv
+    line = json.dumps({"action": "case list"})
+    result = runner.invoke(cli, ["--store", store_url, "batch", "--json", "-"], input=line)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"line": 1, "ok": True, "result": []}
+    result = runner.invoke(
+        cli, ["--store", "postgresql://127.0.0.1:1/nothing", "batch", "--json", "-"], input=line
+    )
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"]["code"] == "store_unavailable"
+    verifier = Path(__file__).resolve().parent.parent / "scripts" / "verify_bundle.py"
+    shown = subprocess.run(
+        [sys.executable, str(verifier), "--help"], capture_output=True, text=True, check=False
+    )
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: verify_bundle.py")
