@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -289,8 +290,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workload = Workload(args.seed, args.orders, args.merchants, args.tick_hours)
     out = sys.stdout
-    for line in workload.lines():
-        out.write(json.dumps(line, separators=(",", ":")) + "\n")
+    try:
+        for line in workload.lines():
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        out.flush()
+    except BrokenPipeError:
+        # The reader stopped (`loadgen.py | head`): that is its choice, not an error. Point
+        # stdout at nothing so the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -365,3 +365,17 @@ def test_help_and_json_conventions(store_url: str, tmp_path: Path) -> None:
         [sys.executable, str(verifier), "--help"], capture_output=True, text=True, check=False
     )
     assert shown.returncode == 0 and shown.stdout.startswith("usage: verify_bundle.py")
+
+
+def test_loadgen_into_a_reader_that_stops_early_ends_quietly() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        f"{sys.executable} scripts/loadgen.py --orders 3000 | head -n 1",
+        shell=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert json.loads(result.stdout)["action"] == "order place"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
