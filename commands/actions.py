@@ -19,7 +19,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from commands.output import RENDERERS, emit
-from engine.commands import Action, Command, key_of
+from engine.commands import Action, Command, field_choices, key_of
 
 
 def _inner(annotation: Any) -> Any:
@@ -33,6 +33,9 @@ def _inner(annotation: Any) -> Any:
 
 
 def _enum_words(field: FieldInfo) -> list[str] | None:
+    chosen = field_choices(field)
+    if chosen is not None:
+        return chosen
     kind = _inner(field.annotation)
     if isinstance(kind, type) and issubclass(kind, Enum):
         return [str(m.value) for m in kind]

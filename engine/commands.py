@@ -35,6 +35,7 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from engine.case import ReturnCase, case_uuid
 from engine.errors import BadInput
@@ -192,7 +193,17 @@ def _choice(kind: type[Enum], *, leave_out: Iterable[Enum] = ()) -> Any:
         words = "|".join(str(m.value) for m in allowed)
         raise BadInput(f"{key} {text!r} is not one of {words}")
 
+    check.choices = [str(m.value) for m in allowed]  # type: ignore[attr-defined]
     return BeforeValidator(check)
+
+
+def field_choices(field: FieldInfo) -> list[str] | None:
+    """The words a field takes, where it is a choice (fewer than its type's, sometimes)."""
+    for meta in field.metadata:
+        found = getattr(getattr(meta, "func", None), "choices", None)
+        if found is not None:
+            return list(found)
+    return None
 
 
 def choices(kind: type[Enum], *, leave_out: Iterable[Enum] = ()) -> list[str]:

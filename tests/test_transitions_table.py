@@ -253,3 +253,17 @@ def test_domain_messages_say_what_is_missing_in_words() -> None:
         case.reject(merchant, reason="worn", communication="")
     case.reject(merchant, reason="worn", communication="call:1")
     assert case.status is Status.REJECTED
+
+
+def test_the_command_reference_is_current_and_the_docs_stand_alone() -> None:
+    """docs/command-line.md's reference is what the typed commands generate, and nothing the
+    project documents points outside the repository."""
+    from scripts import command_reference
+
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "command-line.md").read_text(encoding="utf-8")
+    assert command_reference.rewritten(doc) == doc, "run: python -m scripts.command_reference"
+    assert "### `aftersales case approve CASE_ID`" in doc
+    assert "`--for buyer|merchant` (required)" in doc
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        assert "../shared" not in path.read_text(encoding="utf-8"), path
