@@ -499,22 +499,20 @@ class Engine:
                 found = self.uow.get(holder)
                 if isinstance(found, ReturnCase):
                     involved[holder] = found
-        now = self.clock()
         while due := [c for c in involved.values() if _due_by(c, until)]:
             case = min(due, key=lambda c: (c.due.due_at if c.due else until, str(c.id)))
             assert case.due is not None
             deadline = case.due
-            act = Act(
+            fire = FireDeadline(
+                case_id=case.id,
+                deadline=deadline.action,
                 at=deadline.due_at,
-                actor=Actor(role=Role.SYSTEM, id=Role.SYSTEM.value),
                 command_id=deadline_command_id(case.id, case.version, deadline.action),
-                recorded_at=now,
             )
-            before, holding, refunded = case.status, case.holds_lines, case.refunded_amount
-            case.fire(act, self.policy, deadline.action)
-            if settle_order_lines(
-                case, order, was_holding=holding, refunded_before=refunded, act=act
-            ):
+            assert fire.command_id is not None
+            act = self._act(fire, default_actor(case, fire.role), fire.command_id)
+            before = case.status
+            if self._apply(fire, case, act, order):
                 clock.touched[order.id] = order
             clock.touched[case.id] = case
             clock.fired.setdefault(case.id, []).append(
@@ -522,6 +520,15 @@ class Engine:
                 f"then ({before} to {case.status})"
             )
         return clock
+
+    def _apply(self, command: CaseAction, case: ReturnCase, act: Act, order: Order) -> bool:
+        """Take a case action, then free or take back the order's lines as it leaves them;
+        True if the order recorded something."""
+        holding, refunded = case.holds_lines, case.refunded_amount
+        command.apply(case, act, self.policy)
+        return settle_order_lines(
+            case, order, was_holding=holding, refunded_before=refunded, act=act
+        )
 
     # The one entry point -------------------------------------------------------------------
 
@@ -561,11 +568,8 @@ class Engine:
                 settle_order_lines(
                     case, order, was_holding=holding, refunded_before=refunded, act=act
                 )
-            others = clock.changed(exclude=case)
-            settled = order is not None and holding != case.holds_lines
-            if settled and order is not None and all(a is not order for a in others):
-                others.insert(0, order)
-            return case, others, act
+                clock.touched.setdefault(order.id, order)
+            return case, clock.changed(exclude=case), act
 
         return self.uow.run(command, attempt)
 
@@ -693,11 +697,11 @@ class Engine:
 
     @handle.register
     def _show_case(self, command: ShowCase) -> dict[str, Any]:
-        return self.load_case(command.case_id).to_json()
+        return self.get_case(command.case_id)
 
     @handle.register
     def _show_order(self, command: ShowOrder) -> dict[str, Any]:
-        return self.load_order(command.order_id).to_json()
+        return self.get_order(command.order_id)
 
     @handle.register
     def _tick(self, command: Tick) -> dict[str, Any]:
