@@ -12,7 +12,7 @@ from uuid import UUID
 
 from engine.bulk import Item, Report, run_bulk
 from engine.commands import ImportOrder
-from engine.errors import BadInput, NotFound
+from engine.errors import BadInput
 from engine.order import order_uuid
 from engine.service import Engine
 from engine.workers import Worker
@@ -52,7 +52,7 @@ def _order(number: int, data: dict[str, Any]) -> Item[ImportOrder]:
     """One order as a command, or the error that says why the line is not one."""
     try:
         return Item(number, ImportOrder.parse(data))
-    except (BadInput, NotFound) as exc:
+    except BadInput as exc:
         return Item(number, BadInput(f"line {number}: {exc.message}"))
 
 
