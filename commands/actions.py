@@ -18,8 +18,8 @@ from typing import Any
 import click
 from pydantic.fields import FieldInfo
 
-from commands.output import RENDERERS, emit
-from engine.commands import Action, Command, field_choices, key_of
+from aftersales.commands.output import RENDERERS, emit
+from aftersales.engine.commands import Action, Command, field_choices, key_of
 
 
 def _inner(annotation: Any) -> Any:

@@ -11,11 +11,11 @@ from typing import Any
 import click
 from eventsourcing.persistence import PersistenceError
 
-from commands.options import json_option
-from commands.output import State, _cell, _one_line, fail, fail_with, table, to_json
-from engine.audit import Audit, audit_case, bundle, bundle_bytes
-from engine.errors import AftersalesError, BadInput
-from engine.values import parse_time
+from aftersales.commands.options import json_option
+from aftersales.commands.output import State, _cell, _one_line, fail, fail_with, table, to_json
+from aftersales.engine.audit import Audit, audit_case, bundle, bundle_bytes
+from aftersales.engine.errors import AftersalesError, BadInput
+from aftersales.engine.values import parse_time
 
 NOT_VERIFIED = 3
 

@@ -16,10 +16,10 @@ from typing import IO, Any
 import click
 from eventsourcing.persistence import PersistenceError
 
-from commands.output import State, exit_code, fail_with, to_json
-from engine.commands import Command, from_line
-from engine.errors import AftersalesError, BadInput
-from engine.service import Engine
+from aftersales.commands.output import State, exit_code, fail_with, to_json
+from aftersales.engine.commands import Command, from_line
+from aftersales.engine.errors import AftersalesError, BadInput
+from aftersales.engine.service import Engine
 
 
 def parse_line(text: str) -> Command:

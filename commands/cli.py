@@ -8,16 +8,16 @@ from typing import Any
 
 import click
 
-from commands.audit import audit
-from commands.batch import batch
-from commands.cases import case_group
-from commands.clock import scheduler, tick_command
-from commands.demo import demo
-from commands.imports import import_history, import_orders
-from commands.orders import order_group
-from commands.output import State, fail
-from commands.project import project_group
-from commands.report import ledger_cmd, report_group
+from aftersales.commands.audit import audit
+from aftersales.commands.batch import batch
+from aftersales.commands.cases import case_group
+from aftersales.commands.clock import scheduler, tick_command
+from aftersales.commands.demo import demo
+from aftersales.commands.imports import import_history, import_orders
+from aftersales.commands.orders import order_group
+from aftersales.commands.output import State, fail
+from aftersales.commands.project import project_group
+from aftersales.commands.report import ledger_cmd, report_group
 
 
 class AftersalesGroup(click.Group):

@@ -10,12 +10,12 @@ from typing import Any
 import click
 from eventsourcing.persistence import PersistenceError
 
-from commands.actions import click_command
-from commands.options import json_option
-from commands.output import State, fail_with, render_tick, to_json
-from engine.commands import Tick as TickCommand
-from engine.deadlines import BATCH, Tick, tick
-from engine.errors import AftersalesError
+from aftersales.commands.actions import click_command
+from aftersales.commands.options import json_option
+from aftersales.commands.output import State, fail_with, render_tick, to_json
+from aftersales.engine.commands import Tick as TickCommand
+from aftersales.engine.deadlines import BATCH, Tick, tick
+from aftersales.engine.errors import AftersalesError
 
 # The scheduler sleeps in short slices so that a stop signal ends it promptly.
 _NAP = 0.1

@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from commands.options import json_option
-from commands.output import exit_code, table, to_json
-from engine.commands import (
+from aftersales.commands.options import json_option
+from aftersales.commands.output import exit_code, table, to_json
+from aftersales.engine.commands import (
     AcceptOffer,
     ApproveCase,
     DeliverOrder,
@@ -32,12 +32,12 @@ from engine.commands import (
     ShipBack,
     ShipReplacement,
 )
-from engine.deadlines import tick
-from engine.errors import AftersalesError
-from engine.service import Engine
-from projections.ledger import TOTALS, ledger
-from projections.registry import VIEWS
-from projections.runner import Projector
+from aftersales.engine.deadlines import tick
+from aftersales.engine.errors import AftersalesError
+from aftersales.engine.service import Engine
+from aftersales.projections.ledger import TOTALS, ledger
+from aftersales.projections.registry import VIEWS
+from aftersales.projections.runner import Projector
 
 CST = timezone(timedelta(hours=8), "CST")
 START = datetime(2026, 11, 1, 10, 0, tzinfo=CST)

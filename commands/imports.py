@@ -13,13 +13,13 @@ from uuid import UUID
 
 import click
 
-from commands.batch import parse_line
-from commands.options import bulk_options, json_option
-from commands.output import State, emit, exit_code, table
-from engine.bulk import Item, Report, Share, run_bulk
-from engine.commands import Command, OpenCase, Tick
-from engine.errors import AftersalesError
-from engine.imports import (
+from aftersales.commands.batch import parse_line
+from aftersales.commands.options import bulk_options, json_option
+from aftersales.commands.output import State, emit, exit_code, table
+from aftersales.engine.bulk import Item, Report, Share, run_bulk
+from aftersales.engine.commands import Command, OpenCase, Tick
+from aftersales.engine.errors import AftersalesError
+from aftersales.engine.imports import (
     apply_order,
     order_ids,
     order_import_share,
@@ -27,10 +27,10 @@ from engine.imports import (
     read_orders_csv,
     read_orders_jsonl,
 )
-from engine.order import order_uuid
-from engine.service import Engine
-from engine.sql import Dialect
-from engine.workers import Worker, in_processes
+from aftersales.engine.order import order_uuid
+from aftersales.engine.service import Engine
+from aftersales.engine.sql import Dialect
+from aftersales.engine.workers import Worker, in_processes
 
 
 def render_report(report: dict[str, Any]) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import click
 
-from commands.actions import click_command
-from engine.commands import COMMANDS
+from aftersales.commands.actions import click_command
+from aftersales.engine.commands import COMMANDS
 
 
 @click.group("order")

@@ -13,9 +13,9 @@ from typing import Any, NoReturn
 import click
 from eventsourcing.persistence import PersistenceError
 
-from engine.errors import AftersalesError, StoreUnavailable
-from engine.policy import load_policy
-from engine.service import Engine
+from aftersales.engine.errors import AftersalesError, StoreUnavailable
+from aftersales.engine.policy import load_policy
+from aftersales.engine.service import Engine
 
 Renderer = Callable[[Any], str]
 

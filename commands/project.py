@@ -10,12 +10,12 @@ from typing import Any
 
 import click
 
-from commands.options import json_option
-from commands.output import emit, table
-from engine.service import Engine
-from projections.base import Progress
-from projections.registry import VIEWS, select
-from projections.runner import DEFAULT_BATCH, Projector
+from aftersales.commands.options import json_option
+from aftersales.commands.output import emit, table
+from aftersales.engine.service import Engine
+from aftersales.projections.base import Progress
+from aftersales.projections.registry import VIEWS, select
+from aftersales.projections.runner import DEFAULT_BATCH, Projector
 
 _NAMES = click.Choice([v.name for v in VIEWS])
 

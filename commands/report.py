@@ -9,16 +9,16 @@ from typing import Any
 
 import click
 
-from commands.options import json_option
-from commands.output import emit, table
-from engine.errors import BadInput
-from engine.service import Engine
-from engine.values import parse_time
-from projections.base import View
-from projections.dashboard import Dashboard, dashboard
-from projections.ledger import TOTALS, Ledger, ledger
-from projections.return_rates import GROUPINGS, ReturnRates, return_rates
-from projections.runner import Projector
+from aftersales.commands.options import json_option
+from aftersales.commands.output import emit, table
+from aftersales.engine.errors import BadInput
+from aftersales.engine.service import Engine
+from aftersales.engine.values import parse_time
+from aftersales.projections.base import View
+from aftersales.projections.dashboard import Dashboard, dashboard
+from aftersales.projections.ledger import TOTALS, Ledger, ledger
+from aftersales.projections.return_rates import GROUPINGS, ReturnRates, return_rates
+from aftersales.projections.runner import Projector
 
 RATE_COLUMNS = [
     "key",

@@ -42,7 +42,7 @@ from uuid import UUID
 from eventsourcing.persistence import Mapper, StoredEvent
 from pydantic import BaseModel
 
-from engine.case import (
+from aftersales.engine.case import (
     EVENT_CLASSES,
     HOLDING_STATUSES,
     CaseEscalated,
@@ -58,13 +58,13 @@ from engine.case import (
     ReturnCase,
     case_uuid,
 )
-from engine.errors import BadInput, NotFound
-from engine.events import GENESIS_HASH, Deadline, Event, chain_hash
-from engine.order import CaseLinked, CaseUnlinked, Order, OrderPlaced, lines_worth
-from engine.policy import Policy
-from engine.store import EventStore
-from engine.transitions import ALLOWED_FROM, bind, claim_misfit
-from engine.values import CENT, ZERO, Claim, Party, Role, Status, money_str
+from aftersales.engine.errors import BadInput, NotFound
+from aftersales.engine.events import GENESIS_HASH, Deadline, Event, chain_hash
+from aftersales.engine.order import CaseLinked, CaseUnlinked, Order, OrderPlaced, lines_worth
+from aftersales.engine.policy import Policy
+from aftersales.engine.store import EventStore
+from aftersales.engine.transitions import ALLOWED_FROM, bind, claim_misfit
+from aftersales.engine.values import CENT, ZERO, Claim, Party, Role, Status, money_str
 
 S = Status
 BUNDLE_FORMAT = "aftersales-dispute-bundle/1"

@@ -19,9 +19,9 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from engine.case import ReturnCase
-from engine.errors import AftersalesError
-from engine.service import Chunk, Engine, Pending, SaveNow
+from aftersales.engine.case import ReturnCase
+from aftersales.engine.errors import AftersalesError
+from aftersales.engine.service import Chunk, Engine, Pending, SaveNow
 
 T = TypeVar("T")
 MAX_ERRORS_KEPT = 1000

@@ -18,11 +18,11 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from engine.errors import BadInput, NotAllowed, NotFound
-from engine.events import Act, Aggregate, Created, Deadline, Event
-from engine.order import CaseLine, Order, Shipment, lines_worth
-from engine.policy import Policy, Stage
-from engine.transitions import (
+from aftersales.engine.errors import BadInput, NotAllowed, NotFound
+from aftersales.engine.events import Act, Aggregate, Created, Deadline, Event
+from aftersales.engine.order import CaseLine, Order, Shipment, lines_worth
+from aftersales.engine.policy import Policy, Stage
+from aftersales.engine.transitions import (
     ALLOWED_FROM,
     OPEN,
     PERSON_ACTIONS,
@@ -30,7 +30,7 @@ from engine.transitions import (
     claim_misfit,
     outcome,
 )
-from engine.values import (
+from aftersales.engine.values import (
     FINAL_STATUSES,
     PARCEL_LOST_OR_DAMAGED,
     RETURN_TYPES,

@@ -37,10 +37,10 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from engine.case import ReturnCase, case_uuid
-from engine.errors import BadInput
-from engine.events import Act
-from engine.order import (
+from aftersales.engine.case import ReturnCase, case_uuid
+from aftersales.engine.errors import BadInput
+from aftersales.engine.events import Act
+from aftersales.engine.order import (
     Order,
     OrderLine,
     Shipment,
@@ -48,8 +48,8 @@ from engine.order import (
     parse_case_line,
     parse_order_line,
 )
-from engine.policy import Policy
-from engine.values import (
+from aftersales.engine.policy import Policy
+from aftersales.engine.values import (
     CaseType,
     Claim,
     Condition,

@@ -31,11 +31,11 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from engine.commands import FireDeadline
-from engine.errors import AftersalesError, BadInput, NotAllowed
-from engine.service import Engine, Group, SaveNow, deadline_command_id
-from engine.store import parse_stored_time
-from engine.values import DueAction
+from aftersales.engine.commands import FireDeadline
+from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed
+from aftersales.engine.service import Engine, Group, SaveNow, deadline_command_id
+from aftersales.engine.store import parse_stored_time
+from aftersales.engine.values import DueAction
 
 # Deadlines read from the index per query: memory stays flat however many fall due at once.
 BATCH = 500

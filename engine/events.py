@@ -15,10 +15,22 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from uuid import UUID
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggregate
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, register_topic
 from pydantic import BaseModel, ConfigDict
 
-from engine.values import Actor, DueAction
+import aftersales.engine
+from aftersales.engine.values import Actor, DueAction
+
+# A stored event names its class by its module within the installed package
+# ("engine.case:CaseOpened"), so stored events, their hashes and exported bundles do not depend
+# on the name the package is installed under; such a topic resolves through the package.
+_PACKAGE = "aftersales."
+register_topic("engine", aftersales.engine)
+
+
+def stored_topic(cls: type) -> str:
+    """The topic a class is stored under: its module without the package prefix, and its name."""
+    return f"{cls.__module__.removeprefix(_PACKAGE)}:{cls.__qualname__}"
 
 
 class Event(BaseModel, CanMutateAggregate[UUID]):
@@ -27,6 +39,12 @@ class Event(BaseModel, CanMutateAggregate[UUID]):
     # Bumped when an event class changes shape; old shapes are upcast on reading
     # by ``upcast_v{n}_v{n+1}`` class methods, as the library does for its own events.
     class_version: ClassVar[int] = 1
+    # The library names a class by its TOPIC when it has one.
+    TOPIC: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TOPIC = stored_topic(cls)
 
     originator_id: UUID
     originator_version: int
@@ -130,6 +148,12 @@ class Aggregate(BaseAggregate[UUID]):
 
     if TYPE_CHECKING:
         last_hash: str
+
+    TOPIC: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TOPIC = stored_topic(cls)
 
     @classmethod
     def _create_sealed(cls, event_class: type[Created], *, id: UUID, **kwargs: Any) -> Self:

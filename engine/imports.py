@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import IO, Any
 from uuid import UUID
 
-from engine.bulk import Item, Report, run_bulk
-from engine.commands import ImportOrder
-from engine.errors import BadInput
-from engine.order import order_uuid
-from engine.service import Engine
-from engine.workers import Worker
+from aftersales.engine.bulk import Item, Report, run_bulk
+from aftersales.engine.commands import ImportOrder
+from aftersales.engine.errors import BadInput
+from aftersales.engine.order import order_uuid
+from aftersales.engine.service import Engine
+from aftersales.engine.workers import Worker
 
 ORDER_FIELDS = (
     "order_id",

@@ -19,9 +19,9 @@ from uuid import UUID, uuid5
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.errors import BadInput, NotAllowed
-from engine.events import Act, Aggregate, Created, Event
-from engine.values import CENT, ZERO, money_str, parse_money
+from aftersales.engine.errors import BadInput, NotAllowed
+from aftersales.engine.events import Act, Aggregate, Created, Event
+from aftersales.engine.values import CENT, ZERO, money_str, parse_money
 
 ORDER_NAMESPACE = UUID("6f1c5c9e-3a52-4c8e-9b1e-2f8d7a4e5b10")
 _SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")

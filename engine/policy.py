@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from engine.errors import BadInput
-from engine.values import CaseType, parse_money
+from aftersales.engine.errors import BadInput
+from aftersales.engine.values import CaseType, parse_money
 
 
 def _money(value: Any) -> Decimal:

@@ -29,8 +29,8 @@ from uuid import UUID, uuid4
 
 from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 
-from engine.case import ReturnCase, case_uuid, settle_order_lines
-from engine.commands import (
+from aftersales.engine.case import ReturnCase, case_uuid, settle_order_lines
+from aftersales.engine.commands import (
     Action,
     CaseAction,
     Command,
@@ -45,13 +45,13 @@ from engine.commands import (
     Tick,
     new_case_id,
 )
-from engine.errors import AftersalesError, BadInput, Conflict, NotAllowed, NotFound
-from engine.events import Act
-from engine.order import Order, check_order_id, order_uuid
-from engine.policy import Policy
-from engine.sql import Dialect
-from engine.store import CaseRow, CommandRow, EventStore, parse_stored_time
-from engine.values import Actor, DueAction, Role, Status, money_str
+from aftersales.engine.errors import AftersalesError, BadInput, Conflict, NotAllowed, NotFound
+from aftersales.engine.events import Act
+from aftersales.engine.order import Order, check_order_id, order_uuid
+from aftersales.engine.policy import Policy
+from aftersales.engine.sql import Dialect
+from aftersales.engine.store import CaseRow, CommandRow, EventStore, parse_stored_time
+from aftersales.engine.values import Actor, DueAction, Role, Status, money_str
 
 __all__ = ["Engine", "new_case_id"]
 
@@ -705,7 +705,7 @@ class Engine:
 
     @handle.register
     def _tick(self, command: Tick) -> dict[str, Any]:
-        from engine.deadlines import tick  # the clock is built on the engine
+        from aftersales.engine.deadlines import tick  # the clock is built on the engine
 
         return tick(self, command.now or self.clock(), batch=command.batch).to_json()
 

@@ -44,9 +44,9 @@ from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
-from engine.errors import BadInput, StoreUnavailable
-from engine.events import Aggregate, Event, stored_json, stored_state
-from engine.sql import SQLITE, Dialect
+from aftersales.engine.errors import BadInput, StoreUnavailable
+from aftersales.engine.events import Aggregate, Event, stored_json, stored_state
+from aftersales.engine.sql import SQLITE, Dialect
 
 DEFAULT_STORE = "sqlite:///aftersales.db"
 APP_NAME = "Aftersales"

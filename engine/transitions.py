@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Generic, TypeVar
 
-from engine.values import (
+from aftersales.engine.values import (
     AWAITING_STATUSES,
     FINAL_STATUSES,
     RETURN_TYPES,

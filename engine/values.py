@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.errors import BadInput
+from aftersales.engine.errors import BadInput
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")

@@ -20,8 +20,8 @@ from typing import Any
 
 from eventsourcing.persistence import PersistenceError
 
-from engine.bulk import MAX_ERRORS_KEPT, Failure, Report
-from engine.errors import (
+from aftersales.engine.bulk import MAX_ERRORS_KEPT, Failure, Report
+from aftersales.engine.errors import (
     AftersalesError,
     BadInput,
     Conflict,
@@ -29,7 +29,7 @@ from engine.errors import (
     NotFound,
     StoreUnavailable,
 )
-from engine.store import parse_store_url
+from aftersales.engine.store import parse_store_url
 
 
 @dataclass

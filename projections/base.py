@@ -47,9 +47,9 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from engine.events import Event
-from engine.sql import SQLITE, Dialect
-from engine.store import APP_NAME, utc_text
+from aftersales.engine.events import Event
+from aftersales.engine.sql import SQLITE, Dialect
+from aftersales.engine.store import APP_NAME, utc_text
 
 PREFIX = "proj_"
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from engine.case import (
+from aftersales.engine.case import (
     CaseApproved,
     CaseAutoApproved,
     CaseAutoClosed,
@@ -41,9 +41,9 @@ from engine.case import (
     ReshipImpossible,
     ReshipOverdue,
 )
-from engine.store import EventStore
-from engine.values import FINAL_STATUSES, Role
-from projections.base import (
+from aftersales.engine.store import EventStore
+from aftersales.engine.values import FINAL_STATUSES, Role
+from aftersales.projections.base import (
     Changes,
     Folds,
     Table,

@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from engine.case import CaseOpened, CaseRefunded, FreightCharged, LateShipmentPenalty
-from engine.store import EventStore
-from projections.base import Changes, Folds, Table, View, cents, col, money
+from aftersales.engine.case import CaseOpened, CaseRefunded, FreightCharged, LateShipmentPenalty
+from aftersales.engine.store import EventStore
+from aftersales.projections.base import Changes, Folds, Table, View, cents, col, money
 
 CASES = Table(
     "proj_ledger_cases",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from engine.errors import BadInput
-from projections.base import View
-from projections.dashboard import Dashboard
-from projections.ledger import Ledger
-from projections.return_rates import ReturnRates
+from aftersales.engine.errors import BadInput
+from aftersales.projections.base import View
+from aftersales.projections.dashboard import Dashboard
+from aftersales.projections.ledger import Ledger
+from aftersales.projections.return_rates import ReturnRates
 
 VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger)
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from engine.case import (
+from aftersales.engine.case import (
     CaseAutoApproved,
     CaseAutoRefunded,
     CaseEscalated,
@@ -21,11 +21,11 @@ from engine.case import (
     ReplacementOverdue,
     ReshipOverdue,
 )
-from engine.errors import BadInput
-from engine.order import CaseUnlinked, OrderDelivered, OrderPlaced
-from engine.store import EventStore
-from engine.values import reason_group
-from projections.base import Changes, Folds, Table, View, bigger, cents, col, keep, money
+from aftersales.engine.errors import BadInput
+from aftersales.engine.order import CaseUnlinked, OrderDelivered, OrderPlaced
+from aftersales.engine.store import EventStore
+from aftersales.engine.values import reason_group
+from aftersales.projections.base import Changes, Folds, Table, View, bigger, cents, col, keep, money
 
 ORDERS = Table(
     "proj_rates_orders",

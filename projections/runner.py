@@ -21,8 +21,8 @@ from eventsourcing.projection import ProjectionRunner
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from engine.store import APP_NAME, EventStore
-from projections.base import (
+from aftersales.engine.store import APP_NAME, EventStore
+from aftersales.projections.base import (
     Fact,
     Progress,
     ProgressFn,

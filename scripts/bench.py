@@ -39,13 +39,13 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.commands import (  # noqa: E402
+from aftersales.engine.commands import (  # noqa: E402
     ListCases,
     OpenCase,
     PlaceOrder,
     new_case_id,
 )
-from engine.service import Engine  # noqa: E402
+from aftersales.engine.service import Engine  # noqa: E402
 
 DEFAULT_STORE = "postgresql://127.0.0.1:5432/test"
 T0 = "2026-11-01T10:00:00+08:00"
@@ -169,7 +169,7 @@ class Bench:
         started = time.perf_counter()
         with out_path.open("w") as out, err_path.open("w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "commands.cli", "--store", self.url, *args],
+                [sys.executable, "-m", "aftersales.commands.cli", "--store", self.url, *args],
                 cwd=ROOT,
                 stdout=out,
                 stderr=err,
@@ -450,9 +450,9 @@ class Bench:
     def large_store(self) -> None:
         """A store with many open cases: the tick that finds nothing, firing, one audit, one
         merchant's dashboard, and the catch-up of the whole log."""
-        from engine.audit import audit_case
-        from engine.deadlines import tick
-        from projections.dashboard import dashboard
+        from aftersales.engine.audit import audit_case
+        from aftersales.engine.deadlines import tick
+        from aftersales.projections.dashboard import dashboard
         from scripts.bench_audit import fifty_event_case
         from scripts.bench_tick import REVIEW, build
         from scripts.bench_tick import T0 as TICK_T0

@@ -34,14 +34,21 @@ from decimal import Decimal
 import psycopg
 from psycopg.sql import SQL, Identifier
 
-from engine.audit import audit_case, read_history, replay
-from engine.case import ReturnCase
-from engine.commands import DeliverOrder, EscalateCase, OpenCase, PlaceOrder, RejectCase, RuleCase
-from engine.events import Act
-from engine.order import Order, OrderLine
-from engine.policy import Policy
-from engine.service import Engine, case_row
-from engine.values import Actor, CaseType, Role
+from aftersales.engine.audit import audit_case, read_history, replay
+from aftersales.engine.case import ReturnCase
+from aftersales.engine.commands import (
+    DeliverOrder,
+    EscalateCase,
+    OpenCase,
+    PlaceOrder,
+    RejectCase,
+    RuleCase,
+)
+from aftersales.engine.events import Act
+from aftersales.engine.order import Order, OrderLine
+from aftersales.engine.policy import Policy
+from aftersales.engine.service import Engine, case_row
+from aftersales.engine.values import Actor, CaseType, Role
 
 PG = os.environ.get("AFTERSALES_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)

@@ -26,11 +26,11 @@ from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.store import EventStore
-from projections.dashboard import dashboard
-from projections.registry import VIEWS
-from projections.return_rates import return_rates
-from projections.runner import Projector
+from aftersales.engine.store import EventStore
+from aftersales.projections.dashboard import dashboard
+from aftersales.projections.registry import VIEWS
+from aftersales.projections.return_rates import return_rates
+from aftersales.projections.runner import Projector
 from scripts.workload import START, generate
 
 

@@ -36,13 +36,13 @@ from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.case import ReturnCase
-from engine.deadlines import due_deadlines, tick
-from engine.events import Act
-from engine.order import Order, OrderLine
-from engine.policy import Policy
-from engine.service import Engine, case_row
-from engine.values import Actor, CaseType, Role
+from aftersales.engine.case import ReturnCase
+from aftersales.engine.deadlines import due_deadlines, tick
+from aftersales.engine.events import Act
+from aftersales.engine.order import Order, OrderLine
+from aftersales.engine.policy import Policy
+from aftersales.engine.service import Engine, case_row
+from aftersales.engine.values import Actor, CaseType, Role
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=CST)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
-from commands.actions import METAVARS, _inner, _scalar
-from engine.commands import COMMANDS, Action, Command, field_choices, key_of
+from aftersales.commands.actions import METAVARS, _inner, _scalar
+from aftersales.engine.commands import COMMANDS, Action, Command, field_choices, key_of
 
 BEGIN = "<!-- commands:begin -->"
 END = "<!-- commands:end -->"

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
-from engine.transitions import TRANSITIONS, Charge, Given, Transition
-from engine.values import Status
+from aftersales.engine.transitions import TRANSITIONS, Charge, Given, Transition
+from aftersales.engine.values import Status
 
 BEGIN = "<!-- transitions:begin -->"
 END = "<!-- transitions:end -->"

@@ -15,13 +15,13 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import UUID, uuid4
 
-from engine.case import ReturnCase, settle_order_lines
-from engine.events import Act
-from engine.order import Order, OrderLine, Shipment
-from engine.policy import Policy
-from engine.service import case_row
-from engine.store import EventStore
-from engine.values import Actor, CaseType, Claim, DueAction, Party, Role
+from aftersales.engine.case import ReturnCase, settle_order_lines
+from aftersales.engine.events import Act
+from aftersales.engine.order import Order, OrderLine, Shipment
+from aftersales.engine.policy import Policy
+from aftersales.engine.service import case_row
+from aftersales.engine.store import EventStore
+from aftersales.engine.values import Actor, CaseType, Claim, DueAction, Party, Role
 
 CST = timezone(timedelta(hours=8))
 START = datetime(2026, 9, 1, 9, 0, tzinfo=CST)

@@ -11,10 +11,10 @@ import json
 import sys
 import time
 
-from commands.output import exit_code
-from engine.commands import ApproveCase, ListCases, OpenCase, RejectCase, WithdrawCase
-from engine.errors import AftersalesError
-from engine.service import Engine
+from aftersales.commands.output import exit_code
+from aftersales.engine.commands import ApproveCase, ListCases, OpenCase, RejectCase, WithdrawCase
+from aftersales.engine.errors import AftersalesError
+from aftersales.engine.service import Engine
 
 
 def main() -> None:

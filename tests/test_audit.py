@@ -27,19 +27,19 @@ from eventsourcing import utils as es_utils
 from psycopg.sql import SQL, Identifier
 from pydantic import ValidationError
 
-import engine.commands
-import engine.service
-from commands.cli import cli
-from commands.demo import play
-from engine import audit as audit_mod
-from engine import case as case_mod
-from engine import events as events_mod
-from engine import order as order_mod
-from engine import transitions as transitions_mod
-from engine import values as values_mod
-from engine.audit import audit_case
-from engine.case import CaseRejected
-from engine.commands import (
+from aftersales.commands.cli import cli
+from aftersales.commands.demo import play
+from aftersales.engine import audit as audit_mod
+from aftersales.engine import case as case_mod
+from aftersales.engine import commands as commands_mod
+from aftersales.engine import events as events_mod
+from aftersales.engine import order as order_mod
+from aftersales.engine import service as service_mod
+from aftersales.engine import transitions as transitions_mod
+from aftersales.engine import values as values_mod
+from aftersales.engine.audit import audit_case
+from aftersales.engine.case import CaseRejected
+from aftersales.engine.commands import (
     ApproveCase,
     EscalateCase,
     FireDeadline,
@@ -52,9 +52,9 @@ from engine.commands import (
     RuleCase,
     ShipBack,
 )
-from engine.errors import BadInput, NotFound
-from engine.service import Engine
-from engine.store import parse_store_url
+from aftersales.engine.errors import BadInput, NotFound
+from aftersales.engine.service import Engine
+from aftersales.engine.store import parse_store_url
 from tests.conftest import PG_URL, at, drop_schema, place_delivered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -395,7 +395,7 @@ def test_edited_money_with_a_recomputed_hash_is_still_caught(
     engine: Engine, store_url: str, phone_case: str
 ) -> None:
     """Someone who also recomputes the chain: the hashes hold, the rules do not."""
-    from engine.events import chain_hash
+    from aftersales.engine.events import chain_hash
 
     previous = json.loads(stored_state(store_url, phone_case, 4))["hash"]
     for version in (5, 6):
@@ -458,9 +458,9 @@ def test_two_swapped_events_name_their_versions(
 
 def test_a_deadline_fired_early_or_not_running_is_caught() -> None:
     """The checks on system actions, on events the engine itself would refuse to record."""
-    from engine.case import CaseAutoApproved, CaseOpened
-    from engine.events import Deadline
-    from engine.values import Actor, DueAction, Role, Status
+    from aftersales.engine.case import CaseAutoApproved, CaseOpened
+    from aftersales.engine.events import Deadline
+    from aftersales.engine.values import Actor, DueAction, Role, Status
 
     t = datetime(2026, 11, 1, tzinfo=UTC)
     due = Deadline(
@@ -729,8 +729,8 @@ def deterministic_demo(store: str, monkeypatch: pytest.MonkeyPatch) -> list[str]
     def fixed() -> uuid.UUID:
         return uuid.UUID(int=rng.getrandbits(128))
 
-    monkeypatch.setattr(engine.service, "uuid4", fixed)
-    monkeypatch.setattr(engine.commands, "uuid4", fixed)
+    monkeypatch.setattr(service_mod, "uuid4", fixed)
+    monkeypatch.setattr(commands_mod, "uuid4", fixed)
     ticks = itertools.count()
 
     def clock() -> datetime:
@@ -859,7 +859,7 @@ def test_dispute_paths_verify(engine: Engine, store_url: str, tmp_path: Path) ->
         assert verifier.verify((tmp_path / f"{cid}.json").read_bytes()).problems == []
 
     # A penalty recorded on its own, outside the action it belongs to, does not verify.
-    from engine.case import LateShipmentPenalty
+    from aftersales.engine.case import LateShipmentPenalty
 
     events = [e for e in engine.store.events.get(uuid.UUID(gift))]
     penalty = next(e for e in events if isinstance(e, LateShipmentPenalty))
@@ -877,9 +877,9 @@ def test_sealing_hashes_the_same_canonical_json_as_the_standalone_verifier() -> 
     """Sealing writes the canonical JSON out by hand (to encode each event once); it must hash
     exactly what the verifier's plain ``json.dumps(sort_keys=True)`` form hashes, and the stored
     text must hold the same values."""
-    from engine.events import GENESIS_HASH, Deadline, _sealed, chain_hash, stored_json
-    from engine.events import stored_state as stored_state_of
-    from engine.values import Actor, DueAction, Role
+    from aftersales.engine.events import GENESIS_HASH, Deadline, _sealed, chain_hash, stored_json
+    from aftersales.engine.events import stored_state as stored_state_of
+    from aftersales.engine.values import Actor, DueAction, Role
 
     verifier = load_verifier()
     awkward = 'quote " backslash \\ newline \n tab \t 中文 emoji 🎁 \u2028 \x01'

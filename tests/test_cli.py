@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from commands.cli import cli
+from aftersales.commands.cli import cli
 from tests.conftest import at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,7 +257,7 @@ def _aftersales(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "commands.cli", *args],
+        [sys.executable, "-m", "aftersales.commands.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -22,10 +22,10 @@ from uuid import UUID
 import pytest
 from click.testing import CliRunner
 
-from commands.cli import cli
-from commands.demo import play
-from engine.case import ReturnCase
-from engine.commands import (
+from aftersales.commands.cli import cli
+from aftersales.commands.demo import play
+from aftersales.engine.case import ReturnCase
+from aftersales.engine.commands import (
     ApproveCase,
     DeliverOrder,
     EscalateCase,
@@ -35,10 +35,10 @@ from engine.commands import (
     ShipBack,
     WithdrawCase,
 )
-from engine.deadlines import Tick, due_deadlines, tick
-from engine.errors import Conflict, NotAllowed
-from engine.policy import Policy, Windows
-from engine.service import Engine
+from aftersales.engine.deadlines import Tick, due_deadlines, tick
+from aftersales.engine.errors import Conflict, NotAllowed
+from aftersales.engine.policy import Policy, Windows
+from aftersales.engine.service import Engine
 from tests.conftest import at, place_delivered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -505,7 +505,7 @@ def scheduler(store_url: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> subprocess.Popen[str]:
-        proc = spawn("commands.cli", "--store", store_url, "scheduler", *args)
+        proc = spawn("aftersales.commands.cli", "--store", store_url, "scheduler", *args)
         procs.append(proc)
         return proc
 
@@ -550,7 +550,7 @@ def test_the_scheduler_fires_and_stops_cleanly(
 
 
 def test_the_scheduler_reports_a_store_it_cannot_open() -> None:
-    proc = spawn("commands.cli", "--store", "mysql://nowhere", "scheduler", "--json")
+    proc = spawn("aftersales.commands.cli", "--store", "mysql://nowhere", "scheduler", "--json")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert json.loads(out)["error"]["code"] == "bad_input" and err.startswith("error: ")

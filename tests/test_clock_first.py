@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.commands import (
+from aftersales.engine.commands import (
     AcceptOffer,
     ApproveCase,
     Command,
@@ -40,9 +40,9 @@ from engine.commands import (
     Tick,
     WithdrawCase,
 )
-from engine.errors import AftersalesError, BadInput, NotAllowed
-from engine.order import order_uuid
-from engine.service import Engine
+from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed
+from aftersales.engine.order import order_uuid
+from aftersales.engine.service import Engine
 from tests.conftest import PG_URL, T0, at, drop_schema
 
 CASE_A = UUID("0a0a0a0a-0000-4000-8000-00000000000a")
@@ -188,15 +188,15 @@ SCENARIOS: dict[str, tuple[str, Steps, Callable[[str], Command], str | None, int
 @contextmanager
 def same_ids() -> Iterator[None]:
     """Actions given no command id get the same generated ones in both runs compared."""
-    import engine.service
+    from aftersales.engine import service
 
     counter = iter(range(1, 1_000_000))
-    real = engine.service.uuid4
-    engine.service.uuid4 = lambda: UUID(int=next(counter))  # type: ignore[assignment]
+    real = service.uuid4
+    service.uuid4 = lambda: UUID(int=next(counter))  # type: ignore[assignment]
     try:
         yield
     finally:
-        engine.service.uuid4 = real
+        service.uuid4 = real
 
 
 def _run(store_url: str, name: str, tick_first: bool) -> tuple[str | None, list[Any], list[Any]]:
@@ -452,10 +452,10 @@ def test_audit_flags_an_action_recorded_after_a_deadline_that_should_have_fired(
 
     from click.testing import CliRunner
 
-    from commands.cli import cli
-    from engine.events import Act
-    from engine.service import case_rows
-    from engine.values import Actor, Role
+    from aftersales.commands.cli import cli
+    from aftersales.engine.events import Act
+    from aftersales.engine.service import case_rows
+    from aftersales.engine.values import Actor, Role
 
     setup_order(engine)
     cid = open_case(engine)
@@ -495,7 +495,7 @@ def test_the_audit_passes_a_history_where_the_clock_acted_first(
 ) -> None:
     from click.testing import CliRunner
 
-    from commands.cli import cli
+    from aftersales.commands.cli import cli
 
     setup_order(engine)
     cid = open_case(engine)

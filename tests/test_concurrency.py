@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from engine.commands import (
+from aftersales.engine.commands import (
     ApproveCase,
     DeliverOrder,
     ListCases,
@@ -22,8 +22,8 @@ from engine.commands import (
     PlaceOrder,
     WithdrawCase,
 )
-from engine.errors import NotAllowed
-from engine.service import Engine
+from aftersales.engine.errors import NotAllowed
+from aftersales.engine.service import Engine
 from tests.conftest import at, place_delivered
 
 ROOT = Path(__file__).resolve().parent.parent

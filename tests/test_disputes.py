@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.commands import (
+from aftersales.engine.commands import (
     ApproveCase,
     EscalateCase,
     FireDeadline,
@@ -21,8 +21,8 @@ from engine.commands import (
     RuleCase,
     ShipBack,
 )
-from engine.errors import NotAllowed
-from engine.service import Engine
+from aftersales.engine.errors import NotAllowed
+from aftersales.engine.service import Engine
 from tests.conftest import at, place_delivered
 
 LINES = ("EARBUDS:1:199.00:electronics", "CASE:1:0.00:gift:15.00", "CABLE:1:9.90:accessory:12.00")

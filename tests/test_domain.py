@@ -18,7 +18,7 @@ from uuid import uuid4
 
 import pytest
 
-from engine.case import (
+from aftersales.engine.case import (
     ALLOWED_FROM,
     PERSON_ACTIONS,
     CaseApproved,
@@ -46,9 +46,9 @@ from engine.case import (
     ReturnCase,
     settle_order_lines,
 )
-from engine.errors import AftersalesError, BadInput, NotAllowed
-from engine.events import Act, Aggregate, Deadline, Event
-from engine.order import (
+from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed
+from aftersales.engine.events import Act, Aggregate, Deadline, Event
+from aftersales.engine.order import (
     CaseLine,
     CaseLinked,
     CaseUnlinked,
@@ -60,8 +60,8 @@ from engine.order import (
     parse_case_line,
     parse_order_line,
 )
-from engine.policy import Policy, TypeWindows, Windows
-from engine.values import (
+from aftersales.engine.policy import Policy, TypeWindows, Windows
+from aftersales.engine.values import (
     Actor,
     CaseType,
     Claim,

@@ -13,8 +13,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from commands.cli import cli
-from engine.commands import (
+from aftersales.commands.cli import cli
+from aftersales.engine.commands import (
     BY_NAME,
     COMMANDS,
     ApproveCase,
@@ -25,8 +25,8 @@ from engine.commands import (
     from_line,
     key_of,
 )
-from engine.errors import BadInput, NotAllowed
-from engine.service import Engine
+from aftersales.engine.errors import BadInput, NotAllowed
+from aftersales.engine.service import Engine
 from tests.conftest import at, place_delivered
 
 

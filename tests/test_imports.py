@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from commands.cli import cli
-from engine.bulk import Report
-from engine.commands import ApproveCase, ListCases, OpenCase, new_case_id
-from engine.errors import NotFound
-from engine.imports import ORDER_FIELDS
-from engine.service import Engine
-from engine.workers import Worker, in_processes
+from aftersales.commands.cli import cli
+from aftersales.engine.bulk import Report
+from aftersales.engine.commands import ApproveCase, ListCases, OpenCase, new_case_id
+from aftersales.engine.errors import NotFound
+from aftersales.engine.imports import ORDER_FIELDS
+from aftersales.engine.service import Engine
+from aftersales.engine.workers import Worker, in_processes
 from tests.conftest import at
 
 HEADER = ",".join(ORDER_FIELDS)
@@ -269,7 +269,7 @@ def test_a_chunk_that_loses_a_race_is_redone_with_the_chunk_worked_out_on_top_of
     chunk 2 (worked out in memory while chunk 1 was being saved, on PostgreSQL) approves that
     case. Chunk 1's save fails on the order's version, and both chunks are redone one by one
     on the new state: nothing is lost, nothing is counted twice."""
-    from engine.bulk import Item, run_bulk
+    from aftersales.engine.bulk import Item, run_bulk
     from tests.conftest import place_delivered
 
     lines = ("CASE-RED:1:39.90:phone_accessory", "STRAP:1:9.90:phone_accessory")
@@ -437,7 +437,7 @@ def test_history_workers_send_a_cases_lines_to_its_orders_worker(
     opened it (its saves may still be on their way: its order is known from that chunk),
     case B two chunks later (its order is found in the store). The case id alone would send
     the withdrawals to another worker."""
-    from engine.imports import order_owner
+    from aftersales.engine.imports import order_owner
 
     if not store_url.startswith("postgresql"):
         pytest.skip("more than one worker needs PostgreSQL")
@@ -520,7 +520,7 @@ def test_lines_after_a_tick_are_loaded_together_not_one_by_one(
 ) -> None:
     """A tick empties the session (it changed the store behind it); the lines after it, up to
     the next tick, have what they need loaded with a few queries, not one per line."""
-    from engine.store import EventStore
+    from aftersales.engine.store import EventStore
 
     rows: list[dict[str, Any]] = []
     for i in range(12):
@@ -574,7 +574,7 @@ def test_a_worker_that_dies_is_reported_and_the_others_stop_waiting(store_url: s
     wait for it forever: it reports which worker ended, and the others are released."""
     import time
 
-    from engine.errors import AftersalesError
+    from aftersales.engine.errors import AftersalesError
 
     if not store_url.startswith("postgresql"):
         pytest.skip("more than one worker needs PostgreSQL")

@@ -8,8 +8,8 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from commands.cli import cli
-from engine.commands import (
+from aftersales.commands.cli import cli
+from aftersales.engine.commands import (
     ApproveCase,
     DeliverOrder,
     EscalateCase,
@@ -21,7 +21,7 @@ from engine.commands import (
     RuleCase,
     ShipBack,
 )
-from engine.service import Engine
+from aftersales.engine.service import Engine
 from tests.conftest import at
 
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from engine.case import (
+from aftersales.engine.case import (
     CaseRefunded,
     ChangeOffered,
     MessagePosted,
@@ -22,9 +22,9 @@ from engine.case import (
     ReceiptExtended,
     ReturnCase,
 )
-from engine.errors import BadInput, NotAllowed
-from engine.policy import Policy, TypeWindows, Windows
-from engine.values import Actor, CaseType, Claim, DueAction, Party, Role, Status
+from aftersales.engine.errors import BadInput, NotAllowed
+from aftersales.engine.policy import Policy, TypeWindows, Windows
+from aftersales.engine.values import Actor, CaseType, Claim, DueAction, Party, Role, Status
 from tests.test_domain import (
     LATER,
     POLICY,

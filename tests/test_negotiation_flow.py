@@ -14,10 +14,10 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from commands.cli import cli
-from engine.audit import audit_case, check_deadlines
-from engine.case import ReceiptExtended
-from engine.commands import (
+from aftersales.commands.cli import cli
+from aftersales.engine.audit import audit_case, check_deadlines
+from aftersales.engine.case import ReceiptExtended
+from aftersales.engine.commands import (
     AcceptOffer,
     ApproveCase,
     ExtendReceipt,
@@ -28,8 +28,8 @@ from engine.commands import (
     RefundCase,
     ShipBack,
 )
-from engine.errors import NotAllowed
-from engine.service import Engine
+from aftersales.engine.errors import NotAllowed
+from aftersales.engine.service import Engine
 from tests.conftest import at, place_delivered
 from tests.test_audit import VERIFIER, load_verifier, run_cli
 from tests.test_cli import Cli
@@ -296,8 +296,8 @@ def test_a_refund_above_an_accepted_offer_is_refused(engine: Engine) -> None:
 
 
 def test_the_dashboard_follows_an_offer_and_its_answer(engine: Engine) -> None:
-    from projections.registry import VIEWS
-    from projections.runner import Projector
+    from aftersales.projections.registry import VIEWS
+    from aftersales.projections.runner import Projector
 
     cid = opened(engine)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine.commands import ApproveCase, ListCases, OpenCase
-from engine.errors import BadInput
-from engine.policy import Policy, load_policy
-from engine.service import Engine
-from engine.store import parse_store_url
-from engine.values import CaseType
+from aftersales.engine.commands import ApproveCase, ListCases, OpenCase
+from aftersales.engine.errors import BadInput
+from aftersales.engine.policy import Policy, load_policy
+from aftersales.engine.service import Engine
+from aftersales.engine.store import parse_store_url
+from aftersales.engine.values import CaseType
 from tests.conftest import PG_URL, at, drop_schema, place_delivered
 
 POLICY = """

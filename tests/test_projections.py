@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from engine.commands import DeliverOrder, PlaceOrder
-from engine.service import Engine
-from engine.store import EventStore
-from projections.base import View
-from projections.dashboard import dashboard
-from projections.registry import VIEWS
-from projections.return_rates import GROUPINGS, return_rates
-from projections.runner import Projector
+from aftersales.engine.commands import DeliverOrder, PlaceOrder
+from aftersales.engine.service import Engine
+from aftersales.engine.store import EventStore
+from aftersales.projections.base import View
+from aftersales.projections.dashboard import dashboard
+from aftersales.projections.registry import VIEWS
+from aftersales.projections.return_rates import GROUPINGS, return_rates
+from aftersales.projections.runner import Projector
 from scripts.workload import START, generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(store_url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "commands.cli", "--store", store_url, *args],
+        [sys.executable, "-m", "aftersales.commands.cli", "--store", store_url, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -266,7 +266,7 @@ def test_a_view_is_a_small_class() -> None:
 def test_a_large_catch_up_leaves_statistics_for_the_reports(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import projections.runner as runner
+    import aftersales.projections.runner as runner
 
     monkeypatch.setattr(runner, "ANALYZE_AFTER", 1)
     with Engine(store_url) as engine:

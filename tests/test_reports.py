@@ -41,8 +41,8 @@ from click.testing import CliRunner
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
-from commands.cli import cli
-from engine.commands import (
+from aftersales.commands.cli import cli
+from aftersales.engine.commands import (
     ApproveCase,
     DeliverOrder,
     EscalateCase,
@@ -55,12 +55,12 @@ from engine.commands import (
     ShipBack,
     WithdrawCase,
 )
-from engine.service import Engine
-from engine.values import parse_time
-from projections.dashboard import dashboard
-from projections.registry import VIEWS
-from projections.return_rates import return_rates
-from projections.runner import Projector
+from aftersales.engine.service import Engine
+from aftersales.engine.values import parse_time
+from aftersales.projections.dashboard import dashboard
+from aftersales.projections.registry import VIEWS
+from aftersales.projections.return_rates import return_rates
+from aftersales.projections.runner import Projector
 from tests.conftest import T0, at
 
 H = 3600

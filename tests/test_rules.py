@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine.commands import (
+from aftersales.engine.commands import (
     ApproveCase,
     DeliverOrder,
     EscalateCase,
@@ -24,8 +24,8 @@ from engine.commands import (
     ShipOrder,
     WithdrawCase,
 )
-from engine.errors import BadInput, Conflict, NotAllowed, NotFound
-from engine.service import Engine
+from aftersales.engine.errors import BadInput, Conflict, NotAllowed, NotFound
+from aftersales.engine.service import Engine
 from tests.conftest import at, place_delivered
 
 
@@ -482,7 +482,7 @@ def test_a_commands_fingerprint_keeps_its_stored_form() -> None:
     import hashlib
     import json
 
-    from engine.commands import RefundCase, RuleCase
+    from aftersales.engine.commands import RefundCase, RuleCase
 
     command = RefundCase(
         case_id="9b2f7c4e-1d3a-4c5b-8e6f-0a1b2c3d4e5f",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from engine.commands import (
+from aftersales.engine.commands import (
     ApproveCase,
     EscalateCase,
     FireDeadline,
@@ -27,8 +27,8 @@ from engine.commands import (
     ShipReplacement,
     WithdrawCase,
 )
-from engine.errors import NotAllowed
-from engine.service import Engine
+from aftersales.engine.errors import NotAllowed
+from aftersales.engine.service import Engine
 from tests.conftest import at, place_delivered
 
 

@@ -15,14 +15,23 @@ from uuid import UUID
 
 import pytest
 
-from engine import case as case_mod
-from engine import transitions as T
-from engine.case import EVENT_CLASSES, CaseEvent, ReturnCase
-from engine.errors import BadInput
-from engine.events import Act
-from engine.order import Order, OrderLine
-from engine.policy import Policy
-from engine.values import Actor, CaseType, Claim, Condition, DueAction, Party, Role, Status
+from aftersales.engine import case as case_mod
+from aftersales.engine import transitions as T
+from aftersales.engine.case import EVENT_CLASSES, CaseEvent, ReturnCase
+from aftersales.engine.errors import BadInput
+from aftersales.engine.events import Act
+from aftersales.engine.order import Order, OrderLine
+from aftersales.engine.policy import Policy
+from aftersales.engine.values import (
+    Actor,
+    CaseType,
+    Claim,
+    Condition,
+    DueAction,
+    Party,
+    Role,
+    Status,
+)
 from scripts import transition_table
 
 ROOT = Path(__file__).resolve().parent.parent

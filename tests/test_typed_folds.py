@@ -13,16 +13,16 @@ from uuid import UUID
 
 import pytest
 
-from engine.case import CaseEvent, CaseOpened, CaseRefunded
-from engine.commands import PlaceOrder
-from engine.events import Event
-from engine.order import OrderPlaced
-from engine.service import Engine
-from engine.sql import SQLITE, Dialect
-from engine.store import EventStore
-from projections.base import Changes, Fact, Folds, Table, View, col
-from projections.registry import VIEWS
-from projections.runner import Projector
+from aftersales.engine.case import CaseEvent, CaseOpened, CaseRefunded
+from aftersales.engine.commands import PlaceOrder
+from aftersales.engine.events import Event
+from aftersales.engine.order import OrderPlaced
+from aftersales.engine.service import Engine
+from aftersales.engine.sql import SQLITE, Dialect
+from aftersales.engine.store import EventStore
+from aftersales.projections.base import Changes, Fact, Folds, Table, View, col
+from aftersales.projections.registry import VIEWS
+from aftersales.projections.runner import Projector
 from scripts.workload import generate
 from tests.test_ledger import scenario
 from tests.test_projections import tables
@@ -237,7 +237,7 @@ def test_upserts_are_written_once_with_question_marks() -> None:
 def test_a_catch_up_gives_the_garbage_collector_back_as_it_found_it(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import projections.runner as runner
+    import aftersales.projections.runner as runner
 
     monkeypatch.setattr(runner, "COLLECT_EVERY", 100)  # collect between batches too
     with EventStore(store_url) as store:

@@ -18,8 +18,8 @@ from uuid import UUID
 import pytest
 from click.testing import CliRunner
 
-from commands.cli import cli
-from engine.case import (
+from aftersales.commands.cli import cli
+from aftersales.engine.case import (
     CaseEscalated,
     CaseRefunded,
     CaseRuled,
@@ -29,7 +29,7 @@ from engine.case import (
     ReturnCase,
     settle_order_lines,
 )
-from engine.commands import (
+from aftersales.engine.commands import (
     ApproveCase,
     EscalateCase,
     OpenCase,
@@ -40,12 +40,12 @@ from engine.commands import (
     ShipOrder,
     WithdrawCase,
 )
-from engine.errors import NotAllowed
-from engine.events import Act
-from engine.order import Order
-from engine.policy import Policy, Windows, load_policy
-from engine.service import Engine, case_rows
-from engine.values import Actor, CaseType, Claim, DueAction, Party, Role, Status
+from aftersales.engine.errors import NotAllowed
+from aftersales.engine.events import Act
+from aftersales.engine.order import Order
+from aftersales.engine.policy import Policy, Windows, load_policy
+from aftersales.engine.service import Engine, case_rows
+from aftersales.engine.values import Actor, CaseType, Claim, DueAction, Party, Role, Status
 from tests.conftest import at, place_delivered
 from tests.test_audit import load_verifier
 from tests.test_domain import (
@@ -475,9 +475,9 @@ def test_the_replacement_deadline_fires_from_the_tick(engine: Engine, store_url:
     assert case["refunded_amount"] == "39.90"
     assert tick_cli(store_url, at(days=60))["fired"] == []
     # The merchant's missed replacement counts among its timeouts in the return rates.
-    from projections.registry import VIEWS
-    from projections.return_rates import return_rates
-    from projections.runner import Projector
+    from aftersales.projections.registry import VIEWS
+    from aftersales.projections.return_rates import return_rates
+    from aftersales.projections.runner import Projector
 
     Projector(engine.store).catch_up(VIEWS)
     since, until = datetime.fromisoformat(at(days=-30)), datetime.fromisoformat(at(days=60))
@@ -541,7 +541,7 @@ def test_audit_flags_a_claim_that_does_not_fit(
 
 
 def test_audit_flags_a_missing_items_ruling_that_pays_more_than_the_lines() -> None:
-    from engine import audit as audit_mod
+    from aftersales.engine import audit as audit_mod
 
     story = given(
         T.REFUND_ONLY,

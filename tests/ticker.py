@@ -12,9 +12,9 @@ import sys
 import time
 from datetime import datetime
 
-from engine.commands import ListCases
-from engine.deadlines import tick
-from engine.service import Engine
+from aftersales.engine.commands import ListCases
+from aftersales.engine.deadlines import tick
+from aftersales.engine.service import Engine
 
 
 def main() -> None:
