@@ -2,26 +2,76 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
+from click.shell_completion import CompletionItem
 
-from aftersales.commands.audit import audit
-from aftersales.commands.batch import batch
-from aftersales.commands.cases import case_group
-from aftersales.commands.clock import scheduler, tick_command
-from aftersales.commands.demo import demo
-from aftersales.commands.imports import import_history, import_orders
-from aftersales.commands.orders import order_group
-from aftersales.commands.output import State, fail
-from aftersales.commands.project import project_group
-from aftersales.commands.report import ledger_cmd, report_group
+# Each command by name: where it lives and its one-line help. A command's module is imported only
+# when that command runs (or is asked for its own help), so `--help`, `--version` and completion
+# load click alone; a test checks these lines against the commands' own help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "audit": ("aftersales.commands.audit:audit", "Replay a case from its events: who did what when."),
+    "batch": ("aftersales.commands.batch:batch", "Run one action per JSON line of a file or stdin."),
+    "case": ("aftersales.commands.cases:case_group", "Return, refund, exchange and reship cases."),
+    "completion": (
+        "aftersales.commands.completion:completion",
+        "Print the shell completion script for bash, zsh or fish.",
+    ),
+    "demo": ("aftersales.commands.demo:demo", "Play the article's cases end to end on SQLite."),
+    "import-history": (
+        "aftersales.commands.imports:import_history",
+        "Import past cases: JSON lines of actions with their times.",
+    ),
+    "init": ("aftersales.commands.init:init", "Create the store (and schema) if missing."),
+    "ledger": ("aftersales.commands.report:ledger_cmd", "Each merchant's money, by who paid."),
+    "order": ("aftersales.commands.orders:order_group", "Orders: placed, shipped and delivered."),
+    "project": (
+        "aftersales.commands.project:project_group",
+        "Projections: the tables reports read, kept up to date.",
+    ),
+    "report": ("aftersales.commands.report:report_group", "Reports: dashboard and return rates."),
+    "scheduler": (
+        "aftersales.commands.clock:scheduler",
+        "Tick against the wall clock until SIGINT or SIGTERM.",
+    ),
+    "tick": ("aftersales.commands.clock:tick_command", "Fire every deadline that has fallen due."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    module_name, _, attr = COMMANDS[name][0].partition(":")
+    command = getattr(importlib.import_module(module_name), attr)
+    assert isinstance(command, click.Command)
+    return command
 
 
 class AftersalesGroup(click.Group):
-    """Click's own usage errors keep exit 2 and, with --json, print a JSON error too."""
+    """Commands loaded when used; click's own usage errors keep exit 2 and, with --json, print a
+    JSON error too."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        names = [
+            CompletionItem(name, help=COMMANDS[name][1])
+            for name in self.list_commands(ctx)
+            if name.startswith(incomplete)
+        ]
+        # The group's own options, as click offers them (Command's, not Group's: that one
+        # would load every command for its help).
+        return names + click.Command.shell_complete(self, ctx, incomplete)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
     def main(
         self,
@@ -41,6 +91,8 @@ class AftersalesGroup(click.Group):
             sys.exit(1)
         except click.ClickException as exc:
             if "--json" in argv:
+                from aftersales.commands.output import fail
+
                 fail("bad_input", exc.format_message(), exc.exit_code, as_json=True)
             exc.show()
             sys.exit(exc.exit_code)
@@ -68,23 +120,11 @@ class AftersalesGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, /, store: str | None, policy_path: str | None) -> None:
     """An event-sourced after-sales workflow engine: returns, refunds, exchanges."""
+    from aftersales.commands.output import State
+
     state = State(store, policy_path)
     ctx.obj = state
     ctx.call_on_close(state.close)
-
-
-cli.add_command(order_group)
-cli.add_command(case_group)
-cli.add_command(demo)
-cli.add_command(batch)
-cli.add_command(import_history)
-order_group.add_command(import_orders)
-cli.add_command(tick_command)
-cli.add_command(scheduler)
-cli.add_command(audit)
-cli.add_command(project_group)
-cli.add_command(report_group)
-cli.add_command(ledger_cmd)
 
 
 def main() -> None:

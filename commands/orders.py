@@ -18,3 +18,8 @@ def order_group() -> None:
 for _kind in COMMANDS:
     if _kind.name.startswith("order "):
         order_group.add_command(click_command(_kind))
+
+# Imported after the group exists: the import command module builds on the action commands.
+from aftersales.commands.imports import import_orders  # noqa: E402
+
+order_group.add_command(import_orders)
