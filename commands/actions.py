@@ -96,7 +96,13 @@ def click_command(kind: type[Command]) -> click.Command:
     @click.pass_context
     def callback(ctx: click.Context, /, as_json: bool, **given: Any) -> None:
         values = {k: v for k, v in given.items() if v is not None and v != ()}
-        emit(ctx, as_json, lambda engine: engine.handle(kind.parse(values)), RENDERERS[kind.shows])
+        emit(
+            ctx,
+            as_json,
+            lambda engine: engine.handle(kind.parse(values)),
+            RENDERERS[kind.shows],
+            creates=not kind.reads_only,
+        )
 
     return click.Command(
         kind.name.split(" ")[-1],

@@ -11,6 +11,7 @@ from typing import Any
 import click
 from eventsourcing.persistence import PersistenceError
 
+from aftersales.commands.display import for_people
 from aftersales.commands.options import json_option
 from aftersales.commands.output import State, _cell, _one_line, fail, fail_with, table, to_json
 from aftersales.engine.audit import Audit, audit_case, bundle, bundle_bytes
@@ -51,10 +52,11 @@ def audit(
     """Replay a case from its events: who did what when, the state, and whether it verifies."""
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     try:
+        zone = state.zone()
         when = parse_time(as_of, "--as-of") if as_of is not None else None
         if when is not None and version is not None:
             raise BadInput("give --as-of or --version, not both")
-        engine = state.engine()
+        engine = state.engine(create=False)
         result = audit_case(
             engine.store, case_id, as_of=when, version=version, with_states=export_path is not None
         )
@@ -71,7 +73,7 @@ def audit(
     if as_json:
         click.echo(to_json(report))
     else:
-        click.echo(render_audit(result, report))
+        click.echo(render_audit(result, for_people(report, zone)))
         if export_path is not None:
             click.echo(f"dispute bundle written to {export_path}")
     if verify and not result.verified:

@@ -12,33 +12,56 @@ from click.shell_completion import CompletionItem
 
 # Each command by name: where it lives and its one-line help. A command's module is imported only
 # when that command runs (or is asked for its own help), so `--help`, `--version` and completion
-# load click alone; a test checks these lines against the commands' own help.
+# load click alone; a test checks each line opens the command's own help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "audit": ("aftersales.commands.audit:audit", "Replay a case from its events: who did what when."),
-    "batch": ("aftersales.commands.batch:batch", "Run one action per JSON line of a file or stdin."),
+    "audit": (
+        "aftersales.commands.audit:audit",
+        "Replay a case from its events: who did what when, the state, and whether it verifies.",
+    ),
+    "batch": (
+        "aftersales.commands.batch:batch",
+        "Run one action per JSON line of FILE (or - for stdin); print one result line each.",
+    ),
     "case": ("aftersales.commands.cases:case_group", "Return, refund, exchange and reship cases."),
     "completion": (
         "aftersales.commands.completion:completion",
         "Print the shell completion script for bash, zsh or fish.",
     ),
-    "demo": ("aftersales.commands.demo:demo", "Play the article's cases end to end on SQLite."),
+    "demo": (
+        "aftersales.commands.demo:demo",
+        "Play the article's cases end to end on a fresh SQLite store and show what happened.",
+    ),
     "import-history": (
         "aftersales.commands.imports:import_history",
-        "Import past cases: JSON lines of actions with their times.",
+        "Import past cases: JSON lines of actions with their times (as `batch` takes them).",
     ),
     "init": ("aftersales.commands.init:init", "Create the store (and schema) if missing."),
-    "ledger": ("aftersales.commands.report:ledger_cmd", "Each merchant's money, by who paid."),
-    "order": ("aftersales.commands.orders:order_group", "Orders: placed, shipped and delivered."),
+    "ledger": (
+        "aftersales.commands.report:ledger_cmd",
+        "Each merchant's money: refunded itself, advanced by the platform and owed, freight, "
+        "penalties (from the ledger projection).",
+    ),
+    "order": (
+        "aftersales.commands.orders:order_group",
+        "Orders: placed, shipped and delivered, as the order system reports them.",
+    ),
     "project": (
         "aftersales.commands.project:project_group",
-        "Projections: the tables reports read, kept up to date.",
+        "Projections: the tables reports read, kept up to date from the event log.",
     ),
-    "report": ("aftersales.commands.report:report_group", "Reports: dashboard and return rates."),
+    "report": (
+        "aftersales.commands.report:report_group",
+        "Reports for merchants and reporting jobs (from the projections; see `project run`).",
+    ),
     "scheduler": (
         "aftersales.commands.clock:scheduler",
-        "Tick against the wall clock until SIGINT or SIGTERM.",
+        "Tick against the wall clock until SIGINT or SIGTERM, which end it between ticks.",
     ),
-    "tick": ("aftersales.commands.clock:tick_command", "Fire every deadline that has fallen due."),
+    "tick": (
+        "aftersales.commands.clock:tick_command",
+        "Fire every deadline that has fallen due: auto-approve, auto-close, auto-refund, "
+        "reship overdue.",
+    ),
 }
 
 
@@ -70,8 +93,14 @@ class AftersalesGroup(click.Group):
         return names + click.Command.shell_complete(self, ctx, incomplete)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
         with formatter.section("Commands"):
-            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
+            # Shortened as click shortens a command's own help.
+            rows = [
+                (n, click.Command(n, help=COMMANDS[n][1]).get_short_help_str(limit)) for n in names
+            ]
+            formatter.write_dl(rows)
 
     def main(
         self,
@@ -116,13 +145,20 @@ class AftersalesGroup(click.Group):
     default=None,
     help="A policy TOML file (default: $AFTERSALES_POLICY, else the built-in rules).",
 )
+@click.option(
+    "--tz",
+    envvar="AFTERSALES_TZ",
+    default=None,
+    help="The zone times are shown in to people: +08:00, UTC or Asia/Shanghai (default: "
+    "$AFTERSALES_TZ, else the policy's display_zone, +08:00). JSON keeps full ISO-8601.",
+)
 @click.version_option(package_name="aftersales")
 @click.pass_context
-def cli(ctx: click.Context, /, store: str | None, policy_path: str | None) -> None:
+def cli(ctx: click.Context, /, store: str | None, policy_path: str | None, tz: str | None) -> None:
     """An event-sourced after-sales workflow engine: returns, refunds, exchanges."""
     from aftersales.commands.output import State
 
-    state = State(store, policy_path)
+    state = State(store, policy_path, tz)
     ctx.obj = state
     ctx.call_on_close(state.close)
 

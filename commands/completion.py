@@ -6,6 +6,8 @@ import click
 from click.shell_completion import get_completion_class
 
 SHELLS = ("bash", "zsh", "fish")
+# The installed program's name, which the shell completes.
+PROG = "aftersales"
 
 
 @click.command("completion")
@@ -19,9 +21,6 @@ def completion(ctx: click.Context, /, shell: str) -> None:
     zsh:  eval "$(aftersales completion zsh)"    (in ~/.zshrc)
     fish: aftersales completion fish > ~/.config/fish/completions/aftersales.fish
     """
-    root = ctx.find_root()
     completer = get_completion_class(shell)
     assert completer is not None
-    prog = root.info_name or "aftersales"
-    var = "_{}_COMPLETE".format(prog.replace("-", "_").replace(".", "_").upper())
-    click.echo(completer(root.command, {}, prog, var).source())
+    click.echo(completer(ctx.find_root().command, {}, PROG, "_AFTERSALES_COMPLETE").source())

@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import tzinfo
 from typing import Any, NoReturn
 
 import click
 from eventsourcing.persistence import PersistenceError
 
+from aftersales.commands.display import for_people
 from aftersales.engine.errors import AftersalesError, StoreUnavailable
-from aftersales.engine.policy import load_policy
+from aftersales.engine.policy import Policy, load_policy
 from aftersales.engine.service import Engine
+from aftersales.engine.store import DEFAULT_STORE, redact_url
+from aftersales.engine.values import parse_zone
 
 Renderer = Callable[[Any], str]
 
@@ -23,18 +27,30 @@ Renderer = Callable[[Any], str]
 class State:
     """What the group options set up; the engine opens on first use."""
 
-    def __init__(self, store: str | None, policy_path: str | None) -> None:
+    def __init__(self, store: str | None, policy_path: str | None, tz: str | None = None) -> None:
         self.store = store
         self.policy_path = policy_path
+        self.tz = tz
         self._engine: Engine | None = None
+        self._policy: Policy | None = None
 
-    def engine(self) -> Engine:
+    def policy(self) -> Policy:
+        if self._policy is None:
+            self._policy = load_policy(self.policy_path)
+        return self._policy
+
+    def zone(self) -> tzinfo:
+        """The zone people read times in: --tz, else the policy's display zone."""
+        return parse_zone(self.tz or self.policy().display_zone)
+
+    def engine(self, *, create: bool = True) -> Engine:
+        """The engine on the store; a reader (``create=False``) never creates a store."""
         if self._engine is None:
             try:
-                self._engine = Engine(self.store, policy=load_policy(self.policy_path))
+                self._engine = Engine(self.store, policy=self.policy(), create=create)
             except PersistenceError as exc:
                 raise StoreUnavailable(
-                    f"cannot open store {self.store or 'sqlite:///aftersales.db'}: {_one_line(exc)}"
+                    f"cannot open store {redact_url(self.store or DEFAULT_STORE)}: {_one_line(exc)}"
                 ) from None
         return self._engine
 
@@ -84,11 +100,16 @@ def emit(
     as_json: bool,
     call: Callable[[Engine], Any],
     render: Renderer,
+    *,
+    creates: bool = True,
 ) -> None:
-    """Run one command against the engine and print its result, or fail with the exit code."""
+    """Run one command against the engine and print its result, or fail with the exit code.
+    A read (``creates=False``) refuses a store that is not there rather than create it."""
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     try:
-        result = call(state.engine())
+        # A bad --tz is refused before anything is done.
+        zone = state.zone()
+        result = call(state.engine(create=creates))
     except AftersalesError as exc:
         fail_with(exc, as_json)
     except PersistenceError as exc:
@@ -96,7 +117,7 @@ def emit(
     if as_json:
         click.echo(to_json(result))
     else:
-        click.echo(render(result))
+        click.echo(render(for_people(result, zone)))
 
 
 # Renderers for a person -------------------------------------------------------------------------
@@ -166,6 +187,8 @@ def _negotiation(case: dict[str, Any]) -> list[str]:
 
 
 def render_cases(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no cases match"
     return table(
         rows,
         [

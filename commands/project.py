@@ -41,8 +41,15 @@ def _progress() -> Any:
     return show
 
 
+STATUS_LEGEND = (
+    "position: the last log position the projection has applied; head: the log's last "
+    "position;\nbehind: positions between the two; lag: of those, the events this projection "
+    "still has to apply (the others are events it does not read)"
+)
+
+
 def _render_status(rows: list[dict[str, Any]]) -> str:
-    return table(rows, ["projection", "position", "head", "behind", "lag"])
+    return table(rows, ["projection", "position", "head", "behind", "lag"]) + "\n" + STATUS_LEGEND
 
 
 def _render_run(result: dict[str, Any]) -> str:
@@ -135,5 +142,12 @@ def rebuild(ctx: click.Context, /, name: str | None, batch_size: int, as_json: b
 @json_option
 @click.pass_context
 def status(ctx: click.Context, /, as_json: bool) -> None:
-    """Each projection's position in the log, and how many of its events it has yet to apply."""
-    emit(ctx, as_json, lambda e: Projector(e.store).status(VIEWS), _render_status)
+    """Each projection's position in the log, and how many of its events it has yet to apply.
+
+    \b
+    position  the last log position (notification id) the projection has applied
+    head      the log's last position
+    behind    head - position: positions the projection has not passed yet
+    lag       of those, the events this projection reads and still has to apply
+    """
+    emit(ctx, as_json, lambda e: Projector(e.store).status(VIEWS), _render_status, creates=False)

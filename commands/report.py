@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
+from eventsourcing.persistence import IntegrityError
 
+from aftersales.commands.display import parse_day_or_time
 from aftersales.commands.options import json_option
-from aftersales.commands.output import emit, table
+from aftersales.commands.output import State, emit, table
 from aftersales.engine.errors import BadInput
 from aftersales.engine.service import Engine
-from aftersales.engine.values import parse_time
 from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard, dashboard
 from aftersales.projections.ledger import TOTALS, Ledger, ledger
@@ -44,20 +46,47 @@ def _one_format(as_csv: bool, as_json: bool) -> None:
         raise click.UsageError("give --json or --csv, not both")
 
 
-def _time(value: str | None, what: str) -> datetime | None:
-    return parse_time(value, what) if value is not None else None
+def catch_up_option(f: Any) -> Any:
+    return click.option(
+        "--catch-up/--no-catch-up",
+        default=True,
+        show_default=True,
+        help="Apply the log's new events to the projection before answering, or read it as it "
+        "stands.",
+    )(f)
 
 
-def _warn_if_behind(engine: Engine, view: type[View]) -> None:
-    """Reports read projections only: say so when one has events still to apply."""
+def _window(ctx: click.Context, value: str | None, what: str) -> datetime | None:
+    """A window's edge: a full time, or a date (that day's start in the display zone)."""
+    if value is None:
+        return None
+    state: State = ctx.find_object(State)  # type: ignore[assignment]
+    return parse_day_or_time(value, what, state.zone())
+
+
+def reflecting(engine: Engine, view: type[View], catch_up: bool) -> int:
+    """Catch the projection up with the log (unless told not to) and return the log position
+    the report reflects; say so on stderr when it has events still to apply."""
     projector = Projector(engine.store)
+    if catch_up:
+        # Another process may apply the same events just now: then read what it wrote.
+        with contextlib.suppress(IntegrityError):
+            projector.catch_up([view])
     (row,) = projector.status([view])
     if row["lag"]:
         click.echo(
             f"warning: projection {view.name} has {row['lag']} events still to apply "
-            "(run `aftersales project run`)",
+            "(run `aftersales project run`, or drop --no-catch-up)",
             err=True,
         )
+    position: int = row["position"]
+    return position
+
+
+def _nothing(what: str, merchant: str | None, windowed: bool) -> str:
+    whose = f" for merchant {merchant}" if merchant else ""
+    when = " in this window" if windowed else ""
+    return f"no {what}{whose}{when}"
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -147,27 +176,38 @@ def render_dashboard(d: dict[str, Any]) -> str:
 
 @report_group.command("dashboard")
 @click.option("--merchant", default=None, help="One shop (default: every shop together).")
-@click.option("--now", default=None, help="The moment the dashboard is for (default: now).")
+@click.option(
+    "--now", default=None, help="The moment the dashboard is for: a time or a date (default: now)."
+)
+@catch_up_option
 @csv_option
 @json_option
 @click.pass_context
 def dashboard_cmd(
-    ctx: click.Context, /, merchant: str | None, now: str | None, as_csv: bool, as_json: bool
+    ctx: click.Context,
+    /,
+    merchant: str | None,
+    now: str | None,
+    catch_up: bool,
+    as_csv: bool,
+    as_json: bool,
 ) -> None:
     """Open cases, deadlines, the system's decisions, refunds, response times, ratings."""
     _one_format(as_csv, as_json)
 
     def call(engine: Engine) -> dict[str, Any]:
-        moment = _time(now, "--now") or datetime.now(UTC)
-        _warn_if_behind(engine, Dashboard)
-        return dashboard(engine.store, merchant, moment)
+        moment = _window(ctx, now, "--now") or datetime.now(UTC)
+        position = reflecting(engine, Dashboard, catch_up)
+        return {**dashboard(engine.store, merchant, moment), "position": position}
 
     def render(d: dict[str, Any]) -> str:
         if as_csv:
             return _csv(dashboard_metrics(d), ["metric", "value"])
+        if not d["has_cases"]:
+            return _nothing("cases", merchant, False) + f" (log position {d['position']})"
         return render_dashboard(d)
 
-    emit(ctx, as_json, call, render)
+    emit(ctx, as_json, call, render, creates=False)
 
 
 # Return rates ------------------------------------------------------------------------------------
@@ -179,9 +219,12 @@ def dashboard_cmd(
 )
 @click.option("--merchant", default=None, help="Only this shop's orders.")
 @click.option(
-    "--since", default=None, help="Cohort: orders delivered from here (default: until - 30 days)."
+    "--since",
+    default=None,
+    help="Cohort: orders delivered from here, a time or a date (default: until - 30 days).",
 )
 @click.option("--until", default=None, help="... up to here, excluded (default: now).")
+@catch_up_option
 @csv_option
 @json_option
 @click.pass_context
@@ -192,24 +235,30 @@ def return_rates_cmd(
     merchant: str | None,
     since: str | None,
     until: str | None,
+    catch_up: bool,
     as_csv: bool,
     as_json: bool,
 ) -> None:
     """Return, refund, quality-return and dispute rates of the orders delivered in a window."""
     _one_format(as_csv, as_json)
 
-    def call(engine: Engine) -> list[dict[str, Any]]:
-        end = _time(until, "--until") or datetime.now(UTC)
-        start = _time(since, "--since") or end - timedelta(days=30)
+    def call(engine: Engine) -> dict[str, Any]:
+        end = _window(ctx, until, "--until") or datetime.now(UTC)
+        start = _window(ctx, since, "--since") or end - timedelta(days=30)
         if start >= end:
             raise BadInput(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
-        _warn_if_behind(engine, ReturnRates)
-        return return_rates(engine.store, by, start, end, merchant)
+        position = reflecting(engine, ReturnRates, catch_up)
+        rows = return_rates(engine.store, by, start, end, merchant)
+        return {"position": position, "rows": rows}
 
-    def render(rows: list[dict[str, Any]]) -> str:
-        return _csv(rows, RATE_COLUMNS) if as_csv else table(rows, RATE_COLUMNS)
+    def render(result: dict[str, Any]) -> str:
+        if as_csv:
+            return _csv(result["rows"], RATE_COLUMNS)
+        if not result["rows"]:
+            return _nothing("delivered orders", merchant, True)
+        return table(result["rows"], RATE_COLUMNS)
 
-    emit(ctx, as_json, call, render)
+    emit(ctx, as_json, call, render, creates=False)
 
 
 # The ledger --------------------------------------------------------------------------------------
@@ -219,8 +268,13 @@ LEDGER_COLUMNS = ["merchant_id", *TOTALS, "entries"]
 
 @click.command("ledger")
 @click.option("--merchant", default=None, help="One shop (default: every shop).")
-@click.option("--since", default=None, help="Money moved from here (default: the beginning).")
+@click.option(
+    "--since",
+    default=None,
+    help="Money moved from here, a time or a date (default: the beginning).",
+)
 @click.option("--until", default=None, help="... up to here, excluded (default: no end).")
+@catch_up_option
 @csv_option
 @json_option
 @click.pass_context
@@ -230,6 +284,7 @@ def ledger_cmd(
     merchant: str | None,
     since: str | None,
     until: str | None,
+    catch_up: bool,
     as_csv: bool,
     as_json: bool,
 ) -> None:
@@ -237,14 +292,18 @@ def ledger_cmd(
     penalties (from the ledger projection)."""
     _one_format(as_csv, as_json)
 
-    def call(engine: Engine) -> list[dict[str, Any]]:
-        start, end = _time(since, "--since"), _time(until, "--until")
+    def call(engine: Engine) -> dict[str, Any]:
+        start, end = _window(ctx, since, "--since"), _window(ctx, until, "--until")
         if start and end and start >= end:
             raise BadInput(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
-        _warn_if_behind(engine, Ledger)
-        return ledger(engine.store, merchant, start, end)
+        position = reflecting(engine, Ledger, catch_up)
+        return {"position": position, "rows": ledger(engine.store, merchant, start, end)}
 
-    def render(rows: list[dict[str, Any]]) -> str:
-        return _csv(rows, LEDGER_COLUMNS) if as_csv else table(rows, LEDGER_COLUMNS)
+    def render(result: dict[str, Any]) -> str:
+        if as_csv:
+            return _csv(result["rows"], LEDGER_COLUMNS)
+        if not result["rows"]:
+            return _nothing("money moved", merchant, bool(since or until))
+        return table(result["rows"], LEDGER_COLUMNS)
 
-    emit(ctx, as_json, call, render)
+    emit(ctx, as_json, call, render, creates=False)

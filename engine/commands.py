@@ -352,6 +352,8 @@ class Command(BaseModel):
     arguments: ClassVar[tuple[str, ...]] = ()
     # How the command line shows the result: "case", "cases", "order", "tick".
     shows: ClassVar[str] = "case"
+    # Whether the command only reads (never records, never creates a store).
+    reads_only: ClassVar[bool] = False
 
     @model_validator(mode="wrap")
     @classmethod
@@ -868,7 +870,13 @@ class ExtendReceipt(CaseAction):
 # Queries ---------------------------------------------------------------------------------------
 
 
-class ShowCase(Command):
+class Query(Command):
+    """A command that reads and records nothing: it never creates a store."""
+
+    reads_only: ClassVar[bool] = True
+
+
+class ShowCase(Query):
     """A case as it stands: status, money, the running deadline, what is allowed now."""
 
     name: ClassVar[str] = "case show"
@@ -877,7 +885,7 @@ class ShowCase(Command):
     case_id: CaseId
 
 
-class ListCases(Command):
+class ListCases(Query):
     """Cases, filtered by merchant, buyer, order, status or deadline."""
 
     name: ClassVar[str] = "case list"
@@ -891,7 +899,7 @@ class ListCases(Command):
     limit: Annotated[int | None, _between(1, None)] = None
 
 
-class ShowOrder(Command):
+class ShowOrder(Query):
     """An order's lines, what was refunded on each, and which case holds it."""
 
     name: ClassVar[str] = "order show"

@@ -16,10 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aftersales.engine.errors import BadInput
-from aftersales.engine.values import CaseType, parse_money
+from aftersales.engine.values import CaseType, parse_money, parse_zone
 
 
 def _money(value: Any) -> Decimal:
@@ -88,6 +88,11 @@ DEFAULT_WINDOWS = Windows(
 )
 
 
+def _zone(text: str) -> str:
+    parse_zone(text)
+    return text
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -115,12 +120,16 @@ class Policy(BaseModel):
     by_type: dict[CaseType, TypeWindows] = Field(default_factory=dict)
     # The merchant may extend its receipt window once, by at most this much.
     max_receipt_extension_hours: int = Field(default=72, gt=0)
+    # The zone people read times in (the platform's): an offset or a zone name. How times are
+    # shown, not a rule, so it is no part of the policy's version.
+    display_zone: Annotated[str, AfterValidator(_zone)] = "+08:00"
 
     @cached_property
     def version(self) -> str:
         """Name plus a short hash of the content: the same rules give the same version (the
         policy is frozen, so it is worked out once)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        rules = self.model_dump(mode="json", exclude={"display_zone"})
+        canonical = json.dumps(rules, sort_keys=True, separators=(",", ":"))
         return f"{self.name}@{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
     def window(self, stage: Stage, case_type: CaseType, *, shipped: bool) -> timedelta:

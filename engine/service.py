@@ -405,9 +405,12 @@ class Engine:
         policy: Policy | None = None,
         clock: WallClock = system_clock,
         cache_size: int = 10_000,
+        create: bool = True,
     ) -> None:
         self.store = (
-            store if isinstance(store, EventStore) else EventStore(store, cache_size=cache_size)
+            store
+            if isinstance(store, EventStore)
+            else EventStore(store, cache_size=cache_size, create=create)
         )
         self.policy = policy or Policy()
         self.clock = clock

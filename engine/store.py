@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +70,11 @@ class StoreUrl:
     path: str | None = None
 
     @property
+    def redacted(self) -> str:
+        """The URL as it may be shown: any password replaced by ``***``."""
+        return redact_url(self.text)
+
+    @property
     def conninfo(self) -> dict[str, str]:
         return {
             "dbname": self.env["POSTGRES_DBNAME"],
@@ -78,6 +84,11 @@ class StoreUrl:
             "password": self.env["POSTGRES_PASSWORD"],
             "connect_timeout": "10",
         }
+
+
+def redact_url(url: str) -> str:
+    """A store URL with its password, if any, replaced by ``***``."""
+    return re.sub(r"^([a-z]+://[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 def parse_store_url(url: str | None) -> StoreUrl:
@@ -448,11 +459,23 @@ class EventStore(Application[UUID]):
     env: ClassVar[dict[str, str]] = {}
     mapper: PydanticMapper
 
-    def __init__(self, url: str | None = None, *, cache_size: int = 0) -> None:
+    def __init__(self, url: str | None = None, *, cache_size: int = 0, create: bool = True) -> None:
+        """Open the store the URL names. With ``create`` (writers), a store that is not there
+        yet is created (``self.created``); without it (readers), a missing store is refused
+        and nothing is created."""
         self.url = parse_store_url(url)
         self.events_saved = 0
         if self.url.kind == "postgresql":
-            ensure_schema(self.url)
+            existed = ensure_schema(self.url, create=create)
+        else:
+            assert self.url.path is not None
+            existed = self.url.path == ":memory:" or os.path.exists(self.url.path)
+        if not existed and not create:
+            raise StoreUnavailable(
+                f"no store at {self.url.redacted} (a read creates nothing): create it with "
+                "`aftersales init`, or any command that records an action"
+            )
+        self.created = not existed
         env = dict(self.url.env)
         if cache_size > 0:
             # The library's aggregate cache: what this process saved last, kept as saved (no
@@ -583,14 +606,18 @@ class EventStore(Application[UUID]):
         return value if self.is_postgres else utc_text(value)
 
 
-def ensure_schema(url: StoreUrl) -> None:
-    """Create the PostgreSQL schema a store URL names, if it is not there yet. A server that
-    cannot be reached is said so at once, not after the connection pool's retries."""
+def ensure_schema(url: StoreUrl, *, create: bool = True) -> bool:
+    """Whether the store a PostgreSQL URL names was there (its case table in its schema, or
+    in the search path); with ``create``, create its schema if missing. A server that cannot be
+    reached is said so at once, not after the connection pool's retries."""
     try:
         conninfo = make_conninfo("", **url.conninfo)
         with psycopg.connect(conninfo, autocommit=True) as conn:
-            if not url.schema:
-                return
+            table = f"{url.schema}.{CASES_TABLE}" if url.schema else CASES_TABLE
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+            existed = bool(found and found[0])
+            if existed or not create or not url.schema:
+                return existed
             exists = conn.execute(
                 "SELECT 1 FROM pg_namespace WHERE nspname = %s", (url.schema,)
             ).fetchone()
@@ -600,6 +627,7 @@ def ensure_schema(url: StoreUrl) -> None:
                     conn.execute(
                         SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(url.schema))
                     )
+            return False
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict
 
@@ -125,6 +126,30 @@ def parse_time(text: str, what: str = "time") -> datetime:
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise BadInput(f"{what} {text!r} has no offset: add one, e.g. +08:00 or Z")
     return parsed
+
+
+_OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
+
+
+def parse_zone(text: str) -> tzinfo:
+    """A time zone for people: an offset (``+08:00``), ``UTC``/``Z``, or an IANA name
+    (``Asia/Shanghai``)."""
+    value = text.strip()
+    if value.upper() in {"UTC", "Z"}:
+        return UTC
+    if m := _OFFSET.match(value):
+        sign, hours, minutes = m.groups()
+        delta = timedelta(hours=int(hours), minutes=int(minutes))
+        if delta >= timedelta(hours=24):
+            raise BadInput(f"time zone {text!r}: an offset is less than 24 hours")
+        return timezone(-delta if sign == "-" else delta)
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadInput(
+            f"time zone {text!r} is neither an offset such as +08:00 nor a zone name such as "
+            "Asia/Shanghai"
+        ) from None
 
 
 def time_str(value: datetime) -> str:

@@ -312,6 +312,11 @@ def dashboard(store: EventStore, merchant: str | None, now: datetime) -> dict[st
             for r in rows[:LIST_LIMIT]
         ]
 
+    # Whether the projection knows any case of this merchant at all (a typo'd merchant id
+    # shows as no cases rather than as a quiet row of zeros).
+    has_cases = bool(by_status or recent) or bool(
+        store.query(f"SELECT 1 AS one FROM {{t}}{CASES.name} c WHERE {where}1 = 1 LIMIT 1", params)
+    )
     top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
     average = (
         float((Decimal(sum(ratings)) / len(ratings)).quantize(Decimal("0.01"), ROUND_HALF_UP))
@@ -320,6 +325,7 @@ def dashboard(store: EventStore, merchant: str | None, now: datetime) -> dict[st
     )
     return {
         "merchant_id": merchant,
+        "has_cases": has_cases,
         "now": now.isoformat(),
         "window_days": WINDOW.days,
         "open_cases": {"total": sum(by_status.values()), "by_status": by_status},

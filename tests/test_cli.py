@@ -250,7 +250,7 @@ def test_human_output(store_url: str) -> None:
     )
     assert result.exit_code == 0 and "order KS-1" in result.stdout
     result = runner.invoke(cli, ["--store", store_url, "case", "list"])
-    assert result.exit_code == 0 and result.stdout.strip() == "(none)"
+    assert result.exit_code == 0 and result.stdout.strip() == "no cases match"
 
 
 def _aftersales(
@@ -302,7 +302,11 @@ def test_default_store_is_aftersales_db_and_env_store(tmp_path: Path) -> None:
         cwd=tmp_path,
         env={"AFTERSALES_STORE": f"sqlite:///{other}"},
     )
-    assert result.returncode == 4
+    # A read never creates a store: it names the URL and how to create one.
+    assert result.returncode == 1
+    assert not other.exists()
+    assert f"no store at sqlite:///{other}" in result.stderr
+    assert "aftersales init" in result.stderr
 
 
 def test_unreachable_store_exit_1(tmp_path: Path) -> None:

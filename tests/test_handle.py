@@ -34,7 +34,7 @@ def _click_command(name: str) -> click.Command:
     command: click.Command = cli
     for word in name.split(" "):
         assert isinstance(command, click.Group)
-        found = command.commands.get(word)
+        found = command.get_command(click.Context(command), word)
         assert found is not None, f"{name} is not on the command line"
         command = found
     return command

@@ -136,7 +136,10 @@ def test_ledger_totals_equal_the_scenarios_money(store_url: str) -> None:
         ids = scenario(engine)
         entries = [x for cid in ids for x in engine.get_case(cid)["ledger"]]
     run(store_url, "project", "run")
-    rows = json.loads(run(store_url, "ledger", "--json"))
+    result = json.loads(run(store_url, "ledger", "--json"))
+    with Engine(store_url) as engine:
+        assert result["position"] == engine.store.recorder.max_notification_id()
+    rows = result["rows"]
     assert rows == [
         {
             "merchant_id": "shop-a",
@@ -161,13 +164,13 @@ def test_ledger_totals_equal_the_scenarios_money(store_url: str) -> None:
     ]
     # The totals add up to the money events themselves.
     assert sum(Decimal(x["amount"]) for x in entries) == sum(Decimal(r["total"]) for r in rows)
-    one = json.loads(run(store_url, "ledger", "--merchant", "shop-b", "--json"))
+    one = json.loads(run(store_url, "ledger", "--merchant", "shop-b", "--json"))["rows"]
     assert [r["merchant_id"] for r in one] == ["shop-b"]
     # A window: only what moved from day 5 up to day 9 (excluded): the missed reship (refund
     # and penalty), the return on day 6, the platform's refund on day 8.
     window = json.loads(
         run(store_url, "ledger", "--since", at(days=5), "--until", at(days=9), "--json")
-    )
+    )["rows"]
     assert window == [
         {
             "merchant_id": "shop-a",
@@ -184,4 +187,28 @@ def test_ledger_totals_equal_the_scenarios_money(store_url: str) -> None:
     assert csv[0].startswith("merchant_id,refunded_by_merchant") and len(csv) == 3
     # A rebuild gives the same numbers.
     run(store_url, "project", "rebuild", "ledger")
-    assert json.loads(run(store_url, "ledger", "--json")) == rows
+    assert json.loads(run(store_url, "ledger", "--json"))["rows"] == rows
+
+
+def test_reports_catch_up_first_unless_told_not_to(store_url: str) -> None:
+    with Engine(store_url) as engine:
+        scenario(engine)
+        head = engine.store.recorder.max_notification_id()
+    runner = CliRunner()
+    stale = runner.invoke(cli, ["--store", store_url, "ledger", "--no-catch-up", "--json"])
+    assert stale.exit_code == 0, stale.output
+    assert json.loads(stale.stdout) == {"position": 0, "rows": []}
+    assert "still to apply" in stale.stderr
+    fresh = runner.invoke(cli, ["--store", store_url, "ledger", "--json"])
+    assert fresh.exit_code == 0, fresh.output
+    result = json.loads(fresh.stdout)
+    assert result["position"] == head
+    assert [r["merchant_id"] for r in result["rows"]] == ["shop-a", "shop-b"]
+    assert "still to apply" not in fresh.stderr
+    # A merchant with nothing says so to a person.
+    none = runner.invoke(cli, ["--store", store_url, "ledger", "--merchant", "no-such-shop"])
+    assert none.exit_code == 0 and none.stdout.strip() == "no money moved for merchant no-such-shop"
+    none = runner.invoke(
+        cli, ["--store", store_url, "report", "dashboard", "--merchant", "no-such-shop"]
+    )
+    assert none.stdout.startswith("no cases for merchant no-such-shop"), none.stdout

@@ -323,7 +323,7 @@ def test_report_commands_json_csv_and_table(scenario: Scenario, store_url: str) 
     window = ["--since", SINCE.isoformat(), "--until", UNTIL.isoformat()]
     out = runner.invoke(cli, [*base, "return-rates", "--by", "category", *window, "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout) == BY_CATEGORY
+    assert json.loads(out.stdout)["rows"] == BY_CATEGORY
 
     out = runner.invoke(cli, [*base, "return-rates", "--by", "sku", *window, "--csv"])
     assert out.exit_code == 0, out.output
@@ -346,9 +346,37 @@ def test_report_commands_json_csv_and_table(scenario: Scenario, store_url: str) 
     out = runner.invoke(cli, [*base, "dashboard", "--merchant", "shop-a", *now])
     assert "under platform intervention: 1" in out.output
 
-    bad = runner.invoke(cli, [*base, "return-rates", "--since", "2026-11-01", "--json"])
+    # A date is that day's start in the display zone (+08:00 unless --tz says otherwise).
+    day = runner.invoke(cli, [*base, "return-rates", "--since", "2026-11-01", "--json"])
+    full = ["--since", "2026-11-01T00:00:00+08:00", "--json"]
+    assert day.exit_code == 0, day.output
+    assert json.loads(day.stdout) == json.loads(
+        runner.invoke(cli, [*base, "return-rates", *full]).stdout
+    )
+    utc_day = runner.invoke(
+        cli,
+        [
+            "--tz",
+            "UTC",
+            *base,
+            "return-rates",
+            "--since",
+            "2026-11-01",
+            "--until",
+            "2026-11-02",
+            "--json",
+        ],
+    )
+    utc_full = ["--since", "2026-11-01T00:00:00Z", "--until", "2026-11-02T00:00:00Z", "--json"]
+    assert json.loads(utc_day.stdout) == json.loads(
+        runner.invoke(cli, [*base, "return-rates", *utc_full]).stdout
+    )
+    bad = runner.invoke(cli, [*base, "return-rates", "--since", "2026-11-01 10:00", "--json"])
     assert bad.exit_code == 2
     assert "offset" in json.loads(bad.stdout)["error"]["message"]
+    bad = runner.invoke(cli, [*base, "return-rates", "--since", "2026-02-30", "--json"])
+    assert bad.exit_code == 2
+    assert "2026-02-30" in json.loads(bad.stdout)["error"]["message"]
     bad = runner.invoke(
         cli, [*base, "return-rates", "--since", UNTIL.isoformat(), "--until", SINCE.isoformat()]
     )

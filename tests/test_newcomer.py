@@ -1,0 +1,158 @@
+"""A newcomer's first hour: fast help, reads that create nothing, one zone for people,
+completion, short case ids."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from aftersales.commands.cli import COMMANDS, cli, load_command
+from aftersales.engine.commands import OpenCase
+from aftersales.engine.service import Engine
+from tests.conftest import PG_URL, place_delivered, schema_url
+
+
+def invoke(*args: str) -> click.testing.Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_the_root_help_lists_each_command_by_the_first_words_of_its_own_help() -> None:
+    for name, (_, line) in COMMANDS.items():
+        command = load_command(name)
+        assert command.name == name
+        first = " ".join(inspect.cleandoc(command.help or "").split("\n\n")[0].split())
+        assert first.startswith(line), (name, first, line)
+    shown = invoke("--help").stdout
+    assert all(f"  {name} " in shown for name in COMMANDS)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["-h"]])
+def test_help_and_version_load_click_alone(args: list[str]) -> None:
+    probe = (
+        "import sys\n"
+        "from aftersales.commands.cli import main\n"
+        f"sys.argv = ['aftersales', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('pydantic', 'psycopg', 'eventsourcing', 'aftersales.engine')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_completion_scripts_and_completing_commands() -> None:
+    for shell in ("bash", "zsh", "fish"):
+        result = invoke("completion", shell)
+        assert result.exit_code == 0
+        assert "_AFTERSALES_COMPLETE" in result.stdout and "aftersales" in result.stdout
+    assert invoke("completion", "tcsh").exit_code == 2
+    env = {**os.environ, "COMP_WORDS": "aftersales ca", "COMP_CWORD": "1"}
+    env["_AFTERSALES_COMPLETE"] = "bash_complete"
+    out = subprocess.run(
+        [sys.executable, "-m", "aftersales.commands.cli"], env=env, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["plain,case"]
+    env["COMP_WORDS"], env["COMP_CWORD"] = "aftersales case appr", "2"
+    out = subprocess.run(
+        [sys.executable, "-m", "aftersales.commands.cli"], env=env, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["plain,approve"]
+
+
+# Reads never create a store -------------------------------------------------------------------
+
+READS = [
+    ["case", "list"],
+    ["case", "show", "00000000-0000-0000-0000-000000000001"],
+    ["order", "show", "KS-1"],
+    ["ledger"],
+    ["report", "dashboard"],
+    ["report", "return-rates"],
+    ["project", "status"],
+    ["audit", "00000000-0000-0000-0000-000000000001"],
+]
+
+
+@pytest.mark.parametrize("args", READS, ids=lambda a: " ".join(a[:2]))
+def test_a_read_on_a_missing_sqlite_store_creates_nothing(tmp_path: Path, args: list[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    result = invoke("--store", url, *args, "--json")
+    assert result.exit_code == 1, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "store_unavailable"
+    assert url in error["message"] and "aftersales init" in error["message"]
+    assert not (tmp_path / "typo.db").exists()
+
+
+def _schema_exists(name: str) -> bool:
+    with psycopg.connect(PG_URL.split("?")[0]) as conn:
+        row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone()
+        return row is not None
+
+
+@pytest.mark.parametrize("args", READS[:3] + READS[5:7], ids=lambda a: " ".join(a[:2]))
+def test_a_read_on_a_missing_postgres_schema_creates_nothing(args: list[str]) -> None:
+    schema = f"nc_wlak_{os.getpid()}"
+    result = invoke("--store", schema_url(schema), *args)
+    assert result.exit_code == 1, result.output
+    assert f"no store at {schema_url(schema)}" in result.stderr
+    assert not _schema_exists(schema)
+
+
+def test_init_creates_a_store_once_then_reads_work(store_url: str, tmp_path: Path) -> None:
+    fresh = f"sqlite:///{tmp_path / 'new.db'}"
+    first = json.loads(invoke("--store", fresh, "init", "--json").stdout)
+    assert first == {"store": fresh, "created": True}
+    again = json.loads(invoke("--store", fresh, "init", "--json").stdout)
+    assert again == {"store": fresh, "created": False}
+    assert invoke("--store", fresh, "case", "list").stdout.strip() == "no cases match"
+    # A store that exists already: init says so and changes nothing.
+    with Engine(store_url):
+        pass
+    assert json.loads(invoke("--store", store_url, "init", "--json").stdout)["created"] is False
+
+
+def test_a_password_in_the_store_url_is_never_shown(tmp_path: Path) -> None:
+    url = "postgresql://someone:s3cret@127.0.0.1:1/nothing"
+    result = invoke("--store", url, "case", "list", "--json")
+    assert result.exit_code == 1
+    assert "s3cret" not in result.output and "s3cret" not in result.stderr
+
+
+# One zone for people ----------------------------------------------------------------------------
+
+
+def test_people_read_times_in_one_zone_to_the_second(store_url: str) -> None:
+    with Engine(store_url) as engine:
+        place_delivered(engine, "KS-1")
+        case_id = engine.handle(
+            OpenCase(
+                order_id="KS-1",
+                type="refund_only",
+                reason="quality.colour",
+                amount="10.00",
+                at="2026-11-03T02:00:00.123456Z",
+            )
+        )["case_id"]
+    shown = invoke("--store", store_url, "case", "show", case_id).stdout
+    # Opened 02:00 UTC = 10:00 at +08:00; the merchant has 48 hours.
+    assert "due 2026-11-05 10:00:00 +08:00: auto_approve if nobody acts" in shown
+    utc = invoke("--store", store_url, "--tz", "UTC", "case", "show", case_id).stdout
+    assert "due 2026-11-05 02:00:00 +00:00" in utc
+    listed = invoke("--store", store_url, "--tz", "Asia/Shanghai", "case", "list").stdout
+    assert "2026-11-05 10:00:00 +08:00" in listed and ".123456" not in listed
+    # JSON keeps the time as the engine gives it.
+    as_json = json.loads(invoke("--store", store_url, "case", "show", case_id, "--json").stdout)
+    assert as_json["due_at"].startswith("2026-11-05T02:00:00.123456")
+    bad = invoke("--store", store_url, "--tz", "Mars/Base", "case", "show", case_id)
+    assert bad.exit_code == 2 and "Mars/Base" in bad.stderr
