@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 
 from aftersales.commands.output import RENDERERS, emit
 from aftersales.engine.commands import Action, Command, field_choices, key_of
+from aftersales.engine.service import Engine
 
 
 def _inner(annotation: Any) -> Any:
@@ -99,7 +100,7 @@ def click_command(kind: type[Command]) -> click.Command:
         emit(
             ctx,
             as_json,
-            lambda engine: engine.handle(kind.parse(values)),
+            lambda engine: engine.handle(kind.parse(with_whole_case_id(engine, values))),
             RENDERERS[kind.shows],
             creates=not kind.reads_only,
         )
@@ -111,3 +112,10 @@ def click_command(kind: type[Command]) -> click.Command:
         help=(kind.__doc__ or "").strip(),
         short_help=(kind.__doc__ or "").strip().split("\n")[0],
     )
+
+
+def with_whole_case_id(engine: Engine, values: dict[str, Any]) -> dict[str, Any]:
+    """A person may name a case by the start of its id, as git takes a short commit id."""
+    if isinstance(values.get("case_id"), str):
+        return {**values, "case_id": engine.complete_case_id(values["case_id"])}
+    return values

@@ -58,7 +58,11 @@ def audit(
             raise BadInput("give --as-of or --version, not both")
         engine = state.engine(create=False)
         result = audit_case(
-            engine.store, case_id, as_of=when, version=version, with_states=export_path is not None
+            engine.store,
+            engine.complete_case_id(case_id),
+            as_of=when,
+            version=version,
+            with_states=export_path is not None,
         )
         if export_path is not None:
             content = bundle(result, engine.policy, engine.clock())

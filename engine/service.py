@@ -19,6 +19,7 @@ work's business, with one strategy each:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -394,6 +395,9 @@ class Group(UnitOfWork):
 
 # The engine ------------------------------------------------------------------------------------
 
+# How many cases an ambiguous short case id names in its refusal.
+AMBIGUOUS_SHOWN = 5
+
 
 class Engine:
     """One store, one policy, one clock: the after-sales workflow behind every command."""
@@ -744,6 +748,25 @@ class Engine:
     def get_order(self, order_id: str) -> dict[str, Any]:
         """An order as `order show --json` gives it."""
         return self.load_order(order_id).to_json()
+
+    def complete_case_id(self, given: str) -> str:
+        """The case id a person means by the start of one (at least four characters, as git
+        takes a short commit id); a whole id is returned as given. A start shared by several
+        cases is refused, naming them."""
+        text = given.strip().lower()
+        if len(text) == 36 or not re.fullmatch(r"[0-9a-f-]{4,35}", text):
+            return given
+        rows = self.store.query(
+            "SELECT case_id FROM {t}aftersales_cases WHERE case_id LIKE ? ORDER BY case_id LIMIT ?",
+            (f"{text}%", AMBIGUOUS_SHOWN + 1),
+        )
+        if not rows:
+            raise NotFound(f"no case starts with {given}")
+        if len(rows) > 1:
+            shown = ", ".join(str(r["case_id"]) for r in rows[:AMBIGUOUS_SHOWN])
+            more = " and more" if len(rows) > AMBIGUOUS_SHOWN else ""
+            raise BadInput(f"case id {given} is ambiguous: {shown}{more}; give more of it")
+        return str(rows[0]["case_id"])
 
 
 def command_rows(

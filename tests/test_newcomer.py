@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from aftersales.commands.cli import COMMANDS, cli, load_command
-from aftersales.engine.commands import OpenCase
+from aftersales.engine.commands import OpenCase, new_case_id
 from aftersales.engine.service import Engine
-from tests.conftest import PG_URL, place_delivered, schema_url
+from tests.conftest import PG_URL, at, place_delivered, schema_url
 
 
 def invoke(*args: str) -> click.testing.Result:
@@ -156,3 +156,64 @@ def test_people_read_times_in_one_zone_to_the_second(store_url: str) -> None:
     assert as_json["due_at"].startswith("2026-11-05T02:00:00.123456")
     bad = invoke("--store", store_url, "--tz", "Mars/Base", "case", "show", case_id)
     assert bad.exit_code == 2 and "Mars/Base" in bad.stderr
+
+
+# Short case ids ---------------------------------------------------------------------------------
+
+
+def _two_command_ids_whose_cases_share(chars: int) -> tuple[str, str]:
+    """Two command ids whose cases' ids begin alike (case ids are derived from command ids)."""
+    seen: dict[str, str] = {}
+    for n in range(100_000):
+        command_id = f"open-{n}"
+        start = str(new_case_id(None, command_id))[:chars]
+        if start in seen:
+            return seen[start], command_id
+        seen[start] = command_id
+    raise AssertionError("no two")
+
+
+def test_a_case_can_be_named_by_the_start_of_its_id(store_url: str) -> None:
+    command_ids = _two_command_ids_whose_cases_share(5)
+    with Engine(store_url) as engine:
+        ids = []
+        for order, command_id in zip(("KS-1", "KS-2"), command_ids, strict=True):
+            place_delivered(engine, order)
+            opened = OpenCase(
+                order_id=order,
+                type="refund_only",
+                reason="quality.colour",
+                amount="10.00",
+                at=at(days=2),
+                command_id=command_id,
+            )
+            ids.append(engine.handle(opened)["case_id"])
+    first, second = ids
+    common = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
+    assert common >= 5
+    short = first[: common + 1]
+    shown = json.loads(invoke("--store", store_url, "case", "show", short, "--json").stdout)
+    assert shown["case_id"] == first
+    approved = invoke(
+        "--store", store_url, "case", "approve", short, "--at", at(days=2, hours=1), "--json"
+    )
+    assert approved.exit_code == 0, approved.output
+    assert json.loads(approved.stdout)["status"] == "refunded"
+    assert (
+        json.loads(invoke("--store", store_url, "audit", short, "--json").stdout)["case_id"]
+        == first
+    )
+    # A start both share is refused as ambiguous, naming both; nothing was done.
+    shared = invoke("--store", store_url, "case", "approve", first[:common], "--json")
+    assert shared.exit_code == 2
+    message = json.loads(shared.stdout)["error"]["message"]
+    assert "ambiguous" in message and first in message and second in message
+    assert (
+        json.loads(invoke("--store", store_url, "case", "show", second, "--json").stdout)["status"]
+        == "awaiting_merchant"
+    )
+    # Too short to be a start (three characters), or the start of no case: no such case.
+    assert invoke("--store", store_url, "case", "show", first[:3]).exit_code == 4
+    other = "0000" if not first.startswith("0000") and not second.startswith("0000") else "ffff"
+    unknown = invoke("--store", store_url, "case", "show", other)
+    assert unknown.exit_code == 4 and f"no case starts with {other}" in unknown.stderr
