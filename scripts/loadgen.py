@@ -176,9 +176,11 @@ class Workload:
                 self.add(t, "case withdraw", case_id=case_id)
             return
         if choice < 0.27:  # silent merchant: the system approves at 48 h
+            approved = t + timedelta(hours=48)
             t = self.after_deadline(t, timedelta(hours=48))
         else:
             t += self.hours(0.5, 40)
+            approved = t
             self.add(
                 t,
                 "case approve",
@@ -190,8 +192,11 @@ class Workload:
             self.rate(case_id, t)
             return
         if kind == "reship":
-            if r.random() < 0.85:
-                t += self.hours(1, 20)
+            # The merchant has 24 hours from the approval (the system's, when it was silent,
+            # counts from the deadline, not from the tick that fired it).
+            reshipped = max(t + timedelta(minutes=1), approved + self.hours(1, 20))
+            if r.random() < 0.85 and reshipped < approved + timedelta(hours=24):
+                t = reshipped
                 self.add(
                     t,
                     "case reship",

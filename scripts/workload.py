@@ -211,3 +211,29 @@ def _orders(rng: random.Random, merchants: int) -> Iterator[tuple[str, datetime]
     while True:
         at += timedelta(seconds=rng.uniform(5, 40))
         yield f"shop-{rng.randrange(merchants):03d}", at
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python scripts/workload.py",
+        description="Write a synthetic, rule-abiding event log into a store (for benchmarks "
+        "and trying the reports): orders, and cases on about a quarter of them.",
+    )
+    parser.add_argument("--store", required=True, help="the store URL to write into")
+    parser.add_argument("--events", type=int, default=10_000, help="at least this many events")
+    parser.add_argument("--merchants", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    store = EventStore(args.store)
+    try:
+        written = generate(store, args.events, merchants=args.merchants, seed=args.seed)
+    finally:
+        store.close()
+    print(f"wrote {written} events to {store.url.redacted}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -217,3 +217,57 @@ def test_a_case_can_be_named_by_the_start_of_its_id(store_url: str) -> None:
     other = "0000" if not first.startswith("0000") and not second.startswith("0000") else "ffff"
     unknown = invoke("--store", store_url, "case", "show", other)
     assert unknown.exit_code == 4 and f"no case starts with {other}" in unknown.stderr
+
+
+# Scripts ------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_help(script: str, tmp_path: Path) -> None:
+    for flag in ("--help", "-h"):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / script), flag],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "usage" in out.stdout.lower() and not out.stderr
+
+
+def test_loadgen_reships_within_the_24_hours_after_approval() -> None:
+    """Every reship the load generator writes comes within 24 hours of the case's approval:
+    the merchant's, or the system's at the 48-hour deadline when the merchant was silent
+    (the tick that fires it comes later, but the window counts from the deadline)."""
+    from datetime import datetime, timedelta
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "loadgen.py"), "--orders", "5000", "--seed", "7"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    opened: dict[str, datetime] = {}
+    approved: dict[str, datetime] = {}
+    reshipped: dict[str, datetime] = {}
+    for line in out.splitlines():
+        row = json.loads(line)
+        if "at" not in row:  # a tick line names its moment "now"
+            continue
+        when = datetime.fromisoformat(row["at"])
+        if row["action"] == "case open" and row["type"] == "reship":
+            opened[str(new_case_id(None, row["command_id"]))] = when
+        elif row["action"] == "case approve":
+            approved[row["case_id"]] = when
+        elif row["action"] == "case reship":
+            reshipped[row["case_id"]] = when
+    assert len(reshipped) > 20
+    silent = [c for c in reshipped if c not in approved]
+    assert silent, "no reship after a silent merchant to check"
+    for case_id, when in reshipped.items():
+        start = approved.get(case_id, opened[case_id] + timedelta(hours=48))
+        assert start < when < start + timedelta(hours=24), case_id
