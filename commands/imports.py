@@ -33,9 +33,10 @@ from aftersales.engine.sql import Dialect
 from aftersales.engine.workers import Worker, in_processes
 
 
-def render_report(report: dict[str, Any]) -> str:
+def render_report(report: dict[str, Any], noun: str = "lines") -> str:
+    """An import's summary; ``noun`` names what was counted (orders, or history lines)."""
     head = (
-        f"{report['lines']} lines: {report['ok']} ok, {report['failed']} failed; "
+        f"{report['lines']} {noun}: {report['ok']} ok, {report['failed']} failed; "
         f"{report['events']} events in {report['seconds']} s"
         + (f" ({report['events_per_second']}/s)" if report["events_per_second"] else "")
     )
@@ -44,7 +45,7 @@ def render_report(report: dict[str, Any]) -> str:
     return head + "\n" + table(report["errors"][:20], ["line", "code", "message"])
 
 
-def _finish(ctx: click.Context, as_json: bool, run: Any) -> None:
+def _finish(ctx: click.Context, as_json: bool, run: Any, noun: str) -> None:
     result: dict[str, Any] = {}
 
     def call(engine: Engine) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def _finish(ctx: click.Context, as_json: bool, run: Any) -> None:
         result["exit"] = exit_code(code) if code else 0
         return report.to_json()
 
-    emit(ctx, as_json, call, render_report)
+    emit(ctx, as_json, call, lambda report: render_report(report, noun))
     if result.get("exit"):
         sys.exit(result["exit"])
 
@@ -72,8 +73,34 @@ def _readable_path(source: IO[str]) -> Iterator[Path]:
         yield path
 
 
-def _progress(label: str) -> Any:
-    return click.progressbar(length=0, label=label, file=sys.stderr, hidden=not sys.stderr.isatty())
+def _progress(label: str, source: IO[str] | None) -> Any:
+    """A progress bar on a terminal's stderr that moves as the work is saved. Its length is
+    the file's line count when each line is one item and the source is a file (a quick count of
+    newlines first); otherwise it counts, without a percentage."""
+    hidden = not sys.stderr.isatty()
+    total = None if hidden or source is None else _count_lines(source)
+    if total is None:
+        return click.progressbar(
+            length=sys.maxsize,
+            label=label,
+            file=sys.stderr,
+            hidden=hidden,
+            show_percent=False,
+            show_eta=False,
+            show_pos=True,
+            width=0,
+        )
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
+
+
+def _count_lines(source: IO[str]) -> int | None:
+    if source.name in ("<stdin>", "-") or not Path(source.name).is_file():
+        return None
+    count = 0
+    with Path(source.name).open("rb") as raw:
+        while block := raw.read(1 << 20):
+            count += block.count(b"\n")
+    return count
 
 
 @click.command("import")
@@ -95,10 +122,12 @@ def import_orders(
     if fmt == "auto":
         fmt = "csv" if Path(source.name).suffix.lower() == ".csv" else "jsonl"
     state: State = ctx.find_object(State)  # type: ignore[assignment]
+    # A JSON Lines file holds an order a line; a CSV file an order line a row.
+    per_line = source if fmt == "jsonl" else None
 
     def run(engine: Engine) -> Report:
         if workers > 1:
-            with _readable_path(source) as path, _progress("orders") as bar:
+            with _readable_path(source) as path, _progress("orders", per_line) as bar:
                 return in_processes(
                     state.store,
                     order_import_share,
@@ -107,7 +136,7 @@ def import_orders(
                     progress=bar.update,
                 )
         items = read_orders_csv(source) if fmt == "csv" else read_orders_jsonl(source)
-        with _progress("orders") as bar:
+        with _progress("orders", per_line) as bar:
             return run_bulk(
                 engine,
                 items,
@@ -117,7 +146,7 @@ def import_orders(
                 progress=bar.update,
             )
 
-    _finish(ctx, as_json, run)
+    _finish(ctx, as_json, run, "orders")
 
 
 class HistoryLine:
@@ -270,7 +299,7 @@ def import_history(
 
     def run(engine: Engine) -> Report:
         if workers > 1:
-            with _readable_path(source) as path, _progress("actions") as bar:
+            with _readable_path(source) as path, _progress("actions", source) as bar:
                 return in_processes(
                     state.store,
                     history_share,
@@ -278,7 +307,7 @@ def import_history(
                     workers=workers,
                     progress=bar.update,
                 )
-        with _progress("actions") as bar:
+        with _progress("actions", source) as bar:
             return _run_history(engine, source, chunk, bar.update)
 
-    _finish(ctx, as_json, run)
+    _finish(ctx, as_json, run, "lines")

@@ -277,8 +277,13 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
             f"CREATE TABLE IF NOT EXISTS {COMMANDS_TABLE} ("
             "command_id TEXT PRIMARY KEY, action TEXT NOT NULL, target_id TEXT NOT NULL, "
             "fingerprint TEXT NOT NULL, version INTEGER NOT NULL, recorded_at TEXT NOT NULL)",
+            # The library keeps ids as 32 hex digits on SQLite; the view shows them as the
+            # engine prints them (with dashes), so a case id can be pasted into a query.
             f"CREATE VIEW IF NOT EXISTS {EVENT_LOG_VIEW} AS SELECT rowid AS notification_id, "
-            "originator_id, originator_version, topic, CAST(state AS TEXT) AS data "
+            "substr(originator_id, 1, 8) || '-' || substr(originator_id, 9, 4) || '-' || "
+            "substr(originator_id, 13, 4) || '-' || substr(originator_id, 17, 4) || '-' || "
+            "substr(originator_id, 21) AS originator_id, "
+            "originator_version, topic, CAST(state AS TEXT) AS data "
             f"FROM {self.events_table_name}",
         ]
         return statements

@@ -74,8 +74,7 @@ def events(engine: Engine, case_id: str) -> list[dict[str, Any]]:
     rows = engine.store.query(
         "SELECT topic, data FROM {t}aftersales_event_log WHERE originator_id = ? "
         "ORDER BY originator_version",
-        # The library keeps the id as a uuid on PostgreSQL, as 32 hex digits on SQLite.
-        (case_id if engine.store.is_postgres else UUID(case_id).hex,),
+        (case_id,),
     )
     out = []
     for row in rows:

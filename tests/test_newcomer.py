@@ -271,3 +271,31 @@ def test_loadgen_reships_within_the_24_hours_after_approval() -> None:
     for case_id, when in reshipped.items():
         start = approved.get(case_id, opened[case_id] + timedelta(hours=48))
         assert start < when < start + timedelta(hours=24), case_id
+
+
+def test_import_progress_is_as_long_as_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aftersales.commands import imports
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(f'{{"action": "tick", "now": "{at(days=n)}"}}\n' for n in range(7)))
+    with path.open() as source, imports._progress("actions", source) as bar:
+        assert bar.length == 7 and bar.show_percent is not False
+    # Standard input, or a CSV file whose rows are not one item each: it counts, no percentage.
+    with imports._progress("orders", None) as bar:
+        assert bar.show_percent is False
+    summary = imports.render_report(
+        {
+            "lines": 3,
+            "ok": 3,
+            "failed": 0,
+            "events": 6,
+            "seconds": 0.1,
+            "events_per_second": 60,
+            "errors": [],
+        },
+        "orders",
+    )
+    assert summary.startswith("3 orders: 3 ok, 0 failed")
