@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -79,6 +80,14 @@ def _parameter(name: str, field: FieldInfo, positional: bool) -> click.Parameter
     )
 
 
+# What --quiet prints, by what a command shows: the ids alone.
+QUIET: dict[str, Callable[[Any], str]] = {
+    "case": lambda case: str(case["case_id"]),
+    "cases": lambda rows: "\n".join(str(row["case_id"]) for row in rows),
+    "order": lambda order: str(order["order_id"]),
+}
+
+
 def click_command(kind: type[Command]) -> click.Command:
     """A click command for a typed command: parse, hand to the engine, print."""
     params: list[click.Parameter] = [
@@ -93,15 +102,26 @@ def click_command(kind: type[Command]) -> click.Command:
             ["--json", "as_json"], is_flag=True, help="Print exactly one JSON value on stdout."
         )
     )
+    quiet = QUIET.get(kind.shows)
+    if quiet is not None:
+        params.append(
+            click.Option(
+                ["-q", "--quiet"],
+                is_flag=True,
+                help="Print only the id (for scripts: CASE=$(aftersales case open ... -q)).",
+            )
+        )
 
     @click.pass_context
-    def callback(ctx: click.Context, /, as_json: bool, **given: Any) -> None:
+    def callback(ctx: click.Context, /, as_json: bool, quiet: bool = False, **given: Any) -> None:
+        if quiet and as_json:
+            raise click.UsageError("give --json or --quiet, not both")
         values = {k: v for k, v in given.items() if v is not None and v != ()}
         emit(
             ctx,
             as_json,
             lambda engine: engine.handle(kind.parse(with_whole_case_id(engine, values))),
-            RENDERERS[kind.shows],
+            QUIET[kind.shows] if quiet else RENDERERS[kind.shows],
             creates=not kind.reads_only,
         )
 

@@ -13,6 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from aftersales.commands.actions import QUIET
 from aftersales.commands.cli import cli
 from aftersales.engine.commands import (
     BY_NAME,
@@ -55,7 +56,9 @@ def test_every_command_is_on_the_command_line_with_one_option_per_field(
     arguments = {p.name for p in command.params if isinstance(p, click.Argument)}
     assert arguments == set(kind.arguments)
     expected = {key_of(f).replace("_", "-") for f in kind.model_fields if f not in kind.arguments}
-    assert options == expected | {"json"}
+    # Besides the fields: --json, and --quiet (ids only) where the result has an id.
+    printing = {"json", "quiet"} if kind.shows in QUIET else {"json"}
+    assert options == expected | printing
     assert BY_NAME[kind.name] is kind
 
 
