@@ -344,7 +344,7 @@ def _plain(value: Any) -> Any:
 class Command(BaseModel):
     """What every command has: its path (``name``), and how it is validated."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, defer_build=True)
 
     # The command path, as on the command line and in a batch line's "action".
     name: ClassVar[str]

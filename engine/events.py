@@ -34,7 +34,7 @@ def stored_topic(cls: type) -> str:
 
 
 class Event(BaseModel, CanMutateAggregate[UUID]):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     # Bumped when an event class changes shape; old shapes are upcast on reading
     # by ``upcast_v{n}_v{n+1}`` class methods, as the library does for its own events.
