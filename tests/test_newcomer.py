@@ -299,3 +299,24 @@ def test_import_progress_is_as_long_as_the_file(
         "orders",
     )
     assert summary.startswith("3 orders: 3 ok, 0 failed")
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`aftersales case list | head -1` on a store with more rows than a pipe holds."""
+    from aftersales.engine.store import EventStore
+    from scripts.workload import generate
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    store = EventStore(url)
+    generate(store, 40_000, merchants=5)  # every output below is more than a pipe holds
+    store.close()
+    for command in ("case list", "case list --json", "case list -q"):
+        out = subprocess.run(
+            f"{sys.executable} -m aftersales.commands.cli --store {url} {command} | head -n 1",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.stdout.count("\n") == 1, command
+        assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr
