@@ -1,0 +1,104 @@
+"""How long one `aftersales` process takes, beside `python -c pass` measured in the same run.
+
+A script that runs one process per action pays this on every action; `batch` (or a long-lived
+service) pays it once. Each command runs --runs times (default 15); the figure is the median wall
+time, and the overhead is that minus the median of `python -c pass`. Goals: `--version` and
+`--help` within 0.15 s of it, `case show` within 0.25 s on SQLite and 0.3 s on PostgreSQL.
+
+    python scripts/bench_startup.py [--runs 15] [--postgres postgresql://127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from aftersales.engine.commands import DeliverOrder, OpenCase, PlaceOrder, ShowCase
+from aftersales.engine.service import Engine
+
+GOALS = {
+    "--version": 0.15,
+    "--help": 0.15,
+    "case show (SQLite)": 0.25,
+    "case show (PostgreSQL)": 0.3,
+}
+
+
+def timed(argv: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def one_case(url: str) -> str:
+    with Engine(url) as engine:
+        engine.handle(PlaceOrder(order_id="B-1", merchant="m", buyer="b", lines=["A:1:10.00"]))
+        engine.handle(DeliverOrder(order_id="B-1"))
+        case_id: str = engine.handle(
+            OpenCase(order_id="B-1", type="refund_only", reason="quality.x", amount="10.00")
+        )["case_id"]
+        started = time.perf_counter()
+        for _ in range(100):
+            engine.handle(ShowCase(case_id=case_id))
+        in_process = (time.perf_counter() - started) / 100
+    print(f"  in-process case show on {url.split(':')[0]}: {in_process * 1000:.2f} ms")
+    return case_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--postgres", default="postgresql://127.0.0.1:5432/test")
+    args = parser.parse_args(argv)
+    program = [sys.executable, "-m", "aftersales.commands.cli"]
+    with tempfile.TemporaryDirectory() as folder:
+        sqlite = f"sqlite:///{Path(folder) / 'bench.db'}"
+        schema = f"bench_startup_{uuid.uuid4().hex[:8]}"
+        postgres = f"{args.postgres}?schema={schema}"
+        cases = {"sqlite": one_case(sqlite), "postgres": one_case(postgres)}
+        rows = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "--version": [*program, "--version"],
+            "--help": [*program, "--help"],
+            "case show (SQLite)": [*program, "--store", sqlite, "case", "show", cases["sqlite"]],
+            "case show (PostgreSQL)": [
+                *program,
+                "--store",
+                postgres,
+                "case",
+                "show",
+                cases["postgres"],
+            ],
+        }
+        try:
+            results = {name: timed(cmd, args.runs) for name, cmd in rows.items()}
+        finally:
+            import psycopg
+
+            with psycopg.connect(args.postgres, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    base = results["python -c pass"]
+    print(f"median of {args.runs} runs each; python -c pass: {base:.3f} s")
+    print(f"{'command':<24} {'wall s':>7} {'over pass':>10} {'goal':>6}  met")
+    for name, seconds in results.items():
+        if name == "python -c pass":
+            continue
+        over = seconds - base
+        goal = GOALS[name]
+        print(
+            f"{name:<24} {seconds:>7.3f} {over:>10.3f} {goal:>6.2f}  {'yes' if over <= goal else 'no'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
