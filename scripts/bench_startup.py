@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         over = seconds - base
         goal = GOALS[name]
-        print(
-            f"{name:<24} {seconds:>7.3f} {over:>10.3f} {goal:>6.2f}  {'yes' if over <= goal else 'no'}"
-        )
+        met = "yes" if over <= goal else "no"
+        print(f"{name:<24} {seconds:>7.3f} {over:>10.3f} {goal:>6.2f}  {met}")
     return 0
 
 
