@@ -51,7 +51,13 @@ from aftersales.engine.events import Act
 from aftersales.engine.order import Order, check_order_id, order_uuid
 from aftersales.engine.policy import Policy
 from aftersales.engine.sql import Dialect
-from aftersales.engine.store import CaseRow, CommandRow, EventStore, parse_stored_time
+from aftersales.engine.store import (
+    CASES_TABLE,
+    CaseRow,
+    CommandRow,
+    EventStore,
+    parse_stored_time,
+)
 from aftersales.engine.values import Actor, DueAction, Role, Status, money_str
 
 __all__ = ["Engine", "new_case_id"]
@@ -757,7 +763,7 @@ class Engine:
         if len(text) == 36 or not re.fullmatch(r"[0-9a-f-]{4,35}", text):
             return given
         rows = self.store.query(
-            "SELECT case_id FROM {t}aftersales_cases WHERE case_id LIKE ? ORDER BY case_id LIMIT ?",
+            f"SELECT case_id FROM {{t}}{CASES_TABLE} WHERE case_id LIKE ? ORDER BY case_id LIMIT ?",
             (f"{text}%", AMBIGUOUS_SHOWN + 1),
         )
         if not rows:

@@ -314,8 +314,9 @@ def dashboard(store: EventStore, merchant: str | None, now: datetime) -> dict[st
 
     # Whether the projection knows any case of this merchant at all (a typo'd merchant id
     # shows as no cases rather than as a quiet row of zeros).
+    whose = "WHERE c.merchant_id = ?" if merchant else ""
     has_cases = bool(by_status or recent) or bool(
-        store.query(f"SELECT 1 AS one FROM {{t}}{CASES.name} c WHERE {where}1 = 1 LIMIT 1", params)
+        store.query(f"SELECT 1 AS one FROM {{t}}{CASES.name} c {whose} LIMIT 1", params)
     )
     top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
     average = (
