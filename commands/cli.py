@@ -11,6 +11,7 @@ import click
 from commands.audit import audit
 from commands.batch import batch
 from commands.cases import case_group
+from commands.checkpoint import checkpoint_group
 from commands.clock import scheduler, tick_command
 from commands.demo import demo
 from commands.imports import import_history, import_orders
@@ -82,6 +83,7 @@ order_group.add_command(import_orders)
 cli.add_command(tick_command)
 cli.add_command(scheduler)
 cli.add_command(audit)
+cli.add_command(checkpoint_group)
 cli.add_command(project_group)
 cli.add_command(report_group)
 cli.add_command(ledger_cmd)
