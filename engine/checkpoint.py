@@ -545,14 +545,14 @@ def take_checkpoint(store: EventStore, key: Ed25519PrivateKey, now: datetime) ->
     previous = tree.latest()
     start = previous.size if previous is not None else 0
     head_position = store.recorder.max_notification_id() or 0
-    if head_position <= start:
-        return Taken(previous, previous)
     builder = tree.builder(start)
     if previous is not None and builder.root() != previous.root:
         raise TreeDamaged(
             f"the kept tree no longer gives the root signed at position {previous.size}: the "
             "checkpoint tables were changed; run `aftersales checkpoint verify --full`"
         )
+    if head_position <= start:
+        return Taken(previous, previous)
     pending = _Pending()
     builder.on_chunk = lambda index, leaves: pending.chunks.__setitem__(index, b"".join(leaves))
     builder.on_node = lambda level, index, h: pending.nodes.__setitem__((level, index), h)
