@@ -158,9 +158,17 @@ def keygen(out: Path, as_json: bool) -> None:
     help="Also read every event up to the latest checkpoint and compare it with what was "
     "signed, naming each position changed, deleted or put there since.",
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Write the kept tree again from the stored events (after it was lost or damaged), "
+    "only if they give every signed root. Implies --full.",
+)
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, /, public_key: Path | None, full: bool, as_json: bool) -> None:
+def verify(
+    ctx: click.Context, /, public_key: Path | None, full: bool, repair: bool, as_json: bool
+) -> None:
     """Check every checkpoint: its signature, that each extends the one before (a consistency
     proof), and with --full the events in the store against the signed roots. Exit 0, or 3
     listing the problems."""
@@ -168,7 +176,9 @@ def verify(ctx: click.Context, /, public_key: Path | None, full: bool, as_json: 
     try:
         if public_key is None:
             raise BadInput(f"no public key: give --public-key FILE or set ${PUBLIC_KEY_ENV}")
-        result = verify_log(state.engine().store, load_public_key(public_key), full=full)
+        result = verify_log(
+            state.engine().store, load_public_key(public_key), full=full, repair=repair
+        )
     except AftersalesError as exc:
         fail_with(exc, as_json)
     except PersistenceError as exc:
@@ -183,7 +193,9 @@ def verify(ctx: click.Context, /, public_key: Path | None, full: bool, as_json: 
             click.echo(f"  {p}")
     else:
         latest = result.heads[-1]
-        read = f", {result.events_read} events read and matched" if full else ""
+        read = f", {result.events_read} events read and matched" if result.full else ""
+        if result.repaired:
+            read += "; the kept tree was written again from them"
         click.echo(
             f"verified: {len(result.heads)} checkpoint(s), each extending the one before; "
             f"latest at position {latest.size} ({latest.events} events){read}"

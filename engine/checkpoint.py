@@ -733,6 +733,7 @@ class LogCheck:
     problems: list[str] = field(default_factory=list)
     full: bool = False
     events_read: int = 0
+    repaired: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -740,15 +741,23 @@ class LogCheck:
             "latest": self.heads[-1].to_json() if self.heads else None,
             "full": self.full,
             "events_read": self.events_read,
+            "repaired": self.repaired,
             "verified": not self.problems,
             "problems": self.problems,
         }
 
 
-def verify_log(store: EventStore, public: Ed25519PublicKey, *, full: bool = False) -> LogCheck:
+def verify_log(
+    store: EventStore, public: Ed25519PublicKey, *, full: bool = False, repair: bool = False
+) -> LogCheck:
     """Every signed head's signature, each head extending the one before (a consistency proof
     from the kept tree), and with ``full`` the events in the store against the signed roots,
-    naming each position whose event is not the one signed."""
+    naming each position whose event is not the one signed.
+
+    With ``repair`` (which implies ``full``), a kept tree that was lost or damaged is written
+    again from the stored events, but only if those events give every signed root: a tree is
+    never rebuilt over a history that differs from the one signed."""
+    full = full or repair
     tree = Tree(store)
     heads = tree.heads()
     check = LogCheck(heads, full=full)
@@ -771,7 +780,14 @@ def verify_log(store: EventStore, public: Ed25519PublicKey, *, full: bool = Fals
     except TreeDamaged as exc:
         check.problems.append(exc.message)
     if full:
-        _recompute(tree, heads, check)
+        kept_problems, check.problems = check.problems, []
+        pending = _Pending() if repair else None
+        differences = _recompute(tree, heads, check, pending)
+        if pending is not None and not check.problems:
+            tree._write(pending.write)
+            check.repaired = True
+        else:
+            check.problems = kept_problems + check.problems + differences
     return check
 
 
@@ -779,9 +795,10 @@ def _consistency(sizes: tuple[int, int], subtree: Callable[[int, int], bytes]) -
     return consistency_proof(sizes[0], sizes[1], subtree)
 
 
-def _recompute(tree: Tree, heads: list[Head], check: LogCheck) -> None:
-    """Rebuild the tree from the stored events and compare it with every signed root and, to
-    name what changed, with the kept leaves."""
+def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: _Pending | None) -> list[str]:
+    """Rebuild the tree from the stored events and compare it with every signed root (adding
+    to ``check.problems``) and, to name what changed, with the kept leaves (returned). With
+    ``keep``, the rebuilt tree's rows are collected there."""
     differences: list[str] = []
     labels: dict[int, str] = {}
 
@@ -812,7 +829,16 @@ def _recompute(tree: Tree, heads: list[Head], check: LogCheck) -> None:
                 )
         labels.clear()
 
-    builder = Builder(on_chunk=compare)
+    def chunk(index: int, leaves: list[bytes]) -> None:
+        if keep is not None:
+            keep.chunks[index] = b"".join(leaves)
+        compare(index, leaves)
+
+    def node(level: int, index: int, h: bytes) -> None:
+        if keep is not None:
+            keep.nodes[(level, index)] = h
+
+    builder = Builder(on_chunk=chunk, on_node=node)
     pending = list(heads)
     last = heads[-1].size
 
@@ -837,11 +863,10 @@ def _recompute(tree: Tree, heads: list[Head], check: LogCheck) -> None:
         builder.append(EMPTY_LEAF)
         reached()
     if builder.partial:
-        compare(builder.size >> CHUNK_LEVEL, builder.partial)
-    if differences:
-        shown = differences[:20]
-        more = len(differences) - len(shown)
-        check.problems += shown + ([f"... and {more} more position(s)"] if more else [])
+        chunk(builder.size >> CHUNK_LEVEL, builder.partial)
+    shown = differences[:20]
+    more = len(differences) - len(shown)
+    return shown + ([f"... and {more} more position(s)"] if more else [])
 
 
 # An audit's events, anchored -------------------------------------------------------------------

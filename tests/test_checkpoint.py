@@ -373,15 +373,41 @@ def test_history_rewritten_with_the_kept_tree_is_caught(
     # ... and the whole log does not give the signed root.
     full = invoke(store_url, "checkpoint", "verify", "--public-key", str(public), "--full", code=3)
     assert "do not give the root signed" in full.stdout
-    # Throwing the kept tree away does not help either.
+    # Throwing the kept tree away does not help either, nor does asking for it to be rebuilt.
+    throw_away_the_kept_tree(engine)
+    refused = invoke(store_url, "checkpoint", "--signing-key", str(private), code=3)
+    assert "the kept tree has lost" in refused.stderr
+    repair = ["checkpoint", "verify", "--public-key", str(public), "--repair"]
+    refused = invoke(store_url, *repair, code=3)
+    assert "do not give the root signed" in refused.stdout
+    assert not Tree(engine.store)._rows(f"SELECT chunk FROM {{t}}{LEAVES}")
 
-    def throw_away(execute: Callable[[str, Sequence[Any]], None]) -> None:
+
+def throw_away_the_kept_tree(engine: Engine) -> None:
+    def delete(execute: Callable[[str, Sequence[Any]], None]) -> None:
         for table in (LEAVES, NODES):
             execute(f"DELETE FROM {{t}}{table}", ())
 
-    Tree(engine.store)._write(throw_away)
+    Tree(engine.store)._write(delete)
+
+
+def test_a_lost_kept_tree_is_written_again_only_from_the_signed_history(
+    engine: Engine, store_url: str, refunded_case: str, keys: tuple[Path, Path]
+) -> None:
+    private, public = keys
+    checkpoint(store_url, private)
+    throw_away_the_kept_tree(engine)
     refused = invoke(store_url, "checkpoint", "--signing-key", str(private), code=3)
-    assert "the kept tree has lost" in refused.stderr
+    assert "the kept tree has lost the leaves of positions 1 to 256" in refused.stderr
+    assert (
+        "[checkpoint]"
+        in invoke(store_url, "audit", refunded_case, "--public-key", str(public)).stdout
+    )
+    repaired = invoke(store_url, "checkpoint", "verify", "--public-key", str(public), "--repair")
+    assert "the kept tree was written again from them" in repaired.stdout
+    place_delivered(engine, "KS-2")
+    assert checkpoint(store_url, private)["new"]
+    assert audit(store_url, refunded_case, "--public-key", str(public))["verified"]
 
 
 def test_a_wrong_public_key_or_a_forged_head_fails(
