@@ -153,14 +153,26 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
 
 
 def test_no_key_or_a_bad_key_is_bad_input(store_url: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "AFTERSALES_SIGNING_KEY"}
-    result = CliRunner(env=env).invoke(cli, ["--store", store_url, "checkpoint", "--json"])
+    result = CliRunner(env={"AFTERSALES_SIGNING_KEY": None}).invoke(
+        cli, ["--store", store_url, "checkpoint", "--json"]
+    )
     assert result.exit_code == 2
     assert "no signing key" in json.loads(result.stdout)["error"]["message"]
     junk = tmp_path / "junk.pem"
     junk.write_text("not a key")
     result = invoke(store_url, "checkpoint", "--signing-key", str(junk), code=2)
     assert "neither a PEM Ed25519 key nor a raw 32-byte key" in result.stderr
+    result = CliRunner(env={"AFTERSALES_PUBLIC_KEY": None}).invoke(
+        cli, ["--store", store_url, "checkpoint", "verify"]
+    )
+    assert result.exit_code == 2 and "no public key" in result.stderr
+    # A signing key others can read signs, with a warning.
+    private = tmp_path / "k.pem"
+    generate_key(private)
+    private.chmod(0o644)
+    result = invoke(store_url, "checkpoint", "--signing-key", str(private))
+    assert "can be read by others than its owner" in result.stderr
+    assert "nothing to checkpoint: the log is empty" in result.stdout
 
 
 # The kept tree, grown over many checkpoints ------------------------------------------------------
