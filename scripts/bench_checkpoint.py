@@ -32,10 +32,12 @@ from pathlib import Path
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.case import CaseRefunded
 from engine.checkpoint import LEAVES, NODES, Tree, check_events, take_checkpoint
 from engine.events import leaf_bytes
 from engine.merkle import (
@@ -52,7 +54,7 @@ from engine.merkle import (
 from engine.store import EventStore
 from scripts.bench_projections import raw_read
 
-TOPIC = "engine.case:CaseRefunded"
+TOPIC = get_topic(CaseRefunded)
 
 
 def state_of(i: int) -> bytes:

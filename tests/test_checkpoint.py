@@ -29,6 +29,7 @@ from eventsourcing.utils import get_topic
 from commands.cli import cli
 from engine import merkle
 from engine.audit import stored_form
+from engine.case import CaseRefunded
 from engine.checkpoint import (
     LEAVES,
     NODES,
@@ -106,9 +107,10 @@ def test_the_verifier_hashes_leaves_as_the_engine_does() -> None:
     verifier = load_verifier()
     oid = uuid.uuid4()
     state = '{"amount":"39.90","hash":"ab","note":"é"}'.encode()
-    ours = merkle.leaf_hash(leaf_bytes(oid, 5, "engine.case:CaseRefunded", state))
-    assert verifier.leaf_hash(str(oid), 5, "engine.case:CaseRefunded", state) == ours
-    assert verifier.leaf_hash(str(oid), 6, "engine.case:CaseRefunded", state) != ours
+    topic = get_topic(CaseRefunded)
+    ours = merkle.leaf_hash(leaf_bytes(oid, 5, topic, state))
+    assert verifier.leaf_hash(str(oid), 5, topic, state) == ours
+    assert verifier.leaf_hash(str(oid), 6, topic, state) != ours
 
 
 # Keys -------------------------------------------------------------------------------------------
