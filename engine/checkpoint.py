@@ -268,7 +268,7 @@ class Tree:
 
     # Plain SQL on either backend -----------------------------------------------------------
 
-    def _write(self, work: Callable[[Callable[[str, Sequence[Any]], None]], None]) -> None:
+    def write(self, work: Callable[[Callable[[str, Sequence[Any]], None]], None]) -> None:
         """Run ``work(execute)`` in one write transaction (locked against other checkpoints
         on PostgreSQL; SQLite has one writer at a time)."""
         recorder = self.store.recorder
@@ -286,7 +286,7 @@ class Tree:
         with recorder.datastore.transaction(commit=True) as c:
             work(lambda sql, params: c.execute(self.dialect(sql), tuple(params)))
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         recorder = self.store.recorder
         if isinstance(recorder, PostgresCaseRecorder):
             with (
@@ -302,11 +302,11 @@ class Tree:
 
     def _exists(self) -> bool:
         if self.postgres:
-            rows = self._rows(
+            rows = self.rows(
                 "SELECT to_regclass(?) IS NOT NULL", (f"{self.dialect.schema}.{CHECKPOINTS}",)
             )
         else:
-            rows = self._rows(
+            rows = self.rows(
                 "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?",
                 (CHECKPOINTS,),
             )
@@ -331,7 +331,7 @@ class Tree:
             for s in statements:
                 execute(s, ())
 
-        self._write(create)
+        self.write(create)
         self._ready = True
 
     # Heads -----------------------------------------------------------------------------------
@@ -340,13 +340,13 @@ class Tree:
         """Every signed head, oldest first (none if no checkpoint was ever taken)."""
         if not self._exists():
             return []
-        rows = self._rows(f"SELECT head, signature FROM {{t}}{CHECKPOINTS} ORDER BY size")
+        rows = self.rows(f"SELECT head, signature FROM {{t}}{CHECKPOINTS} ORDER BY size")
         return [Head.parse(str(text), str(sig)) for text, sig in rows]
 
     def latest(self) -> Head | None:
         if not self._exists():
             return None
-        rows = self._rows(
+        rows = self.rows(
             f"SELECT head, signature FROM {{t}}{CHECKPOINTS} ORDER BY size DESC LIMIT 1"
         )
         return Head.parse(str(rows[0][0]), str(rows[0][1])) if rows else None
@@ -359,7 +359,7 @@ class Tree:
         for i in range(0, len(want_chunks), 500):
             part = want_chunks[i : i + 500]
             marks = self.dialect.marks(len(part))
-            for chunk, hashes in self._rows(
+            for chunk, hashes in self.rows(
                 f"SELECT chunk, hashes FROM {{t}}{LEAVES} WHERE chunk IN ({marks})", part
             ):
                 self._chunks[int(chunk)] = bytes(hashes)
@@ -372,7 +372,7 @@ class Tree:
             for i in range(0, len(ids), 500):
                 part = ids[i : i + 500]
                 marks = self.dialect.marks(len(part))
-                for idx, h in self._rows(
+                for idx, h in self.rows(
                     f"SELECT idx, hash FROM {{t}}{NODES} WHERE level = ? AND idx IN ({marks})",
                     [level, *part],
                 ):
@@ -459,7 +459,7 @@ class Tree:
             f"WHERE {column} > ? AND {column} <= ? ORDER BY {column} LIMIT ?"
         )
         while after < stop:
-            rows = self._rows(sql, (after, stop, batch))
+            rows = self.rows(sql, (after, stop, batch))
             if not rows:
                 return
             for position, oid, version, topic, state in rows:
@@ -476,7 +476,7 @@ class Tree:
         table = recorder.events_table_name  # type: ignore[attr-defined]
         column = "notification_id" if self.postgres else "rowid"
         params: list[Any] = [i if self.postgres else i.hex for i in ids]
-        rows = self._rows(
+        rows = self.rows(
             f"SELECT originator_id, originator_version, {column} FROM {{t}}{table} "
             f"WHERE originator_id IN ({self.dialect.marks(len(ids))})",
             params,
@@ -491,7 +491,7 @@ class Tree:
         recorder = self.store.recorder
         table = recorder.events_table_name  # type: ignore[attr-defined]
         column = "notification_id" if self.postgres else "rowid"
-        rows = self._rows(f"SELECT count(*) FROM {{t}}{table} WHERE {column} <= ?", (up_to,))
+        rows = self.rows(f"SELECT count(*) FROM {{t}}{table} WHERE {column} <= ?", (up_to,))
         return int(rows[0][0])
 
 
@@ -515,7 +515,9 @@ class Taken:
 
 
 @dataclass
-class _Pending:
+class TreeRows:
+    """Rows of the kept tree to write: leaf chunks and nodes, by their keys."""
+
     chunks: dict[int, bytes] = field(default_factory=dict)
     nodes: dict[tuple[int, int], bytes] = field(default_factory=dict)
 
@@ -553,7 +555,7 @@ def take_checkpoint(store: EventStore, key: Ed25519PrivateKey, now: datetime) ->
         )
     if head_position <= start:
         return Taken(previous, previous)
-    pending = _Pending()
+    pending = TreeRows()
     builder.on_chunk = lambda index, leaves: pending.chunks.__setitem__(index, b"".join(leaves))
     builder.on_node = lambda level, index, h: pending.nodes.__setitem__((level, index), h)
     new_events = 0
@@ -563,7 +565,7 @@ def take_checkpoint(store: EventStore, key: Ed25519PrivateKey, now: datetime) ->
         builder.append(leaf)
         new_events += 1
         if len(pending.chunks) >= FLUSH_CHUNKS:
-            tree._write(lambda execute: pending.write(execute))
+            tree.write(lambda execute: pending.write(execute))
     while builder.size < head_position:
         builder.append(EMPTY_LEAF)
     if builder.partial:
@@ -579,7 +581,7 @@ def take_checkpoint(store: EventStore, key: Ed25519PrivateKey, now: datetime) ->
         )
 
     try:
-        tree._write(finish)
+        tree.write(finish)
     except Exception as exc:
         if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
             raise Conflict(
@@ -781,10 +783,10 @@ def verify_log(
         check.problems.append(exc.message)
     if full:
         kept_problems, check.problems = check.problems, []
-        pending = _Pending() if repair else None
+        pending = TreeRows() if repair else None
         differences = _recompute(tree, heads, check, pending)
         if pending is not None and not check.problems:
-            tree._write(pending.write)
+            tree.write(pending.write)
             check.repaired = True
         else:
             check.problems = kept_problems + check.problems + differences
@@ -795,7 +797,7 @@ def _consistency(sizes: tuple[int, int], subtree: Callable[[int, int], bytes]) -
     return consistency_proof(sizes[0], sizes[1], subtree)
 
 
-def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: _Pending | None) -> list[str]:
+def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | None) -> list[str]:
     """Rebuild the tree from the stored events and compare it with every signed root (adding
     to ``check.problems``) and, to name what changed, with the kept leaves (returned). With
     ``keep``, the rebuilt tree's rows are collected there."""

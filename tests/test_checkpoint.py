@@ -35,7 +35,7 @@ from engine.checkpoint import (
     NODES,
     Builder,
     Tree,
-    _Pending,
+    TreeRows,
     generate_key,
     load_public_key,
     load_signing_key,
@@ -343,7 +343,7 @@ def test_an_event_deleted_under_a_checkpoint_is_caught(
         "DELETE FROM {events} WHERE originator_id = ? AND originator_version = 6",
         (row_id(store_url, refunded_case),),
     )
-    Tree(engine.store)._write(
+    Tree(engine.store).write(
         lambda execute: execute(
             "UPDATE {t}aftersales_cases SET version = 5 WHERE case_id = ?", (refunded_case,)
         )
@@ -365,7 +365,7 @@ def test_history_rewritten_with_the_kept_tree_is_caught(
     reseal_refund(engine, store_url, refunded_case, "20.00")
     # The tree tables rebuilt from the rewritten log, as the checkpoint would build them.
     tree = Tree(engine.store)
-    pending = _Pending()
+    pending = TreeRows()
     rebuilt = Builder(
         on_chunk=lambda i, leaves: pending.chunks.__setitem__(i, b"".join(leaves)),
         on_node=lambda level, i, h: pending.nodes.__setitem__((level, i), h),
@@ -373,7 +373,7 @@ def test_history_rewritten_with_the_kept_tree_is_caught(
     for _position, leaf, _label in tree.events(0, first["position"]):
         rebuilt.append(leaf)
     pending.chunks[0] = b"".join(rebuilt.partial)
-    tree._write(pending.write)
+    tree.write(pending.write)
     assert rebuilt.root().hex() != first["root"]
 
     # A new checkpoint refuses to sign on top of it ...
@@ -394,7 +394,7 @@ def test_history_rewritten_with_the_kept_tree_is_caught(
     repair = ["checkpoint", "verify", "--public-key", str(public), "--repair"]
     refused = invoke(store_url, *repair, code=3)
     assert "do not give the root signed" in refused.stdout
-    assert not Tree(engine.store)._rows(f"SELECT chunk FROM {{t}}{LEAVES}")
+    assert not Tree(engine.store).rows(f"SELECT chunk FROM {{t}}{LEAVES}")
 
 
 def throw_away_the_kept_tree(engine: Engine) -> None:
@@ -402,7 +402,7 @@ def throw_away_the_kept_tree(engine: Engine) -> None:
         for table in (LEAVES, NODES):
             execute(f"DELETE FROM {{t}}{table}", ())
 
-    Tree(engine.store)._write(delete)
+    Tree(engine.store).write(delete)
 
 
 def test_a_lost_kept_tree_is_written_again_only_from_the_signed_history(
@@ -448,7 +448,7 @@ def test_a_wrong_public_key_or_a_forged_head_fails(
     tree = Tree(engine.store)
     [head] = tree.heads()
     forged = head.text.replace(head.root.hex(), hashlib.sha256(b"forged").hexdigest())
-    tree._write(
+    tree.write(
         lambda execute: execute(
             "UPDATE {t}aftersales_checkpoints SET head = ? WHERE size = ?", (forged, head.size)
         )
