@@ -11,10 +11,12 @@ from typing import Any
 import click
 from eventsourcing.persistence import PersistenceError
 
+from aftersales.commands.checkpoint import public_key_option, read_public_key
 from aftersales.commands.display import for_people
 from aftersales.commands.options import json_option
 from aftersales.commands.output import State, _cell, _one_line, fail, fail_with, table, to_json
 from aftersales.engine.audit import Audit, audit_case, bundle, bundle_bytes
+from aftersales.engine.checkpoint import anchor, audited_events, bundle_section
 from aftersales.engine.errors import AftersalesError, BadInput
 from aftersales.engine.values import parse_time
 
@@ -35,8 +37,10 @@ NOT_VERIFIED = 3
     "export_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write a dispute bundle (events as stored, policy, states) to this file.",
+    help="Write a dispute bundle (events as stored, policy, states, and the latest "
+    "checkpoint's signed head with a proof for each event it covers) to this file.",
 )
+@public_key_option
 @json_option
 @click.pass_context
 def audit(
@@ -47,6 +51,7 @@ def audit(
     version: int | None,
     verify: bool,
     export_path: Path | None,
+    public_key: Path | None,
     as_json: bool,
 ) -> None:
     """Replay a case from its events: who did what when, the state, and whether it verifies."""
@@ -64,8 +69,12 @@ def audit(
             version=version,
             with_states=export_path is not None,
         )
+        anchor(engine.store, result, read_public_key(public_key))
         if export_path is not None:
             content = bundle(result, engine.policy, engine.clock())
+            section = bundle_section(engine.store, audited_events(result))
+            if section is not None:
+                content["checkpoint"] = section
             _write(export_path, bundle_bytes(content))
     except AftersalesError as exc:
         fail_with(exc, as_json)
@@ -169,4 +178,27 @@ def render_audit(result: Audit, report: dict[str, Any]) -> str:
     else:
         lines.append(f"verified: NO, {len(result.problems)} problem(s):")
         lines += [f"  [{p.check}] {p.message}" for p in result.problems]
+    if result.checkpoint is not None:
+        lines.append(render_anchor(result.checkpoint))
     return "\n".join(lines)
+
+
+def render_anchor(check: dict[str, Any]) -> str:
+    """What the latest checkpoint says of the audited events, in a line or a few."""
+    head = check["checkpoint"]
+    uncovered = check["uncovered"]
+    if head is None:
+        return f"checkpoint: {check['note']}"
+    where = f"checkpoint at position {head['position']} signed {head['signed_at']}"
+    if not check["checked"]:
+        if check["note"]:
+            return f"{where}: {check['note']}"
+        return f"{where}: not checked (see the problems above)"
+    if check["problems"]:
+        text = f"{where}: {len(check['problems'])} event(s) or fact(s) do NOT match it"
+    else:
+        text = f"{where} (key {head['key_id']}): {check['covered']} event(s) proven signed"
+    if uncovered:
+        named = ", ".join(f"{u['aggregate']} version {u['version']}" for u in uncovered)
+        text += f"; not yet covered by any checkpoint: {named}"
+    return text

@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Run one action per JSON line of FILE (or - for stdin); print one result line each.",
     ),
     "case": ("aftersales.commands.cases:case_group", "Return, refund, exchange and reship cases."),
+    "checkpoint": (
+        "aftersales.commands.checkpoint:checkpoint_group",
+        "Sign a checkpoint: the Merkle tree over every event up to the log's head, its root "
+        "signed with an Ed25519 key the store never holds.",
+    ),
     "completion": (
         "aftersales.commands.completion:completion",
         "Print the shell completion script for bash, zsh or fish.",
@@ -55,7 +60,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "scheduler": (
         "aftersales.commands.clock:scheduler",
-        "Tick against the wall clock until SIGINT or SIGTERM, which end it between ticks.",
+        "Tick against the wall clock until SIGINT or SIGTERM, which end it between ticks; "
+        "with a signing key, also sign a checkpoint of the log",
     ),
     "tick": (
         "aftersales.commands.clock:tick_command",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -11,6 +12,12 @@ import click
 from eventsourcing.persistence import PersistenceError
 
 from aftersales.commands.actions import click_command
+from aftersales.commands.checkpoint import (
+    checkpoint_once,
+    read_signing_key,
+    render_taken,
+    signing_key_option,
+)
 from aftersales.commands.options import json_option
 from aftersales.commands.output import State, fail_with, render_tick, to_json
 from aftersales.engine.commands import Tick as TickCommand
@@ -73,10 +80,29 @@ def _log(message: str) -> None:
     help="Seconds from the end of one tick to the start of the next.",
 )
 @_batch_option
+@signing_key_option
+@click.option(
+    "--checkpoint-every",
+    "checkpoint_every",
+    type=click.FloatRange(min=0.05),
+    default=300.0,
+    show_default=True,
+    help="With a signing key: seconds between checkpoints (taken after a tick, when the log "
+    "has grown).",
+)
 @json_option
 @click.pass_context
-def scheduler(ctx: click.Context, /, interval: float, batch: int, as_json: bool) -> None:
-    """Tick against the wall clock until SIGINT or SIGTERM, which end it between ticks.
+def scheduler(
+    ctx: click.Context,
+    /,
+    interval: float,
+    batch: int,
+    signing_key: Path | None,
+    checkpoint_every: float,
+    as_json: bool,
+) -> None:
+    """Tick against the wall clock until SIGINT or SIGTERM, which end it between ticks; with a
+    signing key, also sign a checkpoint of the log every --checkpoint-every seconds.
 
     With --json, one JSON object per tick on stdout (as `tick --json` prints); without it, a
     line for each tick that fired something. Several schedulers on one store fire each
@@ -87,9 +113,13 @@ def scheduler(ctx: click.Context, /, interval: float, batch: int, as_json: bool)
     try:
         try:
             engine = state.engine()
+            key = read_signing_key(signing_key) if signing_key is not None else None
         except AftersalesError as exc:
             fail_with(exc, as_json)
         _log(f"started, ticking every {interval:g} s")
+        if key is not None:
+            _log(f"signing a checkpoint every {checkpoint_every:g} s")
+        signed: float | None = None
         while not stop.requested:
             started = engine.clock()
             try:
@@ -99,6 +129,17 @@ def scheduler(ctx: click.Context, /, interval: float, batch: int, as_json: bool)
                 _log(f"tick at {started.isoformat()} failed: {' '.join(str(exc).split())}")
             else:
                 _report(result, as_json)
+            if key is not None and (
+                signed is None or time.monotonic() - signed >= checkpoint_every
+            ):
+                signed = time.monotonic()
+                try:
+                    taken = checkpoint_once(engine, key)
+                except (AftersalesError, PersistenceError) as exc:
+                    _log(f"checkpoint failed: {' '.join(str(exc).split())}")
+                else:
+                    if taken.new:
+                        _log(render_taken(taken))
             stop.sleep(interval)
     finally:
         stop.restore()

@@ -178,6 +178,9 @@ class Audit:
     order_entries: list[Entry]
     as_of: dict[str, Any] | None = None
     order_events: Sequence[StoredEvent] = field(default_factory=list)
+    # What the latest signed checkpoint says of these events (engine/checkpoint.py), when the
+    # store has one or a public key was given.
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def verified(self) -> bool:
@@ -200,6 +203,8 @@ class Audit:
         }
         if self.as_of is not None:
             result["as_of"] = self.as_of
+        if self.checkpoint is not None:
+            result["checkpoint"] = self.checkpoint
         return result
 
 

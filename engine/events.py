@@ -122,6 +122,17 @@ def chain_hash(
     return _digest(previous, originator_id, originator_version, topic, _canonical(content))
 
 
+def leaf_bytes(
+    originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+) -> bytes:
+    """What a checkpoint's Merkle leaf commits to for one stored event (engine/checkpoint.py):
+    its id, version and type (topic) as one line of canonical JSON, then the stored bytes
+    exactly as stored, hash included. So any change to a stored event, a re-sealed chain as
+    much as a changed space, changes its leaf."""
+    head = _canonical([str(originator_id), originator_version, topic])
+    return head.encode("utf-8") + b"\n" + bytes(state)
+
+
 def _sealed(event: Event, previous: str) -> Event:
     state = stored_state(event)
     state.pop("hash", None)

@@ -26,19 +26,31 @@ independently of the engine's code:
 Exit 0 when the bundle verifies, 3 (with the problems listed) when it does not, 2 when the file
 cannot be read at all. Compare the head hash with the one the platform reports for the case
 (``aftersales audit CASE``) to know the bundle is the whole history, not a rewritten one.
+
+A hash chain alone does not stop whoever could write to the platform's database: they can
+re-seal it. With ``--public-key FILE`` (or ``$AFTERSALES_PUBLIC_KEY``) the script also checks the
+bundle's checkpoint, which the platform signed with a key its database does not hold: the
+signature over the tree head, and for each event an inclusion proof that it is the event the
+checkpoint signed (RFC 6962 / RFC 9162 Merkle proofs). Events newer than the checkpoint are
+listed as not covered. This part needs the ``cryptography`` package for Ed25519; everything
+else needs nothing but Python.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
+import os
 import sys
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 FORMAT = "aftersales-dispute-bundle/1"
+CHECKPOINT_FORMAT = "aftersales-checkpoint/1"
+PUBLIC_KEY_ENV = "AFTERSALES_PUBLIC_KEY"
 GENESIS_HASH = "0" * 64
 CENT = Decimal("0.01")
 
@@ -197,6 +209,7 @@ ORDER_TYPES = frozenset(
 class Report:
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.checkpoint: dict[str, Any] | None = None
 
     def add(self, message: str) -> None:
         self.problems.append(message)
@@ -540,7 +553,186 @@ def check_money(
         report.add(f"the money cannot be checked: {exc}")
 
 
-def verify(raw: bytes) -> Report:
+# The checkpoint: a signed Merkle tree head and an inclusion proof per event ---------------------
+
+
+def leaf_hash(originator_id: str, version: int, topic: str, raw: bytes) -> bytes:
+    """The Merkle leaf of one stored event: its id, version and topic as one line of canonical
+    JSON, then its stored bytes exactly (engine/events.py's ``leaf_bytes``)."""
+    head = json.dumps(
+        [originator_id, version, topic], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(b"\x00" + head.encode("utf-8") + b"\n" + raw).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def verify_inclusion(index: int, size: int, leaf: bytes, proof: list[bytes], root: bytes) -> bool:
+    """RFC 9162 2.1.3.2."""
+    if not 0 <= index < size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def load_public_key(raw: bytes) -> Any:
+    """An Ed25519 public key from PEM, or raw 32 bytes (as bytes, hex or base64)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        key = serialization.load_pem_public_key(raw)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("not an Ed25519 public key")
+        return key
+    text = raw.strip()
+    if len(raw) == 32:
+        data = raw
+    elif len(text) == 64:
+        data = bytes.fromhex(text.decode("ascii"))
+    else:
+        data = base64.b64decode(text, validate=True)
+    return Ed25519PublicKey.from_public_bytes(data)
+
+
+def _bundle_events(bundle: dict[str, Any]) -> dict[tuple[str, int], tuple[str, str, bytes]]:
+    found: dict[tuple[str, int], tuple[str, str, bytes]] = {}
+    for aggregate, key in (("case", "events"), ("order", "order_events")):
+        for item in bundle.get(key) or []:
+            with contextlib.suppress(KeyError, TypeError, AttributeError, ValueError):
+                raw = (
+                    bytes.fromhex(item["state_hex"])
+                    if "state_hex" in item
+                    else item["state"].encode("utf-8")
+                )
+                found[(aggregate, item["originator_version"])] = (
+                    str(item["originator_id"]),
+                    item["topic"],
+                    raw,
+                )
+    return found
+
+
+def check_checkpoint(bundle: dict[str, Any], key: bytes | None, report: Report) -> dict[str, Any]:
+    """Check the bundle's checkpoint with the public key: the signed head, then each event's
+    inclusion proof. Returns what a person should know: what was checked, what not covered."""
+    section = bundle.get("checkpoint")
+    if section is None:
+        return {
+            "checked": False,
+            "note": "the bundle carries no checkpoint: none of its "
+            "events is anchored outside the platform's database",
+        }
+    try:
+        text = section["head"]
+        head = json.loads(text)
+        if head.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {head.get('format')!r}")
+        size, root = int(head["size"]), bytes.fromhex(head["root"])
+        signature = bytes.fromhex(section["signature"])
+        entries = list(section["proofs"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        report.add(f"the checkpoint section cannot be read ({exc})")
+        return {"checked": False}
+    where = f"the checkpoint at position {size} signed {head.get('signed_at')}"
+    summary: dict[str, Any] = {
+        "checked": False,
+        "position": size,
+        "signed_at": head.get("signed_at"),
+        "key_id": head.get("key_id"),
+    }
+    if key is None:
+        summary["note"] = f"{where} was not checked: give --public-key FILE (or ${PUBLIC_KEY_ENV})"
+        return summary
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        report.add("the checkpoint cannot be checked: the cryptography package is not installed")
+        return summary
+    try:
+        public = load_public_key(key)
+    except (ValueError, TypeError) as exc:
+        report.add(f"the public key cannot be read: {exc}")
+        return summary
+    raw_public = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    wanted = hashlib.sha256(raw_public).hexdigest()[:16]
+    if head.get("key_id") != wanted:
+        report.add(f"{where} names key {head.get('key_id')}, not the public key given ({wanted})")
+        return summary
+    try:
+        public.verify(signature, text.encode("utf-8"))
+    except InvalidSignature:
+        report.add(f"{where} does not verify with the public key: its head was altered or forged")
+        return summary
+    summary["checked"] = True
+    events = _bundle_events(bundle)
+    seen: set[tuple[str, int]] = set()
+    covered: dict[str, list[int]] = {"case": [], "order": []}
+    uncovered: list[dict[str, Any]] = []
+    for entry in entries:
+        try:
+            name = (str(entry["aggregate"]), int(entry["version"]))
+            position, proof = entry.get("position"), entry.get("proof")
+        except (KeyError, TypeError, ValueError, AttributeError):
+            report.add("a checkpoint proof entry is malformed")
+            continue
+        label = f"{name[0]} version {name[1]}"
+        if name not in events or name in seen:
+            report.add(f"the checkpoint section names {label}, which the bundle does not hold once")
+            continue
+        seen.add(name)
+        if proof is None:
+            if isinstance(position, int) and position <= size:
+                report.add(
+                    f"{label} (log position {position}) has no proof though {where} covers it"
+                )
+            uncovered.append({"aggregate": name[0], "version": name[1], "position": position})
+            continue
+        originator_id, topic, raw = events[name]
+        try:
+            path = [bytes.fromhex(h) for h in proof]
+            ok = verify_inclusion(
+                int(position) - 1, size, leaf_hash(originator_id, name[1], topic, raw), path, root
+            )
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            report.add(
+                f"{label} (log position {position}) is not the event {where}: it was changed "
+                "after it was signed"
+            )
+        else:
+            covered[name[0]].append(name[1])
+    for name in sorted(set(events) - seen):
+        report.add(f"{name[0]} version {name[1]} has no entry in the checkpoint section")
+    for u in uncovered:
+        later = [v for v in covered[u["aggregate"]] if v > u["version"]]
+        if later:
+            report.add(
+                f"{u['aggregate']} version {u['version']} is said not to be covered, yet its "
+                f"version {later[0]} is"
+            )
+    summary["covered"] = sum(len(v) for v in covered.values())
+    summary["uncovered"] = uncovered
+    return summary
+
+
+def verify(raw: bytes, key: bytes | None = None) -> Report:
     report = Report()
     try:
         bundle = json.loads(raw.decode("utf-8"))
@@ -575,43 +767,95 @@ def verify(raw: bytes) -> Report:
                 report.add(f"version {version}: no replayed state")
             elif state.get("status") != e.get("status"):
                 report.add(f"version {version}: the replayed state disagrees with the event")
+    report.checkpoint = check_checkpoint(bundle, key, report)
     return report
 
 
-_usage = """usage: verify_bundle.py BUNDLE.json [--json]
+_usage = """usage: verify_bundle.py BUNDLE.json [--public-key FILE] [--json]
 
 Checks a dispute bundle exported by `aftersales audit CASE --export FILE` with nothing but
 Python's standard library: the file byte for byte as exported, each event's hash chain, the
-transitions, the deadlines, the claims and the money. Exit 0 when it verifies, 3 with the
-problems listed, 2 when the file cannot be read. --json prints {"verified", "problems"}."""
+transitions, the deadlines, the claims and the money. With --public-key FILE (default:
+$AFTERSALES_PUBLIC_KEY; needs the cryptography package), also the platform's signed checkpoint
+and each event's inclusion proof: events changed after they were signed fail, events newer than
+the checkpoint are listed as not covered. Exit 0 when it verifies, 3 with the problems listed, 2
+when the file or the key cannot be read. --json prints {"verified", "problems", "checkpoint"}."""
+
+
+def _arguments(argv: list[str]) -> tuple[list[str], str | None] | None:
+    args: list[str] = []
+    key_path = os.environ.get(PUBLIC_KEY_ENV) or None
+    items = iter(argv)
+    for a in items:
+        if a == "--public-key":
+            key_path = next(items, None)
+            if key_path is None:
+                return None
+        elif a.startswith("--public-key="):
+            key_path = a.partition("=")[2]
+        elif a != "--json":
+            args.append(a)
+    return args, key_path
 
 
 def main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(_usage)
         return 0
-    args = [a for a in argv if a != "--json"]
-    if len(args) != 1:
-        print("usage: verify_bundle.py BUNDLE.json [--json]", file=sys.stderr)
+    parsed = _arguments(argv)
+    if parsed is None or len(parsed[0]) != 1:
+        print("usage: verify_bundle.py BUNDLE.json [--public-key FILE] [--json]", file=sys.stderr)
         return 2
+    (path,), key_path = parsed
     try:
-        with open(args[0], "rb") as f:
+        with open(path, "rb") as f:
             raw = f.read()
+        key = None
+        if key_path is not None:
+            with open(key_path, "rb") as f:
+                key = f.read()
     except OSError as exc:
-        print(f"error: cannot read {args[0]}: {exc}", file=sys.stderr)
+        print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
-    report = verify(raw)
+    if key is not None:
+        try:
+            load_public_key(key)
+        except ImportError:
+            print("error: checking a checkpoint needs the cryptography package", file=sys.stderr)
+            return 2
+        except (ValueError, TypeError) as exc:
+            print(f"error: the public key {key_path} cannot be read: {exc}", file=sys.stderr)
+            return 2
+    report = verify(raw, key)
     head = None
     with contextlib.suppress(ValueError, AttributeError):
         head = json.loads(raw).get("head_hash")
+    anchor = report.checkpoint or {}
     if "--json" in argv:
-        print(json.dumps({"verified": not report.problems, "problems": report.problems}))
+        print(
+            json.dumps(
+                {"verified": not report.problems, "problems": report.problems, "checkpoint": anchor}
+            )
+        )
     elif report.problems:
         print(f"NOT verified: {len(report.problems)} problem(s)")
         for p in report.problems:
             print(f"  {p}")
     else:
         print(f"verified: the chain and the checks hold; head hash {head}")
+        if anchor.get("checked"):
+            print(
+                f"checkpoint at position {anchor['position']} signed {anchor['signed_at']} "
+                f"(key {anchor['key_id']}): {anchor['covered']} event(s) proven signed"
+            )
+    if "--json" not in argv:
+        if anchor.get("note"):
+            print(f"note: {anchor['note']}")
+        if anchor.get("uncovered"):
+            named = ", ".join(
+                f"{u['aggregate']} version {u['version']}" for u in anchor["uncovered"]
+            )
+            print(f"not yet covered by the checkpoint: {named}")
     return 0 if not report.problems else 3
 
 

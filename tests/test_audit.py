@@ -31,6 +31,7 @@ from aftersales.commands.cli import cli
 from aftersales.commands.demo import play
 from aftersales.engine import audit as audit_mod
 from aftersales.engine import case as case_mod
+from aftersales.engine import checkpoint as checkpoint_mod
 from aftersales.engine import commands as commands_mod
 from aftersales.engine import events as events_mod
 from aftersales.engine import order as order_mod
@@ -624,6 +625,8 @@ def test_the_verifier_knows_the_engines_rules() -> None:
         "CLAIM_FROM": {
             c.value: {s.value for s in ss} for c, ss in transitions_mod.CLAIM_FROM.items()
         },
+        "CHECKPOINT_FORMAT": checkpoint_mod.HEAD_FORMAT,
+        "PUBLIC_KEY_ENV": checkpoint_mod.PUBLIC_KEY_ENV,
         "CASE_TYPES": case_events,  # a new case event needs a place in the audit
         "ORDER_TYPES": order_events,
     }
