@@ -19,6 +19,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from commands.output import RENDERERS, emit
+from engine.access import ActorCheck
 from engine.commands import Action, Command, field_choices, key_of
 
 
@@ -96,7 +97,12 @@ def click_command(kind: type[Command]) -> click.Command:
     @click.pass_context
     def callback(ctx: click.Context, /, as_json: bool, **given: Any) -> None:
         values = {k: v for k, v in given.items() if v is not None and v != ()}
-        emit(ctx, as_json, lambda engine: engine.handle(kind.parse(values)), RENDERERS[kind.shows])
+        emit(
+            ctx,
+            as_json,
+            lambda engine: engine.handle(ActorCheck(engine)(kind.parse(values))),
+            RENDERERS[kind.shows],
+        )
 
     return click.Command(
         kind.name.split(" ")[-1],

@@ -16,8 +16,10 @@ from commands.demo import demo
 from commands.imports import import_history, import_orders
 from commands.orders import order_group
 from commands.output import State, fail
+from commands.principals import key_group, principal_group
 from commands.project import project_group
 from commands.report import ledger_cmd, report_group
+from commands.serve import serve
 
 
 class AftersalesGroup(click.Group):
@@ -85,6 +87,9 @@ cli.add_command(audit)
 cli.add_command(project_group)
 cli.add_command(report_group)
 cli.add_command(ledger_cmd)
+cli.add_command(principal_group)
+cli.add_command(key_group)
+cli.add_command(serve)
 
 
 def main() -> None:
