@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import click
 
@@ -41,6 +42,10 @@ def serve(ctx: click.Context, /, host: str, port: int, workers: int, failure_lim
     if state.policy_path is not None:
         os.environ["AFTERSALES_POLICY"] = state.policy_path
     os.environ["AFTERSALES_FAILURE_LIMIT"] = str(failure_limit)
+    # uvicorn stops gracefully on SIGINT/SIGTERM and then raises the signal again under the
+    # handlers it found: these make that a clean exit 0, as the contract says.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, frame: None)
     uvicorn.run(
         "commands.api:app_from_env",
         factory=True,
