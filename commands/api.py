@@ -23,13 +23,15 @@ import asyncio
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from eventsourcing.persistence import PersistenceError
 from fastapi import FastAPI, Request
@@ -181,37 +183,121 @@ def body_schema(kind: type[Command], components: dict[str, Any]) -> dict[str, An
 # The application ---------------------------------------------------------------------------
 
 
+# Most actions saved in one transaction by one worker at a time (group commit).
+MAX_GROUP = 64
+
+
+class Job(NamedTuple):
+    """One request's work for the engine's thread. ``prepare`` authenticates and authorizes;
+    for an action it gives the command and how to answer with the command's result, for
+    anything else the answer itself."""
+
+    key: str | None
+    work: Callable[[Engine, Principal], Any]
+    action: bool
+    future: Future[Any]
+    request: Request
+
+
+class Prepared(NamedTuple):
+    command: Action
+    answer: Callable[[Any, bool], Any]
+
+
 class Api:
-    """One worker's engine, its one thread, and its limiter."""
+    """One worker's engine, the one thread that uses it, and the refusal limiter.
+
+    Requests queue for the engine's thread; the actions that are waiting when it comes round
+    are run together and saved in one transaction (``Engine.handle_together``): each
+    acknowledged only once that transaction is committed, and if any of them is refused, or
+    the save fails, each is run again alone, so one request's refusal sinks no other."""
 
     def __init__(self, store: str | None, policy: Policy | None, limit: int) -> None:
         self.store_url = store
         self.policy = policy
         self.engine: Engine | None = None
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self.serve_jobs, name="engine", daemon=True)
         self.limiter = Limiter(limit)
+        # Requests the engine's thread has taken, and in how many batches (for operators).
+        self.batches = 0
+        self.grouped = 0
 
     def open(self) -> None:
         self.engine = Engine(self.store_url, policy=self.policy)
+        self.thread.start()
 
     def close(self) -> None:
-        self.thread.shutdown(wait=True)
+        self.jobs.put(None)
+        self.thread.join()
         if self.engine is not None:
             self.engine.close()
             self.engine = None
 
-    async def run(self, request: Request, work: Callable[[Engine, Principal], T]) -> T:
-        """Authenticate, then do the work on the engine's thread."""
-        key = bearer(request)
+    async def run(
+        self, request: Request, work: Callable[[Engine, Principal], Any], action: bool = False
+    ) -> Any:
+        """Queue the work for the engine's thread and wait for its answer."""
+        future: Future[Any] = Future()
+        self.jobs.put(Job(bearer(request), work, action, future, request))
+        return await asyncio.wrap_future(future)
+
+    def serve_jobs(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            batch = [job]
+            while len(batch) < MAX_GROUP:
+                try:
+                    waiting = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is None:  # closing: this batch is the last
+                    self.jobs.put(None)
+                    break
+                batch.append(waiting)
+            self.run_batch(batch)
+            self.batches += 1
+            self.grouped += len(batch)
+
+    def run_batch(self, batch: list[Job]) -> None:
         engine = self.engine
         assert engine is not None
+        actions: list[tuple[Job, Prepared]] = []
+        for job in batch:
+            try:
+                principal = authenticate(engine.store, job.key, datetime.now(UTC))
+                job.request.state.principal = principal.principal_id
+                prepared = job.work(engine, principal)
+            except BaseException as exc:
+                job.future.set_exception(exc)
+                continue
+            if job.action:
+                actions.append((job, prepared))
+            else:
+                job.future.set_result(prepared)
+        if not actions:
+            return
+        try:
+            if len(actions) == 1:
+                ((job, prepared),) = actions
+                results = [(self.handle_one(engine, prepared.command), engine.uow.replayed)]
+            else:
+                results = engine.handle_together([p.command for _, p in actions])
+        except BaseException as exc:
+            for job, _ in actions:
+                job.future.set_exception(exc)
+            return
+        for (job, prepared), (result, replayed) in zip(actions, results, strict=True):
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(prepared.answer(result, replayed))
 
-        def call() -> T:
-            principal = authenticate(engine.store, key, datetime.now(UTC))
-            request.state.principal = principal.principal_id
-            return work(engine, principal)
-
-        return await asyncio.get_running_loop().run_in_executor(self.thread, call)
+    @staticmethod
+    def handle_one(engine: Engine, command: Action) -> Any:
+        try:
+            return engine.handle(command)
+        except AftersalesError as exc:
+            return exc
 
 
 def bearer(request: Request) -> str | None:
@@ -350,20 +436,24 @@ def create_app(
         return error(exc.code, exc.message, status, headers)
 
     async def answer(
-        request: Request, work: Callable[[Engine, Principal], Any], created: bool = False
+        request: Request,
+        work: Callable[[Engine, Principal], Any],
+        created: bool = False,
+        action: bool = False,
     ) -> Any:
         wait = api.limiter.retry_after(*who(request))
         if wait is not None:
             return refused(request, RateLimited(wait))
         try:
-            result = await api.run(request, work)
+            result = await api.run(request, work, action)
         except AftersalesError as exc:
             return refused(request, exc)
         except PersistenceError:
             log.exception("the store failed on %s %s", request.method, request.url.path)
             return error("store_unavailable", "the store failed; try again", 503)
-        if isinstance(result, tuple):
-            result, created = result
+        if isinstance(result, tuple):  # an action: its result, and whether it is new
+            result, new = result
+            created = created and new
         headers = etag(result)
         lag = getattr(request.state, "projection_lag", None)
         if lag is not None:
@@ -384,7 +474,7 @@ def create_app(
             given = {n: request.path_params[n] for n in path_names}
             idempotency_key = request.headers.get("idempotency-key")
 
-            def work(engine: Engine, principal: Principal) -> tuple[Any, bool]:
+            def work(engine: Engine, principal: Principal) -> Prepared:
                 allow(principal, kind.name)
                 command = build_action(principal, kind, body, given, idempotency_key, version)
                 assert isinstance(command, Action)
@@ -397,10 +487,9 @@ def create_app(
                     raise Forbidden(
                         f"the {principal.role.value} role may not act as the {command.role}"
                     )
-                result = engine.handle(command)
-                return result, kind in CREATES and not engine.uow.replayed
+                return Prepared(command, lambda result, replayed: (result, not replayed))
 
-            return await answer(request, work)
+            return await answer(request, work, created=kind in CREATES, action=True)
 
         doc = (kind.__doc__ or "").strip()
         app.add_api_route(
