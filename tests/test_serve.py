@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from engine.access import create_key
+from engine.commands import ApproveCase
 from engine.service import Engine
 from tests.people import People
 
@@ -229,3 +230,22 @@ def test_sigterm_finishes_requests_in_flight_and_loses_no_acknowledged_action(
     assert len(acknowledged) > 10 and not failures, failures[:3]
     texts = {m["text"] for m in people.engine.get_case(case)["messages"]}
     assert set(acknowledged) <= texts
+
+
+def test_concurrent_requests_one_refused_none_sunk(served: tuple[Server, People]) -> None:
+    server, people = served
+    one, two = people.cases["shop-1"], people.cases["shop-2"]
+    people.engine.handle(ApproveCase.parse({"case_id": two}))  # refunded: approving is refused
+    before = people.events()
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        requests = [
+            (http, f"/v1/cases/{one}/message?n={n}", {"text": f"t{n}", "as": "platform"})
+            for n in range(8)
+        ]
+        requests += [(http, f"/v1/cases/{two}/approve?n={n}", {}) for n in range(3)]
+        results = race(people.auth("ops") | {"Content-Type": "application/json"}, *requests)
+    codes = sorted(r.status_code for r in results.values())
+    assert codes == [200] * 8 + [409] * 3, {p: r.text for p, r in results.items()}
+    assert people.events() == before + 8
+    versions = sorted(int(r.headers["etag"].strip('"')) for r in results.values() if r.is_success)
+    assert versions == list(range(2, 10))  # each saw the ones before it, none lost
