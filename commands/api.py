@@ -23,15 +23,12 @@ import asyncio
 import json
 import logging
 import os
-import queue
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from eventsourcing.persistence import PersistenceError
 from fastapi import FastAPI, Request
@@ -49,7 +46,8 @@ from engine.access import (
     Forbidden,
     Principal,
     Scope,
-    authenticate,
+    Unauthenticated,
+    authenticate_many,
     case_parties,
     key_id_of,
     order_parties,
@@ -83,7 +81,6 @@ from projections.return_rates import GROUPINGS, ReturnRates, return_rates
 from projections.runner import Projector
 
 log = logging.getLogger("aftersales.http")
-T = TypeVar("T")
 
 # The contract's statuses, by the command line's exit code (commands/output.py): 2 bad input,
 # 3 not allowed by the rules, 4 no such case or order, 5 a conflicting change, 1 the store.
@@ -185,17 +182,17 @@ def body_schema(kind: type[Command], components: dict[str, Any]) -> dict[str, An
 
 # Most actions saved in one transaction by one worker at a time (group commit).
 MAX_GROUP = 64
+GATHER_TURNS = 4
 
 
 class Job(NamedTuple):
-    """One request's work for the engine's thread. ``prepare`` authenticates and authorizes;
-    for an action it gives the command and how to answer with the command's result, for
-    anything else the answer itself."""
+    """One request's work for the engine: ``work`` authorizes and, for an action, gives the
+    command and how to answer with its result (``Prepared``); for anything else, the answer."""
 
     key: str | None
     work: Callable[[Engine, Principal], Any]
     action: bool
-    future: Future[Any]
+    future: asyncio.Future[Any]
     request: Request
 
 
@@ -205,75 +202,99 @@ class Prepared(NamedTuple):
 
 
 class Api:
-    """One worker's engine, the one thread that uses it, and the refusal limiter.
+    """One worker's engine and the refusal limiter.
 
-    Requests queue for the engine's thread; the actions that are waiting when it comes round
-    are run together and saved in one transaction (``Engine.handle_together``): each
-    acknowledged only once that transaction is committed, and if any of them is refused, or
-    the save fails, each is run again alone, so one request's refusal sinks no other."""
+    The engine runs on the event loop's own thread: requests put their work in a list, and the
+    first one schedules a flush; by the time it runs, every request that arrived meanwhile is in
+    the list. The actions among them run together and are saved in one transaction
+    (``Engine.handle_together``): each answered only once that transaction is committed, and if
+    any is refused, or the save fails, each is run again alone, so one request's refusal sinks
+    no other. While the engine waits on the store, no other request is read: the requests
+    arriving then make the next group. (One thread, so no handing over between threads and no
+    contention for the interpreter lock.)"""
 
     def __init__(self, store: str | None, policy: Policy | None, limit: int) -> None:
         self.store_url = store
         self.policy = policy
         self.engine: Engine | None = None
-        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self.serve_jobs, name="engine", daemon=True)
+        self.pending: list[Job] = []
+        self.flushing = False
+        self.seen = self.waited = 0
         self.limiter = Limiter(limit)
-        # Requests the engine's thread has taken, and in how many batches (for operators).
+        # Requests the engine has taken, and in how many groups (for operators).
         self.batches = 0
         self.grouped = 0
 
     def open(self) -> None:
         self.engine = Engine(self.store_url, policy=self.policy)
-        self.thread.start()
 
     def close(self) -> None:
-        self.jobs.put(None)
-        self.thread.join()
         if self.engine is not None:
+            log.warning(
+                "engine took %d requests in %d groups; %d saves retried",
+                self.grouped,
+                self.batches,
+                self.engine.retries,
+            )
             self.engine.close()
             self.engine = None
 
     async def run(
         self, request: Request, work: Callable[[Engine, Principal], Any], action: bool = False
     ) -> Any:
-        """Queue the work for the engine's thread and wait for its answer."""
-        future: Future[Any] = Future()
-        self.jobs.put(Job(bearer(request), work, action, future, request))
-        return await asyncio.wrap_future(future)
+        """Queue the work for the engine and wait for its answer."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.pending.append(Job(bearer(request), work, action, future, request))
+        if not self.flushing:
+            self.flushing = True
+            loop.call_soon(self.flush)
+        return await future
 
-    def serve_jobs(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            batch = [job]
-            while len(batch) < MAX_GROUP:
-                try:
-                    waiting = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if waiting is None:  # closing: this batch is the last
-                    self.jobs.put(None)
-                    break
-                batch.append(waiting)
-            self.run_batch(batch)
-            self.batches += 1
-            self.grouped += len(batch)
+    def flush(self) -> None:
+        # Requests that arrived together reach here over a few turns of the loop (reading,
+        # routing, the body): wait while they keep coming, a few turns at most.
+        loop = asyncio.get_running_loop()
+        if len(self.pending) > self.seen and self.waited < GATHER_TURNS:
+            self.seen, self.waited = len(self.pending), self.waited + 1
+            loop.call_soon(self.flush)
+            return
+        self.seen = self.waited = 0
+        batch, self.pending = self.pending[:MAX_GROUP], self.pending[MAX_GROUP:]
+        if self.pending:
+            loop.call_soon(self.flush)
+        else:
+            self.flushing = False
+        self.batches += 1
+        self.grouped += len(batch)
+        self.run_batch(batch)
 
     def run_batch(self, batch: list[Job]) -> None:
         engine = self.engine
         assert engine is not None
         actions: list[tuple[Job, Prepared]] = []
+        try:
+            principals = authenticate_many(
+                engine.store, [job.key for job in batch], datetime.now(UTC)
+            )
+        except Exception as exc:
+            for job in batch:
+                settle(job, exc)
+            return
         for job in batch:
             try:
-                principal = authenticate(engine.store, job.key, datetime.now(UTC))
+                principal = principals[job.key]
+                if isinstance(principal, Unauthenticated):
+                    raise principal
                 job.request.state.principal = principal.principal_id
                 prepared = job.work(engine, principal)
-            except BaseException as exc:
-                job.future.set_exception(exc)
+            except Exception as exc:
+                settle(job, exc)
                 continue
             if job.action:
                 actions.append((job, prepared))
             else:
-                job.future.set_result(prepared)
+                settle(job, prepared)
         if not actions:
             return
         try:
@@ -282,15 +303,15 @@ class Api:
                 results = [(self.handle_one(engine, prepared.command), engine.uow.replayed)]
             else:
                 results = engine.handle_together([p.command for _, p in actions])
-        except BaseException as exc:
+        except Exception as exc:
             for job, _ in actions:
-                job.future.set_exception(exc)
+                settle(job, exc)
             return
         for (job, prepared), (result, replayed) in zip(actions, results, strict=True):
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
+            if isinstance(result, Exception):
+                settle(job, result)
             else:
-                job.future.set_result(prepared.answer(result, replayed))
+                settle(job, prepared.answer(result, replayed))
 
     @staticmethod
     def handle_one(engine: Engine, command: Action) -> Any:
@@ -298,6 +319,16 @@ class Api:
             return engine.handle(command)
         except AftersalesError as exc:
             return exc
+
+
+def settle(job: Job, outcome: Any) -> None:
+    """Answer a request (unless its client has gone: the work is done all the same)."""
+    if job.future.done():
+        return
+    if isinstance(outcome, Exception):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)
 
 
 def bearer(request: Request) -> str | None:

@@ -21,7 +21,7 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -41,6 +41,7 @@ from engine.commands import (
 from engine.errors import AftersalesError, BadInput, NotAllowed, NotFound
 from engine.order import Order, order_uuid
 from engine.service import Engine
+from engine.sql import Dialect
 from engine.store import (
     ACCESS_LOG_TABLE,
     KEYS_TABLE,
@@ -445,28 +446,46 @@ def revoke_key(store: EventStore, key_id: str, at: datetime) -> dict[str, Any]:
 def authenticate(store: EventStore, key: str | None, now: datetime) -> Principal:
     """The principal a key belongs to, read from the store (so a revocation counts at once);
     Unauthenticated, saying nothing about which keys exist, otherwise."""
-    if not key:
-        raise Unauthenticated("a key is needed: Authorization: Bearer KEY")
-    key_id = key_id_of(key)
-    rows = (
-        store.query(
-            f"SELECT k.key_hash, k.expires_at, k.revoked_at, p.principal_id, p.role, "
-            f"p.merchant_id FROM {{t}}{KEYS_TABLE} k JOIN {{t}}{PRINCIPALS_TABLE} p "
-            "ON p.principal_id = k.principal_id WHERE k.key_id = ?",
-            [key_id],
+    found = authenticate_many(store, [key], now)[key]
+    if isinstance(found, Unauthenticated):
+        raise found
+    return found
+
+
+def authenticate_many(
+    store: EventStore, keys: Sequence[str | None], now: datetime
+) -> dict[str | None, Principal | Unauthenticated]:
+    """``authenticate`` for many keys with one query (the requests of one group commit)."""
+    claimed = {key: key_id_of(key) if key else None for key in keys}
+    wanted = sorted({k for k in claimed.values() if k})
+    marks = Dialect.marks(len(wanted))
+    rows = {
+        row["key_id"]: row
+        for row in (
+            store.query(
+                "SELECT k.key_id, k.key_hash, k.expires_at, k.revoked_at, p.principal_id, "
+                f"p.role, p.merchant_id FROM {{t}}{KEYS_TABLE} k JOIN {{t}}{PRINCIPALS_TABLE} p "
+                f"ON p.principal_id = k.principal_id WHERE k.key_id IN ({marks})",
+                wanted,
+            )
+            if wanted
+            else []
         )
-        if key_id
-        else []
-    )
-    if not rows or not hmac.compare_digest(rows[0]["key_hash"], key_hash(key)):
-        raise Unauthenticated("unknown key")
-    row = rows[0]
-    expires = parse_stored_time(row["expires_at"])
-    if row["revoked_at"] is not None:
-        raise Unauthenticated("the key is revoked")
-    if expires is not None and expires <= now:
-        raise Unauthenticated("the key has expired")
-    return _principal(row)
+    }
+    result: dict[str | None, Principal | Unauthenticated] = {}
+    for key, key_id in claimed.items():
+        row = rows.get(key_id) if key_id else None
+        if not key:
+            result[key] = Unauthenticated("a key is needed: Authorization: Bearer KEY")
+        elif row is None or not hmac.compare_digest(row["key_hash"], key_hash(key)):
+            result[key] = Unauthenticated("unknown key")
+        elif row["revoked_at"] is not None:
+            result[key] = Unauthenticated("the key is revoked")
+        elif (expires := parse_stored_time(row["expires_at"])) is not None and expires <= now:
+            result[key] = Unauthenticated("the key has expired")
+        else:
+            result[key] = _principal(row)
+    return result
 
 
 # Who a case or an order is about --------------------------------------------------------------
