@@ -337,13 +337,14 @@ def bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def who(request: Request) -> tuple[str, ...]:
-    """What refusals count against: the key's id (if the key is shaped like one) and the
-    client's address."""
+def who(request: Request, client: bool = True) -> tuple[str, ...]:
+    """What refusals count against: the key's id (if the key is shaped like one) and, for a
+    key that does not authenticate, the client's address too. A principal's own refusals (403,
+    404) count against its key only: one platform app's address carries many buyers' keys."""
     key = bearer(request)
     key_id = key_id_of(key) if key else None
-    client = request.client.host if request.client else "unknown"
-    return (f"client:{client}",) + ((f"key:{key_id}",) if key_id else ())
+    address = request.client.host if request.client else "unknown"
+    return ((f"client:{address}",) if client else ()) + ((f"key:{key_id}",) if key_id else ())
 
 
 def etag(result: Any) -> dict[str, str]:
@@ -460,7 +461,7 @@ def create_app(
                 exc.message,
             )
         if status in (401, 403) or (status == 404 and isinstance(exc, NotFound)):
-            api.limiter.failed(*who(request))
+            api.limiter.failed(*who(request, client=status == 401))
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.wait)}

@@ -362,3 +362,20 @@ def test_fuzzed_bodies_never_fail_the_server(engine: Engine, store_url: str) -> 
                 assert set(response.json()) == {"error"}
 
         fuzz()
+
+
+def test_bad_keys_limit_the_client_a_principals_refusals_only_its_key(
+    engine: Engine, store_url: str
+) -> None:
+    people = People(engine)
+    with TestClient(create_app(store_url, failure_limit=3)) as client:
+        for _ in range(3):
+            assert client.get("/v1/cases", headers=people.auth("auditor")).status_code == 403
+        assert client.get("/v1/cases", headers=people.auth("auditor")).status_code == 429
+        # Another key from the same address is not held back by the auditor's refusals...
+        assert client.get("/v1/cases", headers=people.auth("agent")).status_code == 200
+        for _ in range(3):
+            bad = {"Authorization": "Bearer not-a-key"}
+            assert client.get("/v1/cases", headers=bad).status_code == 401
+        # ... but guessing keys holds back the address.
+        assert client.get("/v1/cases", headers=people.auth("agent")).status_code == 429
