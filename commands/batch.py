@@ -69,9 +69,11 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     try:
         engine = state.engine()
+        check = ActorCheck(engine)
     except AftersalesError as exc:
         fail_with(exc, as_json=as_json)
-    check = ActorCheck(engine)
+    except PersistenceError as exc:
+        fail_with(StoreFailed(" ".join(str(exc).split())), as_json=as_json)
     counts: Counter[str] = Counter()
     first_failure = 0
     show_progress = sys.stderr.isatty() and source is not sys.stdin
