@@ -20,6 +20,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from aftersales.commands.output import RENDERERS, emit
+from aftersales.engine.access import ActorCheck
 from aftersales.engine.commands import Action, Command, field_choices, key_of
 from aftersales.engine.service import Engine
 
@@ -120,7 +121,9 @@ def click_command(kind: type[Command]) -> click.Command:
         emit(
             ctx,
             as_json,
-            lambda engine: engine.handle(kind.parse(with_whole_case_id(engine, values))),
+            lambda engine: engine.handle(
+                ActorCheck(engine)(kind.parse(with_whole_case_id(engine, values)))
+            ),
             QUIET[kind.shows] if quiet else RENDERERS[kind.shows],
             creates=not kind.reads_only,
         )

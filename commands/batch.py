@@ -17,6 +17,7 @@ import click
 from eventsourcing.persistence import PersistenceError
 
 from aftersales.commands.output import State, exit_code, fail_with, to_json
+from aftersales.engine.access import ActorCheck
 from aftersales.engine.commands import Command, from_line
 from aftersales.engine.errors import AftersalesError, BadInput
 from aftersales.engine.service import Engine
@@ -33,10 +34,12 @@ def parse_line(text: str) -> Command:
     return from_line(data)
 
 
-def run_line(engine: Engine, text: str) -> Any:
-    """Run one line; a refusal raises AftersalesError (the store failing: its own code)."""
+def run_line(engine: Engine, text: str, check: ActorCheck | None = None) -> Any:
+    """Run one line; a refusal raises AftersalesError (the store failing: its own code). With
+    a check, a line's "by" must name a principal who may take its action (``ActorCheck``)."""
     try:
-        return engine.handle(parse_line(text))
+        command = parse_line(text)
+        return engine.handle(check(command) if check else command)
     except PersistenceError as exc:
         raise StoreFailed(" ".join(str(exc).split())) from None
 
@@ -66,8 +69,11 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     try:
         engine = state.engine()
+        check = ActorCheck(engine)
     except AftersalesError as exc:
         fail_with(exc, as_json=as_json)
+    except PersistenceError as exc:
+        fail_with(StoreFailed(" ".join(str(exc).split())), as_json=as_json)
     counts: Counter[str] = Counter()
     first_failure = 0
     show_progress = sys.stderr.isatty() and source is not sys.stdin
@@ -80,7 +86,7 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
     ) as bar:
         for number, text in _lines(source):
             try:
-                result = run_line(engine, text)
+                result = run_line(engine, text, check)
                 line: dict[str, Any] = {"line": number, "ok": True, "result": result}
                 counts["ok"] += 1
             except AftersalesError as exc:

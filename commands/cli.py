@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Import past cases: JSON lines of actions with their times (as `batch` takes them).",
     ),
     "init": ("aftersales.commands.init:init", "Create the store (and schema) if missing."),
+    "key": (
+        "aftersales.commands.principals:key_group",
+        "Keys: the secrets principals present as `Authorization: Bearer KEY`.",
+    ),
     "ledger": (
         "aftersales.commands.report:ledger_cmd",
         "Each merchant's money: refunded itself, advanced by the platform and owed, freight, "
@@ -49,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "order": (
         "aftersales.commands.orders:order_group",
         "Orders: placed, shipped and delivered, as the order system reports them.",
+    ),
+    "principal": (
+        "aftersales.commands.principals:principal_group",
+        "Principals: who may act over HTTP, in which role, for which merchant.",
     ),
     "project": (
         "aftersales.commands.project:project_group",
@@ -62,6 +70,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aftersales.commands.clock:scheduler",
         "Tick against the wall clock until SIGINT or SIGTERM, which end it between ticks; "
         "with a signing key, also sign a checkpoint of the log",
+    ),
+    "serve": (
+        "aftersales.commands.serve:serve",
+        "Serve the HTTP API until SIGINT or SIGTERM, then finish the requests in flight and exit",
     ),
     "tick": (
         "aftersales.commands.clock:tick_command",

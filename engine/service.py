@@ -14,7 +14,10 @@ work's business, with one strategy each:
 - ``Chunk`` (bulk paths, ``engine/bulk.py``): aggregates prefetched and kept in memory, many
   actions saved in one transaction, possibly on another thread;
 - ``Group`` (the tick, ``engine/deadlines.py``): deadlines fired in memory and saved together,
-  fired again one by one if anything in the group changed meanwhile.
+  fired again one by one if anything in the group changed meanwhile;
+- ``Together`` (``Engine.handle_together``, the HTTP server's group commit): concurrent
+  actions run in memory one after the other and saved in one transaction; if any of them is
+  refused, or the save fails, none is saved and each runs again alone (``SaveNow``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from copy import deepcopy
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import singledispatchmethod
@@ -399,6 +403,48 @@ class Group(UnitOfWork):
         return True
 
 
+class Together(UnitOfWork):
+    """Actions run one after the other on aggregates in memory (cached where this process has
+    them, each action seeing the ones before it) and saved in one transaction (``save``).
+    Nothing is saved unless all of them are: an action refused, or the save failing (a case
+    moved on elsewhere, a command id used before), and ``forget`` puts the cache back, so
+    each can be run alone on fresh state."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.served: dict[UUID, Aggregate] = {}
+        self.touched: dict[UUID, Aggregate] = {}
+        self.commands: list[CommandRow] = []
+
+    def get(self, uid: UUID) -> Aggregate | None:
+        if uid in self.served:
+            return self.served[uid]
+        found = self.engine.store.cached(uid)
+        if not isinstance(found, (Order, ReturnCase)):
+            found = super().get(uid)
+        if found is not None:
+            self.served[uid] = found
+        return found
+
+    def run(self, command: Action, attempt: Attempt) -> dict[str, Any]:
+        self.replayed = False
+        fingerprint = command.fingerprint() if command.command_id else ""
+        main, others, act = attempt(command.command_id or str(uuid4()))
+        for aggregate in (main, *others):
+            self.touched[aggregate.id] = aggregate
+        self.commands += command_rows(command, main, fingerprint, act)
+        return main.to_json()
+
+    def save(self) -> None:
+        changed = list(self.touched.values())
+        if changed:
+            self.engine.store.save(*changed, cases=case_rows(changed), commands=self.commands)
+
+    def forget(self) -> None:
+        for uid in self.served:
+            self.engine.store.forget(uid)
+
+
 # The engine ------------------------------------------------------------------------------------
 
 # How many cases an ambiguous short case id names in its refusal.
@@ -445,6 +491,31 @@ class Engine:
             yield uow
         finally:
             self.uow = previous
+
+    def handle_together(self, commands: Sequence[Action]) -> list[tuple[Any, bool]]:
+        """Run actions as one group commit: saved in one transaction, each seeing the ones
+        before it. If any is refused or the save fails, nothing of the group is saved and each
+        runs alone, as ``handle`` runs it. For each, in order: its result (or the error it
+        raised) and whether that was a command id's first result given again."""
+        group = Together(self)
+        try:
+            with self.unit_of_work(group):
+                # Copies: a result shares lists with its aggregate, which the next may change.
+                results = [deepcopy(self.handle(command)) for command in commands]
+                group.save()
+            return [(result, False) for result in results]
+        except Exception as exc:
+            group.forget()
+            if not isinstance(exc, (AftersalesError, IntegrityError, OperationalError)):
+                raise
+            self.retries += 1
+        alone: list[tuple[Any, bool]] = []
+        for command in commands:
+            try:
+                alone.append((deepcopy(self.handle(command)), self.uow.replayed))
+            except AftersalesError as exc:
+                alone.append((exc, False))
+        return alone
 
     # Loading -----------------------------------------------------------------------------------
 

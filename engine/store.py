@@ -8,6 +8,9 @@ written in the same transaction as the events, through the recorders' insert hoo
   and finding due deadlines never replays the log;
 - ``aftersales_commands``: one row per command id, so a retried command changes nothing.
 
+Three more hold who may act over HTTP (``engine/access.py``): ``aftersales_principals``,
+``aftersales_keys`` (hashes only) and ``aftersales_access_log``, the history of both.
+
 A view ``aftersales_event_log`` shows every event as JSON for a person with ``psql``/``sqlite3``.
 """
 
@@ -54,6 +57,9 @@ APP_NAME = "Aftersales"
 CASES_TABLE = "aftersales_cases"
 COMMANDS_TABLE = "aftersales_commands"
 EVENT_LOG_VIEW = "aftersales_event_log"
+PRINCIPALS_TABLE = "aftersales_principals"
+KEYS_TABLE = "aftersales_keys"
+ACCESS_LOG_TABLE = "aftersales_access_log"
 SAVE_FUNCTION = "aftersales_save"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -218,6 +224,23 @@ class PydanticMapper(Mapper[UUID]):
 # The case index and the command record, written with the events ------------------------------
 
 
+def access_tables(serial: str, time: str) -> list[str]:
+    """Principals, their keys (hashes only) and the history of both, in a backend's types.
+    Rows of the first two change only by a key's revocation; every change is also a row of
+    the access log, which is never changed."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {{t}}{PRINCIPALS_TABLE} (principal_id TEXT PRIMARY KEY, "
+        f"role TEXT NOT NULL, merchant_id TEXT, created_at {time} NOT NULL, "
+        "created_by TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {{t}}{KEYS_TABLE} (key_id TEXT PRIMARY KEY, "
+        "principal_id TEXT NOT NULL, key_hash TEXT NOT NULL, "
+        f"created_at {time} NOT NULL, expires_at {time}, revoked_at {time})",
+        f"CREATE TABLE IF NOT EXISTS {{t}}{ACCESS_LOG_TABLE} (seq {serial}, "
+        f"at {time} NOT NULL, change TEXT NOT NULL, principal_id TEXT NOT NULL, "
+        "key_id TEXT, detail TEXT NOT NULL, by_user TEXT NOT NULL)",
+    ]
+
+
 class CaseRow(NamedTuple):
     case_id: str
     order_id: str
@@ -285,6 +308,7 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
             "substr(originator_id, 21) AS originator_id, "
             "originator_version, topic, CAST(state AS TEXT) AS data "
             f"FROM {self.events_table_name}",
+            *(SQLITE(sql) for sql in access_tables("INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT")),
         ]
         return statements
 
@@ -359,6 +383,11 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 "convert_from(state, 'UTF8')::jsonb AS data FROM {schema}.{events}"
             ).format(**fmt),
         ]
+        dialect = Dialect(postgres=True, schema=self.datastore.schema)
+        self.sql_create_statements += [
+            SQL(dialect(sql)).format()
+            for sql in access_tables("bigserial PRIMARY KEY", "timestamptz")
+        ]
         updates = SQL(", ").join(
             SQL("{0} = excluded.{0}").format(Identifier(c)) for c in CASE_COLUMNS[1:]
         )
@@ -408,7 +437,11 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         schema = self.datastore.schema
         save = f'"{schema}".{SAVE_FUNCTION}(uuid[],bigint[],text[],bytea[],jsonb,jsonb)'
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute("SELECT to_regprocedure(%s) IS NOT NULL AS found", (save,))
+            # The access tables came later than the rest: a store made before has to get them.
+            curs.execute(
+                "SELECT to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AS found",
+                (save, f'"{schema}".{ACCESS_LOG_TABLE}'),
+            )
             row = curs.fetchone()
             if row and row["found"]:
                 return
@@ -555,6 +588,20 @@ class EventStore(Application[UUID]):
         with datastore.transaction(commit=False) as c:
             c.execute(text, tuple(params))
             return [dict(row) for row in c.fetchall()]
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run write statements (written as for ``query``) in one transaction."""
+        recorder = self.recorder
+        dialect = self.dialect
+        if isinstance(recorder, PostgresCaseRecorder):
+            with recorder.datastore.transaction(commit=True) as curs:
+                for sql, params in statements:
+                    curs.execute(dialect(sql).encode(), params)
+            return
+        assert isinstance(recorder, SQLiteCaseRecorder)
+        with recorder.datastore.transaction(commit=True) as c:
+            for sql, params in statements:
+                c.execute(dialect(sql), tuple(params))
 
     def load_many(self, ids: Sequence[UUID]) -> dict[UUID, Any]:
         """Rebuild many aggregates with one query (for bulk paths); absent ids are left out."""

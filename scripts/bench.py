@@ -15,11 +15,14 @@ about a quarter of an hour; ``--skip-large`` leaves out the million cases).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import multiprocessing
 import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,8 +42,10 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from aftersales.engine.access import add_principal, authenticate, create_key  # noqa: E402
 from aftersales.engine.commands import (  # noqa: E402
     ListCases,
+    MessageCase,
     OpenCase,
     PlaceOrder,
     new_case_id,
@@ -81,6 +86,8 @@ class Bench:
         self.rows: list[Row] = []
         self.raw: dict[str, float] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="aftersales-bench-"))
+        self.http_workers = 1
+        self.notes: list[str] = []
 
     def n(self, size: int) -> int:
         return max(10, int(size * self.scale))
@@ -281,15 +288,7 @@ class Bench:
         with Engine(self.url) as engine:
             started = time.perf_counter()
             for i in range(count):
-                engine.handle(
-                    OpenCase(
-                        order_id=f"S-{i}",
-                        type="refund_only",
-                        reason="quality.x",
-                        amount="39.90",
-                        lines=[f"SKU-{i % 300}"],
-                    )
-                )
+                engine.handle(_opening(f"S-{i}"))
             rate = count / (time.perf_counter() - started)
         self.add(
             Row(
@@ -316,6 +315,107 @@ class Bench:
                 self.raw["insert4"],
             )
         )
+
+    def http_actions(self) -> None:
+        """Warm actions over HTTP (`aftersales serve`, a client process with 1, 4 and 16
+        connections kept alive), and the same actions in process: the handler alone, and
+        with the key check each request makes."""
+        cases = self.n(400)
+        path = self.orders_file(cases, "orders-http.jsonl", "H-")
+        self.cli("order", "import", str(path))
+        with Engine(self.url) as engine:
+            now = datetime.now(UTC)
+            add_principal(engine.store, "bench-ops", "operator", None, now)
+            key = create_key(engine.store, "bench-ops", now, None)["key"]
+            ids = [str(engine.handle(_opening(f"H-{i}"))["case_id"]) for i in range(cases)]
+            # In process: each case once to warm the cache, then timed.
+            count = self.n(2000)
+
+            def message(i: int) -> None:
+                engine.handle(MessageCase(case_id=ids[i % cases], text="m", party="platform"))
+
+            for i in range(cases):
+                message(i)
+            started = time.perf_counter()
+            for i in range(count):
+                message(i)
+            rate = count / (time.perf_counter() - started)
+            self.add(
+                Row(
+                    "in process: warm action, 1 client (case message, Engine.handle)",
+                    rate,
+                    "/s",
+                    "INSERT commits/s, 1 conn",
+                    self.raw["insert1"],
+                )
+            )
+            started, cpu = time.perf_counter(), time.process_time()
+            for i in range(count):
+                authenticate(engine.store, key, now)
+                message(i)
+            rate = count / (time.perf_counter() - started)
+            per_action = (time.process_time() - cpu) / count * 1000
+            self.notes.append(
+                f"in process, key check and action: CPU {per_action:.2f} ms per action "
+                "(the rest of its time is waiting on the store)"
+            )
+            self.add(
+                Row(
+                    "in process: the same with the key check of each request",
+                    rate,
+                    "/s",
+                    "INSERT commits/s, 1 conn",
+                    self.raw["insert1"],
+                )
+            )
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log = (self.tmp / "serve.log").open("wb")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "aftersales.commands.cli", "--store", self.url, "serve",
+             "--port", str(port), "--workers", str(self.http_workers)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for clients in (1, 4, 16):
+                ctx = multiprocessing.get_context("spawn")
+                server_cpu = _cpu_seconds(server.pid)
+                with ctx.Pool(1) as pool:
+                    done, seconds, latencies, client_cpu = pool.apply(
+                        _http_client, (base, key, ids, clients, self.n(3000))
+                    )
+                server_cpu = _cpu_seconds(server.pid) - server_cpu
+                print(
+                    f"    CPU per request: server (all workers) {server_cpu / done * 1000:.2f} ms, "
+                    f"client {client_cpu / done * 1000:.2f} ms; machine: 2 cores",
+                    file=sys.stderr,
+                )
+                self.notes.append(
+                    f"{clients} client(s): server CPU {server_cpu / done * 1000:.2f} ms and "
+                    f"client CPU {client_cpu / done * 1000:.2f} ms per request, "
+                    f"{os.cpu_count()} cores"
+                )
+                latencies.sort()
+                p50 = latencies[len(latencies) // 2] * 1000
+                p99 = latencies[int(len(latencies) * 0.99)] * 1000
+                self.add(
+                    Row(
+                        f"HTTP: warm action, {clients} client(s), {self.http_workers} worker(s) "
+                        f"(p50 {p50:.1f} ms, p99 {p99:.1f} ms)",
+                        done / seconds,
+                        "/s",
+                        "INSERT commits/s, 4 conns" if clients > 1 else "INSERT commits/s, 1 conn",
+                        self.raw["insert4" if clients > 1 else "insert1"],
+                    )
+                )
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+            log.close()
 
     def statements_floor(self) -> None:
         """The two statements of a single action (read an aggregate's events, call the save
@@ -558,17 +658,77 @@ def _client(url: str, orders: list[str], start_at: float) -> tuple[int, float]:
         time.sleep(max(0.0, start_at - time.time()))
         started = time.perf_counter()
         for order_id in orders:
-            sku = f"SKU-{int(order_id.split('-')[1]) % 300}"
-            engine.handle(
-                OpenCase(
-                    order_id=order_id,
-                    type="refund_only",
-                    reason="quality.x",
-                    amount="39.90",
-                    lines=[sku],
-                )
-            )
+            engine.handle(_opening(order_id))
         return len(orders), time.perf_counter() - started
+
+
+def _opening(order_id: str) -> OpenCase:
+    """A refund-only case on the order an orders file has under this id."""
+    sku = f"SKU-{int(order_id.split('-')[1]) % 300}"
+    return OpenCase(
+        order_id=order_id, type="refund_only", reason="quality.x", amount="39.90", lines=[sku]
+    )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of a process and its children that have exited and been
+    waited for, and of its live children: what `serve` and its workers used so far."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / tick
+    return total
+
+
+def _http_client(
+    base: str, key: str, ids: list[str], clients: int, count: int
+) -> tuple[int, float, list[float], float]:
+    """``clients`` connections at once from this process, each sending warm actions (a
+    message on a case of its own) until ``count`` are done: done, seconds, each latency."""
+    import asyncio
+
+    import httpx
+
+    async def run() -> tuple[int, float, list[float], float]:
+        headers = {"Authorization": f"Bearer {key}"}
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        latencies: list[float] = []
+        async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits) as http:
+            for _ in range(100):  # until the server answers
+                try:
+                    await http.get("/healthz")
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.2)
+
+            async def one(n: int, todo: int, timed: bool) -> None:
+                for i in range(todo):
+                    case = ids[(n + i * clients) % len(ids)]
+                    started = time.perf_counter()
+                    reply = await http.post(
+                        f"/v1/cases/{case}/message", json={"text": "m", "as": "platform"}
+                    )
+                    if reply.status_code != 200:
+                        raise SystemExit(f"HTTP {reply.status_code}: {reply.text}")
+                    if timed:
+                        latencies.append(time.perf_counter() - started)
+
+            # Every case once, so each worker's cache has seen what it will be asked for.
+            warm = len(ids) // clients + 1
+            await asyncio.gather(*(one(n, warm, False) for n in range(clients)))
+            started = time.perf_counter()
+            cpu = time.process_time()
+            await asyncio.gather(*(one(n, count // clients, True) for n in range(clients)))
+            seconds = time.perf_counter() - started
+            return len(latencies), seconds, latencies, time.process_time() - cpu
+
+    return asyncio.run(run())
 
 
 def machine() -> str:
@@ -591,22 +751,36 @@ def main() -> None:
         action="store_true",
         help="Leave out the store of a million open cases (tick, audit, dashboard).",
     )
+    parser.add_argument(
+        "--only-http",
+        action="store_true",
+        help="The raw baselines and the HTTP figures only (a few minutes).",
+    )
+    parser.add_argument(
+        "--http-workers", type=int, default=1, help="`serve --workers` for the HTTP figures."
+    )
     args = parser.parse_args()
     bench = Bench(args.store, args.scale)
+    bench.http_workers = args.http_workers
     parts: list[Callable[[], None]] = [
         bench.raw_baselines,
         bench.statements_floor,
         bench.single_actions,
+        bench.http_actions,
         bench.batch,
         bench.order_import,
         bench.history,
         lambda: bench.catch_up("after the imports"),
     ]
-    if not args.skip_large:
+    if args.only_http:
+        parts = [bench.raw_baselines, bench.http_actions]
+    elif not args.skip_large:
         parts.append(bench.large_store)
     bench.run(parts)
     print(f"Machine: {machine()}\n")
     print(bench.table())
+    for note in bench.notes:
+        print(f"\n- {note}")
 
 
 if __name__ == "__main__":

@@ -498,7 +498,7 @@ def test_the_scheduler_signs_checkpoints(store_url: str, keys: tuple[Path, Path]
             [
                 sys.executable,
                 "-m",
-                "commands.cli",
+                "aftersales.commands.cli",
                 "--store",
                 store_url,
                 "scheduler",
