@@ -7,33 +7,21 @@ messages. Every line runs through ``Engine.handle``, in this process, against on
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from typing import IO, Any
 
 import click
 from eventsourcing.persistence import PersistenceError
 
 from commands.output import State, exit_code, fail_with, to_json
-from engine.commands import Command, from_line
-from engine.errors import AftersalesError, BadInput
+from engine.commands import parse_line
+from engine.errors import AftersalesError
+from engine.limits import json_lines
 from engine.service import Engine
 
 
-def parse_line(text: str) -> Command:
-    """One line as a command; BadInput if it is not JSON or not a command."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(data, dict):
-        raise BadInput('a line must be a JSON object with an "action"')
-    return from_line(data)
-
-
-def run_line(engine: Engine, text: str) -> Any:
+def run_line(engine: Engine, text: str | None) -> Any:
     """Run one line; a refusal raises AftersalesError (the store failing: its own code)."""
     try:
         return engine.handle(parse_line(text))
@@ -43,12 +31,6 @@ def run_line(engine: Engine, text: str) -> Any:
 
 class StoreFailed(AftersalesError):
     code = "store_unavailable"
-
-
-def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
-    for number, text in enumerate(stream, start=1):
-        if text.strip():
-            yield number, text
 
 
 @click.command("batch")
@@ -78,7 +60,7 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
     with click.progressbar(
         length=total, file=sys.stderr, label="batch", hidden=not show_progress
     ) as bar:
-        for number, text in _lines(source):
+        for number, text in json_lines(source):
             try:
                 result = run_line(engine, text)
                 line: dict[str, Any] = {"line": number, "ok": True, "result": result}

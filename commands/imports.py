@@ -13,11 +13,10 @@ from uuid import UUID
 
 import click
 
-from commands.batch import parse_line
 from commands.options import bulk_options, json_option
 from commands.output import State, emit, exit_code, table
 from engine.bulk import Item, Report, Share, run_bulk
-from engine.commands import Command, OpenCase, Tick
+from engine.commands import Command, OpenCase, Tick, parse_line
 from engine.errors import AftersalesError
 from engine.imports import (
     apply_order,
@@ -27,6 +26,7 @@ from engine.imports import (
     read_orders_csv,
     read_orders_jsonl,
 )
+from engine.limits import json_lines
 from engine.order import order_uuid
 from engine.service import Engine
 from engine.sql import Dialect
@@ -248,9 +248,7 @@ def history_share(
 
 
 def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
-    for number, text in enumerate(stream, start=1):
-        if not text.strip():
-            continue
+    for number, text in json_lines(stream):
         try:
             yield Item(number, HistoryLine(parse_line(text)))
         except AftersalesError as exc:
