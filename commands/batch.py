@@ -17,7 +17,7 @@ from eventsourcing.persistence import PersistenceError
 from commands.output import State, exit_code, fail_with, to_json
 from engine.commands import parse_line
 from engine.errors import AftersalesError
-from engine.limits import json_lines
+from engine.limits import UNREADABLE, json_lines
 from engine.service import Engine
 
 
@@ -34,7 +34,7 @@ class StoreFailed(AftersalesError):
 
 
 @click.command("batch")
-@click.argument("source", type=click.File("r", encoding="utf-8"))
+@click.argument("source", type=click.File("r", encoding="utf-8", errors=UNREADABLE))
 @click.option("--stop-on-error", is_flag=True, help="Stop at the first line that fails.")
 @click.option(
     "--json",

@@ -26,7 +26,7 @@ from engine.imports import (
     read_orders_csv,
     read_orders_jsonl,
 )
-from engine.limits import json_lines
+from engine.limits import UNREADABLE, json_lines
 from engine.order import order_uuid
 from engine.service import Engine
 from engine.sql import Dialect
@@ -67,7 +67,7 @@ def _readable_path(source: IO[str]) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="aftersales-import-") as folder:
         path = Path(folder) / "orders"
-        with path.open("w", encoding="utf-8") as out:
+        with path.open("w", encoding="utf-8", errors=UNREADABLE) as out:
             shutil.copyfileobj(source, out)
         yield path
 
@@ -77,7 +77,7 @@ def _progress(label: str) -> Any:
 
 
 @click.command("import")
-@click.argument("source", type=click.File("r", encoding="utf-8"))
+@click.argument("source", type=click.File("r", encoding="utf-8", errors=UNREADABLE))
 @click.option(
     "--format",
     "fmt",
@@ -241,7 +241,7 @@ def history_share(
     try:
         engine = state.engine()
         share = Share(worker.index, history_owners(engine, worker.workers), worker.sync)
-        with path.open(encoding="utf-8") as stream:
+        with path.open(encoding="utf-8", errors=UNREADABLE) as stream:
             return _run_history(engine, stream, chunk, worker.progress, share)
     finally:
         state.close()
@@ -256,7 +256,7 @@ def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
 
 
 @click.command("import-history")
-@click.argument("source", type=click.File("r", encoding="utf-8"))
+@click.argument("source", type=click.File("r", encoding="utf-8", errors=UNREADABLE))
 @bulk_options("Lines", "the lines of the orders whose id hashes to it")
 @json_option
 @click.pass_context

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -95,12 +95,12 @@ def _key(info: ValidationInfo) -> str:
     return key_of(info.field_name or "value")
 
 
-def _scalar(value: Any, key: str) -> str:
+def _scalar(value: Any, key: str, check: Callable[[str, str], str] = check_text) -> str:
     """One value as text: strings as they are, whole numbers written out; nothing else. No
     value is longer than a text may be (``limits.MAX_TEXT_CHARS``) or holds control
-    characters other than tab and newlines."""
+    characters other than tab and newlines; ``check_id`` holds an id to less."""
     if isinstance(value, str):
-        return check_text(value, key)
+        return check(value, key)
     if isinstance(value, int) and not isinstance(value, bool):
         if abs(value) >= 10**MAX_WHOLE_DIGITS:
             raise BadInput(f"{key} has more than {MAX_WHOLE_DIGITS} digits, the most allowed")
@@ -125,9 +125,11 @@ def _optional_text(value: Any, info: ValidationInfo) -> str | None:
     return None if value is None else _scalar(value, _key(info))
 
 
-def _required_text(value: Any, info: ValidationInfo) -> str:
+def _required_text(
+    value: Any, info: ValidationInfo, check: Callable[[str, str], str] = check_text
+) -> str:
     key = _key(info)
-    text = _scalar(value, key).strip() if value is not None else ""
+    text = _scalar(value, key, check).strip() if value is not None else ""
     if not text:
         raise BadInput(f"{key} is required")
     return text
@@ -135,11 +137,11 @@ def _required_text(value: Any, info: ValidationInfo) -> str:
 
 def _required_id(value: Any, info: ValidationInfo) -> str:
     """An id or short name (a merchant, a carrier, a waybill): one line, not too long."""
-    return check_id(_required_text(value, info), _key(info))
+    return _required_text(value, info, check_id)
 
 
 def _optional_id(value: Any, info: ValidationInfo) -> str | None:
-    return None if value is None else check_id(_scalar(value, _key(info)), _key(info))
+    return None if value is None else _scalar(value, _key(info), check_id)
 
 
 def _name(value: Any, info: ValidationInfo) -> str | None:
@@ -147,7 +149,7 @@ def _name(value: Any, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     key = _key(info)
-    text = check_id(_scalar(value, key), key)
+    text = _scalar(value, key, check_id)
     if not text.strip():
         raise BadInput(f"{key} must not be empty")
     return text.strip() if key == "by" else text
@@ -236,11 +238,15 @@ def choices(kind: type[Enum], *, leave_out: Iterable[Enum] = ()) -> list[str]:
     return [str(m.value) for m in kind if m not in set(leave_out)]
 
 
+def _evidence_reference(text: str, key: str) -> str:
+    return check_id(text, key, MAX_EVIDENCE_CHARS)
+
+
 def _evidence(value: Any, info: ValidationInfo) -> tuple[str, ...]:
     key = _key(info)
     found = []
     for item in _items(value, key, MAX_EVIDENCE):
-        text = check_id(_scalar(item, key).strip(), key, MAX_EVIDENCE_CHARS)
+        text = _scalar(item, key, _evidence_reference).strip()
         if not text:
             raise BadInput(f"{key} is required (an empty reference was given)")
         found.append(text)

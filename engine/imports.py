@@ -14,6 +14,7 @@ from engine.commands import ImportOrder
 from engine.errors import BadInput
 from engine.limits import (
     MAX_ORDER_LINES,
+    UNREADABLE,
     bounded_lines,
     json_lines,
     load_json_line,
@@ -169,7 +170,7 @@ def order_owner(order_id: str, workers: int) -> int:
 
 
 def read_orders(path: Path, fmt: str) -> Iterator[Item[ImportOrder]]:
-    with path.open(encoding="utf-8", newline="") as stream:
+    with path.open(encoding="utf-8", errors=UNREADABLE, newline="") as stream:
         yield from read_orders_csv(stream) if fmt == "csv" else read_orders_jsonl(stream)
 
 

@@ -61,6 +61,10 @@ MAX_POLICY_DAYS = 3660
 MAX_LINE_CHARS = 256 * 1024
 MAX_JSON_DEPTH = 8
 
+# How input files are decoded: a byte that is not UTF-8 becomes a lone surrogate, which the
+# checks below refuse on its own line, so one bad byte neither stops a run nor passes.
+UNREADABLE = "surrogateescape"
+
 # Characters no id or text may hold: control characters (a text may hold tab and newlines) and
 # lone surrogates, which no store can encode.
 _BAD_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
