@@ -61,6 +61,52 @@ MAX_POLICY_DAYS = 3660
 MAX_LINE_CHARS = 256 * 1024
 MAX_JSON_DEPTH = 8
 
+# Every bound, as the documentation lists it (``scripts/command_reference.py`` writes the table
+# in docs/command-line.md from this): what it bounds, and the bound.
+DOCUMENTED: tuple[tuple[str, str], ...] = (
+    (
+        "a time: `--at`, `--now`, `--since`, `--until`, `--due-before`, `--as-of`, an order's "
+        "`placed_at`, `shipped_at`, `delivered_at`",
+        f"from {EARLIEST_TIME.isoformat()} to before {LATEST_TIME.isoformat()}, with an offset",
+    ),
+    (
+        "money: `--amount`, a line's unit price and list price",
+        f"ASCII digits, at most two decimal places, at most {MAX_AMOUNT}",
+    ),
+    ("a line's quantity (`--line SKU:QTY:...`)", f"ASCII digits, 1 to {MAX_QUANTITY}"),
+    (
+        "any whole number (`--score`, `--hours`, `--limit`, `--expected-version`, `--batch`)",
+        f"ASCII digits, at most {MAX_WHOLE_DIGITS} of them, within the option's own range",
+    ),
+    ("`--limit` of `case list`", f"1 to {MAX_LIST_LIMIT}"),
+    ("`--expected-version`", f"0 to {MAX_VERSION}"),
+    ("`--hours` of `case extend`", f"1 to {MAX_EXTENSION_HOURS} (and the policy's maximum)"),
+    (
+        "an id or name: `--merchant`, `--buyer`, `--by`, `--command-id`, `--carrier`, "
+        "`--waybill`, a line's category, a case line's SKU",
+        f"at most {MAX_ID_CHARS} characters, no control characters",
+    ),
+    ("an order id, a SKU", "1 to 64 ASCII letters, digits, `-`, `_`, `.` (a SKU also `/`)"),
+    ("a reason code (`--reason` of `case open`)", f"at most {MAX_REASON_CHARS} characters"),
+    (
+        "a text: `--text`, `--note`, `--comment`, `--return-address`, `--reason` and "
+        "`--communication` of `case reject`",
+        f"at most {MAX_TEXT_CHARS} characters; tab and newlines but no other control character",
+    ),
+    ("one `--evidence` reference", f"at most {MAX_EVIDENCE_CHARS} characters"),
+    ("`--evidence` references of one action", f"at most {MAX_EVIDENCE}"),
+    ("`--line`s of an order, or of a case", f"at most {MAX_ORDER_LINES}"),
+    (
+        "a line of `batch`, `import-history`, `order import` (JSON Lines or CSV)",
+        f"at most {MAX_LINE_CHARS} characters; JSON nested at most {MAX_JSON_DEPTH} deep",
+    ),
+    ("a store URL", f"at most {MAX_STORE_URL_CHARS} characters, no control characters"),
+    (
+        "a policy file's windows (hours) and periods (days)",
+        f"at most {MAX_WINDOW_HOURS} hours, {MAX_POLICY_DAYS} days",
+    ),
+)
+
 # How input files are decoded: a byte that is not UTF-8 becomes a lone surrogate, which the
 # checks below refuse on its own line, so one bad byte neither stops a run nor passes.
 UNREADABLE = "surrogateescape"
