@@ -179,8 +179,8 @@ def _money(value: Any, info: ValidationInfo) -> Decimal | None:
 def _whole(value: Any, key: str, bounds: str | None = None) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise BadInput(f"{key} {value!r} is not a whole number")
-    if isinstance(value, (int, float)):
-        value = str(int(value))
+    if isinstance(value, float):
+        value = int(value)
     return whole_number(_scalar(value, key).strip(), key, bounds)
 
 
