@@ -14,10 +14,11 @@ from typing import IO, Any
 import click
 from eventsourcing.persistence import PersistenceError
 
+from commands.options import source_argument, source_path
 from commands.output import State, exit_code, fail_with, to_json
 from engine.commands import parse_line
 from engine.errors import AftersalesError
-from engine.limits import UNREADABLE, json_lines
+from engine.limits import json_lines
 from engine.service import Engine
 
 
@@ -34,7 +35,7 @@ class StoreFailed(AftersalesError):
 
 
 @click.command("batch")
-@click.argument("source", type=click.File("r", encoding="utf-8", errors=UNREADABLE))
+@source_argument
 @click.option("--stop-on-error", is_flag=True, help="Stop at the first line that fails.")
 @click.option(
     "--json",
@@ -52,7 +53,7 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
         fail_with(exc, as_json=as_json)
     counts: Counter[str] = Counter()
     first_failure = 0
-    show_progress = sys.stderr.isatty() and source is not sys.stdin
+    show_progress = sys.stderr.isatty() and source_path(source) is not None
     total = 0
     if show_progress:
         total = sum(1 for _ in source)

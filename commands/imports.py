@@ -13,7 +13,7 @@ from uuid import UUID
 
 import click
 
-from commands.options import bulk_options, json_option
+from commands.options import bulk_options, json_option, source_argument, source_path
 from commands.output import State, emit, exit_code, table
 from engine.bulk import Item, Report, Share, run_bulk
 from engine.commands import Command, OpenCase, Tick, parse_line
@@ -62,8 +62,9 @@ def _finish(ctx: click.Context, as_json: bool, run: Any) -> None:
 def _readable_path(source: IO[str]) -> Iterator[Path]:
     """A path each worker can open: the file's own, or standard input copied to a
     temporary file first (in pieces, so memory stays flat)."""
-    if source.name not in ("<stdin>", "-") and Path(source.name).is_file():
-        yield Path(source.name)
+    given = source_path(source)
+    if given is not None:
+        yield given
         return
     with tempfile.TemporaryDirectory(prefix="aftersales-import-") as folder:
         path = Path(folder) / "orders"
@@ -77,7 +78,7 @@ def _progress(label: str) -> Any:
 
 
 @click.command("import")
-@click.argument("source", type=click.File("r", encoding="utf-8", errors=UNREADABLE))
+@source_argument
 @click.option(
     "--format",
     "fmt",
@@ -93,7 +94,8 @@ def import_orders(
 ) -> None:
     """Import many orders at once (placed, and shipped or delivered where the file says)."""
     if fmt == "auto":
-        fmt = "csv" if Path(source.name).suffix.lower() == ".csv" else "jsonl"
+        name = str(getattr(source, "name", ""))
+        fmt = "csv" if Path(name).suffix.lower() == ".csv" else "jsonl"
     state: State = ctx.find_object(State)  # type: ignore[assignment]
 
     def run(engine: Engine) -> Report:
@@ -256,7 +258,7 @@ def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
 
 
 @click.command("import-history")
-@click.argument("source", type=click.File("r", encoding="utf-8", errors=UNREADABLE))
+@source_argument
 @bulk_options("Lines", "the lines of the orders whose id hashes to it")
 @json_option
 @click.pass_context

@@ -577,11 +577,16 @@ def test_a_huge_csv_row_and_an_order_of_too_many_rows(target: Target, tmp_path: 
 
 
 def test_real_processes_refuse_cleanly(tmp_path: Path) -> None:
-    """The command as a shell runs it: argv with bytes that are not UTF-8, a batch file of
-    the trial's lines, a malformed store URL."""
+    """The command as a shell runs it: argv with bytes that are not UTF-8, the trial's lines
+    (one of them with bytes that are not UTF-8) in a batch file and on standard input, a
+    malformed store URL."""
     store = f"sqlite:///{tmp_path / 'store.db'}"
     lines = tmp_path / "lines.jsonl"
-    lines.write_text("\n".join(RAW_LINES) + "\n", encoding="utf-8", errors="surrogatepass")
+    not_utf8 = (
+        b'{"action": "order place", "order_id": "X", "merchant": "\xff\xfe", "buyer": "b", '
+        b'"line": ["A:1:1.00"]}\n'
+    )
+    lines.write_bytes(("\n".join(RAW_LINES) + "\n").encode() + not_utf8)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs = [
         ["--store", store, "batch", str(lines)],
@@ -598,12 +603,19 @@ def test_real_processes_refuse_cleanly(tmp_path: Path) -> None:
             "--line",
             "A:1:1.00",
         ],
-        ["--store", store, "case", "list", "--limit", "99999999999999999999999", "--json"],
+        ["--store", store, "import-history", "-", "--json"],
         ["--store", "postgresql://[::1/db", "case", "list", "--json"],
     ]
     for args in runs:
         argv = [os.fsencode(a) for a in [sys.executable, "-m", "commands.cli", *args]]
-        done = subprocess.run(argv, capture_output=True, env=env, cwd=tmp_path, timeout=120)
+        given = lines.read_bytes() if "-" in args else None
+        done = subprocess.run(
+            argv, input=given, capture_output=True, env=env, cwd=tmp_path, timeout=120
+        )
         output = (done.stdout + done.stderr).decode("utf-8", "replace")
         assert done.returncode == 2, (args[:4], done.returncode, output[-1500:])
         assert b"Traceback" not in done.stdout + done.stderr, output[-1500:]
+        if "import-history" in args:  # from standard input, bytes not UTF-8 among the lines
+            report = json.loads(done.stdout)
+            assert (report["lines"], report["failed"]) == (len(RAW_LINES) + 1,) * 2
+            assert "unpaired surrogate" in report["errors"][-1]["message"]
