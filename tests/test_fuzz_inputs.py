@@ -505,6 +505,7 @@ CRASHERS = [
     ["case", "extend", "{case}", "--hours", "9" * 40, "--reason", "r"],
     ["--store", "postgresql://[::1/db", "case", "list"],
     ["--store", "postgresql://127.0.0.1:5432/db%00x", "case", "list"],
+    ["scheduler", "--interval", "nan"],
 ]
 # What each refusal names: the bound it broke.
 NAMED = [
@@ -525,6 +526,7 @@ NAMED = [
     "must be 1 to 8784",
     "malformed",
     "control character",
+    "not a number of seconds",
 ]
 
 
@@ -555,6 +557,20 @@ def test_each_crashing_line_of_the_trial_is_refused_cleanly(target: Target) -> N
     assert f"longer than {MAX_LINE_CHARS} characters" in messages[4]
     assert "unknown action 'audit'" in messages[6]
     assert "at most 128" in messages[7]
+
+
+def test_the_trials_lines_on_several_workers(target: Target, tmp_path: Path) -> None:
+    """`import-history --workers 2` (PostgreSQL): each worker refuses its share of the lines
+    as one worker would, and the run ends cleanly."""
+    if not target.store.startswith("postgres"):
+        pytest.skip("more than one worker needs PostgreSQL")
+    path = tmp_path / "lines.jsonl"
+    path.write_text("\n".join(RAW_LINES) + "\n")
+    before = target.last()
+    result = target.invoke(["import-history", str(path), "--workers", "2", "--json"])
+    target.check(result, before, "raw lines on two workers")
+    report = json.loads(result.stdout)
+    assert (result.exit_code, report["lines"], report["failed"]) == (2, *(len(RAW_LINES),) * 2)
 
 
 def test_a_huge_csv_row_and_an_order_of_too_many_rows(target: Target, tmp_path: Path) -> None:
