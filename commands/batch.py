@@ -7,34 +7,23 @@ messages. Every line runs through ``Engine.handle``, in this process, against on
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from typing import IO, Any
 
 import click
 from eventsourcing.persistence import PersistenceError
 
+from aftersales.commands.options import source_argument, source_path
 from aftersales.commands.output import State, exit_code, fail_with, to_json
 from aftersales.engine.access import ActorCheck
-from aftersales.engine.commands import Command, from_line
-from aftersales.engine.errors import AftersalesError, BadInput
+from aftersales.engine.commands import parse_line
+from aftersales.engine.errors import AftersalesError
+from aftersales.engine.limits import json_lines
 from aftersales.engine.service import Engine
 
 
-def parse_line(text: str) -> Command:
-    """One line as a command; BadInput if it is not JSON or not a command."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(data, dict):
-        raise BadInput('a line must be a JSON object with an "action"')
-    return from_line(data)
-
-
-def run_line(engine: Engine, text: str, check: ActorCheck | None = None) -> Any:
+def run_line(engine: Engine, text: str | None, check: ActorCheck | None = None) -> Any:
     """Run one line; a refusal raises AftersalesError (the store failing: its own code). With
     a check, a line's "by" must name a principal who may take its action (``ActorCheck``)."""
     try:
@@ -48,14 +37,8 @@ class StoreFailed(AftersalesError):
     code = "store_unavailable"
 
 
-def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
-    for number, text in enumerate(stream, start=1):
-        if text.strip():
-            yield number, text
-
-
 @click.command("batch")
-@click.argument("source", type=click.File("r", encoding="utf-8"))
+@source_argument
 @click.option("--stop-on-error", is_flag=True, help="Stop at the first line that fails.")
 @click.option(
     "--json",
@@ -76,7 +59,7 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
         fail_with(StoreFailed(" ".join(str(exc).split())), as_json=as_json)
     counts: Counter[str] = Counter()
     first_failure = 0
-    show_progress = sys.stderr.isatty() and source is not sys.stdin
+    show_progress = sys.stderr.isatty() and source_path(source) is not None
     total = 0
     if show_progress:
         total = sum(1 for _ in source)
@@ -84,7 +67,7 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
     with click.progressbar(
         length=total, file=sys.stderr, label="batch", hidden=not show_progress
     ) as bar:
-        for number, text in _lines(source):
+        for number, text in json_lines(source):
             try:
                 result = run_line(engine, text, check)
                 line: dict[str, Any] = {"line": number, "ok": True, "result": result}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from pathlib import Path
@@ -71,10 +72,18 @@ def _log(message: str) -> None:
     click.echo(f"scheduler: {message}", err=True)
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A number of seconds (FloatRange lets "nan" through: it compares false with both ends)."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds from 0.05 to 86400")
+    return value
+
+
 @click.command("scheduler")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.05),
+    type=click.FloatRange(min=0.05, max=86_400),
+    callback=_seconds,
     default=30.0,
     show_default=True,
     help="Seconds from the end of one tick to the start of the next.",

@@ -12,6 +12,7 @@ from datetime import datetime, time, tzinfo
 from typing import Any
 
 from aftersales.engine.errors import BadInput
+from aftersales.engine.limits import check_time
 from aftersales.engine.values import parse_time
 
 # A time as the engine writes it: an ISO-8601 date and time with an offset.
@@ -43,5 +44,5 @@ def parse_day_or_time(text: str, what: str, zone: tzinfo) -> datetime:
             day = datetime.strptime(text.strip(), "%Y-%m-%d").date()
         except ValueError:
             raise BadInput(f"{what} {text!r} is not a date such as 2026-11-03") from None
-        return datetime.combine(day, time(), tzinfo=zone)
+        return check_time(datetime.combine(day, time(), tzinfo=zone), what)
     return parse_time(text, what)

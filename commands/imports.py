@@ -13,11 +13,10 @@ from uuid import UUID
 
 import click
 
-from aftersales.commands.batch import parse_line
-from aftersales.commands.options import bulk_options, json_option
+from aftersales.commands.options import bulk_options, json_option, source_argument, source_path
 from aftersales.commands.output import State, emit, exit_code, table
 from aftersales.engine.bulk import Item, Report, Share, run_bulk
-from aftersales.engine.commands import Command, OpenCase, Tick
+from aftersales.engine.commands import Command, OpenCase, Tick, parse_line
 from aftersales.engine.errors import AftersalesError
 from aftersales.engine.imports import (
     apply_order,
@@ -27,6 +26,7 @@ from aftersales.engine.imports import (
     read_orders_csv,
     read_orders_jsonl,
 )
+from aftersales.engine.limits import UNREADABLE, json_lines
 from aftersales.engine.order import order_uuid
 from aftersales.engine.service import Engine
 from aftersales.engine.sql import Dialect
@@ -63,12 +63,13 @@ def _finish(ctx: click.Context, as_json: bool, run: Any, noun: str) -> None:
 def _readable_path(source: IO[str]) -> Iterator[Path]:
     """A path each worker can open: the file's own, or standard input copied to a
     temporary file first (in pieces, so memory stays flat)."""
-    if source.name not in ("<stdin>", "-") and Path(source.name).is_file():
-        yield Path(source.name)
+    given = source_path(source)
+    if given is not None:
+        yield given
         return
     with tempfile.TemporaryDirectory(prefix="aftersales-import-") as folder:
         path = Path(folder) / "orders"
-        with path.open("w", encoding="utf-8") as out:
+        with path.open("w", encoding="utf-8", errors=UNREADABLE) as out:
             shutil.copyfileobj(source, out)
         yield path
 
@@ -104,7 +105,7 @@ def _count_lines(source: IO[str]) -> int | None:
 
 
 @click.command("import")
-@click.argument("source", type=click.File("r", encoding="utf-8"))
+@source_argument
 @click.option(
     "--format",
     "fmt",
@@ -120,7 +121,8 @@ def import_orders(
 ) -> None:
     """Import many orders at once (placed, and shipped or delivered where the file says)."""
     if fmt == "auto":
-        fmt = "csv" if Path(source.name).suffix.lower() == ".csv" else "jsonl"
+        name = str(getattr(source, "name", ""))
+        fmt = "csv" if Path(name).suffix.lower() == ".csv" else "jsonl"
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     # A JSON Lines file holds an order a line; a CSV file an order line a row.
     per_line = source if fmt == "jsonl" else None
@@ -270,16 +272,14 @@ def history_share(
     try:
         engine = state.engine()
         share = Share(worker.index, history_owners(engine, worker.workers), worker.sync)
-        with path.open(encoding="utf-8") as stream:
+        with path.open(encoding="utf-8", errors=UNREADABLE) as stream:
             return _run_history(engine, stream, chunk, worker.progress, share)
     finally:
         state.close()
 
 
 def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
-    for number, text in enumerate(stream, start=1):
-        if not text.strip():
-            continue
+    for number, text in json_lines(stream):
         try:
             yield Item(number, HistoryLine(parse_line(text)))
         except AftersalesError as exc:
@@ -287,7 +287,7 @@ def _history(stream: IO[str]) -> Iterator[Item[HistoryLine]]:
 
 
 @click.command("import-history")
-@click.argument("source", type=click.File("r", encoding="utf-8"))
+@source_argument
 @bulk_options("Lines", "the lines of the orders whose id hashes to it")
 @json_option
 @click.pass_context

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import click
+
+from aftersales.engine.limits import UNREADABLE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,3 +68,17 @@ def bulk_options(per_chunk: str, takes: str) -> Callable[[F], F]:
         )(f)
 
     return decorate
+
+
+def source_argument(f: F) -> F:
+    """SOURCE, a file or - for standard input, read as UTF-8; a byte that is not UTF-8 is
+    kept (as a lone surrogate) for the line it is on to be refused, not the whole run."""
+    return click.argument("source", type=click.File("r", encoding="utf-8", errors=UNREADABLE))(f)
+
+
+def source_path(source: IO[str]) -> Path | None:
+    """The path of a SOURCE that is a regular file; None for standard input (or a pipe)."""
+    name = getattr(source, "name", None)
+    if isinstance(name, str) and name not in ("<stdin>", "-") and Path(name).is_file():
+        return Path(name)
+    return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -40,6 +40,21 @@ from pydantic.fields import FieldInfo
 from aftersales.engine.case import ReturnCase, case_uuid
 from aftersales.engine.errors import BadInput
 from aftersales.engine.events import Act
+from aftersales.engine.limits import (
+    MAX_EVIDENCE,
+    MAX_EVIDENCE_CHARS,
+    MAX_EXTENSION_HOURS,
+    MAX_LIST_LIMIT,
+    MAX_ORDER_LINES,
+    MAX_VERSION,
+    MAX_WHOLE_DIGITS,
+    check_count,
+    check_id,
+    check_text,
+    check_time,
+    load_json_line,
+    whole_number,
+)
 from aftersales.engine.order import (
     Order,
     OrderLine,
@@ -80,11 +95,15 @@ def _key(info: ValidationInfo) -> str:
     return key_of(info.field_name or "value")
 
 
-def _scalar(value: Any, key: str) -> str:
-    """One value as text: strings as they are, whole numbers written out; nothing else."""
+def _scalar(value: Any, key: str, check: Callable[[str, str], str] = check_text) -> str:
+    """One value as text: strings as they are, whole numbers written out; nothing else. No
+    value is longer than a text may be (``limits.MAX_TEXT_CHARS``) or holds control
+    characters other than tab and newlines; ``check_id`` holds an id to less."""
     if isinstance(value, str):
-        return value
+        return check(value, key)
     if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= 10**MAX_WHOLE_DIGITS:
+            raise BadInput(f"{key} has more than {MAX_WHOLE_DIGITS} digits, the most allowed")
         return str(value)
     if isinstance(value, float):
         raise BadInput(f'{key} must be a string (money is a decimal string such as "12.50")')
@@ -93,12 +112,12 @@ def _scalar(value: Any, key: str) -> str:
     raise BadInput(f"{key} must be a string")
 
 
-def _items(value: Any, key: str) -> list[Any]:
-    """A repeatable value: a list, or one value alone."""
+def _items(value: Any, key: str, limit: int) -> list[Any]:
+    """A repeatable value: a list, or one value alone; at most ``limit`` of them."""
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
-        return [v for v in value if v is not None]
+        return check_count([v for v in value if v is not None], key, limit)
     return [value]
 
 
@@ -106,12 +125,23 @@ def _optional_text(value: Any, info: ValidationInfo) -> str | None:
     return None if value is None else _scalar(value, _key(info))
 
 
-def _required_text(value: Any, info: ValidationInfo) -> str:
+def _required_text(
+    value: Any, info: ValidationInfo, check: Callable[[str, str], str] = check_text
+) -> str:
     key = _key(info)
-    text = _scalar(value, key).strip() if value is not None else ""
+    text = _scalar(value, key, check).strip() if value is not None else ""
     if not text:
         raise BadInput(f"{key} is required")
     return text
+
+
+def _required_id(value: Any, info: ValidationInfo) -> str:
+    """An id or short name (a merchant, a carrier, a waybill): one line, not too long."""
+    return _required_text(value, info, check_id)
+
+
+def _optional_id(value: Any, info: ValidationInfo) -> str | None:
+    return None if value is None else _scalar(value, _key(info), check_id)
 
 
 def _name(value: Any, info: ValidationInfo) -> str | None:
@@ -119,7 +149,7 @@ def _name(value: Any, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     key = _key(info)
-    text = _scalar(value, key)
+    text = _scalar(value, key, check_id)
     if not text.strip():
         raise BadInput(f"{key} must not be empty")
     return text.strip() if key == "by" else text
@@ -132,7 +162,7 @@ def _time(value: Any, info: ValidationInfo) -> datetime | None:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise BadInput(f"{key} has no time zone")
-        return value
+        return check_time(value, key)
     return parse_time(_scalar(value, key), key)
 
 
@@ -146,25 +176,23 @@ def _money(value: Any, info: ValidationInfo) -> Decimal | None:
     return parse_money(text, key)
 
 
-def _whole(value: Any, key: str) -> int:
+def _whole(value: Any, key: str, bounds: str | None = None) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise BadInput(f"{key} {value!r} is not a whole number")
-    if isinstance(value, (int, float)):
-        return int(value)
-    text = _scalar(value, key).strip()
-    if not text.lstrip("-").isdigit():
-        raise BadInput(f"{key} {value!r} is not a whole number")
-    return int(text)
+    if isinstance(value, float):
+        value = int(value)
+    return whole_number(_scalar(value, key).strip(), key, bounds)
 
 
 def _between(low: int | None, high: int | None) -> Any:
+    bounds = f"{low} to {high}" if high is not None else f"{low} or more"
+
     def check(value: Any, info: ValidationInfo) -> int | None:
         if value is None:
             return None
         key = _key(info)
-        number = _whole(value, key)
+        number = _whole(value, key, bounds)
         if (low is not None and number < low) or (high is not None and number > high):
-            bounds = f"{low} to {high}" if high is not None else f"{low} or more"
             raise BadInput(f"{key} {number} must be {bounds}")
         return number
 
@@ -210,11 +238,15 @@ def choices(kind: type[Enum], *, leave_out: Iterable[Enum] = ()) -> list[str]:
     return [str(m.value) for m in kind if m not in set(leave_out)]
 
 
+def _evidence_reference(text: str, key: str) -> str:
+    return check_id(text, key, MAX_EVIDENCE_CHARS)
+
+
 def _evidence(value: Any, info: ValidationInfo) -> tuple[str, ...]:
     key = _key(info)
     found = []
-    for item in _items(value, key):
-        text = _scalar(item, key).strip()
+    for item in _items(value, key, MAX_EVIDENCE):
+        text = _scalar(item, key, _evidence_reference).strip()
         if not text:
             raise BadInput(f"{key} is required (an empty reference was given)")
         found.append(text)
@@ -224,7 +256,7 @@ def _evidence(value: Any, info: ValidationInfo) -> tuple[str, ...]:
 def _order_lines(value: Any, info: ValidationInfo) -> tuple[OrderLine, ...]:
     key = _key(info)
     lines: list[OrderLine] = []
-    for item in _items(value, key):
+    for item in _items(value, key, MAX_ORDER_LINES):
         if isinstance(item, OrderLine):
             lines.append(item)
         elif isinstance(item, Mapping):
@@ -265,7 +297,7 @@ class WantedLine(NamedTuple):
 def _case_lines(value: Any, info: ValidationInfo) -> tuple[WantedLine, ...]:
     key = _key(info)
     found = []
-    for item in _items(value, key):
+    for item in _items(value, key, MAX_ORDER_LINES):
         if isinstance(item, WantedLine):
             found.append(item)
         else:
@@ -306,6 +338,8 @@ def _reason(value: Any, info: ValidationInfo) -> str:
 
 Text = Annotated[str, BeforeValidator(_required_text)]
 OptionalText = Annotated[str | None, BeforeValidator(_optional_text)]
+Id = Annotated[str, BeforeValidator(_required_id)]
+OptionalId = Annotated[str | None, BeforeValidator(_optional_id)]
 When = Annotated[datetime | None, BeforeValidator(_time)]
 Money = Annotated[Decimal | None, BeforeValidator(_money)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
@@ -379,7 +413,8 @@ class Command(BaseModel):
         unknown = [k for k in given if k not in known]
         if unknown:
             options = ", ".join(sorted(key_of(f) for f in cls.model_fields))
-            raise BadInput(f"{cls.name} has no option {unknown[0]!r} (options: {options})")
+            shown = _shown(str(unknown[0]))
+            raise BadInput(f"{cls.name} has no option {shown!r} (options: {options})")
         return cls.model_validate(given)
 
 
@@ -387,6 +422,11 @@ class Command(BaseModel):
 def _required(kind: type[Command]) -> tuple[tuple[str, str], ...]:
     """A command's required fields: each name, and the key it is given by."""
     return tuple((n, key_of(n)) for n, f in kind.model_fields.items() if f.is_required())
+
+
+def _shown(text: str, most: int = 40) -> str:
+    """Some input, as a message quotes it: at most ``most`` characters of it."""
+    return text if len(text) <= most else text[:most] + "..."
 
 
 def describe(exc: ValidationError) -> str:
@@ -412,7 +452,7 @@ class Action(Command):
     command_id: Annotated[str | None, BeforeValidator(_name)] = Field(
         None, description="Idempotency key: the same action again with this key changes nothing."
     )
-    expected_version: Annotated[int | None, _between(0, None)] = Field(
+    expected_version: Annotated[int | None, _between(0, MAX_VERSION)] = Field(
         None, description="Refuse (exit 5) unless the case or order is still at this version."
     )
 
@@ -488,8 +528,8 @@ class PlaceOrder(OrderAction):
 
     name: ClassVar[str] = "order place"
 
-    merchant: Text = Field(description="The shop selling the order.")
-    buyer: Text = Field(description="The buyer.")
+    merchant: Id = Field(description="The shop selling the order.")
+    buyer: Id = Field(description="The buyer.")
     lines: Annotated[tuple[OrderLine, ...], BeforeValidator(_order_lines)] = Field(
         min_length=1,
         validation_alias=AliasChoices("line", "lines"),
@@ -502,8 +542,8 @@ class ShipOrder(OrderAction):
 
     name: ClassVar[str] = "order ship"
 
-    carrier: OptionalText = Field(None, description="The carrier (with --waybill).")
-    waybill: OptionalText = Field(None, description="The waybill number (with --carrier).")
+    carrier: OptionalId = Field(None, description="The carrier (with --waybill).")
+    waybill: OptionalId = Field(None, description="The waybill number (with --carrier).")
 
     def apply(self, order: Order, act: Act) -> None:
         order.ship(_shipment(self.carrier, self.waybill), act)
@@ -526,15 +566,15 @@ class ImportOrder(Command):
     shows: ClassVar[str] = "order"
 
     order_id: OrderId
-    merchant: Text
-    buyer: Text
+    merchant: Id
+    buyer: Id
     lines: Annotated[tuple[OrderLine, ...], BeforeValidator(_order_lines)] = Field(
         min_length=1, validation_alias=AliasChoices("line", "lines")
     )
     placed_at: When = None
     shipped_at: When = None
-    carrier: OptionalText = None
-    waybill: OptionalText = None
+    carrier: OptionalId = None
+    waybill: OptionalId = None
     delivered_at: When = None
     by: Annotated[str | None, BeforeValidator(_name)] = None
 
@@ -600,8 +640,8 @@ class ShipBack(CaseAction):
     name: ClassVar[str] = "case ship-back"
     role: ClassVar[Role] = Role.BUYER
 
-    carrier: Text
-    waybill: Text
+    carrier: Id
+    waybill: Id
 
     def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
         case.ship_back(act, policy, Shipment(carrier=self.carrier, waybill=self.waybill))
@@ -706,8 +746,8 @@ class ShipReplacement(CaseAction):
     name: ClassVar[str] = "case ship-replacement"
     role: ClassVar[Role] = Role.MERCHANT
 
-    carrier: Text
-    waybill: Text
+    carrier: Id
+    waybill: Id
 
     def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
         case.ship_replacement(act, Shipment(carrier=self.carrier, waybill=self.waybill))
@@ -719,8 +759,8 @@ class Reship(CaseAction):
     name: ClassVar[str] = "case reship"
     role: ClassVar[Role] = Role.MERCHANT
 
-    carrier: OptionalText = None
-    waybill: OptionalText = None
+    carrier: OptionalId = None
+    waybill: OptionalId = None
     cannot: Flag = Field(False, description="The merchant cannot reship: the platform pays.")
     note: OptionalText = None
 
@@ -858,7 +898,7 @@ class ExtendReceipt(CaseAction):
     name: ClassVar[str] = "case extend"
     role: ClassVar[Role] = Role.MERCHANT
 
-    hours: Annotated[int, _between(1, None)] = Field(
+    hours: Annotated[int, _between(1, MAX_EXTENSION_HOURS)] = Field(
         description="How much later the refund falls due (at most the policy's maximum)."
     )
     reason: Text = Field(description="Why more time is needed.")
@@ -891,12 +931,12 @@ class ListCases(Query):
     name: ClassVar[str] = "case list"
     shows: ClassVar[str] = "cases"
 
-    merchant: OptionalText = None
-    buyer: OptionalText = None
+    merchant: OptionalId = None
+    buyer: OptionalId = None
     order: Annotated[str | None, BeforeValidator(_optional_order_id)] = None
     status: Annotated[Status | None, _choice(Status)] = None
     due_before: When = Field(None, description="Only cases with a deadline due by then.")
-    limit: Annotated[int | None, _between(1, None)] = None
+    limit: Annotated[int | None, _between(1, MAX_LIST_LIMIT)] = None
 
 
 class ShowOrder(Query):
@@ -977,8 +1017,17 @@ def resolve(action: str) -> type[Command]:
         matches = sorted(n for n in BY_NAME if n.split(" ")[-1] == words)
         if matches:
             raise BadInput(f"ambiguous action {action!r}: say {' or '.join(matches)}")
-        raise BadInput(f"unknown action {action!r} (actions: {', '.join(BY_NAME)})")
+        raise BadInput(f"unknown action {_shown(action)!r} (actions: {', '.join(BY_NAME)})")
     return BY_NAME[name]
+
+
+def parse_line(text: str | None) -> Command:
+    """A JSON line (of `batch` or `import-history`) as a command; ``None`` is a line longer
+    than the most a line may be (``limits.json_lines``)."""
+    data = load_json_line(text)
+    if not isinstance(data, dict):
+        raise BadInput('a line must be a JSON object with an "action"')
+    return from_line(data)
 
 
 def from_line(data: Mapping[str, Any]) -> Command:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,14 @@ from uuid import UUID
 from aftersales.engine.bulk import Item, Report, run_bulk
 from aftersales.engine.commands import ImportOrder
 from aftersales.engine.errors import BadInput
+from aftersales.engine.limits import (
+    MAX_ORDER_LINES,
+    UNREADABLE,
+    bounded_lines,
+    json_lines,
+    load_json_line,
+    too_long,
+)
 from aftersales.engine.order import order_uuid
 from aftersales.engine.service import Engine
 from aftersales.engine.workers import Worker
@@ -57,13 +64,11 @@ def _order(number: int, data: dict[str, Any]) -> Item[ImportOrder]:
 
 
 def read_orders_jsonl(stream: IO[str]) -> Iterator[Item[ImportOrder]]:
-    for number, text in enumerate(stream, start=1):
-        if not text.strip():
-            continue
+    for number, text in json_lines(stream):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield Item(number, BadInput(f"line {number}: not JSON: {exc.msg}"))
+            data = load_json_line(text)
+        except BadInput as exc:
+            yield Item(number, BadInput(f"line {number}: {exc.message}"))
             continue
         if not isinstance(data, dict):
             yield Item(number, BadInput(f"line {number}: an order is a JSON object"))
@@ -85,28 +90,62 @@ def read_orders_jsonl(stream: IO[str]) -> Iterator[Item[ImportOrder]]:
         )
 
 
-def read_orders_csv(stream: IO[str]) -> Iterator[Item[ImportOrder]]:
-    """One row per order line; consecutive rows with the same order_id make one order."""
-    reader = csv.DictReader(stream)
-    missing = {"order_id", "merchant", "buyer", "sku", "quantity", "unit_price"} - set(
-        reader.fieldnames or ()
-    )
+def _csv_rows(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | BadInput]]:
+    """The rows of a CSV file with their line numbers, or why a row cannot be read: a line
+    longer than ``limits.MAX_LINE_CHARS`` (never held in memory whole), or bad CSV."""
+    overlong: list[int] = []
+
+    def lines() -> Iterator[str]:
+        for number, text in bounded_lines(stream):
+            if text is None:
+                overlong.append(number)
+            yield "\n" if text is None else text  # a blank line keeps the numbering
+
+    reader = csv.DictReader(lines())
+    try:
+        fields = reader.fieldnames or ()
+    except csv.Error as exc:
+        raise BadInput(f"the CSV header cannot be read: {exc}") from None
+    missing = {"order_id", "merchant", "buyer", "sku", "quantity", "unit_price"} - set(fields)
     if missing:
         raise BadInput(
             f"the CSV header lacks {', '.join(sorted(missing))} "
             f"(columns: {', '.join(ORDER_FIELDS)})"
         )
+    done = False
+    while not done:
+        row: dict[str, Any] | BadInput | None = None
+        try:
+            row = next(reader)
+        except StopIteration:
+            done = True
+        except csv.Error as exc:
+            row = BadInput(f"line {reader.line_num}: not CSV: {exc}")
+        while overlong:
+            number = overlong.pop(0)
+            yield number, BadInput(f"line {number}: {too_long().message}")
+        if row is not None:
+            yield reader.line_num, row
+
+
+def read_orders_csv(stream: IO[str]) -> Iterator[Item[ImportOrder]]:
+    """One row per order line; consecutive rows with the same order_id make one order."""
     current: dict[str, Any] | None = None
     first_line = 0
-    for row in reader:
-        number = reader.line_num
+    for number, row in _csv_rows(stream):
+        if isinstance(row, BadInput):
+            yield Item(number, row)
+            continue
         order_id = (row.get("order_id") or "").strip()
         spec = ":".join(
             [row.get("sku") or "", row.get("quantity") or "", row.get("unit_price") or ""]
             + ([row["category"]] if row.get("category") else [])
         )
         if current is not None and order_id == current["order_id"]:
-            current["lines"].append(spec)
+            # Beyond the most lines an order may have, the order is refused: no need to
+            # hold more of them.
+            if len(current["lines"]) <= MAX_ORDER_LINES:
+                current["lines"].append(spec)
             continue
         if current is not None:
             yield _order(first_line, current)
@@ -131,7 +170,7 @@ def order_owner(order_id: str, workers: int) -> int:
 
 
 def read_orders(path: Path, fmt: str) -> Iterator[Item[ImportOrder]]:
-    with path.open(encoding="utf-8", newline="") as stream:
+    with path.open(encoding="utf-8", errors=UNREADABLE, newline="") as stream:
         yield from read_orders_csv(stream) if fmt == "csv" else read_orders_jsonl(stream)
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aftersales.engine.errors import BadInput, NotAllowed
 from aftersales.engine.events import Act, Aggregate, Created, Event
+from aftersales.engine.limits import MAX_QUANTITY, check_id, whole_number
 from aftersales.engine.values import CENT, ZERO, money_str, parse_money
 
 ORDER_NAMESPACE = UUID("6f1c5c9e-3a52-4c8e-9b1e-2f8d7a4e5b10")
@@ -35,9 +36,20 @@ def order_uuid(order_id: str) -> UUID:
 
 
 def check_order_id(order_id: str) -> str:
-    if not _ORDER_ID.match(order_id):
-        raise BadInput(f"order id {order_id!r} must be letters, digits, '-', '_' or '.'")
+    if not _ORDER_ID.fullmatch(order_id):
+        shown = order_id if len(order_id) <= 70 else order_id[:70] + "..."
+        raise BadInput(
+            f"order id {shown!r} must be 1 to 64 letters, digits, '-', '_' or '.' (ASCII)"
+        )
     return order_id
+
+
+def _quantity(text: str, line: str) -> int:
+    """A line's quantity: ASCII digits, above 0, at most ``limits.MAX_QUANTITY``."""
+    quantity = whole_number(text.strip(), f"line {line!r}: quantity")
+    if not 0 < quantity <= MAX_QUANTITY:
+        raise BadInput(f"line {line!r}: quantity {quantity} must be 1 to {MAX_QUANTITY}")
+    return quantity
 
 
 class OrderLine(BaseModel):
@@ -77,12 +89,16 @@ def parse_order_line(text: str) -> OrderLine:
     if len(parts) not in (3, 4, 5):
         raise BadInput(f"line {text!r} is not SKU:QTY:UNIT_PRICE[:CATEGORY[:LIST_PRICE]]")
     sku, qty, price = parts[0].strip(), parts[1].strip(), parts[2]
-    if not _SKU.match(sku):
-        raise BadInput(f"line {text!r}: SKU {sku!r} is not a valid SKU")
-    if not qty.isdigit() or int(qty) <= 0:
-        raise BadInput(f"line {text!r}: quantity {qty!r} is not a whole number above 0")
+    if not _SKU.fullmatch(sku):
+        raise BadInput(
+            f"line {text!r}: SKU {sku!r} is not a valid SKU (1 to 64 ASCII letters, digits, "
+            "'_', '.', '-', '/')"
+        )
+    quantity = _quantity(qty, text)
     unit_price = parse_money(price, "unit price")
     category = parts[3].strip() if len(parts) >= 4 and parts[3].strip() else None
+    if category is not None:
+        check_id(category, "category")
     list_price = parse_money(parts[4], "list price") if len(parts) == 5 else None
     if unit_price <= ZERO and not list_price:
         raise BadInput(
@@ -90,7 +106,7 @@ def parse_order_line(text: str) -> OrderLine:
             "its list price: SKU:QTY:0.00:gift:LIST_PRICE)"
         )
     return OrderLine(
-        sku=sku, quantity=int(qty), unit_price=unit_price, category=category, list_price=list_price
+        sku=sku, quantity=quantity, unit_price=unit_price, category=category, list_price=list_price
     )
 
 
@@ -100,11 +116,10 @@ def parse_case_line(text: str) -> tuple[str, int | None]:
     sku = sku.strip()
     if not sku:
         raise BadInput(f"line {text!r} is not SKU:QTY")
+    check_id(sku, "line")
     if qty == "":
         return sku, None
-    if not qty.strip().isdigit() or int(qty) <= 0:
-        raise BadInput(f"line {text!r}: quantity {qty!r} is not a whole number above 0")
-    return sku, int(qty)
+    return sku, _quantity(qty, text)
 
 
 class OrderPlaced(Created):

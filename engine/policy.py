@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aftersales.engine.errors import BadInput
+from aftersales.engine.limits import MAX_POLICY_DAYS, MAX_WINDOW_HOURS
 from aftersales.engine.values import CaseType, parse_money, parse_zone
 
 
@@ -59,13 +60,13 @@ class Windows(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    merchant_review_hours: int | None = Field(default=None, gt=0)
-    buyer_shipment_hours: int | None = Field(default=None, gt=0)
-    merchant_receipt_hours: int | None = Field(default=None, gt=0)
-    reshipment_hours: int | None = Field(default=None, gt=0)
-    replacement_hours: int | None = Field(default=None, gt=0)
+    merchant_review_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    buyer_shipment_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    merchant_receipt_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    reshipment_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    replacement_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
     # The buyer's time to answer a merchant's offer of another service.
-    offer_answer_hours: int | None = Field(default=None, gt=0)
+    offer_answer_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
 
     def hours(self, stage: Stage) -> int | None:
         value: int | None = getattr(self, f"{stage}_hours")
@@ -97,13 +98,13 @@ class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = "default"
-    no_reason_return_days: int = Field(default=7, ge=0)
+    no_reason_return_days: int = Field(default=7, ge=0, le=MAX_POLICY_DAYS)
     # Returns and exchanges (any reason) are opened within this many days of delivery.
-    after_sales_days: int = Field(default=15, ge=0)
+    after_sales_days: int = Field(default=15, ge=0, le=MAX_POLICY_DAYS)
     # A rejected case may be taken to the platform for this many days after the rejection.
-    escalation_days_after_rejection: int = Field(default=7, ge=0)
+    escalation_days_after_rejection: int = Field(default=7, ge=0, le=MAX_POLICY_DAYS)
     # Cases an order line may have over its lifetime, one after another.
-    max_cases_per_line: int = Field(default=5, ge=1)
+    max_cases_per_line: int = Field(default=5, ge=1, le=1000)
     no_reason_excluded_categories: tuple[str, ...] = (
         "custom_made",
         "perishable",
@@ -119,7 +120,7 @@ class Policy(BaseModel):
     windows: Windows = DEFAULT_WINDOWS
     by_type: dict[CaseType, TypeWindows] = Field(default_factory=dict)
     # The merchant may extend its receipt window once, by at most this much.
-    max_receipt_extension_hours: int = Field(default=72, gt=0)
+    max_receipt_extension_hours: int = Field(default=72, gt=0, le=MAX_WINDOW_HOURS)
     # The zone people read times in (the platform's): an offset or a zone name. How times are
     # shown, not a rule, so it is no part of the policy's version.
     display_zone: Annotated[str, AfterValidator(_zone)] = "+08:00"
@@ -169,6 +170,6 @@ def load_policy(path: str | Path | None) -> Policy:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInput(f"policy file {file} does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError too
         raise BadInput(f"policy file {file} cannot be read: {exc}") from None
     return parse_policy(data, str(file))

@@ -50,6 +50,7 @@ from pydantic import BaseModel
 
 from aftersales.engine.errors import BadInput, StoreUnavailable
 from aftersales.engine.events import Aggregate, Event, stored_json, stored_state
+from aftersales.engine.limits import MAX_STORE_URL_CHARS, check_id
 from aftersales.engine.sql import SQLITE, Dialect
 
 DEFAULT_STORE = "sqlite:///aftersales.db"
@@ -100,7 +101,7 @@ def redact_url(url: str) -> str:
 def parse_store_url(url: str | None) -> StoreUrl:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
     ``postgresql://user[:pw]@host[:port]/db[?schema=NAME]``."""
-    url = url or DEFAULT_STORE
+    url = check_id(url or DEFAULT_STORE, "store URL", MAX_STORE_URL_CHARS)
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         if not rest.startswith("/") or rest == "/":
@@ -118,8 +119,12 @@ def parse_store_url(url: str | None) -> StoreUrl:
             path=path,
         )
     if url.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(url)
-        dbname = unquote(parts.path.lstrip("/"))
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError as exc:
+            raise BadInput(f"store URL is malformed: {exc}") from None
+        dbname = check_id(unquote(parts.path.lstrip("/")), "store URL's database")
         if not dbname:
             raise BadInput(f"store {url!r} names no database: postgresql://host:5432/DBNAME")
         query = parse_qs(parts.query, keep_blank_values=True)
@@ -138,10 +143,15 @@ def parse_store_url(url: str | None) -> StoreUrl:
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": dbname,
-            "POSTGRES_HOST": parts.hostname or "localhost",
+            "POSTGRES_HOST": host or "localhost",
             "POSTGRES_PORT": str(port),
-            "POSTGRES_USER": unquote(parts.username) if parts.username else getpass.getuser(),
-            "POSTGRES_PASSWORD": unquote(parts.password) if parts.password else "",
+            "POSTGRES_USER": check_id(
+                unquote(parts.username) if parts.username else getpass.getuser(),
+                "store URL's user",
+            ),
+            "POSTGRES_PASSWORD": check_id(
+                unquote(parts.password) if parts.password else "", "store URL's password"
+            ),
             "POSTGRES_SCHEMA": schema or "",
             "POSTGRES_CONNECT_TIMEOUT": "10",
             "POSTGRES_POOL_SIZE": "4",

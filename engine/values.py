@@ -11,10 +11,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict
 
 from aftersales.engine.errors import BadInput
+from aftersales.engine.limits import MAX_REASON_CHARS, check_amount, check_time
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
-_MONEY = re.compile(r"^\d{1,12}(\.\d{1,2})?$")
+_MONEY = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,2})?$")
 
 
 class Role(StrEnum):
@@ -101,11 +102,13 @@ class Actor(BaseModel):
 
 
 def parse_money(text: str, what: str = "amount") -> Decimal:
-    """Parse a decimal string such as "12.50"; never a float, at most two places."""
+    """Parse a decimal string such as "12.50"; never a float, at most two places, ASCII
+    digits only, at most ``limits.MAX_AMOUNT``."""
     value = text.strip()
     if not _MONEY.match(value):
-        raise BadInput(f"{what} {text!r} is not money: write a decimal such as 12.50")
-    return Decimal(value).quantize(CENT)
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise BadInput(f"{what} {shown!r} is not money: write a decimal such as 12.50")
+    return check_amount(Decimal(value).quantize(CENT), what)
 
 
 def money_str(value: Decimal) -> str:
@@ -113,7 +116,10 @@ def money_str(value: Decimal) -> str:
 
 
 def parse_time(text: str, what: str = "time") -> datetime:
-    """Parse an ISO-8601 time that carries its offset."""
+    """Parse an ISO-8601 time that carries its offset, within the engine's calendar
+    (``limits.EARLIEST_TIME`` to ``limits.LATEST_TIME``)."""
+    if len(text) > 64:
+        raise BadInput(f"{what} is {len(text)} characters long: not a time")
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
@@ -125,7 +131,7 @@ def parse_time(text: str, what: str = "time") -> datetime:
         ) from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise BadInput(f"{what} {text!r} has no offset: add one, e.g. +08:00 or Z")
-    return parsed
+    return check_time(parsed, what)
 
 
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
@@ -158,6 +164,8 @@ def time_str(value: datetime) -> str:
 
 def parse_reason(text: str) -> str:
     """A reason is `group.detail`, the group one of the article's five."""
+    if len(text) > MAX_REASON_CHARS:
+        raise BadInput(f"reason is {len(text)} characters long: at most {MAX_REASON_CHARS}")
     group, _, detail = text.partition(".")
     if group not in {g.value for g in ReasonGroup} or not re.fullmatch(r"[a-z0-9_]+", detail):
         groups = ", ".join(g.value for g in ReasonGroup)

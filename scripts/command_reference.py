@@ -5,8 +5,9 @@
 
 Every command, its arguments and options come from ``engine.commands.COMMANDS`` (the same models
 the command line, `batch` and `import-history` are derived from). The reference sits between the
-marker comments ``<!-- commands:begin -->`` and ``<!-- commands:end -->``; nothing outside them
-is touched.
+marker comments ``<!-- commands:begin -->`` and ``<!-- commands:end -->``, the table of input
+bounds (``engine.limits.DOCUMENTED``) between ``<!-- limits:begin -->`` and
+``<!-- limits:end -->``; nothing outside them is touched.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from pydantic.fields import FieldInfo
 
 from aftersales.commands.actions import METAVARS, _inner, _scalar
 from aftersales.engine.commands import COMMANDS, Action, Command, field_choices, key_of
+from aftersales.engine.limits import DOCUMENTED
 
 BEGIN = "<!-- commands:begin -->"
 END = "<!-- commands:end -->"
+LIMITS_BEGIN = "<!-- limits:begin -->"
+LIMITS_END = "<!-- limits:end -->"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "command-line.md"
 
 
@@ -86,9 +90,19 @@ def reference() -> str:
     return "\n".join(lines)
 
 
+def limits() -> str:
+    rows = [LIMITS_BEGIN, "", "| input | bound |", "|---|---|"]
+    rows += [f"| {what} | {bound} |" for what, bound in DOCUMENTED]
+    return "\n".join([*rows, "", LIMITS_END])
+
+
+def _between(text: str, begin: str, end: str, content: str) -> str:
+    start, stop = text.index(begin), text.index(end) + len(end)
+    return text[:start] + content + text[stop:]
+
+
 def rewritten(text: str) -> str:
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[:start] + reference() + text[end:]
+    return _between(_between(text, BEGIN, END, reference()), LIMITS_BEGIN, LIMITS_END, limits())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,7 +170,7 @@ def test_values_are_checked_by_the_commands_own_model(store_url: str) -> None:
             {"action": "case approve", "case_id": CASE, "expected_version": "1.5"},
             "expected_version '1.5' is not a whole number",
         ),
-        ({"action": "case list", "limit": 0}, "limit 0 must be 1 or more"),
+        ({"action": "case list", "limit": 0}, "limit 0 must be 1 to 100000"),
         ({"action": "case approve", "case_id": CASE, "by": ["a", "b"]}, "by takes one value"),
         ({"action": "reship", "case_id": CASE, "cannot": "yes"}, "cannot is a flag: true or false"),
         ({"action": "case approve", "case_id": CASE, "colour": "red"}, "has no option 'colour'"),
@@ -187,7 +187,7 @@ def test_values_are_checked_by_the_commands_own_model(store_url: str) -> None:
         (["case", "rate", CASE, "--score", "9"], "score 9 must be 1 to 5"),
         (["case", "open", "KS-1", "--reason", "a.b"], "type is required"),
         (["case", "open", "KS-1", "--type", "nope", "--reason", "a.b"], "type 'nope' is not one"),
-        (["case", "list", "--limit", "0"], "limit 0 must be 1 or more"),
+        (["case", "list", "--limit", "0"], "limit 0 must be 1 to 100000"),
         (["case", "approve", CASE, "--expected-version", "1.5"], "'1.5' is not a whole number"),
     ]
     for argv, message in argv_checks:

@@ -374,6 +374,9 @@ def test_report_commands_json_csv_and_table(scenario: Scenario, store_url: str) 
     bad = runner.invoke(cli, [*base, "return-rates", "--since", "2026-11-01 10:00", "--json"])
     assert bad.exit_code == 2
     assert "offset" in json.loads(bad.stdout)["error"]["message"]
+    bad = runner.invoke(cli, [*base, "return-rates", "--since", "1999-12-31", "--json"])
+    assert bad.exit_code == 2
+    assert "out of range" in json.loads(bad.stdout)["error"]["message"]
     bad = runner.invoke(cli, [*base, "return-rates", "--since", "2026-02-30", "--json"])
     assert bad.exit_code == 2
     assert "2026-02-30" in json.loads(bad.stdout)["error"]["message"]
