@@ -15,6 +15,7 @@ from commands.options import json_option
 from commands.output import State, _cell, _one_line, fail, fail_with, table, to_json
 from engine.audit import Audit, audit_case, bundle, bundle_bytes
 from engine.errors import AftersalesError, BadInput
+from engine.integrity import list_quarantine
 from engine.values import parse_time
 
 NOT_VERIFIED = 3
@@ -61,6 +62,7 @@ def audit(
         if export_path is not None:
             content = bundle(result, engine.policy, engine.clock())
             _write(export_path, bundle_bytes(content))
+        quarantined = list_quarantine(engine.store, result.case_id)
     except AftersalesError as exc:
         fail_with(exc, as_json)
     except PersistenceError as exc:
@@ -68,6 +70,7 @@ def audit(
     except OSError as exc:
         fail("bad_input", f"cannot write {export_path}: {_one_line(exc)}", 2, as_json)
     report = result.to_json()
+    report["quarantined"] = quarantined
     if as_json:
         click.echo(to_json(report))
     else:
@@ -89,7 +92,9 @@ def _write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)  # evidence to hand over, not a secret
+        # Readable by its owner alone, whatever the umask: it holds the parties' ids, their
+        # messages and the money; the owner hands it over as they decide.
+        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -158,6 +163,12 @@ def render_audit(result: Audit, report: dict[str, Any]) -> str:
             lines.append("deadline then running: none")
     elif state and state["due_at"]:
         lines.append(f"deadline running: {state['due_action']} at {state['due_at']}")
+    for q in report.get("quarantined", []):
+        lines.append(
+            f"quarantined: version {q['version']} ({q['event']}, position {q['position']}) by "
+            f"{q['decided_by']} at {q['decided_at']}: {q['reason']} (could not be used: "
+            f"{q['why']})"
+        )
     if result.verified:
         lines.append(f"verified: yes (head hash {report['head_hash']})")
     else:

@@ -52,11 +52,13 @@ def to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=None, separators=(", ", ": "))
 
 
-# The contract's exit codes, by error code: 2 bad input, 3 not allowed by the rules, 4 no such
-# case or order, 5 a conflicting change; 1 the store cannot be reached.
+# The contract's exit codes, by error code: 2 bad input, 3 not allowed by the rules (or by a
+# stored event that cannot be used), 4 no such case or order, 5 a conflicting change; 1 the store
+# cannot be reached.
 EXIT_CODES: dict[str, int] = {
     "bad_input": 2,
     "not_allowed": 3,
+    "poisoned": 3,
     "not_found": 4,
     "conflict": 5,
     "store_unavailable": 1,

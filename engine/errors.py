@@ -43,3 +43,42 @@ class StoreUnavailable(AftersalesError):
     """The event store cannot be reached or opened."""
 
     code = "store_unavailable"
+
+
+class Poisoned(AftersalesError):
+    """A stored event that cannot be read or verified: what needs it refuses, naming it (its
+    position in the log, its aggregate and version, why), and nothing is guessed around it."""
+
+    code = "poisoned"
+
+    def __init__(
+        self,
+        position: int | None,
+        what: str,
+        version: int,
+        why: str,
+        *,
+        consequence: str = "refused until the store is repaired",
+        topic: str = "",
+    ) -> None:
+        where = f"position {position}" if position is not None else "an unknown position"
+        super().__init__(
+            f"stored event at {where} ({what}, version {version}) cannot be used: {why}"
+            + (f"; {consequence}" if consequence else "")
+        )
+        self.position = position
+        self.what = what
+        self.version = version
+        self.why = why
+        self.topic = topic
+
+    def then(self, consequence: str) -> Poisoned:
+        """The same event named, with what its refusal means here."""
+        return Poisoned(
+            self.position,
+            self.what,
+            self.version,
+            self.why,
+            consequence=consequence,
+            topic=self.topic,
+        )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from uuid import UUID
 
@@ -102,6 +103,95 @@ def chain_hash(
     ``{"originator_id", "originator_version", "state", "topic"}``."""
     content = {k: v for k, v in state.items() if k != "hash"}
     return _digest(previous, originator_id, originator_version, topic, _canonical(content))
+
+
+class Unreadable(ValueError):
+    """A stored event that cannot be used: its bytes are not what was sealed, or they do not
+    make an event. The message says why, in a reader's words."""
+
+
+# The tail the store writes every sealed event with: the hash, last, after the content.
+_HASH_TAIL = re.compile(rb'(,?)"hash":"([0-9a-f]{64})"\}\Z')
+
+
+def stored_hash(state: bytes) -> str | None:
+    """The hash a stored event carries, read from its bytes (None if it carries none)."""
+    found = _HASH_TAIL.search(state)
+    if found is not None:
+        return found.group(2).decode()
+    try:
+        value = json.loads(state)
+    except ValueError:
+        return None
+    kept = value.get("hash") if isinstance(value, dict) else None
+    return kept if isinstance(kept, str) else None
+
+
+def verified_hash(
+    previous: str, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+) -> str:
+    """The hash of one stored event, once it is checked to be the hash of its content chained
+    to ``previous`` (the hash of the event before it); else ``Unreadable`` says why.
+
+    The stored bytes are, as the store writes them, the canonical content with the hash added
+    last, so the content's canonical form is the bytes less that tail: hashed as they are, with
+    no parse. Any other form is parsed and put in canonical form (``chain_hash``)."""
+    tail = _HASH_TAIL.search(state)
+    if tail is not None:
+        claimed = tail.group(2).decode()
+        body = state[: tail.start()] + b"}"
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unreadable("stored bytes are not UTF-8") from None
+        if _digest(previous, originator_id, originator_version, topic, text) == claimed:
+            return claimed
+    try:
+        content = json.loads(state)
+    except (ValueError, RecursionError) as exc:
+        raise Unreadable(f"stored bytes are not JSON ({_first_line(exc)})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("hash"), str):
+        raise Unreadable("stored JSON carries no hash")
+    claimed = content["hash"]
+    if chain_hash(previous, originator_id, originator_version, topic, content) != claimed:
+        raise Unreadable(
+            "hash does not match its content and the event before it (altered, or the chain broken)"
+        )
+    return str(claimed)
+
+
+def check_times(event: BaseModel) -> None:
+    """Every time on an event can be read as UTC (``Unreadable`` if one cannot: a time at the
+    very edge of the calendar, such as year 1 at +14:00, overflows every UTC conversion)."""
+    for name in _time_fields(type(event)):
+        value = getattr(event, name)
+        if isinstance(value, BaseModel):
+            check_times(value)
+        elif isinstance(value, datetime):
+            try:
+                value.astimezone(UTC)
+            except (OverflowError, ValueError):
+                raise Unreadable(f"{name} {value.isoformat()} cannot be read as UTC") from None
+
+
+_TIME_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
+def _time_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a class that hold a time or a model that may (worked out once)."""
+    found = _TIME_FIELDS.get(cls)
+    if found is None:
+        found = tuple(
+            name
+            for name, info in cls.model_fields.items()
+            if "datetime" in str(info.annotation) or "Deadline" in str(info.annotation)
+        )
+        _TIME_FIELDS[cls] = found
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _sealed(event: Event, previous: str) -> Event:

@@ -38,20 +38,30 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import get_topic, resolve_topic, retry
+from eventsourcing.utils import TopicError, get_topic, resolve_topic, retry
 from psycopg.conninfo import make_conninfo
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
-from engine.errors import BadInput, StoreUnavailable
-from engine.events import Aggregate, Event, stored_json, stored_state
+from engine.errors import BadInput, Poisoned, StoreUnavailable
+from engine.events import (
+    GENESIS_HASH,
+    Aggregate,
+    Event,
+    Unreadable,
+    check_times,
+    stored_json,
+    stored_state,
+    verified_hash,
+)
 from engine.sql import SQLITE, Dialect
 
 DEFAULT_STORE = "sqlite:///aftersales.db"
 APP_NAME = "Aftersales"
 CASES_TABLE = "aftersales_cases"
 COMMANDS_TABLE = "aftersales_commands"
+QUARANTINE_TABLE = "aftersales_quarantine"
 EVENT_LOG_VIEW = "aftersales_event_log"
 SAVE_FUNCTION = "aftersales_save"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -266,6 +276,10 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
             f"CREATE TABLE IF NOT EXISTS {COMMANDS_TABLE} ("
             "command_id TEXT PRIMARY KEY, action TEXT NOT NULL, target_id TEXT NOT NULL, "
             "fingerprint TEXT NOT NULL, version INTEGER NOT NULL, recorded_at TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} ("
+            "position INTEGER PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, topic TEXT NOT NULL, why TEXT NOT NULL, "
+            "reason TEXT NOT NULL, decided_by TEXT NOT NULL, decided_at TEXT NOT NULL)",
             f"CREATE VIEW IF NOT EXISTS {EVENT_LOG_VIEW} AS SELECT rowid AS notification_id, "
             "originator_id, originator_version, topic, CAST(state AS TEXT) AS data "
             f"FROM {self.events_table_name}",
@@ -304,6 +318,7 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
             "schema": schema,
             "cases": Identifier(CASES_TABLE),
             "commands": Identifier(COMMANDS_TABLE),
+            "quarantine": Identifier(QUARANTINE_TABLE),
             "events": Identifier(self.events_table_name),
             "view": Identifier(EVENT_LOG_VIEW),
             "due_idx": Identifier(f"{CASES_TABLE}_due"),
@@ -336,6 +351,13 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 "command_id text PRIMARY KEY, action text NOT NULL, target_id text NOT NULL, "
                 "fingerprint text NOT NULL, version bigint NOT NULL, "
                 "recorded_at timestamptz NOT NULL)"
+            ).format(**fmt),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{quarantine} ("
+                "position bigint PRIMARY KEY, originator_id text NOT NULL, "
+                "originator_version bigint NOT NULL, topic text NOT NULL, why text NOT NULL, "
+                "reason text NOT NULL, decided_by text NOT NULL, "
+                "decided_at timestamptz NOT NULL)"
             ).format(**fmt),
             SQL(
                 "CREATE OR REPLACE VIEW {schema}.{view} AS SELECT notification_id, "
@@ -391,8 +413,13 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         and not at all when they exist (DDL would wait on writers' locks)."""
         schema = self.datastore.schema
         save = f'"{schema}".{SAVE_FUNCTION}(uuid[],bigint[],text[],bytea[],jsonb,jsonb)'
+        # A store made before the quarantine table existed gets it too.
+        quarantine = f'"{schema}".{QUARANTINE_TABLE}'
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute("SELECT to_regprocedure(%s) IS NOT NULL AS found", (save,))
+            curs.execute(
+                "SELECT to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AS found",
+                (save, quarantine),
+            )
             row = curs.fetchone()
             if row and row["found"]:
                 return
@@ -528,8 +555,24 @@ class EventStore(Application[UUID]):
             c.execute(text, tuple(params))
             return [dict(row) for row in c.fetchall()]
 
-    def load_many(self, ids: Sequence[UUID]) -> dict[UUID, Any]:
-        """Rebuild many aggregates with one query (for bulk paths); absent ids are left out."""
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one write statement on the store, committed (``{t}`` and ``?`` as in ``query``)."""
+        recorder = self.recorder
+        text = self.dialect(sql)
+        if isinstance(recorder, PostgresCaseRecorder):
+            with recorder.datastore.transaction(commit=True) as curs:
+                curs.execute(text.encode(), params)
+            return
+        assert isinstance(recorder, SQLiteCaseRecorder)
+        with recorder.datastore.transaction(commit=True) as c:
+            c.execute(text, tuple(params))
+
+    def load_many(
+        self, ids: Sequence[UUID], poisoned: dict[UUID, Poisoned] | None = None
+    ) -> dict[UUID, Any]:
+        """Rebuild many aggregates with one query (for bulk paths); absent ids are left out.
+        An aggregate with a stored event that cannot be used is left out too, and its refusal
+        put in ``poisoned`` (raised at once if no such dict is given)."""
         if not ids:
             return {}
         recorder = self.recorder
@@ -556,23 +599,81 @@ class EventStore(Application[UUID]):
                     [i.hex for i in ids],
                 )
                 rows = [(UUID(r[0]), r[1], r[2], bytes(r[3])) for r in c.fetchall()]
-        aggregates: dict[UUID, Any] = {}
+        by_id: dict[UUID, list[tuple[int, str, bytes]]] = {}
         for originator_id, version, topic, state in rows:
             uid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
-            event = self.mapper.decode(uid, version, topic, state)
-            aggregates[uid] = event.mutate(aggregates.get(uid))
+            by_id.setdefault(uid, []).append((version, topic, state))
+        aggregates: dict[UUID, Any] = {}
+        for uid, events in by_id.items():
+            try:
+                aggregates[uid] = self.rebuild(uid, events)
+            except Poisoned as exc:
+                if poisoned is None:
+                    raise
+                poisoned[uid] = exc
         return aggregates
 
     def load(self, uid: UUID, version: int | None = None) -> Any | None:
         """One aggregate from its events (up to ``version``), or None if it has none: the
         library's repository without its per-event protocol checks, on the hot path of every
-        single action."""
+        single action. Its hash chain is checked as it is read (``rebuild``)."""
+        events = [
+            (s.originator_version, s.topic, bytes(s.state))
+            for s in self.recorder.select_events(uid, lte=version)
+        ]
+        return self.rebuild(uid, events) if events else None
+
+    def rebuild(self, uid: UUID, events: Sequence[tuple[int, str, bytes]]) -> Any:
+        """An aggregate from its stored events (version, topic, bytes) in version order, each
+        checked before it is used: versions run 1, 2, 3 ..., each event's hash is its content's
+        chained to the one before (``engine.events.verified_hash``, the chain the audit
+        checks), and it reads as its class with times that convert to UTC. The first that
+        fails refuses the whole aggregate with ``Poisoned``, naming it: nothing is guessed."""
         aggregate: Any = None
-        for stored in self.recorder.select_events(uid, lte=version):
-            event = self.mapper.to_domain_event(stored)
-            assert isinstance(event, Event)
-            aggregate = event.mutate(aggregate)
+        previous = GENESIS_HASH
+        decode = self.mapper.decode
+        for expected, (version, topic, state) in enumerate(events, start=1):
+            try:
+                if version != expected:
+                    raise Unreadable(f"version {expected} is missing before it (deleted?)")
+                previous = verified_hash(previous, uid, version, topic, state)
+                event = decode(uid, version, topic, state)
+                check_times(event)
+                aggregate = event.mutate(aggregate)
+            except Exception as exc:
+                raise self.poisoned(uid, events, version, exc) from None
         return aggregate
+
+    def poisoned(
+        self,
+        uid: UUID,
+        events: Sequence[tuple[int, str, bytes]],
+        version: int,
+        exc: Exception,
+    ) -> Poisoned:
+        """The refusal naming one stored event of an aggregate that cannot be used."""
+        why = str(exc) if isinstance(exc, Unreadable) else reason_of(exc)
+        topic = next((t for v, t, _ in events if v == version), "")
+        what = f"{topic.rpartition(':')[2] or 'an event'} of {_aggregate_name(uid, events)}"
+        return Poisoned(self.position_of(uid, version), what, version, why)
+
+    def describe(self, uid: UUID) -> str:
+        """An aggregate as a person knows it (``case <id>``, ``order <order id>``)."""
+        first = [
+            (s.originator_version, s.topic, bytes(s.state))
+            for s in self.recorder.select_events(uid, lte=1)
+        ]
+        return _aggregate_name(uid, first)
+
+    def position_of(self, uid: UUID, version: int) -> int | None:
+        """The notification id (position in the log) of one stored event."""
+        table = self.recorder.events_table_name  # type: ignore[attr-defined]
+        rows = self.query(
+            f"SELECT {'notification_id' if self.is_postgres else 'rowid'} AS position "
+            f"FROM {{t}}{table} WHERE originator_id = ? AND originator_version = ?",
+            (uid if self.is_postgres else uid.hex, version),
+        )
+        return int(rows[0]["position"]) if rows else None
 
     @property
     def is_postgres(self) -> bool:
@@ -581,6 +682,27 @@ class EventStore(Application[UUID]):
     def time_param(self, value: datetime) -> Any:
         """A time as the store compares it: timestamptz on PostgreSQL, UTC text on SQLite."""
         return value if self.is_postgres else utc_text(value)
+
+
+def reason_of(exc: BaseException) -> str:
+    """Why a stored event could not be read, on one line."""
+    if isinstance(exc, TopicError):
+        return "its type (topic) is unknown to this engine"
+    text = " ".join(str(exc).split())[:300]
+    return f"it does not read as its class ({text or type(exc).__name__})"
+
+
+def _aggregate_name(uid: UUID, events: Sequence[tuple[int, str, bytes]]) -> str:
+    """An aggregate as a person knows it: ``case <id>``, or ``order <order id>`` (read from its
+    first event, leniently: it may be the damaged one)."""
+    first_topic = events[0][1] if events else ""
+    if first_topic.rpartition(":")[2] == "CaseOpened":
+        return f"case {uid}"
+    try:
+        order_id = json.loads(events[0][2]).get("order_id") if events else None
+    except (ValueError, AttributeError, RecursionError):
+        order_id = None
+    return f"order {order_id}" if isinstance(order_id, str) else f"aggregate {uid}"
 
 
 def ensure_schema(url: StoreUrl) -> None:

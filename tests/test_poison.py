@@ -1,0 +1,251 @@
+"""One stored event that cannot be used stops only what needs it, and says what and where.
+
+A scenario with two shops' refunds is projected; then one stored event is damaged as someone
+with access to the database might: bytes that are not JSON, a time at year 1 (sealed again with
+the project's own hashing, so only the time is wrong), or a refund's amount changed with the
+chain left as it was. Then, on both backends:
+
+- `case show` and every action on that case refuse with exit 3, naming the event's position,
+  its case and why, and no traceback; the other shop's cases work;
+- `project run` stops the projections that read that event before it, exit 3, naming it, while
+  the one that does not read it goes on to the head; `project status` says which stopped and
+  why; the money already projected stays as it was and the damaged amount is never folded;
+- `project rebuild` stops too, and the old tables still serve the same rows;
+- an operator's quarantine of the event (refused for an event that is fine) is recorded, listed
+  and shown by the audit, and the projections then pass over it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from commands.cli import cli
+from engine.commands import ApproveCase, OpenCase, RateCase
+from engine.events import GENESIS_HASH, chain_hash
+from engine.service import Engine
+from engine.store import EventStore
+from tests.conftest import at, place_delivered
+
+# Damaging a stored event, as someone with access to the database would -----------------------
+
+
+def _table(store: EventStore) -> str:
+    return store.recorder.events_table_name  # type: ignore[attr-defined,no-any-return]
+
+
+def _key(store: EventStore) -> str:
+    return "notification_id" if store.is_postgres else "rowid"
+
+
+def stored(store: EventStore, case_id: str) -> list[dict[str, Any]]:
+    """A case's stored events: position, version, topic, bytes."""
+    uid = uuid.UUID(case_id)
+    return [
+        {**row, "state": bytes(row["state"])}
+        for row in store.query(
+            f"SELECT {_key(store)} AS position, originator_version AS version, topic, state "
+            f"FROM {{t}}{_table(store)} WHERE originator_id = ? ORDER BY originator_version",
+            (uid if store.is_postgres else uid.hex,),
+        )
+    ]
+
+
+def overwrite(store: EventStore, position: int, state: bytes) -> None:
+    store.execute(
+        f"UPDATE {{t}}{_table(store)} SET state = ? WHERE {_key(store)} = ?", (state, position)
+    )
+
+
+def refund_of(store: EventStore, case_id: str) -> dict[str, Any]:
+    return next(e for e in stored(store, case_id) if e["topic"].endswith(":CaseRefunded"))
+
+
+def not_json(store: EventStore, case_id: str) -> str:
+    """The refund's first byte replaced: the bytes are no longer JSON."""
+    event = refund_of(store, case_id)
+    overwrite(store, event["position"], b"X" + event["state"][1:])
+    return "not JSON"
+
+
+def year_one(store: EventStore, case_id: str) -> str:
+    """The refund's time set to year 1 at +14:00, and the case's chain sealed again with the
+    project's own hashing code: the hashes agree, the time cannot be read as UTC."""
+    previous = GENESIS_HASH
+    for event in stored(store, case_id):
+        state = json.loads(event["state"])
+        if event["topic"].endswith(":CaseRefunded"):
+            state["at"] = "0001-01-01T00:00:00+14:00"
+        state["hash"] = chain_hash(
+            previous, uuid.UUID(case_id), event["version"], event["topic"], state
+        )
+        previous = state["hash"]
+        overwrite(store, event["position"], json.dumps(state).encode())
+    return "0001-01-01T00:00:00+14:00 cannot be read as UTC"
+
+
+def more_money(store: EventStore, case_id: str) -> str:
+    """The refund's amount changed from 39.90 to 3990.00, the hash chain left as it was."""
+    event = refund_of(store, case_id)
+    assert b'"amount":"39.90"' in event["state"]
+    overwrite(store, event["position"], event["state"].replace(b'"39.90"', b'"3990.00"'))
+    return "hash does not match its content"
+
+
+DAMAGE: dict[str, Callable[[EventStore, str], str]] = {
+    "not_json": not_json,
+    "year_one": year_one,
+    "more_money": more_money,
+}
+
+
+# The scenario -----------------------------------------------------------------------------------
+
+
+def refunded_case(engine: Engine, order_id: str, merchant: str, amount: str) -> str:
+    place_delivered(
+        engine, order_id, lines=(f"MUG:1:{amount}:home",), merchant=merchant, buyer="buyer-1"
+    )
+    case_id: str = engine.handle(
+        OpenCase(
+            order_id=order_id,
+            type="refund_only",
+            reason="logistics.damaged",
+            amount=amount,
+            at=at(days=3),
+        )
+    )["case_id"]
+    engine.handle(ApproveCase(case_id=case_id, by="staff-1", at=at(days=3, hours=1)))
+    return case_id
+
+
+def cli_run(store_url: str, *args: str, code: int = 0) -> tuple[Any, str]:
+    """One command with --json: its JSON value and its stderr, its exit code checked."""
+    result = CliRunner().invoke(cli, ["--store", store_url, *args, "--json"])
+    assert result.exit_code == code, (args, result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0]), result.stderr
+
+
+def ledger(store_url: str) -> dict[str, str]:
+    rows, _ = cli_run(store_url, "ledger")
+    return {
+        r["merchant_id"]: r["refunded_by_merchant"]
+        for r in rows
+        if r["refunded_by_merchant"] != "0.00"
+    }
+
+
+def status(store_url: str) -> dict[str, dict[str, Any]]:
+    rows, _ = cli_run(store_url, "project", "status")
+    return {r["projection"]: r for r in rows}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_one_damaged_event_stops_only_what_needs_it(
+    engine: Engine, store_url: str, damage: str
+) -> None:
+    b = refunded_case(engine, "B-1", "shop-b", "50.00")
+    cli_run(store_url, "project", "run")
+    assert ledger(store_url) == {"shop-b": "50.00"}
+
+    a = refunded_case(engine, "A-1", "shop-a", "39.90")
+    why = DAMAGE[damage](engine.store, a)
+    position = refund_of(engine.store, a)["position"]
+    c = refunded_case(engine, "B-2", "shop-b", "20.00")  # the log goes on after it
+
+    # The case refuses, naming the event; the other shop's cases are untouched.
+    for args in (["case", "show", a], ["case", "rate", a, "--score", "5"]):
+        error, stderr = cli_run(store_url, *args, code=3)
+        message = error["error"]["message"]
+        assert error["error"]["code"] == "poisoned"
+        assert f"position {position}" in message and f"case {a}" in message, message
+        assert "CaseRefunded" in message and why in message, message
+        assert message in stderr
+    assert cli_run(store_url, "case", "show", b)[0]["status"] == "refunded"
+    assert cli_run(store_url, "case", "show", c)[0]["status"] == "refunded"
+
+    # The projections that read refunds stop before it; return rates reads none and goes on.
+    error, _ = cli_run(store_url, "project", "run", code=3)
+    assert f"position {position}" in error["error"]["message"]
+    assert why in error["error"]["message"]
+    now = status(store_url)
+    for name in ("ledger", "dashboard"):
+        assert now[name]["position"] == position - 1
+        assert f"position {position}" in now[name]["stopped"]
+    assert now["return_rates"]["position"] == now["return_rates"]["head"]
+    assert now["return_rates"]["stopped"] is None
+    # Nothing damaged was folded into money; what came before it stands.
+    assert ledger(store_url) == {"shop-b": "50.00"}
+
+    # A rebuild stops there too, and the old tables go on serving the same rows.
+    error, _ = cli_run(store_url, "project", "rebuild", code=3)
+    assert "old tables still serve" in error["error"]["message"]
+    assert ledger(store_url) == {"shop-b": "50.00"}
+    assert status(store_url)["ledger"]["position"] == position - 1
+
+    # Quarantine: refused for an event that reads and verifies, recorded for this one.
+    refused, _ = cli_run(
+        store_url, "quarantine", "add", "1", "--reason", "x", "--by", "ops-1", code=3
+    )
+    assert "reads and verifies" in refused["error"]["message"]
+    decided, _ = cli_run(
+        store_url,
+        "quarantine",
+        "add",
+        str(position),
+        "--reason",
+        "edited by hand; refund confirmed with the bank separately",
+        "--by",
+        "ops-1",
+        "--at",
+        at(days=9),
+    )
+    assert decided["position"] == position and decided["decided_by"] == "ops-1"
+    assert why in decided["why"]
+    again, _ = cli_run(
+        store_url, "quarantine", "add", str(position), "--reason", "x", "--by", "ops-2", code=3
+    )
+    assert "quarantined already, by ops-1" in again["error"]["message"]
+    listed, _ = cli_run(store_url, "quarantine", "list")
+    assert [q["position"] for q in listed] == [position]
+    audit, _ = cli_run(store_url, "audit", a)
+    assert [q["position"] for q in audit["quarantined"]] == [position]
+    assert audit["verified"] is False  # the audit still reports the damage itself
+
+    # The projections pass over it: the later refund is in, the damaged one is not.
+    cli_run(store_url, "project", "run")
+    assert all(row["stopped"] is None for row in status(store_url).values())
+    assert ledger(store_url) == {"shop-b": "70.00"}
+    cli_run(store_url, "project", "rebuild")
+    assert ledger(store_url) == {"shop-b": "70.00"}
+    # The case itself stays refused: its history is not guessed without the event.
+    cli_run(store_url, "case", "show", a, code=3)
+
+
+def test_a_changed_amount_with_its_hash_recomputed_is_caught_at_the_next_event(
+    engine: Engine, store_url: str
+) -> None:
+    """Resealing one event (its hash made to match its new content) leaves the next event's
+    link broken: the case is refused at that next event."""
+    a = refunded_case(engine, "A-1", "shop-a", "39.90")
+    engine.handle(RateCase(case_id=a, score=5, at=at(days=4)))
+    events = stored(engine.store, a)
+    refund = next(e for e in events if e["topic"].endswith(":CaseRefunded"))
+    before = events[refund["version"] - 2]
+    state = json.loads(refund["state"].replace(b'"39.90"', b'"3990.00"'))
+    state["hash"] = chain_hash(
+        json.loads(before["state"])["hash"], uuid.UUID(a), refund["version"], refund["topic"], state
+    )
+    overwrite(engine.store, refund["position"], json.dumps(state).encode())
+    error, _ = cli_run(store_url, "case", "show", a, code=3)
+    rated = events[refund["version"]]
+    assert f"position {rated['position']}" in error["error"]["message"]
+    assert f"version {rated['version']}" in error["error"]["message"]
