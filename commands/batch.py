@@ -16,7 +16,7 @@ from typing import IO, Any
 import click
 from eventsourcing.persistence import PersistenceError
 
-from commands.output import State, exit_code, fail_with, to_json
+from commands.output import State, exit_code, fail_with, scrub, to_json
 from engine.commands import Command, from_line
 from engine.errors import AftersalesError, BadInput
 from engine.service import Engine
@@ -87,7 +87,7 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
                 line = {
                     "line": number,
                     "ok": False,
-                    "error": {"code": exc.code, "message": exc.message},
+                    "error": {"code": exc.code, "message": scrub(exc.message)},
                 }
                 counts[exc.code] += 1
                 first_failure = first_failure or exit_code(exc.code)

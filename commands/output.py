@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+from urllib.parse import unquote
 
 import click
 from eventsourcing.persistence import PersistenceError
@@ -16,6 +17,7 @@ from eventsourcing.persistence import PersistenceError
 from engine.errors import AftersalesError, StoreUnavailable
 from engine.policy import load_policy
 from engine.service import Engine
+from engine.store import DEFAULT_STORE, redacted, store_password
 
 Renderer = Callable[[Any], str]
 
@@ -27,6 +29,7 @@ class State:
         self.store = store
         self.policy_path = policy_path
         self._engine: Engine | None = None
+        keep_secret(store)
 
     def engine(self) -> Engine:
         if self._engine is None:
@@ -34,7 +37,7 @@ class State:
                 self._engine = Engine(self.store, policy=load_policy(self.policy_path))
             except PersistenceError as exc:
                 raise StoreUnavailable(
-                    f"cannot open store {self.store or 'sqlite:///aftersales.db'}: {_one_line(exc)}"
+                    f"cannot open store {redacted(self.store or DEFAULT_STORE)}: {_one_line(exc)}"
                 ) from None
         return self._engine
 
@@ -46,6 +49,24 @@ class State:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# The store's password, as written in its URL and decoded: never printed, whatever message
+# (ours, the driver's) would carry it.
+_SECRETS: set[str] = set()
+
+
+def keep_secret(store: str | None) -> None:
+    password = store_password(store)
+    if password:
+        _SECRETS.update({password, unquote(password)})
+
+
+def scrub(message: str) -> str:
+    """A message with the store's password replaced by ``***``."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
 
 
 def to_json(value: Any) -> str:
@@ -74,6 +95,7 @@ def fail_with(exc: AftersalesError, as_json: bool) -> NoReturn:
 
 
 def fail(code: str, message: str, exit_code: int, as_json: bool) -> NoReturn:
+    message = scrub(message)
     click.echo(f"error: {message}", err=True)
     if as_json:
         click.echo(to_json({"error": {"code": code, "message": message}}))

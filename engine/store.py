@@ -90,14 +90,40 @@ class StoreUrl:
         }
 
 
+_PASSWORD = re.compile(r"^(?P<head>[a-z]+://[^/@?#]*?:)(?P<password>[^/?#]*)@")
+
+
+def redacted(url: str) -> str:
+    """A store URL as messages show it: its password, if any, replaced by ``***``."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***@", url, count=1)
+
+
+def store_password(url: str | None) -> str | None:
+    """The password a store URL carries (as written and decoded), read leniently, so that
+    whatever prints a message can leave it out."""
+    found = _PASSWORD.match(url or "")
+    return found["password"] if found and found["password"] else None
+
+
 def parse_store_url(url: str | None) -> StoreUrl:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
-    ``postgresql://user[:pw]@host[:port]/db[?schema=NAME]``."""
+    ``postgresql://user[:pw]@host[:port]/db[?schema=NAME]``. A refusal names the URL with
+    its password left out."""
     url = url or DEFAULT_STORE
+    try:
+        return _parse_store_url(url)
+    except ValueError as exc:  # urllib's own refusals (a malformed IPv6 host, say)
+        raise BadInput(f"store {redacted(url)!r} cannot be read as a URL: {exc}") from None
+
+
+def _parse_store_url(url: str) -> StoreUrl:
+    shown = redacted(url)
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         if not rest.startswith("/") or rest == "/":
-            raise BadInput(f"store {url!r}: write sqlite:///relative.db or sqlite:////abs/path.db")
+            raise BadInput(
+                f"store {shown!r}: write sqlite:///relative.db or sqlite:////abs/path.db"
+            )
         path = rest[1:]
         return StoreUrl(
             text=url,
@@ -114,20 +140,20 @@ def parse_store_url(url: str | None) -> StoreUrl:
         parts = urlsplit(url)
         dbname = unquote(parts.path.lstrip("/"))
         if not dbname:
-            raise BadInput(f"store {url!r} names no database: postgresql://host:5432/DBNAME")
+            raise BadInput(f"store {shown!r} names no database: postgresql://host:5432/DBNAME")
         query = parse_qs(parts.query, keep_blank_values=True)
         unknown = set(query) - {"schema"}
         if unknown:
-            raise BadInput(f"store {url!r}: unknown option {sorted(unknown)[0]!r} (only schema)")
+            raise BadInput(f"store {shown!r}: unknown option {sorted(unknown)[0]!r} (only schema)")
         schema = query.get("schema", [""])[0] or None
         if schema is not None and not _SCHEMA.match(schema):
             raise BadInput(
-                f"store {url!r}: schema {schema!r} must be lower-case letters, digits or _"
+                f"store {shown!r}: schema {schema!r} must be lower-case letters, digits or _"
             )
         try:
             port = parts.port or 5432
         except ValueError:
-            raise BadInput(f"store {url!r}: the port is not a number") from None
+            raise BadInput(f"store {shown!r}: the port is not a number") from None
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": dbname,
@@ -144,7 +170,7 @@ def parse_store_url(url: str | None) -> StoreUrl:
             "APPLICATION_RECORDER_TOPIC": get_topic(PostgresCaseRecorder),
         }
         return StoreUrl(text=url, kind="postgresql", env=env, schema=schema)
-    raise BadInput(f"store {url!r} is neither sqlite:// nor postgresql://")
+    raise BadInput(f"store {shown!r} is neither sqlite:// nor postgresql://")
 
 
 # Events as readable JSON ---------------------------------------------------------------------
