@@ -60,23 +60,41 @@ class StoredRow:
 _TAIL = 80
 
 
+# The event before, in the same aggregate: one lookup on the events table's primary key.
+_JOIN = (
+    "LEFT JOIN {events} p ON p.originator_id = e.originator_id "
+    "AND p.originator_version = e.originator_version - 1 "
+)
+
+
 def read_rows(
-    store: EventStore, after: int, stop: int, limit: int, topics: Sequence[str] | None
+    store: EventStore,
+    after: int,
+    stop: int,
+    limit: int,
+    topics: Sequence[str] | None,
+    *,
+    previous: bool = True,
 ) -> list[StoredRow]:
     """The stored events at positions in (after, stop] with these topics (all if None), in log
-    order, at most ``limit``, each with the tail of the event before it in its aggregate."""
+    order, at most ``limit``, each with the tail of the event before it in its aggregate
+    (unless ``previous`` is False: only to measure what checking costs)."""
     recorder = store.recorder
     if isinstance(recorder, PostgresCaseRecorder):
+        events = Identifier(recorder.datastore.schema, recorder.events_table_name)
         query = SQL(
             "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, "
-            "substring(p.state from greatest(length(p.state) - {tail}, 1)) "
-            "FROM {events} e LEFT JOIN {events} p ON p.originator_id = e.originator_id "
-            "AND p.originator_version = e.originator_version - 1 "
+            "{tail} FROM {events} e {join}"
             "WHERE e.notification_id > %s AND e.notification_id <= %s {topics}"
             "ORDER BY e.notification_id LIMIT %s"
         ).format(
-            tail=_TAIL - 1,
-            events=Identifier(recorder.datastore.schema, recorder.events_table_name),
+            tail=SQL(
+                f"substring(p.state from greatest(length(p.state) - {_TAIL - 1}, 1))"
+                if previous
+                else "NULL"
+            ),
+            events=events,
+            join=SQL(_JOIN if previous else "").format(events=events),
             topics=SQL("AND e.topic = ANY(%s) " if topics is not None else ""),
         )
         params: tuple[Any, ...] = (
@@ -91,11 +109,11 @@ def read_rows(
     assert isinstance(recorder, SQLiteCaseRecorder)
     table = recorder.events_table_name
     marks = ", ".join("?" * len(topics)) if topics is not None else ""
+    tail = f"substr(p.state, max(length(p.state) - {_TAIL - 1}, 1))" if previous else "NULL"
+    join = _JOIN.replace("{events}", table) if previous else ""
     statement = (
         "SELECT e.rowid, e.originator_id, e.originator_version, e.topic, e.state, "
-        f"substr(p.state, max(length(p.state) - {_TAIL - 1}, 1)) "
-        f"FROM {table} e LEFT JOIN {table} p ON p.originator_id = e.originator_id "
-        "AND p.originator_version = e.originator_version - 1 "
+        f"{tail} FROM {table} e {join}"
         "WHERE e.rowid > ? AND e.rowid <= ? "
         + (f"AND e.topic IN ({marks}) " if topics is not None else "")
         + "ORDER BY e.rowid LIMIT ?"

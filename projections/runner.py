@@ -201,7 +201,7 @@ class Projector:
         to its class by the store's mapper (``engine.integrity``): the facts, the position they
         cover up to, and the event they stop before if one cannot be used (then the position
         is just before it). Quarantined events are passed over."""
-        rows = read_rows(self.store, after, stop, limit, topics)
+        rows = read_rows(self.store, after, stop, limit, topics, previous=self.verify)
         end = stop if len(rows) < limit else rows[-1].position
         facts: list[Fact] = []
         quarantined = self._quarantined

@@ -5,8 +5,9 @@
 Writes a synthetic log through the real aggregates (bulk saves) into a schema of its own, then
 measures: a raw sequential read of the events table with psycopg (the baseline); catching every
 projection up from empty; a rebuild; catching up on freshly appended events; the merchant
-dashboard query for one merchant and a return-rate report. Prints a Markdown table and drops the
-schema at the end.
+dashboard query for one merchant and a return-rate report; and what checking every event read
+costs (engine/integrity.py): a rebuild and loading cases, each with and without the checks, one
+after the other in the same run. Prints a Markdown table and drops the schema at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -60,6 +62,21 @@ def timed_ms(fn: object, repeat: int) -> float:
     return statistics.median(samples)
 
 
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _load(store: EventStore, case_ids: list[uuid.UUID], verify: bool) -> float:
+    """Seconds to load these cases one by one, checking each event read or not."""
+    store.verify_reads = verify
+    try:
+        return _timed(lambda: [store.load(uid) for uid in case_ids])
+    finally:
+        store.verify_reads = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -68,6 +85,9 @@ def main() -> None:
     parser.add_argument(
         "--url",
         default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
+    )
+    parser.add_argument(
+        "--cases", type=int, default=2000, help="Cases loaded, with and without the checks."
     )
     parser.add_argument("--keep", action="store_true", help="Do not drop the schema.")
     args = parser.parse_args()
@@ -106,6 +126,24 @@ def main() -> None:
         projector.catch_up(VIEWS, args.batch_size)
         append_s = time.perf_counter() - started
 
+        say("rebuilding without checking events, then with, then without again ...")
+        unchecked = Projector(store, verify=False)
+        rebuild_plain_s = _timed(lambda: unchecked.rebuild(VIEWS, args.batch_size))
+        rebuild_checked_s = _timed(lambda: projector.rebuild(VIEWS, args.batch_size))
+        rebuild_plain_s = (
+            rebuild_plain_s + _timed(lambda: unchecked.rebuild(VIEWS, args.batch_size))
+        ) / 2
+        case_ids = [
+            uuid.UUID(str(r["case_id"]))
+            for r in store.query(
+                "SELECT case_id FROM {t}aftersales_cases ORDER BY case_id LIMIT ?", (args.cases,)
+            )
+        ]
+        say(f"loading {len(case_ids):,} cases without checks, with, without again ...")
+        load_plain_s = _load(store, case_ids, verify=False)
+        load_checked_s = _load(store, case_ids, verify=True)
+        load_plain_s = (load_plain_s + _load(store, case_ids, verify=False)) / 2
+
         merchant = "shop-007"
         now = START + timedelta(days=20)
         dash_ms = timed_ms(lambda: dashboard(store, merchant, now), 21)
@@ -137,6 +175,19 @@ def main() -> None:
             rate = n / secs
             lines.append(f"| {what} | {n:,} | {secs:.2f} | {rate:,.0f} | 1/{raw_rate / rate:.1f} |")
         lines += [
+            "",
+            "What checking costs (each event's hash against its content and the event before "
+            "it, its times; engine/integrity.py), measured in this run:",
+            "",
+            "| what | unchecked (mean of 2) | checked | checked / unchecked |",
+            "|---|---:|---:|---:|",
+            f"| rebuild of every projection, {rows:,} events | {rebuild_plain_s:.2f} s "
+            f"({rows / rebuild_plain_s:,.0f}/s) | {rebuild_checked_s:.2f} s "
+            f"({rows / rebuild_checked_s:,.0f}/s) | {rebuild_checked_s / rebuild_plain_s:.2f} |",
+            f"| loading {len(case_ids):,} cases one by one (`case show`'s read) | "
+            f"{load_plain_s * 1000 / len(case_ids):.3f} ms each | "
+            f"{load_checked_s * 1000 / len(case_ids):.3f} ms each | "
+            f"{load_checked_s / load_plain_s:.2f} |",
             "",
             "| query | median ms |",
             "|---|---:|",

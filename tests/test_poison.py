@@ -18,8 +18,14 @@ chain left as it was. Then, on both backends:
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +37,8 @@ from engine.events import GENESIS_HASH, chain_hash
 from engine.service import Engine
 from engine.store import EventStore
 from tests.conftest import at, place_delivered
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Damaging a stored event, as someone with access to the database would -----------------------
 
@@ -249,3 +257,63 @@ def test_a_changed_amount_with_its_hash_recomputed_is_caught_at_the_next_event(
     rated = events[refund["version"]]
     assert f"position {rated['position']}" in error["error"]["message"]
     assert f"version {rated['version']}" in error["error"]["message"]
+
+
+def test_a_follower_stops_only_the_projections_that_read_a_damaged_event(
+    engine: Engine, store_url: str
+) -> None:
+    """`project run --follow` (the library's subscription on PostgreSQL, polling on SQLite):
+    an event appended with a hash that does not match stops the ledger and the dashboard
+    before it, says so on stderr, and return rates goes on with what follows."""
+    refunded_case(engine, "B-1", "shop-b", "50.00")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "commands.cli", "--store", store_url, "project", "run",
+         "--follow", "--poll", "0.05"],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert follower.stderr is not None
+        assert "following the event log" in follower.stderr.readline()
+        a = refunded_case(engine, "A-1", "shop-a", "39.90")
+        _wait(lambda: ledger(store_url) == {"shop-a": "39.90", "shop-b": "50.00"})
+        # A refund appended straight into the table, its hash left from another content.
+        refund = refund_of(engine.store, a)
+        version = stored(engine.store, a)[-1]["version"] + 1
+        uid = uuid.UUID(a)
+        engine.store.execute(
+            f"INSERT INTO {{t}}{_table(engine.store)} "
+            "(originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)",
+            (
+                uid if engine.store.is_postgres else uid.hex,
+                version,
+                refund["topic"],
+                refund["state"].replace(b'"39.90"', b'"3990.00"'),
+            ),
+        )
+        position = stored(engine.store, a)[-1]["position"]
+        refunded_case(engine, "B-2", "shop-b", "20.00")  # wakes the subscription
+        _wait(
+            lambda: (
+                status(store_url)["return_rates"]["position"]
+                == status(store_url)["return_rates"]["head"]
+                and status(store_url)["ledger"]["stopped"] is not None
+            )
+        )
+        now = status(store_url)
+        assert now["ledger"]["position"] == now["dashboard"]["position"] == position - 1
+        assert f"position {position}" in now["ledger"]["stopped"]
+        assert ledger(store_url) == {"shop-a": "39.90", "shop-b": "50.00"}
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        _, stderr = follower.communicate(timeout=30)
+    assert "Traceback" not in stderr, stderr
+    assert f"error: stored event at position {position}" in stderr, stderr
+    assert follower.returncode == 0, stderr
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.1)
