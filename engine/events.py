@@ -111,17 +111,45 @@ class Unreadable(ValueError):
 
 
 # The tail the store writes every sealed event with: the hash, last, after the content.
-_HASH_TAIL = re.compile(rb'(,?)"hash":"([0-9a-f]{64})"\}\Z')
+_TAIL_START = b'"hash":"'
+_TAIL_LENGTH = len(_TAIL_START) + 64 + 2  # '"hash":"' + 64 hex digits + '"}'
+_HEX = re.compile(rb"[0-9a-f]{64}")
+
+
+def _split_tail(state: bytes) -> tuple[bytes, str] | None:
+    """The canonical content and the hash of stored bytes in the form the store writes (the
+    content with the hash added last), else None. Read at fixed offsets: no scan."""
+    if len(state) < _TAIL_LENGTH + 1 or not state.endswith(b'"}'):
+        return None
+    tail = state[-_TAIL_LENGTH:]
+    if not tail.startswith(_TAIL_START):
+        return None
+    claimed = tail[len(_TAIL_START) : -2]
+    before = state[-_TAIL_LENGTH - 1 : -_TAIL_LENGTH]
+    if before == b",":
+        body = state[: -_TAIL_LENGTH - 1] + b"}"
+    elif before == b"{":
+        body = b"{}"
+    else:
+        return None
+    if not _HEX.fullmatch(claimed):
+        return None
+    return body, claimed.decode()
 
 
 def stored_hash(state: bytes) -> str | None:
-    """The hash a stored event carries, read from its bytes (None if it carries none)."""
-    found = _HASH_TAIL.search(state)
-    if found is not None:
-        return found.group(2).decode()
+    """The hash a stored event carries, read from its bytes (None if it carries none). Given
+    only the last bytes of an event, it reads the hash if the store wrote it there."""
+    split = _split_tail(state)
+    if split is not None:
+        return split[1]
+    if state.endswith(b'"}') and state[-_TAIL_LENGTH:].startswith(_TAIL_START):
+        claimed = state[-_TAIL_LENGTH + len(_TAIL_START) : -2]
+        if _HEX.fullmatch(claimed):
+            return claimed.decode()
     try:
         value = json.loads(state)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     kept = value.get("hash") if isinstance(value, dict) else None
     return kept if isinstance(kept, str) else None
@@ -136,10 +164,9 @@ def verified_hash(
     The stored bytes are, as the store writes them, the canonical content with the hash added
     last, so the content's canonical form is the bytes less that tail: hashed as they are, with
     no parse. Any other form is parsed and put in canonical form (``chain_hash``)."""
-    tail = _HASH_TAIL.search(state)
-    if tail is not None:
-        claimed = tail.group(2).decode()
-        body = state[: tail.start()] + b"}"
+    split = _split_tail(state)
+    if split is not None:
+        body, claimed = split
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -165,13 +192,18 @@ def check_times(event: BaseModel) -> None:
     very edge of the calendar, such as year 1 at +14:00, overflows every UTC conversion)."""
     for name in _time_fields(type(event)):
         value = getattr(event, name)
-        if isinstance(value, BaseModel):
+        if isinstance(value, datetime):
+            # Only a time in the calendar's first or last year can fail to convert.
+            if value.year in _EDGE_YEARS:
+                try:
+                    value.astimezone(UTC)
+                except (OverflowError, ValueError):
+                    raise Unreadable(f"{name} {value.isoformat()} cannot be read as UTC") from None
+        elif isinstance(value, BaseModel):
             check_times(value)
-        elif isinstance(value, datetime):
-            try:
-                value.astimezone(UTC)
-            except (OverflowError, ValueError):
-                raise Unreadable(f"{name} {value.isoformat()} cannot be read as UTC") from None
+
+
+_EDGE_YEARS = frozenset({1, 9999})
 
 
 _TIME_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {}

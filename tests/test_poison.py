@@ -33,7 +33,7 @@ from click.testing import CliRunner
 
 from commands.cli import cli
 from engine.commands import ApproveCase, OpenCase, RateCase
-from engine.events import GENESIS_HASH, chain_hash
+from engine.events import GENESIS_HASH, Unreadable, chain_hash, stored_hash, verified_hash
 from engine.service import Engine
 from engine.store import EventStore
 from tests.conftest import at, place_delivered
@@ -317,3 +317,48 @@ def _wait(condition: Callable[[], bool], seconds: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not reached in time"
         time.sleep(0.1)
+
+
+def test_the_clock_fires_every_deadline_but_the_damaged_cases(
+    engine: Engine, store_url: str
+) -> None:
+    """A tick refuses the one case with a damaged event, naming it, and fires the others."""
+    opened = {}
+    for order_id in ("X-1", "Y-1"):
+        place_delivered(engine, order_id, lines=("MUG:1:39.90:home",))
+        opened[order_id] = engine.handle(
+            OpenCase(order_id=order_id, type="refund_only", reason="logistics.damaged",
+                     amount="39.90", at=at(days=3))
+        )["case_id"]  # fmt: skip
+    first = stored(engine.store, opened["X-1"])[0]
+    overwrite(engine.store, first["position"], first["state"].replace(b"39.90", b"3990.00", 1))
+    result, _ = cli_run(store_url, "tick", "--now", at(days=10))
+    assert [f["case_id"] for f in result["fired"]] == [opened["Y-1"]]
+    [failed] = result["failed"]
+    assert failed["case_id"] == opened["X-1"] and failed["error"]["code"] == "poisoned"
+    assert f"position {first['position']}" in failed["error"]["message"]
+
+
+def test_a_stored_event_verifies_in_the_stores_form_or_any_other_of_the_same_content() -> None:
+    """verified_hash reads the store's form at fixed offsets (no parse) and any other form of
+    the same content through the canonical JSON; anything else is refused, saying why."""
+    uid = uuid.uuid4()
+    content = {"amount": "39.90", "at": "2026-11-04T10:00:00+08:00", "note": 'a "hash": x'}
+    sealed = chain_hash(GENESIS_HASH, uid, 1, "tests.thing:Thing", content)
+    stored_form = json.dumps(
+        {**content, "hash": sealed}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    assert stored_form.endswith(f'"hash":"{sealed}"}}'.encode())
+    assert stored_hash(stored_form) == sealed
+    assert stored_hash(stored_form[-80:]) == sealed  # the tail a projection reads
+    for form in (stored_form, json.dumps({"hash": sealed, **content}, indent=2).encode()):
+        assert verified_hash(GENESIS_HASH, uid, 1, "tests.thing:Thing", form) == sealed
+    for form, why in (
+        (stored_form.replace(b"39.90", b"3990.00"), "hash does not match"),
+        (b"X" + stored_form[1:], "not JSON"),
+        (json.dumps(content).encode(), "carries no hash"),
+    ):
+        with pytest.raises(Unreadable, match=why):
+            verified_hash(GENESIS_HASH, uid, 1, "tests.thing:Thing", form)
+    with pytest.raises(Unreadable, match="hash does not match"):  # chained elsewhere
+        verified_hash("1" * 64, uid, 1, "tests.thing:Thing", stored_form)
