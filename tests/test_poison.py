@@ -362,3 +362,26 @@ def test_a_stored_event_verifies_in_the_stores_form_or_any_other_of_the_same_con
             verified_hash(GENESIS_HASH, uid, 1, "tests.thing:Thing", form)
     with pytest.raises(Unreadable, match="hash does not match"):  # chained elsewhere
         verified_hash("1" * 64, uid, 1, "tests.thing:Thing", stored_form)
+
+
+def test_bulk_lines_on_a_damaged_case_are_refused_and_the_others_run(
+    engine: Engine, store_url: str, tmp_path: Path
+) -> None:
+    """import-history loads a chunk's cases with one query: the damaged case's line is refused
+    naming its event, the other lines run."""
+    a = refunded_case(engine, "A-1", "shop-a", "39.90")
+    b = refunded_case(engine, "B-1", "shop-b", "50.00")
+    more_money(engine.store, a)
+    position = refund_of(engine.store, a)["position"]
+    lines = [
+        {"action": "case rate", "case_id": case_id, "score": 4, "at": at(days=5)}
+        for case_id in (a, b)
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    report, _ = cli_run(store_url, "import-history", str(path), code=3)
+    assert (report["ok"], report["failed"]) == (1, 1)
+    [error] = report["errors"]
+    assert error["line"] == 1 and error["code"] == "poisoned"
+    assert f"position {position}" in error["message"]
+    assert cli_run(store_url, "case", "show", b)[0]["rating"]["score"] == 4
