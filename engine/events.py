@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -69,25 +68,26 @@ _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 
 def _digest(
-    previous: str, originator_id: UUID | str, originator_version: int, topic: str, body: str
+    previous: str,
+    originator_id: UUID | str,
+    originator_version: int,
+    topic: str,
+    *body: bytes | memoryview,
 ) -> str:
-    # Exactly ``_canonical({"originator_id": ..., "originator_version": ..., "state": content,
-    # "topic": ...})`` with ``body`` the canonical content, written out in sorted key order so
-    # the content is encoded only once.
+    # Exactly sha256 over ``previous`` and ``_canonical({"originator_id": ...,
+    # "originator_version": ..., "state": content, "topic": ...})`` with ``body`` the canonical
+    # content in UTF-8 (in parts), written out in sorted key order so the content is encoded
+    # only once (and, read from the store, hashed where it lies, not copied).
     if type(originator_version) is not int:
         raise TypeError("originator_version must be an int")
-    payload = (
-        '{"originator_id":'
-        + _canonical(str(originator_id))
-        + ',"originator_version":'
-        + str(originator_version)
-        + ',"state":'
-        + body
-        + ',"topic":'
-        + _canonical(topic)
-        + "}"
+    uid = f'"{originator_id}"' if isinstance(originator_id, UUID) else _canonical(originator_id)
+    digest = hashlib.sha256(
+        f'{previous}{{"originator_id":{uid},"originator_version":{originator_version},"state":'.encode()
     )
-    return hashlib.sha256((previous + payload).encode("utf-8")).hexdigest()
+    for part in body:
+        digest.update(part)
+    digest.update(f',"topic":{_canonical(topic)}}}'.encode())
+    return digest.hexdigest()
 
 
 def chain_hash(
@@ -102,7 +102,8 @@ def chain_hash(
     followed by the canonical JSON (sorted keys, no spaces, UTF-8 as is) of
     ``{"originator_id", "originator_version", "state", "topic"}``."""
     content = {k: v for k, v in state.items() if k != "hash"}
-    return _digest(previous, originator_id, originator_version, topic, _canonical(content))
+    body = _canonical(content).encode("utf-8")
+    return _digest(previous, originator_id, originator_version, topic, body)
 
 
 class Unreadable(ValueError):
@@ -113,28 +114,27 @@ class Unreadable(ValueError):
 # The tail the store writes every sealed event with: the hash, last, after the content.
 _TAIL_START = b'"hash":"'
 _TAIL_LENGTH = len(_TAIL_START) + 64 + 2  # '"hash":"' + 64 hex digits + '"}'
-_HEX = re.compile(rb"[0-9a-f]{64}")
 
 
-def _split_tail(state: bytes) -> tuple[bytes, str] | None:
-    """The canonical content and the hash of stored bytes in the form the store writes (the
-    content with the hash added last), else None. Read at fixed offsets: no scan."""
-    if len(state) < _TAIL_LENGTH + 1 or not state.endswith(b'"}'):
+def _split_tail(state: bytes) -> tuple[tuple[bytes | memoryview, ...], str] | None:
+    """The canonical content (in parts) and the hash of stored bytes in the form the store
+    writes (the content with the hash added last), else None. Read at fixed offsets: no scan,
+    no copy."""
+    end = len(state) - _TAIL_LENGTH
+    if end < 1 or not state.endswith(b'"}') or not state.startswith(_TAIL_START, end):
         return None
-    tail = state[-_TAIL_LENGTH:]
-    if not tail.startswith(_TAIL_START):
+    claimed = state[end + len(_TAIL_START) : -2]
+    if not claimed.isalnum():  # hex digits; a changed one shows when it is compared
         return None
-    claimed = tail[len(_TAIL_START) : -2]
-    before = state[-_TAIL_LENGTH - 1 : -_TAIL_LENGTH]
-    if before == b",":
-        body = state[: -_TAIL_LENGTH - 1] + b"}"
-    elif before == b"{":
-        body = b"{}"
-    else:
-        return None
-    if not _HEX.fullmatch(claimed):
-        return None
-    return body, claimed.decode()
+    before = state[end - 1]
+    if before == _COMMA:  # the content: the bytes before the comma, closed
+        return (memoryview(state)[: end - 1], b"}"), claimed.decode()
+    if before == _BRACE:
+        return (b"{}",), claimed.decode()
+    return None
+
+
+_COMMA, _BRACE = ord(","), ord("{")
 
 
 def stored_hash(state: bytes) -> str | None:
@@ -143,10 +143,6 @@ def stored_hash(state: bytes) -> str | None:
     split = _split_tail(state)
     if split is not None:
         return split[1]
-    if state.endswith(b'"}') and state[-_TAIL_LENGTH:].startswith(_TAIL_START):
-        claimed = state[-_TAIL_LENGTH + len(_TAIL_START) : -2]
-        if _HEX.fullmatch(claimed):
-            return claimed.decode()
     try:
         value = json.loads(state)
     except (ValueError, RecursionError):
@@ -167,11 +163,7 @@ def verified_hash(
     split = _split_tail(state)
     if split is not None:
         body, claimed = split
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Unreadable("stored bytes are not UTF-8") from None
-        if _digest(previous, originator_id, originator_version, topic, text) == claimed:
+        if _digest(previous, originator_id, originator_version, topic, *body) == claimed:
             return claimed
     try:
         content = json.loads(state)
@@ -230,14 +222,14 @@ def _sealed(event: Event, previous: str) -> Event:
     state = stored_state(event)
     state.pop("hash", None)
     topic = get_topic(type(event))
-    body = _canonical(state)
+    body = _canonical(state).encode("utf-8")
     digest = _digest(previous, event.originator_id, event.originator_version, topic, body)
     # The event was made just now and nobody else holds it: set its hash in place rather
     # than copying the frozen model.
     event.__dict__["hash"] = digest
     # The stored text is the canonical content with the hash added as the last key.
-    stored = body[:-1] + ("," if len(body) > 2 else "") + '"hash":"' + digest + '"}'
-    object.__setattr__(event, "_stored_json", stored.encode("utf-8"))
+    stored = body[:-1] + (b"," if len(body) > 2 else b"") + b'"hash":"%s"}' % digest.encode()
+    object.__setattr__(event, "_stored_json", stored)
     return event
 
 
