@@ -12,9 +12,11 @@ the log, its aggregate and version, why); nothing is guessed around it, and noth
 An operator who has looked at such an event may *quarantine* it: a decision recorded in the
 store (``aftersales_quarantine``: the position, the event it named, why it could not be read
 then, the reason given, who decided and when), listed by ``aftersales quarantine list`` and shown
-by ``aftersales audit`` for the case it belongs to. Projections skip a quarantined event; an
-aggregate is still refused (leaving one event out of a case's history would be a guess at its
-state). Only an event that does fail its checks can be quarantined.
+by ``aftersales audit`` for the case it belongs to. Projections skip a quarantined event as long
+as it fails its checks (a quarantined event that reads and verifies is folded all the same, so no
+row in that table takes sound money out); an aggregate is still refused (leaving one event out of
+a case's history would be a guess at its state). Only an event that does fail its checks can be
+quarantined.
 """
 
 from __future__ import annotations

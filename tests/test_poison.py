@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -385,3 +386,20 @@ def test_bulk_lines_on_a_damaged_case_are_refused_and_the_others_run(
     assert error["line"] == 1 and error["code"] == "poisoned"
     assert f"position {position}" in error["message"]
     assert cli_run(store_url, "case", "show", b)[0]["rating"]["score"] == 4
+
+
+def test_a_quarantine_row_written_by_hand_never_takes_sound_money_out(
+    engine: Engine, store_url: str
+) -> None:
+    """The projections pass over a quarantined event only if it does fail its checks: a row
+    put into the quarantine table by hand for a sound refund leaves it in the ledger."""
+    a = refunded_case(engine, "A-1", "shop-a", "39.90")
+    refund = refund_of(engine.store, a)
+    engine.store.execute(
+        "INSERT INTO {t}aftersales_quarantine (position, originator_id, originator_version, "
+        "topic, why, reason, decided_by, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (refund["position"], a, refund["version"], refund["topic"], "-", "hide it", "x",
+         engine.store.time_param(datetime.now(UTC))),
+    )  # fmt: skip
+    cli_run(store_url, "project", "run")
+    assert ledger(store_url) == {"shop-a": "39.90"}
