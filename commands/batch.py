@@ -87,7 +87,7 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
                 line = {
                     "line": number,
                     "ok": False,
-                    "error": {"code": exc.code, "message": scrub(exc.message)},
+                    "error": {**exc.to_json(), "message": scrub(exc.message)},
                 }
                 counts[exc.code] += 1
                 first_failure = first_failure or exit_code(exc.code)

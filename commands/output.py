@@ -91,14 +91,20 @@ def exit_code(code: str) -> int:
 
 
 def fail_with(exc: AftersalesError, as_json: bool) -> NoReturn:
-    fail(exc.code, exc.message, exit_code(exc.code), as_json)
+    fail(exc.code, exc.message, exit_code(exc.code), as_json, exc.to_json())
 
 
-def fail(code: str, message: str, exit_code: int, as_json: bool) -> NoReturn:
+def fail(
+    code: str,
+    message: str,
+    exit_code: int,
+    as_json: bool,
+    error: dict[str, object] | None = None,
+) -> NoReturn:
     message = scrub(message)
     click.echo(f"error: {message}", err=True)
     if as_json:
-        click.echo(to_json({"error": {"code": code, "message": message}}))
+        click.echo(to_json({"error": {**(error or {}), "code": code, "message": message}}))
     sys.exit(exit_code)
 
 

@@ -14,6 +14,10 @@ class AftersalesError(Exception):
         super().__init__(message)
         self.message = message
 
+    def to_json(self) -> dict[str, object]:
+        """The error as an interface shows it: its code and message (and, for some, where)."""
+        return {"code": self.code, "message": self.message}
+
 
 class BadInput(AftersalesError):
     """Malformed or inconsistent input: unknown option value, bad money or time."""
@@ -71,6 +75,9 @@ class Poisoned(AftersalesError):
         self.version = version
         self.why = why
         self.topic = topic
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "position": self.position, "version": self.version}
 
     def then(self, consequence: str) -> Poisoned:
         """The same event named, with what its refusal means here."""

@@ -175,6 +175,7 @@ def test_one_damaged_event_stops_only_what_needs_it(
         error, stderr = cli_run(store_url, *args, code=3)
         message = error["error"]["message"]
         assert error["error"]["code"] == "poisoned"
+        assert error["error"]["position"] == position
         assert f"position {position}" in message and f"case {a}" in message, message
         assert "CaseRefunded" in message and why in message, message
         assert message in stderr
