@@ -173,10 +173,12 @@ def verified_hash(
         raise Unreadable("stored JSON carries no hash")
     claimed = content["hash"]
     if chain_hash(previous, originator_id, originator_version, topic, content) != claimed:
-        raise Unreadable(
-            "hash does not match its content and the event before it (altered, or the chain broken)"
-        )
+        raise Unreadable(_MISMATCH_FIRST if originator_version == 1 else _MISMATCH)
     return str(claimed)
+
+
+_MISMATCH_FIRST = "hash does not match its content (altered)"
+_MISMATCH = "hash does not match its content and the event before it (altered, or the chain broken)"
 
 
 def check_times(event: BaseModel) -> None:
