@@ -28,7 +28,7 @@ def quarantine_group() -> None:
 
 
 @quarantine_group.command("add")
-@click.argument("position", type=click.IntRange(1))
+@click.argument("position", type=click.IntRange(1, 2**63 - 1))
 @click.option("--reason", required=True, help="Why this event is left out (kept with it).")
 @click.option("--by", "by", required=True, help="Who decided.")
 @click.option("--at", default=None, help="When it was decided, ISO-8601 (default: now).")
