@@ -104,10 +104,7 @@ def read_rows(
         )
         with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as c:
             c.execute(query, params, prepare=True)
-            return [
-                StoredRow(i, o, v, t, bytes(s), None if p is None else bytes(p))
-                for i, o, v, t, s, p in c.fetchall()
-            ]
+            return [StoredRow(i, o, v, t, bytes(s), _bytes(p)) for i, o, v, t, s, p in c.fetchall()]
     assert isinstance(recorder, SQLiteCaseRecorder)
     table = recorder.events_table_name
     marks = ", ".join("?" * len(topics)) if topics is not None else ""
@@ -123,10 +120,7 @@ def read_rows(
     with recorder.datastore.transaction(commit=False) as c:
         c.execute(statement, [after, stop, *(topics or ()), limit])
         return [
-            StoredRow(
-                r[0], UUID(r[1]), r[2], r[3], bytes(r[4]), None if r[5] is None else bytes(r[5])
-            )
-            for r in c.fetchall()
+            StoredRow(r[0], UUID(r[1]), r[2], r[3], bytes(r[4]), _bytes(r[5])) for r in c.fetchall()
         ]
 
 

@@ -6,8 +6,9 @@ Writes a synthetic log through the real aggregates (bulk saves) into a schema of
 measures: a raw sequential read of the events table with psycopg (the baseline); catching every
 projection up from empty; a rebuild; catching up on freshly appended events; the merchant
 dashboard query for one merchant and a return-rate report; and what checking every event read
-costs (engine/integrity.py): a rebuild and loading cases, each with and without the checks, one
-after the other in the same run. Prints a Markdown table and drops the schema at the end.
+costs (engine/integrity.py): a rebuild and loading cases, each without and with the checks, in
+turn, a few times in the same run (medians). Prints a Markdown table and drops the schema at
+the end.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def main() -> None:
     parser.add_argument(
         "--cases", type=int, default=2000, help="Cases loaded, with and without the checks."
     )
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="Unchecked/checked runs of each, in turn."
+    )
     parser.add_argument("--keep", action="store_true", help="Do not drop the schema.")
     args = parser.parse_args()
 
@@ -126,23 +130,37 @@ def main() -> None:
         projector.catch_up(VIEWS, args.batch_size)
         append_s = time.perf_counter() - started
 
-        say("rebuilding without checking events, then with, then without again ...")
+        # Unchecked and checked in turn, --pairs times, so that the load of a shared machine
+        # falls on both alike; medians, and the median of each pair's ratio.
         unchecked = Projector(store, verify=False)
-        rebuild_plain_s = _timed(lambda: unchecked.rebuild(VIEWS, args.batch_size))
-        rebuild_checked_s = _timed(lambda: projector.rebuild(VIEWS, args.batch_size))
-        rebuild_plain_s = (
-            rebuild_plain_s + _timed(lambda: unchecked.rebuild(VIEWS, args.batch_size))
-        ) / 2
         case_ids = [
             uuid.UUID(str(r["case_id"]))
             for r in store.query(
                 "SELECT case_id FROM {t}aftersales_cases ORDER BY case_id LIMIT ?", (args.cases,)
             )
         ]
-        say(f"loading {len(case_ids):,} cases without checks, with, without again ...")
-        load_plain_s = _load(store, case_ids, verify=False)
-        load_checked_s = _load(store, case_ids, verify=True)
-        load_plain_s = (load_plain_s + _load(store, case_ids, verify=False)) / 2
+        rebuilds: list[tuple[float, float]] = []
+        loads: list[tuple[float, float]] = []
+        for pair in range(args.pairs):
+            say(
+                f"rebuild and {len(case_ids):,} case loads, unchecked then checked "
+                f"({pair + 1}/{args.pairs}) ..."
+            )
+            rebuilds.append(
+                (
+                    _timed(lambda: unchecked.rebuild(VIEWS, args.batch_size)),
+                    _timed(lambda: projector.rebuild(VIEWS, args.batch_size)),
+                )
+            )
+            loads.append(
+                (_load(store, case_ids, verify=False), _load(store, case_ids, verify=True))
+            )
+        rebuild_plain_s = statistics.median(p for p, _ in rebuilds)
+        rebuild_checked_s = statistics.median(c for _, c in rebuilds)
+        rebuild_ratio = statistics.median(c / p for p, c in rebuilds)
+        load_plain_s = statistics.median(p for p, _ in loads)
+        load_checked_s = statistics.median(c for _, c in loads)
+        load_ratio = statistics.median(c / p for p, c in loads)
 
         merchant = "shop-007"
         now = START + timedelta(days=20)
@@ -179,15 +197,15 @@ def main() -> None:
             "What checking costs (each event's hash against its content and the event before "
             "it, its times; engine/integrity.py), measured in this run:",
             "",
-            "| what | unchecked (mean of 2) | checked | checked / unchecked |",
+            f"| what | unchecked (median of {args.pairs}) | checked (median) | checked / "
+            "unchecked (median of the pairs) |",
             "|---|---:|---:|---:|",
             f"| rebuild of every projection, {rows:,} events | {rebuild_plain_s:.2f} s "
             f"({rows / rebuild_plain_s:,.0f}/s) | {rebuild_checked_s:.2f} s "
-            f"({rows / rebuild_checked_s:,.0f}/s) | {rebuild_checked_s / rebuild_plain_s:.2f} |",
+            f"({rows / rebuild_checked_s:,.0f}/s) | {rebuild_ratio:.2f} |",
             f"| loading {len(case_ids):,} cases one by one (`case show`'s read) | "
             f"{load_plain_s * 1000 / len(case_ids):.3f} ms each | "
-            f"{load_checked_s * 1000 / len(case_ids):.3f} ms each | "
-            f"{load_checked_s / load_plain_s:.2f} |",
+            f"{load_checked_s * 1000 / len(case_ids):.3f} ms each | {load_ratio:.2f} |",
             "",
             "| query | median ms |",
             "|---|---:|",
