@@ -105,7 +105,7 @@ def test_kill_9_in_the_middle_of_a_rebuild_leaves_the_old_tables_serving(store_u
     """A rebuild fills tables of its own and swaps them in at the head: killed before that, the
     reports read the old tables, whole, and the projections stay where they were."""
     with EventStore(store_url) as store:
-        generate(store, 6000, merchants=5)
+        generate(store, 2000, merchants=5)
         head = store.recorder.max_notification_id() or 0
         projector = Projector(store)
         projector.catch_up(VIEWS)
