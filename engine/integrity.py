@@ -27,9 +27,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.utils import get_topic
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
+# Loaded for their event types, among those ``known_topics`` names.
+import engine.case
+import engine.order  # noqa: F401
 from engine.errors import BadInput, NotAllowed, NotFound, Poisoned
 from engine.events import GENESIS_HASH, Event, Unreadable, check_times, stored_hash, verified_hash
 from engine.store import (
@@ -69,6 +73,18 @@ _JOIN = (
 )
 
 
+def known_topics() -> tuple[str, ...]:
+    """The topic of every event type this engine knows: every ``Event`` subclass (the cases'
+    and the orders' are loaded with this module)."""
+    found: set[str] = set()
+    classes: list[type[Event]] = [Event]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        found.add(get_topic(cls))
+    return tuple(sorted(found))
+
+
 def read_rows(
     store: EventStore,
     after: int,
@@ -77,10 +93,12 @@ def read_rows(
     topics: Sequence[str] | None,
     *,
     previous: bool = True,
+    known: Sequence[str] = (),
 ) -> list[StoredRow]:
-    """The stored events at positions in (after, stop] with these topics (all if None), in log
-    order, at most ``limit``, each with the tail of the event before it in its aggregate
-    (unless ``previous`` is False: only to measure what checking costs)."""
+    """The stored events at positions in (after, stop] with these topics (all if None), and
+    any whose topic is none of ``known`` (an event of a type nobody knows may be anybody's),
+    in log order, at most ``limit``, each with the tail of the event before it in its
+    aggregate (unless ``previous`` is False: only to measure what checking costs)."""
     recorder = store.recorder
     if isinstance(recorder, PostgresCaseRecorder):
         events = Identifier(recorder.datastore.schema, recorder.events_table_name)
@@ -97,28 +115,40 @@ def read_rows(
             ),
             events=events,
             join=SQL(_JOIN if previous else "").format(events=events),
-            topics=SQL("AND e.topic = ANY(%s) " if topics is not None else ""),
+            topics=SQL(
+                ""
+                if topics is None
+                else "AND (e.topic = ANY(%s) OR e.topic <> ALL(%s)) "
+                if known
+                else "AND e.topic = ANY(%s) "
+            ),
         )
-        params: tuple[Any, ...] = (
-            (after, stop, list(topics), limit) if topics is not None else (after, stop, limit)
-        )
+        chosen = [] if topics is None else [list(topics), *([list(known)] if known else [])]
+        params: tuple[Any, ...] = (after, stop, *chosen, limit)
         with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as c:
             c.execute(query, params, prepare=True)
             return [StoredRow(i, o, v, t, bytes(s), _bytes(p)) for i, o, v, t, s, p in c.fetchall()]
     assert isinstance(recorder, SQLiteCaseRecorder)
     table = recorder.events_table_name
     marks = ", ".join("?" * len(topics)) if topics is not None else ""
+    others = ", ".join("?" * len(known))
+    which = ""
+    if topics is not None:
+        which = (
+            f"AND (e.topic IN ({marks}) OR e.topic NOT IN ({others})) "
+            if known
+            else (f"AND e.topic IN ({marks}) ")
+        )
     tail = f"substr(p.state, max(length(p.state) - {_TAIL - 1}, 1))" if previous else "NULL"
     join = _JOIN.replace("{events}", table) if previous else ""
     statement = (
         "SELECT e.rowid, e.originator_id, e.originator_version, e.topic, e.state, "
         f"{tail} FROM {table} e {join}"
-        "WHERE e.rowid > ? AND e.rowid <= ? "
-        + (f"AND e.topic IN ({marks}) " if topics is not None else "")
-        + "ORDER BY e.rowid LIMIT ?"
+        "WHERE e.rowid > ? AND e.rowid <= ? " + which + "ORDER BY e.rowid LIMIT ?"
     )
     with recorder.datastore.transaction(commit=False) as c:
-        c.execute(statement, [after, stop, *(topics or ()), limit])
+        values: list[Any] = [*topics, *known] if topics is not None else []
+        c.execute(statement, [after, stop, *values, limit])
         return [
             StoredRow(r[0], UUID(r[1]), r[2], r[3], bytes(r[4]), _bytes(r[5])) for r in c.fetchall()
         ]

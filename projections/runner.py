@@ -22,7 +22,7 @@ from psycopg.sql import SQL, Identifier
 
 from engine.errors import Poisoned
 from engine.events import Unreadable
-from engine.integrity import checked, poisoned, quarantined_positions, read_rows
+from engine.integrity import checked, known_topics, poisoned, quarantined_positions, read_rows
 from engine.store import APP_NAME, EventStore
 from projections.base import (
     Fact,
@@ -59,6 +59,7 @@ class Projector:
         # The views the last catch-up left stopped before an event they cannot use, by name.
         self.stopped: dict[str, Poisoned] = {}
         self._quarantined: frozenset[int] = frozenset()
+        self._known = known_topics()
 
     @property
     def postgres(self) -> bool:
@@ -188,8 +189,14 @@ class Projector:
 
     def _stop(self, group: Sequence[type[View]], poison: Poisoned) -> None:
         """The views of a group that read the poisoned event's type stop before it."""
+        unknown = poison.topic not in self._known
         for view in group:
-            if poison.topic in view.topics():
+            if unknown:  # a type nobody knows may be anybody's: every view reading it stops
+                self.stopped[view.name] = poison.then(
+                    f"the {view.name} projection stops before it (an event of a type this "
+                    "engine does not know may be one it needs)"
+                )
+            elif poison.topic in view.topics():
                 self.stopped[view.name] = poison.then(
                     f"the {view.name} projection stops before it (the others go on)"
                 )
@@ -201,7 +208,9 @@ class Projector:
         to its class by the store's mapper (``engine.integrity``): the facts, the position they
         cover up to, and the event they stop before if one cannot be used (then the position
         is just before it). Quarantined events are passed over."""
-        rows = read_rows(self.store, after, stop, limit, topics, previous=self.verify)
+        rows = read_rows(
+            self.store, after, stop, limit, topics, previous=self.verify, known=self._known
+        )
         end = stop if len(rows) < limit else rows[-1].position
         facts: list[Fact] = []
         quarantined = self._quarantined

@@ -404,3 +404,28 @@ def test_a_quarantine_row_written_by_hand_never_takes_sound_money_out(
     )  # fmt: skip
     cli_run(store_url, "project", "run")
     assert ledger(store_url) == {"shop-a": "39.90"}
+
+
+def test_an_event_whose_type_nobody_knows_stops_every_projection(
+    engine: Engine, store_url: str
+) -> None:
+    """A refund whose stored type was changed to one the engine does not know: no view's
+    type, so any view may need it; every projection stops before it, and the case refuses."""
+    refunded_case(engine, "B-1", "shop-b", "50.00")
+    cli_run(store_url, "project", "run")
+    a = refunded_case(engine, "A-1", "shop-a", "39.90")
+    refund = refund_of(engine.store, a)
+    position = refund["position"]
+    engine.store.execute(
+        f"UPDATE {{t}}{_table(engine.store)} SET topic = ? WHERE {_key(engine.store)} = ?",
+        (refund["topic"] + "Forged", position),
+    )
+    refunded_case(engine, "B-2", "shop-b", "20.00")
+    error, _ = cli_run(store_url, "case", "show", a, code=3)
+    assert f"position {position}" in error["error"]["message"]
+    error, _ = cli_run(store_url, "project", "run", code=3)
+    assert f"position {position}" in error["error"]["message"]
+    for row in status(store_url).values():
+        assert row["position"] == position - 1, row
+        assert f"position {position}" in row["stopped"], row
+    assert ledger(store_url) == {"shop-b": "50.00"}
