@@ -269,7 +269,7 @@ class Projector:
             recorder = self.recorder(view)
             lag = recorder.pending(position, self.events_table) if (position or 0) < head else 0
             stopped_message = None
-            if lag:
+            if (position or 0) < head:  # what it would read next, checked
                 _, _, poison = self.read(position or 0, head, STATUS_LOOKAHEAD, view.topics())
                 if poison is not None:
                     stopped_message = poison.then(
