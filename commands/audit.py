@@ -18,6 +18,7 @@ from aftersales.commands.output import State, _cell, _one_line, fail, fail_with,
 from aftersales.engine.audit import Audit, audit_case, bundle, bundle_bytes
 from aftersales.engine.checkpoint import anchor, audited_events, bundle_section
 from aftersales.engine.errors import AftersalesError, BadInput
+from aftersales.engine.integrity import list_quarantine
 from aftersales.engine.values import parse_time
 
 NOT_VERIFIED = 3
@@ -76,6 +77,7 @@ def audit(
             if section is not None:
                 content["checkpoint"] = section
             _write(export_path, bundle_bytes(content))
+        quarantined = list_quarantine(engine.store, result.case_id)
     except AftersalesError as exc:
         fail_with(exc, as_json)
     except PersistenceError as exc:
@@ -83,6 +85,7 @@ def audit(
     except OSError as exc:
         fail("bad_input", f"cannot write {export_path}: {_one_line(exc)}", 2, as_json)
     report = result.to_json()
+    report["quarantined"] = quarantined
     if as_json:
         click.echo(to_json(report))
     else:
@@ -104,7 +107,9 @@ def _write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)  # evidence to hand over, not a secret
+        # Readable by its owner alone, whatever the umask: it holds the parties' ids, their
+        # messages and the money; the owner hands it over as they decide.
+        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -173,6 +178,12 @@ def render_audit(result: Audit, report: dict[str, Any]) -> str:
             lines.append("deadline then running: none")
     elif state and state["due_at"]:
         lines.append(f"deadline running: {state['due_action']} at {state['due_at']}")
+    for q in report.get("quarantined", []):
+        lines.append(
+            f"quarantined: version {q['version']} ({q['event']}, position {q['position']}) by "
+            f"{q['decided_by']} at {q['decided_at']}: {q['reason']} (could not be used: "
+            f"{q['why']})"
+        )
     if result.verified:
         lines.append(f"verified: yes (head hash {report['head_hash']})")
     else:

@@ -15,7 +15,7 @@ import click
 from eventsourcing.persistence import PersistenceError
 
 from aftersales.commands.options import source_argument, source_path
-from aftersales.commands.output import State, exit_code, fail_with, to_json
+from aftersales.commands.output import State, exit_code, fail_with, scrub, to_json
 from aftersales.engine.access import ActorCheck
 from aftersales.engine.commands import parse_line
 from aftersales.engine.errors import AftersalesError
@@ -76,7 +76,7 @@ def batch(ctx: click.Context, /, source: IO[str], stop_on_error: bool, as_json: 
                 line = {
                     "line": number,
                     "ok": False,
-                    "error": {"code": exc.code, "message": exc.message},
+                    "error": {**exc.to_json(), "message": scrub(exc.message)},
                 }
                 counts[exc.code] += 1
                 first_failure = first_failure or exit_code(exc.code)

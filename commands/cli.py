@@ -62,6 +62,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aftersales.commands.project:project_group",
         "Projections: the tables reports read, kept up to date from the event log.",
     ),
+    "quarantine": (
+        "aftersales.commands.quarantine:quarantine_group",
+        "Stored events an operator decided the projections pass over.",
+    ),
     "report": (
         "aftersales.commands.report:report_group",
         "Reports for merchants and reporting jobs (from the projections; see `project run`).",

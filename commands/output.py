@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import tzinfo
 from typing import Any, NoReturn
+from urllib.parse import unquote
 
 import click
 from eventsourcing.persistence import PersistenceError
@@ -18,7 +19,7 @@ from aftersales.commands.display import for_people
 from aftersales.engine.errors import AftersalesError, StoreUnavailable
 from aftersales.engine.policy import Policy, load_policy
 from aftersales.engine.service import Engine
-from aftersales.engine.store import DEFAULT_STORE, redact_url
+from aftersales.engine.store import DEFAULT_STORE, redacted, store_password
 from aftersales.engine.values import parse_zone
 
 Renderer = Callable[[Any], str]
@@ -33,6 +34,7 @@ class State:
         self.tz = tz
         self._engine: Engine | None = None
         self._policy: Policy | None = None
+        keep_secret(store)
 
     def policy(self) -> Policy:
         if self._policy is None:
@@ -50,7 +52,7 @@ class State:
                 self._engine = Engine(self.store, policy=self.policy(), create=create)
             except PersistenceError as exc:
                 raise StoreUnavailable(
-                    f"cannot open store {redact_url(self.store or DEFAULT_STORE)}: {_one_line(exc)}"
+                    f"cannot open store {redacted(self.store or DEFAULT_STORE)}: {_one_line(exc)}"
                 ) from None
         return self._engine
 
@@ -64,15 +66,35 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+# The store's password, as written in its URL and decoded: never printed, whatever message
+# (ours, the driver's) would carry it.
+_SECRETS: set[str] = set()
+
+
+def keep_secret(store: str | None) -> None:
+    password = store_password(store)
+    if password:
+        _SECRETS.update({password, unquote(password)})
+
+
+def scrub(message: str) -> str:
+    """A message with the store's password replaced by ``***``."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
 def to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=None, separators=(", ", ": "))
 
 
-# The contract's exit codes, by error code: 2 bad input, 3 not allowed by the rules, 4 no such
-# case or order, 5 a conflicting change; 1 the store cannot be reached.
+# The contract's exit codes, by error code: 2 bad input, 3 not allowed by the rules (or by a
+# stored event that cannot be used), 4 no such case or order, 5 a conflicting change; 1 the store
+# cannot be reached.
 EXIT_CODES: dict[str, int] = {
     "bad_input": 2,
     "not_allowed": 3,
+    "poisoned": 3,
     "not_found": 4,
     "conflict": 5,
     "store_unavailable": 1,
@@ -84,13 +106,20 @@ def exit_code(code: str) -> int:
 
 
 def fail_with(exc: AftersalesError, as_json: bool) -> NoReturn:
-    fail(exc.code, exc.message, exit_code(exc.code), as_json)
+    fail(exc.code, exc.message, exit_code(exc.code), as_json, exc.to_json())
 
 
-def fail(code: str, message: str, exit_code: int, as_json: bool) -> NoReturn:
+def fail(
+    code: str,
+    message: str,
+    exit_code: int,
+    as_json: bool,
+    error: dict[str, object] | None = None,
+) -> NoReturn:
+    message = scrub(message)
     click.echo(f"error: {message}", err=True)
     if as_json:
-        click.echo(to_json({"error": {"code": code, "message": message}}))
+        click.echo(to_json({"error": {**(error or {}), "code": code, "message": message}}))
     sys.exit(exit_code)
 
 

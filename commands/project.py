@@ -49,7 +49,28 @@ STATUS_LEGEND = (
 
 
 def _render_status(rows: list[dict[str, Any]]) -> str:
-    return table(rows, ["projection", "position", "head", "behind", "lag"]) + "\n" + STATUS_LEGEND
+    lines = [table(rows, ["projection", "position", "head", "behind", "lag"])]
+    lines += [f"{r['projection']}: STOPPED: {r['stopped']}" for r in rows if r.get("stopped")]
+    return "\n".join([*lines, STATUS_LEGEND])
+
+
+def _stopped(projector: Projector, rebuilding: bool = False) -> None:
+    """A run that left a projection stopped before an event it cannot use ends with exit 3,
+    naming the event (the first, when several stopped); the others are caught up by then."""
+    if not projector.stopped:
+        return
+    first = min(projector.stopped.values(), key=lambda p: p.position or 0)
+    names = ", ".join(sorted(projector.stopped))
+    what = (
+        f"the rebuild of {names} stopped before it, and their old tables still serve (the "
+        "others were rebuilt)"
+        if rebuilding
+        else f"{names} stopped before it (the other projections went on)"
+    )
+    raise first.then(
+        f"{what}; once it is decided, `aftersales quarantine add {first.position} --reason "
+        "... --by ...` lets them pass over it"
+    )
 
 
 def _render_run(result: dict[str, Any]) -> str:
@@ -95,6 +116,7 @@ def run(ctx: click.Context, /, follow: bool, poll: float, batch_size: int, as_js
         started = time.monotonic()
         if not follow:
             read = projector.catch_up(VIEWS, batch_size, _progress())
+            _stopped(projector)
             return {
                 "events_read": read,
                 "seconds": round(time.monotonic() - started, 3),
@@ -110,6 +132,7 @@ def run(ctx: click.Context, /, follow: bool, poll: float, batch_size: int, as_js
             poll=poll,
             progress=_progress(),
             on_ready=lambda: click.echo("following the event log (Ctrl-C to stop)", err=True),
+            on_stop=lambda poison: click.echo(f"error: {poison.message}", err=True),
         )
         return {"events_read": None, "seconds": None, "projections": projector.status(VIEWS)}
 
@@ -122,13 +145,15 @@ def run(ctx: click.Context, /, follow: bool, poll: float, batch_size: int, as_js
 @json_option
 @click.pass_context
 def rebuild(ctx: click.Context, /, name: str | None, batch_size: int, as_json: bool) -> None:
-    """Drop a projection's tables (default: all) and build them again from the first event."""
+    """Build a projection (default: all) again from the first event, into new tables swapped
+    in for the old ones only once they reach the head (the old ones serve until then)."""
 
     def call(engine: Engine) -> dict[str, Any]:
         projector = Projector(engine.store)
         views = select(name)
         started = time.monotonic()
         read = projector.rebuild(views, batch_size, _progress())
+        _stopped(projector, rebuilding=True)
         return {
             "events_read": read,
             "seconds": round(time.monotonic() - started, 3),

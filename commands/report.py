@@ -73,7 +73,13 @@ def reflecting(engine: Engine, view: type[View], catch_up: bool) -> int:
         with contextlib.suppress(IntegrityError):
             projector.catch_up([view])
     (row,) = projector.status([view])
-    if row["lag"]:
+    if row.get("stopped"):
+        click.echo(
+            f"warning: projection {view.name} is stopped at position {row['position']}: "
+            f"{row['stopped']}; this report reflects the log up to there",
+            err=True,
+        )
+    elif row["lag"]:
         click.echo(
             f"warning: projection {view.name} has {row['lag']} events still to apply "
             "(run `aftersales project run`, or drop --no-catch-up)",

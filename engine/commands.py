@@ -648,7 +648,10 @@ class ShipBack(CaseAction):
 
 
 class WithdrawCase(CaseAction):
-    """The buyer withdraws the case (until the money has moved)."""
+    """The buyer withdraws the case, which closes it with no refund: while no money has moved
+    and no goods are on their way back, from the merchant's review or an offer, before
+    shipping the goods back, after a rejection, or during a dispute before the platform rules
+    (dropping it)."""
 
     name: ClassVar[str] = "case withdraw"
     role: ClassVar[Role] = Role.BUYER

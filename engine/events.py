@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from uuid import UUID
 
@@ -86,25 +86,26 @@ _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 
 def _digest(
-    previous: str, originator_id: UUID | str, originator_version: int, topic: str, body: str
+    previous: str,
+    originator_id: UUID | str,
+    originator_version: int,
+    topic: str,
+    *body: bytes | memoryview,
 ) -> str:
-    # Exactly ``_canonical({"originator_id": ..., "originator_version": ..., "state": content,
-    # "topic": ...})`` with ``body`` the canonical content, written out in sorted key order so
-    # the content is encoded only once.
+    # Exactly sha256 over ``previous`` and ``_canonical({"originator_id": ...,
+    # "originator_version": ..., "state": content, "topic": ...})`` with ``body`` the canonical
+    # content in UTF-8 (in parts), written out in sorted key order so the content is encoded
+    # only once (and, read from the store, hashed where it lies, not copied).
     if type(originator_version) is not int:
         raise TypeError("originator_version must be an int")
-    payload = (
-        '{"originator_id":'
-        + _canonical(str(originator_id))
-        + ',"originator_version":'
-        + str(originator_version)
-        + ',"state":'
-        + body
-        + ',"topic":'
-        + _canonical(topic)
-        + "}"
+    uid = f'"{originator_id}"' if isinstance(originator_id, UUID) else _canonical(originator_id)
+    digest = hashlib.sha256(
+        f'{previous}{{"originator_id":{uid},"originator_version":{originator_version},"state":'.encode()
     )
-    return hashlib.sha256((previous + payload).encode("utf-8")).hexdigest()
+    for part in body:
+        digest.update(part)
+    digest.update(f',"topic":{_canonical(topic)}}}'.encode())
+    return digest.hexdigest()
 
 
 def chain_hash(
@@ -119,7 +120,122 @@ def chain_hash(
     followed by the canonical JSON (sorted keys, no spaces, UTF-8 as is) of
     ``{"originator_id", "originator_version", "state", "topic"}``."""
     content = {k: v for k, v in state.items() if k != "hash"}
-    return _digest(previous, originator_id, originator_version, topic, _canonical(content))
+    body = _canonical(content).encode("utf-8")
+    return _digest(previous, originator_id, originator_version, topic, body)
+
+
+class Unreadable(ValueError):
+    """A stored event that cannot be used: its bytes are not what was sealed, or they do not
+    make an event. The message says why, in a reader's words."""
+
+
+# The tail the store writes every sealed event with: the hash, last, after the content.
+_TAIL_START = b'"hash":"'
+_TAIL_LENGTH = len(_TAIL_START) + 64 + 2  # '"hash":"' + 64 hex digits + '"}'
+
+
+def _split_tail(state: bytes) -> tuple[tuple[bytes | memoryview, ...], str] | None:
+    """The canonical content (in parts) and the hash of stored bytes in the form the store
+    writes (the content with the hash added last), else None. Read at fixed offsets: no scan,
+    no copy."""
+    end = len(state) - _TAIL_LENGTH
+    if end < 1 or not state.endswith(b'"}') or not state.startswith(_TAIL_START, end):
+        return None
+    claimed = state[end + len(_TAIL_START) : -2]
+    if not claimed.isalnum():  # hex digits; a changed one shows when it is compared
+        return None
+    before = state[end - 1]
+    if before == _COMMA:  # the content: the bytes before the comma, closed
+        return (memoryview(state)[: end - 1], b"}"), claimed.decode()
+    if before == _BRACE:
+        return (b"{}",), claimed.decode()
+    return None
+
+
+_COMMA, _BRACE = ord(","), ord("{")
+
+
+def stored_hash(state: bytes) -> str | None:
+    """The hash a stored event carries, read from its bytes (None if it carries none). Given
+    only the last bytes of an event, it reads the hash if the store wrote it there."""
+    split = _split_tail(state)
+    if split is not None:
+        return split[1]
+    try:
+        value = json.loads(state)
+    except (ValueError, RecursionError):
+        return None
+    kept = value.get("hash") if isinstance(value, dict) else None
+    return kept if isinstance(kept, str) else None
+
+
+def verified_hash(
+    previous: str, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+) -> str:
+    """The hash of one stored event, once it is checked to be the hash of its content chained
+    to ``previous`` (the hash of the event before it); else ``Unreadable`` says why.
+
+    The stored bytes are, as the store writes them, the canonical content with the hash added
+    last, so the content's canonical form is the bytes less that tail: hashed as they are, with
+    no parse. Any other form is parsed and put in canonical form (``chain_hash``)."""
+    split = _split_tail(state)
+    if split is not None:
+        body, claimed = split
+        if _digest(previous, originator_id, originator_version, topic, *body) == claimed:
+            return claimed
+    try:
+        content = json.loads(state)
+    except (ValueError, RecursionError) as exc:
+        raise Unreadable(f"stored bytes are not JSON ({_first_line(exc)})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("hash"), str):
+        raise Unreadable("stored JSON carries no hash")
+    claimed = content["hash"]
+    if chain_hash(previous, originator_id, originator_version, topic, content) != claimed:
+        raise Unreadable(_MISMATCH_FIRST if originator_version == 1 else _MISMATCH)
+    return str(claimed)
+
+
+_MISMATCH_FIRST = "hash does not match its content (altered)"
+_MISMATCH = "hash does not match its content and the event before it (altered, or the chain broken)"
+
+
+def check_times(event: BaseModel) -> None:
+    """Every time on an event can be read as UTC (``Unreadable`` if one cannot: a time at the
+    very edge of the calendar, such as year 1 at +14:00, overflows every UTC conversion)."""
+    for name in _time_fields(type(event)):
+        value = getattr(event, name)
+        if isinstance(value, datetime):
+            # Only a time in the calendar's first or last year can fail to convert.
+            if value.year in _EDGE_YEARS:
+                try:
+                    value.astimezone(UTC)
+                except (OverflowError, ValueError):
+                    raise Unreadable(f"{name} {value.isoformat()} cannot be read as UTC") from None
+        elif isinstance(value, BaseModel):
+            check_times(value)
+
+
+_EDGE_YEARS = frozenset({1, 9999})
+
+
+_TIME_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
+def _time_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a class that hold a time or a model that may (worked out once)."""
+    found = _TIME_FIELDS.get(cls)
+    if found is None:
+        found = tuple(
+            name
+            for name, info in cls.model_fields.items()
+            if "datetime" in str(info.annotation) or "Deadline" in str(info.annotation)
+        )
+        _TIME_FIELDS[cls] = found
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def leaf_bytes(
@@ -137,14 +253,14 @@ def _sealed(event: Event, previous: str) -> Event:
     state = stored_state(event)
     state.pop("hash", None)
     topic = get_topic(type(event))
-    body = _canonical(state)
+    body = _canonical(state).encode("utf-8")
     digest = _digest(previous, event.originator_id, event.originator_version, topic, body)
     # The event was made just now and nobody else holds it: set its hash in place rather
     # than copying the frozen model.
     event.__dict__["hash"] = digest
     # The stored text is the canonical content with the hash added as the last key.
-    stored = body[:-1] + ("," if len(body) > 2 else "") + '"hash":"' + digest + '"}'
-    object.__setattr__(event, "_stored_json", stored.encode("utf-8"))
+    stored = body[:-1] + (b"," if len(body) > 2 else b"") + b'"hash":"%s"}' % digest.encode()
+    object.__setattr__(event, "_stored_json", stored)
     return event
 
 

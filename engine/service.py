@@ -50,7 +50,14 @@ from aftersales.engine.commands import (
     Tick,
     new_case_id,
 )
-from aftersales.engine.errors import AftersalesError, BadInput, Conflict, NotAllowed, NotFound
+from aftersales.engine.errors import (
+    AftersalesError,
+    BadInput,
+    Conflict,
+    NotAllowed,
+    NotFound,
+    Poisoned,
+)
 from aftersales.engine.events import Act
 from aftersales.engine.order import Order, check_order_id, order_uuid
 from aftersales.engine.policy import Policy
@@ -247,6 +254,9 @@ class Chunk(UnitOfWork):
         self.cache_size = cache_size
         self.aggregates: dict[UUID, Aggregate] = {}
         self.absent: set[UUID] = set()
+        # Aggregates with a stored event that cannot be used: a line that needs one is
+        # refused with its Poisoned, the others go on.
+        self.poisoned: dict[UUID, Poisoned] = {}
         self.touched: dict[UUID, Aggregate] = {}
         self.commands: dict[str, tuple[CommandRow, dict[str, Any]]] = {}
         self.known_commands: dict[str, dict[str, Any]] = {}
@@ -275,13 +285,15 @@ class Chunk(UnitOfWork):
     def prefetch(self, ids: Iterable[UUID]) -> None:
         """Load, with one query, the aggregates not yet in memory; remember the absent."""
         wanted = [
-            i for i in dict.fromkeys(ids) if i not in self.aggregates and i not in self.absent
+            i
+            for i in dict.fromkeys(ids)
+            if i not in self.aggregates and i not in self.absent and i not in self.poisoned
         ]
         if not wanted:
             return
-        found = self.engine.store.load_many(wanted)
+        found = self.engine.store.load_many(wanted, self.poisoned)
         self.aggregates.update(found)
-        self.absent.update(i for i in wanted if i not in found)
+        self.absent.update(i for i in wanted if i not in found and i not in self.poisoned)
 
     def prefetch_commands(self, command_ids: Iterable[str]) -> None:
         wanted = [c for c in dict.fromkeys(command_ids) if c not in self.known_commands]
@@ -313,6 +325,8 @@ class Chunk(UnitOfWork):
         if uid in self.absent:
             return None
         self.prefetch([uid])
+        if uid in self.poisoned:
+            raise self.poisoned[uid]
         return self.aggregates.get(uid)
 
     def take(self) -> Pending | None:
@@ -359,6 +373,7 @@ class Chunk(UnitOfWork):
         """Forget what was not saved (after a failed write): the store is the truth."""
         self.aggregates.clear()
         self.absent.clear()
+        self.poisoned.clear()
         self.touched.clear()
         self.commands.clear()
         self.known_commands.clear()

@@ -42,14 +42,23 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import get_topic, resolve_topic, retry
+from eventsourcing.utils import TopicError, get_topic, resolve_topic, retry
 from psycopg.conninfo import make_conninfo
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
-from aftersales.engine.errors import BadInput, StoreUnavailable
-from aftersales.engine.events import Aggregate, Event, stored_json, stored_state
+from aftersales.engine.errors import BadInput, Poisoned, StoreUnavailable
+from aftersales.engine.events import (
+    GENESIS_HASH,
+    Aggregate,
+    Event,
+    Unreadable,
+    check_times,
+    stored_json,
+    stored_state,
+    verified_hash,
+)
 from aftersales.engine.limits import MAX_STORE_URL_CHARS, check_id
 from aftersales.engine.sql import SQLITE, Dialect
 
@@ -57,6 +66,7 @@ DEFAULT_STORE = "sqlite:///aftersales.db"
 APP_NAME = "Aftersales"
 CASES_TABLE = "aftersales_cases"
 COMMANDS_TABLE = "aftersales_commands"
+QUARANTINE_TABLE = "aftersales_quarantine"
 EVENT_LOG_VIEW = "aftersales_event_log"
 PRINCIPALS_TABLE = "aftersales_principals"
 KEYS_TABLE = "aftersales_keys"
@@ -79,7 +89,7 @@ class StoreUrl:
     @property
     def redacted(self) -> str:
         """The URL as it may be shown: any password replaced by ``***``."""
-        return redact_url(self.text)
+        return redacted(self.text)
 
     @property
     def conninfo(self) -> dict[str, str]:
@@ -93,19 +103,40 @@ class StoreUrl:
         }
 
 
-def redact_url(url: str) -> str:
-    """A store URL with its password, if any, replaced by ``***``."""
-    return re.sub(r"^([a-z]+://[^/@:]*:)[^/@]*@", r"\1***@", url)
+_PASSWORD = re.compile(r"^(?P<head>[a-z]+://[^/@?#]*?:)(?P<password>[^/?#]*)@")
+
+
+def redacted(url: str) -> str:
+    """A store URL as messages show it: its password, if any, replaced by ``***``."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***@", url, count=1)
+
+
+def store_password(url: str | None) -> str | None:
+    """The password a store URL carries (as written and decoded), read leniently, so that
+    whatever prints a message can leave it out."""
+    found = _PASSWORD.match(url or "")
+    return found["password"] if found and found["password"] else None
 
 
 def parse_store_url(url: str | None) -> StoreUrl:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
-    ``postgresql://user[:pw]@host[:port]/db[?schema=NAME]``."""
+    ``postgresql://user[:pw]@host[:port]/db[?schema=NAME]``. A refusal names the URL with
+    its password left out."""
     url = check_id(url or DEFAULT_STORE, "store URL", MAX_STORE_URL_CHARS)
+    try:
+        return _parse_store_url(url)
+    except ValueError as exc:  # urllib's own refusals (a malformed IPv6 host, say)
+        raise BadInput(f"store {redacted(url)!r} cannot be read as a URL: {exc}") from None
+
+
+def _parse_store_url(url: str) -> StoreUrl:
+    shown = redacted(url)
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         if not rest.startswith("/") or rest == "/":
-            raise BadInput(f"store {url!r}: write sqlite:///relative.db or sqlite:////abs/path.db")
+            raise BadInput(
+                f"store {shown!r}: write sqlite:///relative.db or sqlite:////abs/path.db"
+            )
         path = rest[1:]
         return StoreUrl(
             text=url,
@@ -126,20 +157,20 @@ def parse_store_url(url: str | None) -> StoreUrl:
             raise BadInput(f"store URL is malformed: {exc}") from None
         dbname = check_id(unquote(parts.path.lstrip("/")), "store URL's database")
         if not dbname:
-            raise BadInput(f"store {url!r} names no database: postgresql://host:5432/DBNAME")
+            raise BadInput(f"store {shown!r} names no database: postgresql://host:5432/DBNAME")
         query = parse_qs(parts.query, keep_blank_values=True)
         unknown = set(query) - {"schema"}
         if unknown:
-            raise BadInput(f"store {url!r}: unknown option {sorted(unknown)[0]!r} (only schema)")
+            raise BadInput(f"store {shown!r}: unknown option {sorted(unknown)[0]!r} (only schema)")
         schema = query.get("schema", [""])[0] or None
         if schema is not None and not _SCHEMA.match(schema):
             raise BadInput(
-                f"store {url!r}: schema {schema!r} must be lower-case letters, digits or _"
+                f"store {shown!r}: schema {schema!r} must be lower-case letters, digits or _"
             )
         try:
             port = parts.port or 5432
         except ValueError:
-            raise BadInput(f"store {url!r}: the port is not a number") from None
+            raise BadInput(f"store {shown!r}: the port is not a number") from None
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": dbname,
@@ -161,7 +192,7 @@ def parse_store_url(url: str | None) -> StoreUrl:
             "APPLICATION_RECORDER_TOPIC": get_topic(PostgresCaseRecorder),
         }
         return StoreUrl(text=url, kind="postgresql", env=env, schema=schema)
-    raise BadInput(f"store {url!r} is neither sqlite:// nor postgresql://")
+    raise BadInput(f"store {shown!r} is neither sqlite:// nor postgresql://")
 
 
 # Events as readable JSON ---------------------------------------------------------------------
@@ -310,6 +341,10 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
             f"CREATE TABLE IF NOT EXISTS {COMMANDS_TABLE} ("
             "command_id TEXT PRIMARY KEY, action TEXT NOT NULL, target_id TEXT NOT NULL, "
             "fingerprint TEXT NOT NULL, version INTEGER NOT NULL, recorded_at TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} ("
+            "position INTEGER PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, topic TEXT NOT NULL, why TEXT NOT NULL, "
+            "reason TEXT NOT NULL, decided_by TEXT NOT NULL, decided_at TEXT NOT NULL)",
             # The library keeps ids as 32 hex digits on SQLite; the view shows them as the
             # engine prints them (with dashes), so a case id can be pasted into a query.
             f"CREATE VIEW IF NOT EXISTS {EVENT_LOG_VIEW} AS SELECT rowid AS notification_id, "
@@ -354,6 +389,7 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
             "schema": schema,
             "cases": Identifier(CASES_TABLE),
             "commands": Identifier(COMMANDS_TABLE),
+            "quarantine": Identifier(QUARANTINE_TABLE),
             "events": Identifier(self.events_table_name),
             "view": Identifier(EVENT_LOG_VIEW),
             "due_idx": Identifier(f"{CASES_TABLE}_due"),
@@ -386,6 +422,13 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 "command_id text PRIMARY KEY, action text NOT NULL, target_id text NOT NULL, "
                 "fingerprint text NOT NULL, version bigint NOT NULL, "
                 "recorded_at timestamptz NOT NULL)"
+            ).format(**fmt),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{quarantine} ("
+                "position bigint PRIMARY KEY, originator_id text NOT NULL, "
+                "originator_version bigint NOT NULL, topic text NOT NULL, why text NOT NULL, "
+                "reason text NOT NULL, decided_by text NOT NULL, "
+                "decided_at timestamptz NOT NULL)"
             ).format(**fmt),
             SQL(
                 "CREATE OR REPLACE VIEW {schema}.{view} AS SELECT notification_id, "
@@ -446,11 +489,14 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         and not at all when they exist (DDL would wait on writers' locks)."""
         schema = self.datastore.schema
         save = f'"{schema}".{SAVE_FUNCTION}(uuid[],bigint[],text[],bytea[],jsonb,jsonb)'
+        quarantine = f'"{schema}".{QUARANTINE_TABLE}'
         with self.datastore.transaction(commit=True) as curs:
-            # The access tables came later than the rest: a store made before has to get them.
+            # Tables that came later than the rest (the access tables, the quarantine): a store
+            # made before has to get them.
             curs.execute(
-                "SELECT to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AS found",
-                (save, f'"{schema}".{ACCESS_LOG_TABLE}'),
+                "SELECT to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
+                "AND to_regclass(%s) IS NOT NULL AS found",
+                (save, f'"{schema}".{ACCESS_LOG_TABLE}', quarantine),
             )
             row = curs.fetchone()
             if row and row["found"]:
@@ -513,6 +559,9 @@ class EventStore(Application[UUID]):
         and nothing is created."""
         self.url = parse_store_url(url)
         self.events_saved = 0
+        # Every aggregate read is checked (``rebuild``); False only to measure what that
+        # costs (scripts/bench_projections.py).
+        self.verify_reads = True
         if self.url.kind == "postgresql":
             existed = ensure_schema(self.url, create=create)
         else:
@@ -613,8 +662,24 @@ class EventStore(Application[UUID]):
             for sql, params in statements:
                 c.execute(dialect(sql), tuple(params))
 
-    def load_many(self, ids: Sequence[UUID]) -> dict[UUID, Any]:
-        """Rebuild many aggregates with one query (for bulk paths); absent ids are left out."""
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one write statement on the store, committed (``{t}`` and ``?`` as in ``query``)."""
+        recorder = self.recorder
+        text = self.dialect(sql)
+        if isinstance(recorder, PostgresCaseRecorder):
+            with recorder.datastore.transaction(commit=True) as curs:
+                curs.execute(text.encode(), params)
+            return
+        assert isinstance(recorder, SQLiteCaseRecorder)
+        with recorder.datastore.transaction(commit=True) as c:
+            c.execute(text, tuple(params))
+
+    def load_many(
+        self, ids: Sequence[UUID], poisoned: dict[UUID, Poisoned] | None = None
+    ) -> dict[UUID, Any]:
+        """Rebuild many aggregates with one query (for bulk paths); absent ids are left out.
+        An aggregate with a stored event that cannot be used is left out too, and its refusal
+        put in ``poisoned`` (raised at once if no such dict is given)."""
         if not ids:
             return {}
         recorder = self.recorder
@@ -641,23 +706,83 @@ class EventStore(Application[UUID]):
                     [i.hex for i in ids],
                 )
                 rows = [(UUID(r[0]), r[1], r[2], bytes(r[3])) for r in c.fetchall()]
-        aggregates: dict[UUID, Any] = {}
+        by_id: dict[UUID, list[tuple[int, str, bytes]]] = {}
         for originator_id, version, topic, state in rows:
             uid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
-            event = self.mapper.decode(uid, version, topic, state)
-            aggregates[uid] = event.mutate(aggregates.get(uid))
+            by_id.setdefault(uid, []).append((version, topic, state))
+        aggregates: dict[UUID, Any] = {}
+        for uid, events in by_id.items():
+            try:
+                aggregates[uid] = self.rebuild(uid, events)
+            except Poisoned as exc:
+                if poisoned is None:
+                    raise
+                poisoned[uid] = exc
         return aggregates
 
     def load(self, uid: UUID, version: int | None = None) -> Any | None:
         """One aggregate from its events (up to ``version``), or None if it has none: the
         library's repository without its per-event protocol checks, on the hot path of every
-        single action."""
+        single action. Its hash chain is checked as it is read (``rebuild``)."""
+        events = [
+            (s.originator_version, s.topic, bytes(s.state))
+            for s in self.recorder.select_events(uid, lte=version)
+        ]
+        return self.rebuild(uid, events) if events else None
+
+    def rebuild(self, uid: UUID, events: Sequence[tuple[int, str, bytes]]) -> Any:
+        """An aggregate from its stored events (version, topic, bytes) in version order, each
+        checked before it is used: versions run 1, 2, 3 ..., each event's hash is its content's
+        chained to the one before (``engine.events.verified_hash``, the chain the audit
+        checks), and it reads as its class with times that convert to UTC. The first that
+        fails refuses the whole aggregate with ``Poisoned``, naming it: nothing is guessed."""
         aggregate: Any = None
-        for stored in self.recorder.select_events(uid, lte=version):
-            event = self.mapper.to_domain_event(stored)
-            assert isinstance(event, Event)
-            aggregate = event.mutate(aggregate)
+        previous = GENESIS_HASH
+        decode = self.mapper.decode
+        for expected, (version, topic, state) in enumerate(events, start=1):
+            try:
+                if version != expected:
+                    raise Unreadable(f"version {expected} is missing before it (deleted?)")
+                if self.verify_reads:
+                    previous = verified_hash(previous, uid, version, topic, state)
+                event = decode(uid, version, topic, state)
+                if self.verify_reads:
+                    check_times(event)
+                aggregate = event.mutate(aggregate)
+            except Exception as exc:
+                raise self.poisoned(uid, events, version, exc) from None
         return aggregate
+
+    def poisoned(
+        self,
+        uid: UUID,
+        events: Sequence[tuple[int, str, bytes]],
+        version: int,
+        exc: Exception,
+    ) -> Poisoned:
+        """The refusal naming one stored event of an aggregate that cannot be used."""
+        why = str(exc) if isinstance(exc, Unreadable) else reason_of(exc)
+        topic = next((t for v, t, _ in events if v == version), "")
+        what = f"{topic.rpartition(':')[2] or 'an event'} of {_aggregate_name(uid, events)}"
+        return Poisoned(self.position_of(uid, version), what, version, why)
+
+    def describe(self, uid: UUID) -> str:
+        """An aggregate as a person knows it (``case <id>``, ``order <order id>``)."""
+        first = [
+            (s.originator_version, s.topic, bytes(s.state))
+            for s in self.recorder.select_events(uid, lte=1)
+        ]
+        return _aggregate_name(uid, first)
+
+    def position_of(self, uid: UUID, version: int) -> int | None:
+        """The notification id (position in the log) of one stored event."""
+        table = self.recorder.events_table_name  # type: ignore[attr-defined]
+        rows = self.query(
+            f"SELECT {'notification_id' if self.is_postgres else 'rowid'} AS position "
+            f"FROM {{t}}{table} WHERE originator_id = ? AND originator_version = ?",
+            (uid if self.is_postgres else uid.hex, version),
+        )
+        return int(rows[0]["position"]) if rows else None
 
     @property
     def is_postgres(self) -> bool:
@@ -666,6 +791,27 @@ class EventStore(Application[UUID]):
     def time_param(self, value: datetime) -> Any:
         """A time as the store compares it: timestamptz on PostgreSQL, UTC text on SQLite."""
         return value if self.is_postgres else utc_text(value)
+
+
+def reason_of(exc: BaseException) -> str:
+    """Why a stored event could not be read, on one line."""
+    if isinstance(exc, TopicError):
+        return "its type (topic) is unknown to this engine"
+    text = " ".join(str(exc).split())[:300]
+    return f"it does not read as its class ({text or type(exc).__name__})"
+
+
+def _aggregate_name(uid: UUID, events: Sequence[tuple[int, str, bytes]]) -> str:
+    """An aggregate as a person knows it: ``case <id>``, or ``order <order id>`` (read from its
+    first event, leniently: it may be the damaged one)."""
+    first_topic = events[0][1] if events else ""
+    if first_topic.rpartition(":")[2] == "CaseOpened":
+        return f"case {uid}"
+    try:
+        order_id = json.loads(events[0][2]).get("order_id") if events else None
+    except (ValueError, AttributeError, RecursionError):
+        order_id = None
+    return f"order {order_id}" if isinstance(order_id, str) else f"aggregate {uid}"
 
 
 def ensure_schema(url: StoreUrl, *, create: bool = True) -> bool:

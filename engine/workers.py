@@ -8,8 +8,13 @@ at a time, so it gets one worker.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import multiprocessing.queues
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -58,13 +63,43 @@ class Worker:
 ANOTHER_FAILED = "another worker failed"
 
 
+# prctl's option asking the kernel for a signal when the parent ends (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it ends, however it ends (``kill -9``
+    included), so no worker goes on writing for a run nobody waits for: on Linux the kernel
+    sends SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a thread checks the parent twice a
+    second. A parent already gone ends it at once."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            _watch_parent(parent)
+    else:
+        _watch_parent(parent)
+    if os.getppid() != parent:  # it ended before the request was made
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _main(
     job: Callable[..., Report],
     args: tuple[Any, ...],
     worker: Worker,
     results: multiprocessing.queues.Queue[tuple[int, dict[str, Any]]],
+    parent: int,
 ) -> None:
     """A worker process: run its share and send back its report or its error."""
+    die_with_parent(parent)
     barrier = worker.barrier
     try:
         result: dict[str, Any] = {"report": asdict(job(*args, worker))}
@@ -108,7 +143,7 @@ def in_processes(
     processes = [
         context.Process(
             target=_main,
-            args=(job, args, Worker(k, workers, done, barrier), queue),
+            args=(job, args, Worker(k, workers, done, barrier), queue, os.getpid()),
             name=f"aftersales-worker-{k}",
             daemon=True,
         )

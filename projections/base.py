@@ -29,6 +29,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
@@ -178,13 +179,17 @@ class Table:
             default = " DEFAULT 0" if c.merge == "add" else ""
             cols.append(f"{c.name} {types[c.kind]}{null}{default}")
         cols.append(f"PRIMARY KEY ({', '.join(self.key)})")
-        statements = [f"CREATE TABLE IF NOT EXISTS {{t}}{self.name} ({', '.join(cols)})"]
-        for index in self.indexes:
-            statements.append(
-                f"CREATE INDEX IF NOT EXISTS {self.name}_{'_'.join(index)} "
-                f"ON {{t}}{self.name} ({', '.join(index)})"
-            )
-        return statements
+        return [
+            f"CREATE TABLE IF NOT EXISTS {{t}}{self.name} ({', '.join(cols)})",
+            *self.index_ddl(),
+        ]
+
+    def index_ddl(self) -> list[str]:
+        return [
+            f"CREATE INDEX IF NOT EXISTS {self.name}_{'_'.join(index)} "
+            f"ON {{t}}{self.name} ({', '.join(index)})"
+            for index in self.indexes
+        ]
 
     def upsert_json(self) -> str:
         """PostgreSQL: the same upsert for a whole batch of rows sent as one JSON array of
@@ -292,6 +297,14 @@ class View(ABC):
     folds: ClassVar[Folds]
     events: ClassVar[tuple[type[Event], ...]]
     doc: ClassVar[str] = ""
+    # A rebuild's view writes its folds' rows into tables of other names (``shadow_view``):
+    # the table each fold's table name is written to.
+    renames: ClassVar[dict[str, Table]] = {}
+
+    @classmethod
+    def stored(cls, table: Table) -> Table:
+        """The table a fold's rows for ``table`` are written to."""
+        return cls.renames.get(table.name, table)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -345,6 +358,27 @@ class ViewRecorder(TrackingRecorder, ABC):
     def pending(self, position: int | None, events_table: str) -> int:
         """How many events this view reads lie after ``position`` in the log."""
 
+    @abstractmethod
+    def swap_in(self, built: ViewRecorder, position: int) -> None:
+        """In one transaction: drop this view's tables, put the tables ``built`` (its rebuild,
+        ``shadow_view``) holds in their place with this view's indexes, and set this view's
+        position to ``position``, where the rebuild stands."""
+
+    def _swap_statements(self, built: ViewRecorder, postgres: bool) -> list[str]:
+        statements = []
+        for table in self.view.tables:
+            new = built.view.stored(table).name
+            statements += [
+                f"DROP TABLE IF EXISTS {{t}}{table.name}",
+                f"ALTER TABLE {{t}}{new} RENAME TO {table.name}",
+            ]
+            if postgres:
+                statements.append(
+                    f"ALTER INDEX IF EXISTS {{t}}{new}_pkey RENAME TO {table.name}_pkey"
+                )
+            statements += table.index_ddl()
+        return statements
+
 
 class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
     def __init__(
@@ -358,7 +392,12 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
         self.dialect = Dialect(postgres=True, schema=self.datastore.schema)
         self.sql_create_statements += [Composed([SQL(s)]) for s in self._ddl()]
         self._lock_key = f"aftersales:{self.datastore.schema}:{self.view.name}"
-        self._upserts = {t.name: self.dialect(t.upsert_json()).encode() for t in self.view.tables}
+        self._upserts = {
+            name: self.dialect(t.upsert_json()).encode()
+            for name, t in {t.name: t for t in self.view.tables}.items()
+        }
+        for name, t in self.view.renames.items():
+            self._upserts[name] = self.dialect(t.upsert_json()).encode()
 
     def _ddl(self) -> list[str]:
         return [self.dialect(s) for table in self.view.tables for s in table.ddl(postgres=True)]
@@ -405,6 +444,24 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
             )
             for statement in self._ddl():
                 curs.execute(statement.encode())
+
+    def swap_in(self, built: ViewRecorder, position: int) -> None:
+        assert isinstance(built, PostgresViewRecorder)
+        tracking = SQL("DELETE FROM {0}.{1} WHERE application_name = %s")
+        with self.datastore.transaction(commit=True) as curs:
+            self._lock(curs)
+            built._lock(curs)
+            for statement in self._swap_statements(built, postgres=True):
+                curs.execute(self.dialect(statement).encode())
+            for recorder in (self, built):
+                curs.execute(
+                    tracking.format(
+                        Identifier(self.datastore.schema), Identifier(recorder.tracking_table_name)
+                    ),
+                    (APP_NAME,),
+                )
+            if position:
+                self._insert_tracking(curs, Tracking(APP_NAME, position))
 
     def pending(self, position: int | None, events_table: str) -> int:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -479,7 +536,7 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
             if found != after:
                 raise StalePosition(after, found)
             for table, rows in changes.batches(postgres=False):
-                c.executemany(SQLITE(table.upsert(postgres=False)), rows)
+                c.executemany(SQLITE(self.view.stored(table).upsert(postgres=False)), rows)
             self._insert_tracking(c, tracking)
 
     def reset(self) -> None:
@@ -494,6 +551,20 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
             for statement in self._ddl():
                 c.execute(statement)
 
+    def swap_in(self, built: ViewRecorder, position: int) -> None:
+        assert isinstance(built, SQLiteViewRecorder)
+        with self.datastore.transaction(commit=True) as c:
+            self._lock(c)
+            for statement in self._swap_statements(built, postgres=False):
+                c.execute(SQLITE(statement))
+            for recorder in (self, built):
+                c.execute(
+                    f"DELETE FROM {recorder.tracking_table_name} WHERE application_name = ?",
+                    (APP_NAME,),
+                )
+            if position:
+                self._insert_tracking(c, Tracking(APP_NAME, position))
+
     def pending(self, position: int | None, events_table: str) -> int:
         topics = list(self.view.topics())
         marks = SQLITE.marks(len(topics))
@@ -503,6 +574,28 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
                 [position or 0, *topics],
             )
             return int(c.fetchone()[0])
+
+
+REBUILDING = "__new"
+
+
+@cache
+def shadow_view(view: type[View]) -> type[View]:
+    """The view a rebuild builds: the same folds, writing into tables of their own (named
+    ``<table>__new``, without indexes while they fill) with a tracking table of their own, so
+    the view's tables serve until the rebuild reaches the head and is swapped in."""
+    renames = {
+        t.name: dataclass_replace(t, name=f"{t.name}{REBUILDING}", indexes=()) for t in view.tables
+    }
+    return type(
+        f"{view.__name__}Rebuild",
+        (view,),
+        {
+            "name": f"{view.name}{REBUILDING}",
+            "tables": tuple(renames.values()),
+            "renames": renames,
+        },
+    )
 
 
 @cache
@@ -531,6 +624,8 @@ def apply_batch(
 
 # The library's Projection, for its ProjectionRunner (follow mode on PostgreSQL) ------------------
 
+Reader = Callable[[int, int], tuple[list[Fact], int, BaseException | None]]
+
 
 class ViewProjection(Projection[ViewRecorder]):
     """Collects the events the runner hands over one by one into batches: a batch is written
@@ -539,6 +634,9 @@ class ViewProjection(Projection[ViewRecorder]):
     view_class: ClassVar[type[View]]
     batch_size: ClassVar[int] = 1000
     linger: ClassVar[float] = 0.02
+    # What reads a range of the log checked (the runner's ``read``), set by whoever starts
+    # the projection: (after, up to) -> (facts, position covered, the event stopped before).
+    reader: Reader | None = None
 
     def __init__(self, view: ViewRecorder) -> None:
         super().__init__(view)
@@ -565,9 +663,18 @@ class ViewProjection(Projection[ViewRecorder]):
         if not self.buffer:
             return
         last = self.buffer[-1].id
-        apply_batch(self.view_class, self.view, self.buffer, last, self.position)
-        self.position = last
+        facts: Sequence[Fact] = self.buffer
+        poison: BaseException | None = None
+        if self.reader is not None:
+            # The events handed over were decoded by the library, unchecked: fold the same
+            # range read again with every event checked, up to one that cannot be used.
+            facts, last, poison = self.reader(self.position or 0, last)
+        if last != (self.position or 0):
+            apply_batch(self.view_class, self.view, facts, last, self.position)
+            self.position = last
         self.buffer = []
+        if poison is not None:
+            raise poison
 
     def _flush_loop(self) -> None:
         while not self._closed.is_set():

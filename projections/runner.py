@@ -18,9 +18,17 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.projection import ProjectionRunner
-from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
+from aftersales.engine.errors import Poisoned
+from aftersales.engine.events import Unreadable
+from aftersales.engine.integrity import (
+    checked,
+    known_topics,
+    poisoned,
+    quarantined_positions,
+    read_rows,
+)
 from aftersales.engine.store import APP_NAME, EventStore
 from aftersales.projections.base import (
     Fact,
@@ -33,6 +41,7 @@ from aftersales.projections.base import (
     apply_batch,
     projection_class,
     recorder_class,
+    shadow_view,
 )
 
 # A catch-up that applied this many events refreshes the tables' statistics.
@@ -40,14 +49,23 @@ ANALYZE_AFTER = 50_000
 DEFAULT_BATCH = 5000
 # While catching up, the garbage collector runs once per this many events (see _collector_paused).
 COLLECT_EVERY = 50_000
+# How many of a view's next events `status` reads to see whether it is stopped.
+STATUS_LOOKAHEAD = 100
 
 
 class Projector:
     """The projections of one store."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, *, verify: bool = True) -> None:
         self.store = store
         self._recorders: dict[str, ViewRecorder] = {}
+        # Each event's hash is checked as it is read (``verify=False`` only to measure what
+        # that costs: scripts/bench_projections.py).
+        self.verify = verify
+        # The views the last catch-up left stopped before an event they cannot use, by name.
+        self.stopped: dict[str, Poisoned] = {}
+        self._quarantined: frozenset[int] = frozenset()
+        self._known = known_topics()
 
     @property
     def postgres(self) -> bool:
@@ -80,13 +98,19 @@ class Projector:
         batch_size: int = DEFAULT_BATCH,
         progress: ProgressFn | None = None,
     ) -> int:
-        """Bring these views up to the log's head as it is now; return the events read."""
+        """Bring these views up to the log's head as it is now; return the events read. A view
+        that reaches an event it cannot use stops before it (``stopped`` names the event)
+        while the others go on."""
         read = 0
         started = time.monotonic()
+        self.stopped = {}
+        self._quarantined = quarantined_positions(self.store)
         while True:
             head = self.head()
             positions = {v.name: self.position(v) for v in views}
-            behind = [v for v in views if (positions[v.name] or 0) < head]
+            behind = [
+                v for v in views if (positions[v.name] or 0) < head and v.name not in self.stopped
+            ]
             if not behind:
                 if read >= ANALYZE_AFTER:
                     self.analyze(views)
@@ -142,14 +166,19 @@ class Projector:
                 if read - collected >= COLLECT_EVERY:
                     collect()
                     collected = read
-                facts = self.read(position, head, batch_size, topics)
-                last = head if len(facts) < batch_size else facts[-1].id
+                facts, last, poison = self.read(position, head, batch_size, topics)
                 if pending is not None and not _written(pending):
                     return read
+                if poison is not None and last == position:  # nothing before it to write
+                    self._stop(group, poison)
+                    break
                 pending = pool.submit(write, facts, last, dict(after))
                 after = {v.name: last for v in group}
                 read += len(facts)
                 position = last
+                if poison is not None:
+                    self._stop(group, poison)
+                    break
                 if progress is not None:
                     progress(
                         Progress(
@@ -164,29 +193,48 @@ class Projector:
                 _written(pending)
         return read
 
-    def read(self, after: int, stop: int, limit: int, topics: Sequence[str]) -> list[Fact]:
-        """The next events of the notification log with these topics, decoded to their classes
-        by the store's mapper. On PostgreSQL this is the library's notification query with
-        plain tuple rows (it is the hot loop of a rebuild); on SQLite the library's
-        ``select_notifications``."""
-        recorder = self.store.recorder
+    def _stop(self, group: Sequence[type[View]], poison: Poisoned) -> None:
+        """The views of a group that read the poisoned event's type stop before it."""
+        unknown = poison.topic not in self._known
+        for view in group:
+            if unknown:  # a type nobody knows may be anybody's: every view reading it stops
+                self.stopped[view.name] = poison.then(
+                    f"the {view.name} projection stops before it (an event of a type this "
+                    "engine does not know may be one it needs)"
+                )
+            elif poison.topic in view.topics():
+                self.stopped[view.name] = poison.then(
+                    f"the {view.name} projection stops before it (the others go on)"
+                )
+
+    def read(
+        self, after: int, stop: int, limit: int, topics: Sequence[str]
+    ) -> tuple[list[Fact], int, Poisoned | None]:
+        """The next events of the notification log with these topics, each checked and decoded
+        to its class by the store's mapper (``engine.integrity``): the facts, the position they
+        cover up to, and the event they stop before if one cannot be used (then the position
+        is just before it). Quarantined events are passed over."""
+        rows = read_rows(
+            self.store, after, stop, limit, topics, previous=self.verify, known=self._known
+        )
+        end = stop if len(rows) < limit else rows[-1].position
+        facts: list[Fact] = []
+        quarantined = self._quarantined
         decode = self.store.mapper.decode
-        if not isinstance(recorder, PostgresApplicationRecorder):
-            notes = recorder.select_notifications(
-                start=after, limit=limit, stop=stop, topics=topics, inclusive_of_start=False
-            )
-            return [
-                Fact(n.id, decode(n.originator_id, n.originator_version, n.topic, n.state))  # type: ignore[arg-type]
-                for n in notes
-            ]
-        query = SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state "
-            "FROM {0}.{1} WHERE notification_id > %s AND notification_id <= %s "
-            "AND topic = ANY(%s) ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as c:
-            c.execute(query, (after, stop, list(topics), limit), prepare=True)
-            return [Fact(i, decode(o, v, t, s)) for i, o, v, t, s in c.fetchall()]
+        for row in rows:
+            try:
+                if self.verify or row.position in quarantined:
+                    event = checked(self.store, row, quarantined)
+                else:
+                    event = decode(row.originator_id, row.version, row.topic, row.state)
+            except Unreadable as exc:
+                if row.position in quarantined:
+                    continue  # the operator's decision: pass over it
+                return facts, row.position - 1, poisoned(self.store, row, str(exc), "")
+            # A quarantined event that reads and verifies is folded all the same: a decision
+            # (or a row written into the table by hand) never takes sound money out.
+            facts.append(Fact(row.position, event))
+        return facts, end, None
 
     def rebuild(
         self,
@@ -194,20 +242,45 @@ class Projector:
         batch_size: int = DEFAULT_BATCH,
         progress: ProgressFn | None = None,
     ) -> int:
-        """Drop these views' tables and tracking, and build them again from the first event."""
-        for view in views:
-            self.recorder(view).reset()
-        return self.catch_up(views, batch_size, progress)
+        """Build these views again from the first event into new tables, and swap each in for
+        the old one, in one transaction, once it reaches the head: a rebuild that stops (an
+        event it cannot use, a crash) leaves the old tables serving."""
+        shadows = [shadow_view(v) for v in views]
+        for shadow in shadows:
+            self.recorder(shadow).reset()
+        read = self.catch_up(shadows, batch_size, progress)
+        stopped = {}
+        for view, shadow in zip(views, shadows, strict=True):
+            if shadow.name in self.stopped:
+                stopped[view.name] = self.stopped[shadow.name].then(
+                    f"the rebuild of the {view.name} projection stops before it; its old "
+                    "tables still serve"
+                )
+                continue
+            position = self.position(shadow) or 0
+            self.recorder(view).swap_in(self.recorder(shadow), position)
+        self.stopped = stopped
+        return read
 
     # Where they are -----------------------------------------------------------------------------
 
     def status(self, views: Sequence[type[View]]) -> list[dict[str, Any]]:
+        """Each view's position, how far behind it is, and, if the next event it would read
+        cannot be used, that it is stopped there and why."""
         head = self.head()
+        self._quarantined = quarantined_positions(self.store)
         result = []
         for view in views:
             position = self.position(view)
             recorder = self.recorder(view)
             lag = recorder.pending(position, self.events_table) if (position or 0) < head else 0
+            stopped_message = None
+            if (position or 0) < head:  # what it would read next, checked
+                _, _, poison = self.read(position or 0, head, STATUS_LOOKAHEAD, view.topics())
+                if poison is not None:
+                    stopped_message = poison.then(
+                        f"the {view.name} projection is stopped before it"
+                    ).message
             result.append(
                 {
                     "projection": view.name,
@@ -216,6 +289,7 @@ class Projector:
                     "head": head,
                     "behind": head - (position or 0),
                     "lag": lag,
+                    "stopped": stopped_message,
                 }
             )
         return result
@@ -230,22 +304,40 @@ class Projector:
         poll: float = 0.2,
         progress: ProgressFn | None = None,
         on_ready: Callable[[], None] | None = None,
+        on_stop: Callable[[Poisoned], None] | None = None,
     ) -> None:
-        """Keep these views current until ``stop`` is set."""
+        """Keep these views current until ``stop`` is set. A view that reaches an event it
+        cannot use stays stopped before it (``on_stop`` is told, once); the others go on."""
+        told: set[tuple[str, int | None]] = set()
+
+        def tell() -> None:
+            for name, poison in self.stopped.items():
+                if (name, poison.position) not in told:
+                    told.add((name, poison.position))
+                    if on_stop is not None:
+                        on_stop(poison)
+
         self.catch_up(views, batch_size, progress)
+        tell()
         if on_ready is not None:
             on_ready()
         if isinstance(self.store.recorder, PostgresApplicationRecorder):
-            self._follow_subscription(views, stop, batch_size)
+            self._follow_subscription(views, stop, batch_size, tell)
             return
         while not stop.wait(poll):
             self.catch_up(views, batch_size)
+            tell()
 
     def _follow_subscription(
-        self, views: Sequence[type[View]], stop: threading.Event, batch_size: int
+        self,
+        views: Sequence[type[View]],
+        stop: threading.Event,
+        batch_size: int,
+        tell: Callable[[], None],
     ) -> None:
         """One library ProjectionRunner per view, restarted if its position is moved under it
-        (a rebuild, or another runner writing the same view)."""
+        (a rebuild, or another runner writing the same view); a view stopped before an event
+        it cannot use is not restarted."""
         url = self.store.url.text
 
         class FollowedStore(EventStore):
@@ -264,14 +356,21 @@ class Projector:
                 env=self.store.url.env,
             )
             runner.projection.batch_size = batch_size
+            runner.projection.reader = lambda after, upto: self.read(
+                after, upto, upto - after, view.topics()
+            )
             runner.__enter__()
             return runner
 
+        stopped = dict(self.stopped)
         try:
             for view in views:
-                runners[view.name] = start(view)
+                if view.name not in stopped:
+                    runners[view.name] = start(view)
             while not stop.wait(0.1):
                 for view in views:
+                    if view.name in stopped:
+                        continue
                     runner = runners[view.name]
                     projection: ViewProjection = runner.projection
                     if projection.error is None and not runner.is_interrupted.is_set():
@@ -279,11 +378,19 @@ class Projector:
                     del runners[view.name]
                     error = _close(runner)
                     if error is not None and not isinstance(error, StalePosition):
-                        raise error
+                        # Read again, checked: an event it cannot use stops this view only.
+                        self.catch_up([view], batch_size)
+                        if view.name not in self.stopped:
+                            raise error
+                        stopped[view.name] = self.stopped[view.name]
+                        self.stopped = stopped
+                        tell()
+                        continue
                     runners[view.name] = start(view)
         finally:
             for runner in runners.values():
                 _close(runner)
+            self.stopped = stopped
 
 
 @contextmanager

@@ -5,8 +5,10 @@
 Writes a synthetic log through the real aggregates (bulk saves) into a schema of its own, then
 measures: a raw sequential read of the events table with psycopg (the baseline); catching every
 projection up from empty; a rebuild; catching up on freshly appended events; the merchant
-dashboard query for one merchant and a return-rate report. Prints a Markdown table and drops the
-schema at the end.
+dashboard query for one merchant and a return-rate report; and what checking every event read
+costs (engine/integrity.py): a rebuild and loading cases, each without and with the checks, in
+turn, a few times in the same run (medians). Prints a Markdown table and drops the schema at
+the end.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -60,6 +63,26 @@ def timed_ms(fn: object, repeat: int) -> float:
     return statistics.median(samples)
 
 
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _ratios(pairs: list[tuple[float, float]]) -> str:
+    """Each pair's checked / unchecked, in the order run."""
+    return ", ".join(f"{checked / plain:.2f}" for plain, checked in pairs)
+
+
+def _load(store: EventStore, case_ids: list[uuid.UUID], verify: bool) -> float:
+    """Seconds to load these cases one by one, checking each event read or not."""
+    store.verify_reads = verify
+    try:
+        return _timed(lambda: [store.load(uid) for uid in case_ids])
+    finally:
+        store.verify_reads = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -68,6 +91,12 @@ def main() -> None:
     parser.add_argument(
         "--url",
         default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
+    )
+    parser.add_argument(
+        "--cases", type=int, default=2000, help="Cases loaded, with and without the checks."
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="Unchecked/checked runs of each, in turn."
     )
     parser.add_argument("--keep", action="store_true", help="Do not drop the schema.")
     args = parser.parse_args()
@@ -106,6 +135,38 @@ def main() -> None:
         projector.catch_up(VIEWS, args.batch_size)
         append_s = time.perf_counter() - started
 
+        # Unchecked and checked in turn, --pairs times, so that the load of a shared machine
+        # falls on both alike; medians, and the median of each pair's ratio.
+        unchecked = Projector(store, verify=False)
+        case_ids = [
+            uuid.UUID(str(r["case_id"]))
+            for r in store.query(
+                "SELECT case_id FROM {t}aftersales_cases ORDER BY case_id LIMIT ?", (args.cases,)
+            )
+        ]
+        rebuilds: list[tuple[float, float]] = []
+        loads: list[tuple[float, float]] = []
+        for pair in range(args.pairs):
+            say(
+                f"rebuild and {len(case_ids):,} case loads, unchecked then checked "
+                f"({pair + 1}/{args.pairs}) ..."
+            )
+            rebuilds.append(
+                (
+                    _timed(lambda: unchecked.rebuild(VIEWS, args.batch_size)),
+                    _timed(lambda: projector.rebuild(VIEWS, args.batch_size)),
+                )
+            )
+            loads.append(
+                (_load(store, case_ids, verify=False), _load(store, case_ids, verify=True))
+            )
+        rebuild_plain_s = statistics.median(p for p, _ in rebuilds)
+        rebuild_checked_s = statistics.median(c for _, c in rebuilds)
+        rebuild_ratio = statistics.median(c / p for p, c in rebuilds)
+        load_plain_s = statistics.median(p for p, _ in loads)
+        load_checked_s = statistics.median(c for _, c in loads)
+        load_ratio = statistics.median(c / p for p, c in loads)
+
         merchant = "shop-007"
         now = START + timedelta(days=20)
         dash_ms = timed_ms(lambda: dashboard(store, merchant, now), 21)
@@ -137,6 +198,21 @@ def main() -> None:
             rate = n / secs
             lines.append(f"| {what} | {n:,} | {secs:.2f} | {rate:,.0f} | 1/{raw_rate / rate:.1f} |")
         lines += [
+            "",
+            "What checking costs (each event's hash against its content and the event before "
+            "it, its times; engine/integrity.py), measured in this run:",
+            "",
+            f"| what | unchecked (median of {args.pairs}) | checked (median) | checked / "
+            "unchecked (median of the pairs) |",
+            "|---|---:|---:|---:|",
+            f"| rebuild of every projection, {rows:,} events | {rebuild_plain_s:.2f} s "
+            f"({rows / rebuild_plain_s:,.0f}/s) | {rebuild_checked_s:.2f} s "
+            f"({rows / rebuild_checked_s:,.0f}/s) | {rebuild_ratio:.2f} "
+            f"({_ratios(rebuilds)}) |",
+            f"| loading {len(case_ids):,} cases one by one (`case show`'s read) | "
+            f"{load_plain_s * 1000 / len(case_ids):.3f} ms each | "
+            f"{load_checked_s * 1000 / len(case_ids):.3f} ms each | {load_ratio:.2f} "
+            f"({_ratios(loads)}) |",
             "",
             "| query | median ms |",
             "|---|---:|",

@@ -4,9 +4,10 @@
     python -m scripts.command_reference --check   # exit 1 if it is out of date
 
 Every command, its arguments and options come from ``engine.commands.COMMANDS`` (the same models
-the command line, `batch` and `import-history` are derived from). The reference sits between the
-marker comments ``<!-- commands:begin -->`` and ``<!-- commands:end -->``, the table of input
-bounds (``engine.limits.DOCUMENTED``) between ``<!-- limits:begin -->`` and
+the command line, `batch` and `import-history` are derived from); the statuses a case action is
+taken from, from the transition table (``engine.transitions.ALLOWED_FROM``). The reference sits
+between the marker comments ``<!-- commands:begin -->`` and ``<!-- commands:end -->``, the table
+of input bounds (``engine.limits.DOCUMENTED``) between ``<!-- limits:begin -->`` and
 ``<!-- limits:end -->``; nothing outside them is touched.
 """
 
@@ -23,6 +24,8 @@ from pydantic.fields import FieldInfo
 from aftersales.commands.actions import METAVARS, _inner, _scalar
 from aftersales.engine.commands import COMMANDS, Action, Command, field_choices, key_of
 from aftersales.engine.limits import DOCUMENTED
+from aftersales.engine.transitions import ALLOWED_FROM
+from aftersales.engine.values import Status
 
 BEGIN = "<!-- commands:begin -->"
 END = "<!-- commands:end -->"
@@ -67,6 +70,10 @@ def _command(kind: type[Command]) -> list[str]:
     lines = [f"### `aftersales {kind.name}{' ' + arguments if arguments else ''}`", ""]
     lines.append(" ".join((kind.__doc__ or "").split()))
     lines.append("")
+    action = kind.name.removeprefix("case ")
+    if kind.name.startswith("case ") and ALLOWED_FROM.get(action):
+        statuses = ", ".join(f"`{s.value}`" for s in Status if s in ALLOWED_FROM[action])
+        lines.append(f"- from: {statuses} (the transition table)")
     common = set(Action.model_fields) if issubclass(kind, Action) else set()
     options = [
         _option(name, field)

@@ -543,9 +543,9 @@ def test_lines_after_a_tick_are_loaded_together_not_one_by_one(
     calls = {"load_many": 0, "find_command": 0}
     load_many, find_command = EventStore.load_many, Engine.find_command
 
-    def counting_load_many(self: EventStore, ids: Any) -> Any:
+    def counting_load_many(self: EventStore, ids: Any, poisoned: Any = None) -> Any:
         calls["load_many"] += 1
-        return load_many(self, ids)
+        return load_many(self, ids, poisoned)
 
     def counting_find_command(self: Engine, command_id: str) -> Any:
         calls["find_command"] += 1

@@ -18,7 +18,7 @@ import pytest
 from aftersales.engine.commands import DeliverOrder, PlaceOrder
 from aftersales.engine.service import Engine
 from aftersales.engine.store import EventStore
-from aftersales.projections.base import View
+from aftersales.projections.base import View, shadow_view
 from aftersales.projections.dashboard import dashboard
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.return_rates import GROUPINGS, return_rates
@@ -99,6 +99,40 @@ def test_kill_9_in_the_middle_of_catching_up_then_restart(store_url: str) -> Non
         assert tables(store) == after_restart_tables
         assert reports(store) == after_restart_reports
         assert after_restart_reports["merchant"], "the reports are empty"
+
+
+def test_kill_9_in_the_middle_of_a_rebuild_leaves_the_old_tables_serving(store_url: str) -> None:
+    """A rebuild fills tables of its own and swaps them in at the head: killed before that, the
+    reports read the old tables, whole, and the projections stay where they were."""
+    with EventStore(store_url) as store:
+        generate(store, 2000, merchants=5)
+        head = store.recorder.max_notification_id() or 0
+        projector = Projector(store)
+        projector.catch_up(VIEWS)
+        before_tables, before_reports = tables(store), reports(store)
+        shadows = [shadow_view(v) for v in VIEWS]
+
+        for _attempt in range(5):
+            run = cli(store_url, "project", "rebuild", "--batch-size", "10")
+            # (Reading a position creates the rebuild's tables if they are not there yet, as
+            # the rebuild itself does, under the same lock.)
+            while run.poll() is None and not any(projector.position(s) for s in shadows):
+                time.sleep(0.002)
+            os.kill(run.pid, signal.SIGKILL)
+            assert run.wait() == -signal.SIGKILL
+            if any(0 < (projector.position(s) or 0) < head for s in shadows):
+                break  # killed in the middle of filling the new tables
+        else:
+            pytest.fail("could not kill the rebuild in the middle")
+
+        assert positions(store) == {v.name: head for v in VIEWS}
+        assert tables(store) == before_tables
+        assert reports(store) == before_reports
+        finished = cli(store_url, "project", "rebuild", "--json")
+        _, err = finished.communicate(timeout=120)
+        assert finished.returncode == 0, err
+        assert tables(store) == before_tables
+        assert reports(store) == before_reports
 
 
 def test_rebuild_equals_incremental_updates(store_url: str) -> None:
