@@ -17,6 +17,7 @@ from commands.imports import import_history, import_orders
 from commands.orders import order_group
 from commands.output import State, fail
 from commands.project import project_group
+from commands.relay import relay_group
 from commands.report import ledger_cmd, report_group
 
 
@@ -83,6 +84,7 @@ cli.add_command(tick_command)
 cli.add_command(scheduler)
 cli.add_command(audit)
 cli.add_command(project_group)
+cli.add_command(relay_group)
 cli.add_command(report_group)
 cli.add_command(ledger_cmd)
 
