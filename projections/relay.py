@@ -58,6 +58,7 @@ DEFAULT_PREFIX = "aftersales"
 DEFAULT_STREAM = "AFTERSALES"
 DEFAULT_BATCH = 1000
 DAY = 24 * 3600.0
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -199,7 +200,7 @@ def message(prefix: str, note: Notification, owner: tuple[str, str, str]) -> Mes
         notification_id=note.id,
         subject=f"{prefix}.{token(merchant)}.{token(key)}.{kind}",
         msg_id=msg_id,
-        payload=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+        payload=_encode(body).encode("utf-8"),
         headers={
             "Nats-Msg-Id": msg_id,
             "Aftersales-Notification-Id": str(note.id),
@@ -241,6 +242,7 @@ class Relay:
         self.on_acked = on_acked
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._ahead: tuple[int, asyncio.Future[list[Message]]] | None = None
 
     def _recorder(self) -> ViewRecorder:
         cls = recorder_class(self.view, self.store.is_postgres)
@@ -330,14 +332,19 @@ class Relay:
             except Exception as exc:  # closing a broken connection
                 log.debug("closing the connection: %s", _one_line(exc))
 
-    async def publish(self, messages: Sequence[Message]) -> None:
-        """Publish a batch pipelined, in order, and wait for every acknowledgement."""
+    async def publish(
+        self, messages: Sequence[Message], meanwhile: Callable[[], None] | None = None
+    ) -> None:
+        """Publish a batch pipelined, in order, and wait for every acknowledgement (calling
+        ``meanwhile`` once all are sent, before waiting)."""
         js = await self._connect()
         try:
             futures = [
                 await js.publish_async(m.subject, m.payload, headers=dict(m.headers))
                 for m in messages
             ]
+            if meanwhile is not None:
+                meanwhile()
             acks = await asyncio.wait_for(asyncio.gather(*futures), self.config.ack_timeout)
         except Exception as exc:
             await self._close()
@@ -359,16 +366,35 @@ class Relay:
         prefix = self.config.prefix
         return [message(prefix, n, owners[n.originator_id]) for n in notes]
 
+    async def _next(self, position: int) -> list[Message]:
+        """The batch after ``position``: the one read ahead while the last batch's
+        acknowledgements were awaited, if it was read from there, else read now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            start, task = ahead
+            try:
+                found = await task
+            except Exception:  # read again below, where an error is the caller's
+                found = None
+            if start == position and found is not None:
+                return found
+        return self.read(position)
+
     async def round(self) -> int:
         """Relay the next batch; return how many events it held (0: the relay is at the head).
-        The position moves only after every message of the batch was acknowledged."""
+        The position moves only after every message of the batch was acknowledged. The next
+        batch is read (in a thread) while the broker acknowledges this one."""
         tracked = self.recorder.max_tracking_id(APP_NAME)
         position = tracked or 0
-        messages = self.read(position)
+        messages = await self._next(position)
         if not messages:
             return 0
-        await self.publish(messages)
         last = messages[-1].notification_id
+
+        def read_ahead() -> None:
+            self._ahead = (last, asyncio.ensure_future(asyncio.to_thread(self.read, last)))
+
+        await self.publish(messages, read_ahead)
         try:
             self.recorder.write(Changes(), Tracking(APP_NAME, last), tracked)
         except StalePosition:
@@ -405,6 +431,9 @@ class Relay:
                     break
                 await _wait(stop, poll)
         finally:
+            if self._ahead is not None:
+                await asyncio.gather(self._ahead[1], return_exceptions=True)
+                self._ahead = None
             await self._close()
         return self.stats.published - published
 
