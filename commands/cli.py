@@ -14,6 +14,7 @@ from commands.cases import case_group
 from commands.clock import scheduler, tick_command
 from commands.demo import demo
 from commands.imports import import_history, import_orders
+from commands.notify import notify_group
 from commands.orders import order_group
 from commands.output import State, fail
 from commands.project import project_group
@@ -85,6 +86,7 @@ cli.add_command(scheduler)
 cli.add_command(audit)
 cli.add_command(project_group)
 cli.add_command(relay_group)
+cli.add_command(notify_group)
 cli.add_command(report_group)
 cli.add_command(ledger_cmd)
 

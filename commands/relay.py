@@ -14,6 +14,7 @@ import click
 from commands.options import json_option
 from commands.output import emit, table
 from engine.service import Engine
+from projections.notify import NotifyRelay, default_language
 from projections.relay import (
     DEFAULT_BATCH,
     DEFAULT_NATS,
@@ -53,13 +54,24 @@ def relay_options(f: F) -> F:
     )(f)
 
 
-def _render_status(row: dict[str, Any]) -> str:
-    return table([row], ["relay", "stream", "position", "head", "behind", "lag"])
+def _render_status(rows: list[dict[str, Any]]) -> str:
+    return table(rows, ["relay", "stream", "position", "head", "behind", "lag"])
 
 
 def _render_run(result: dict[str, Any]) -> str:
-    head = f"published {result['published']:,} events in {result['seconds']:.2f} s"
-    return "\n".join((head, _render_status(result["relay"])))
+    head = (
+        f"published {result['published']:,} events and {result['messages']:,} buyer messages "
+        f"in {result['seconds']:.2f} s"
+    )
+    return "\n".join((head, _render_status(result["relays"])))
+
+
+def _relays(engine: Engine, config: RelayConfig, notify: bool) -> list[Relay]:
+    """The relay of the log, and (unless left out) the one of the buyer messages."""
+    relays = [Relay(engine.store, config)]
+    if notify:
+        relays.append(NotifyRelay(engine.store, config, language=default_language()))
+    return relays
 
 
 @click.group("relay")
@@ -90,6 +102,9 @@ def relay_group() -> None:
     show_default=True,
     help="The longest wait, in seconds, between tries while the broker is down.",
 )
+@click.option(
+    "--no-notify", is_flag=True, help="Leave out the buyer messages (aftersales.notify.*)."
+)
 @relay_options
 @json_option
 @click.pass_context
@@ -100,6 +115,7 @@ def run(
     poll: float,
     batch_size: int,
     max_backoff: float,
+    no_notify: bool,
     servers: str,
     stream: str,
     prefix: str,
@@ -119,23 +135,26 @@ def run(
             batch_size=batch_size,
             max_backoff=max_backoff,
         )
-        relay = Relay(engine.store, config)
+        relays = _relays(engine, config, not no_notify)
         started = time.monotonic()
 
-        async def go() -> int:
+        async def go() -> list[int]:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             if follow:
                 click.echo("relaying the event log (Ctrl-C to stop)", err=True)
-            return await relay.run(stop, follow=follow, poll=poll)
+            return list(
+                await asyncio.gather(*(r.run(stop, follow=follow, poll=poll) for r in relays))
+            )
 
         published = asyncio.run(go())
         return {
-            "published": published,
+            "published": published[0],
+            "messages": sum(published[1:]),
             "seconds": round(time.monotonic() - started, 3),
-            "relay": relay.status(),
+            "relays": [r.status() for r in relays],
         }
 
     emit(ctx, as_json, call, _render_run)
@@ -150,4 +169,4 @@ def status(
 ) -> None:
     """The relay's position in the log, and how many events it has yet to publish."""
     config = RelayConfig(servers=servers, stream=stream, prefix=prefix, name=name)
-    emit(ctx, as_json, lambda e: Relay(e.store, config).status(), _render_status)
+    emit(ctx, as_json, lambda e: [r.status() for r in _relays(e, config, True)], _render_status)

@@ -528,6 +528,19 @@ class EventStore(Application[UUID]):
             c.execute(text, tuple(params))
             return [dict(row) for row in c.fetchall()]
 
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one writing statement on the store and commit it (``{t}`` and ``?`` as in
+        ``query``): for the small tables of settings kept beside the log."""
+        recorder = self.recorder
+        text = self.dialect(sql)
+        if isinstance(recorder, PostgresCaseRecorder):
+            with recorder.datastore.transaction(commit=True) as curs:
+                curs.execute(text.encode(), params)
+            return
+        assert isinstance(recorder, SQLiteCaseRecorder)
+        with recorder.datastore.transaction(commit=True) as c:
+            c.execute(text, tuple(params))
+
     def load_many(self, ids: Sequence[UUID]) -> dict[UUID, Any]:
         """Rebuild many aggregates with one query (for bulk paths); absent ids are left out."""
         if not ids:

@@ -6,9 +6,10 @@ from engine.errors import BadInput
 from projections.base import View
 from projections.dashboard import Dashboard
 from projections.ledger import Ledger
+from projections.notify import Notify
 from projections.return_rates import ReturnRates
 
-VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger)
+VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger, Notify)
 
 
 def select(name: str | None) -> tuple[type[View], ...]:

@@ -235,7 +235,7 @@ class Relay:
     ) -> None:
         self.store = store
         self.config = config
-        self.view = relay_view(config.name)
+        self.view = self.tracking_view()
         self.recorder: ViewRecorder = self._recorder()
         self.owners = Owners(store)
         self.stats = RelayStats()
@@ -243,6 +243,10 @@ class Relay:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._ahead: tuple[int, asyncio.Future[list[Message]]] | None = None
+
+    def tracking_view(self) -> type[View]:
+        """The table-less view whose tracking record is this relay's position."""
+        return relay_view(self.config.name)
 
     def _recorder(self) -> ViewRecorder:
         cls = recorder_class(self.view, self.store.is_postgres)

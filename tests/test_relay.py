@@ -154,8 +154,15 @@ def kill_9_trials(store_url: str, trials: int, seed: int) -> None:
                 finish = _relay_cli(store_url, spec, name)
                 out, err = finish.communicate(timeout=120)
                 assert finish.returncode == 0, err
-                assert json.loads(out)["relay"]["lag"] == 0
-                check_exactly_once_in_order(store, read_stream(spec))
+                assert [r["lag"] for r in json.loads(out)["relays"]] == [0, 0]
+                found = read_stream(spec)
+                events = [s for s in found if ".notify." not in s.subject]
+                check_exactly_once_in_order(store, events)
+                # The buyer messages went out alongside, each once too.
+                told = [s.msg_id for s in found if ".notify." in s.subject]
+                assert told and len(set(told)) == len(told) == len(found) - len(events)
+                rows = store.query("SELECT count(*) AS n FROM {t}proj_notify_messages")
+                assert len(told) == rows[0]["n"]
             assert killed_between > 0, "no kill landed in the middle of the log"
     finally:
         from tests.nats_helpers import _delete
