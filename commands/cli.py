@@ -20,6 +20,7 @@ from commands.output import State, fail
 from commands.project import project_group
 from commands.relay import relay_group
 from commands.report import ledger_cmd, report_group
+from commands.webhook import webhook_group
 
 
 class AftersalesGroup(click.Group):
@@ -87,6 +88,7 @@ cli.add_command(audit)
 cli.add_command(project_group)
 cli.add_command(relay_group)
 cli.add_command(notify_group)
+cli.add_command(webhook_group)
 cli.add_command(report_group)
 cli.add_command(ledger_cmd)
 

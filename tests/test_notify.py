@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.commands import ApproveCase, EscalateCase, OpenCase, RejectCase, RuleCase, ShipBack
+from engine.commands import ApproveCase, EscalateCase, RejectCase, RuleCase, ShipBack
 from engine.errors import BadInput
 from engine.service import Engine
 from engine.values import parse_time
@@ -19,7 +19,7 @@ from projections.notify import NotifyRelay, preview, render, set_language
 from projections.registry import VIEWS
 from projections.relay import RelayConfig, token
 from projections.runner import Projector
-from tests.conftest import at, place_delivered
+from tests.conftest import at, open_return
 from tests.nats_helpers import StreamSpec, read_stream, stream
 
 __all__ = ["stream"]
@@ -28,17 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _open(engine: Engine, order: str = "KS-1", buyer: str = "buyer-1") -> str:
-    place_delivered(engine, order, buyer=buyer)
-    case = engine.handle(
-        OpenCase(
-            order_id=order,
-            type="return_refund",
-            reason="quality.colour",
-            amount="39.90",
-            at=at(days=3),
-        )
-    )
-    return str(case["case_id"])
+    return open_return(engine, order, buyer=buyer)
 
 
 def test_approval_tells_where_and_by_when_then_the_reminder_comes_24_h_before(
