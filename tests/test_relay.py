@@ -4,6 +4,7 @@ random points, and while the broker goes down and comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -145,8 +146,9 @@ def kill_9_trials(store_url: str, trials: int, seed: int) -> None:
                     while run.poll() is None and relay.position() <= position:
                         time.sleep(0.002)
                     time.sleep(rng.uniform(0, 0.08))
-                    os.kill(run.pid, signal.SIGKILL)
-                    run.wait()
+                    with contextlib.suppress(ProcessLookupError):  # it may have finished
+                        os.kill(run.pid, signal.SIGKILL)
+                    run.communicate()
                     now = relay.position()
                     assert now >= position  # never backwards
                     killed_between += 0 < now < head
