@@ -444,6 +444,11 @@ class Relay:
                 return found
         return self.read(position)
 
+    async def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            await asyncio.gather(ahead[1], return_exceptions=True)
+
     async def round(self) -> int:
         """Relay the next batch; return how many events it held (0: the relay is at the head).
         The position moves only after every message of the batch was acknowledged. The next
@@ -458,7 +463,11 @@ class Relay:
         def read_ahead() -> None:
             self._ahead = (last, asyncio.ensure_future(asyncio.to_thread(self.read, last)))
 
-        await self.publish(messages, read_ahead)
+        try:
+            await self.publish(messages, read_ahead)
+        except BrokerError:
+            await self._drop_ahead()  # this batch is sent again first
+            raise
         try:
             self.recorder.write(Changes(), Tracking(APP_NAME, last), tracked)
         except StalePosition:
@@ -495,9 +504,7 @@ class Relay:
                     break
                 await _wait(stop, poll)
         finally:
-            if self._ahead is not None:
-                await asyncio.gather(self._ahead[1], return_exceptions=True)
-                self._ahead = None
+            await self._drop_ahead()
             await self._close()
         return self.stats.published - published
 

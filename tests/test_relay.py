@@ -235,3 +235,50 @@ def _until(check: Any, timeout: float) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"not within {timeout} s")
+
+
+def test_a_refused_message_keeps_the_position_and_the_retry_fills_the_gap(
+    store_url: str, stream: StreamSpec
+) -> None:
+    """A stream that refuses part of a batch (it is full): the relay's position stays where
+    it was; once the stream takes messages again the whole batch is sent, the ones stored
+    before dropped as duplicates."""
+    import nats
+    from nats.js.api import DiscardPolicy, StreamConfig
+
+    from projections.relay import BrokerError
+
+    async def make(max_msgs: int) -> None:
+        nc = await nats.connect(stream.servers)
+        js = nc.jetstream()
+        config = StreamConfig(
+            name=stream.stream,
+            subjects=[f"{stream.prefix}.>"],
+            max_msgs=max_msgs,
+            discard=DiscardPolicy.NEW,
+            duplicate_window=3600,
+        )
+        if max_msgs == 4:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
+        await nc.close()
+
+    with EventStore(store_url) as store:
+        generate(store, 8, merchants=2, seed=3)
+        asyncio.run(make(4))
+        relay = Relay(store, config(stream, batch_size=1000))
+
+        async def one_round() -> None:
+            try:
+                await relay.round()
+            finally:
+                await relay._close()
+
+        with pytest.raises(BrokerError, match="refused"):
+            asyncio.run(one_round())
+        assert relay.position() == 0
+        asyncio.run(make(-1))
+        asyncio.run(relay.run())
+        assert relay.position() == store.recorder.max_notification_id()
+        check_exactly_once_in_order(store, read_stream(stream))
