@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Each merchant's money: refunded itself, advanced by the platform and owed, freight, "
         "penalties (from the ledger projection).",
     ),
+    "notify": (
+        "aftersales.commands.notify:notify_group",
+        "Telling the buyer: messages made from case events, in Chinese or English.",
+    ),
     "order": (
         "aftersales.commands.orders:order_group",
         "Orders: placed, shipped and delivered, as the order system reports them.",
@@ -65,6 +69,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quarantine": (
         "aftersales.commands.quarantine:quarantine_group",
         "Stored events an operator decided the projections pass over.",
+    ),
+    "relay": (
+        "aftersales.commands.relay:relay_group",
+        "The relay: every event, in log order, to a NATS JetStream stream",
     ),
     "report": (
         "aftersales.commands.report:report_group",
@@ -83,6 +91,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aftersales.commands.clock:tick_command",
         "Fire every deadline that has fallen due: auto-approve, auto-close, auto-refund, "
         "reship overdue.",
+    ),
+    "webhook": (
+        "aftersales.commands.webhook:webhook_group",
+        "Signed webhooks: each merchant's events POSTed to its own systems",
     ),
 }
 

@@ -664,15 +664,7 @@ class EventStore(Application[UUID]):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one write statement on the store, committed (``{t}`` and ``?`` as in ``query``)."""
-        recorder = self.recorder
-        text = self.dialect(sql)
-        if isinstance(recorder, PostgresCaseRecorder):
-            with recorder.datastore.transaction(commit=True) as curs:
-                curs.execute(text.encode(), params)
-            return
-        assert isinstance(recorder, SQLiteCaseRecorder)
-        with recorder.datastore.transaction(commit=True) as c:
-            c.execute(text, tuple(params))
+        self.write([(sql, params)])
 
     def load_many(
         self, ids: Sequence[UUID], poisoned: dict[UUID, Poisoned] | None = None

@@ -6,9 +6,10 @@ from aftersales.engine.errors import BadInput
 from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard
 from aftersales.projections.ledger import Ledger
+from aftersales.projections.notify import Notify
 from aftersales.projections.return_rates import ReturnRates
 
-VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger)
+VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger, Notify)
 
 
 def select(name: str | None) -> tuple[type[View], ...]:

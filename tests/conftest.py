@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg.sql import SQL, Identifier, Literal
 
-from aftersales.engine.commands import DeliverOrder, PlaceOrder
+from aftersales.engine.commands import DeliverOrder, OpenCase, PlaceOrder
 from aftersales.engine.service import Engine
 
 PG_URL = os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
@@ -242,3 +242,20 @@ def place_delivered(
     )
     if delivered:
         engine.handle(DeliverOrder(order_id=order_id, at=at(days=2)))
+
+
+def open_return(
+    engine: Engine, order_id: str = "KS-1", *, merchant: str = "shop-1", buyer: str = "buyer-1"
+) -> str:
+    """A delivered order and a return-and-refund case on its line, opened on day 3."""
+    place_delivered(engine, order_id, merchant=merchant, buyer=buyer)
+    case = engine.handle(
+        OpenCase(
+            order_id=order_id,
+            type="return_refund",
+            reason="quality.colour",
+            amount="39.90",
+            at=at(days=3),
+        )
+    )
+    return str(case["case_id"])
