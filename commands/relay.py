@@ -13,6 +13,7 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
+from aftersales.engine.errors import BadInput
 from aftersales.engine.service import Engine
 from aftersales.projections.notify import NotifyRelay, default_language
 from aftersales.projections.relay import (
@@ -22,9 +23,17 @@ from aftersales.projections.relay import (
     DEFAULT_STREAM,
     Relay,
     RelayConfig,
+    check_relay_name,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _relay_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_relay_name(value)
+    except BadInput as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def relay_options(f: F) -> F:
@@ -33,7 +42,9 @@ def relay_options(f: F) -> F:
         "--name",
         default="nats",
         show_default=True,
-        help="The relay's name: its own position in the log (one per broker fed).",
+        callback=_relay_name,
+        help="The relay's name: its own position in the log (one per broker fed); lower-case "
+        "letters, digits and '_'.",
     )(f)
     f = click.option(
         "--prefix",

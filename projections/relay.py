@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -67,6 +68,9 @@ DEFAULT_STREAM = "AFTERSALES"
 DEFAULT_BATCH = 1000
 DAY = 24 * 3600.0
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# Relay names become table names (``proj_relay_<name>_tracking``, and ``<name>_notify`` for
+# the notifications' relay): PostgreSQL's 63-character limit with room to spare.
+_RELAY_NAME = re.compile(r"[a-z0-9_]{1,40}")
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -89,11 +93,22 @@ def _check_name(kind: str, value: str, allowed: str) -> str:
     return value
 
 
+def check_relay_name(name: str, limit: int = 32) -> str:
+    if len(name) > limit or not _RELAY_NAME.fullmatch(name):
+        raise BadInput(
+            f"relay name {name[: limit + 8]!r} must be 1 to {limit} lower-case letters, digits "
+            "or '_' (it names the relay's table)"
+        )
+    return name
+
+
 @cache
 def relay_view(name: str) -> type[View]:
     """The relay's place in the log as a view with no tables: its tracking table is
-    ``proj_relay_<name>_tracking``, one per relay name (one per broker a store feeds)."""
-    _check_name("relay name", name, "")
+    ``proj_relay_<name>_tracking``, one per relay name (one per broker a store feeds). The
+    name is part of a table's name on both backends, so it is held to what such a name may
+    be: lower-case letters, digits and '_'."""
+    check_relay_name(name, 40)
     return type(
         f"Relay_{name}",
         (View,),
@@ -115,6 +130,7 @@ class RelayConfig:
     duplicate_window: float = DAY
 
     def __post_init__(self) -> None:
+        check_relay_name(self.name)
         _check_name("stream", self.stream, "")
         for part in self.prefix.split("."):
             _check_name("subject prefix", part, "")

@@ -65,6 +65,27 @@ def test_tokens_never_hold_what_subjects_forbid() -> None:
     assert token("") == "~"
 
 
+@pytest.mark.parametrize("name", ["KS-1", "Nats", "a" * 33, "x;drop"])
+def test_a_relay_name_that_cannot_name_a_table_is_refused(
+    engine: Engine, store_url: str, name: str
+) -> None:
+    """The name becomes the relay's table name on both backends: anything else is exit 2
+    before the store is touched (it once reached SQLite as a syntax error, exit 1)."""
+    program = [sys.executable, "-m", "aftersales.commands.cli", "--store", store_url, "relay"]
+    for sub in ("status", "run"):
+        out = subprocess.run(
+            [*program, sub, "--nats", "nats://127.0.0.1:1", "--name", name, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, out.stderr
+        assert "relay name" in json.loads(out.stdout)["error"]["message"]
+        assert "Traceback" not in out.stderr
+    with pytest.raises(Exception, match="relay name"):
+        RelayConfig(name=name)
+
+
 def test_every_event_once_in_log_order_with_documented_payload(
     store_url: str, stream: StreamSpec
 ) -> None:
