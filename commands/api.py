@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from aftersales.commands.desk.session import session_key
 from aftersales.commands.output import exit_code
 from aftersales.engine.access import (
     AUDIT,
@@ -334,7 +335,9 @@ def settle(job: Job, outcome: Any) -> None:
 def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None if header else session_key(request)  # the desk's session (commands/desk)
 
 
 def who(request: Request, client: bool = True) -> tuple[str, ...]:
@@ -731,6 +734,9 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    from aftersales.commands.desk.web import mount_desk  # the desk's pages use this module's checks
+
+    mount_desk(app, api)
     return app
 
 

@@ -98,6 +98,25 @@ class Story:
         order.deliver(self.act(Role.PLATFORM, "order-system", at + timedelta(days=2)))
         return order
 
+    def open_case(self, order: Order, kind: CaseType, reason: str, at: datetime) -> ReturnCase:
+        """The buyer opens a case on all of the order's lines, for all they are worth."""
+        lines = order.case_lines([])
+        buyer = self.act(Role.BUYER, order.buyer_id, at)
+        case = ReturnCase.open(
+            uuid4(),
+            order,
+            case_type=kind,
+            reason=reason,
+            amount=order.refundable(lines),
+            lines=lines,
+            evidence=[],
+            note=None,
+            policy=self.policy,
+            act=buyer,
+        )
+        order.link_case(case.id, lines, buyer)
+        return case
+
     def case(self, order: Order, at: datetime) -> ReturnCase:
         rng = self.rng
         group = rng.choice(("quality", "quality", "logistics", "buyer"))
@@ -109,22 +128,7 @@ class Story:
             "dispute": CaseType.REFUND_ONLY,
             "exchange": CaseType.EXCHANGE,
         }[path]
-        lines = order.case_lines([])
-        buyer = self.act(Role.BUYER, order.buyer_id, at)
-        amount = order.refundable(lines)
-        case = ReturnCase.open(
-            uuid4(),
-            order,
-            case_type=kind,
-            reason=rng.choice(REASONS[group]),
-            amount=amount,
-            lines=lines,
-            evidence=[],
-            note=None,
-            policy=self.policy,
-            act=buyer,
-        )
-        order.link_case(case.id, lines, buyer)
+        case = self.open_case(order, kind, rng.choice(REASONS[group]), at)
         t = at
         merchant = order.merchant_id
 

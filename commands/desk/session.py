@@ -1,0 +1,51 @@
+"""The desk's session: a key held in an HTTP-only, SameSite=Strict cookie.
+
+The cookie holds the key itself, so a session is exactly as good as its key: revoking or
+expiring the key ends every session on it at the next request, and the API authenticates
+and authorizes a cookie exactly as it does ``Authorization: Bearer`` (``commands/api.py``
+asks ``session_key`` only when no Authorization header is given). The key is never put in
+a URL or a page.
+
+Against cross-site requests: besides SameSite=Strict, a request that changes something
+(any method but GET, HEAD and OPTIONS) counts its cookie only if its Origin (or, lacking
+one, its Referer) is this site itself.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+
+COOKIE = "aftersales_session"
+SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a request comes from a page of this site (by Origin, else Referer)."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source or source == "null":
+        return False
+    parts = urlsplit(source)
+    host = request.headers.get("host", "")
+    return parts.scheme in ("http", "https") and parts.netloc == host and bool(host)
+
+
+def offer_key(request: Request, key: str) -> None:
+    """The sign-in form's key: what this request is authenticated by, so that the API checks
+    it as it checks every key."""
+    request.state.offered_key = key
+
+
+def session_key(request: Request) -> str | None:
+    """The key of the request's session, if it has one and may use it for this request (or,
+    on the sign-in form's request, the key offered)."""
+    offered = getattr(request.state, "offered_key", None)
+    if isinstance(offered, str):
+        return offered
+    key = request.cookies.get(COOKIE)
+    if not key:
+        return None
+    if request.method not in SAFE and not same_origin(request):
+        return None
+    return key
