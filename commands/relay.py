@@ -23,17 +23,19 @@ from aftersales.projections.relay import (
     DEFAULT_STREAM,
     Relay,
     RelayConfig,
-    check_relay_name,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _relay_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+def _checked(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A relay setting checked as it is parsed (exit 2, before the store is opened)."""
     try:
-        return check_relay_name(value)
+        settings: dict[str, Any] = {str(param.name): value}
+        RelayConfig(**settings)
     except BadInput as exc:
         raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def relay_options(f: F) -> F:
@@ -42,7 +44,7 @@ def relay_options(f: F) -> F:
         "--name",
         default="nats",
         show_default=True,
-        callback=_relay_name,
+        callback=_checked,
         help="The relay's name: its own position in the log (one per broker fed); lower-case "
         "letters, digits and '_'.",
     )(f)
@@ -50,10 +52,15 @@ def relay_options(f: F) -> F:
         "--prefix",
         default=DEFAULT_PREFIX,
         show_default=True,
+        callback=_checked,
         help="The subjects' first token(s): PREFIX.<merchant>.<case|order>.<EventType>.",
     )(f)
     f = click.option(
-        "--stream", default=DEFAULT_STREAM, show_default=True, help="The JetStream stream."
+        "--stream",
+        default=DEFAULT_STREAM,
+        show_default=True,
+        callback=_checked,
+        help="The JetStream stream.",
     )(f)
     return click.option(
         "--nats",
