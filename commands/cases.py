@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import click
 
-from aftersales.commands.actions import click_command
+from aftersales.commands.actions import ActionGroup
 from aftersales.engine.commands import COMMANDS
 
 
-@click.group("case")
+@click.group("case", cls=ActionGroup, kinds=COMMANDS)
 def case_group() -> None:
     """Return, refund, exchange and reship cases."""
-
-
-for _kind in COMMANDS:
-    if _kind.name.startswith("case "):
-        case_group.add_command(click_command(_kind))

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import click
 
-from aftersales.commands.actions import click_command
+from aftersales.commands.actions import ActionGroup
 from aftersales.engine.commands import COMMANDS
 
 
-@click.group("order")
+@click.group("order", cls=ActionGroup, kinds=COMMANDS)
 def order_group() -> None:
     """Orders: placed, shipped and delivered, as the order system reports them."""
 
-
-for _kind in COMMANDS:
-    if _kind.name.startswith("order "):
-        order_group.add_command(click_command(_kind))
 
 # Imported after the group exists: the import command module builds on the action commands.
 from aftersales.commands.imports import import_orders  # noqa: E402

@@ -41,7 +41,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from psycopg.rows import tuple_row
 
 from aftersales.engine.audit import Audit, Problem
 from aftersales.engine.errors import BadInput, Conflict, NotAllowed
@@ -59,7 +58,7 @@ from aftersales.engine.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from aftersales.engine.store import EventStore, PostgresCaseRecorder, SQLiteCaseRecorder
+from aftersales.engine.store import EventStore, SQLiteCaseRecorder
 
 HEAD_FORMAT = "aftersales-checkpoint/1"
 CHECKPOINTS = "aftersales_checkpoints"
@@ -271,8 +270,8 @@ class Tree:
     def write(self, work: Callable[[Callable[[str, Sequence[Any]], None]], None]) -> None:
         """Run ``work(execute)`` in one write transaction (locked against other checkpoints
         on PostgreSQL; SQLite has one writer at a time)."""
-        recorder = self.store.recorder
-        if isinstance(recorder, PostgresCaseRecorder):
+        recorder: Any = self.store.recorder
+        if self.store.is_postgres:
             with recorder.datastore.transaction(commit=True) as curs:
                 lock = f"aftersales:{recorder.datastore.schema}:checkpoint"
                 curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
@@ -287,8 +286,10 @@ class Tree:
             work(lambda sql, params: c.execute(self.dialect(sql), tuple(params)))
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        recorder = self.store.recorder
-        if isinstance(recorder, PostgresCaseRecorder):
+        recorder: Any = self.store.recorder
+        if self.store.is_postgres:
+            from psycopg.rows import tuple_row
+
             with (
                 recorder.datastore.get_connection() as conn,
                 conn.cursor(row_factory=tuple_row) as curs,

@@ -28,8 +28,6 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
-from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
 
 # Loaded for their event types, among those ``known_topics`` names.
 import aftersales.engine.case
@@ -45,7 +43,6 @@ from aftersales.engine.events import (
 )
 from aftersales.engine.store import (
     EventStore,
-    PostgresCaseRecorder,
     SQLiteCaseRecorder,
     parse_stored_time,
     reason_of,
@@ -107,8 +104,12 @@ def read_rows(
     in log order, at most ``limit``, each with the tail of the event before it in its
     aggregate (unless ``previous`` is False: only to measure what checking costs)."""
     recorder = store.recorder
-    if isinstance(recorder, PostgresCaseRecorder):
-        events = Identifier(recorder.datastore.schema, recorder.events_table_name)
+    if store.is_postgres:
+        from psycopg.rows import tuple_row
+        from psycopg.sql import SQL, Identifier
+
+        pg: Any = recorder
+        events = Identifier(pg.datastore.schema, pg.events_table_name)
         query = SQL(
             "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, "
             "{tail} FROM {events} e {join}"
@@ -132,7 +133,7 @@ def read_rows(
         )
         chosen = [] if topics is None else [list(topics), *([list(known)] if known else [])]
         params: tuple[Any, ...] = (after, stop, *chosen, limit)
-        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as c:
+        with pg.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as c:
             c.execute(query, params, prepare=True)
             return [StoredRow(i, o, v, t, bytes(s), _bytes(p)) for i, o, v, t, s, p in c.fetchall()]
     assert isinstance(recorder, SQLiteCaseRecorder)

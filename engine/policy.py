@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
@@ -165,6 +164,8 @@ def load_policy(path: str | Path | None) -> Policy:
     """Read a policy file, or the built-in defaults when no path is given."""
     if path is None or str(path) == "":
         return Policy()
+    import tomllib  # only when there is a file to read: not on every command's start
+
     file = Path(path)
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))

@@ -28,24 +28,17 @@ from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
-    InterfaceError,
     Mapper,
-    OperationalError,
     Recording,
     StoredEvent,
     Transcoder,
     Transcoding,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import TopicError, get_topic, resolve_topic, retry
-from psycopg.conninfo import make_conninfo
-from psycopg.sql import SQL, Identifier
-from psycopg.types.json import Jsonb
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
 
 from aftersales.engine.errors import BadInput, Poisoned, StoreUnavailable
@@ -72,6 +65,9 @@ PRINCIPALS_TABLE = "aftersales_principals"
 KEYS_TABLE = "aftersales_keys"
 ACCESS_LOG_TABLE = "aftersales_access_log"
 SAVE_FUNCTION = "aftersales_save"
+# PostgreSQL's side lives in engine/postgres.py, named here by topic so that a process on a
+# SQLite store never imports psycopg (a tenth of a second of every command's start).
+POSTGRES_RECORDER_TOPIC = "aftersales.engine.postgres:PostgresCaseRecorder"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -185,11 +181,13 @@ def _parse_store_url(url: str) -> StoreUrl:
             ),
             "POSTGRES_SCHEMA": schema or "",
             "POSTGRES_CONNECT_TIMEOUT": "10",
-            "POSTGRES_POOL_SIZE": "4",
-            "POSTGRES_MAX_OVERFLOW": "4",
+            # One connection opened at the start (the pool waits for all it keeps, and most
+            # commands use one); up to eight, opened as threads need them and kept while used.
+            "POSTGRES_POOL_SIZE": "1",
+            "POSTGRES_MAX_OVERFLOW": "7",
             "POSTGRES_LOCK_TIMEOUT": "10",
             "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
-            "APPLICATION_RECORDER_TOPIC": get_topic(PostgresCaseRecorder),
+            "APPLICATION_RECORDER_TOPIC": POSTGRES_RECORDER_TOPIC,
         }
         return StoreUrl(text=url, kind="postgresql", env=env, schema=schema)
     raise BadInput(f"store {shown!r} is neither sqlite:// nor postgresql://")
@@ -381,168 +379,6 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
         return ids
 
 
-class PostgresCaseRecorder(PostgresApplicationRecorder):
-    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
-        super().__init__(datastore, events_table_name=events_table_name)
-        schema = Identifier(self.datastore.schema)
-        fmt: dict[str, Any] = {
-            "schema": schema,
-            "cases": Identifier(CASES_TABLE),
-            "commands": Identifier(COMMANDS_TABLE),
-            "quarantine": Identifier(QUARANTINE_TABLE),
-            "events": Identifier(self.events_table_name),
-            "view": Identifier(EVENT_LOG_VIEW),
-            "due_idx": Identifier(f"{CASES_TABLE}_due"),
-            "merchant_idx": Identifier(f"{CASES_TABLE}_merchant"),
-            "order_idx": Identifier(f"{CASES_TABLE}_order"),
-        }
-        self.sql_create_statements += [
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {schema}.{cases} ("
-                "case_id text PRIMARY KEY, order_id text NOT NULL, merchant_id text NOT NULL, "
-                "buyer_id text NOT NULL, case_type text NOT NULL, reason text NOT NULL, "
-                "status text NOT NULL, amount numeric(14,2) NOT NULL, "
-                "refunded_amount numeric(14,2) NOT NULL, due_at timestamptz, due_action text, "
-                "opened_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, "
-                "version bigint NOT NULL)"
-            ).format(**fmt),
-            SQL(
-                "CREATE INDEX IF NOT EXISTS {due_idx} ON {schema}.{cases} (due_at) "
-                "WHERE due_at IS NOT NULL"
-            ).format(**fmt),
-            SQL(
-                "CREATE INDEX IF NOT EXISTS {merchant_idx} ON {schema}.{cases} "
-                "(merchant_id, status)"
-            ).format(**fmt),
-            SQL("CREATE INDEX IF NOT EXISTS {order_idx} ON {schema}.{cases} (order_id)").format(
-                **fmt
-            ),
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {schema}.{commands} ("
-                "command_id text PRIMARY KEY, action text NOT NULL, target_id text NOT NULL, "
-                "fingerprint text NOT NULL, version bigint NOT NULL, "
-                "recorded_at timestamptz NOT NULL)"
-            ).format(**fmt),
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {schema}.{quarantine} ("
-                "position bigint PRIMARY KEY, originator_id text NOT NULL, "
-                "originator_version bigint NOT NULL, topic text NOT NULL, why text NOT NULL, "
-                "reason text NOT NULL, decided_by text NOT NULL, "
-                "decided_at timestamptz NOT NULL)"
-            ).format(**fmt),
-            SQL(
-                "CREATE OR REPLACE VIEW {schema}.{view} AS SELECT notification_id, "
-                "originator_id, originator_version, topic, "
-                "convert_from(state, 'UTF8')::jsonb AS data FROM {schema}.{events}"
-            ).format(**fmt),
-        ]
-        dialect = Dialect(postgres=True, schema=self.datastore.schema)
-        self.sql_create_statements += [
-            SQL(dialect(sql)).format()
-            for sql in access_tables("bigserial PRIMARY KEY", "timestamptz")
-        ]
-        updates = SQL(", ").join(
-            SQL("{0} = excluded.{0}").format(Identifier(c)) for c in CASE_COLUMNS[1:]
-        )
-        # One call saves everything in one round trip, as one statement in autocommit mode:
-        # the table lock keeps notification ids in commit order (as the library's own insert
-        # does), and is held only for the call itself, not for client round trips.
-        self.sql_create_statements.append(
-            SQL(
-                "CREATE OR REPLACE FUNCTION {schema}.{save}("
-                "ids uuid[], versions bigint[], topics text[], states bytea[], "
-                "case_rows jsonb, command_rows jsonb) RETURNS SETOF bigint "
-                "LANGUAGE plpgsql AS $BODY$ "
-                "BEGIN "
-                "  SET LOCAL lock_timeout = '{lock_timeout}s'; "
-                "  LOCK TABLE {schema}.{events} IN EXCLUSIVE MODE; "
-                "  IF case_rows IS NOT NULL THEN "
-                "    INSERT INTO {schema}.{cases} SELECT * FROM "
-                "      jsonb_populate_recordset(NULL::{schema}.{cases}, case_rows) "
-                "      ON CONFLICT (case_id) DO UPDATE SET {updates}; "
-                "  END IF; "
-                "  IF command_rows IS NOT NULL THEN "
-                "    INSERT INTO {schema}.{commands} SELECT * FROM "
-                "      jsonb_populate_recordset(NULL::{schema}.{commands}, command_rows); "
-                "  END IF; "
-                "  NOTIFY {channel}; "
-                "  RETURN QUERY INSERT INTO {schema}.{events} "
-                "    (originator_id, originator_version, topic, state) "
-                "    SELECT * FROM unnest(ids, versions, topics, states) "
-                "    RETURNING notification_id; "
-                "END; $BODY$"
-            ).format(
-                save=Identifier(SAVE_FUNCTION),
-                lock_timeout=self.datastore.lock_timeout,
-                channel=Identifier(self.channel_name),
-                updates=updates,
-                **fmt,
-            )
-        )
-        self.call_save = SQL(
-            "SELECT * FROM {schema}.{save}(%b, %b::bigint[], %b, %b, %s, %s)"
-        ).format(save=Identifier(SAVE_FUNCTION), **fmt)
-
-    def create_table(self) -> None:
-        """Create the schema's objects, once: under an advisory lock and in one transaction,
-        so several processes starting at once on a new store do not trip over each other,
-        and not at all when they exist (DDL would wait on writers' locks)."""
-        schema = self.datastore.schema
-        save = f'"{schema}".{SAVE_FUNCTION}(uuid[],bigint[],text[],bytea[],jsonb,jsonb)'
-        quarantine = f'"{schema}".{QUARANTINE_TABLE}'
-        with self.datastore.transaction(commit=True) as curs:
-            # Tables that came later than the rest (the access tables, the quarantine): a store
-            # made before has to get them.
-            curs.execute(
-                "SELECT to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
-                "AND to_regclass(%s) IS NOT NULL AS found",
-                (save, f'"{schema}".{ACCESS_LOG_TABLE}', quarantine),
-            )
-            row = curs.fetchone()
-            if row and row["found"]:
-                return
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"aftersales:{schema}",))
-            curs.execute(
-                "SELECT to_regtype(%s) IS NOT NULL AS found",
-                (f'"{schema}"."{self.stored_event_type_name}"',),
-            )
-            row = curs.fetchone()
-            type_exists = bool(row and row["found"])
-            for statement in self.sql_create_statements:
-                is_type = "CREATE TYPE" in statement.as_string()
-                if not (is_type and type_exists):
-                    curs.execute(statement, prepare=False)
-        self.datastore.register_type_adapters()
-
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        if not stored_events:
-            return []
-        cases: Sequence[CaseRow] = kwargs.get("cases", ())
-        commands: Sequence[CommandRow] = kwargs.get("commands", ())
-        params = (
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
-            Jsonb([_jsonable(row) for row in cases]) if cases else None,
-            Jsonb([_jsonable(row) for row in commands]) if commands else None,
-        )
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.call_save, params, prepare=True, binary=True)
-            return [row[SAVE_FUNCTION] for row in curs.fetchall()]
-
-
-def _jsonable(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        key: value.isoformat() if isinstance(value, datetime) else value
-        for key, value in row._asdict().items()  # type: ignore[attr-defined]
-    }
-
-
 # The application -------------------------------------------------------------------------------
 
 
@@ -563,6 +399,8 @@ class EventStore(Application[UUID]):
         # costs (scripts/bench_projections.py).
         self.verify_reads = True
         if self.url.kind == "postgresql":
+            from aftersales.engine.postgres import ensure_schema
+
             existed = ensure_schema(self.url, create=create)
         else:
             assert self.url.path is not None
@@ -628,9 +466,8 @@ class EventStore(Application[UUID]):
 
     @property
     def dialect(self) -> Dialect:
-        recorder = self.recorder
-        if isinstance(recorder, PostgresCaseRecorder):
-            return Dialect(postgres=True, schema=recorder.datastore.schema)
+        if self.is_postgres:
+            return Dialect(postgres=True, schema=self.recorder.datastore.schema)  # type: ignore[attr-defined]
         return SQLITE
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -638,10 +475,10 @@ class EventStore(Application[UUID]):
         (schema on PostgreSQL) and ``?`` for parameters on both backends (``engine.sql``)."""
         recorder = self.recorder
         text = self.dialect(sql)
-        if isinstance(recorder, PostgresCaseRecorder):
-            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(text.encode(), params)
-                return [dict(row) for row in curs.fetchall()]
+        if self.is_postgres:
+            from aftersales.engine import postgres
+
+            return postgres.query(recorder, text, params)
         assert isinstance(recorder, SQLiteCaseRecorder)
         datastore: SQLiteDatastore = recorder.datastore
         with datastore.transaction(commit=False) as c:
@@ -652,10 +489,10 @@ class EventStore(Application[UUID]):
         """Run write statements (written as for ``query``) in one transaction."""
         recorder = self.recorder
         dialect = self.dialect
-        if isinstance(recorder, PostgresCaseRecorder):
-            with recorder.datastore.transaction(commit=True) as curs:
-                for sql, params in statements:
-                    curs.execute(dialect(sql).encode(), params)
+        if self.is_postgres:
+            from aftersales.engine import postgres
+
+            postgres.write(recorder, [(dialect(sql), params) for sql, params in statements])
             return
         assert isinstance(recorder, SQLiteCaseRecorder)
         with recorder.datastore.transaction(commit=True) as c:
@@ -676,17 +513,10 @@ class EventStore(Application[UUID]):
             return {}
         recorder = self.recorder
         rows: list[tuple[Any, int, str, bytes]]
-        if isinstance(recorder, PostgresCaseRecorder):
-            statement = SQL(
-                "SELECT originator_id, originator_version, topic, state FROM {}.{} "
-                "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
-            ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(statement, (list(ids),))
-                rows = [
-                    (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
-                    for r in curs.fetchall()
-                ]
+        if self.is_postgres:
+            from aftersales.engine import postgres
+
+            rows = postgres.select_events(recorder, ids)
         else:
             assert isinstance(recorder, SQLiteCaseRecorder)
             marks = SQLITE.marks(len(ids))
@@ -804,32 +634,6 @@ def _aggregate_name(uid: UUID, events: Sequence[tuple[int, str, bytes]]) -> str:
     except (ValueError, AttributeError, RecursionError):
         order_id = None
     return f"order {order_id}" if isinstance(order_id, str) else f"aggregate {uid}"
-
-
-def ensure_schema(url: StoreUrl, *, create: bool = True) -> bool:
-    """Whether the store a PostgreSQL URL names was there (its case table in its schema, or
-    in the search path); with ``create``, create its schema if missing. A server that cannot be
-    reached is said so at once, not after the connection pool's retries."""
-    try:
-        conninfo = make_conninfo("", **url.conninfo)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            table = f"{url.schema}.{CASES_TABLE}" if url.schema else CASES_TABLE
-            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-            existed = bool(found and found[0])
-            if existed or not create or not url.schema:
-                return existed
-            exists = conn.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (url.schema,)
-            ).fetchone()
-            if not exists:
-                # Another process may create it at the same moment.
-                with contextlib.suppress(psycopg.errors.UniqueViolation):
-                    conn.execute(
-                        SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(url.schema))
-                    )
-            return False
-    except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
 
 
 def parse_stored_time(value: Any) -> datetime | None:

@@ -50,6 +50,29 @@ def test_help_and_version_load_click_alone(args: list[str]) -> None:
     assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
 
 
+def test_a_sqlite_store_loads_nothing_of_postgresql(store_url: str) -> None:
+    """Commands on a SQLite store, reads and writes, never import psycopg or the library's
+    PostgreSQL module (a tenth of a second of every start); on a PostgreSQL store they do."""
+    runs = [
+        ["order", "place", "NP-1", "--merchant", "m", "--buyer", "b", "--line", "A:1:10.00"],
+        ["order", "show", "NP-1"],
+        ["case", "list"],
+        ["tick"],
+    ]
+    expected = "['psycopg', 'eventsourcing.postgres']" if "postgres" in store_url else "[]"
+    for args in runs:
+        probe = (
+            "import sys\n"
+            "from aftersales.commands.cli import main\n"
+            f"sys.argv = ['aftersales', '--store', {store_url!r}, *{args!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('PG', [m for m in ('psycopg', 'eventsourcing.postgres') if m in sys.modules])\n"
+        )
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == f"PG {expected}", args
+
+
 def test_completion_scripts_and_completing_commands() -> None:
     for shell in ("bash", "zsh", "fish"):
         result = invoke("completion", shell)
