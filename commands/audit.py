@@ -19,6 +19,7 @@ from aftersales.engine.audit import Audit, audit_case, bundle, bundle_bytes
 from aftersales.engine.checkpoint import anchor, audited_events, bundle_section
 from aftersales.engine.errors import AftersalesError, BadInput
 from aftersales.engine.integrity import list_quarantine
+from aftersales.engine.limits import MAX_VERSION
 from aftersales.engine.values import parse_time
 
 NOT_VERIFIED = 3
@@ -28,7 +29,11 @@ NOT_VERIFIED = 3
 @click.argument("case_id")
 @click.option("--as-of", "as_of", default=None, help="The case as it stood at this time.")
 @click.option(
-    "--version", "version", type=int, default=None, help="The case as of this event version."
+    "--version",
+    "version",
+    type=click.IntRange(1, MAX_VERSION),
+    default=None,
+    help="The case as of this event version.",
 )
 @click.option(
     "--verify", is_flag=True, help="Exit 3, listing the problems, unless the history verifies."

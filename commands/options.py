@@ -8,7 +8,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from aftersales.engine.limits import UNREADABLE
+from aftersales.engine.limits import MAX_VERSION, UNREADABLE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,7 +23,7 @@ def action_options(f: F) -> F:
     """--at, --by, --command-id, --expected-version and --json, as every action takes."""
     f = click.option(
         "--expected-version",
-        type=int,
+        type=click.IntRange(0, MAX_VERSION),
         default=None,
         help="Refuse (exit 5) unless the case or order is still at this version.",
     )(f)

@@ -11,6 +11,7 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
+from aftersales.engine.limits import MAX_POSITION
 from aftersales.engine.service import Engine
 from aftersales.projections.webhooks import Settings, Webhooks
 
@@ -82,7 +83,13 @@ def deliveries(
 
 @webhook_group.command("replay")
 @click.option("--endpoint", default=None, help="Only this endpoint's dead deliveries.")
-@click.option("--event", "notification_id", type=int, default=None, help="Only this event's.")
+@click.option(
+    "--event",
+    "notification_id",
+    type=click.IntRange(1, MAX_POSITION),
+    default=None,
+    help="Only this event's (its position in the log).",
+)
 @json_option
 @click.pass_context
 def replay(

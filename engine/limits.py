@@ -50,7 +50,8 @@ MAX_STORE_URL_CHARS = 2048  # a store URL
 MAX_EVIDENCE = 20  # evidence references one action carries
 MAX_ORDER_LINES = 200  # lines of one order, and lines one case names
 MAX_LIST_LIMIT = 100_000  # rows `case list --limit` asks for
-MAX_VERSION = 1_000_000_000  # an --expected-version
+MAX_VERSION = 1_000_000_000  # an --expected-version, audit --version
+MAX_POSITION = 2**63 - 1  # a position in the log (the store's bigint)
 MAX_EXTENSION_HOURS = 24 * 366  # hours an extension asks for (the policy allows far fewer)
 
 # A policy file's windows and periods: at most a year's hours, ten years' days.
