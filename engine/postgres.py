@@ -265,3 +265,12 @@ def select_events(
             (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
             for r in curs.fetchall()
         ]
+
+
+def wake_listeners(store_recorder: ApplicationRecorder) -> None:
+    """NOTIFY the store's channel, as every save does: each subscription listening reads the
+    log again. A subscription reads what is recorded before it starts listening, so an event
+    committed between the two is seen only at the next notification (or this one)."""
+    recorder = _ours(store_recorder)
+    with recorder.datastore.get_connection() as conn:
+        conn.execute(SQL("NOTIFY {}").format(Identifier(recorder.channel_name)))

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.projection import ProjectionRunner
 from psycopg.sql import SQL, Identifier
@@ -362,12 +363,27 @@ class Projector:
             runner.__enter__()
             return runner
 
+        from aftersales.engine.postgres import wake_listeners
+
         stopped = dict(self.stopped)
+        # Every second, if the log grew or a runner (re)started since the last look, the
+        # subscriptions are woken once more: one that started listening just after an event
+        # was committed (and its notification sent) would otherwise wait for the next write.
+        ticks, seen_head, started = 0, self.head(), True
         try:
             for view in views:
                 if view.name not in stopped:
                     runners[view.name] = start(view)
             while not stop.wait(0.1):
+                ticks += 1
+                if ticks % 10 == 0:
+                    try:
+                        head = self.head()
+                        if head != seen_head or started:
+                            wake_listeners(self.store.recorder)
+                            seen_head, started = head, False
+                    except (InterfaceError, OperationalError):
+                        pass  # the store away a moment: the runners say so; look next second
                 for view in views:
                     if view.name in stopped:
                         continue
@@ -387,6 +403,7 @@ class Projector:
                         tell()
                         continue
                     runners[view.name] = start(view)
+                    started = True
         finally:
             for runner in runners.values():
                 _close(runner)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.postgres import PostgresAggregateRecorder
 
 from aftersales.engine.commands import DeliverOrder, PlaceOrder
+from aftersales.engine.postgres import PostgresCaseRecorder
 from aftersales.engine.service import Engine
 from aftersales.engine.store import EventStore
 from aftersales.projections.base import View, shadow_view
@@ -235,6 +237,43 @@ def test_follow_picks_up_a_new_event_within_a_second_on_postgres(store_url: str)
         assert status["projections"][1]["lag"] == 0
         Projector(engine.store).rebuild(VIEWS)
         assert tables(engine.store) == followed
+
+
+def test_follow_folds_an_event_whose_notification_nobody_heard(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription reads what is recorded, then listens: an event committed between the
+    two sent its notification before anyone listened. The follower wakes its subscriptions
+    again when the log has grown, so such an event is folded within seconds, not whenever
+    the next write comes (here: an event inserted with no notification at all)."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    with Engine(store_url) as engine:
+        engine.handle(PlaceOrder(order_id="N-0", merchant="m", buyer="b", lines=["X:1:1.00"]))
+        follower = _follow(store_url)
+        try:
+            rates = Projector(engine.store).recorder(VIEWS[1])
+            before = engine.store.recorder.max_notification_id() or 0
+            _wait_until(lambda: (rates.max_tracking_id("Aftersales") or 0) >= before, 10)
+            time.sleep(2)  # the subscriptions have read the log and listen
+
+            def unheard(self: PostgresCaseRecorder, events: Any, **_: Any) -> None:
+                with (
+                    self.datastore.get_connection() as conn,
+                    conn.transaction(),
+                    conn.cursor() as curs,
+                ):
+                    self._lock_table(curs)
+                    PostgresAggregateRecorder._insert_stored_events(self, curs, events)
+
+            monkeypatch.setattr(PostgresCaseRecorder, "insert_events", unheard)
+            engine.handle(PlaceOrder(order_id="N-1", merchant="m", buyer="b", lines=["X:1:2.00"]))
+            monkeypatch.undo()
+            assert (engine.store.recorder.max_notification_id() or 0) > before
+            _wait_until(lambda: (rates.max_tracking_id("Aftersales") or 0) > before, 10)
+        finally:
+            _stop(follower)
+        assert len(tables(engine.store)["proj_rates_orders"]) == 2
 
 
 def test_follow_on_sqlite_polls_the_log(store_url: str) -> None:
