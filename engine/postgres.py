@@ -251,14 +251,19 @@ def write(recorder: ApplicationRecorder, statements: Sequence[tuple[str, Sequenc
 
 
 def select_events(
-    store_recorder: ApplicationRecorder, ids: Sequence[UUID]
-) -> list[tuple[Any, int, str, bytes]]:
-    """Every stored event of these aggregates, in (aggregate, version) order, in one query."""
+    store_recorder: ApplicationRecorder, ids: Sequence[UUID], *, first_only: bool = False
+) -> list[tuple[UUID, int, str, bytes]]:
+    """Stored events of these aggregates in (aggregate, version) order, in one query (only
+    each one's first with ``first_only``)."""
     recorder = _ours(store_recorder)
     statement = SQL(
         "SELECT originator_id, originator_version, topic, state FROM {}.{} "
-        "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
-    ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+        "WHERE originator_id = ANY(%s) {} ORDER BY originator_id, originator_version"
+    ).format(
+        Identifier(recorder.datastore.schema),
+        Identifier(recorder.events_table_name),
+        SQL("AND originator_version = 1" if first_only else ""),
+    )
     with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
         curs.execute(statement, (list(ids),))
         return [

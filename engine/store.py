@@ -503,34 +503,38 @@ class EventStore(Application[UUID]):
         """Run one write statement on the store, committed (``{t}`` and ``?`` as in ``query``)."""
         self.write([(sql, params)])
 
+    def select_rows(
+        self, ids: Sequence[UUID], *, first_only: bool = False
+    ) -> list[tuple[UUID, int, str, bytes]]:
+        """The stored events (aggregate, version, topic, bytes) of these aggregates in one
+        query, in (aggregate, version) order; with ``first_only``, only each one's first."""
+        if not ids:
+            return []
+        recorder = self.recorder
+        if self.is_postgres:
+            from aftersales.engine import postgres
+
+            return postgres.select_events(recorder, ids, first_only=first_only)
+        assert isinstance(recorder, SQLiteCaseRecorder)
+        marks = SQLITE.marks(len(ids))
+        first = "AND originator_version = 1 " if first_only else ""
+        with recorder.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT originator_id, originator_version, topic, state FROM "
+                f"{recorder.events_table_name} WHERE originator_id IN ({marks}) {first}"
+                "ORDER BY originator_id, originator_version",
+                [i.hex for i in ids],
+            )
+            return [(UUID(r[0]), r[1], r[2], bytes(r[3])) for r in c.fetchall()]
+
     def load_many(
         self, ids: Sequence[UUID], poisoned: dict[UUID, Poisoned] | None = None
     ) -> dict[UUID, Any]:
         """Rebuild many aggregates with one query (for bulk paths); absent ids are left out.
         An aggregate with a stored event that cannot be used is left out too, and its refusal
         put in ``poisoned`` (raised at once if no such dict is given)."""
-        if not ids:
-            return {}
-        recorder = self.recorder
-        rows: list[tuple[Any, int, str, bytes]]
-        if self.is_postgres:
-            from aftersales.engine import postgres
-
-            rows = postgres.select_events(recorder, ids)
-        else:
-            assert isinstance(recorder, SQLiteCaseRecorder)
-            marks = SQLITE.marks(len(ids))
-            with recorder.datastore.transaction(commit=False) as c:
-                c.execute(
-                    "SELECT originator_id, originator_version, topic, state FROM "
-                    f"{recorder.events_table_name} WHERE originator_id IN ({marks}) "
-                    "ORDER BY originator_id, originator_version",
-                    [i.hex for i in ids],
-                )
-                rows = [(UUID(r[0]), r[1], r[2], bytes(r[3])) for r in c.fetchall()]
         by_id: dict[UUID, list[tuple[int, str, bytes]]] = {}
-        for originator_id, version, topic, state in rows:
-            uid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+        for uid, version, topic, state in self.select_rows(ids):
             by_id.setdefault(uid, []).append((version, topic, state))
         aggregates: dict[UUID, Any] = {}
         for uid, events in by_id.items():

@@ -39,13 +39,11 @@ from uuid import UUID
 
 import nats
 from eventsourcing.persistence import Notification, Tracking
-from eventsourcing.postgres import PostgresApplicationRecorder
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
-from psycopg.sql import SQL, Identifier
 
 from aftersales.engine.audit import stored_json
 from aftersales.engine.errors import BadInput
@@ -177,22 +175,9 @@ class Owners:
         return self.known
 
     def _first_states(self, ids: Sequence[Originator]) -> dict[Originator, bytes]:
-        if not ids:
-            return {}
-        recorder = self.store.recorder
-        if isinstance(recorder, PostgresApplicationRecorder):
-            query = SQL(
-                "SELECT originator_id, state FROM {}.{} "
-                "WHERE originator_id = ANY(%s) AND originator_version = 1"
-            ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(query, (list(ids),))
-                return {r["originator_id"]: bytes(r["state"]) for r in curs.fetchall()}
-        found: dict[Originator, bytes] = {}
-        for uid in ids:
-            for stored in recorder.select_events(uid, lte=1):
-                found[uid] = bytes(stored.state)
-        return found
+        asked = {uid if isinstance(uid, UUID) else UUID(uid): uid for uid in ids}
+        rows = self.store.select_rows(list(asked), first_only=True)
+        return {asked[uid]: state for uid, _, _, state in rows}
 
 
 def _owner(uid: Originator, first: dict[str, Any]) -> tuple[str, str, str]:
