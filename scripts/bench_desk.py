@@ -21,7 +21,6 @@ import random
 import statistics
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from aftersales.engine.store import EventStore
 from aftersales.engine.values import CaseType
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector
-from scripts.workload import Story, Writer, generate
+from scripts.workload import Story, Writer, generate, scratch_schema
 
 MERCHANT = "shop-big"
 
@@ -87,82 +86,77 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    conninfo = args.url.split("?", 1)[0]
-    schema = f"bench_desk_{uuid.uuid4().hex[:8]}"
-    url = f"{conninfo}?schema={schema}"
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    store = EventStore(url)
-    now = datetime.now(UTC)
-    try:
-        say(f"writing {args.history:,} events of history and {args.open:,} open cases ...")
-        started = time.perf_counter()
-        events = generate(store, args.history) + open_cases(store, args.open, now)
-        say(f"  {events:,} events in {time.perf_counter() - started:.0f} s; catching up ...")
-        Projector(store).catch_up(VIEWS)
-        Projector(store).analyze(VIEWS)
-        add_principal(store, "staff-big", "merchant", MERCHANT, now)
-        key = create_key(store, "staff-big", now, None)["key"]
+    with scratch_schema(args.url, "bench_desk") as url:
+        say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+        store = EventStore(url)
+        now = datetime.now(UTC)
+        try:
+            say(f"writing {args.history:,} events of history and {args.open:,} open cases ...")
+            started = time.perf_counter()
+            events = generate(store, args.history) + open_cases(store, args.open, now)
+            say(f"  {events:,} events in {time.perf_counter() - started:.0f} s; catching up ...")
+            Projector(store).catch_up(VIEWS)
+            Projector(store).analyze(VIEWS)
+            add_principal(store, "staff-big", "merchant", MERCHANT, now)
+            key = create_key(store, "staff-big", now, None)["key"]
 
-        with TestClient(create_app(url)) as client:
-            signed = client.post(
-                "/login", data={"key": key}, headers={"Origin": "http://testserver"}
-            )
-            assert signed.status_code == 200, signed.text  # followed to the desk
-            auth = {"Authorization": f"Bearer {key}"}
-            rows: list[tuple[str, float, int, int]] = []
-            base = timed(client, "/healthz", args.repeat)
-            rows.append(("`GET /healthz` (baseline: the app's cheapest request)", *base))
-            for what, path in (
-                ("`GET /` the desk, whole page", "/"),
-                ("`GET /desk/live` the part live refresh replaces", "/desk/live"),
-                ("`GET /desk/position` what live refresh polls", "/desk/position"),
-                ("`GET /desk/rates` return rates, 8 weeks by SKU", "/desk/rates"),
-            ):
-                rows.append((what, *timed(client, path, args.repeat)))
-            client.cookies.clear()
-            rows.append(
-                (
-                    "`GET /v1/reports/dashboard` (the API's JSON, for comparison)",
-                    *timed(client, "/v1/reports/dashboard", args.repeat, auth),
+            with TestClient(create_app(url)) as client:
+                signed = client.post(
+                    "/login", data={"key": key}, headers={"Origin": "http://testserver"}
                 )
+                assert signed.status_code == 200, signed.text  # followed to the desk
+                auth = {"Authorization": f"Bearer {key}"}
+                rows: list[tuple[str, float, int, int]] = []
+                base = timed(client, "/healthz", args.repeat)
+                rows.append(("`GET /healthz` (baseline: the app's cheapest request)", *base))
+                for what, path in (
+                    ("`GET /` the desk, whole page", "/"),
+                    ("`GET /desk/live` the part live refresh replaces", "/desk/live"),
+                    ("`GET /desk/position` what live refresh polls", "/desk/position"),
+                    ("`GET /desk/rates` return rates, 8 weeks by SKU", "/desk/rates"),
+                ):
+                    rows.append((what, *timed(client, path, args.repeat)))
+                client.cookies.clear()
+                rows.append(
+                    (
+                        "`GET /v1/reports/dashboard` (the API's JSON, for comparison)",
+                        *timed(client, "/v1/reports/dashboard", args.repeat, auth),
+                    )
+                )
+            # Where the return-rates page's time goes.
+            for what, fn in (
+                ("weekly series", lambda: views.weekly(store, MERCHANT, now, 8)),
+                ("breakdown by sku", lambda: views.breakdown(store, "sku", MERCHANT, now, 8)),
+            ):
+                samples = []
+                for _ in range(5):
+                    started = time.perf_counter()
+                    fn()
+                    samples.append((time.perf_counter() - started) * 1000)
+                say(f"  rates page: {what} {statistics.median(samples):.0f} ms")
+            script = Path(__file__).resolve().parent.parent / "commands/desk/static/echarts.min.js"
+            chart = script.read_bytes()
+            lines = [
+                f"Desk benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()} "
+                f"({os.cpu_count()} cores, shared), PostgreSQL on loopback; {MERCHANT} has "
+                f"{args.open:,} open cases waiting for it, among {events:,} events in all. "
+                f"Median of {args.repeat}, in process (no network).",
+                "",
+                "| request | ms | vs baseline | bytes | gzip bytes |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            baseline = rows[0][1]
+            for what, ms, size, packed in rows:
+                lines.append(
+                    f"| {what} | {ms:.1f} | {ms / baseline:.1f} x | {size:,} | {packed:,} |"
+                )
+            lines.append(
+                f"| `echarts.min.js` (static, once per browser) | | | {len(chart):,} | "
+                f"{len(gzip.compress(chart)):,} |"
             )
-        # Where the return-rates page's time goes.
-        for what, fn in (
-            ("weekly series", lambda: views.weekly(store, MERCHANT, now, 8)),
-            ("breakdown by sku", lambda: views.breakdown(store, "sku", MERCHANT, now, 8)),
-        ):
-            samples = []
-            for _ in range(5):
-                started = time.perf_counter()
-                fn()
-                samples.append((time.perf_counter() - started) * 1000)
-            say(f"  rates page: {what} {statistics.median(samples):.0f} ms")
-        script = Path(__file__).resolve().parent.parent / "commands/desk/static/echarts.min.js"
-        chart = script.read_bytes()
-        lines = [
-            f"Desk benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()} "
-            f"({os.cpu_count()} cores, shared), PostgreSQL on loopback; {MERCHANT} has "
-            f"{args.open:,} open cases waiting for it, among {events:,} events in all. "
-            f"Median of {args.repeat}, in process (no network).",
-            "",
-            "| request | ms | vs baseline | bytes | gzip bytes |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        baseline = rows[0][1]
-        for what, ms, size, packed in rows:
-            lines.append(f"| {what} | {ms:.1f} | {ms / baseline:.1f} x | {size:,} | {packed:,} |")
-        lines.append(
-            f"| `echarts.min.js` (static, once per browser) | | | {len(chart):,} | "
-            f"{len(gzip.compress(chart)):,} |"
-        )
-        print("\n".join(lines))
-    finally:
-        store.close()
-        import psycopg
-        from psycopg.sql import SQL, Identifier
-
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(SQL("DROP SCHEMA {} CASCADE").format(Identifier(schema)))
+            print("\n".join(lines))
+        finally:
+            store.close()
 
 
 if __name__ == "__main__":

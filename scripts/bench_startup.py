@@ -18,14 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aftersales.commands
 import aftersales.engine
 import aftersales.projections
 from aftersales.engine.commands import DeliverOrder, OpenCase, PlaceOrder, ShowCase
 from aftersales.engine.service import Engine
+from scripts.workload import scratch_schema
 
 GOALS = {
     "--version": 0.15,
@@ -76,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     # (as on some machines), when every command would compile the project's sources again.
     for package in (aftersales.engine, aftersales.projections, aftersales.commands):
         compileall.compile_dir(Path(package.__file__ or "").parent, quiet=1)
-    with tempfile.TemporaryDirectory() as folder:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        scratch_schema(args.postgres, "bench_startup") as postgres,
+    ):
         sqlite = f"sqlite:///{Path(folder) / 'bench.db'}"
-        schema = f"bench_startup_{uuid.uuid4().hex[:8]}"
-        postgres = f"{args.postgres}?schema={schema}"
         cases = {"sqlite": one_case(sqlite), "postgres": one_case(postgres)}
         rows = {
             "python -c pass": [sys.executable, "-c", "pass"],
@@ -98,13 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "libraries (SQLite)": [sys.executable, "-c", f"import {SQLITE_LIBRARIES}"],
             "libraries (PostgreSQL)": [sys.executable, "-c", f"import {POSTGRES_LIBRARIES}"],
         }
-        try:
-            results = timed(rows, args.runs)
-        finally:
-            import psycopg
-
-            with psycopg.connect(args.postgres, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        results = timed(rows, args.runs)
     base = results["python -c pass"]
     print(f"median of {args.runs} runs each; python -c pass: {base:.3f} s")
     print(f"{'command':<24} {'wall s':>7} {'over pass':>10} {'goal':>6}  met")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import UUID, uuid4
@@ -241,3 +242,20 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+@contextmanager
+def scratch_schema(server: str, prefix: str) -> Iterator[str]:
+    """The store URL of a new schema ``<prefix>_<8 hex>`` on the PostgreSQL server ``server``
+    names (its own ``?schema=`` is dropped), for a benchmark's run; the schema is dropped
+    afterwards, however the run ends."""
+    import psycopg
+    from psycopg.sql import SQL, Identifier
+
+    conninfo = server.split("?", 1)[0]
+    schema = f"{prefix}_{uuid4().hex[:8]}"
+    try:
+        yield f"{conninfo}?schema={schema}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
