@@ -17,7 +17,7 @@ from aftersales.engine.values import parse_time
 
 # A time as the engine writes it: an ISO-8601 date and time with an offset.
 _ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def show_time(value: datetime, zone: tzinfo) -> str:
@@ -39,7 +39,7 @@ def for_people(value: Any, zone: tzinfo) -> Any:
 
 def parse_day_or_time(text: str, what: str, zone: tzinfo) -> datetime:
     """A full time with its offset, or a date: that day's start in the display zone."""
-    if _DATE.match(text.strip()):
+    if DATE.match(text.strip()):
         try:
             day = datetime.strptime(text.strip(), "%Y-%m-%d").date()
         except ValueError:

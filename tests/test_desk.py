@@ -37,11 +37,11 @@ def desk(engine: Engine, store_url: str) -> Iterator[tuple[TestClient, People]]:
         yield client, people
 
 
-def sign_in(client: TestClient, people: People, pid: str) -> None:
+def sign_in(client: TestClient, people: People, pid: str, zone: str = "Asia%2FShanghai") -> None:
     client.cookies.clear()
     response = client.post(
         "/login",
-        content=f"key={people.keys[pid]}&zone=Asia%2FShanghai",
+        content=f"key={people.keys[pid]}&zone={zone}",
         headers={**ORIGIN, "Content-Type": "application/x-www-form-urlencoded"},
         follow_redirects=False,
     )
@@ -127,6 +127,21 @@ def test_merchant_sees_its_own_desk_and_cases_only(desk: tuple[TestClient, Peopl
     # Another merchant's case is not there at all.
     refused = client.get(f"/desk/cases/{other}")
     assert refused.status_code == 404 and f"no case {other}" in refused.text
+
+
+def test_without_the_browsers_zone_the_desk_shows_the_display_zone(
+    desk: tuple[TestClient, People], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sign-in that sends no zone gets the zone every person's output uses: the policy's
+    display_zone (+08:00), or $AFTERSALES_TZ where the server runs."""
+    client, people = desk
+    own = people.cases["shop-1"]
+    sign_in(client, people, "staff-1", zone="")
+    assert "UTC+08:00" in client.get(f"/desk/cases/{own}").text
+    monkeypatch.setenv("AFTERSALES_TZ", "+05:00")
+    with TestClient(create_app(people.engine.store.url.text, failure_limit=10)) as other:
+        sign_in(other, people, "staff-1", zone="")
+        assert "UTC+05:00" in other.get(f"/desk/cases/{own}").text
 
 
 def test_actions_with_the_cookie_act_once_and_only_from_the_site(

@@ -10,11 +10,10 @@ import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from weakref import WeakKeyDictionary
-from zoneinfo import ZoneInfo
 
 from aftersales.commands.report import RATE_COLUMNS
 from aftersales.engine.commands import BY_NAME, Command
@@ -64,7 +63,7 @@ def stored_time(value: Any) -> datetime:
     return datetime.fromisoformat(str(value))
 
 
-def local(value: str | datetime | None, zone: ZoneInfo) -> str:
+def local(value: str | datetime | None, zone: tzinfo) -> str:
     """A time in the viewer's zone, to the minute, with the zone's abbreviation."""
     if value is None:
         return ""

@@ -19,7 +19,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -33,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 from aftersales.commands.api import Api, allow, bearer, refuse_unseen, status_of, who
 from aftersales.commands.desk import views
 from aftersales.commands.desk.session import COOKIE, offer_key, same_origin
+from aftersales.commands.display import DATE, parse_day_or_time
 from aftersales.engine.access import (
     AUDIT,
     DASHBOARD,
@@ -49,8 +50,9 @@ from aftersales.engine.audit import audit_case
 from aftersales.engine.case import case_uuid
 from aftersales.engine.commands import Command, ListCases, ShowCase
 from aftersales.engine.errors import AftersalesError, BadInput
+from aftersales.engine.policy import Policy
 from aftersales.engine.service import Engine
-from aftersales.engine.values import Role, Status, parse_time
+from aftersales.engine.values import Role, Status, parse_zone
 
 HERE = Path(__file__).resolve().parent
 ZONE_COOKIE = "aftersales_zone"
@@ -79,16 +81,16 @@ templates.globals["local"] = views.local
 Work = Callable[[Engine, Principal], dict[str, Any]]
 
 
-def zone_of(request: Request) -> ZoneInfo:
-    """The viewer's time zone (chosen at sign-in from the browser's), else the desk's default
-    (``AFTERSALES_DESK_ZONE``, else UTC)."""
-    for name in (request.cookies.get(ZONE_COOKIE), os.environ.get("AFTERSALES_DESK_ZONE")):
-        try:
-            if name:
-                return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            continue
-    return ZoneInfo("UTC")
+def zone_of(request: Request, default: tzinfo) -> tzinfo:
+    """The viewer's time zone (chosen at sign-in from the browser's), else the display zone
+    every person's output uses (``$AFTERSALES_TZ``, else the policy's ``display_zone``)."""
+    name = request.cookies.get(ZONE_COOKIE)
+    try:
+        if name:
+            return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    return default
 
 
 def chosen_merchant(principal: Principal, asked: str | None) -> str | None:
@@ -102,15 +104,11 @@ def chosen_merchant(principal: Principal, asked: str | None) -> str | None:
     return asked
 
 
-def up_to(text: str) -> datetime:
-    """The end of the weeks shown: a day (its end, UTC) or a time with its offset."""
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
-        try:
-            day = date.fromisoformat(text.strip())
-        except ValueError:
-            raise BadInput(f"until {text!r} is not a day such as 2026-11-20") from None
-        return datetime.combine(day, time(0), UTC) + timedelta(days=1)
-    return parse_time(text, "until")
+def up_to(text: str, zone: tzinfo) -> datetime:
+    """The end of the weeks shown: a date is read to its end in the viewer's zone (as report
+    windows read dates, ``commands/display.py``), a time with its offset as it is."""
+    moment = parse_day_or_time(text, "until", zone)
+    return moment + timedelta(days=1) if DATE.match(text.strip()) else moment
 
 
 def may_take(principal: Principal, kind: type[Command]) -> bool:
@@ -138,6 +136,7 @@ def signed_out(to: str = "/login") -> RedirectResponse:
 def mount_desk(app: FastAPI, api: Api) -> None:
     """Add the desk's pages and its static files to the API's application."""
     app.mount("/desk/static", StaticFiles(directory=HERE / "static"), name="desk-static")
+    display = parse_zone(os.environ.get("AFTERSALES_TZ") or (api.policy or Policy()).display_zone)
 
     async def read(request: Request, work: Work) -> dict[str, Any] | Response:
         """The page's data, read as the session's principal; a response if refused."""
@@ -171,7 +170,7 @@ def mount_desk(app: FastAPI, api: Api) -> None:
 
     def work_with(request: Request, work: Work) -> Work:
         """The work, and what every page shows: who is signed in, their zone, the query."""
-        zone = zone_of(request)
+        zone = zone_of(request, display)
         query = dict(request.query_params)
 
         def wrapped(engine: Engine, principal: Principal) -> dict[str, Any]:
@@ -339,7 +338,7 @@ def mount_desk(app: FastAPI, api: Api) -> None:
             grouping = by or ("sku" if merchant else "merchant")
             if grouping not in choices:
                 raise BadInput(f"by {grouping!r} is not one of {'|'.join(choices)}")
-            now = up_to(until) if until else datetime.now(UTC)
+            now = up_to(until, zone_of(request, display)) if until else datetime.now(UTC)
             return {
                 "merchant": merchant,
                 "until": until or "",
