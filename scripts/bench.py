@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -247,36 +247,35 @@ class Bench:
             for i in range(count):
                 key = f"hist-{prefix}-{i}"
                 case_id = str(new_case_id(None, f"{key}-open"))
-                for n, line in enumerate(
-                    [
-                        {
-                            "action": "case open",
-                            "order_id": f"{prefix}-{i}",
-                            "type": "return_refund",
-                            "reason": "quality.colour_difference",
-                            "amount": "39.90",
-                            "line": [f"SKU-{i % 300}"],
-                            "at": "2026-11-03T10:00:00+08:00",
-                        },
-                        {
-                            "action": "case approve",
-                            "case_id": case_id,
-                            "at": "2026-11-03T12:00:00+08:00",
-                        },
-                        {
-                            "action": "case ship-back",
-                            "case_id": case_id,
-                            "carrier": "SF",
-                            "waybill": f"SF{i}",
-                            "at": "2026-11-04T10:00:00+08:00",
-                        },
-                        {
-                            "action": "case receive",
-                            "case_id": case_id,
-                            "at": "2026-11-06T10:00:00+08:00",
-                        },
-                    ]
-                ):
+                actions: list[dict[str, object]] = [
+                    {
+                        "action": "case open",
+                        "order_id": f"{prefix}-{i}",
+                        "type": "return_refund",
+                        "reason": "quality.colour_difference",
+                        "amount": "39.90",
+                        "line": [f"SKU-{i % 300}"],
+                        "at": "2026-11-03T10:00:00+08:00",
+                    },
+                    {
+                        "action": "case approve",
+                        "case_id": case_id,
+                        "at": "2026-11-03T12:00:00+08:00",
+                    },
+                    {
+                        "action": "case ship-back",
+                        "case_id": case_id,
+                        "carrier": "SF",
+                        "waybill": f"SF{i}",
+                        "at": "2026-11-04T10:00:00+08:00",
+                    },
+                    {
+                        "action": "case receive",
+                        "case_id": case_id,
+                        "at": "2026-11-06T10:00:00+08:00",
+                    },
+                ]
+                for n, line in enumerate(actions):
                     suffix = "open" if n == 0 else str(n)
                     out.write(json.dumps({**line, "command_id": f"{key}-{suffix}"}) + "\n")
         return lines
@@ -321,13 +320,13 @@ class Bench:
         connections kept alive), and the same actions in process: the handler alone, and
         with the key check each request makes."""
         cases = self.n(400)
-        path = self.orders_file(cases, "orders-http.jsonl", "H-")
+        path = self.orders_file(cases, "orders-http.jsonl", "W-")
         self.cli("order", "import", str(path))
         with Engine(self.url) as engine:
             now = datetime.now(UTC)
             add_principal(engine.store, "bench-ops", "operator", None, now)
             key = create_key(engine.store, "bench-ops", now, None)["key"]
-            ids = [str(engine.handle(_opening(f"H-{i}"))["case_id"]) for i in range(cases)]
+            ids = [str(engine.handle(_opening(f"W-{i}"))["case_id"]) for i in range(cases)]
             # In process: each case once to warm the cache, then timed.
             count = self.n(2000)
 
@@ -516,8 +515,8 @@ class Bench:
                     )
                     + "\n"
                 )
-        seconds, _, out = self.cli("batch", str(lines))
-        assert out.count('"ok": true') == count
+        seconds, _, printed = self.cli("batch", str(lines))
+        assert printed.count('"ok": true') == count
         self.add(
             Row(
                 "batch actions (one process, one per line)",
@@ -631,7 +630,7 @@ class Bench:
         return "\n".join(lines)
 
 
-def _in_threads(calls: list[Callable[[], None]]) -> float:
+def _in_threads(calls: Sequence[Callable[[], None]]) -> float:
     """Run each call on a thread of its own, all at once; the seconds until all are done."""
     threads = [threading.Thread(target=call) for call in calls]
     started = time.perf_counter()
@@ -766,11 +765,13 @@ def main() -> None:
         bench.raw_baselines,
         bench.statements_floor,
         bench.single_actions,
-        bench.http_actions,
         bench.batch,
         bench.order_import,
         bench.history,
         lambda: bench.catch_up("after the imports"),
+        # After the command-line parts: the principal it adds makes every later command-line
+        # action name who acts (--by).
+        bench.http_actions,
     ]
     if args.only_http:
         parts = [bench.raw_baselines, bench.http_actions]
