@@ -180,7 +180,8 @@ def real_store(conninfo: str, n: int) -> list[str]:
         assert second.new_events == more
         wanted = ids[:10]
         events = [
-            ("case", s.originator_id, s.originator_version, s.topic, bytes(s.state))
+            # uid, not s.originator_id (UUID | str to the library): the events read are uid's.
+            ("case", uid, s.originator_version, s.topic, bytes(s.state))
             for uid in wanted
             for s in store.recorder.select_events(uid)
         ][:50]

@@ -21,6 +21,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def main() -> None:
     args = parser.parse_args()
 
     with scratch_schema(args.url, "bench_desk") as url:
-        say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+
+        def say(text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
+
         store = EventStore(url)
         now = datetime.now(UTC)
         try:
@@ -124,10 +128,11 @@ def main() -> None:
                     )
                 )
             # Where the return-rates page's time goes.
-            for what, fn in (
+            parts: tuple[tuple[str, Callable[[], object]], ...] = (
                 ("weekly series", lambda: views.weekly(store, MERCHANT, now, 8)),
                 ("breakdown by sku", lambda: views.breakdown(store, "sku", MERCHANT, now, 8)),
-            ):
+            )
+            for what, fn in parts:
                 samples = []
                 for _ in range(5):
                     started = time.perf_counter()

@@ -54,11 +54,11 @@ def raw_read(conninfo: str, schema: str) -> tuple[int, float]:
     return rows, time.perf_counter() - started
 
 
-def timed_ms(fn: object, repeat: int) -> float:
+def timed_ms(fn: Callable[[], object], repeat: int) -> float:
     samples = []
     for _ in range(repeat):
         started = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
 
@@ -104,7 +104,10 @@ def main() -> None:
     conninfo = args.url.split("?", 1)[0]
     schema = f"bench_proj_{uuid.uuid4().hex[:8]}"
     url = f"{conninfo}?schema={schema}"
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
     store = EventStore(url)
     try:
         say(f"writing {args.events:,} events into schema {schema} ...")

@@ -71,7 +71,9 @@ def main() -> None:
     )
     parser.add_argument("--nats", default=DEFAULT_NATS)
     args = parser.parse_args()
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
 
     tag = uuid.uuid4().hex[:8]
     conninfo = args.url.split("?", 1)[0]

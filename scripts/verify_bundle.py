@@ -354,15 +354,17 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, repor
             report.add(f"{tag}: happened before the event before it")
         last_at = at if last_at is None else max(last_at, at)
         if kind in SYSTEM_ACTIONS:
-            action = ACTION_OF[kind]
+            system_action = ACTION_OF[kind]
             fired = e.get("fired") or {}
             if (e.get("actor") or {}).get("role") != "system":
-                report.add(f"{tag}: {action} not recorded as the system")
-            if fired.get("action") != action:
-                report.add(f"{tag}: a {action} that names a {fired.get('action')} deadline")
+                report.add(f"{tag}: {system_action} not recorded as the system")
+            if fired.get("action") != system_action:
+                report.add(f"{tag}: a {system_action} that names a {fired.get('action')} deadline")
             try:
                 if at < when(fired.get("due_at")):
-                    report.add(f"{tag}: {action} fired before its deadline {fired.get('due_at')}")
+                    report.add(
+                        f"{tag}: {system_action} fired before its deadline {fired.get('due_at')}"
+                    )
             except ValueError:
                 report.add(f"{tag}: the fired deadline has no readable time")
             if fired != running:
@@ -442,7 +444,9 @@ def check_claims(case: list[tuple[int, str, dict[str, Any]]], report: Report) ->
         paid = Decimal("0")
         for version, kind, e in case:
             if kind == "CaseEscalated":
-                claim = e.get("claim")
+                # A JSON value, None when absent: looked up as it is (an unhashable one raises
+                # the TypeError reported below).
+                claim: Any = e.get("claim")
                 group = CLAIM_REASON.get(claim)
                 if group is not None and reason.partition(".")[0] != group:
                     report.add(f"version {version}: a {claim} claim on a case opened for {reason}")

@@ -154,7 +154,11 @@ class Story:
             for action in (DueAction.AUTO_APPROVE, DueAction.AUTO_CLOSE):
                 assert case.due is not None
                 wait = (case.due.due_at - t).total_seconds() / 3600
-                step(Role.SYSTEM, "system", wait, lambda c, a, x=action: c.fire(a, p, x))
+
+                def fire(c: ReturnCase, a: Act, x: DueAction = action) -> None:
+                    c.fire(a, p, x)
+
+                step(Role.SYSTEM, "system", wait, fire)
         else:
             step(
                 Role.MERCHANT,
