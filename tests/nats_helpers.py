@@ -18,7 +18,7 @@ from typing import Any
 
 import nats
 import pytest
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 
 NATS_URL = "nats://127.0.0.1:4222"
 
@@ -50,7 +50,7 @@ async def _read(spec: StreamSpec) -> list[Stored]:
         info = await js.stream_info(spec.stream)
         total = info.state.messages
         sub = await js.pull_subscribe(
-            f"{spec.prefix}.>", stream=spec.stream, config=ConsumerConfig(ack_policy="none")
+            f"{spec.prefix}.>", stream=spec.stream, config=ConsumerConfig(ack_policy=AckPolicy.NONE)
         )
         found: list[Stored] = []
         while len(found) < total:

@@ -33,7 +33,6 @@ from aftersales.engine.case import CaseRefunded
 from aftersales.engine.checkpoint import (
     LEAVES,
     NODES,
-    Builder,
     Tree,
     TreeRows,
     generate_key,
@@ -44,6 +43,7 @@ from aftersales.engine.checkpoint import (
 )
 from aftersales.engine.commands import OpenCase
 from aftersales.engine.events import chain_hash, leaf_bytes
+from aftersales.engine.merkle import Builder
 from aftersales.engine.order import CaseUnlinked
 from aftersales.engine.service import Engine
 from tests import test_audit
@@ -196,7 +196,7 @@ def log_leaves(engine: Engine, size: int) -> list[bytes]:
 
 def test_the_kept_tree_grows_across_checkpoints_with_a_gap(engine: Engine) -> None:
     key = Ed25519PrivateKey.generate()
-    sizes = []
+    sizes: list[int] = []
     for n in (100, 156, 1, 300, 44):
         synthetic(engine, n)
         if len(sizes) == 2:
@@ -222,7 +222,9 @@ def test_the_kept_tree_grows_across_checkpoints_with_a_gap(engine: Engine) -> No
 
 
 def checkpoint(store: str, private: Path) -> dict[str, Any]:
-    return json.loads(invoke(store, "checkpoint", "--signing-key", str(private), "--json").stdout)
+    result = invoke(store, "checkpoint", "--signing-key", str(private), "--json")
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def audit(store: str, case_id: str, *args: str, code: int = 0) -> dict[str, Any]:

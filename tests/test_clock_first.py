@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from uuid import UUID
 
 import pytest
@@ -191,12 +192,8 @@ def same_ids() -> Iterator[None]:
     from aftersales.engine import service
 
     counter = iter(range(1, 1_000_000))
-    real = service.uuid4
-    service.uuid4 = lambda: UUID(int=next(counter))  # type: ignore[assignment]
-    try:
+    with mock.patch.object(service, "uuid4", lambda: UUID(int=next(counter))):
         yield
-    finally:
-        service.uuid4 = real
 
 
 def _run(store_url: str, name: str, tick_first: bool) -> tuple[str | None, list[Any], list[Any]]:
@@ -276,7 +273,7 @@ def test_a_case_whose_deadline_freed_its_lines_does_not_block_a_new_one(engine: 
             order_id="KS-1",
             type="refund_only",
             reason="quality.colour",
-            line=["CASE-RED"],
+            lines=["CASE-RED"],
             amount="39.90",
             at=at(days=14),
         )
@@ -320,7 +317,7 @@ def _command(kind: str, case: UUID, when: str, key: str, case_type: str) -> Comm
             order_id="KS-1",
             type=case_type,
             reason="quality.colour",
-            line=["CASE-RED"] if case == CASE_A else ["STRAP"],
+            lines=["CASE-RED"] if case == CASE_A else ["STRAP"],
             amount="39.90" if case == CASE_A else "10.00",
             case_id=cid,
             **common,

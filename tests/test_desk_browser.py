@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -25,6 +25,10 @@ from aftersales.engine.service import Engine
 from tests.conftest import at, place_delivered
 from tests.people import People
 from tests.test_serve import ROOT, Server
+
+if TYPE_CHECKING:
+    # What `BrowserContext.add_cookies` takes; the public API does not name it.
+    from playwright._impl._api_structures import SetCookieParam
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(os.environ.get("AFTERSALES_SCREENSHOTS", ROOT / "test-artifacts" / "desk"))
@@ -153,7 +157,8 @@ def test_the_desk_in_chromium(live_desk: tuple[str, People]) -> None:
 
             # A phone: the desk fits the screen's width (wide tables scroll inside their box).
             phone = browser.new_context(viewport={"width": 375, "height": 740})
-            phone.add_cookies([{**cookie}])  # the same session
+            # The same session (a `Cookie`'s keys are all `SetCookieParam`'s, of the same types).
+            phone.add_cookies([cast("SetCookieParam", {**cookie})])
             small = phone.new_page()
             small.goto(url)
             expect(small.locator("#todo")).to_be_visible()

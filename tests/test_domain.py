@@ -19,8 +19,6 @@ from uuid import uuid4
 import pytest
 
 from aftersales.engine.case import (
-    ALLOWED_FROM,
-    PERSON_ACTIONS,
     CaseApproved,
     CaseAutoApproved,
     CaseAutoClosed,
@@ -61,6 +59,7 @@ from aftersales.engine.order import (
     parse_order_line,
 )
 from aftersales.engine.policy import Policy, TypeWindows, Windows
+from aftersales.engine.transitions import ALLOWED_FROM, PERSON_ACTIONS
 from aftersales.engine.values import (
     Actor,
     CaseType,
@@ -180,6 +179,12 @@ def open_on(
 
 
 Step = Callable[[ReturnCase, datetime], None]
+
+
+def escalate_step(claim: Claim) -> Step:
+    return lambda c, w: c.escalate(act(Role.BUYER, w), claim=claim, evidence=["p:1"])
+
+
 STEPS: dict[str, Step] = {
     "approve": lambda c, w: c.approve(act(Role.MERCHANT, w), POLICY, return_address="HZ"),
     "reject": lambda c, w: c.reject(act(Role.MERCHANT, w), reason="worn", communication="chat:1"),
@@ -201,9 +206,7 @@ STEPS: dict[str, Step] = {
         act(Role.MERCHANT, w), POLICY, case_type=T.REFUND_ONLY
     ),
     **{
-        f"escalate {claim.value}": (
-            lambda c, w, claim=claim: c.escalate(act(Role.BUYER, w), claim=claim, evidence=["p:1"])
-        )
+        f"escalate {claim.value}": escalate_step(claim)
         for claim in Claim
         if claim is not Claim.DISPUTED_RECEIPT
     },
@@ -376,6 +379,12 @@ TO_STATUS: dict[Status, tuple[CaseType, tuple[str, ...]]] = {
 }
 
 RESHIPMENT = Shipment(carrier="SF", waybill="R2")
+
+
+def fire_action(action: DueAction) -> Callable[[ReturnCase, Act], None]:
+    return lambda c, a: c.fire(a, POLICY, action)
+
+
 ACTIONS: dict[str, tuple[Role, Callable[[ReturnCase, Act], None]]] = {
     "approve": (Role.MERCHANT, lambda c, a: c.approve(a, POLICY)),
     "reject": (Role.MERCHANT, lambda c, a: c.reject(a, reason="worn", communication="chat:2")),
@@ -397,7 +406,7 @@ ACTIONS: dict[str, tuple[Role, Callable[[ReturnCase, Act], None]]] = {
         Role.MERCHANT,
         lambda c, a: c.extend_receipt(a, POLICY, hours=24, reason="warehouse closed"),
     ),
-    **{d.value: (Role.SYSTEM, lambda c, a, d=d: c.fire(a, POLICY, d)) for d in DueAction},
+    **{d.value: (Role.SYSTEM, fire_action(d)) for d in DueAction},
 }
 
 
@@ -754,7 +763,7 @@ def test_escalating_a_rejected_case_takes_its_lines_back_if_free() -> None:
         refunded_before=Decimal(0),
         act=act(Role.BUYER, escalated_at),
     )
-    then(order.collect_events(), ev(CaseLinked, case_id=case.id, skus=("CASE-RED",)))
+    then(events_of(order), ev(CaseLinked, case_id=case.id, skus=("CASE-RED",)))
     # Taken by a newer case: the order refuses before the case is escalated.
     again = given(T.RETURN_REFUND, "reject")
     newer = open_on(again.order, at=again.next)
@@ -1111,11 +1120,10 @@ def test_each_claims_ruling_for_the_buyer(claim: Claim) -> None:
         )
         assert case.freight_on_merchant is True
     else:
-        amount = "5.00" if claim is Claim.MISSING_ITEMS else "39.90"
         then(
             events,
             ev(CaseRuled, status=S.REFUNDED, due=None, **ruled),
-            refund(amount, Party.PLATFORM),
+            refund("39.90", Party.PLATFORM),
         )
     assert case.ruling == {
         "for": "buyer",
@@ -1363,12 +1371,11 @@ def test_a_withdrawn_escalated_or_rejected_case_has_no_deadline(steps: tuple[str
     case = given(T.RETURN_REFUND, *steps).case
     assert case.due is None
     for action in DueAction:
-        refused(
-            case,
-            lambda action=action: case.fire(act(Role.SYSTEM, LATER), POLICY, action),
-            NotAllowed,
-            action.value,
-        )
+
+        def fire(action: DueAction = action) -> None:
+            case.fire(act(Role.SYSTEM, LATER), POLICY, action)
+
+        refused(case, fire, NotAllowed, action.value)
 
 
 def test_deadlines_record_the_policy_that_set_them() -> None:

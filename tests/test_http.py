@@ -23,7 +23,7 @@ with warnings.catch_warnings():
 from aftersales.commands.api import create_app
 
 # The contract's table of rights, written out here on its own (not read from the code).
-MERCHANT_ACTIONS = {
+MERCHANT_ACTIONS: dict[str, dict[str, Any]] = {
     "approve": {},
     "reject": {"reason": "used", "communication": "chat-1"},
     "receive": {},
@@ -34,7 +34,7 @@ MERCHANT_ACTIONS = {
     "offer": {"type": "refund_only"},
     "extend": {"hours": 24, "reason": "holiday"},
 }
-BUYER_ACTIONS = {
+BUYER_ACTIONS: dict[str, dict[str, Any]] = {
     "ship-back": {"carrier": "SF", "waybill": "W1"},
     "withdraw": {},
     "escalate": {"claim": "missing_items"},
@@ -42,7 +42,7 @@ BUYER_ACTIONS = {
     "accept-offer": {},
     "decline-offer": {},
 }
-PLATFORM_ACTIONS = {"rule": {"for": "buyer"}}
+PLATFORM_ACTIONS: dict[str, dict[str, Any]] = {"rule": {"for": "buyer"}}
 BODIES: dict[str, dict[str, Any]] = {
     **MERCHANT_ACTIONS,
     **BUYER_ACTIONS,

@@ -32,6 +32,7 @@ from tests.test_domain import (
     act,
     deadline,
     ev,
+    events_of,
     given,
     given_order,
     open_on,
@@ -60,7 +61,7 @@ def offered(
         case_type=to,
         amount=None if amount is None else Decimal(amount),
     )
-    rebuilt = replay([*story.case_events, *case.collect_events()], ReturnCase)
+    rebuilt = replay([*story.case_events, *events_of(case)], ReturnCase)
     return Story(rebuilt, story.order, story.next, story.case_events, story.order_events)
 
 
@@ -212,7 +213,7 @@ def test_offers_that_make_no_sense_are_refused(
 def test_no_return_offered_on_goods_never_delivered() -> None:
     order = given_order(shipped=False, delivered=False)
     case = open_on(order, T.REFUND_ONLY)
-    replayed = replay(case.collect_events(), ReturnCase)
+    replayed = replay(events_of(case), ReturnCase)
     refused(
         replayed,
         lambda: replayed.offer(act(Role.MERCHANT, LATER), POLICY, case_type=T.RETURN_REFUND),
@@ -227,14 +228,13 @@ def test_the_amount_offered_is_more_than_nothing_and_at_most_the_amount_asked() 
         ("0.00", BadInput, "more than 0"),
         ("39.91", NotAllowed, "39.90"),
     ):
-        refused(
-            case,
-            lambda amount=amount: case.offer(
+
+        def offer(amount: str = amount) -> None:
+            case.offer(
                 act(Role.MERCHANT, LATER), POLICY, case_type=T.REFUND_ONLY, amount=Decimal(amount)
-            ),
-            error,
-            word,
-        )
+            )
+
+        refused(case, offer, error, word)
 
 
 @pytest.mark.parametrize("steps", [("approve",), ("reject",)])

@@ -41,7 +41,8 @@ def open_quality(engine: Engine, **kw: Any) -> dict[str, Any]:
         "at": at(days=3),
     }
     args.update(kw)
-    return engine.handle(OpenCase(order_id="KS-1", **args))
+    result: dict[str, Any] = engine.handle(OpenCase(order_id="KS-1", **args))
+    return result
 
 
 @pytest.fixture
@@ -505,7 +506,7 @@ def test_a_commands_fingerprint_keeps_its_stored_form() -> None:
     assert command.fingerprint() == hashlib.sha256(expected.encode()).hexdigest()
     # An opening's lines and a ruling's party keep the keys they were first stored under.
     opening = OpenCase(
-        order_id="KS-1", type="exchange", reason="quality.colour", line=["A", "B:2"], note="颜色"
+        order_id="KS-1", type="exchange", reason="quality.colour", lines=["A", "B:2"], note="颜色"
     )
     stored_form = {
         "action": "case open",

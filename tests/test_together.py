@@ -10,7 +10,10 @@ from tests.people import People
 
 
 def message(case: str, text: str, **more: object) -> MessageCase:
-    return MessageCase.parse({"case_id": case, "text": text, "as": "platform", **more})
+    command: MessageCase = MessageCase.parse(
+        {"case_id": case, "text": text, "as": "platform", **more}
+    )
+    return command
 
 
 def test_actions_together_see_each_other_and_are_saved_at_once(engine: Engine) -> None:

@@ -7,6 +7,7 @@ both backends, as the contract suite.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,7 +39,7 @@ def due(case: dict[str, Any]) -> datetime:
 
 def opened(engine: Engine, case_type: str = "return_refund", **kw: Any) -> dict[str, Any]:
     place_delivered(engine, lines=("CASE-RED:1:39.90:phone_accessory", "GIFT:1:5.00:gift"))
-    return engine.handle(
+    result: dict[str, Any] = engine.handle(
         OpenCase(
             order_id="KS-1",
             type=case_type,
@@ -51,18 +52,23 @@ def opened(engine: Engine, case_type: str = "return_refund", **kw: Any) -> dict[
             **kw,
         )
     )
+    return result
 
 
 def approved(engine: Engine, case_type: str = "return_refund") -> dict[str, Any]:
     case = opened(engine, case_type)
-    return engine.handle(ApproveCase(case_id=case["case_id"], at=at(days=3, hours=2)))
+    result: dict[str, Any] = engine.handle(
+        ApproveCase(case_id=case["case_id"], at=at(days=3, hours=2))
+    )
+    return result
 
 
 def shipped_back(engine: Engine, case_type: str = "return_refund") -> dict[str, Any]:
     case = approved(engine, case_type)
-    return engine.handle(
+    result: dict[str, Any] = engine.handle(
         ShipBack(case_id=case["case_id"], carrier="SF", waybill="SF1", at=at(days=4))
     )
+    return result
 
 
 def escalated_after(engine: Engine, claim: str) -> dict[str, Any]:
@@ -74,11 +80,12 @@ def escalated_after(engine: Engine, claim: str) -> dict[str, Any]:
             case_id=case["case_id"], reason="used", communication="chat:1", at=at(days=3, hours=1)
         )
     )
-    return engine.handle(
+    result: dict[str, Any] = engine.handle(
         EscalateCase(
             case_id=case["case_id"], claim=claim, evidence=["photo:1"], at=at(days=3, hours=2)
         )
     )
+    return result
 
 
 def test_open_waits_for_the_merchant_48_hours(engine: Engine) -> None:
@@ -338,7 +345,7 @@ def test_rate_once_after_the_end_and_nothing_else(engine: Engine, end: str) -> N
     assert rated["version"] == case["version"] + 1
     with pytest.raises(NotAllowed, match="rated once"):
         engine.handle(RateCase(case_id=cid, score=5, at=at(days=6)))
-    refusals = [
+    refusals: list[Callable[[], object]] = [
         lambda: engine.handle(ApproveCase(case_id=cid, at=at(days=6))),
         lambda: engine.handle(
             RejectCase(case_id=cid, reason="r", communication="c", at=at(days=6))

@@ -97,7 +97,7 @@ def test_every_case_finds_exactly_one_row() -> None:
     for action, statuses in T.ALLOWED_FROM.items():
         actors = {t.actor for t in T.TRANSITIONS if t.action == action}
         # An action one party takes is looked up without naming it.
-        by: list[Role | None] = [None] if len(actors) == 1 else sorted(actors)
+        by: list[Role | None] = [None] if len(actors) == 1 else [*sorted(actors)]
         for status, case_type, claim, receipt, ruling, reshipped, actor in itertools.product(
             sorted(statuses),
             CaseType,

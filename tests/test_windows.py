@@ -386,7 +386,7 @@ def test_a_logistics_reship_needs_the_parcel_shipped_and_lost_or_damaged() -> No
 
 
 def open_return(engine: Engine, case_type: str = "return_refund", **kw: Any) -> dict[str, Any]:
-    return engine.handle(
+    result: dict[str, Any] = engine.handle(
         OpenCase(
             order_id="KS-1",
             type=case_type,
@@ -396,6 +396,7 @@ def open_return(engine: Engine, case_type: str = "return_refund", **kw: Any) -> 
             **kw,
         )
     )
+    return result
 
 
 def test_the_after_sales_window_end_to_end(engine: Engine) -> None:
