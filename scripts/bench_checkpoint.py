@@ -53,6 +53,7 @@ from aftersales.engine.merkle import (
 )
 from aftersales.engine.store import EventStore
 from scripts.bench_projections import raw_read
+from scripts.workload import say
 
 TOPIC = get_topic(CaseRefunded)
 
@@ -66,10 +67,6 @@ def state_of(i: int) -> bytes:
         b'+00:00","lines":{"CASE-RED-15":"39.90"},"note":"%s"}'
         % (i, hashlib.sha256(b"%d" % i).hexdigest().encode(), b"x" * 260)
     )
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def tree_in_memory(n: int) -> list[str]:

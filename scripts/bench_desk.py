@@ -39,7 +39,7 @@ from aftersales.engine.store import EventStore
 from aftersales.engine.values import CaseType
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector
-from scripts.workload import Story, Writer, generate, scratch_schema
+from scripts.workload import Story, Writer, generate, say, scratch_schema
 
 MERCHANT = "shop-big"
 
@@ -88,10 +88,6 @@ def main() -> None:
     args = parser.parse_args()
 
     with scratch_schema(args.url, "bench_desk") as url:
-
-        def say(text: str) -> None:
-            print(text, file=sys.stderr, flush=True)
-
         store = EventStore(url)
         now = datetime.now(UTC)
         try:

@@ -34,7 +34,7 @@ from aftersales.projections.dashboard import dashboard
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.return_rates import return_rates
 from aftersales.projections.runner import Projector
-from scripts.workload import START, generate
+from scripts.workload import START, generate, say
 
 
 def raw_read(conninfo: str, schema: str) -> tuple[int, float]:
@@ -104,9 +104,6 @@ def main() -> None:
     conninfo = args.url.split("?", 1)[0]
     schema = f"bench_proj_{uuid.uuid4().hex[:8]}"
     url = f"{conninfo}?schema={schema}"
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
 
     store = EventStore(url)
     try:

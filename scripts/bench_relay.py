@@ -44,7 +44,7 @@ from aftersales.engine.service import Engine
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.relay import DEFAULT_NATS, Message, Relay, RelayConfig
 from aftersales.projections.runner import Projector
-from scripts.workload import generate
+from scripts.workload import generate, say
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -71,9 +71,6 @@ def main() -> None:
     )
     parser.add_argument("--nats", default=DEFAULT_NATS)
     args = parser.parse_args()
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
 
     tag = uuid.uuid4().hex[:8]
     conninfo = args.url.split("?", 1)[0]

@@ -43,14 +43,11 @@ from aftersales.engine.order import Order, OrderLine
 from aftersales.engine.policy import Policy
 from aftersales.engine.service import Engine, case_row
 from aftersales.engine.values import Actor, CaseType, Role
+from scripts.workload import say
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=CST)
 REVIEW = timedelta(hours=48)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def conninfo(url: str) -> str:
@@ -121,10 +118,10 @@ def build(engine: Engine, cases: int, chunk: int, max_seconds: float) -> tuple[i
         built += size
         elapsed = time.perf_counter() - started
         if built >= next_report:
-            log(f"  built {built:,} cases in {elapsed:.0f} s ({built / elapsed:,.0f}/s)")
+            say(f"  built {built:,} cases in {elapsed:.0f} s ({built / elapsed:,.0f}/s)")
             next_report += 50_000
         if elapsed > max_seconds and built < cases:
-            log(f"  stopping the build at {built:,} cases: over {max_seconds:.0f} s")
+            say(f"  stopping the build at {built:,} cases: over {max_seconds:.0f} s")
             break
     return built, time.perf_counter() - started, events
 
@@ -190,10 +187,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
     schema = f"bench_tick_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     store = f"{args.url}?schema={schema}"
-    log(f"schema {schema}")
+    say(f"schema {schema}")
     try:
         with Engine(store) as engine:
-            log(f"building {args.cases:,} open cases in chunks of {args.chunk:,}")
+            say(f"building {args.cases:,} open cases in chunks of {args.chunk:,}")
             built, build_s, events = build(engine, args.cases, args.chunk, args.max_build_seconds)
             if built < args.due + args.due_single:
                 raise SystemExit(f"only {built} cases built: fewer than the deadlines to fire")
@@ -201,30 +198,30 @@ def main() -> None:
             # see a settled store. Without statistics on the events table, PostgreSQL plans the
             # library's prepared "events of one aggregate" query for thousands of rows (a
             # parallel bitmap scan, JIT-compiled): tens of milliseconds per case loaded.
-            log("VACUUM ANALYZE")
+            say("VACUUM ANALYZE")
             started = time.perf_counter()
             with psycopg.connect(conninfo(args.url), autocommit=True) as conn:
                 for table in ("aftersales_events", "aftersales_cases", "aftersales_commands"):
                     conn.execute(SQL("VACUUM ANALYZE {}").format(Identifier(schema, table)))
-            log(f"  {time.perf_counter() - started:.0f} s")
+            say(f"  {time.perf_counter() - started:.0f} s")
 
-            log("raw baselines")
+            say("raw baselines")
             raw = raw_baselines(args.url, schema)
 
-            log("an empty tick")
+            say("an empty tick")
             nothing_due = T0 + REVIEW - timedelta(seconds=1)
             assert tick(engine, nothing_due).fired == []
             empty_tick = median_seconds(lambda: tick(engine, nothing_due), args.runs)
             empty_query = median_seconds(lambda: due_deadlines(engine, nothing_due), args.runs)
 
-            log(f"firing {args.due:,} due deadlines")
+            say(f"firing {args.due:,} due deadlines")
             now = T0 + REVIEW + timedelta(seconds=args.due - 1)
             started = time.perf_counter()
             fired = tick(engine, now)
             grouped_s = time.perf_counter() - started
             assert len(fired.fired) == args.due and not fired.failed, fired.to_json()["failed"]
 
-            log(f"firing {args.due_single:,} more, one transaction each")
+            say(f"firing {args.due_single:,} more, one transaction each")
             now = T0 + REVIEW + timedelta(seconds=args.due + args.due_single - 1)
             started = time.perf_counter()
             single = tick(engine, now, group=1)
@@ -239,7 +236,7 @@ def main() -> None:
     finally:
         with psycopg.connect(conninfo(args.url), autocommit=True) as conn:
             conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
-        log(f"dropped schema {schema}")
+        say(f"dropped schema {schema}")
 
     grouped_rate = args.due / grouped_s
     single_rate = args.due_single / single_s

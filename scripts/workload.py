@@ -10,6 +10,7 @@ methods, so every event is one the engine itself would record. Many aggregates a
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -246,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def say(message: str) -> None:
+    """A benchmark's progress line, on stderr as it happens (its figures go to stdout)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
