@@ -411,6 +411,24 @@ def play(engine: Engine) -> Story:
             e.handle(ReceiveGoods(case_id=cid, condition="damaged", by="staff-7", at=s.at(5))),
         ),
     )
+    # The platform rules within its 72 hours: the photos show the damage happened after
+    # delivery, so the merchant need not refund (a disputed receipt ruled for it ends the case).
+    s.step(
+        t,
+        "agent-3",
+        lambda: did(
+            "ruled for the merchant: closed",
+            e.handle(
+                RuleCase(
+                    case_id=cid,
+                    in_favour_of="merchant",
+                    note="the damage is not from transit",
+                    by="agent-3",
+                    at=s.at(6),
+                )
+            ),
+        ),
+    )
 
     # 6. The merchant does not answer in 48 hours: the system approves.
     t = "merchant silent for 48 hours"

@@ -95,6 +95,7 @@ EXIT_CODES: dict[str, int] = {
     "bad_input": 2,
     "not_allowed": 3,
     "poisoned": 3,
+    "invariant_broken": 3,
     "not_found": 4,
     "conflict": 5,
     "store_unavailable": 1,

@@ -120,6 +120,7 @@ def dashboard_metrics(d: dict[str, Any]) -> list[dict[str, Any]]:
         for status, n in d["open_cases"]["by_status"].items()
     ]
     rows.append({"metric": "under_intervention", "value": d["under_intervention"]})
+    rows.append({"metric": "rulings_overdue", "value": d["rulings_overdue"]["count"]})
     rows.append({"metric": "due_within_24h", "value": d["deadlines"]["due_within_24h"]})
     rows.append({"metric": "overdue", "value": d["deadlines"]["overdue"]})
     for key, n in d["system_decided_30d"].items():
@@ -154,7 +155,8 @@ def render_dashboard(d: dict[str, Any]) -> str:
         f"after-sales dashboard: {who}, at {d['now']} (last {d['window_days']} days)",
         f"  open cases: {open_['total']}"
         + "".join(f"  {s}={n}" for s, n in open_["by_status"].items()),
-        f"  under platform intervention: {d['under_intervention']}",
+        f"  under platform intervention: {d['under_intervention']} "
+        f"({d['rulings_overdue']['count']} past the platform's ruling deadline)",
         f"  deadlines: {dl['due_within_24h']} due within 24 h, {dl['overdue']} overdue",
         f"  decided by the system because the merchant did not: {sd['cases']} cases "
         f"(auto-approved {sd['auto_approved']}, auto-refunded {sd['auto_refunded']}, "

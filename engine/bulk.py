@@ -27,6 +27,10 @@ T = TypeVar("T")
 MAX_ERRORS_KEPT = 1000
 
 
+class Tainted(Exception):
+    """A chunk in memory that is not to be saved (see ``Chunk.tainted``)."""
+
+
 @dataclass
 class Failure:
     line: int
@@ -150,7 +154,11 @@ def run_bulk(
         nonlocal in_flight
         pending = session.take()
         saving: Future[int] = Future()
-        if engine.store.is_postgres:
+        if session.tainted:
+            # An item broke an invariant after changing something in memory: save nothing of
+            # this chunk; it is run again item by item, each refusal clean.
+            saving.set_exception(Tainted())
+        elif engine.store.is_postgres:
             saving = writer.submit(session.write, pending)
         else:
             try:
@@ -170,7 +178,7 @@ def run_bulk(
             report.events += flight.saving.result()
             session.written(flight.pending)
             return True
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, Tainted):
             report.ok, report.failed = flight.counts[:2]
             del report.failures[flight.counts[2] :]
             session.discard()

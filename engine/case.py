@@ -20,12 +20,14 @@ from uuid import UUID
 
 from aftersales.engine.errors import BadInput, NotAllowed, NotFound
 from aftersales.engine.events import Act, Aggregate, Created, Deadline, Event
+from aftersales.engine.invariants import check_case_event
 from aftersales.engine.order import CaseLine, Order, Shipment, lines_worth
 from aftersales.engine.policy import Policy, Stage
 from aftersales.engine.transitions import (
     ALLOWED_FROM,
     OPEN,
     PERSON_ACTIONS,
+    TURN_RETURN,
     Transition,
     claim_misfit,
     outcome,
@@ -131,6 +133,12 @@ class CaseEscalated(CaseEvent):
     evidence: tuple[str, ...] = ()
     from_status: Status
     note: str | None = None
+    # What the case may still be paid, where that is less than it asked: a rejected case whose
+    # lines later cases refunded in part takes them back with only what remains (None: the
+    # amount due, and on cases escalated before this rule).
+    pays_at_most: Decimal | None = None
+    # Until when each party may add evidence for the platform (None: escalated before the rule).
+    evidence_until: datetime | None = None
 
 
 class CaseRuled(CaseEvent):
@@ -239,6 +247,26 @@ class ReceiptExtended(CaseEvent):
     reason: str
 
 
+class EscalationLapsed(DeadlineFired):
+    """Nobody took the rejection (or the ruling for the merchant) further in time: closed."""
+
+
+class RulingOverdue(DeadlineFired):
+    """The platform did not rule by its deadline: the case shows as overdue, and the grace
+    before the platform pays starts."""
+
+
+class RulingLapsed(DeadlineFired):
+    """The platform let its ruling lapse: it pays the buyer and bears it itself."""
+
+
+class CaseTurnedReturn(CaseEvent):
+    """The order system recorded a shipment under a refund-only case opened before it: the
+    buyer gets the goods, so the case is a return now (the refund follows the goods back)."""
+
+    case_type: CaseType
+
+
 # The case's events by class name: the names the transition table uses (and the tails of their
 # stored topics).
 EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
@@ -271,6 +299,10 @@ EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
         OfferDeclined,
         OfferLapsed,
         ReceiptExtended,
+        EscalationLapsed,
+        RulingOverdue,
+        RulingLapsed,
+        CaseTurnedReturn,
     )
 }
 
@@ -281,6 +313,8 @@ STAGE_OF: Mapping[DueAction, Stage] = {
     DueAction.RESHIP_OVERDUE: "reshipment",
     DueAction.REPLACEMENT_OVERDUE: "replacement",
     DueAction.OFFER_LAPSED: "offer_answer",
+    DueAction.RULING_OVERDUE: "ruling",
+    DueAction.RULING_LAPSED: "ruling_grace",
 }
 
 
@@ -305,6 +339,14 @@ class ReturnCase(Aggregate):
         escalation_days_after_rejection: int | None
         rejected_at: datetime | None
         pays_at_most: Decimal | None
+        asked: Decimal
+        review_until: datetime | None
+        resume_status: Status | None
+        resume_due: Deadline | None
+        rulings: int
+        escalations: int
+        ruling_overdue: bool
+        last_kind: type[CaseEvent]
         status: Status
         due: Deadline | None
         opened_at: datetime
@@ -375,14 +417,16 @@ class ReturnCase(Aggregate):
                 "delivery"
             )
         after_sales_until = None
-        if case_type in RETURN_TYPES and order.delivered_at is not None:
-            after_sales_until = order.delivered_at + timedelta(days=policy.after_sales_days)
+        if order.delivered_at is not None:
+            # Every service type has its window after delivery (the category's, where the
+            # policy sets one for the goods).
+            days = policy.after_sales_window(case_type, [line.category for line in lines])
+            after_sales_until = order.delivered_at + timedelta(days=days)
             if act.at > after_sales_until:
                 raise NotAllowed(
-                    f"the {policy.after_sales_days}-day after-sales window for returns and "
-                    f"exchanges on order {order.order_id} closed at "
-                    f"{after_sales_until.isoformat()}: a {_TYPE_WORDS[case_type]} case is no "
-                    "longer accepted"
+                    f"the {days}-day after-sales window for {_TYPE_WORDS[case_type]} on order "
+                    f"{order.order_id} closed at {after_sales_until.isoformat()}: a "
+                    f"{_TYPE_WORDS[case_type]} case is no longer accepted"
                 )
         if group is ReasonGroup.BUYER:
             for line in lines:
@@ -444,12 +488,17 @@ class ReturnCase(Aggregate):
         )
         return case
 
+    def check_new(self, event: Event) -> None:
+        assert isinstance(event, CaseEvent)
+        check_case_event(self, event)
+
     def when(self, event: Event) -> None:
         assert isinstance(event, CaseEvent)
         super().when(event)
         apply = _applier(type(event))
         if apply is not None:
             apply(self, event)
+        self.last_kind = type(event)
         if event.status is S.REJECTED and self.status is not S.REJECTED:
             self.rejected_at = event.at  # when the window to take it to the platform opened
         self.status = event.status
@@ -477,6 +526,14 @@ class ReturnCase(Aggregate):
         self.escalation_days_after_rejection = event.escalation_days_after_rejection
         self.rejected_at = None
         self.pays_at_most = None
+        self.asked = event.amount
+        # The merchant's review runs from the opening: offers never move it later.
+        self.review_until = event.due.due_at if event.due is not None else None
+        self.resume_status = None
+        self.resume_due = None
+        self.rulings = 0
+        self.escalations = 0
+        self.ruling_overdue = False
         self.opened_at = event.at
         self.last_at = event.at
         self.refunded_amount = ZERO
@@ -546,7 +603,14 @@ class ReturnCase(Aggregate):
             "from_status": event.from_status.value,
             "by": event.actor.role.value,
             "at": event.at.isoformat(),
+            "evidence_until": _iso(event.evidence_until),
+            "pays_at_most": money_str(event.pays_at_most) if event.pays_at_most else None,
+            "appeal": self.rulings > 0,
         }
+        self.escalations += 1
+        self.ruling_overdue = False
+        if event.pays_at_most is not None:
+            self.pays_at_most = event.pays_at_most
 
     def _ruled(self, event: CaseRuled) -> None:
         self.ruling = {
@@ -558,6 +622,8 @@ class ReturnCase(Aggregate):
         }
         self.freight_on_merchant = self.freight_on_merchant or event.freight_on_merchant
         self.pays_at_most = event.pays_at_most
+        self.rulings += 1
+        self.ruling_overdue = False
 
     def _overdue(self, event: ReshipOverdue) -> None:
         self.late_shipment = True
@@ -577,6 +643,9 @@ class ReturnCase(Aggregate):
         )
 
     def _offered(self, event: ChangeOffered) -> None:
+        # Where the offer found the case (applied before the status changes): an offer
+        # declined or unanswered gives the case back there, with that deadline.
+        self.resume_status, self.resume_due = self.status, self.due
         self.offers.append(
             {
                 "type": event.case_type.value,
@@ -604,6 +673,13 @@ class ReturnCase(Aggregate):
 
     def _lapsed(self, event: OfferLapsed) -> None:
         self._answered(event, "lapsed")
+
+    def _ruling_overdue(self, event: RulingOverdue) -> None:
+        self.ruling_overdue = True
+
+    def _turned(self, event: CaseTurnedReturn) -> None:
+        self.case_type = event.case_type
+        self.order_shipped = True
 
     def _extended(self, event: ReceiptExtended) -> None:
         self.receipt_extension = {
@@ -638,25 +714,48 @@ class ReturnCase(Aggregate):
             allowed.remove("recover-goods")
         if "extend" in allowed and self.receipt_extension is not None:
             allowed.remove("extend")
+        if "escalate" in allowed and self._escalation_refused() is not None:
+            allowed.remove("escalate")
         return allowed
 
     @property
     def refund_due(self) -> Decimal:
-        """What a refund pays unless told otherwise: the amount asked, or less where a ruling
-        concerns less (the missing lines' worth)."""
+        """What a refund pays unless told otherwise: the amount asked (or agreed), or less
+        where a ruling concerns less (the missing lines' worth) or the case's lines have less
+        left to refund since later cases refunded them."""
         if self.pays_at_most is None:
             return self.amount
         return min(self.amount, self.pays_at_most)
 
     @property
+    def merchant_answered(self) -> bool:
+        """The merchant answered the request with an offer the buyer declined or let lapse."""
+        return bool(self.offers) and self.offers[-1]["answer"] in ("declined", "lapsed")
+
+    @property
     def escalation_until(self) -> datetime | None:
         """Until when a rejected case may be taken to the platform (None: not rejected, or
-        opened before the window was a rule)."""
+        opened before the window was a rule): the deadline the clock closes it at."""
         if self.status is not S.REJECTED or self.rejected_at is None:
             return None
+        if self.due is not None and self.due.action is DueAction.ESCALATION_LAPSED:
+            return self.due.due_at
         if self.escalation_days_after_rejection is None:
             return None
         return self.rejected_at + timedelta(days=self.escalation_days_after_rejection)
+
+    def _escalation_refused(self) -> str | None:
+        """Why the buyer may not escalate now whatever the claim, or None."""
+        if self.status is S.AWAITING_MERCHANT and not self.merchant_answered:
+            due = f" (until {self.due.due_at.isoformat()})" if self.due else ""
+            return (
+                f"case {self.id} is awaiting_merchant: escalate is not allowed while the "
+                f"merchant may still answer{due}; if it does not, the request is approved "
+                "when its time runs out"
+            )
+        if self.rulings >= 2:
+            return f"case {self.id}: the platform has ruled on it twice; the second ruling is final"
+        return None
 
     @property
     def goods_to_recover(self) -> bool:
@@ -690,7 +789,30 @@ class ReturnCase(Aggregate):
         self.trigger_event(event_class, **kwargs, **act.fields())
 
     def _wait(self, policy: Policy, action: DueAction, at: datetime) -> Deadline:
+        if action is DueAction.ESCALATION_LAPSED:
+            # From a ruling for the merchant: the appeal's window; from a rejection: the days
+            # the case was opened under.
+            days = (
+                policy.appeal_days
+                if self.status is S.ESCALATED
+                else policy.escalation_days_after_rejection
+                if self.escalation_days_after_rejection is None
+                else self.escalation_days_after_rejection
+            )
+            return Deadline(
+                due_at=at + timedelta(days=days), action=action, policy_version=policy.version
+            )
         return _deadline(policy, action, self.case_type, at, shipped=self.order_shipped)
+
+    def _resumed(self, act: Act) -> tuple[Status, Deadline | None]:
+        """Where an offer declined or unanswered leaves the case: where the offer found it,
+        with the deadline then running, due no later than it was (now, if it passed
+        meanwhile: the clock then acts at once)."""
+        status = self.resume_status or S.AWAITING_MERCHANT
+        due = self.resume_due
+        if due is not None and due.due_at < act.at:
+            due = due.model_copy(update={"due_at": act.at})
+        return status, due
 
     def _outcome(
         self,
@@ -700,6 +822,8 @@ class ReturnCase(Aggregate):
         receipt: Condition | None = None,
         ruling: Party | None = None,
         reshipped: bool | None = None,
+        appeal: bool | None = None,
+        resumes: Status | None = None,
     ) -> Transition:
         return outcome(
             action,
@@ -709,6 +833,8 @@ class ReturnCase(Aggregate):
             receipt=receipt,
             ruling=ruling,
             reshipped=reshipped,
+            appeal=appeal,
+            resumes=resumes,
         )
 
     def _take(
@@ -754,7 +880,7 @@ class ReturnCase(Aggregate):
         self._check("approve", act)
         self._take(self._outcome("approve"), act, policy, return_address=return_address)
 
-    def reject(self, act: Act, *, reason: str, communication: str) -> None:
+    def reject(self, act: Act, policy: Policy, *, reason: str, communication: str) -> None:
         self._check("reject", act)
         if not reason.strip():
             raise BadInput("a rejection needs a reason")
@@ -763,17 +889,30 @@ class ReturnCase(Aggregate):
                 "a rejection needs a reference to the talk with the buyer "
                 "(its communication: chat log, call note)"
             )
-        self._take(self._outcome("reject"), act, reason=reason, communication=communication)
+        self._take(self._outcome("reject"), act, policy, reason=reason, communication=communication)
 
-    def refund(self, act: Act, *, amount: Decimal | None = None) -> None:
+    def refund(self, act: Act, policy: Policy, *, amount: Decimal | None = None) -> None:
+        """Refund what is due. A smaller amount is not a refund the merchant may impose: it is
+        an offer of a refund only, which the buyer accepts, declines or lets lapse."""
         self._check("refund", act)
-        value = self.amount if amount is None else amount
+        due = self.refund_due
+        value = due if amount is None else amount
         if value <= ZERO:
             raise BadInput("a refund must be more than 0")
-        if value > self.amount:
+        if value > due:
             raise NotAllowed(
-                f"refund of {money_str(value)} is more than the {money_str(self.amount)} asked"
+                f"refund of {money_str(value)} is more than the {money_str(due)} "
+                f"{'asked' if due == self.amount else 'due'}"
             )
+        if value < due:
+            self.offer(
+                act,
+                policy,
+                case_type=CaseType.REFUND_ONLY,
+                amount=value,
+                note=f"a refund of {money_str(value)} instead of {money_str(due)}",
+            )
+            return
         self._take(self._outcome("refund"), act, amount=value)
 
     def receive(self, act: Act, policy: Policy, *, condition: Condition = Condition.OK) -> None:
@@ -816,15 +955,20 @@ class ReturnCase(Aggregate):
         self._take(self._outcome("withdraw"), act)
 
     def escalate(
-        self, act: Act, *, claim: Claim, evidence: list[str], note: str | None = None
+        self,
+        act: Act,
+        policy: Policy,
+        *,
+        claim: Claim,
+        evidence: list[str],
+        note: str | None = None,
+        order: Order | None = None,
     ) -> None:
-        if self.status is S.AWAITING_MERCHANT:
-            due = f" (until {self.due.due_at.isoformat()})" if self.due else ""
-            raise NotAllowed(
-                f"case {self.id} is awaiting_merchant: escalate is not allowed while the "
-                f"merchant may still answer{due}; if it does not, the request is approved "
-                "when its time runs out"
-            )
+        """The buyer asks the platform to step in. A rejected case takes its lines back, so it
+        needs its ``order``: what later cases refunded on them since is no longer owed."""
+        refused = self._escalation_refused()
+        if refused is not None:
+            raise NotAllowed(refused)
         self._check("escalate", act)
         if claim is Claim.DISPUTED_RECEIPT:
             raise BadInput(
@@ -832,22 +976,65 @@ class ReturnCase(Aggregate):
             )
         until = self.escalation_until
         if until is not None and act.at > until:
+            what = (
+                "a ruling for the merchant may be appealed"
+                if self.rulings
+                else ("a rejection may be escalated")
+            )
+            assert self.rejected_at is not None
             raise NotAllowed(
-                f"case {self.id} is rejected: a rejection may be escalated for "
-                f"{self.escalation_days_after_rejection} days, and that window closed at "
-                f"{until.isoformat()}"
+                f"case {self.id} is rejected: {what} for {(until - self.rejected_at).days} days, "
+                f"and that window closed at {until.isoformat()}"
             )
         misfit = claim_misfit(claim, self.reason, self.status)
         if misfit is not None:
             raise NotAllowed(f"case {self.id}: {misfit}")
+        pays_at_most = None
+        if self.status is S.REJECTED:
+            if order is None:
+                raise TypeError(
+                    "escalating a rejected case takes its order (it takes its lines back)"
+                )
+            pays_at_most = self._left_on_lines(order, policy)
         self._take(
             self._outcome("escalate"),
             act,
+            policy,
             claim=claim,
             evidence=tuple(evidence),
             from_status=self.status,
             note=note,
+            pays_at_most=pays_at_most,
+            evidence_until=act.at + timedelta(hours=policy.evidence_hours),
         )
+
+    def _left_on_lines(self, order: Order, policy: Policy) -> Decimal | None:
+        """What a rejected case taking its lines back may still be paid, where less than due
+        (None: all of it). Refused if later cases refunded its lines in full meanwhile: a line
+        is never paid twice."""
+        listed = (
+            policy.listed_price_categories
+            if reason_group(self.reason) is ReasonGroup.MISSING_ITEMS
+            else ()
+        )
+        left = order.refundable(list(self.lines), listed)
+        if left <= ZERO:
+            skus = ", ".join(line.sku for line in self.lines)
+            later = sorted(
+                {
+                    str(order.last_case[line.sku])
+                    for line in self.lines
+                    if line.sku in order.last_case
+                }
+                - {str(self.id)}
+            )
+            by = f" (by case {', '.join(later)})" if later else ""
+            raise NotAllowed(
+                f"case {self.id}: its lines ({skus}) of order {self.order_id} were refunded in "
+                f"full since it was rejected{by}: nothing remains to pay on it, so it cannot be "
+                "taken to the platform"
+            )
+        return left if left < self.refund_due else None
 
     def rate(self, act: Act, *, score: int, comment: str | None = None) -> None:
         self._check("rate", act)
@@ -880,14 +1067,15 @@ class ReturnCase(Aggregate):
             raise BadInput("a ruling is for the buyer or for the merchant")
         assert self.escalation is not None
         claim = Claim(self.escalation["claim"])
-        row = self._outcome("rule", claim=claim, ruling=in_favour_of)
+        # A second ruling (on the buyer's appeal, or on a second dispute) is final.
+        row = self._outcome("rule", claim=claim, ruling=in_favour_of, appeal=self.rulings > 0)
         # Missing items upheld pay for the missing lines only (gifts and accessories at their
-        # list price), whatever else the case asked for.
-        pays_at_most = (
-            lines_worth(list(self.lines), policy.listed_price_categories)
-            if claim is Claim.MISSING_ITEMS and in_favour_of is Party.BUYER
-            else None
-        )
+        # list price), whatever else the case asked for; and never more than the case's lines
+        # had left when it took them back.
+        caps = [self.pays_at_most] if self.pays_at_most is not None else []
+        if claim is Claim.MISSING_ITEMS and in_favour_of is Party.BUYER:
+            caps.append(lines_worth(list(self.lines), policy.listed_price_categories))
+        pays_at_most = min(caps) if caps else None
         self._take(
             row,
             act,
@@ -906,7 +1094,11 @@ class ReturnCase(Aggregate):
         self._check(action.value, act)
         due = self.due
         if due is None or due.action is not action:
-            raise NotAllowed(f"case {self.id} has no {action.value} deadline running")
+            running = f"{self.due.action.value} is" if self.due else "nothing is"
+            raise NotAllowed(
+                f"case {self.id} is {self.status}: it has no {action.value} deadline running "
+                f"({running} running)"
+            )
         if act.at == due.due_at:
             # Fired at its due time: keep the deadline's own offset in the record.
             act = replace(act, at=due.due_at)
@@ -915,7 +1107,16 @@ class ReturnCase(Aggregate):
                 f"case {self.id}: {action.value} is due at {due.due_at.isoformat()}, "
                 f"not yet at {act.at.isoformat()}"
             )
+        if action is DueAction.OFFER_LAPSED:
+            self._unanswered(action.value, act, policy, fired=due)
+            return
         self._take(self._outcome(action.value), act, policy, fired=due)
+
+    def _unanswered(self, action: str, act: Act, policy: Policy, **fields: Any) -> None:
+        """An offer declined or lapsed: back where it found the case, its deadline as it was."""
+        status, due = self._resumed(act)
+        row = self._outcome(action, resumes=status)
+        self._take(row, act, policy, deadline=due, **fields)
 
     # Negotiation ------------------------------------------------------------------------------
 
@@ -927,6 +1128,18 @@ class ReturnCase(Aggregate):
             raise BadInput("a message needs its text")
         if any(not ref.strip() for ref in evidence):
             raise BadInput("an evidence reference is empty")
+        closes = (self.escalation or {}).get("evidence_until")
+        if (
+            evidence
+            and self.status is S.ESCALATED
+            and act.actor.role in (Role.BUYER, Role.MERCHANT)
+            and closes is not None
+            and act.at > datetime.fromisoformat(closes)
+        ):
+            raise NotAllowed(
+                f"case {self.id}: the parties' evidence window closed at {closes}; the "
+                "platform rules on what it has (a message without evidence is still taken)"
+            )
         row = self._outcome_by("message", act.actor.role)
         self._take(row, act, text=text, evidence=tuple(evidence))
 
@@ -939,17 +1152,28 @@ class ReturnCase(Aggregate):
         amount: Decimal | None = None,
         note: str | None = None,
     ) -> None:
-        """The merchant offers another service instead of the one asked for; the buyer has
-        the policy's window to answer."""
+        """The merchant offers another service instead of the one asked for (while it reviews
+        the request), or less money than is due (wherever it may refund: a refund only, for the
+        amount offered). The buyer has the policy's window to answer; declined or unanswered,
+        the case goes back where the offer found it, its deadline as it was. One at a time."""
         self._check("offer", act)
+        due = self.refund_due
+        if self.status is not S.AWAITING_MERCHANT and case_type is not CaseType.REFUND_ONLY:
+            raise NotAllowed(
+                f"case {self.id} is {self.status}: another service is offered while the "
+                "merchant reviews the request; now only a refund (refund_only, with its amount) "
+                "may be offered"
+            )
         if (
             case_type is CaseType.RESHIP
             and reason_group(self.reason) is not ReasonGroup.MISSING_ITEMS
         ):
             raise NotAllowed(f"case {self.id} is not for missing items: a reship cannot be offered")
-        if case_type is self.case_type:
+        less = amount is not None and amount < due
+        if case_type is self.case_type and not less:
             raise NotAllowed(
-                f"case {self.id} is already {_TYPE_WORDS[case_type]}: an offer changes the service"
+                f"case {self.id} is already {_TYPE_WORDS[case_type]}: an offer changes the "
+                "service or the amount"
             )
         if case_type in RETURN_TYPES and self.case_type is CaseType.RESHIP:
             raise NotAllowed(
@@ -964,11 +1188,11 @@ class ReturnCase(Aggregate):
         if amount is not None:
             if amount <= ZERO:
                 raise BadInput("the amount offered must be more than 0")
-            if amount > self.amount:
+            if amount > due:
                 # The amount asked was checked against what was paid on the case's lines.
                 raise NotAllowed(
-                    f"{money_str(amount)} offered, but at most the {money_str(self.amount)} "
-                    "asked can be refunded on this case"
+                    f"{money_str(amount)} offered, but at most the {money_str(due)} "
+                    f"{'asked' if due == self.amount else 'due'} can be refunded on this case"
                 )
         self._take(
             self._outcome("offer"),
@@ -984,7 +1208,7 @@ class ReturnCase(Aggregate):
         self._check("accept-offer", act)
         offered = self.offers[-1]
         case_type = CaseType(offered["type"])
-        agreed = self.amount if offered["amount"] is None else Decimal(offered["amount"])
+        agreed = self.refund_due if offered["amount"] is None else Decimal(offered["amount"])
         row = outcome("accept-offer", self.status, case_type=case_type)
         # The deadline the new status starts counts with the new type's windows.
         due = (
@@ -1003,9 +1227,20 @@ class ReturnCase(Aggregate):
         )
 
     def decline_offer(self, act: Act, policy: Policy) -> None:
-        """The buyer declines the offer: the merchant reviews the case again, afresh."""
+        """The buyer declines the offer: the case goes back where the offer found it, with the
+        deadline then running (an offer never gives the merchant more time)."""
         self._check("decline-offer", act)
-        self._take(self._outcome("decline-offer"), act, policy)
+        self._unanswered("decline-offer", act, policy)
+
+    def turn_return(self, act: Act) -> None:
+        """The order system recorded a shipment under this refund-only case, opened before it:
+        the goods went out, so the case becomes a return."""
+        self._check(TURN_RETURN, act)
+        if not self.holds_shipment:
+            raise NotAllowed(
+                f"case {self.id} is not a refund-only case opened before the order shipped"
+            )
+        self._take(self._outcome(TURN_RETURN), act, case_type=CaseType.RETURN_REFUND)
 
     def extend_receipt(self, act: Act, policy: Policy, *, hours: int, reason: str) -> None:
         """The merchant's one extension of its receipt window, moving the running deadline."""
@@ -1036,6 +1271,14 @@ class ReturnCase(Aggregate):
     @property
     def holds_lines(self) -> bool:
         return self.status in HOLDING_STATUSES
+
+    @property
+    def holds_shipment(self) -> bool:
+        """A refund-only case opened before the order shipped holds the shipment of its lines
+        while it is open: the merchant answers before it ships (未发货仅退款)."""
+        return (
+            self.holds_lines and self.case_type is CaseType.REFUND_ONLY and not self.order_shipped
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1073,6 +1316,7 @@ class ReturnCase(Aggregate):
             "reshipment": self.reshipment.model_dump() if self.reshipment else None,
             "escalation": self.escalation,
             "ruling": self.ruling,
+            "ruling_overdue": self.ruling_overdue,
             "freight_on_merchant": self.freight_on_merchant,
             "late_shipment": self.late_shipment,
             "goods_recovered": self.goods_recovered,
@@ -1114,7 +1358,7 @@ def settle_order_lines(
             case.id, case.status.value, lines, case.refunded_amount - refunded_before, act
         )
     else:
-        order.link_case(case.id, lines, act)
+        order.link_case(case.id, lines, act, holds_shipment=case.holds_shipment)
     return True
 
 
@@ -1142,6 +1386,8 @@ _APPLY: Mapping[type[CaseEvent], Callable[[ReturnCase, Any], None]] = {
     OfferDeclined: ReturnCase._declined,
     OfferLapsed: ReturnCase._lapsed,
     ReceiptExtended: ReturnCase._extended,
+    RulingOverdue: ReturnCase._ruling_overdue,
+    CaseTurnedReturn: ReturnCase._turned,
 }
 
 

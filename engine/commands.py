@@ -493,8 +493,9 @@ class CaseAction(Action):
     def target(self) -> str:
         return str(self.case_id)
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
-        """The domain's method for this action."""
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
+        """The domain's method for this action (``order``: the case's order, where the service
+        loaded it because the action needs it, as a rejected case's escalation does)."""
         raise NotImplementedError
 
 
@@ -510,7 +511,8 @@ class OrderAction(Action):
     def target(self) -> str:
         return self.order_id
 
-    def apply(self, order: Order, act: Act) -> None:
+    def apply(self, order: Order, act: Act) -> list[UUID]:
+        """Record the fact; the refund-only cases it turned into returns, if any."""
         raise NotImplementedError
 
 
@@ -544,9 +546,14 @@ class ShipOrder(OrderAction):
 
     carrier: OptionalId = Field(None, description="The carrier (with --waybill).")
     waybill: OptionalId = Field(None, description="The waybill number (with --carrier).")
+    anyway: Flag = Field(
+        False,
+        description="The goods went out although a refund-only case opened before shipment "
+        "holds the order: record it, turning that case into a return.",
+    )
 
-    def apply(self, order: Order, act: Act) -> None:
-        order.ship(_shipment(self.carrier, self.waybill), act)
+    def apply(self, order: Order, act: Act) -> list[UUID]:
+        return order.ship(_shipment(self.carrier, self.waybill), act, anyway=self.anyway)
 
 
 class DeliverOrder(OrderAction):
@@ -554,8 +561,14 @@ class DeliverOrder(OrderAction):
 
     name: ClassVar[str] = "order deliver"
 
-    def apply(self, order: Order, act: Act) -> None:
-        order.deliver(act)
+    anyway: Flag = Field(
+        False,
+        description="Delivered (so shipped) although a refund-only case opened before shipment "
+        "holds the order: record it, turning that case into a return.",
+    )
+
+    def apply(self, order: Order, act: Act) -> list[UUID]:
+        return order.deliver(act, anyway=self.anyway)
 
 
 class ImportOrder(Command):
@@ -643,7 +656,7 @@ class ShipBack(CaseAction):
     carrier: Id
     waybill: Id
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.ship_back(act, policy, Shipment(carrier=self.carrier, waybill=self.waybill))
 
 
@@ -656,7 +669,7 @@ class WithdrawCase(CaseAction):
     name: ClassVar[str] = "case withdraw"
     role: ClassVar[Role] = Role.BUYER
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.withdraw(act)
 
 
@@ -672,8 +685,10 @@ class EscalateCase(CaseAction):
     evidence: Evidence = ()
     note: OptionalText = None
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
-        case.escalate(act, claim=self.claim, evidence=list(self.evidence), note=self.note)
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
+        case.escalate(
+            act, policy, claim=self.claim, evidence=list(self.evidence), note=self.note, order=order
+        )
 
 
 class RateCase(CaseAction):
@@ -685,7 +700,7 @@ class RateCase(CaseAction):
     score: Annotated[int, _between(1, 5)] = Field(description="1 to 5.")
     comment: OptionalText = None
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.rate(act, score=self.score, comment=self.comment)
 
 
@@ -700,7 +715,7 @@ class ApproveCase(CaseAction):
 
     return_address: OptionalText = Field(None, description="Where the buyer sends the goods.")
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.approve(act, policy, return_address=self.return_address)
 
 
@@ -713,8 +728,8 @@ class RejectCase(CaseAction):
     reason: Text = Field(description="Why the request is rejected.")
     communication: Text = Field(description="Reference to the talk with the buyer.")
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
-        case.reject(act, reason=self.reason, communication=self.communication)
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
+        case.reject(act, policy, reason=self.reason, communication=self.communication)
 
 
 class ReceiveGoods(CaseAction):
@@ -727,20 +742,24 @@ class ReceiveGoods(CaseAction):
         Condition.OK, description="The goods' condition (default: ok)."
     )
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.receive(act, policy, condition=self.condition)
 
 
 class RefundCase(CaseAction):
-    """The merchant refunds the buyer."""
+    """The merchant refunds the buyer what is due; a smaller amount is an offer the buyer
+    accepts, declines or lets lapse."""
 
     name: ClassVar[str] = "case refund"
     role: ClassVar[Role] = Role.MERCHANT
 
-    amount: Money = Field(None, description="At most the amount asked (default: all of it).")
+    amount: Money = Field(
+        None,
+        description="The amount due (the default); less is offered to the buyer, not refunded.",
+    )
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
-        case.refund(act, amount=self.amount)
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
+        case.refund(act, policy, amount=self.amount)
 
 
 class ShipReplacement(CaseAction):
@@ -752,7 +771,7 @@ class ShipReplacement(CaseAction):
     carrier: Id
     waybill: Id
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.ship_replacement(act, Shipment(carrier=self.carrier, waybill=self.waybill))
 
 
@@ -778,7 +797,7 @@ class Reship(CaseAction):
         assert self.carrier is not None and self.waybill is not None
         return Shipment(carrier=self.carrier.strip(), waybill=self.waybill.strip())
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.reship(act, self.shipment(), note=self.note)
 
 
@@ -790,7 +809,7 @@ class RecoverGoods(CaseAction):
 
     note: OptionalText = None
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.recover_goods(act, note=self.note)
 
 
@@ -808,7 +827,7 @@ class RuleCase(CaseAction):
     )
     note: OptionalText = None
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.rule(act, policy, in_favour_of=self.in_favour_of, note=self.note)
 
 
@@ -827,7 +846,7 @@ class FireDeadline(CaseAction):
     def fingerprint_args(self) -> dict[str, Any]:
         return {}
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.fire(act, policy, self.deadline)
 
 
@@ -852,7 +871,7 @@ class MessageCase(CaseAction):
     def role(self) -> Role:  # type: ignore[override]
         return Role(self.party.value)
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.message(act, text=self.text, evidence=list(self.evidence))
 
 
@@ -871,7 +890,7 @@ class OfferChange(CaseAction):
     )
     note: OptionalText = None
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.offer(act, policy, case_type=self.type, amount=self.amount, note=self.note)
 
 
@@ -881,7 +900,7 @@ class AcceptOffer(CaseAction):
     name: ClassVar[str] = "case accept-offer"
     role: ClassVar[Role] = Role.BUYER
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.accept_offer(act, policy)
 
 
@@ -891,7 +910,7 @@ class DeclineOffer(CaseAction):
     name: ClassVar[str] = "case decline-offer"
     role: ClassVar[Role] = Role.BUYER
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.decline_offer(act, policy)
 
 
@@ -906,7 +925,7 @@ class ExtendReceipt(CaseAction):
     )
     reason: Text = Field(description="Why more time is needed.")
 
-    def apply(self, case: ReturnCase, act: Act, policy: Policy) -> None:
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         case.extend_receipt(act, policy, hours=self.hours, reason=self.reason)
 
 

@@ -300,8 +300,13 @@ class Aggregate(BaseAggregate[UUID]):
         assert issubclass(event_class, Event)
         event = event_class(originator_id=self.id, originator_version=self.version + 1, **kwargs)
         sealed = _sealed(event, self.last_hash)
+        self.check_new(sealed)
         sealed.mutate(self)
         self.pending_events.append(sealed)
+
+    def check_new(self, event: Event) -> None:
+        """Refuse an event about to be recorded that would break an invariant
+        (``engine/invariants.py``), before it changes anything."""
 
     def when(self, event: Event) -> None:
         self.last_hash = event.hash

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aftersales.engine.errors import BadInput, NotAllowed
 from aftersales.engine.events import Act, Aggregate, Created, Event
+from aftersales.engine.invariants import check_order_event
 from aftersales.engine.limits import MAX_QUANTITY, check_id, whole_number
 from aftersales.engine.values import CENT, ZERO, money_str, parse_money
 
@@ -131,6 +132,9 @@ class OrderPlaced(Created):
 
 class OrderShipped(Event):
     shipment: Shipment | None = None
+    # Refund-only cases opened before the shipment that it turned into returns (the order
+    # system recorded it although they held the lines).
+    turned: tuple[UUID, ...] = ()
 
 
 class OrderDelivered(Event):
@@ -142,6 +146,8 @@ class CaseLinked(Event):
 
     case_id: UUID
     skus: tuple[str, ...]
+    # A refund-only case opened before shipment: the order may not ship until it is answered.
+    holds_shipment: bool = False
 
 
 class CaseUnlinked(Event):
@@ -170,6 +176,7 @@ class Order(Aggregate):
         last_case: dict[str, UUID]
         cases: list[UUID]
         line_cases: dict[str, list[UUID]]
+        shipment_held_by: list[UUID]
 
     # Construction and replay -------------------------------------------------------------
 
@@ -201,6 +208,9 @@ class Order(Aggregate):
             **act.fields(),
         )
 
+    def check_new(self, event: Event) -> None:
+        check_order_event(self, event)
+
     def when(self, event: Event) -> None:
         super().when(event)
         self.last_at = max(event.at, getattr(self, "last_at", event.at))
@@ -224,10 +234,12 @@ class Order(Aggregate):
         self.last_case = {}
         self.cases = []
         self.line_cases = {}
+        self.shipment_held_by = []
 
     def _shipped(self, event: OrderShipped) -> None:
         self.shipped_at = event.at
         self.shipment = event.shipment
+        self.shipment_held_by = [c for c in self.shipment_held_by if c not in event.turned]
 
     def _delivered(self, event: OrderDelivered) -> None:
         self.delivered_at = event.at
@@ -242,10 +254,14 @@ class Order(Aggregate):
                 on_line.append(event.case_id)
         if event.case_id not in self.cases:
             self.cases.append(event.case_id)
+        if event.holds_shipment and event.case_id not in self.shipment_held_by:
+            self.shipment_held_by.append(event.case_id)
 
     def _unlinked(self, event: CaseUnlinked) -> None:
         for sku in [s for s, c in self.holders.items() if c == event.case_id]:
             del self.holders[sku]
+        if event.case_id in self.shipment_held_by:
+            self.shipment_held_by.remove(event.case_id)
         for sku, amount in event.refunded.items():
             self.refunded[sku] = self.refunded.get(sku, ZERO) + amount
 
@@ -258,20 +274,42 @@ class Order(Aggregate):
                 f"latest event at {self.last_at.isoformat()}"
             )
 
-    def ship(self, shipment: Shipment | None, act: Act) -> None:
+    def ship(self, shipment: Shipment | None, act: Act, *, anyway: bool = False) -> list[UUID]:
+        """Record the shipment. A refund-only case opened before it holds its lines: refused
+        while one is open (the merchant answers first), unless the order system records that
+        the goods went out ``anyway``; then those cases are turned into returns (the caller
+        turns them: their ids are returned)."""
         self._check_time(act, "ship")
         if self.shipped_at is not None:
             raise NotAllowed(f"order {self.order_id} is already shipped")
-        self.trigger_event(OrderShipped, shipment=shipment, **act.fields())
+        turned = self._held(anyway, "shipped")
+        self.trigger_event(OrderShipped, shipment=shipment, turned=turned, **act.fields())
+        return list(turned)
 
-    def deliver(self, act: Act) -> None:
+    def deliver(self, act: Act, *, anyway: bool = False) -> list[UUID]:
+        """Record the delivery (and the shipment it implies, held as ``ship`` holds it)."""
         self._check_time(act, "deliver")
         if self.delivered_at is not None:
             raise NotAllowed(f"order {self.order_id} is already delivered")
+        turned: tuple[UUID, ...] = ()
         if self.shipped_at is None:
             # Delivery implies shipment; record both so the facts stay in order.
-            self.trigger_event(OrderShipped, shipment=None, **act.fields())
+            turned = self._held(anyway, "delivered")
+            self.trigger_event(OrderShipped, shipment=None, turned=turned, **act.fields())
         self.trigger_event(OrderDelivered, **act.fields())
+        return list(turned)
+
+    def _held(self, anyway: bool, what: str) -> tuple[UUID, ...]:
+        held = tuple(self.shipment_held_by)
+        if held and not anyway:
+            cases = ", ".join(str(c) for c in held)
+            raise NotAllowed(
+                f"order {self.order_id} cannot be {what}: refund-only case {cases}, opened "
+                "before shipment, holds its lines until the merchant answers it (approve: "
+                "refunded, nothing ships; reject: then ship). If the goods went out anyway, "
+                "the order system records that they did, which turns the case into a return"
+            )
+        return held
 
     # After-sales bookkeeping ----------------------------------------------------------------
 
@@ -347,7 +385,9 @@ class Order(Aggregate):
                 return case_id
         return None
 
-    def link_case(self, case_id: UUID, lines: list[CaseLine], act: Act) -> None:
+    def link_case(
+        self, case_id: UUID, lines: list[CaseLine], act: Act, *, holds_shipment: bool = False
+    ) -> None:
         # Time never runs backwards on an order: a case cannot be opened (or take its lines
         # back) at a time before what the order already records, such as its delivery.
         self._check_time(act, "a case on it")
@@ -356,6 +396,7 @@ class Order(Aggregate):
             CaseLinked,
             case_id=case_id,
             skus=tuple(line.sku for line in lines),
+            holds_shipment=holds_shipment,
             **act.fields(),
         )
 

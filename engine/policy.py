@@ -43,6 +43,8 @@ Stage = Literal[
     "reshipment",
     "replacement",
     "offer_answer",
+    "ruling",
+    "ruling_grace",
 ]
 STAGES: tuple[Stage, ...] = (
     "merchant_review",
@@ -51,6 +53,8 @@ STAGES: tuple[Stage, ...] = (
     "reshipment",
     "replacement",
     "offer_answer",
+    "ruling",
+    "ruling_grace",
 )
 
 
@@ -66,6 +70,10 @@ class Windows(BaseModel):
     replacement_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
     # The buyer's time to answer a merchant's offer of another service.
     offer_answer_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    # The platform's time to rule on an escalated case; past it the ruling is overdue.
+    ruling_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    # How long a ruling may be overdue before the platform pays the buyer on its own account.
+    ruling_grace_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
 
     def hours(self, stage: Stage) -> int | None:
         value: int | None = getattr(self, f"{stage}_hours")
@@ -85,6 +93,8 @@ DEFAULT_WINDOWS = Windows(
     reshipment_hours=24,
     replacement_hours=48,
     offer_answer_hours=48,
+    ruling_hours=72,
+    ruling_grace_hours=48,
 )
 
 
@@ -98,10 +108,24 @@ class Policy(BaseModel):
 
     name: str = "default"
     no_reason_return_days: int = Field(default=7, ge=0, le=MAX_POLICY_DAYS)
-    # Returns and exchanges (any reason) are opened within this many days of delivery.
+    # A case of any type is opened within this many days of delivery (before delivery, only
+    # what may be asked before it: refund only, a lost or damaged parcel); per service type and
+    # per product category another number may be set, the category's winning.
     after_sales_days: int = Field(default=15, ge=0, le=MAX_POLICY_DAYS)
-    # A rejected case may be taken to the platform for this many days after the rejection.
+    after_sales_days_by_type: dict[CaseType, Annotated[int, Field(ge=0, le=MAX_POLICY_DAYS)]] = (
+        Field(default_factory=dict)
+    )
+    after_sales_days_by_category: dict[str, Annotated[int, Field(ge=0, le=MAX_POLICY_DAYS)]] = (
+        Field(default_factory=dict)
+    )
+    # A rejected case may be taken to the platform for this many days after the rejection;
+    # past them the clock closes it.
     escalation_days_after_rejection: int = Field(default=7, ge=0, le=MAX_POLICY_DAYS)
+    # After a ruling for the merchant the buyer may appeal once, within this many days; the
+    # second ruling is final. Past them the clock closes the case.
+    appeal_days: int = Field(default=7, ge=0, le=MAX_POLICY_DAYS)
+    # Once a case is escalated, each party may add evidence for this many hours.
+    evidence_hours: int = Field(default=48, gt=0, le=MAX_WINDOW_HOURS)
     # Cases an order line may have over its lifetime, one after another.
     max_cases_per_line: int = Field(default=5, ge=1, le=1000)
     no_reason_excluded_categories: tuple[str, ...] = (
@@ -146,6 +170,16 @@ class Policy(BaseModel):
             if windows is not None and (hours := windows.hours(stage)) is not None:
                 return timedelta(hours=hours)
         raise AssertionError(f"no window for {stage}")  # DEFAULT_WINDOWS has them all
+
+    def after_sales_window(self, case_type: CaseType, categories: list[str | None]) -> int:
+        """The days after delivery a case of this type on lines of these categories may be
+        opened: the shortest of the lines' windows, each its category's if the policy sets one,
+        else the type's, else the default."""
+        by_type = self.after_sales_days_by_type.get(case_type, self.after_sales_days)
+        return min(
+            (self.after_sales_days_by_category.get(c or "", by_type) for c in categories),
+            default=by_type,
+        )
 
     def excludes_no_reason(self, category: str | None) -> bool:
         return category is not None and category in self.no_reason_excluded_categories

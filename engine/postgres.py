@@ -272,6 +272,40 @@ def select_events(
         ]
 
 
+def select_with_index(
+    store_recorder: ApplicationRecorder, uid: UUID
+) -> tuple[list[tuple[int, str, bytes]], int | None]:
+    """One aggregate's stored events in version order and, read in the same statement (so
+    from the same snapshot), the version the case index names for it (None: no row, as for
+    an order)."""
+    recorder = _ours(store_recorder)
+    statement = SQL(
+        "SELECT e.originator_version, e.topic, e.state, "
+        "(SELECT c.version FROM {schema}.{cases} c WHERE c.case_id = %s) AS indexed "
+        "FROM {schema}.{events} e WHERE e.originator_id = %s ORDER BY e.originator_version"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        cases=Identifier(CASES_TABLE),
+        events=Identifier(recorder.events_table_name),
+    )
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(statement, (str(uid), uid), prepare=True)
+        rows = curs.fetchall()
+    indexed = rows[0]["indexed"] if rows else None
+    return [(r["originator_version"], r["topic"], bytes(r["state"])) for r in rows], indexed
+
+
+def indexed_versions(store_recorder: ApplicationRecorder, ids: Sequence[UUID]) -> dict[UUID, int]:
+    """The versions the case index names for these aggregates (those it has a row for)."""
+    recorder = _ours(store_recorder)
+    statement = SQL("SELECT case_id, version FROM {}.{} WHERE case_id = ANY(%s)").format(
+        Identifier(recorder.datastore.schema), Identifier(CASES_TABLE)
+    )
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(statement, ([str(i) for i in ids],))
+        return {UUID(r["case_id"]): int(r["version"]) for r in curs.fetchall()}
+
+
 def wake_listeners(store_recorder: ApplicationRecorder) -> None:
     """NOTIFY the store's channel, as every save does: each subscription listening reads the
     log again. A subscription reads what is recorded before it starts listening, so an event

@@ -59,6 +59,7 @@ from aftersales.engine.errors import (
     Poisoned,
 )
 from aftersales.engine.events import Act
+from aftersales.engine.invariants import InvariantBroken
 from aftersales.engine.order import Order, check_order_id, order_uuid
 from aftersales.engine.policy import Policy
 from aftersales.engine.sql import Dialect
@@ -204,14 +205,19 @@ class SaveNow(UnitOfWork):
         command_id = command.command_id or str(uuid4())
         self.replayed = False
         fresh = False
+        invariant_retried = False
         for _ in range(MAX_ATTEMPTS):
             self.use_cache, self.used_cache = not fresh, False
             self.served.clear()
             try:
                 main, others, act = attempt(command_id)
-            except AftersalesError:
+            except AftersalesError as exc:
                 self.forget_served()
-                if self.used_cache:  # decided on cached state: decide again on fresh state
+                # Decided on cached state: decide again on fresh state. An invariant broken on
+                # fresh state may be two reads on either side of another writer's commit (the
+                # case before it, the order after): decided again once on what is there now.
+                if self.used_cache or (isinstance(exc, InvariantBroken) and not invariant_retried):
+                    invariant_retried = invariant_retried or not self.used_cache
                     fresh = True
                     continue
                 replayed = self.replay(command, fingerprint)
@@ -262,6 +268,10 @@ class Chunk(UnitOfWork):
         self.known_commands: dict[str, dict[str, Any]] = {}
         # Commands taken to be saved and not known to be saved yet (see ``take``).
         self.saving: dict[str, dict[str, Any]] = {}
+        # An action refused for breaking an invariant may have changed an aggregate in memory
+        # before the check (an invariant is checked as each event is recorded): what this
+        # chunk holds is then not to be saved; the bulk path runs it again item by item.
+        self.tainted = False
 
     def run(self, command: Action, attempt: Attempt) -> dict[str, Any]:
         fingerprint = command.fingerprint() if command.command_id else ""
@@ -269,7 +279,11 @@ class Chunk(UnitOfWork):
         replayed = self.replay(command, fingerprint)
         if replayed is not None:
             return replayed
-        main, others, act = attempt(command.command_id or str(uuid4()))
+        try:
+            main, others, act = attempt(command.command_id or str(uuid4()))
+        except InvariantBroken:
+            self.tainted = True
+            raise
         changed = [main, *others]
         for aggregate in changed:
             self.aggregates[aggregate.id] = aggregate
@@ -371,6 +385,7 @@ class Chunk(UnitOfWork):
 
     def discard(self) -> None:
         """Forget what was not saved (after a failed write): the store is the truth."""
+        self.tainted = False
         self.aggregates.clear()
         self.absent.clear()
         self.poisoned.clear()
@@ -624,7 +639,7 @@ class Engine:
         """Take a case action, then free or take back the order's lines as it leaves them;
         True if the order recorded something."""
         holding, refunded = case.holds_lines, case.refunded_amount
-        command.apply(case, act, self.policy)
+        command.apply(case, act, self.policy, order)
         return settle_order_lines(
             case, order, was_holding=holding, refunded_before=refunded, act=act
         )
@@ -659,7 +674,7 @@ class Engine:
                 order = order or self.load_order(case.order_id)
                 order.check_lines_free(list(case.lines))
             try:
-                command.apply(case, act, self.policy)
+                command.apply(case, act, self.policy, order)
             except AftersalesError as exc:
                 raise clock.explain(case, exc) from None
             if holding != case.holds_lines:
@@ -705,7 +720,7 @@ class Engine:
                 policy=self.policy,
                 act=act,
             )
-            order.link_case(case.id, case_lines, act)
+            order.link_case(case.id, case_lines, act, holds_shipment=case.holds_shipment)
             return case, [order, *clock.changed(exclude=order)], act
 
         return self.uow.run(command, attempt)
@@ -716,10 +731,27 @@ class Engine:
             order = self.load_order(command.order_id)
             self._check_expected(order, command, f"order {command.order_id}")
             act = self._act(command, "order-system", command_id)
-            command.apply(order, act)
-            return order, [], act
+            # Deadlines of the cases holding the order's lines that fell due by now have acted
+            # (a refund-only request auto-approved at hour 48 holds nothing at hour 50).
+            clock = self._clock_first(order, [], act.at)
+            turned = command.apply(order, act)
+            cases = self._turn_returns(order, turned, act, clock)
+            return order, [*cases, *clock.changed(exclude=order)], act
 
         return self.uow.run(command, attempt)
+
+    def _turn_returns(
+        self, order: Order, turned: list[UUID], act: Act, clock: Clock
+    ) -> list[ReturnCase]:
+        """The refund-only cases a shipment recorded anyway turned into returns, each recording
+        so (as the order system, at the shipment's time)."""
+        cases = []
+        for case_id in turned:
+            case = clock.touched.get(case_id) or self.load_case(case_id)
+            assert isinstance(case, ReturnCase)
+            case.turn_return(act)
+            cases.append(case)
+        return cases
 
     @handle.register
     def _place_order(self, command: PlaceOrder) -> dict[str, Any]:
@@ -782,13 +814,27 @@ class Engine:
                     f"order {command.order_id} was imported before with other facts "
                     "(merchant, buyer or lines); it is not changed"
                 )
+            # The order system's facts are what happened: a shipment under a refund-only case
+            # opened before it is recorded all the same, and turns that case into a return.
+            cases: list[Aggregate] = []
             if ships and order.shipped_at is None:
                 act = at(shipped_at, command_id)
-                order.ship(shipment, act)
+                clock = self._clock_first(order, [], act.at)
+                turned = order.ship(shipment, act, anyway=True)
+                cases += [
+                    *self._turn_returns(order, turned, act, clock),
+                    *clock.changed(exclude=order),
+                ]
             if command.delivered_at is not None and order.delivered_at is None:
                 act = at(command.delivered_at, command_id)
-                order.deliver(act)
-            return order, [], act
+                clock = self._clock_first(order, [], act.at)
+                turned = order.deliver(act, anyway=True)
+                cases += [
+                    *self._turn_returns(order, turned, act, clock),
+                    *clock.changed(exclude=order),
+                ]
+            unique = list({a.id: a for a in cases if a is not order}.values())
+            return order, unique, act
 
         return self.uow.run(placing, attempt)
 

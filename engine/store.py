@@ -41,7 +41,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLite
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
 
-from aftersales.engine.errors import BadInput, Poisoned, StoreUnavailable
+from aftersales.engine.errors import AftersalesError, BadInput, Poisoned, StoreUnavailable
 from aftersales.engine.events import (
     GENESIS_HASH,
     Aggregate,
@@ -52,6 +52,7 @@ from aftersales.engine.events import (
     stored_state,
     verified_hash,
 )
+from aftersales.engine.invariants import CaseReplay
 from aftersales.engine.limits import MAX_STORE_URL_CHARS, check_id
 from aftersales.engine.sql import SQLITE, Dialect
 
@@ -398,6 +399,9 @@ class EventStore(Application[UUID]):
         # Every aggregate read is checked (``rebuild``); False only to measure what that
         # costs (scripts/bench_projections.py).
         self.verify_reads = True
+        # ... and its history replayed through the audit's cheap checks, a case's against its
+        # index row (``check_index``); False only to measure that (scripts/bench.py).
+        self.replay_reads = True
         if self.url.kind == "postgresql":
             from aftersales.engine.postgres import ensure_schema
 
@@ -536,9 +540,11 @@ class EventStore(Application[UUID]):
         by_id: dict[UUID, list[tuple[int, str, bytes]]] = {}
         for uid, version, topic, state in self.select_rows(ids):
             by_id.setdefault(uid, []).append((version, topic, state))
+        indexed = self.indexed_versions(list(by_id)) if by_id else {}
         aggregates: dict[UUID, Any] = {}
         for uid, events in by_id.items():
             try:
+                self.check_index(uid, events, indexed.get(uid))
                 aggregates[uid] = self.rebuild(uid, events)
             except Poisoned as exc:
                 if poisoned is None:
@@ -549,34 +555,137 @@ class EventStore(Application[UUID]):
     def load(self, uid: UUID, version: int | None = None) -> Any | None:
         """One aggregate from its events (up to ``version``), or None if it has none: the
         library's repository without its per-event protocol checks, on the hot path of every
-        single action. Its hash chain is checked as it is read (``rebuild``)."""
-        events = [
-            (s.originator_version, s.topic, bytes(s.state))
-            for s in self.recorder.select_events(uid, lte=version)
-        ]
-        return self.rebuild(uid, events) if events else None
+        single action. Its hash chain and the legality of its history are checked as it is
+        read (``rebuild``), and a case's whole history against the case index, read in the
+        same statement (``check_index``)."""
+        if version is not None:
+            events = [
+                (s.originator_version, s.topic, bytes(s.state))
+                for s in self.recorder.select_events(uid, lte=version)
+            ]
+            return self.rebuild(uid, events, whole=False) if events else None
+        events, indexed = self.select_with_index(uid)
+        if not events:
+            return None
+        self.check_index(uid, events, indexed)
+        return self.rebuild(uid, events)
 
-    def rebuild(self, uid: UUID, events: Sequence[tuple[int, str, bytes]]) -> Any:
+    def select_with_index(self, uid: UUID) -> tuple[list[tuple[int, str, bytes]], int | None]:
+        """An aggregate's stored events and the version the case index names (one query)."""
+        recorder = self.recorder
+        if self.is_postgres:
+            from aftersales.engine import postgres
+
+            return postgres.select_with_index(recorder, uid)
+        assert isinstance(recorder, SQLiteCaseRecorder)
+        with recorder.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT e.originator_version, e.topic, e.state, "
+                f"(SELECT version FROM {CASES_TABLE} WHERE case_id = ?) "
+                f"FROM {recorder.events_table_name} e WHERE e.originator_id = ? "
+                "ORDER BY e.originator_version",
+                (str(uid), uid.hex),
+            )
+            rows = c.fetchall()
+        indexed = rows[0][3] if rows else None
+        return [(r[0], r[1], bytes(r[2])) for r in rows], indexed
+
+    def indexed_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The versions the case index names for these aggregates (those it has rows for)."""
+        if self.is_postgres:
+            from aftersales.engine import postgres
+
+            return postgres.indexed_versions(self.recorder, ids)
+        rows = self.query(
+            f"SELECT case_id, version FROM {{t}}{CASES_TABLE} "
+            f"WHERE case_id IN ({SQLITE.marks(len(ids))})",
+            [str(i) for i in ids],
+        )
+        return {UUID(r["case_id"]): int(r["version"]) for r in rows}
+
+    def check_index(
+        self, uid: UUID, events: Sequence[tuple[int, str, bytes]], indexed: int | None
+    ) -> None:
+        """A case's stored events end where the case index, written in the same transaction
+        by every save, says they end: a deleted last event, or one appended outside the
+        engine, is poison (``Poisoned``, naming it), never read as the case."""
+        if not self.replay_reads or not events or not events[0][1].endswith(":CaseOpened"):
+            return
+        last = events[-1][0]
+        if indexed is None:
+            raise Poisoned(
+                self.position_of(uid, 1),
+                f"CaseOpened of case {uid}",
+                1,
+                "the case index has no row for this case: it was not written by the engine",
+            )
+        if indexed > last:
+            raise Poisoned(
+                None,
+                f"case {uid}",
+                indexed,
+                f"the case index says the case is at version {indexed}, but its stored events "
+                f"end at version {last}: events are missing from the end (deleted?)",
+            )
+        if indexed < last:
+            version = indexed + 1
+            topic = next((t for v, t, _ in events if v == version), "")
+            raise Poisoned(
+                self.position_of(uid, version),
+                f"{topic.rpartition(':')[2] or 'an event'} of case {uid}",
+                version,
+                f"the case index ends at version {indexed}: this event was not written by the "
+                "engine (appended to the store from outside it)",
+            )
+
+    def rebuild(
+        self, uid: UUID, events: Sequence[tuple[int, str, bytes]], *, whole: bool = True
+    ) -> Any:
         """An aggregate from its stored events (version, topic, bytes) in version order, each
         checked before it is used: versions run 1, 2, 3 ..., each event's hash is its content's
         chained to the one before (``engine.events.verified_hash``, the chain the audit
-        checks), and it reads as its class with times that convert to UTC. The first that
-        fails refuses the whole aggregate with ``Poisoned``, naming it: nothing is guessed."""
+        checks), it reads as its class with times that convert to UTC, and the history it
+        makes is one the engine could have written: for a case, the audit's cheap checks
+        (``invariants.CaseReplay``: transitions, deadlines, time, money), for an order, no
+        line refunded beyond what was paid. The first that fails refuses the whole aggregate
+        with ``Poisoned``, naming it: nothing is guessed. ``whole``: the events are the whole
+        history (not a prefix up to a version), so the last action's consequences are there."""
         aggregate: Any = None
         previous = GENESIS_HASH
         decode = self.mapper.decode
+        replay: CaseReplay | None = None
+        checked, replayed = self.verify_reads, self.replay_reads
         for expected, (version, topic, state) in enumerate(events, start=1):
             try:
                 if version != expected:
                     raise Unreadable(f"version {expected} is missing before it (deleted?)")
-                if self.verify_reads:
+                if checked:
                     previous = verified_hash(previous, uid, version, topic, state)
                 event = decode(uid, version, topic, state)
-                if self.verify_reads:
+                if checked:
                     check_times(event)
+                if replayed:
+                    if version == 1 and topic.endswith(":CaseOpened"):
+                        replay = CaseReplay()
+                    if replay is not None:
+                        found = replay.step(event)  # type: ignore[arg-type]
+                        if found:
+                            raise Unreadable(f"not a history the engine writes: {found[0].message}")
+                    elif aggregate is not None:
+                        aggregate.check_new(event)
                 aggregate = event.mutate(aggregate)
             except Exception as exc:
                 raise self.poisoned(uid, events, version, exc) from None
+        if replay is not None and whole:
+            found = replay.finish()
+            if found:
+                version = found[0].version
+                raise self.poisoned(
+                    uid,
+                    events,
+                    version,
+                    Unreadable(f"not a history the engine writes: {found[0].message}"),
+                )
         return aggregate
 
     def poisoned(
@@ -587,7 +696,13 @@ class EventStore(Application[UUID]):
         exc: Exception,
     ) -> Poisoned:
         """The refusal naming one stored event of an aggregate that cannot be used."""
-        why = str(exc) if isinstance(exc, Unreadable) else reason_of(exc)
+        why = (
+            str(exc)
+            if isinstance(exc, Unreadable)
+            else f"not a history the engine writes: {exc.message}"
+            if isinstance(exc, AftersalesError)
+            else reason_of(exc)
+        )
         topic = next((t for v, t, _ in events if v == version), "")
         what = f"{topic.rpartition(':')[2] or 'an event'} of {_aggregate_name(uid, events)}"
         return Poisoned(self.position_of(uid, version), what, version, why)

@@ -42,6 +42,7 @@ from aftersales.engine.values import (
 
 S = Status
 OPEN = "open"  # the buyer's request: the one action that starts from no status
+TURN_RETURN = "turn-return"  # a refund-only case the order's shipment turned into a return
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,8 @@ class Given:
     receipt: frozenset[Condition] | None = None  # the condition the returned goods came in
     ruling: Party | None = None  # the party the platform ruled for
     reshipped: bool | None = None  # the merchant reshipped (True) or said it cannot (False)
+    appeal: bool | None = None  # the platform ruled on this case before (this is the appeal)
+    resumes: Status | None = None  # the status an unanswered offer interrupted
 
     def holds(
         self,
@@ -61,6 +64,8 @@ class Given:
         receipt: Condition | None,
         ruling: Party | None,
         reshipped: bool | None,
+        appeal: bool | None = None,
+        resumes: Status | None = None,
     ) -> bool:
         return (
             (self.case_types is None or case_type in self.case_types)
@@ -68,6 +73,8 @@ class Given:
             and (self.receipt is None or receipt in self.receipt)
             and (self.ruling is None or ruling is self.ruling)
             and (self.reshipped is None or reshipped is self.reshipped)
+            and (self.appeal is None or appeal is self.appeal)
+            and (self.resumes is None or resumes is self.resumes)
         )
 
 
@@ -112,6 +119,9 @@ M, B, P, SYS = Role.MERCHANT, Role.BUYER, Role.PLATFORM, Role.SYSTEM
 _MERCHANT_PAYS = Refund(paid_by=Party.MERCHANT, owed_by=Party.MERCHANT)
 # The platform makes the buyer whole first and recovers the money from the merchant.
 _PLATFORM_FIRST = Refund(paid_by=Party.PLATFORM, owed_by=Party.MERCHANT)
+# The platform let its own ruling lapse: it pays the buyer and bears it (nobody found the
+# merchant liable).
+_PLATFORM_BEARS = Refund(paid_by=Party.PLATFORM, owed_by=Party.PLATFORM)
 _MERCHANT_TO_BUYER = Charge(payer=Party.MERCHANT, payee=Party.BUYER)
 _FREIGHT_BOTH_WAYS = Charge(payer=Party.MERCHANT, payee=Party.BUYER, legs=2)
 
@@ -126,10 +136,31 @@ _NOT_OK = frozenset(set(Condition) - _OK)
 _PLATFORM_REFUNDS = frozenset({Claim.UNJUSTIFIED_REJECTION, Claim.OTHER, Claim.DISPUTED_RECEIPT})
 _BUYERS_CLAIMS = frozenset(set(Claim) - {Claim.DISPUTED_RECEIPT})
 # The buyer goes to the platform once the merchant has answered, or should have: while the
-# merchant's review runs, its deadline (approval when it runs out) is the buyer's remedy.
-_ESCALATE_FROM = frozenset((AWAITING_STATUSES - {S.AWAITING_MERCHANT}) | {S.REJECTED})
+# merchant's review runs unanswered, its deadline (approval when it runs out) is the buyer's
+# remedy; once the merchant answered with an offer the buyer declined or let lapse, the buyer
+# may go to the platform from the review too (a guard the aggregate checks).
+_ESCALATE_FROM = frozenset(AWAITING_STATUSES | {S.REJECTED})
 # Any status but the end states: where the parties may still talk.
 _NOT_ENDED = frozenset(set(Status) - FINAL_STATUSES)
+# Statuses in which a case holds its order lines; the platform's order system may record a
+# shipment under a refund-only case opened before it, which turns the case into a return.
+_HOLDING = frozenset(_NOT_ENDED - {S.REJECTED})
+# Where the merchant may offer the buyer something else (another service from its review; a
+# smaller refund wherever it may refund), and so where an unanswered offer returns the case.
+OFFER_FROM: tuple[Status, ...] = (
+    S.AWAITING_MERCHANT,
+    S.AWAITING_BUYER_SHIPMENT,
+    S.AWAITING_MERCHANT_RECEIPT,
+    S.AWAITING_REPLACEMENT,
+)
+# The deadline each of those statuses runs: an offer declined or lapsed gives it back as it
+# stood (never extended).
+WAIT_OF: Mapping[Status, DueAction] = {
+    S.AWAITING_MERCHANT: DueAction.AUTO_APPROVE,
+    S.AWAITING_BUYER_SHIPMENT: DueAction.AUTO_CLOSE,
+    S.AWAITING_MERCHANT_RECEIPT: DueAction.AUTO_REFUND,
+    S.AWAITING_REPLACEMENT: DueAction.REPLACEMENT_OVERDUE,
+}
 
 
 def _row(
@@ -160,6 +191,16 @@ def _row(
     )
 
 
+def _resumed(action: str, actor: Role, records: str) -> tuple[Transition, ...]:
+    """An offer declined or unanswered: the case goes back to where the offer found it, with
+    the deadline that was running there (due no later than it was)."""
+    return tuple(
+        _row(action, actor, [S.AWAITING_BUYER_ANSWER], status, records,
+             given=Given(resumes=status), starts=WAIT_OF[status])
+        for status in OFFER_FROM
+    )  # fmt: skip
+
+
 def _approval(
     action: str, actor: Role, records: str, at: Status = S.AWAITING_MERCHANT
 ) -> tuple[Transition, ...]:
@@ -181,7 +222,10 @@ TRANSITIONS: tuple[Transition, ...] = (
     _row(OPEN, B, [], S.AWAITING_MERCHANT, "CaseOpened", starts=DueAction.AUTO_APPROVE),
     *_approval("approve", M, "CaseApproved"),
     *_approval(DueAction.AUTO_APPROVE.value, SYS, "CaseAutoApproved"),
-    _row("reject", M, [S.AWAITING_MERCHANT], S.REJECTED, "CaseRejected"),
+    # The buyer has the policy's days to take a rejection further; then the clock closes it.
+    _row("reject", M, [S.AWAITING_MERCHANT], S.REJECTED, "CaseRejected",
+         starts=DueAction.ESCALATION_LAPSED),
+    _row(DueAction.ESCALATION_LAPSED.value, SYS, [S.REJECTED], S.CLOSED, "EscalationLapsed"),
     # From awaiting_replacement too: the merchant has the goods back and no replacement to send.
     _row("refund", M,
          [S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_MERCHANT_RECEIPT,
@@ -198,7 +242,7 @@ TRANSITIONS: tuple[Transition, ...] = (
          given=Given(case_types=_EXCHANGE, receipt=_OK), starts=DueAction.REPLACEMENT_OVERDUE),
     # Goods not as they should be: no refund; the engine escalates and the platform decides.
     _row("receive", M, [S.AWAITING_MERCHANT_RECEIPT], S.ESCALATED, "GoodsReceived",
-         "CaseEscalated", given=Given(receipt=_NOT_OK)),
+         "CaseEscalated", given=Given(receipt=_NOT_OK), starts=DueAction.RULING_OVERDUE),
     _row(DueAction.AUTO_REFUND.value, SYS, [S.AWAITING_MERCHANT_RECEIPT], S.REFUNDED,
          "CaseAutoRefunded", "CaseRefunded", refund=_MERCHANT_PAYS),
     _row("ship-replacement", M, [S.AWAITING_REPLACEMENT], S.COMPLETED, "ReplacementShipped"),
@@ -215,7 +259,14 @@ TRANSITIONS: tuple[Transition, ...] = (
     _row("withdraw", B,
          [S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.REJECTED, S.ESCALATED],
          S.CLOSED, "CaseWithdrawn"),
-    _row("escalate", B, _ESCALATE_FROM, S.ESCALATED, "CaseEscalated"),
+    # The platform has its own deadline: overdue after the policy's hours (the dashboards show
+    # it), and after its grace the platform pays the buyer on its own account.
+    _row("escalate", B, _ESCALATE_FROM, S.ESCALATED, "CaseEscalated",
+         starts=DueAction.RULING_OVERDUE),
+    _row(DueAction.RULING_OVERDUE.value, SYS, [S.ESCALATED], S.ESCALATED, "RulingOverdue",
+         starts=DueAction.RULING_LAPSED),
+    _row(DueAction.RULING_LAPSED.value, SYS, [S.ESCALATED], S.REFUNDED, "RulingLapsed",
+         "CaseRefunded", refund=_PLATFORM_BEARS),
     _row("rule", P, [S.ESCALATED], S.AWAITING_RESHIPMENT, "CaseRuled",
          given=Given(ruling=Party.BUYER, claims=frozenset({Claim.MISSING_ITEMS})),
          starts=DueAction.RESHIP_OVERDUE),
@@ -227,32 +278,41 @@ TRANSITIONS: tuple[Transition, ...] = (
          given=Given(ruling=Party.BUYER, claims=_PLATFORM_REFUNDS), refund=_PLATFORM_FIRST),
     _row("rule", P, [S.ESCALATED], S.CLOSED, "CaseRuled",
          given=Given(ruling=Party.MERCHANT, claims=frozenset({Claim.DISPUTED_RECEIPT}))),
+    # A first ruling for the merchant: the buyer may appeal once within the policy's days; the
+    # second ruling is final.
     _row("rule", P, [S.ESCALATED], S.REJECTED, "CaseRuled",
-         given=Given(ruling=Party.MERCHANT, claims=_BUYERS_CLAIMS)),
+         given=Given(ruling=Party.MERCHANT, claims=_BUYERS_CLAIMS, appeal=False),
+         starts=DueAction.ESCALATION_LAPSED),
+    _row("rule", P, [S.ESCALATED], S.CLOSED, "CaseRuled",
+         given=Given(ruling=Party.MERCHANT, claims=_BUYERS_CLAIMS, appeal=True)),
     _row("rate", B, FINAL_STATUSES, None, "CaseRated"),
     # Only after the platform refunded on a ruling that left the goods with the buyer: a guard
     # the aggregate checks; the outcome does not depend on it.
     _row("recover-goods", M, [S.REFUNDED], None, "GoodsRecovered"),
     # Negotiation: a message (with any evidence) from whichever party speaks, one row each.
     *(_row("message", who, _NOT_ENDED, None, "MessagePosted") for who in (B, M, P)),
-    # The merchant offers another service instead: the buyer's answer clock replaces the
-    # merchant's review clock.
-    _row("offer", M, [S.AWAITING_MERCHANT], S.AWAITING_BUYER_ANSWER, "ChangeOffered",
+    # The merchant offers another service instead, or (a refund smaller than due) less money:
+    # the buyer's answer clock stands in for the one running, one offer at a time.
+    _row("offer", M, OFFER_FROM, S.AWAITING_BUYER_ANSWER, "ChangeOffered",
          starts=DueAction.OFFER_LAPSED),
     # Accepted, the case goes on as an approval of the type offered (the type here).
     *_approval("accept-offer", B, "OfferAccepted", at=S.AWAITING_BUYER_ANSWER),
-    # Declined or unanswered: back to the merchant, with a fresh review clock.
-    _row("decline-offer", B, [S.AWAITING_BUYER_ANSWER], S.AWAITING_MERCHANT, "OfferDeclined",
-         starts=DueAction.AUTO_APPROVE),
-    _row(DueAction.OFFER_LAPSED.value, SYS, [S.AWAITING_BUYER_ANSWER], S.AWAITING_MERCHANT,
-         "OfferLapsed", starts=DueAction.AUTO_APPROVE),
+    # Declined or unanswered: back where the offer found the case, its deadline as it was.
+    *_resumed("decline-offer", B, "OfferDeclined"),
+    *_resumed(DueAction.OFFER_LAPSED.value, SYS, "OfferLapsed"),
     # The buyer may walk away instead of answering, as from the merchant's review.
     _row("withdraw", B, [S.AWAITING_BUYER_ANSWER], S.CLOSED, "CaseWithdrawn"),
     # The merchant's one extension of its receipt window: the running deadline moves later.
     _row("extend", M, [S.AWAITING_MERCHANT_RECEIPT], None, "ReceiptExtended"),
+    # The order system recorded a shipment under a refund-only case opened before it (the
+    # merchant shipped without answering): the case becomes a return; nothing else changes.
+    _row(TURN_RETURN, P, _HOLDING, None, "CaseTurnedReturn"),
 )  # fmt: skip
 
 SYSTEM_ACTIONS: frozenset[str] = frozenset(d.value for d in DueAction)
+# Actions the engine takes as a consequence of another aggregate's (an order's), never a
+# person's command.
+ENGINE_ACTIONS: frozenset[str] = frozenset({TURN_RETURN})
 
 
 # What a claim must fit -------------------------------------------------------------------------
@@ -303,6 +363,8 @@ def outcome(
     receipt: Condition | None = None,
     ruling: Party | None = None,
     reshipped: bool | None = None,
+    appeal: bool | None = None,
+    resumes: Status | None = None,
     actor: Role | None = None,
 ) -> Transition:
     """The one row for this action from this status, given what its outcome depends on.
@@ -314,13 +376,14 @@ def outcome(
         t
         for t in _BY_ACTION.get(action, ())
         if (status in t.before if status is not None else not t.before)
-        and t.given.holds(case_type, claim, receipt, ruling, reshipped)
+        and t.given.holds(case_type, claim, receipt, ruling, reshipped, appeal, resumes)
         and (actor is None or t.actor is actor)
     ]
     if len(found) != 1:
         raise LookupError(
             f"{len(found)} transitions for {action} from {status} "
-            f"({case_type}, {claim}, {receipt}, {ruling}, {reshipped}, {actor})"
+            f"({case_type}, {claim}, {receipt}, {ruling}, {reshipped}, {appeal}, {resumes}, "
+            f"{actor})"
         )
     return found[0]
 
@@ -339,7 +402,9 @@ def _allowed_from(rows: Iterable[Transition]) -> dict[str, frozenset[Status]]:
 # The statuses each action may start from: what the aggregate enforces and the audit checks.
 ALLOWED_FROM: Mapping[str, frozenset[Status]] = _allowed_from(TRANSITIONS)
 # A person's actions, in the table's order (the order a case lists what is allowed now).
-PERSON_ACTIONS: tuple[str, ...] = tuple(a for a in ALLOWED_FROM if a not in SYSTEM_ACTIONS)
+PERSON_ACTIONS: tuple[str, ...] = tuple(
+    a for a in ALLOWED_FROM if a not in SYSTEM_ACTIONS | ENGINE_ACTIONS
+)
 
 
 def _action_of(rows: Iterable[Transition]) -> dict[str, str]:

@@ -69,6 +69,11 @@ class DueAction(StrEnum):
     RESHIP_OVERDUE = "reship_overdue"
     REPLACEMENT_OVERDUE = "replacement_overdue"
     OFFER_LAPSED = "offer_lapsed"
+    # A rejection (or a ruling for the merchant) nobody took further in its window: closed.
+    ESCALATION_LAPSED = "escalation_lapsed"
+    # The platform did not rule in its time: the case is marked overdue, then the platform pays.
+    RULING_OVERDUE = "ruling_overdue"
+    RULING_LAPSED = "ruling_lapsed"
 
 
 class Condition(StrEnum):

@@ -25,9 +25,11 @@ from aftersales.engine.case import (
     CaseRefunded,
     CaseRejected,
     CaseRuled,
+    CaseTurnedReturn,
     CaseWithdrawn,
     ChangeOffered,
     DeadlineFired,
+    EscalationLapsed,
     GoodsReceived,
     GoodsShippedBack,
     MessagePosted,
@@ -40,6 +42,8 @@ from aftersales.engine.case import (
     ReplacementShipped,
     ReshipImpossible,
     ReshipOverdue,
+    RulingLapsed,
+    RulingOverdue,
 )
 from aftersales.engine.store import EventStore
 from aftersales.engine.values import FINAL_STATUSES, Role
@@ -144,12 +148,13 @@ def _opened(e: CaseOpened, changes: Changes, seq: int) -> None:
     OfferAccepted,
     OfferDeclined,
     ReceiptExtended,
+    CaseTurnedReturn,
 )
 def _moved(e: CaseEvent, changes: Changes, seq: int) -> None:
     _case(e, changes)
 
 
-@folds.on(OfferLapsed, ReplacementOverdue)
+@folds.on(OfferLapsed, ReplacementOverdue, EscalationLapsed, RulingOverdue, RulingLapsed)
 def _lapsed(e: DeadlineFired, changes: Changes, seq: int) -> None:
     """Deadlines the dashboard keeps no time of its own for: the status and deadline move."""
     _case(e, changes)
@@ -252,6 +257,15 @@ def dashboard(store: EventStore, merchant: str | None, now: datetime) -> dict[st
     )
     overdue = [r for r in due_rows if _dt(r["due_at"]) <= now]  # type: ignore[operator]
     due_soon = [r for r in due_rows if _dt(r["due_at"]) > now]  # type: ignore[operator]
+    # The platform's own lateness: disputes past their ruling deadline, not yet ruled (once
+    # overdue, the deadline running is the grace before the platform pays).
+    rulings_overdue = store.query(
+        f"SELECT c.case_id, c.order_id, c.status, c.due_at, c.due_action "
+        f"FROM {{t}}{CASES.name} c WHERE {where}c.status = 'escalated' AND "
+        "(c.due_action = 'ruling_lapsed' OR (c.due_action = 'ruling_overdue' AND c.due_at <= ?)) "
+        "ORDER BY c.due_at, c.case_id",
+        [*params, t(now)],
+    )
 
     recent = store.query(
         f"SELECT c.reason, c.opened_at, c.first_response_at, c.refunded_at, "
@@ -331,6 +345,7 @@ def dashboard(store: EventStore, merchant: str | None, now: datetime) -> dict[st
         "window_days": WINDOW.days,
         "open_cases": {"total": sum(by_status.values()), "by_status": by_status},
         "under_intervention": by_status.get("escalated", 0),
+        "rulings_overdue": {"count": len(rulings_overdue), "cases": listed(rulings_overdue)},
         "deadlines": {
             "due_within_24h": len(due_soon),
             "overdue": len(overdue),

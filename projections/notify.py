@@ -39,6 +39,8 @@ from aftersales.engine.case import (
     CaseRefunded,
     CaseRejected,
     CaseRuled,
+    CaseTurnedReturn,
+    ChangeOffered,
     case_uuid,
 )
 from aftersales.engine.errors import BadInput, NotFound
@@ -149,6 +151,27 @@ def _ruled(e: CaseRuled, changes: Changes, seq: int) -> None:
     _message(changes, e, seq, "ruled", in_favour_of=e.in_favour_of.value, note=e.note)
 
 
+@folds.on(ChangeOffered)
+def _offered(e: ChangeOffered, changes: Changes, seq: int) -> None:
+    _track(e, changes)
+    amount = money_str(e.offered_amount) if e.offered_amount is not None else None
+    _message(
+        changes,
+        e,
+        seq,
+        "offered",
+        case_type=e.case_type.value,
+        amount=amount,
+        answer_by=e.due.due_at.isoformat() if e.due else None,
+    )
+
+
+@folds.on(CaseTurnedReturn)
+def _turned(e: CaseTurnedReturn, changes: Changes, seq: int) -> None:
+    _track(e, changes)
+    _message(changes, e, seq, "turned_return")
+
+
 def _every_other_case_event() -> list[type[CaseEvent]]:
     """The status and deadline of every other case event (the deadline reminder reads them)."""
     seen: list[type[CaseEvent]] = []
@@ -202,6 +225,18 @@ TEMPLATES: dict[str, dict[Language, str]] = {
         "en": "The platform ruled on the dispute over order {order_id}: in favour of the "
         "{in_favour_of}. {note}",
     },
+    "offered": {
+        "zh": "商家就您的售后申请（订单 {order_id}）提出了新方案：{case_type}{amount}。"
+        "请在 {answer_by} 前接受或拒绝；逾期未答复则恢复原申请。",
+        "en": "The merchant offers another settlement of your request (order {order_id}): "
+        "{case_type}{amount}. Accept or decline it by {answer_by}; unanswered, your request "
+        "goes on as it was.",
+    },
+    "turned_return": {
+        "zh": "订单 {order_id} 已发货，您的仅退款申请已转为退货退款：收到商品后请寄回，或拒收。",
+        "en": "Order {order_id} was shipped, so your refund-only request is now a return: send "
+        "the goods back when they arrive, or refuse the delivery.",
+    },
     "deadline_soon": {
         "zh": "提醒：请在 {due} 前寄回商品（订单 {order_id}），逾期售后申请将自动关闭。",
         "en": "Reminder: send the goods back by {due} (order {order_id}), or your after-sales "
@@ -222,6 +257,10 @@ def render(kind: str, facts: dict[str, Any], order_id: str, language: Language) 
         for key in ("paid_by", "in_favour_of"):
             if key in values:
                 values[key] = _PARTY["zh"].get(values[key], values[key])
+    if kind == "offered" and facts.get("amount"):
+        values["amount"] = (
+            f"，金额 ¥{facts['amount']}" if language == "zh" else f", ¥{facts['amount']}"
+        )
     if kind in ("approved", "auto_approved"):
         address, ship_by = _SHIP[language]
         parts = []

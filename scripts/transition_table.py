@@ -42,6 +42,10 @@ def _given(given: Given) -> str:
         parts.append(f"goods {_words(given.receipt)}")
     if given.reshipped is not None:
         parts.append("with a shipment" if given.reshipped else "`--cannot`")
+    if given.appeal is not None:
+        parts.append("a second ruling (the appeal)" if given.appeal else "a first ruling")
+    if given.resumes is not None:
+        parts.append(f"offered from `{given.resumes.value}`")
     return "; ".join(parts)
 
 

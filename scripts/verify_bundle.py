@@ -66,6 +66,13 @@ FINAL = {"refunded", "completed", "closed"}
 ALL_STATUSES = AWAITING | FINAL | {"escalated", "rejected"}
 HOLDING = ALL_STATUSES - FINAL - {"rejected"}
 
+# Where an offer may be made, and so where an unanswered one returns the case.
+OFFER_FROM = (
+    "awaiting_merchant",
+    "awaiting_buyer_shipment",
+    "awaiting_merchant_receipt",
+    "awaiting_replacement",
+)
 # A copy of the engine's rules, kept here so this file needs nothing but Python. The transition
 # tables below are those the engine derives from its one transition table
 # (engine/transitions.py); tests/test_audit.py checks every table in this file equal to the
@@ -90,7 +97,7 @@ ALLOWED_FROM: dict[str, set[str]] = {
         "escalated",
         "awaiting_buyer_answer",
     },
-    "escalate": (AWAITING - {"awaiting_merchant"}) | {"rejected"},
+    "escalate": AWAITING | {"rejected"},
     "rule": {"escalated"},
     "rate": FINAL,
     "recover-goods": {"refunded"},
@@ -100,11 +107,20 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "reship_overdue": {"awaiting_reshipment"},
     "replacement_overdue": {"awaiting_replacement"},
     "message": ALL_STATUSES - FINAL,
-    "offer": {"awaiting_merchant"},
+    "offer": {
+        "awaiting_merchant",
+        "awaiting_buyer_shipment",
+        "awaiting_merchant_receipt",
+        "awaiting_replacement",
+    },
     "accept-offer": {"awaiting_buyer_answer"},
     "decline-offer": {"awaiting_buyer_answer"},
     "offer_lapsed": {"awaiting_buyer_answer"},
     "extend": {"awaiting_merchant_receipt"},
+    "escalation_lapsed": {"rejected"},
+    "ruling_overdue": {"escalated"},
+    "ruling_lapsed": {"escalated"},
+    "turn-return": ALL_STATUSES - FINAL - {"rejected"},
 }
 # Which action each event records when it comes first.
 ACTION_OF: dict[str, str] = {
@@ -133,6 +149,10 @@ ACTION_OF: dict[str, str] = {
     "OfferDeclined": "decline-offer",
     "OfferLapsed": "offer_lapsed",
     "ReceiptExtended": "extend",
+    "EscalationLapsed": "escalation_lapsed",
+    "RulingOverdue": "ruling_overdue",
+    "RulingLapsed": "ruling_lapsed",
+    "CaseTurnedReturn": "turn-return",
 }
 # The events a deadline (the system) records first.
 SYSTEM_ACTIONS = {
@@ -142,6 +162,9 @@ SYSTEM_ACTIONS = {
     "ReshipOverdue",
     "ReplacementOverdue",
     "OfferLapsed",
+    "EscalationLapsed",
+    "RulingOverdue",
+    "RulingLapsed",
 }
 # The statuses each event may leave the case in when it comes first.
 LEADS_TO: dict[str, set[str]] = {
@@ -170,8 +193,11 @@ LEADS_TO: dict[str, set[str]] = {
     "ReplacementOverdue": {"refunded"},
     "ChangeOffered": {"awaiting_buyer_answer"},
     "OfferAccepted": {"refunded", "awaiting_buyer_shipment", "awaiting_reshipment"},
-    "OfferDeclined": {"awaiting_merchant"},
-    "OfferLapsed": {"awaiting_merchant"},
+    "OfferDeclined": set(OFFER_FROM),
+    "OfferLapsed": set(OFFER_FROM),
+    "EscalationLapsed": {"closed"},
+    "RulingOverdue": {"escalated"},
+    "RulingLapsed": {"refunded"},
 }
 # The events an event coming first may bring with it, in the same command, and the one the
 # status it leaves calls for.
@@ -185,6 +211,7 @@ CONSEQUENCES: dict[str, set[str]] = {
     "ReshipOverdue": {"CaseRefunded", "LateShipmentPenalty"},
     "ReplacementOverdue": {"CaseRefunded"},
     "OfferAccepted": {"CaseRefunded"},
+    "RulingLapsed": {"CaseRefunded"},
 }
 REQUIRED_CONSEQUENCE = {"refunded": "CaseRefunded", "escalated": "CaseEscalated"}
 # What a claim must fit: the reason group the case was opened for, or the status it was
@@ -199,7 +226,9 @@ ORDER_MODULE = "engine.order:"
 # The event types a bundle may hold (the hash covers an event's content, not its type name: a
 # type name outside these shows as a problem).
 CONSEQUENCE_ONLY = frozenset({"FreightCharged", "LateShipmentPenalty"})
-UNCHANGED = frozenset({"CaseRated", "GoodsRecovered", "MessagePosted", "ReceiptExtended"})
+UNCHANGED = frozenset(
+    {"CaseRated", "GoodsRecovered", "MessagePosted", "ReceiptExtended", "CaseTurnedReturn"}
+)
 CASE_TYPES = frozenset(ACTION_OF) | CONSEQUENCE_ONLY
 ORDER_TYPES = frozenset(
     {"OrderPlaced", "OrderShipped", "OrderDelivered", "CaseLinked", "CaseUnlinked"}

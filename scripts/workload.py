@@ -116,7 +116,7 @@ class Story:
             policy=self.policy,
             act=buyer,
         )
-        order.link_case(case.id, lines, buyer)
+        order.link_case(case.id, lines, buyer, holds_shipment=case.holds_shipment)
         return case
 
     def case(self, order: Order, at: datetime) -> ReturnCase:
@@ -165,13 +165,15 @@ class Story:
                 Role.MERCHANT,
                 merchant,
                 rng.uniform(1, 40),
-                lambda c, a: c.reject(a, reason="used", communication="chat:1"),
+                lambda c, a: c.reject(a, p, reason="used", communication="chat:1"),
             )
             step(
                 Role.BUYER,
                 order.buyer_id,
                 10,
-                lambda c, a: c.escalate(a, claim=Claim.UNJUSTIFIED_REJECTION, evidence=[]),
+                lambda c, a: c.escalate(
+                    a, p, claim=Claim.UNJUSTIFIED_REJECTION, evidence=[], order=order
+                ),
             )
             step(
                 Role.PLATFORM,

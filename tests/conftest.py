@@ -14,7 +14,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -236,12 +236,20 @@ def place_delivered(
     merchant: str = "shop-1",
     buyer: str = "buyer-1",
     delivered: bool = True,
+    delivered_at: str | None = None,
 ) -> None:
+    """An order placed on the test calendar's first day and delivered on its third (or at
+    ``delivered_at``: ``recently()`` for a test that opens cases now, within their window)."""
     engine.handle(
         PlaceOrder(order_id=order_id, merchant=merchant, buyer=buyer, lines=list(lines), at=at())
     )
     if delivered:
-        engine.handle(DeliverOrder(order_id=order_id, at=at(days=2)))
+        engine.handle(DeliverOrder(order_id=order_id, at=delivered_at or at(days=2)))
+
+
+def recently() -> str:
+    """A day ago: an order delivered then is within every after-sales window now."""
+    return (datetime.now(UTC) - timedelta(days=1)).isoformat()
 
 
 def open_return(

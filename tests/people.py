@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aftersales.engine.access import add_principal, create_key
 from aftersales.engine.commands import DeliverOrder, OpenCase, PlaceOrder
 from aftersales.engine.service import Engine
-from tests.conftest import at
+
+
+def days_ago(days: float) -> str:
+    """A time this many days before now, as the command line takes it."""
+    return (datetime.now(UTC) - timedelta(days=days)).isoformat()
+
 
 # principal id: (role, merchant)
 PEOPLE: dict[str, tuple[str, str | None]] = {
@@ -48,11 +53,12 @@ class People:
                 merchant=merchant,
                 buyer=buyer,
                 lines=["CASE-RED:1:39.90", "CASE-BLUE:1:39.90"],
-                at=at(),
+                at=days_ago(6),
                 by="ops",
             )
         )
-        self.engine.handle(DeliverOrder(order_id=order_id, at=at(days=1), by="ops"))
+        # Delivered days ago: cases opened now are within the after-sales window.
+        self.engine.handle(DeliverOrder(order_id=order_id, at=days_ago(5), by="ops"))
 
     def open(self, order_id: str, **fields: Any) -> str:
         case = self.engine.handle(

@@ -627,6 +627,7 @@ def test_the_verifier_knows_the_engines_rules() -> None:
         },
         "CHECKPOINT_FORMAT": checkpoint_mod.HEAD_FORMAT,
         "PUBLIC_KEY_ENV": checkpoint_mod.PUBLIC_KEY_ENV,
+        "OFFER_FROM": tuple(s.value for s in transitions_mod.OFFER_FROM),
         "CASE_TYPES": case_events,  # a new case event needs a place in the audit
         "ORDER_TYPES": order_events,
     }

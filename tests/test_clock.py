@@ -170,16 +170,29 @@ def test_never_after_the_case_moved_on(engine: Engine) -> None:
     assert kinds(engine, cid) == ["CaseOpened", "CaseApproved", "CaseAutoClosed"]
 
 
-def test_a_withdrawn_or_escalated_case_has_no_deadline_to_fire(engine: Engine) -> None:
+def test_a_withdrawn_case_has_no_deadline_and_an_escalated_one_the_platforms(
+    engine: Engine,
+) -> None:
     withdrawn = opened(engine, "return_refund", "KS-1")
     escalated = opened(engine, "return_refund", "KS-2")
     engine.handle(WithdrawCase(case_id=withdrawn, at=at(days=4)))
-    # Escalated once the merchant answered: its review deadline no longer runs.
+    # Escalated once the merchant answered: its review deadline no longer runs; the
+    # platform's does (72 hours, then 48 more before it pays on its own account).
     engine.handle(ApproveCase(case_id=escalated, at=at(days=4)))
     engine.handle(EscalateCase(case_id=escalated, claim="other", at=at(days=4)))
-    assert tick(engine, t(at(days=60))).fired == []
+    assert fired_of(tick(engine, t(at(days=60)))) == [
+        (escalated, "ruling_overdue", t(at(days=7))),
+        (escalated, "ruling_lapsed", t(at(days=9))),
+    ]
     assert kinds(engine, withdrawn) == ["CaseOpened", "CaseWithdrawn"]
-    assert kinds(engine, escalated) == ["CaseOpened", "CaseApproved", "CaseEscalated"]
+    assert kinds(engine, escalated) == [
+        "CaseOpened",
+        "CaseApproved",
+        "CaseEscalated",
+        "RulingOverdue",
+        "RulingLapsed",
+        "CaseRefunded",
+    ]
 
 
 def test_the_auto_approved_return_waits_its_own_10_days(engine: Engine) -> None:
@@ -563,4 +576,9 @@ def test_the_demo_lets_the_clock_act(tmp_path: Path) -> None:
         assert kinds(engine, silent) == ["CaseOpened", "CaseAutoApproved", "CaseRefunded"]
         assert kinds(engine, never) == ["CaseOpened", "CaseAutoApproved", "CaseAutoClosed"]
         ticks = [s for s in story.steps if s["who"] == "system"]
-        assert [len(s["fired"]) for s in ticks] == [0, 1, 1, 1]
+        # The last tick (day 15) also closes the engraved plate's rejected first case, which
+        # the buyer followed with a new case rather than taking it to the platform.
+        assert [len(s["fired"]) for s in ticks] == [0, 1, 1, 2]
+        (lapsed,) = [d for d in ticks[-1]["fired"] if d["action"] == "escalation_lapsed"]
+        closed = engine.get_case(lapsed["case_id"])
+        assert closed["status"] == "closed" and closed["rejection"] is not None

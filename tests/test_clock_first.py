@@ -43,6 +43,7 @@ from aftersales.engine.commands import (
 )
 from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed
 from aftersales.engine.order import order_uuid
+from aftersales.engine.policy import Policy
 from aftersales.engine.service import Engine
 from tests.conftest import PG_URL, T0, at, drop_schema
 
@@ -461,7 +462,7 @@ def test_audit_flags_an_action_recorded_after_a_deadline_that_should_have_fired(
     merchant = Act(
         at=late, actor=Actor(role=Role.MERCHANT, id="shop-1"), command_id="old", recorded_at=late
     )
-    case.reject(merchant, reason="worn", communication="chat:1")
+    case.reject(merchant, Policy(), reason="worn", communication="chat:1")
     order = engine.load_order("KS-1")
     order.unlink_case(case.id, case.status.value, list(case.lines), case.refunded_amount, merchant)
     engine.store.save(case, order, cases=case_rows([case]))

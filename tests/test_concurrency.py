@@ -24,7 +24,7 @@ from aftersales.engine.commands import (
 )
 from aftersales.engine.errors import NotAllowed
 from aftersales.engine.service import Engine
-from tests.conftest import at, place_delivered
+from tests.conftest import at, place_delivered, recently
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 25
@@ -140,7 +140,7 @@ def test_two_processes_open_cases_on_the_same_lines(store_url: str) -> None:
     with Engine(store_url) as engine:
         orders = [f"KS-{i}" for i in range(N)]
         for order_id in orders:
-            place_delivered(engine, order_id)
+            place_delivered(engine, order_id, delivered_at=recently())
         first, second = race(store_url, ("open:30.00", orders), ("open:39.90", orders))
         for a, b in zip(first, second, strict=True):
             assert sorted([a["ok"], b["ok"]]) == [False, True], (a, b)

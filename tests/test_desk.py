@@ -23,8 +23,7 @@ from aftersales.engine.service import Engine
 from aftersales.projections.dashboard import dashboard
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector
-from tests.conftest import at
-from tests.people import People
+from tests.people import People, days_ago
 
 ORIGIN = {"Origin": "http://testserver"}
 
@@ -239,7 +238,9 @@ def test_roles_on_the_desk(desk: tuple[TestClient, People]) -> None:
 def test_return_rates_page_and_csv(desk: tuple[TestClient, People]) -> None:
     client, people = desk
     sign_in(client, people, "staff-1")
-    page = client.get("/desk/rates?weeks=4&until=2026-11-10")
+    # The orders were delivered five days ago: the weeks up to today have them.
+    today = datetime.now(UTC).date().isoformat()
+    page = client.get(f"/desk/rates?weeks=4&until={today}")
     assert page.status_code == 200
     found = re.search(r'id="weekly-data">(.*?)</script>', page.text, re.S)
     assert found is not None
@@ -251,14 +252,14 @@ def test_return_rates_page_and_csv(desk: tuple[TestClient, People]) -> None:
     assert client.get("/desk/rates?merchant=shop-2").status_code == 403
     assert client.get("/desk/rates?until=2026-13-01").status_code == 422
     assert client.get("/desk/rates?by=merchant").status_code == 422  # one merchant: no ranking
-    response = client.get("/desk/rates.csv?by=sku&weeks=4&until=2026-11-10")
+    response = client.get(f"/desk/rates.csv?by=sku&weeks=4&until={today}")
     assert response.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert {r["key"] for r in rows} == {"CASE-RED", "CASE-BLUE"}
     assert "attachment" in response.headers["content-disposition"]
     # The platform's view ranks merchants.
     sign_in(client, people, "reporter")
-    ranked = client.get("/desk/rates.csv?weeks=4&until=2026-11-10T00:00:00Z")
+    ranked = client.get(f"/desk/rates.csv?weeks=4&until={today}T23:59:59Z")
     keys = [r["key"] for r in csv.DictReader(io.StringIO(ranked.text))]
     assert sorted(keys) == ["shop-1", "shop-2"]
     # The chart library is served by the application itself.
@@ -271,7 +272,7 @@ def test_desk_figures_agree_with_the_dashboard_report(engine: Engine) -> None:
     people = People(engine)
     for n in range(3, 6):
         people.place(f"KS-{n}", "shop-1", "buyer-1")
-        people.open(f"KS-{n}", at=at(days=2))  # long past its deadline
+        people.open(f"KS-{n}", at=days_ago(4))  # past its deadline
     engine.handle(ApproveCase(case_id=people.cases["shop-1"], by="staff-1"))
     engine.handle(RateCase(case_id=people.cases["shop-1"], score=4, by="buyer-1"))
     Projector(engine.store).catch_up(VIEWS)

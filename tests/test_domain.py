@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -30,18 +30,22 @@ from aftersales.engine.case import (
     CaseRejected,
     CaseRuled,
     CaseWithdrawn,
+    EscalationLapsed,
     FreightCharged,
     GoodsReceived,
     GoodsRecovered,
     GoodsShippedBack,
     LateShipmentPenalty,
     MissingItemsReshipped,
+    OfferAccepted,
     OfferLapsed,
     ReplacementOverdue,
     ReplacementShipped,
     ReshipImpossible,
     ReshipOverdue,
     ReturnCase,
+    RulingLapsed,
+    RulingOverdue,
     settle_order_lines,
 )
 from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed
@@ -174,22 +178,37 @@ def open_on(
         policy=policy,
         act=act(Role.BUYER, at, who),
     )
-    order.link_case(case.id, lines, act(Role.BUYER, at, who))
+    order.link_case(case.id, lines, act(Role.BUYER, at, who), holds_shipment=case.holds_shipment)
+    ORDERS[case.id] = order
     return case
 
 
 Step = Callable[[ReturnCase, datetime], None]
 
 
+# The order each case of these stories is on, as the service would load it: a rejected case
+# escalated takes its lines back on it.
+ORDERS: dict[UUID, Order] = {}
+
+
 def escalate_step(claim: Claim) -> Step:
-    return lambda c, w: c.escalate(act(Role.BUYER, w), claim=claim, evidence=["p:1"])
+    return lambda c, w: c.escalate(
+        act(Role.BUYER, w), POLICY, claim=claim, evidence=["p:1"], order=ORDERS.get(c.id)
+    )
 
 
 STEPS: dict[str, Step] = {
     "approve": lambda c, w: c.approve(act(Role.MERCHANT, w), POLICY, return_address="HZ"),
-    "reject": lambda c, w: c.reject(act(Role.MERCHANT, w), reason="worn", communication="chat:1"),
-    "refund": lambda c, w: c.refund(act(Role.MERCHANT, w)),
-    "refund 12.00": lambda c, w: c.refund(act(Role.MERCHANT, w), amount=Decimal("12.00")),
+    "reject": lambda c, w: c.reject(
+        act(Role.MERCHANT, w), POLICY, reason="worn", communication="chat:1"
+    ),
+    "refund": lambda c, w: c.refund(act(Role.MERCHANT, w), POLICY),
+    # Less than due: an offer, which the buyer accepts (then the refund is made).
+    "refund 12.00": lambda c, w: c.refund(act(Role.MERCHANT, w), POLICY, amount=Decimal("12.00")),
+    "accept offer": lambda c, w: c.accept_offer(act(Role.BUYER, w), POLICY),
+    "ruling overdue": lambda c, w: c.fire(
+        act(Role.SYSTEM, c.due.due_at if c.due else w), POLICY, DueAction.RULING_OVERDUE
+    ),
     "ship back": lambda c, w: c.ship_back(act(Role.BUYER, w), POLICY, SHIPMENT),
     "receive": lambda c, w: c.receive(act(Role.MERCHANT, w), POLICY),
     "receive damaged": lambda c, w: c.receive(
@@ -250,7 +269,9 @@ def given(case_type: CaseType = T.RETURN_REFUND, *steps: str, **open_kw: Any) ->
     order_events = placed + events_of(order)
     replayed = replay(case_events, ReturnCase)
     assert replayed.to_json() == built, "replaying the events gives another case"
-    return Story(replayed, replay(order_events, Order), when_, case_events, order_events)
+    order = replay(order_events, Order)
+    ORDERS[replayed.id] = order
+    return Story(replayed, order, when_, case_events, order_events)
 
 
 def events_of(aggregate: Aggregate) -> list[Event]:
@@ -262,7 +283,7 @@ def events_of(aggregate: Aggregate) -> list[Event]:
 # When / then -------------------------------------------------------------------------------------
 
 
-def when(aggregate: Aggregate, call: Callable[[], None]) -> list[Event]:
+def when(aggregate: Aggregate, call: Callable[[], object]) -> list[Event]:
     """Act, and give back the events the action recorded."""
     assert aggregate.pending_events == []
     call()
@@ -341,8 +362,9 @@ CONTRACT: dict[str, set[Status]] = {
         S.ESCALATED,
         S.AWAITING_BUYER_ANSWER,
     },
-    # Not while the merchant may still answer: its review deadline is the buyer's remedy.
-    "escalate": (WAITING - {S.AWAITING_MERCHANT}) | {S.REJECTED},
+    # From the review only once the merchant answered with an offer the buyer declined or let
+    # lapse (a guard: see GUARDED); before that its review deadline is the buyer's remedy.
+    "escalate": WAITING | {S.REJECTED},
     "rule": {S.ESCALATED},
     "rate": {S.REFUNDED, S.COMPLETED, S.CLOSED},
     "recover-goods": {S.REFUNDED},
@@ -352,11 +374,29 @@ CONTRACT: dict[str, set[Status]] = {
     "reship_overdue": {S.AWAITING_RESHIPMENT},
     "replacement_overdue": {S.AWAITING_REPLACEMENT},
     "message": set(Status) - {S.REFUNDED, S.COMPLETED, S.CLOSED},
-    "offer": {S.AWAITING_MERCHANT},
+    "offer": {
+        S.AWAITING_MERCHANT,
+        S.AWAITING_BUYER_SHIPMENT,
+        S.AWAITING_MERCHANT_RECEIPT,
+        S.AWAITING_REPLACEMENT,
+    },
     "accept-offer": {S.AWAITING_BUYER_ANSWER},
     "decline-offer": {S.AWAITING_BUYER_ANSWER},
     "extend": {S.AWAITING_MERCHANT_RECEIPT},
     "offer_lapsed": {S.AWAITING_BUYER_ANSWER},
+    "escalation_lapsed": {S.REJECTED},
+    "ruling_overdue": {S.ESCALATED},
+    "ruling_lapsed": {S.ESCALATED},
+    # The order system's shipment under a refund-only case opened before it (a guard: only on
+    # such a case).
+    "turn-return": set(Status) - {S.REFUNDED, S.COMPLETED, S.CLOSED, S.REJECTED},
+}
+# Allowed from these statuses by the table, refused in the story that reaches them by a guard
+# the aggregate checks (with a word its refusal names).
+GUARDED: dict[tuple[str, Status], str] = {
+    ("escalate", S.AWAITING_MERCHANT): "may still answer",
+    ("ruling_lapsed", S.ESCALATED): "ruling_lapsed",  # after the ruling fell overdue
+    **{("turn-return", s): "refund-only" for s in CONTRACT["turn-return"]},
 }
 
 # One way to each status.
@@ -387,14 +427,20 @@ def fire_action(action: DueAction) -> Callable[[ReturnCase, Act], None]:
 
 ACTIONS: dict[str, tuple[Role, Callable[[ReturnCase, Act], None]]] = {
     "approve": (Role.MERCHANT, lambda c, a: c.approve(a, POLICY)),
-    "reject": (Role.MERCHANT, lambda c, a: c.reject(a, reason="worn", communication="chat:2")),
-    "refund": (Role.MERCHANT, lambda c, a: c.refund(a)),
+    "reject": (
+        Role.MERCHANT,
+        lambda c, a: c.reject(a, POLICY, reason="worn", communication="chat:2"),
+    ),
+    "refund": (Role.MERCHANT, lambda c, a: c.refund(a, POLICY)),
     "ship-back": (Role.BUYER, lambda c, a: c.ship_back(a, POLICY, SHIPMENT)),
     "receive": (Role.MERCHANT, lambda c, a: c.receive(a, POLICY)),
     "ship-replacement": (Role.MERCHANT, lambda c, a: c.ship_replacement(a, RESHIPMENT)),
     "reship": (Role.MERCHANT, lambda c, a: c.reship(a, RESHIPMENT)),
     "withdraw": (Role.BUYER, lambda c, a: c.withdraw(a)),
-    "escalate": (Role.BUYER, lambda c, a: c.escalate(a, claim=Claim.OTHER, evidence=[])),
+    "escalate": (
+        Role.BUYER,
+        lambda c, a: c.escalate(a, POLICY, claim=Claim.OTHER, evidence=[], order=ORDERS.get(c.id)),
+    ),
     "rule": (Role.PLATFORM, lambda c, a: c.rule(a, POLICY, in_favour_of=Party.BUYER)),
     "rate": (Role.BUYER, lambda c, a: c.rate(a, score=4)),
     "recover-goods": (Role.MERCHANT, lambda c, a: c.recover_goods(a)),
@@ -407,6 +453,7 @@ ACTIONS: dict[str, tuple[Role, Callable[[ReturnCase, Act], None]]] = {
         lambda c, a: c.extend_receipt(a, POLICY, hours=24, reason="warehouse closed"),
     ),
     **{d.value: (Role.SYSTEM, fire_action(d)) for d in DueAction},
+    "turn-return": (Role.PLATFORM, lambda c, a: c.turn_return(a)),
 }
 
 
@@ -430,7 +477,9 @@ def test_each_action_from_each_status(action: str, status: Status) -> None:
     role, call = ACTIONS[action]
     # A rejection is escalated within its window (tests/test_windows.py has the window).
     a = act(role, story.next if (action, status) == ("escalate", S.REJECTED) else LATER)
-    if status in CONTRACT[action]:
+    if (action, status) in GUARDED:
+        refused(case, lambda: call(case, a), NotAllowed, GUARDED[action, status])
+    elif status in CONTRACT[action]:
         events = when(case, lambda: call(case, a))
         assert events and all(e.actor.role is role and e.at == a.at for e in events)
     else:
@@ -440,7 +489,7 @@ def test_each_action_from_each_status(action: str, status: Status) -> None:
 @pytest.mark.parametrize("status", list(Status))
 def test_a_refusal_names_what_is_allowed_now(status: Status) -> None:
     case = in_status(status).case
-    allowed = [a for a in PERSON_ACTIONS if status in CONTRACT[a]]
+    allowed = [a for a in PERSON_ACTIONS if status in CONTRACT[a] and (a, status) not in GUARDED]
     assert case.allowed_now() == allowed
     if "ship-back" not in allowed:
         message = refused(
@@ -672,7 +721,7 @@ def test_never_more_than_was_paid(skus: list[str], too_much: str, most: str) -> 
 
 
 def test_earlier_refunds_reduce_what_can_be_asked() -> None:
-    first = given(T.RETURN_REFUND, "refund 12.00", skus=["STRAP"], amount="15.00")
+    first = given(T.RETURN_REFUND, "refund 12.00", "accept offer", skus=["STRAP"], amount="15.00")
     order = first.order
     assert order.refunded == {"STRAP": Decimal("12.00")} and order.holders == {}
     at = first.next
@@ -755,7 +804,13 @@ def test_escalating_a_rejected_case_takes_its_lines_back_if_free() -> None:
     order, case = first.order, first.case
     escalated_at = first.next
     # Free: escalating links the lines again.
-    case.escalate(act(Role.BUYER, escalated_at), claim=Claim.UNJUSTIFIED_REJECTION, evidence=[])
+    case.escalate(
+        act(Role.BUYER, escalated_at),
+        POLICY,
+        claim=Claim.UNJUSTIFIED_REJECTION,
+        evidence=[],
+        order=order,
+    )
     assert settle_order_lines(
         case,
         order,
@@ -830,11 +885,19 @@ def test_reject_records_the_reason_and_the_talk_with_the_buyer() -> None:
     case = given().case
     events = when(
         case,
-        lambda: case.reject(act(Role.MERCHANT, t(days=4)), reason="worn", communication="call:42"),
+        lambda: case.reject(
+            act(Role.MERCHANT, t(days=4)), POLICY, reason="worn", communication="call:42"
+        ),
     )
     then(
         events,
-        ev(CaseRejected, status=S.REJECTED, due=None, reason="worn", communication="call:42"),
+        ev(
+            CaseRejected,
+            status=S.REJECTED,
+            due=deadline(DueAction.ESCALATION_LAPSED, t(days=4), 24 * 7),
+            reason="worn",
+            communication="call:42",
+        ),
     )
     assert case.rejection == {"reason": "worn", "communication": "call:42"}
 
@@ -849,7 +912,7 @@ def test_a_rejection_needs_a_reason_and_the_talk(
     refused(
         case,
         lambda: case.reject(
-            act(Role.MERCHANT, t(days=4)), reason=reason, communication=communication
+            act(Role.MERCHANT, t(days=4)), POLICY, reason=reason, communication=communication
         ),
         BadInput,
         word,
@@ -862,34 +925,64 @@ def test_a_rejection_needs_a_reason_and_the_talk(
 def test_the_merchant_refunds_from_each_waiting_status(status: Status) -> None:
     story = in_status(status)
     case = story.case
-    events = when(
-        case, lambda: case.refund(act(Role.MERCHANT, story.next), amount=Decimal("20.00"))
-    )
-    then(events, refund("20.00", Party.MERCHANT))
-    assert case.refunded_amount == Decimal("20.00") and case.refund_paid_by is Party.MERCHANT
+    events = when(case, lambda: case.refund(act(Role.MERCHANT, story.next), POLICY))
+    then(events, refund("39.90", Party.MERCHANT))
+    assert case.refunded_amount == Decimal("39.90") and case.refund_paid_by is Party.MERCHANT
     assert case.due is None and not case.holds_lines
+
+
+@pytest.mark.parametrize(
+    "status", [S.AWAITING_MERCHANT, S.AWAITING_BUYER_SHIPMENT, S.AWAITING_MERCHANT_RECEIPT]
+)
+def test_a_smaller_refund_is_an_offer_the_buyer_answers(status: Status) -> None:
+    """A merchant's refund of less than is due ends nothing by itself: it is an offer of a
+    refund only for that amount. Accepted, it is refunded; declined, the case is back where it
+    was, with the deadline it had (never later)."""
+    story = in_status(status)
+    case = story.case
+    running = case.due
+    events = when(
+        case, lambda: case.refund(act(Role.MERCHANT, story.next), POLICY, amount=Decimal("20.00"))
+    )
+    assert [type(e).__name__ for e in events] == ["ChangeOffered"]
+    assert case.status is S.AWAITING_BUYER_ANSWER and case.refunded_amount == Decimal("0.00")
+    assert case.offers[-1]["amount"] == "20.00" and case.offers[-1]["type"] == "refund_only"
+    other = given(story.case.case_type, *TO_STATUS[status][1], "refund 12.00")
+    declined = other.case
+    when(declined, lambda: declined.decline_offer(act(Role.BUYER, other.next), POLICY))
+    assert declined.status is status and declined.due == running
+    then(
+        when(case, lambda: case.accept_offer(act(Role.BUYER, story.next), POLICY)),
+        ev(OfferAccepted, status=S.REFUNDED, agreed_amount=Decimal("20.00")),
+        refund("20.00", Party.MERCHANT),
+    )
 
 
 def test_a_refund_is_the_amount_asked_unless_less_is_given() -> None:
     case = given(amount="30.00").case
     refused(
         case,
-        lambda: case.refund(act(Role.MERCHANT, t(days=4)), amount=Decimal("30.01")),
+        lambda: case.refund(act(Role.MERCHANT, t(days=4)), POLICY, amount=Decimal("30.01")),
         NotAllowed,
         "30.00",
         "30.01",
     )
     refused(
-        case, lambda: case.refund(act(Role.MERCHANT, t(days=4)), amount=Decimal("0")), BadInput, "0"
+        case,
+        lambda: case.refund(act(Role.MERCHANT, t(days=4)), POLICY, amount=Decimal("0")),
+        BadInput,
+        "0",
     )
     then(
-        when(case, lambda: case.refund(act(Role.MERCHANT, t(days=4)))),
+        when(case, lambda: case.refund(act(Role.MERCHANT, t(days=4)), POLICY)),
         refund("30.00", Party.MERCHANT),
     )
 
 
 def test_a_refund_is_shared_over_the_cases_lines() -> None:
-    story = given(T.REFUND_ONLY, "refund 12.00", skus=["CASE-RED", "STRAP"], amount="50.00")
+    story = given(
+        T.REFUND_ONLY, "refund 12.00", "accept offer", skus=["CASE-RED", "STRAP"], amount="50.00"
+    )
     assert story.order.refunded == {"CASE-RED": Decimal("7.99"), "STRAP": Decimal("4.01")}
     assert allocate(Decimal("0"), list(story.case.lines)) == {}
     lines = [CaseLine(sku=s, quantity=1, unit_price=Decimal("1.00")) for s in "ABC"]
@@ -950,13 +1043,14 @@ def test_receive_not_ok_waits_for_the_platform(case_type: CaseType, condition: C
     events = when(
         case, lambda: case.receive(act(Role.MERCHANT, story.next), POLICY, condition=condition)
     )
+    ruling = deadline(DueAction.RULING_OVERDUE, story.next, 72)
     then(
         events,
-        ev(GoodsReceived, status=S.ESCALATED, due=None, condition=condition),
+        ev(GoodsReceived, status=S.ESCALATED, due=ruling, condition=condition),
         ev(
             CaseEscalated,
             status=S.ESCALATED,
-            due=None,
+            due=ruling,
             claim=Claim.DISPUTED_RECEIPT,
             from_status=S.AWAITING_MERCHANT_RECEIPT,
         ),
@@ -1021,14 +1115,21 @@ def test_withdraw_closes(status: Status) -> None:
     assert not case.holds_lines
 
 
-@pytest.mark.parametrize("status", sorted(CONTRACT["escalate"]))
+@pytest.mark.parametrize(
+    "status", sorted(s for s in CONTRACT["escalate"] if ("escalate", s) not in GUARDED)
+)
 def test_escalate_from_each_status_it_is_allowed_from(status: Status) -> None:
     story = in_status(status)
     case = story.case
     events = when(
         case,
         lambda: case.escalate(
-            act(Role.BUYER, story.next), claim=Claim.OTHER, evidence=["chat:9"], note="n"
+            act(Role.BUYER, story.next),
+            POLICY,
+            claim=Claim.OTHER,
+            evidence=["chat:9"],
+            note="n",
+            order=story.order,
         ),
     )
     then(
@@ -1036,7 +1137,7 @@ def test_escalate_from_each_status_it_is_allowed_from(status: Status) -> None:
         ev(
             CaseEscalated,
             status=S.ESCALATED,
-            due=None,
+            due=deadline(DueAction.RULING_OVERDUE, story.next, 72),
             claim=Claim.OTHER,
             from_status=status,
             evidence=("chat:9",),
@@ -1050,7 +1151,7 @@ def test_a_person_does_not_claim_a_disputed_receipt() -> None:
     refused(
         case,
         lambda: case.escalate(
-            act(Role.BUYER, t(days=4)), claim=Claim.DISPUTED_RECEIPT, evidence=[]
+            act(Role.BUYER, t(days=4)), POLICY, claim=Claim.DISPUTED_RECEIPT, evidence=[]
         ),
         BadInput,
         "claim",
@@ -1145,9 +1246,15 @@ def test_each_claims_ruling_for_the_merchant(claim: Claim) -> None:
     events = when(
         case, lambda: case.rule(act(Role.PLATFORM, story.next), POLICY, in_favour_of=Party.MERCHANT)
     )
-    # Goods received not as returned: the case ends; otherwise the rejection stands.
+    # Goods received not as returned: the case ends; otherwise the rejection stands, and the
+    # buyer may appeal it for the policy's days.
     status = S.CLOSED if claim is Claim.DISPUTED_RECEIPT else S.REJECTED
-    then(events, ev(CaseRuled, status=status, due=None, in_favour_of=Party.MERCHANT, claim=claim))
+    due = (
+        None
+        if status is S.CLOSED
+        else deadline(DueAction.ESCALATION_LAPSED, story.next, 24 * POLICY.appeal_days)
+    )
+    then(events, ev(CaseRuled, status=status, due=due, in_favour_of=Party.MERCHANT, claim=claim))
     assert case.refunded_amount == Decimal("0.00") and case.ledger == []
     refused(
         case,
@@ -1236,6 +1343,13 @@ DEADLINES: dict[DueAction, tuple[CaseType, tuple[str, ...], datetime]] = {
         t(days=5, hours=3),
     ),
     DueAction.OFFER_LAPSED: (T.RETURN_REFUND, ("offer refund_only",), t(days=5, hours=1)),
+    DueAction.ESCALATION_LAPSED: (T.RETURN_REFUND, ("reject",), t(days=10, hours=1)),
+    DueAction.RULING_OVERDUE: (T.RETURN_REFUND, ("approve", "escalate other"), t(days=6, hours=2)),
+    DueAction.RULING_LAPSED: (
+        T.RETURN_REFUND,
+        ("approve", "escalate other", "ruling overdue"),
+        t(days=8, hours=2),
+    ),
 }
 
 
@@ -1258,8 +1372,25 @@ def fired_events(action: DueAction, due: Deadline) -> list[Expect]:
             refund("39.90", Party.MERCHANT),
         ]
     if action is DueAction.OFFER_LAPSED:
-        review = deadline(DueAction.AUTO_APPROVE, due.due_at, 48)
+        # Back to the merchant's review, its deadline as it stood (here passed: due now).
+        review = deadline(DueAction.AUTO_APPROVE, due.due_at, 0)
         return [ev(OfferLapsed, status=S.AWAITING_MERCHANT, due=review, fired=due)]
+    if action is DueAction.ESCALATION_LAPSED:
+        return [ev(EscalationLapsed, status=S.CLOSED, due=None, fired=due)]
+    if action is DueAction.RULING_OVERDUE:
+        grace = deadline(DueAction.RULING_LAPSED, due.due_at, 48)
+        return [ev(RulingOverdue, status=S.ESCALATED, due=grace, fired=due)]
+    if action is DueAction.RULING_LAPSED:
+        return [
+            ev(RulingLapsed, status=S.REFUNDED, due=None, fired=due),
+            ev(
+                CaseRefunded,
+                status=S.REFUNDED,
+                amount=Decimal("39.90"),
+                paid_by=Party.PLATFORM,
+                owed_by=Party.PLATFORM,
+            ),
+        ]
     return [
         ev(ReshipOverdue, status=S.REFUNDED, due=None, fired=due),
         ev(
@@ -1367,10 +1498,15 @@ def test_an_auto_approved_return_waits_its_own_10_days_then_closes() -> None:
 
 
 @pytest.mark.parametrize("steps", [("withdraw",), ("approve", "escalate other"), ("reject",)])
-def test_a_withdrawn_escalated_or_rejected_case_has_no_deadline(steps: tuple[str, ...]) -> None:
+def test_a_withdrawn_escalated_or_rejected_case_runs_its_own_deadline_only(
+    steps: tuple[str, ...],
+) -> None:
     case = given(T.RETURN_REFUND, *steps).case
-    assert case.due is None
-    for action in DueAction:
+    running = {S.CLOSED: None, S.ESCALATED: DueAction.RULING_OVERDUE}.get(
+        case.status, DueAction.ESCALATION_LAPSED
+    )
+    assert (case.due.action if case.due else None) is running
+    for action in set(DueAction) - {running}:
 
         def fire(action: DueAction = action) -> None:
             case.fire(act(Role.SYSTEM, LATER), POLICY, action)
@@ -1468,7 +1604,7 @@ def test_order_facts_are_not_dated_before_the_latest() -> None:
 
 
 def test_the_order_keeps_the_books_of_its_lines() -> None:
-    story = given(T.REFUND_ONLY, "refund 12.00", skus=["STRAP"], amount="15.00")
+    story = given(T.REFUND_ONLY, "refund 12.00", "accept offer", skus=["STRAP"], amount="15.00")
     order = story.order
     case_id = story.case.id
     assert order.cases == [case_id] and order.last_case == {"STRAP": case_id}
@@ -1476,6 +1612,6 @@ def test_the_order_keeps_the_books_of_its_lines() -> None:
     assert lines["STRAP"]["refunded"] == "12.00" and lines["STRAP"]["open_case_id"] is None
     then(
         story.order_events[-2:],
-        ev(CaseLinked, case_id=case_id, skus=("STRAP",)),
+        ev(CaseLinked, case_id=case_id, skus=("STRAP",), holds_shipment=False),
         ev(CaseUnlinked, case_id=case_id, status="refunded", refunded={"STRAP": Decimal("12.00")}),
     )

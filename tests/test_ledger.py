@@ -101,7 +101,7 @@ def scenario(e: Engine) -> list[str]:
         )
     )["case_id"]
     e.handle(RejectCase(case_id=c, reason="no", communication="call:1", at=at(days=2, hours=1)))
-    e.handle(EscalateCase(case_id=c, claim="unjustified_rejection", at=at(days=2, hours=2)))
+    e.handle(EscalateCase(case_id=c, claim="unjustified_rejection", at=at(days=7)))
     e.handle(RuleCase(case_id=c, in_favour_of="buyer", at=at(days=8)))
     ids.append(c)
     # shop-b: a wrong item, freight both ways on the merchant, then refunded (day 9).

@@ -151,7 +151,8 @@ def test_declined_the_merchant_reviews_again(store_url: str) -> None:
     run.run("case", "offer", cid, "--type", "return_refund", "--at", at(days=3, hours=1))
     result = run.run("case", "decline-offer", cid, "--at", at(days=3, hours=6))
     assert result["status"] == "awaiting_merchant" and result["due_action"] == "auto_approve"
-    assert when(result) == datetime.fromisoformat(at(days=3, hours=6)) + timedelta(hours=48)
+    # Back to the review it had: 48 hours from the opening, not from the decline.
+    assert when(result) == datetime.fromisoformat(at(days=3)) + timedelta(hours=48)
     assert result["type"] == "exchange" and result["offers"][0]["answer"] == "declined"
     run.run("case", "accept-offer", cid, code=3)  # nothing to accept any more
 
@@ -164,15 +165,21 @@ def test_an_unanswered_offer_lapses_on_the_tick(store_url: str) -> None:
     early = run.run("tick", "--now", at(days=5, hours=0, minutes=59))
     assert early["fired"] == []
     ticked = run.run("tick", "--now", at(days=6))
-    assert [(d["case_id"], d["action"]) for d in ticked["fired"]] == [(cid, "offer_lapsed")]
+    # The offer lapsed at day 5, hour 1; the review it interrupted had run out at day 5, so
+    # the merchant gets no fresh 48 hours: the clock approves at once.
+    assert [(d["case_id"], d["action"]) for d in ticked["fired"]] == [
+        (cid, "offer_lapsed"),
+        (cid, "auto_approve"),
+    ]
     case = run.run("case", "show", cid)
-    assert case["status"] == "awaiting_merchant" and case["type"] == "return_refund"
+    assert case["status"] == "awaiting_buyer_shipment" and case["type"] == "return_refund"
     assert case["offers"][0]["answer"] == "lapsed"
-    # The merchant's fresh 48 hours count from when the buyer's time ran out.
-    assert when(case) == when(offer) + timedelta(hours=48)
     audit = run_cli(store_url, cid, "--verify")
     assert audit["verified"] is True
-    assert audit["events"][-1]["type"] == "OfferLapsed"
+    types = [e["type"] for e in audit["events"][-2:]]
+    assert types == ["OfferLapsed", "CaseAutoApproved"]
+    approved = audit["events"][-1]
+    assert datetime.fromisoformat(approved["occurred_at"]) == when(offer)  # at once
     assert audit["events"][-1]["actor"] == {"role": "system", "id": "system"}
 
 
@@ -317,5 +324,5 @@ def test_the_dashboard_follows_an_offer_and_its_answer(engine: Engine) -> None:
     assert offered["first_response_at"] is not None  # the offer is the merchant's answer
     run = Cli(engine.store.url.text)
     run.run("tick", "--now", at(days=6))
-    lapsed = row()
-    assert (lapsed["status"], lapsed["due_action"]) == ("awaiting_merchant", "auto_approve")
+    lapsed = row()  # lapsed, and approved by the clock at once: the review had run out
+    assert (lapsed["status"], lapsed["due_action"]) == ("awaiting_buyer_shipment", "auto_close")

@@ -79,9 +79,9 @@ def test_by_must_name_a_principal_who_may(engine: Engine, store_url: str) -> Non
 
 
 def test_a_store_without_principals_is_as_before(engine: Engine, store_url: str) -> None:
-    from tests.conftest import place_delivered
+    from tests.conftest import place_delivered, recently
 
-    place_delivered(engine)
+    place_delivered(engine, delivered_at=recently())
     opened = run(
         store_url, "case", "open", "KS-1", "--type", "refund_only", "--reason", "quality.x",
         "--amount", "5", "--json",

@@ -271,7 +271,10 @@ def test_dashboard_matches_the_facts(scenario: Scenario) -> None:
     }
     assert d["under_intervention"] == 1
     assert d["deadlines"]["due_within_24h"] == 0
-    assert d["deadlines"]["overdue"] == 0
+    # C3, escalated on day 3, waits on the platform, whose 72 hours ran out on day 6.
+    assert d["deadlines"]["overdue"] == 1
+    assert d["rulings_overdue"]["count"] == 1
+    assert [c["due_action"] for c in d["rulings_overdue"]["cases"]] == ["ruling_overdue"]
     assert d["system_decided_30d"] == {
         "auto_approved": 1,  # C2
         "auto_refunded": 0,

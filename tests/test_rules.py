@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from aftersales.engine.commands import (
+    AcceptOffer,
     ApproveCase,
     DeliverOrder,
     EscalateCase,
@@ -107,7 +108,9 @@ def test_amount_no_more_than_what_was_paid(delivered: Engine) -> None:
 def test_earlier_refunds_reduce_what_can_be_asked(delivered: Engine) -> None:
     e = delivered
     first = open_quality(e, amount="15.00", lines=["STRAP"])
+    # Less than asked: an offer, accepted by the buyer.
     e.handle(RefundCase(case_id=first["case_id"], amount="12.00", at=at(days=3, hours=1)))
+    e.handle(AcceptOffer(case_id=first["case_id"], at=at(days=3, hours=2)))
     assert e.get_order("KS-1")["lines"][1]["refunded"] == "12.00"
     refused(
         e,

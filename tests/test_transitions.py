@@ -149,7 +149,9 @@ def test_reject_records_reason_and_communication(engine: Engine) -> None:
             case_id=case["case_id"], reason="worn", communication="call:42", at=at(days=3, hours=1)
         )
     )
-    assert result["status"] == "rejected" and result["due_at"] is None
+    # The buyer has 7 days to take it further; then the clock closes it.
+    assert result["status"] == "rejected" and result["due_action"] == "escalation_lapsed"
+    assert due(result) == datetime.fromisoformat(at(days=3, hours=1)) + timedelta(days=7)
     assert result["rejection"] == {"reason": "worn", "communication": "call:42"}
 
 
@@ -162,9 +164,9 @@ def test_merchant_refund_from_a_waiting_status(engine: Engine, stage: str) -> No
     }[stage]
     case = drive(engine)
     assert case["status"] == stage
-    result = engine.handle(RefundCase(case_id=case["case_id"], amount="20.00", at=at(days=5)))
+    result = engine.handle(RefundCase(case_id=case["case_id"], at=at(days=5)))
     assert result["status"] == "refunded"
-    assert result["refunded_amount"] == "20.00" and result["refund_paid_by"] == "merchant"
+    assert result["refunded_amount"] == case["amount"] and result["refund_paid_by"] == "merchant"
 
 
 def test_ship_back_waits_10_days_from_the_waybill(engine: Engine) -> None:
@@ -260,7 +262,9 @@ def test_escalate_from_waiting(engine: Engine, drive: Any) -> None:
     result = engine.handle(
         EscalateCase(case_id=case["case_id"], claim="other", evidence=["chat:9"], at=at(days=5))
     )
-    assert result["status"] == "escalated" and result["due_at"] is None
+    # The platform's own deadline runs: 72 hours to rule.
+    assert result["status"] == "escalated" and result["due_action"] == "ruling_overdue"
+    assert due(result) == datetime.fromisoformat(at(days=5)) + timedelta(hours=72)
     assert result["escalation"]["from_status"] == case["status"]
 
 

@@ -98,13 +98,25 @@ def test_every_case_finds_exactly_one_row() -> None:
         actors = {t.actor for t in T.TRANSITIONS if t.action == action}
         # An action one party takes is looked up without naming it.
         by: list[Role | None] = [None] if len(actors) == 1 else [*sorted(actors)]
-        for status, case_type, claim, receipt, ruling, reshipped, actor in itertools.product(
+        for (
+            status,
+            case_type,
+            claim,
+            receipt,
+            ruling,
+            reshipped,
+            appeal,
+            resumes,
+            actor,
+        ) in itertools.product(
             sorted(statuses),
             CaseType,
             Claim,
             Condition,
             (Party.BUYER, Party.MERCHANT),
             (True, False),
+            (True, False),
+            T.OFFER_FROM,
             by,
         ):
             row = T.outcome(
@@ -115,6 +127,8 @@ def test_every_case_finds_exactly_one_row() -> None:
                 receipt=receipt,
                 ruling=ruling,
                 reshipped=reshipped,
+                appeal=appeal,
+                resumes=resumes,
                 actor=actor,
             )
             assert row.action == action and status in row.before
@@ -169,12 +183,19 @@ def test_the_derived_tables() -> None:
         "decline-offer",
         "extend",
     )
-    assert set(T.ALLOWED_FROM) == set(T.PERSON_ACTIONS) | T.SYSTEM_ACTIONS
+    assert set(T.ALLOWED_FROM) == set(T.PERSON_ACTIONS) | T.SYSTEM_ACTIONS | T.ENGINE_ACTIONS
+    assert {T.TURN_RETURN} == T.ENGINE_ACTIONS
     assert T.OPEN not in T.ALLOWED_FROM  # no case to start from yet
     assert T.ACTION_OF["CaseOpened"] == T.OPEN
     assert T.ACTION_OF["ReshipImpossible"] == T.ACTION_OF["MissingItemsReshipped"] == "reship"
     assert {"FreightCharged", "LateShipmentPenalty"} == T.CONSEQUENCE_ONLY
-    assert {"CaseRated", "GoodsRecovered", "MessagePosted", "ReceiptExtended"} == T.UNCHANGED
+    assert {
+        "CaseRated",
+        "GoodsRecovered",
+        "MessagePosted",
+        "ReceiptExtended",
+        "CaseTurnedReturn",
+    } == T.UNCHANGED
     assert T.REQUIRED_CONSEQUENCE == {
         Status.REFUNDED: "CaseRefunded",
         Status.ESCALATED: "CaseEscalated",
@@ -255,12 +276,12 @@ def test_domain_messages_say_what_is_missing_in_words() -> None:
     case = open_case(CaseType.EXCHANGE)
     merchant = _act(Role.MERCHANT, "m")
     with pytest.raises(BadInput, match=r"^a rejection needs a reason$"):
-        case.reject(merchant, reason=" ", communication="call:1")
+        case.reject(merchant, Policy(), reason=" ", communication="call:1")
     with pytest.raises(
         BadInput, match=r"^a rejection needs a reference to the talk with the buyer"
     ):
-        case.reject(merchant, reason="worn", communication="")
-    case.reject(merchant, reason="worn", communication="call:1")
+        case.reject(merchant, Policy(), reason="worn", communication="")
+    case.reject(merchant, Policy(), reason="worn", communication="call:1")
     assert case.status is Status.REJECTED
 
 
