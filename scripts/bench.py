@@ -23,6 +23,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,12 +43,16 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from aftersales.engine import invariants  # noqa: E402
 from aftersales.engine.access import add_principal, authenticate, create_key  # noqa: E402
 from aftersales.engine.commands import (  # noqa: E402
+    ApproveCase,
     ListCases,
     MessageCase,
     OpenCase,
     PlaceOrder,
+    ReceiveGoods,
+    ShipBack,
     new_case_id,
 )
 from aftersales.engine.service import Engine  # noqa: E402
@@ -55,6 +60,9 @@ from aftersales.engine.service import Engine  # noqa: E402
 DEFAULT_STORE = "postgresql://127.0.0.1:5432/test"
 T0 = "2026-11-01T10:00:00+08:00"
 T1 = "2026-11-02T10:00:00+08:00"
+# Orders that actions taken now act on: delivered a day ago, within every after-sales window.
+PLACED_RECENTLY = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+DELIVERED_RECENTLY = (datetime.now(UTC) - timedelta(days=1)).isoformat()
 
 
 @dataclass
@@ -148,7 +156,10 @@ class Bench:
 
     # The engine -----------------------------------------------------------------------------------
 
-    def orders_file(self, count: int, name: str, prefix: str) -> Path:
+    def orders_file(self, count: int, name: str, prefix: str, *, recent: bool = False) -> Path:
+        """Orders as `order import` reads them, placed and delivered on the benchmark's
+        calendar (``recent``: a day ago, for cases opened now)."""
+        placed, delivered = (PLACED_RECENTLY, DELIVERED_RECENTLY) if recent else (T0, T1)
         path = self.tmp / name
         with path.open("w") as out:
             for i in range(count):
@@ -158,8 +169,8 @@ class Bench:
                             "order_id": f"{prefix}{i}",
                             "merchant": f"shop-{i % 97}",
                             "buyer": f"buyer-{i}",
-                            "at": T0,
-                            "delivered_at": T1,
+                            "at": placed,
+                            "delivered_at": delivered,
                             "lines": [
                                 f"SKU-{i % 300}:1:39.90:apparel",
                                 f"GIFT-{i % 7}:1:0.00:gift:9.90",
@@ -282,7 +293,7 @@ class Bench:
 
     def single_actions(self) -> None:
         count = self.n(2_000)
-        path = self.orders_file(count * 2, "orders-single.jsonl", "S-")
+        path = self.orders_file(count * 2, "orders-single.jsonl", "S-", recent=True)
         self.cli("order", "import", str(path))
         with Engine(self.url) as engine:
             started = time.perf_counter()
@@ -315,12 +326,49 @@ class Bench:
             )
         )
 
+    def checks_cost(self) -> None:
+        """What the invariants (checked on every event written) and the read checks (each
+        case's history replayed through the audit's cheap checks, against its index row) cost
+        a single action: a return's four actions (open, approve, ship back, receive), each
+        loading what it acts on from the store (no cache), with every check on and with them
+        off, in turns of a few cases each, so the machine's load falls on both alike. Wall and
+        client CPU time per action, medians of the turns, and their ratio."""
+        turns, per_turn = 8, self.n(40)
+        path = self.orders_file(turns * per_turn * 2, "orders-checks.jsonl", "K-", recent=True)
+        self.cli("order", "import", str(path))
+        walls: dict[bool, list[float]] = {True: [], False: []}
+        cpus: dict[bool, list[float]] = {True: [], False: []}
+        with Engine(self.url, cache_size=0) as engine:
+            n = 0
+            for turn in range(turns * 2):
+                on = turn % 2 == 0
+                invariants.ENFORCED = engine.store.replay_reads = on
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(per_turn):
+                    _a_return(engine, f"K-{n}")
+                    n += 1
+                actions = per_turn * 4
+                walls[on].append((time.perf_counter() - wall) / actions)
+                cpus[on].append((time.process_time() - cpu) / actions)
+            invariants.ENFORCED = engine.store.replay_reads = True
+        for what, seconds in (("wall", walls), ("client CPU", cpus)):
+            checked, unchecked = (statistics.median(seconds[k]) * 1000 for k in (True, False))
+            self.add(
+                Row(
+                    f"an action's {what} with every check (return: 4 actions, no cache)",
+                    checked,
+                    "ms",
+                    f"the same unchecked: {unchecked:.3f} ms",
+                    unchecked,
+                )
+            )
+
     def http_actions(self) -> None:
         """Warm actions over HTTP (`aftersales serve`, a client process with 1, 4 and 16
         connections kept alive), and the same actions in process: the handler alone, and
         with the key check each request makes."""
         cases = self.n(400)
-        path = self.orders_file(cases, "orders-http.jsonl", "W-")
+        path = self.orders_file(cases, "orders-http.jsonl", "W-", recent=True)
         self.cli("order", "import", str(path))
         with Engine(self.url) as engine:
             now = datetime.now(UTC)
@@ -496,7 +544,7 @@ class Bench:
 
     def batch(self) -> None:
         count = self.n(2_000)
-        path = self.orders_file(count, "orders-batch.jsonl", "B-")
+        path = self.orders_file(count, "orders-batch.jsonl", "B-", recent=True)
         self.cli("order", "import", str(path))
         lines = self.tmp / "batch.jsonl"
         with lines.open("w") as out:
@@ -661,6 +709,18 @@ def _client(url: str, orders: list[str], start_at: float) -> tuple[int, float]:
         return len(orders), time.perf_counter() - started
 
 
+def _a_return(engine: Engine, order_id: str) -> None:
+    """A return through its four actions: opened, approved, shipped back, received (refunded)."""
+    sku = f"SKU-{int(order_id.split('-')[1]) % 300}"
+    case = engine.handle(
+        OpenCase(order_id=order_id, type="return_refund", reason="quality.x", amount="39.90",
+                 lines=[sku])
+    )["case_id"]  # fmt: skip
+    engine.handle(ApproveCase(case_id=case))
+    engine.handle(ShipBack(case_id=case, carrier="SF", waybill="W1"))
+    engine.handle(ReceiveGoods(case_id=case))
+
+
 def _opening(order_id: str) -> OpenCase:
     """A refund-only case on the order an orders file has under this id."""
     sku = f"SKU-{int(order_id.split('-')[1]) % 300}"
@@ -758,6 +818,11 @@ def main() -> None:
     parser.add_argument(
         "--http-workers", type=int, default=1, help="`serve --workers` for the HTTP figures."
     )
+    parser.add_argument(
+        "--only-checks",
+        action="store_true",
+        help="The raw baselines and what the invariants and read checks cost an action.",
+    )
     args = parser.parse_args()
     bench = Bench(args.store, args.scale)
     bench.http_workers = args.http_workers
@@ -765,6 +830,7 @@ def main() -> None:
         bench.raw_baselines,
         bench.statements_floor,
         bench.single_actions,
+        bench.checks_cost,
         bench.batch,
         bench.order_import,
         bench.history,
@@ -775,6 +841,8 @@ def main() -> None:
     ]
     if args.only_http:
         parts = [bench.raw_baselines, bench.http_actions]
+    elif args.only_checks:
+        parts = [bench.raw_baselines, bench.checks_cost]
     elif not args.skip_large:
         parts.append(bench.large_store)
     bench.run(parts)
