@@ -12,7 +12,10 @@ What the store keeps (tables made on the first checkpoint):
 
 - ``aftersales_checkpoints``: each signed head, as the exact text signed and its signature;
 - ``aftersales_merkle_leaves``: the leaf hashes, 256 to a row;
-- ``aftersales_merkle_nodes``: the hashes of the perfect subtrees above those rows.
+- ``aftersales_merkle_nodes``: the hashes of the perfect subtrees above those rows;
+- ``aftersales_checkpoint_verified``: up to which signed head ``checkpoint verify`` last found
+  the stored events to be the ones signed (its size, when, with which key), so the next one
+  starts there.
 
 The tree tables only make proofs quick: nothing is trusted for being in them. A proof built from
 them either verifies against the signed root or does not. A new checkpoint reads only the events
@@ -46,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from eventsourcing.persistence import PersistenceError
 
 from aftersales.engine.audit import Audit, Problem
 from aftersales.engine.case import ReturnCase
@@ -71,6 +75,7 @@ HEAD_FORMAT = "aftersales-checkpoint/1"
 CHECKPOINTS = "aftersales_checkpoints"
 LEAVES = "aftersales_merkle_leaves"
 NODES = "aftersales_merkle_nodes"
+VERIFIED = "aftersales_checkpoint_verified"
 SIGNING_KEY_ENV = "AFTERSALES_SIGNING_KEY"
 PUBLIC_KEY_ENV = "AFTERSALES_PUBLIC_KEY"
 # Events read per query while a checkpoint grows the tree; chunks kept per transaction.
@@ -330,8 +335,9 @@ class Tree:
         return bool(rows and rows[0][0])
 
     def ensure(self) -> None:
-        """Make the tables, once."""
-        if self._ready or self._exists():
+        """Make the tables, once. The table made last is looked for, so a store whose
+        checkpoint tables came before it gets it too."""
+        if self._ready or self._exists(VERIFIED):
             self._ready = True
             return
         blob = "bytea" if self.postgres else "BLOB"
@@ -342,6 +348,8 @@ class Tree:
             f"hashes {blob} NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {{t}}{NODES} (level integer NOT NULL, "
             f"idx bigint NOT NULL, hash {blob} NOT NULL, PRIMARY KEY (level, idx))",
+            f"CREATE TABLE IF NOT EXISTS {{t}}{VERIFIED} (size bigint PRIMARY KEY, "
+            "verified_at text NOT NULL, key_id text NOT NULL)",
         ]
 
         def create(execute: Callable[[str, Sequence[Any]], None]) -> None:
@@ -367,6 +375,27 @@ class Tree:
             f"SELECT head, signature FROM {{t}}{CHECKPOINTS} ORDER BY size DESC LIMIT 1"
         )
         return Head.parse(str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    # What was verified ----------------------------------------------------------------------
+
+    def verified(self, key: str) -> int | None:
+        """The size of the signed head up to which ``checkpoint verify`` with this key last
+        found the log as signed, if it ever did."""
+        if not self._exists(VERIFIED):
+            return None
+        rows = self.rows(f"SELECT max(size) FROM {{t}}{VERIFIED} WHERE key_id = ?", (key,))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def record_verified(self, size: int, at: datetime, key: str) -> None:
+        self.ensure()
+        self.write(
+            lambda execute: execute(
+                f"INSERT INTO {{t}}{VERIFIED} (size, verified_at, key_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (size) DO UPDATE SET verified_at = excluded.verified_at, "
+                "key_id = excluded.key_id",
+                (size, at.astimezone(UTC).isoformat(), key),
+            )
+        )
 
     # The kept tree ---------------------------------------------------------------------------
 
@@ -952,25 +981,48 @@ class LogCheck:
     full: bool = False
     events_read: int = 0
     repaired: bool = False
+    # The events re-read were those after ``start`` (a signed head's size, 0 for the whole log)
+    # up to ``end``, the log's head when it was checked; ``unsigned`` of them after the latest
+    # signed head. ``previously``: the signed size verified before this check, as recorded.
+    start: int = 0
+    end: int = 0
+    unsigned: int = 0
+    previously: int | None = None
+    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "checkpoints": len(self.heads),
             "latest": self.heads[-1].to_json() if self.heads else None,
             "full": self.full,
+            "previously_verified": self.previously,
+            "from": self.start + 1,
+            "to": self.end,
             "events_read": self.events_read,
+            "unsigned_events": self.unsigned,
             "repaired": self.repaired,
             "verified": not self.problems,
             "problems": self.problems,
+            "note": self.note,
         }
 
 
 def verify_log(
-    store: EventStore, public: Ed25519PublicKey, *, full: bool = False, repair: bool = False
+    store: EventStore,
+    public: Ed25519PublicKey,
+    *,
+    full: bool = False,
+    repair: bool = False,
+    now: datetime | None = None,
 ) -> LogCheck:
-    """Every signed head's signature, each head extending the one before (a consistency proof
-    from the kept tree), and with ``full`` the events in the store against the signed roots,
-    naming each position whose event is not the one signed.
+    """Every signed head's signature and each head extending the one before (a consistency
+    proof from the kept tree); the stored events from the last head verified with this key (or
+    with ``full``, from position 1) up to the latest head against the signed roots, naming each
+    position whose event is not the one signed; and the events after the latest head as
+    signing checks them (``TailCheck``). When all is well, the latest head is recorded as
+    verified (at ``now``), so the next check starts there. That record is only as good as the
+    store it is kept in: whoever can write the store can move it on, so ``full`` (run now and
+    then) trusts nothing of it.
 
     With ``repair`` (which implies ``full``), a kept tree that was lost or damaged is written
     again from the stored events, but only if those events give every signed root: a tree is
@@ -983,8 +1035,35 @@ def verify_log(
         why = head.check(public)
         if why is not None:
             check.problems.append(why)
-    if check.problems or not heads:
+    if check.problems:
         return check
+    check.end = store.recorder.max_notification_id() or 0
+    signed = heads[-1].size if heads else 0
+    if heads:
+        _check_signed(tree, heads, check, public, repair)
+    tail = TailCheck(store)
+    for _row in tail.rows(signed, check.end):
+        pass
+    check.events_read += tail.events_read
+    check.unsigned = tail.events_read
+    check.problems += [f"{f.message} (not yet signed)" for f in tail.failures]
+    if tail.count > len(tail.failures):
+        check.problems.append(f"... and {tail.count - len(tail.failures)} more not yet signed")
+    if heads and not check.problems:
+        try:
+            tree.record_verified(signed, now or datetime.now(UTC), key_id(public))
+        except PersistenceError as exc:
+            # Verified all the same; the next check starts where the last recorded one did.
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            check.note = f"verified, but not recorded (the store refused the write: {why})"
+    return check
+
+
+def _check_signed(
+    tree: Tree, heads: list[Head], check: LogCheck, public: Ed25519PublicKey, repair: bool
+) -> None:
+    """The heads' consistency, then the stored events from the last verified head (or from
+    position 1) against the signed roots."""
     try:
         for old, new in itertools.pairwise(heads):
             sizes = (old.size, new.size)
@@ -997,26 +1076,33 @@ def verify_log(
                 )
     except TreeDamaged as exc:
         check.problems.append(exc.message)
-    if full:
-        kept_problems, check.problems = check.problems, []
-        pending = TreeRows() if repair else None
-        differences = _recompute(tree, heads, check, pending)
-        if pending is not None and not check.problems:
-            tree.write(pending.write)
-            check.repaired = True
-        else:
-            check.problems = kept_problems + check.problems + differences
-    return check
+    check.previously = tree.verified(key_id(public))
+    # A recorded size that is no signed head's (the table was written by hand) counts for
+    # nothing: the check starts from position 1.
+    if not check.full and check.previously in {h.size for h in heads}:
+        check.start = check.previously or 0
+    kept_problems, check.problems = check.problems, []
+    pending = TreeRows() if repair else None
+    differences = _recompute(tree, heads, check, pending, check.start)
+    if pending is not None and not check.problems:
+        tree.write(pending.write)
+        check.repaired = True
+    else:
+        check.problems = kept_problems + check.problems + differences
 
 
 def _consistency(sizes: tuple[int, int], subtree: Callable[[int, int], bytes]) -> list[bytes]:
     return consistency_proof(sizes[0], sizes[1], subtree)
 
 
-def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | None) -> list[str]:
-    """Rebuild the tree from the stored events and compare it with every signed root (adding
-    to ``check.problems``) and, to name what changed, with the kept leaves (returned). With
-    ``keep``, the rebuilt tree's rows are collected there."""
+def _recompute(
+    tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | None, start: int = 0
+) -> list[str]:
+    """Rebuild the tree from the stored events after position ``start`` (a signed head's size,
+    the tree up to it taken from the kept tree once it gives that head's root) and compare it
+    with every signed root past it (adding to ``check.problems``) and, to name what changed,
+    with the kept leaves (returned). With ``keep`` (and ``start`` 0), the rebuilt tree's rows
+    are collected there."""
     differences: list[str] = []
     labels: dict[int, str] = {}
 
@@ -1056,8 +1142,22 @@ def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | 
         if keep is not None:
             keep.nodes[(level, index)] = h
 
-    builder = Builder(on_chunk=chunk, on_node=node)
-    pending = list(heads)
+    if start:
+        try:
+            builder = tree.builder(start)
+        except TreeDamaged as exc:
+            check.problems.append(exc.message)
+            return []
+        if builder.root() != next(h.root for h in heads if h.size == start):
+            check.problems.append(
+                f"the kept tree no longer gives the root signed at position {start}: run "
+                "`aftersales checkpoint verify --full`"
+            )
+            return []
+        builder.on_chunk, builder.on_node = chunk, node
+    else:
+        builder = Builder(on_chunk=chunk, on_node=node)
+    pending = [h for h in heads if h.size > start]
     last = heads[-1].size
 
     def reached() -> None:
@@ -1069,7 +1169,7 @@ def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | 
                     f"{head.signed_at}"
                 )
 
-    for position, leaf, label in tree.events(0, last):
+    for position, leaf, label in tree.events(start, last):
         while builder.size < position - 1:
             builder.append(EMPTY_LEAF)
             reached()
@@ -1080,9 +1180,9 @@ def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | 
     while builder.size < last:
         builder.append(EMPTY_LEAF)
         reached()
-    if builder.partial:
+    if builder.partial and builder.size > start:
         chunk(builder.size >> CHUNK_LEVEL, builder.partial)
-    shown = differences[:20]
+    shown = differences[:SHOWN]
     more = len(differences) - len(shown)
     return shown + ([f"... and {more} more position(s)"] if more else [])
 

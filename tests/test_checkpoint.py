@@ -4,7 +4,9 @@ hold the signing key) tries: a refund changed and its hash chain re-sealed with 
 hashing code, an event deleted, history rewritten together with the kept tree, a forged head; and
 a wrong public key. `audit --verify`, `checkpoint verify` and the offline bundle verifier (a real
 process) each say what and where. And a checkpoint signs only events that verify: one edited,
-deleted or forged since the last checkpoint is refused, named, and nothing is signed."""
+deleted or forged since the last checkpoint is refused, named, and nothing is signed; `checkpoint
+verify` reads the events signed since it last verified (all with --full) and those not yet
+signed, and names the same."""
 
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from aftersales.engine.checkpoint import (
 )
 from aftersales.engine.commands import OpenCase, RateCase
 from aftersales.engine.events import chain_hash, leaf_bytes
+from aftersales.engine.integrity import read_rows
 from aftersales.engine.merkle import Builder
 from aftersales.engine.order import CaseUnlinked
 from aftersales.engine.service import Engine
@@ -647,3 +650,132 @@ def test_signing_refuses_a_forged_refund_sealed_onto_a_refunded_case(
     error = refused(store_url, private)
     assert error["position"] == forged
     assert [h.size for h in Tree(engine.store).heads()] == [signed]
+
+
+# Verifying from where the last verification stopped ----------------------------------------------
+
+
+def verify(store_url: str, public: Path, *args: str, code: int = 0) -> dict[str, Any]:
+    result = invoke(
+        store_url, "checkpoint", "verify", "--public-key", str(public), "--json", *args, code=code
+    )
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_verify_reads_the_events_since_the_checkpoint_it_last_verified(
+    engine: Engine, store_url: str, keys: tuple[Path, Path]
+) -> None:
+    private, public = keys
+    generate(engine.store, 300, prefix="A-")
+    first = checkpoint(store_url, private)["checkpoint"]
+    # Nothing verified yet: from position 1.
+    report = verify(store_url, public)
+    assert report["verified"] and report["previously_verified"] is None
+    assert (report["from"], report["to"]) == (1, first["position"])
+    assert report["events_read"] == first["events"] and report["unsigned_events"] == 0
+
+    generate(engine.store, 300, prefix="B-", seed=8)
+    second = checkpoint(store_url, private)["checkpoint"]
+    unsigned = generate(engine.store, 50, prefix="C-", seed=9)
+    head = engine.store.recorder.max_notification_id()
+    report = verify(store_url, public)
+    assert report["verified"] and report["previously_verified"] == first["position"]
+    assert (report["from"], report["to"]) == (first["position"] + 1, head)
+    assert report["events_read"] == second["events"] - first["events"] + unsigned
+    assert report["unsigned_events"] == unsigned
+    # Verified up to the second checkpoint now: only what is not yet signed is read again.
+    report = verify(store_url, public)
+    assert report["from"] == second["position"] + 1 and report["events_read"] == unsigned
+    full = verify(store_url, public, "--full")
+    assert (full["from"], full["to"], full["events_read"]) == (1, head, second["events"] + unsigned)
+    text = invoke(store_url, "checkpoint", "verify", "--public-key", str(public)).stdout
+    assert f"positions {second['position'] + 1} to {head} checked, {unsigned} event(s)" in text
+
+    # An event under the head verified last is not read again by default; --full names it.
+    [second_event] = read_rows(engine.store, 1, 2, 1, None)
+    poison.overwrite(engine.store, 2, second_event.state.replace(b'":', b'": ', 1))
+    assert verify(store_url, public)["verified"]
+    caught = verify(store_url, public, "--full", code=3)
+    assert any(p.startswith("position 2 (") and "(changed)" in p for p in caught["problems"])
+    # A size recorded as verified that no checkpoint signed counts for nothing.
+    Tree(engine.store).record_verified(second["position"] - 1, NOW, first["key_id"])
+    Tree(engine.store).write(
+        lambda execute: execute(
+            "DELETE FROM {t}aftersales_checkpoint_verified WHERE size <> ?",
+            (second["position"] - 1,),
+        )
+    )
+    assert verify(store_url, public, code=3)["from"] == 1
+
+
+def test_default_verify_names_an_event_changed_since_the_checkpoint_it_last_verified(
+    engine: Engine, store_url: str, keys: tuple[Path, Path]
+) -> None:
+    private, public = keys
+    case_id, signed = signed_then_refunded(engine, store_url, private)
+    assert verify(store_url, public)["verified"]
+    checkpoint(store_url, private)  # signs the case's events
+    refund = poison.refund_of(engine.store, case_id)
+    poison.more_money(engine.store, case_id)
+    report = verify(store_url, public, code=3)
+    assert report["from"] == signed + 1 and not report["verified"]
+    assert f"position {refund['position']} ({case_id} version {refund['version']}): not the " in (
+        "\n".join(report["problems"])
+    )
+    text = invoke(store_url, "checkpoint", "verify", "--public-key", str(public), code=3)
+    assert "not the event that was signed (changed)" in text.stdout
+    assert verify(store_url, public, code=3)["previously_verified"] == signed  # not moved on
+
+
+def test_default_verify_names_an_event_deleted_since_the_checkpoint_it_last_verified(
+    engine: Engine, store_url: str, keys: tuple[Path, Path]
+) -> None:
+    private, public = keys
+    case_id, signed = signed_then_refunded(engine, store_url, private)
+    assert verify(store_url, public)["verified"]
+    checkpoint(store_url, private)
+    rated = poison.stored(engine.store, case_id)[-1]
+    sql(
+        store_url,
+        "DELETE FROM {events} WHERE originator_id = ? AND originator_version = ?",
+        (row_id(store_url, case_id), rated["version"]),
+    )
+    report = verify(store_url, public, code=3)
+    assert report["from"] == signed + 1
+    gone = f"position {rated['position']}: the event signed there is gone (deleted)"
+    assert gone in report["problems"]
+
+
+TAMPERING = ("edited", "deleted", "forged")
+
+
+@pytest.mark.parametrize("tampering", TAMPERING)
+def test_default_verify_names_what_fails_after_the_latest_checkpoint(
+    engine: Engine, store_url: str, keys: tuple[Path, Path], tampering: str
+) -> None:
+    private, public = keys
+    case_id, signed = signed_then_refunded(engine, store_url, private)
+    assert verify(store_url, public)["verified"]  # up to the checkpoint: only the case is after
+    events = poison.stored(engine.store, case_id)
+    if tampering == "edited":
+        poison.more_money(engine.store, case_id)
+        named = poison.refund_of(engine.store, case_id)["position"]
+        why = "hash does not match its content"
+    elif tampering == "deleted":
+        sql(
+            store_url,
+            "DELETE FROM {events} WHERE originator_id = ? AND originator_version = ?",
+            (row_id(store_url, case_id), events[-1]["version"]),
+        )
+        named = events[-2]["position"]
+        why = f"the case index says version {events[-1]['version']}"
+    else:
+        named = forge_refund(engine, case_id, index=False)
+        why = "recorded without it"
+    report = verify(store_url, public, code=3)
+    assert report["from"] == signed + 1 and not report["verified"]
+    [problem] = report["problems"]
+    assert problem.startswith(f"position {named} (") and why in problem
+    assert problem.endswith("(not yet signed)")
+    refused(store_url, private)  # and signing says the same
