@@ -10,10 +10,12 @@
    and of a consistency proof, and the time to make and check one.
 2. A real store: ``--store-events`` events of a rule-abiding workload (scripts/workload.py: a
    checkpoint signs only events that verify) written into a PostgreSQL schema of their own
-   (dropped at the end), a raw psycopg read of them (the baseline), the first checkpoint over all
-   of them (reading, checking, rebuilding every aggregate, hashing, keeping the tree, signing),
-   one more after 1% more events, the proofs of 50 events from the kept tree, and the space the
-   tree tables take.
+   (dropped at the end), a raw psycopg read of them (the baseline), reading and hashing them
+   only (the tree without the checks), the first checkpoint over all of them (reading, checking,
+   rebuilding every aggregate, hashing, keeping the tree, signing), a first ``checkpoint
+   verify`` (every event), one more checkpoint after 1% more events, ``checkpoint verify`` then
+   (the 1% since the one verified) and with ``--full``, the proofs of 50 events from the kept
+   tree, and the space the tree tables take.
 
 Prints Markdown tables.
 """
@@ -39,7 +41,14 @@ from psycopg.sql import SQL, Identifier
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aftersales.engine.case import CaseRefunded
-from aftersales.engine.checkpoint import LEAVES, NODES, Tree, check_events, take_checkpoint
+from aftersales.engine.checkpoint import (
+    LEAVES,
+    NODES,
+    Tree,
+    check_events,
+    take_checkpoint,
+    verify_log,
+)
 from aftersales.engine.events import leaf_bytes
 from aftersales.engine.merkle import (
     CHUNK_LEVEL,
@@ -156,16 +165,36 @@ def real_store(conninfo: str, n: int) -> list[str]:
             conn.execute(SQL("VACUUM ANALYZE {}.aftersales_events").format(Identifier(schema)))
         say("raw read ...")
         rows, raw_s = raw_read(conninfo, schema)
+        say("reading and hashing only ...")
+        started = time.perf_counter()
+        hashed = sum(1 for _ in Tree(store).events(0, rows + 1_000_000))
+        hash_s = time.perf_counter() - started
+        assert hashed == rows
         say("first checkpoint ...")
         started = time.perf_counter()
         first = take_checkpoint(store, key, datetime.now(UTC))
         first_s = time.perf_counter() - started
         assert first.head is not None and first.head.events == rows
+        say("first verify ...")
+        public = key.public_key()
+        started = time.perf_counter()
+        verified = verify_log(store, public)
+        verify_first_s = time.perf_counter() - started
+        assert not verified.problems and verified.events_read == rows, verified
         more = generate(store, max(1, n // 100), prefix="MORE-", seed=8)
         started = time.perf_counter()
         second = take_checkpoint(store, key, datetime.now(UTC))
         second_s = time.perf_counter() - started
         assert second.new_events == more
+        say("verify since, and --full ...")
+        started = time.perf_counter()
+        verified = verify_log(store, public)
+        verify_next_s = time.perf_counter() - started
+        assert not verified.problems and verified.events_read == more, verified
+        started = time.perf_counter()
+        verified = verify_log(store, public, full=True)
+        verify_full_s = time.perf_counter() - started
+        assert not verified.problems and verified.events_read == rows + more, verified
         wanted = [
             uuid.UUID(str(r["originator_id"]))
             for r in store.query(
@@ -210,10 +239,18 @@ def real_store(conninfo: str, n: int) -> list[str]:
         "|---|---:|---:|---:|---:|",
         f"| raw sequential read with psycopg (baseline) | {rows:,} | {raw_s:.2f} | "
         f"{rows / raw_s:,.0f} | 1 |",
-        f"| first checkpoint: read, hash, keep the tree, sign | {rows:,} | {first_s:.2f} | "
-        f"{rows / first_s:,.0f} | {first_s / raw_s:.1f}x |",
+        f"| read and hash only (the tree without its checks) | {rows:,} | {hash_s:.2f} | "
+        f"{rows / hash_s:,.0f} | {hash_s / raw_s:.1f}x |",
+        f"| first checkpoint: read, check, rebuild every aggregate, hash, keep the tree, sign | "
+        f"{rows:,} | {first_s:.2f} | {rows / first_s:,.0f} | {first_s / raw_s:.1f}x |",
+        f"| `checkpoint verify`, nothing verified before: every event | {rows:,} | "
+        f"{verify_first_s:.2f} | {rows / verify_first_s:,.0f} | {verify_first_s / raw_s:.1f}x |",
         f"| next checkpoint after 1% more events | {more:,} | {second_s:.2f} | "
         f"{more / second_s:,.0f} | |",
+        f"| `checkpoint verify` then: the events since the checkpoint verified | {more:,} | "
+        f"{verify_next_s:.2f} | {more / verify_next_s:,.0f} | |",
+        f"| `checkpoint verify --full`: every event | {rows + more:,} | {verify_full_s:.2f} | "
+        f"{(rows + more) / verify_full_s:,.0f} | {verify_full_s / raw_s:.1f}x |",
         f"| proofs of {len(events)} events against the latest checkpoint (`audit --verify`'s "
         f"check, median of 5) | {len(events)} | {statistics.median(samples):.3f} | | |",
         f"| of which counting the events under the checkpoint (a deletion shows) | {rows + more:,} "
