@@ -20,6 +20,7 @@ from aftersales.commands.output import State, _one_line, fail, fail_with, to_jso
 from aftersales.engine.checkpoint import (
     PUBLIC_KEY_ENV,
     SIGNING_KEY_ENV,
+    LogCheck,
     Taken,
     generate_key,
     key_id,
@@ -91,6 +92,29 @@ def render_taken(taken: Taken) -> str:
     return f"checkpoint at {where}: {taken.new_events} new event(s)"
 
 
+def render_verified(result: LogCheck) -> str:
+    if result.start >= result.end:
+        read = f"no event after position {result.start} to check"
+    else:
+        read = (
+            f"positions {result.start + 1} to {result.end} checked, {result.events_read} "
+            "event(s) read"
+        )
+        if result.unsigned:
+            read += f", {result.unsigned} of them not yet signed"
+    if result.repaired:
+        read += "; the kept tree was written again from them"
+    if result.note:
+        read += f"; {result.note}"
+    if not result.heads:
+        return f"no checkpoint has been taken; {read}"
+    latest = result.heads[-1]
+    return (
+        f"verified: {len(result.heads)} checkpoint(s), each extending the one before; "
+        f"latest at position {latest.size} ({latest.events} events); {read}"
+    )
+
+
 @click.group(
     "checkpoint",
     invoke_without_command=True,
@@ -155,8 +179,9 @@ def keygen(out: Path, as_json: bool) -> None:
 @click.option(
     "--full",
     is_flag=True,
-    help="Also read every event up to the latest checkpoint and compare it with what was "
-    "signed, naming each position changed, deleted or put there since.",
+    help="Read every event from position 1, not only those since the checkpoint last verified, "
+    "and compare it with what was signed, naming each position changed, deleted or put there "
+    "since.",
 )
 @click.option(
     "--repair",
@@ -169,15 +194,22 @@ def keygen(out: Path, as_json: bool) -> None:
 def verify(
     ctx: click.Context, /, public_key: Path | None, full: bool, repair: bool, as_json: bool
 ) -> None:
-    """Check every checkpoint: its signature, that each extends the one before (a consistency
-    proof), and with --full the events in the store against the signed roots. Exit 0, or 3
-    listing the problems."""
+    """Check every checkpoint: its signature, and that each extends the one before (a
+    consistency proof); the stored events signed since the checkpoint last verified (with
+    --full, every one from position 1) against the signed roots; and the events after the
+    latest checkpoint as signing checks them. Records what was verified when all is well. Exit
+    0, or 3 listing the problems."""
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     try:
         if public_key is None:
             raise BadInput(f"no public key: give --public-key FILE or set ${PUBLIC_KEY_ENV}")
+        engine = state.engine()
         result = verify_log(
-            state.engine().store, load_public_key(public_key), full=full, repair=repair
+            engine.store,
+            load_public_key(public_key),
+            full=full,
+            repair=repair,
+            now=engine.clock(),
         )
     except AftersalesError as exc:
         fail_with(exc, as_json)
@@ -185,21 +217,12 @@ def verify(
         fail("store_unavailable", f"the store failed: {_one_line(exc)}", 1, as_json)
     if as_json:
         click.echo(to_json(result.to_json()))
-    elif not result.heads:
-        click.echo("no checkpoint has been taken")
     elif result.problems:
         click.echo(f"NOT verified: {len(result.problems)} problem(s)")
         for p in result.problems:
             click.echo(f"  {p}")
     else:
-        latest = result.heads[-1]
-        read = f", {result.events_read} events read and matched" if result.full else ""
-        if result.repaired:
-            read += "; the kept tree was written again from them"
-        click.echo(
-            f"verified: {len(result.heads)} checkpoint(s), each extending the one before; "
-            f"latest at position {latest.size} ({latest.events} events){read}"
-        )
+        click.echo(render_verified(result))
     if result.problems:
         click.echo(f"error: {len(result.problems)} checkpoint problem(s)", err=True)
         sys.exit(NOT_VERIFIED)

@@ -12,12 +12,19 @@ What the store keeps (tables made on the first checkpoint):
 
 - ``aftersales_checkpoints``: each signed head, as the exact text signed and its signature;
 - ``aftersales_merkle_leaves``: the leaf hashes, 256 to a row;
-- ``aftersales_merkle_nodes``: the hashes of the perfect subtrees above those rows.
+- ``aftersales_merkle_nodes``: the hashes of the perfect subtrees above those rows;
+- ``aftersales_checkpoint_verified``: up to which signed head ``checkpoint verify`` last found
+  the stored events to be the ones signed (its size, when, with which key), so the next one
+  starts there.
 
 The tree tables only make proofs quick: nothing is trusted for being in them. A proof built from
 them either verifies against the signed root or does not. A new checkpoint reads only the events
 after the last one, on top of the kept tree, and first checks that tree still gives the last
-signed root; so a rewritten history is never folded into a new checkpoint.
+signed root; so a rewritten history is never folded into a new checkpoint. And it signs those
+events only once they verify (``TailCheck``): each one's hash chained to the event before it,
+every aggregate they belong to rebuilt, every case's index row at its last stored version. A
+signature vouches for what it signs: an event edited, a case's last event deleted or an event put
+there by hand is refused, named, and nothing is signed, rather than proven by every later check.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,10 +49,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from eventsourcing.persistence import PersistenceError
 
 from aftersales.engine.audit import Audit, Problem
-from aftersales.engine.errors import BadInput, Conflict, NotAllowed
-from aftersales.engine.events import leaf_bytes
+from aftersales.engine.case import ReturnCase
+from aftersales.engine.errors import BadInput, Conflict, NotAllowed, Poisoned
+from aftersales.engine.events import Unreadable, leaf_bytes
+from aftersales.engine.integrity import StoredRow, check_link, read_rows
 from aftersales.engine.merkle import (
     CHUNK,
     CHUNK_LEVEL,
@@ -58,17 +69,27 @@ from aftersales.engine.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from aftersales.engine.store import EventStore, SQLiteCaseRecorder
+from aftersales.engine.store import CASES_TABLE, EventStore, SQLiteCaseRecorder
 
 HEAD_FORMAT = "aftersales-checkpoint/1"
 CHECKPOINTS = "aftersales_checkpoints"
 LEAVES = "aftersales_merkle_leaves"
 NODES = "aftersales_merkle_nodes"
+VERIFIED = "aftersales_checkpoint_verified"
 SIGNING_KEY_ENV = "AFTERSALES_SIGNING_KEY"
 PUBLIC_KEY_ENV = "AFTERSALES_PUBLIC_KEY"
 # Events read per query while a checkpoint grows the tree; chunks kept per transaction.
 READ_BATCH = 5000
 FLUSH_CHUNKS = 512
+# Events read per query while the events after a checkpoint are checked, so also at most as
+# many aggregates rebuilt per query: memory stays flat however long the unsigned tail.
+CHECK_BATCH = 1000
+# Aggregates already rebuilt while a tail is checked, remembered (with the version they were
+# rebuilt to) so an order whose events run all along the tail is rebuilt once, not per batch.
+# Bounded: past it the oldest are forgotten and at worst rebuilt again.
+REMEMBERED = 50_000
+# Failures kept to be named (every one is counted).
+SHOWN = 20
 
 
 class TreeDamaged(NotAllowed):
@@ -301,21 +322,22 @@ class Tree:
             c.execute(self.dialect(sql), tuple(params))
             return [tuple(r) for r in c.fetchall()]
 
-    def _exists(self) -> bool:
+    def _exists(self, table: str = CHECKPOINTS) -> bool:
         if self.postgres:
             rows = self.rows(
-                "SELECT to_regclass(?) IS NOT NULL", (f"{self.dialect.schema}.{CHECKPOINTS}",)
+                "SELECT to_regclass(?) IS NOT NULL", (f"{self.dialect.schema}.{table}",)
             )
         else:
             rows = self.rows(
                 "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                (CHECKPOINTS,),
+                (table,),
             )
         return bool(rows and rows[0][0])
 
     def ensure(self) -> None:
-        """Make the tables, once."""
-        if self._ready or self._exists():
+        """Make the tables, once. The table made last is looked for, so a store whose
+        checkpoint tables came before it gets it too."""
+        if self._ready or self._exists(VERIFIED):
             self._ready = True
             return
         blob = "bytea" if self.postgres else "BLOB"
@@ -326,6 +348,8 @@ class Tree:
             f"hashes {blob} NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {{t}}{NODES} (level integer NOT NULL, "
             f"idx bigint NOT NULL, hash {blob} NOT NULL, PRIMARY KEY (level, idx))",
+            f"CREATE TABLE IF NOT EXISTS {{t}}{VERIFIED} (size bigint PRIMARY KEY, "
+            "verified_at text NOT NULL, key_id text NOT NULL)",
         ]
 
         def create(execute: Callable[[str, Sequence[Any]], None]) -> None:
@@ -351,6 +375,27 @@ class Tree:
             f"SELECT head, signature FROM {{t}}{CHECKPOINTS} ORDER BY size DESC LIMIT 1"
         )
         return Head.parse(str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    # What was verified ----------------------------------------------------------------------
+
+    def verified(self, key: str) -> int | None:
+        """The size of the signed head up to which ``checkpoint verify`` with this key last
+        found the log as signed, if it ever did."""
+        if not self._exists(VERIFIED):
+            return None
+        rows = self.rows(f"SELECT max(size) FROM {{t}}{VERIFIED} WHERE key_id = ?", (key,))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def record_verified(self, size: int, at: datetime, key: str) -> None:
+        self.ensure()
+        self.write(
+            lambda execute: execute(
+                f"INSERT INTO {{t}}{VERIFIED} (size, verified_at, key_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (size) DO UPDATE SET verified_at = excluded.verified_at, "
+                "key_id = excluded.key_id",
+                (size, at.astimezone(UTC).isoformat(), key),
+            )
+        )
 
     # The kept tree ---------------------------------------------------------------------------
 
@@ -496,6 +541,198 @@ class Tree:
         return int(rows[0][0])
 
 
+# The events after a checkpoint, checked before they are signed --------------------------------
+
+
+# Stored case events are named by the case module ("engine.case:CaseRefunded"): a case has a row
+# in the case index, to be checked against its events.
+_CASE_TOPICS = ReturnCase.TOPIC.partition(":")[0] + ":"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A stored event (or a case's index row) the log cannot be verified past: where, what,
+    which version, why."""
+
+    position: int | None
+    aggregate: str  # as a person knows it: case <id>, order <order id>
+    version: int
+    why: str
+    event: str | None = None  # its type, when the event is there to name
+
+    @property
+    def message(self) -> str:
+        where = f"position {self.position}" if self.position is not None else "a position unknown"
+        what = f"{self.event} of {self.aggregate}" if self.event else self.aggregate
+        return f"{where} ({what}, version {self.version}): {self.why}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "aggregate": self.aggregate,
+            "event": self.event,
+            "version": self.version,
+            "why": self.why,
+        }
+
+
+class LogUnverified(NotAllowed):
+    """The events after the last checkpoint do not verify: nothing is signed over them."""
+
+    def __init__(self, since: int, failures: Sequence[Failure], count: int) -> None:
+        shown = "; ".join(f.message for f in failures[:5])
+        more = f"; and {count - 5} more" if count > 5 else ""
+        after = f"after position {since}" if since else "of the log"
+        super().__init__(
+            f"nothing signed: {count} of the events {after} do not verify: {shown}{more}"
+        )
+        self.failures = list(failures)
+        self.count = count
+
+    def to_json(self) -> dict[str, object]:
+        first = self.failures[0]
+        return {
+            **super().to_json(),
+            "position": first.position,
+            "version": first.version,
+            "failures": self.count,
+            "problems": [f.to_json() for f in self.failures],
+        }
+
+
+@dataclass
+class TailCheck:
+    """The events after a signed position, checked as signing needs them, in one pass in log
+    order and in batches of ``CHECK_BATCH``:
+
+    - each event's hash is its content's chained to the hash of the event before it in its
+      aggregate (read in the same query, whether that event is in the tail or older than the
+      last checkpoint): what is signed is what was sealed;
+    - every aggregate those events belong to rebuilds (``EventStore.load_many``, one query a
+      batch: its whole chain checked, and whatever else a rebuild checks);
+    - every case among them has its index row at its last stored version (one query a batch,
+      both read in the same statement): a case's last event deleted, or an event put after it
+      that the index (written with every event) never knew, shows there.
+
+    The failures are collected (the first ``SHOWN`` kept, all counted), not raised."""
+
+    store: EventStore
+    failures: list[Failure] = field(default_factory=list)
+    count: int = 0
+    events_read: int = 0
+    _named: set[tuple[UUID, int]] = field(default_factory=set)
+    _rebuilt: OrderedDict[UUID, int] = field(default_factory=OrderedDict)
+
+    def rows(self, after: int, stop: int) -> Iterator[StoredRow]:
+        """The stored events at positions ``(after, stop]`` in log order, each batch checked
+        before its events are handed on."""
+        while after < stop:
+            rows = read_rows(self.store, after, stop, CHECK_BATCH, None)
+            if not rows:
+                return
+            self._check(rows)
+            self.events_read += len(rows)
+            yield from rows
+            after = rows[-1].position
+
+    def _check(self, rows: Sequence[StoredRow]) -> None:
+        last: dict[UUID, int] = {}
+        cases: set[UUID] = set()
+        for row in rows:
+            try:
+                check_link(self.store, row)
+            except Unreadable as exc:
+                self._fail(row.originator_id, row.version, row.position, str(exc), row.name)
+            last[row.originator_id] = max(row.version, last.get(row.originator_id, 0))
+            if row.topic.startswith(_CASE_TOPICS):
+                cases.add(row.originator_id)
+        # An aggregate rebuilt earlier in this pass to a version past this batch's events was
+        # checked with them then.
+        todo = [uid for uid, version in last.items() if self._rebuilt.get(uid, 0) < version]
+        poisoned: dict[UUID, Poisoned] = {}
+        rebuilt = self.store.load_many(todo, poisoned)
+        for uid in todo:
+            aggregate = rebuilt.get(uid)
+            if aggregate is not None:
+                self._remember(uid, int(aggregate.version))
+            elif uid in poisoned:
+                refused = poisoned[uid]
+                event = refused.what.partition(" of ")[0]
+                self._fail(uid, refused.version, refused.position, refused.why, event)
+                self._remember(uid, 1 << 62)  # named once; its later events are still linked
+            else:
+                position = next(r.position for r in rows if r.originator_id == uid)
+                self._fail(uid, last[uid], position, "its events were gone when it was rebuilt")
+        self._check_index([uid for uid in todo if uid in cases], rows)
+
+    def _check_index(self, ids: Sequence[UUID], rows: Sequence[StoredRow]) -> None:
+        """Each case's index row against its last stored version, both read by one statement
+        (so an action recorded meanwhile, which writes both, cannot make them differ)."""
+        if not ids:
+            return
+        tree = Tree(self.store)
+        table = self.store.recorder.events_table_name  # type: ignore[attr-defined]
+        marks = self.store.dialect.marks(len(ids))
+        params: list[Any] = [uid if self.store.is_postgres else uid.hex for uid in ids]
+        found: dict[UUID, tuple[int | None, int | None]] = {uid: (None, None) for uid in ids}
+        for kind, name, version in tree.rows(
+            f"SELECT 'stored', CAST(originator_id AS text), max(originator_version) "
+            f"FROM {{t}}{table} WHERE originator_id IN ({marks}) GROUP BY originator_id "
+            f"UNION ALL SELECT 'index', case_id, version FROM {{t}}{CASES_TABLE} "
+            f"WHERE case_id IN ({marks})",
+            [*params, *(str(uid) for uid in ids)],
+        ):
+            uid = UUID(str(name))
+            stored, indexed = found[uid]
+            if kind == "stored":
+                found[uid] = (int(version), indexed)
+            else:
+                found[uid] = (stored, int(version))
+        positions = {(r.originator_id, r.version): r.position for r in rows}
+
+        def position(uid: UUID, version: int) -> int | None:
+            return positions.get((uid, version)) or self.store.position_of(uid, version)
+
+        for uid, (stored, indexed) in found.items():
+            if stored is None or stored == indexed:
+                continue  # no events left is the rebuild's to name
+            if indexed is None:
+                first = min(v for (u, v) in positions if u == uid)
+                self._fail(uid, first, position(uid, first), "the case index has no row for it")
+            elif indexed > stored:
+                self._fail(
+                    uid,
+                    stored,
+                    position(uid, stored),
+                    f"the case index says version {indexed}: the events after this one are "
+                    "missing (deleted?)",
+                )
+            else:
+                self._fail(
+                    uid,
+                    indexed + 1,
+                    position(uid, indexed + 1),
+                    f"the case index says version {indexed}: this event was recorded without it "
+                    "(put there by hand?)",
+                )
+
+    def _remember(self, uid: UUID, version: int) -> None:
+        self._rebuilt[uid] = version
+        self._rebuilt.move_to_end(uid)
+        if len(self._rebuilt) > REMEMBERED:
+            self._rebuilt.popitem(last=False)
+
+    def _fail(
+        self, uid: UUID, version: int, position: int | None, why: str, event: str | None = None
+    ) -> None:
+        if (uid, version) in self._named:
+            return  # an event that breaks its link also stops its aggregate's rebuild there
+        self._named.add((uid, version))
+        self.count += 1
+        if len(self.failures) < SHOWN:
+            self.failures.append(Failure(position, self.store.describe(uid), version, why, event))
+
+
 # Taking a checkpoint ----------------------------------------------------------------------------
 
 
@@ -542,7 +779,9 @@ class TreeRows:
 
 def take_checkpoint(store: EventStore, key: Ed25519PrivateKey, now: datetime) -> Taken:
     """Sign the tree over every event up to the log's head, growing the kept tree from the last
-    checkpoint. Nothing new since the last one: nothing is signed."""
+    checkpoint. Nothing new since the last one: nothing is signed. The events since the last
+    one are checked as they are read (``TailCheck``); if any fails, nothing is signed and
+    ``LogUnverified`` names them."""
     tree = Tree(store)
     tree.ensure()
     previous = tree.latest()
@@ -560,13 +799,18 @@ def take_checkpoint(store: EventStore, key: Ed25519PrivateKey, now: datetime) ->
     builder.on_chunk = lambda index, leaves: pending.chunks.__setitem__(index, b"".join(leaves))
     builder.on_node = lambda level, index, h: pending.nodes.__setitem__((level, index), h)
     new_events = 0
-    for position, leaf, _label in tree.events(start, head_position):
-        while builder.size < position - 1:
+    tail = TailCheck(store)
+    for row in tail.rows(start, head_position):
+        while builder.size < row.position - 1:
             builder.append(EMPTY_LEAF)
-        builder.append(leaf)
+        builder.append(leaf_hash(leaf_bytes(row.originator_id, row.version, row.topic, row.state)))
         new_events += 1
+        # Rows of the kept tree past the last signed head are written over by the next
+        # checkpoint and trusted by nothing, so writing them before a refusal does no harm.
         if len(pending.chunks) >= FLUSH_CHUNKS:
             tree.write(lambda execute: pending.write(execute))
+    if tail.count:
+        raise LogUnverified(start, tail.failures, tail.count)
     while builder.size < head_position:
         builder.append(EMPTY_LEAF)
     if builder.partial:
@@ -737,25 +981,48 @@ class LogCheck:
     full: bool = False
     events_read: int = 0
     repaired: bool = False
+    # The events re-read were those after ``start`` (a signed head's size, 0 for the whole log)
+    # up to ``end``, the log's head when it was checked; ``unsigned`` of them after the latest
+    # signed head. ``previously``: the signed size verified before this check, as recorded.
+    start: int = 0
+    end: int = 0
+    unsigned: int = 0
+    previously: int | None = None
+    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "checkpoints": len(self.heads),
             "latest": self.heads[-1].to_json() if self.heads else None,
             "full": self.full,
+            "previously_verified": self.previously,
+            "from": self.start + 1,
+            "to": self.end,
             "events_read": self.events_read,
+            "unsigned_events": self.unsigned,
             "repaired": self.repaired,
             "verified": not self.problems,
             "problems": self.problems,
+            "note": self.note,
         }
 
 
 def verify_log(
-    store: EventStore, public: Ed25519PublicKey, *, full: bool = False, repair: bool = False
+    store: EventStore,
+    public: Ed25519PublicKey,
+    *,
+    full: bool = False,
+    repair: bool = False,
+    now: datetime | None = None,
 ) -> LogCheck:
-    """Every signed head's signature, each head extending the one before (a consistency proof
-    from the kept tree), and with ``full`` the events in the store against the signed roots,
-    naming each position whose event is not the one signed.
+    """Every signed head's signature and each head extending the one before (a consistency
+    proof from the kept tree); the stored events from the last head verified with this key (or
+    with ``full``, from position 1) up to the latest head against the signed roots, naming each
+    position whose event is not the one signed; and the events after the latest head as
+    signing checks them (``TailCheck``). When all is well, the latest head is recorded as
+    verified (at ``now``), so the next check starts there. That record is only as good as the
+    store it is kept in: whoever can write the store can move it on, so ``full`` (run now and
+    then) trusts nothing of it.
 
     With ``repair`` (which implies ``full``), a kept tree that was lost or damaged is written
     again from the stored events, but only if those events give every signed root: a tree is
@@ -768,8 +1035,35 @@ def verify_log(
         why = head.check(public)
         if why is not None:
             check.problems.append(why)
-    if check.problems or not heads:
+    if check.problems:
         return check
+    check.end = store.recorder.max_notification_id() or 0
+    signed = heads[-1].size if heads else 0
+    if heads:
+        _check_signed(tree, heads, check, public, repair)
+    tail = TailCheck(store)
+    for _row in tail.rows(signed, check.end):
+        pass
+    check.events_read += tail.events_read
+    check.unsigned = tail.events_read
+    check.problems += [f"{f.message} (not yet signed)" for f in tail.failures]
+    if tail.count > len(tail.failures):
+        check.problems.append(f"... and {tail.count - len(tail.failures)} more not yet signed")
+    if heads and not check.problems:
+        try:
+            tree.record_verified(signed, now or datetime.now(UTC), key_id(public))
+        except PersistenceError as exc:
+            # Verified all the same; the next check starts where the last recorded one did.
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            check.note = f"verified, but not recorded (the store refused the write: {why})"
+    return check
+
+
+def _check_signed(
+    tree: Tree, heads: list[Head], check: LogCheck, public: Ed25519PublicKey, repair: bool
+) -> None:
+    """The heads' consistency, then the stored events from the last verified head (or from
+    position 1) against the signed roots."""
     try:
         for old, new in itertools.pairwise(heads):
             sizes = (old.size, new.size)
@@ -782,26 +1076,33 @@ def verify_log(
                 )
     except TreeDamaged as exc:
         check.problems.append(exc.message)
-    if full:
-        kept_problems, check.problems = check.problems, []
-        pending = TreeRows() if repair else None
-        differences = _recompute(tree, heads, check, pending)
-        if pending is not None and not check.problems:
-            tree.write(pending.write)
-            check.repaired = True
-        else:
-            check.problems = kept_problems + check.problems + differences
-    return check
+    check.previously = tree.verified(key_id(public))
+    # A recorded size that is no signed head's (the table was written by hand) counts for
+    # nothing: the check starts from position 1.
+    if not check.full and check.previously in {h.size for h in heads}:
+        check.start = check.previously or 0
+    kept_problems, check.problems = check.problems, []
+    pending = TreeRows() if repair else None
+    differences = _recompute(tree, heads, check, pending, check.start)
+    if pending is not None and not check.problems:
+        tree.write(pending.write)
+        check.repaired = True
+    else:
+        check.problems = kept_problems + check.problems + differences
 
 
 def _consistency(sizes: tuple[int, int], subtree: Callable[[int, int], bytes]) -> list[bytes]:
     return consistency_proof(sizes[0], sizes[1], subtree)
 
 
-def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | None) -> list[str]:
-    """Rebuild the tree from the stored events and compare it with every signed root (adding
-    to ``check.problems``) and, to name what changed, with the kept leaves (returned). With
-    ``keep``, the rebuilt tree's rows are collected there."""
+def _recompute(
+    tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | None, start: int = 0
+) -> list[str]:
+    """Rebuild the tree from the stored events after position ``start`` (a signed head's size,
+    the tree up to it taken from the kept tree once it gives that head's root) and compare it
+    with every signed root past it (adding to ``check.problems``) and, to name what changed,
+    with the kept leaves (returned). With ``keep`` (and ``start`` 0), the rebuilt tree's rows
+    are collected there."""
     differences: list[str] = []
     labels: dict[int, str] = {}
 
@@ -841,8 +1142,22 @@ def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | 
         if keep is not None:
             keep.nodes[(level, index)] = h
 
-    builder = Builder(on_chunk=chunk, on_node=node)
-    pending = list(heads)
+    if start:
+        try:
+            builder = tree.builder(start)
+        except TreeDamaged as exc:
+            check.problems.append(exc.message)
+            return []
+        if builder.root() != next(h.root for h in heads if h.size == start):
+            check.problems.append(
+                f"the kept tree no longer gives the root signed at position {start}: run "
+                "`aftersales checkpoint verify --full`"
+            )
+            return []
+        builder.on_chunk, builder.on_node = chunk, node
+    else:
+        builder = Builder(on_chunk=chunk, on_node=node)
+    pending = [h for h in heads if h.size > start]
     last = heads[-1].size
 
     def reached() -> None:
@@ -854,7 +1169,7 @@ def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | 
                     f"{head.signed_at}"
                 )
 
-    for position, leaf, label in tree.events(0, last):
+    for position, leaf, label in tree.events(start, last):
         while builder.size < position - 1:
             builder.append(EMPTY_LEAF)
             reached()
@@ -865,9 +1180,9 @@ def _recompute(tree: Tree, heads: list[Head], check: LogCheck, keep: TreeRows | 
     while builder.size < last:
         builder.append(EMPTY_LEAF)
         reached()
-    if builder.partial:
+    if builder.partial and builder.size > start:
         chunk(builder.size >> CHUNK_LEVEL, builder.partial)
-    shown = differences[:20]
+    shown = differences[:SHOWN]
     more = len(differences) - len(shown)
     return shown + ([f"... and {more} more position(s)"] if more else [])
 

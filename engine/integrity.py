@@ -180,6 +180,16 @@ def checked(store: EventStore, row: StoredRow, quarantined: Collection[int] = ()
     return event
 
 
+def check_link(store: EventStore, row: StoredRow) -> None:
+    """One stored event's hash checked against its content chained to the hash the event
+    before it carries (read with it), and nothing more: nothing is decoded. ``Unreadable``
+    says why not. What signing a checkpoint asks of every event it signs."""
+    previous = GENESIS_HASH if row.version == 1 else _previous_hash(store, row, ())
+    if previous is None:  # only for a quarantined event before it, and none is given
+        raise Unreadable("the event before it carries no readable hash")
+    verified_hash(previous, row.originator_id, row.version, row.topic, row.state)
+
+
 def _previous_hash(store: EventStore, row: StoredRow, quarantined: Collection[int]) -> str | None:
     """The hash the event before this one carries (read from the tail fetched with it, or, in
     any other form, from the whole event). None when that event is quarantined and carries no

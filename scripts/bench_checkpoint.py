@@ -8,10 +8,14 @@
    ``aftersales checkpoint`` grows it), beside the baseline of hashing the same bytes once with
    SHA-256 and nothing else; then the size of an inclusion proof (what a bundle carries per event)
    and of a consistency proof, and the time to make and check one.
-2. A real store: ``--store-events`` stored events written into a PostgreSQL schema of their own
-   (dropped at the end), a raw psycopg read of them (the baseline), the first checkpoint over all
-   of them (reading, hashing, keeping the tree, signing), one more after 1% more events, the
-   proofs of 50 events from the kept tree, and the space the tree tables take.
+2. A real store: ``--store-events`` events of a rule-abiding workload (scripts/workload.py: a
+   checkpoint signs only events that verify) written into a PostgreSQL schema of their own
+   (dropped at the end), a raw psycopg read of them (the baseline), reading and hashing them
+   only (the tree without the checks), the first checkpoint over all of them (reading, checking,
+   rebuilding every aggregate, hashing, keeping the tree, signing), a first ``checkpoint
+   verify`` (every event), one more checkpoint after 1% more events, ``checkpoint verify`` then
+   (the 1% since the one verified) and with ``--full``, the proofs of 50 events from the kept
+   tree, and the space the tree tables take.
 
 Prints Markdown tables.
 """
@@ -31,14 +35,20 @@ from pathlib import Path
 
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aftersales.engine.case import CaseRefunded
-from aftersales.engine.checkpoint import LEAVES, NODES, Tree, check_events, take_checkpoint
+from aftersales.engine.checkpoint import (
+    LEAVES,
+    NODES,
+    Tree,
+    check_events,
+    take_checkpoint,
+    verify_log,
+)
 from aftersales.engine.events import leaf_bytes
 from aftersales.engine.merkle import (
     CHUNK_LEVEL,
@@ -53,7 +63,7 @@ from aftersales.engine.merkle import (
 )
 from aftersales.engine.store import EventStore
 from scripts.bench_projections import raw_read
-from scripts.workload import say
+from scripts.workload import generate, say
 
 TOPIC = get_topic(CaseRefunded)
 
@@ -150,32 +160,48 @@ def real_store(conninfo: str, n: int) -> list[str]:
     store = EventStore(url)
     try:
         say(f"writing {n:,} stored events into schema {schema} ...")
-        ids = [uuid.uuid4() for _ in range(n // 10 + 1)]
-        for start in range(0, n, 5000):
-            store.recorder.insert_events(
-                [
-                    StoredEvent(ids[i % len(ids)], i // len(ids) + 1, TOPIC, state_of(i))
-                    for i in range(start, min(n, start + 5000))
-                ]
-            )
+        generate(store, n)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(SQL("VACUUM ANALYZE {}.aftersales_events").format(Identifier(schema)))
         say("raw read ...")
         rows, raw_s = raw_read(conninfo, schema)
+        say("reading and hashing only ...")
+        started = time.perf_counter()
+        hashed = sum(1 for _ in Tree(store).events(0, rows + 1_000_000))
+        hash_s = time.perf_counter() - started
+        assert hashed == rows
         say("first checkpoint ...")
         started = time.perf_counter()
         first = take_checkpoint(store, key, datetime.now(UTC))
         first_s = time.perf_counter() - started
         assert first.head is not None and first.head.events == rows
-        more = max(1, n // 100)
-        store.recorder.insert_events(
-            [StoredEvent(uuid.uuid4(), 1, TOPIC, state_of(i)) for i in range(more)]
-        )
+        say("first verify ...")
+        public = key.public_key()
+        started = time.perf_counter()
+        verified = verify_log(store, public)
+        verify_first_s = time.perf_counter() - started
+        assert not verified.problems and verified.events_read == rows, verified
+        more = generate(store, max(1, n // 100), prefix="MORE-", seed=8)
         started = time.perf_counter()
         second = take_checkpoint(store, key, datetime.now(UTC))
         second_s = time.perf_counter() - started
         assert second.new_events == more
-        wanted = ids[:10]
+        say("verify since, and --full ...")
+        started = time.perf_counter()
+        verified = verify_log(store, public)
+        verify_next_s = time.perf_counter() - started
+        assert not verified.problems and verified.events_read == more, verified
+        started = time.perf_counter()
+        verified = verify_log(store, public, full=True)
+        verify_full_s = time.perf_counter() - started
+        assert not verified.problems and verified.events_read == rows + more, verified
+        wanted = [
+            uuid.UUID(str(r["originator_id"]))
+            for r in store.query(
+                "SELECT DISTINCT originator_id FROM {t}aftersales_events "
+                "WHERE notification_id <= 100"
+            )
+        ][:10]
         events = [
             # uid, not s.originator_id (UUID | str to the library): the events read are uid's.
             ("case", uid, s.originator_version, s.topic, bytes(s.state))
@@ -213,10 +239,18 @@ def real_store(conninfo: str, n: int) -> list[str]:
         "|---|---:|---:|---:|---:|",
         f"| raw sequential read with psycopg (baseline) | {rows:,} | {raw_s:.2f} | "
         f"{rows / raw_s:,.0f} | 1 |",
-        f"| first checkpoint: read, hash, keep the tree, sign | {rows:,} | {first_s:.2f} | "
-        f"{rows / first_s:,.0f} | {first_s / raw_s:.1f}x |",
+        f"| read and hash only (the tree without its checks) | {rows:,} | {hash_s:.2f} | "
+        f"{rows / hash_s:,.0f} | {hash_s / raw_s:.1f}x |",
+        f"| first checkpoint: read, check, rebuild every aggregate, hash, keep the tree, sign | "
+        f"{rows:,} | {first_s:.2f} | {rows / first_s:,.0f} | {first_s / raw_s:.1f}x |",
+        f"| `checkpoint verify`, nothing verified before: every event | {rows:,} | "
+        f"{verify_first_s:.2f} | {rows / verify_first_s:,.0f} | {verify_first_s / raw_s:.1f}x |",
         f"| next checkpoint after 1% more events | {more:,} | {second_s:.2f} | "
         f"{more / second_s:,.0f} | |",
+        f"| `checkpoint verify` then: the events since the checkpoint verified | {more:,} | "
+        f"{verify_next_s:.2f} | {more / verify_next_s:,.0f} | |",
+        f"| `checkpoint verify --full`: every event | {rows + more:,} | {verify_full_s:.2f} | "
+        f"{(rows + more) / verify_full_s:,.0f} | {verify_full_s / raw_s:.1f}x |",
         f"| proofs of {len(events)} events against the latest checkpoint (`audit --verify`'s "
         f"check, median of 5) | {len(events)} | {statistics.median(samples):.3f} | | |",
         f"| of which counting the events under the checkpoint (a deletion shows) | {rows + more:,} "
