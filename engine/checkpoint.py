@@ -52,7 +52,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from eventsourcing.persistence import PersistenceError
 
 from aftersales.engine.audit import Audit, Problem
-from aftersales.engine.case import ReturnCase
 from aftersales.engine.errors import BadInput, Conflict, NotAllowed, Poisoned
 from aftersales.engine.events import Unreadable, leaf_bytes
 from aftersales.engine.integrity import StoredRow, check_link, read_rows
@@ -69,7 +68,7 @@ from aftersales.engine.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from aftersales.engine.store import CASES_TABLE, EventStore, SQLiteCaseRecorder
+from aftersales.engine.store import EventStore, SQLiteCaseRecorder
 
 HEAD_FORMAT = "aftersales-checkpoint/1"
 CHECKPOINTS = "aftersales_checkpoints"
@@ -544,11 +543,6 @@ class Tree:
 # The events after a checkpoint, checked before they are signed --------------------------------
 
 
-# Stored case events are named by the case module ("engine.case:CaseRefunded"): a case has a row
-# in the case index, to be checked against its events.
-_CASE_TOPICS = ReturnCase.TOPIC.partition(":")[0] + ":"
-
-
 @dataclass(frozen=True)
 class Failure:
     """A stored event (or a case's index row) the log cannot be verified past: where, what,
@@ -609,10 +603,9 @@ class TailCheck:
       aggregate (read in the same query, whether that event is in the tail or older than the
       last checkpoint): what is signed is what was sealed;
     - every aggregate those events belong to rebuilds (``EventStore.load_many``, one query a
-      batch: its whole chain checked, and whatever else a rebuild checks);
-    - every case among them has its index row at its last stored version (one query a batch,
-      both read in the same statement): a case's last event deleted, or an event put after it
-      that the index (written with every event) never knew, shows there.
+      batch: its whole chain checked, its history replayed through the audit's cheap checks,
+      and a case's last version against its index row, read in the same snapshot: a case's
+      last event deleted, or an event put after it that the index never knew, shows there).
 
     The failures are collected (the first ``SHOWN`` kept, all counted), not raised."""
 
@@ -637,15 +630,12 @@ class TailCheck:
 
     def _check(self, rows: Sequence[StoredRow]) -> None:
         last: dict[UUID, int] = {}
-        cases: set[UUID] = set()
         for row in rows:
             try:
                 check_link(self.store, row)
             except Unreadable as exc:
                 self._fail(row.originator_id, row.version, row.position, str(exc), row.name)
             last[row.originator_id] = max(row.version, last.get(row.originator_id, 0))
-            if row.topic.startswith(_CASE_TOPICS):
-                cases.add(row.originator_id)
         # An aggregate rebuilt earlier in this pass to a version past this batch's events was
         # checked with them then.
         todo = [uid for uid, version in last.items() if self._rebuilt.get(uid, 0) < version]
@@ -663,58 +653,6 @@ class TailCheck:
             else:
                 position = next(r.position for r in rows if r.originator_id == uid)
                 self._fail(uid, last[uid], position, "its events were gone when it was rebuilt")
-        self._check_index([uid for uid in todo if uid in cases], rows)
-
-    def _check_index(self, ids: Sequence[UUID], rows: Sequence[StoredRow]) -> None:
-        """Each case's index row against its last stored version, both read by one statement
-        (so an action recorded meanwhile, which writes both, cannot make them differ)."""
-        if not ids:
-            return
-        tree = Tree(self.store)
-        table = self.store.recorder.events_table_name  # type: ignore[attr-defined]
-        marks = self.store.dialect.marks(len(ids))
-        params: list[Any] = [uid if self.store.is_postgres else uid.hex for uid in ids]
-        found: dict[UUID, tuple[int | None, int | None]] = {uid: (None, None) for uid in ids}
-        for kind, name, version in tree.rows(
-            f"SELECT 'stored', CAST(originator_id AS text), max(originator_version) "
-            f"FROM {{t}}{table} WHERE originator_id IN ({marks}) GROUP BY originator_id "
-            f"UNION ALL SELECT 'index', case_id, version FROM {{t}}{CASES_TABLE} "
-            f"WHERE case_id IN ({marks})",
-            [*params, *(str(uid) for uid in ids)],
-        ):
-            uid = UUID(str(name))
-            stored, indexed = found[uid]
-            if kind == "stored":
-                found[uid] = (int(version), indexed)
-            else:
-                found[uid] = (stored, int(version))
-        positions = {(r.originator_id, r.version): r.position for r in rows}
-
-        def position(uid: UUID, version: int) -> int | None:
-            return positions.get((uid, version)) or self.store.position_of(uid, version)
-
-        for uid, (stored, indexed) in found.items():
-            if stored is None or stored == indexed:
-                continue  # no events left is the rebuild's to name
-            if indexed is None:
-                first = min(v for (u, v) in positions if u == uid)
-                self._fail(uid, first, position(uid, first), "the case index has no row for it")
-            elif indexed > stored:
-                self._fail(
-                    uid,
-                    stored,
-                    position(uid, stored),
-                    f"the case index says version {indexed}: the events after this one are "
-                    "missing (deleted?)",
-                )
-            else:
-                self._fail(
-                    uid,
-                    indexed + 1,
-                    position(uid, indexed + 1),
-                    f"the case index says version {indexed}: this event was recorded without it "
-                    "(put there by hand?)",
-                )
 
     def _remember(self, uid: UUID, version: int) -> None:
         self._rebuilt[uid] = version

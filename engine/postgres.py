@@ -295,15 +295,31 @@ def select_with_index(
     return [(r["originator_version"], r["topic"], bytes(r["state"])) for r in rows], indexed
 
 
-def indexed_versions(store_recorder: ApplicationRecorder, ids: Sequence[UUID]) -> dict[UUID, int]:
-    """The versions the case index names for these aggregates (those it has a row for)."""
+def select_events_with_index(
+    store_recorder: ApplicationRecorder, ids: Sequence[UUID]
+) -> tuple[list[tuple[UUID, int, str, bytes]], dict[UUID, int]]:
+    """The stored events of these aggregates in (aggregate, version) order and the versions
+    the case index names for them, in one statement (one snapshot: an action committed
+    meanwhile, which writes both, cannot make them differ)."""
     recorder = _ours(store_recorder)
-    statement = SQL("SELECT case_id, version FROM {}.{} WHERE case_id = ANY(%s)").format(
-        Identifier(recorder.datastore.schema), Identifier(CASES_TABLE)
+    statement = SQL(
+        "SELECT e.originator_id, e.originator_version, e.topic, e.state, c.version AS indexed "
+        "FROM {schema}.{events} e LEFT JOIN {schema}.{cases} c "
+        "ON e.originator_version = 1 AND c.case_id = e.originator_id::text "
+        "WHERE e.originator_id = ANY(%s) ORDER BY e.originator_id, e.originator_version"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        events=Identifier(recorder.events_table_name),
+        cases=Identifier(CASES_TABLE),
     )
     with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(statement, ([str(i) for i in ids],))
-        return {UUID(r["case_id"]): int(r["version"]) for r in curs.fetchall()}
+        curs.execute(statement, (list(ids),))
+        rows = curs.fetchall()
+    indexed = {r["originator_id"]: int(r["indexed"]) for r in rows if r["indexed"] is not None}
+    events = [
+        (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"])) for r in rows
+    ]
+    return events, indexed
 
 
 def wake_listeners(store_recorder: ApplicationRecorder) -> None:

@@ -538,9 +538,9 @@ class EventStore(Application[UUID]):
         An aggregate with a stored event that cannot be used is left out too, and its refusal
         put in ``poisoned`` (raised at once if no such dict is given)."""
         by_id: dict[UUID, list[tuple[int, str, bytes]]] = {}
-        for uid, version, topic, state in self.select_rows(ids):
+        rows, indexed = self.select_rows_with_index(ids)
+        for uid, version, topic, state in rows:
             by_id.setdefault(uid, []).append((version, topic, state))
-        indexed = self.indexed_versions(list(by_id)) if by_id else {}
         aggregates: dict[UUID, Any] = {}
         for uid, events in by_id.items():
             try:
@@ -590,18 +590,35 @@ class EventStore(Application[UUID]):
         indexed = rows[0][3] if rows else None
         return [(r[0], r[1], bytes(r[2])) for r in rows], indexed
 
-    def indexed_versions(self, ids: Sequence[UUID]) -> dict[UUID, int]:
-        """The versions the case index names for these aggregates (those it has rows for)."""
+    def select_rows_with_index(
+        self, ids: Sequence[UUID]
+    ) -> tuple[list[tuple[UUID, int, str, bytes]], dict[UUID, int]]:
+        """``select_rows`` of these aggregates and the versions the case index names for them
+        (those it has rows for), read from one snapshot."""
+        if not ids:
+            return [], {}
+        recorder = self.recorder
         if self.is_postgres:
             from aftersales.engine import postgres
 
-            return postgres.indexed_versions(self.recorder, ids)
-        rows = self.query(
-            f"SELECT case_id, version FROM {{t}}{CASES_TABLE} "
-            f"WHERE case_id IN ({SQLITE.marks(len(ids))})",
-            [str(i) for i in ids],
-        )
-        return {UUID(r["case_id"]): int(r["version"]) for r in rows}
+            return postgres.select_events_with_index(recorder, ids)
+        assert isinstance(recorder, SQLiteCaseRecorder)
+        marks = SQLITE.marks(len(ids))
+        # Both reads in one transaction: SQLite gives them the same snapshot.
+        with recorder.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT originator_id, originator_version, topic, state FROM "
+                f"{recorder.events_table_name} WHERE originator_id IN ({marks}) "
+                "ORDER BY originator_id, originator_version",
+                [i.hex for i in ids],
+            )
+            rows = [(UUID(r[0]), r[1], r[2], bytes(r[3])) for r in c.fetchall()]
+            c.execute(
+                f"SELECT case_id, version FROM {CASES_TABLE} WHERE case_id IN ({marks})",
+                [str(i) for i in ids],
+            )
+            indexed = {UUID(r[0]): int(r[1]) for r in c.fetchall()}
+        return rows, indexed
 
     def check_index(
         self, uid: UUID, events: Sequence[tuple[int, str, bytes]], indexed: int | None
@@ -620,12 +637,13 @@ class EventStore(Application[UUID]):
                 "the case index has no row for this case: it was not written by the engine",
             )
         if indexed > last:
+            topic = events[-1][1]
             raise Poisoned(
-                None,
-                f"case {uid}",
-                indexed,
-                f"the case index says the case is at version {indexed}, but its stored events "
-                f"end at version {last}: events are missing from the end (deleted?)",
+                self.position_of(uid, last),
+                f"{topic.rpartition(':')[2] or 'an event'} of case {uid}",
+                last,
+                f"the case index says version {indexed}, but the stored events end here: "
+                "events are missing from the end (deleted?)",
             )
         if indexed < last:
             version = indexed + 1
