@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -48,23 +48,20 @@ from aftersales.engine.case import (
     CaseEscalated,
     CaseEvent,
     CaseOpened,
-    CaseRated,
     CaseRefunded,
     CaseRuled,
-    ChangeOffered,
     DeadlineFired,
-    OfferAccepted,
-    ReceiptExtended,
     ReturnCase,
     case_uuid,
 )
 from aftersales.engine.errors import BadInput, NotFound
 from aftersales.engine.events import GENESIS_HASH, Deadline, Event, chain_hash
+from aftersales.engine.invariants import CaseReplay
 from aftersales.engine.order import CaseLinked, CaseUnlinked, Order, OrderPlaced, lines_worth
 from aftersales.engine.policy import Policy
 from aftersales.engine.store import EventStore
-from aftersales.engine.transitions import ALLOWED_FROM, bind, claim_misfit
-from aftersales.engine.values import CENT, ZERO, Claim, Party, Role, Status, money_str
+from aftersales.engine.transitions import bind, claim_misfit
+from aftersales.engine.values import CENT, ZERO, Claim, Party, Status, money_str
 
 S = Status
 BUNDLE_FORMAT = "aftersales-dispute-bundle/1"
@@ -243,8 +240,7 @@ def replay(
 
     case, states = _rebuild(entries, problems, with_states)
     events = [e.case_event for e in entries if e.case_event is not None]
-    problems += check_transitions(events, whole=version is None)
-    problems += check_deadlines(events)
+    problems += replay_checks(events, whole=version is None)
     problems += check_claims(events)
 
     order_entries = [_read_order(s, mapper) for s in history.order_events]
@@ -461,190 +457,30 @@ def _sealed_as(
     return None
 
 
-def kind_of(event: CaseEvent) -> type[CaseEvent]:
-    """The event class the audit's tables name for this event (its own, or the nearest base:
-    a test's or a migration's subclass reads as the class it extends)."""
-    for cls in type(event).__mro__:
-        if cls in KNOWN:
-            return cls
-    return type(event)
+def replay_checks(events: Sequence[CaseEvent], *, whole: bool = True) -> list[Problem]:
+    """The checks every read of a case makes too (``invariants.CaseReplay``, stated once):
+    each action allowed from the status the case stood in, leading where it can lead, with the
+    consequences it calls for (unless the history shown stops between them, as a replay up to a
+    version may); every system action firing the deadline then running, at or after it fell
+    due; no person acting at or after a running deadline fell due (the clock acts first); an
+    action that leaves the status as it was keeping the deadline, but for one extension of the
+    receipt window; the events in the order they happened; offers and refunds within what was
+    asked (refunds within an accepted offer's amount)."""
+    replay = CaseReplay()
+    found = [finding for event in events for finding in replay.step(event)]
+    if whole:
+        found += replay.finish()
+    return [Problem(f.check, f.version, f.message) for f in found]
 
 
 def check_transitions(events: Sequence[CaseEvent], *, whole: bool = True) -> list[Problem]:
-    """Each action allowed from the status the case stood in, leading where it can lead; the
-    consequences an action calls for recorded with it (unless the history shown stops between
-    them, as a replay up to a version may)."""
-    problems: list[Problem] = []
-    status: Status | None = None
-    head: CaseEvent | None = None  # the first event of the command being checked
-    seen: set[type[CaseEvent]] = set()  # the consequences recorded with it so far
-    rated = False
-
-    def settle() -> None:
-        """The action before this one: the consequence its status calls for is there."""
-        if head is None:
-            return
-        owed = REQUIRED_CONSEQUENCE.get(head.status)
-        if kind_of(head) in CONSEQUENCES and owed is not None and owed not in seen:
-            problems.append(
-                Problem(
-                    "transition",
-                    head.originator_version,
-                    f"version {head.originator_version}: {kind_of(head).__name__} left the case "
-                    f"{head.status} but no {owed.__name__} follows it",
-                )
-            )
-
-    for event in events:
-        v = event.originator_version
-        kind = kind_of(event)
-        action = ACTION_OF.get(kind)
-        consequence = (
-            head is not None
-            and event.command_id == head.command_id
-            and event.at == head.at
-            and kind in CONSEQUENCES.get(kind_of(head), frozenset())
-            and kind not in seen
-            and status == event.status
-        )
-        if consequence:
-            seen.add(kind)
-            status = event.status
-            continue
-        settle()
-        head, seen = None, set()
-        if action is None:
-            what = "is recorded only as part of another action" if kind in KNOWN else "unknown"
-            problems.append(Problem("transition", v, f"version {v}: {kind.__name__} {what}"))
-        elif kind is CaseOpened:
-            if status is not None:
-                problems.append(Problem("transition", v, f"version {v}: opened again"))
-            head = event
-        elif status is None:
-            problems.append(
-                Problem("transition", v, f"version {v}: {action} before the case was opened")
-            )
-        else:
-            if status not in ALLOWED_FROM[action]:
-                allowed = ", ".join(sorted(ALLOWED_FROM[action]))
-                problems.append(
-                    Problem(
-                        "transition",
-                        v,
-                        f"version {v}: {action} is not allowed from {status} (only from {allowed})",
-                    )
-                )
-            if kind in UNCHANGED and event.status != status:
-                problems.append(
-                    Problem("transition", v, f"version {v}: {action} changed the status")
-                )
-            if kind is CaseRated:
-                if rated:
-                    problems.append(Problem("transition", v, f"version {v}: rated a second time"))
-                rated = True
-            head = event
-        if action and kind not in UNCHANGED and event.status not in LEADS_TO.get(kind, frozenset()):
-            problems.append(
-                Problem(
-                    "transition",
-                    v,
-                    f"version {v}: {kind.__name__} cannot leave a case {event.status}",
-                )
-            )
-        status = event.status
-    if whole:
-        settle()
-    return problems
+    """The transition findings of ``replay_checks``."""
+    return [p for p in replay_checks(events, whole=whole) if p.check == "transition"]
 
 
 def check_deadlines(events: Sequence[CaseEvent]) -> list[Problem]:
-    """Every system action fired the deadline then running, at or after it fell due; no
-    person acted at or after a running deadline fell due (the clock acts first); an action
-    that leaves the status as it was kept the deadline running, but for one extension of the
-    receipt window; and the events happened in the order they are recorded in."""
-    problems: list[Problem] = []
-    running: Deadline | None = None
-    last_at: datetime | None = None
-    extended = False
-    for event in events:
-        v = event.originator_version
-        if last_at is not None and event.at < last_at:
-            problems.append(
-                Problem(
-                    "time",
-                    v,
-                    f"version {v} happened at {event.at.isoformat()}, before the event "
-                    f"before it ({last_at.isoformat()})",
-                )
-            )
-        if isinstance(event, DeadlineFired):
-            fired = event.fired
-            action = ACTION_OF[kind_of(event)]
-            if event.actor.role is not Role.SYSTEM:
-                problems.append(
-                    Problem("deadline", v, f"version {v}: {action} recorded as {event.actor.role}")
-                )
-            if fired.action.value != action:
-                problems.append(
-                    Problem(
-                        "deadline",
-                        v,
-                        f"version {v}: a {action} that names a {fired.action} deadline",
-                    )
-                )
-            if event.at < fired.due_at:
-                problems.append(
-                    Problem(
-                        "deadline",
-                        v,
-                        f"version {v}: {action} fired at {event.at.isoformat()}, before its "
-                        f"deadline {fired.due_at.isoformat()}",
-                    )
-                )
-            if running != fired:
-                was = f"{running.action} due {running.due_at.isoformat()}" if running else "none"
-                problems.append(
-                    Problem(
-                        "deadline",
-                        v,
-                        f"version {v}: fired a deadline that was not the one running ({was})",
-                    )
-                )
-        kind = kind_of(event)
-        person = event.actor.role is not Role.SYSTEM and kind in ACTION_OF
-        if person and running is not None and event.at >= running.due_at:
-            # The clock acts first: by then the deadline had fired, whether or not a tick ran.
-            problems.append(
-                Problem(
-                    "deadline",
-                    v,
-                    f"version {v}: {ACTION_OF[kind]} by the {event.actor.role} at "
-                    f"{event.at.isoformat()} came after {running.action} fell due at "
-                    f"{running.due_at.isoformat()}: the clock should have acted first",
-                )
-            )
-        if isinstance(event, ReceiptExtended):
-            if extended:
-                problems.append(
-                    Problem("deadline", v, f"version {v}: the receipt window extended again")
-                )
-            extended = True
-            if not _moved_by(running, event.due, event.hours):
-                problems.append(
-                    Problem(
-                        "deadline",
-                        v,
-                        f"version {v}: an extension of {event.hours} hours that does not move "
-                        "the running deadline by as much",
-                    )
-                )
-        elif kind in UNCHANGED and event.due != running:
-            problems.append(
-                Problem("deadline", v, f"version {v}: {ACTION_OF[kind]} moved the deadline")
-            )
-        running = event.due
-        last_at = event.at if last_at is None else max(last_at, event.at)
-    return problems
+    """The deadline and time findings of ``replay_checks``."""
+    return [p for p in replay_checks(events, whole=False) if p.check in ("deadline", "time")]
 
 
 def check_claims(events: Sequence[CaseEvent]) -> list[Problem]:
@@ -683,16 +519,6 @@ def check_claims(events: Sequence[CaseEvent]) -> list[Problem]:
                     )
                 )
     return problems
-
-
-def _moved_by(before: Deadline | None, after: Deadline | None, hours: int) -> bool:
-    """The same deadline, ``hours`` (more than none) later."""
-    return (
-        before is not None
-        and after is not None
-        and hours > 0
-        and after == before.model_copy(update={"due_at": before.due_at + timedelta(hours=hours)})
-    )
 
 
 def check_order(
@@ -755,43 +581,9 @@ def check_order(
     if linked_at is None:
         problems.append(Problem("money", 1, f"version 1: {label} has no record of this case"))
 
-    # Offers and refunds against the amount asked (refunds against an accepted offer's).
-    refunded = ZERO
-    limit = opened.amount
-    for event in events:
-        v = event.originator_version
-        offered = (
-            event.offered_amount
-            if isinstance(event, ChangeOffered)
-            else event.agreed_amount
-            if isinstance(event, OfferAccepted)
-            else None
-        )
-        if offered is not None:
-            if offered <= ZERO or offered > opened.amount:
-                problems.append(
-                    Problem(
-                        "money",
-                        v,
-                        f"version {v}: {money_str(offered)} offered, but "
-                        f"{money_str(opened.amount)} was asked",
-                    )
-                )
-            if isinstance(event, OfferAccepted):
-                limit = offered
-        if isinstance(event, CaseRefunded):
-            if event.amount <= ZERO:
-                problems.append(Problem("money", v, f"version {v}: a refund of {event.amount}"))
-            refunded += event.amount
-            if refunded > limit:
-                problems.append(
-                    Problem(
-                        "money",
-                        v,
-                        f"version {v}: refunds reach {money_str(refunded)}, more than the "
-                        f"{money_str(limit)} asked",
-                    )
-                )
+    # Offers and refunds against the amount asked are ``replay_checks``'; here what the case
+    # refunded in all, against the order's ledger below.
+    refunded = sum((e.amount for e in events if isinstance(e, CaseRefunded)), ZERO)
     # Every line of the order: never refunded beyond what was paid for it.
     for sku, total in sorted(order.refunded.items()):
         line = order.lines.get(sku)

@@ -516,7 +516,7 @@ class CaseReplay:
         found: list[Finding] = []
         v = event.originator_version
         if isinstance(event, CaseOpened):
-            self.limit = event.amount
+            self.limit = getattr(event, "amount", None)  # a partial event: nothing to hold to
             return found
         asked = self.limit
         offered = (
