@@ -11,11 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from aftersales.engine.commands import ApproveCase, EscalateCase, RejectCase, RuleCase, ShipBack
+from aftersales.engine.commands import (
+    ApproveCase,
+    EscalateCase,
+    RefundCase,
+    RejectCase,
+    RuleCase,
+    ShipBack,
+)
 from aftersales.engine.errors import BadInput
 from aftersales.engine.service import Engine
 from aftersales.engine.values import parse_time
-from aftersales.projections.notify import NotifyRelay, preview, render, set_language
+from aftersales.projections.notify import (
+    TEMPLATES,
+    NotifyRelay,
+    preview,
+    render,
+    set_language,
+)
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.relay import RelayConfig, token
 from aftersales.projections.runner import Projector
@@ -81,6 +94,17 @@ def test_rejection_and_ruling_in_both_languages(engine: Engine) -> None:
     assert "支持买家" in zh[1].text
 
 
+def test_an_offer_asks_the_buyer_for_an_answer_by_its_deadline(engine: Engine) -> None:
+    cid = _open(engine)
+    engine.handle(RefundCase(case_id=cid, amount="10.00", at=at(days=3, hours=2)))
+    due = engine.get_case(cid)["due_at"]
+    told = preview(engine.store, cid, parse_time(at(days=3, hours=3)), "en")
+    assert [m.kind for m in told] == ["offered"]
+    assert "refund_only, ¥10.00" in told[0].text and due in told[0].text
+    zh = preview(engine.store, cid, parse_time(at(days=3, hours=3)))
+    assert "金额 ¥10.00" in zh[0].text
+
+
 def test_templates_cover_every_kind_in_both_languages() -> None:
     facts = {
         "amount": "1.00",
@@ -92,8 +116,11 @@ def test_templates_cover_every_kind_in_both_languages() -> None:
         "due": "d",
         "ship_by": None,
         "return_address": None,
+        "case_type": "refund_only",
+        "answer_by": "a",
     }
-    for kind in ("approved", "auto_approved", "rejected", "refunded", "ruled", "deadline_soon"):
+    assert set(TEMPLATES) >= {"approved", "rejected", "refunded", "ruled", "offered"}
+    for kind in TEMPLATES:
         for language in ("zh", "en"):
             text = render(kind, facts, "KS-9", language)
             assert "KS-9" in text and "{" not in text and "None" not in text
