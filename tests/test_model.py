@@ -468,9 +468,12 @@ class Model(RuleBasedStateMachine):
     def can(self, action: str) -> bool:
         return bool(self.fits(action))
 
-    def pick(self, index: int, action: str) -> CaseModel:
-        fits = self.fits(action)
-        return fits[index % len(fits)]
+    def pick(self, index: int, action: str) -> CaseModel | None:
+        """A case for ``action``. In a search, the rule's precondition makes sure one fits; a
+        sequence replayed against an engine that behaves otherwise (one with a hole fixed)
+        tries the action on any live case instead, and is refused."""
+        pool = self.fits(action) or self.live()
+        return pool[index % len(pool)] if pool else None
 
     def order_at(self, index: int) -> OrderModel:
         orders = list(self.orders.values())
@@ -566,7 +569,7 @@ class Model(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.unshipped()))
     @rule(order=PICK)
     def ship_order(self, order: int) -> None:
-        orders = self.unshipped()
+        orders = self.unshipped() or list(self.orders.values())
         o = orders[order % len(orders)]
         command = ShipOrder(order_id=o.order_id, carrier="SF", waybill="S1", at=self.now)
         if self.act(command, order=o) is not None:
@@ -575,7 +578,7 @@ class Model(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.undelivered()))
     @rule(order=PICK)
     def deliver_order(self, order: int) -> None:
-        orders = self.undelivered()
+        orders = self.undelivered() or list(self.orders.values())
         o = orders[order % len(orders)]
         if self.act(DeliverOrder(order_id=o.order_id, at=self.now), order=o) is not None:
             self.shipped(o)
@@ -637,6 +640,8 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK)
     def ship_back(self, case: int) -> None:
         c = self.pick(case, "ship-back")
+        if c is None:
+            return
         waybill = f"R{self.serial}"
         self.act(ShipBack(case_id=c.uid, carrier="YTO", waybill=waybill, at=self.now), c)
 
@@ -644,36 +649,48 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK)
     def withdraw(self, case: int) -> None:
         c = self.pick(case, "withdraw")
+        if c is None:
+            return
         self.act(WithdrawCase(case_id=c.uid, at=self.now), c)
 
     @precondition(lambda self: self.can("escalate"))
     @rule(case=PICK, claim=st.sampled_from(CLAIMS))
     def escalate(self, case: int, claim: str) -> None:
         c = self.pick(case, "escalate")
+        if c is None:
+            return
         self.act(EscalateCase(case_id=c.uid, claim=claim, evidence=["photo:1"], at=self.now), c)
 
     @precondition(lambda self: self.can("rate"))
     @rule(case=PICK, score=st.integers(1, 5))
     def rate(self, case: int, score: int) -> None:
         c = self.pick(case, "rate")
+        if c is None:
+            return
         self.act(RateCase(case_id=c.uid, score=score, at=self.now), c)
 
     @precondition(lambda self: self.can("accept-offer"))
     @rule(case=PICK)
     def accept_offer(self, case: int) -> None:
         c = self.pick(case, "accept-offer")
+        if c is None:
+            return
         self.act(AcceptOffer(case_id=c.uid, at=self.now), c)
 
     @precondition(lambda self: self.can("decline-offer"))
     @rule(case=PICK)
     def decline_offer(self, case: int) -> None:
         c = self.pick(case, "decline-offer")
+        if c is None:
+            return
         self.act(DeclineOffer(case_id=c.uid, at=self.now), c)
 
     @precondition(lambda self: self.can("message"))
     @rule(case=PICK, party=st.sampled_from(("buyer", "merchant", "platform")))
     def message(self, case: int, party: str) -> None:
         c = self.pick(case, "message")
+        if c is None:
+            return
         self.act(MessageCase(case_id=c.uid, text="any news?", party=party, at=self.now), c)
 
     # The merchant --------------------------------------------------------------------------------
@@ -682,12 +699,16 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK)
     def approve(self, case: int) -> None:
         c = self.pick(case, "approve")
+        if c is None:
+            return
         self.act(ApproveCase(case_id=c.uid, return_address="Hangzhou W1", at=self.now), c)
 
     @precondition(lambda self: self.can("reject"))
     @rule(case=PICK)
     def reject(self, case: int) -> None:
         c = self.pick(case, "reject")
+        if c is None:
+            return
         command = RejectCase(case_id=c.uid, reason="worn", communication="chat:1", at=self.now)
         self.act(command, c)
 
@@ -695,6 +716,8 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK, amount=st.sampled_from(SMALLER))
     def refund(self, case: int, amount: str) -> None:
         c = self.pick(case, "refund")
+        if c is None:
+            return
         money = None if amount == "all" else self.amount(amount, Decimal(c.shown["amount"]))
         self.act(RefundCase(case_id=c.uid, amount=money, at=self.now), c)
 
@@ -702,12 +725,16 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK, condition=st.sampled_from(("ok", "damaged", "not_as_returned")))
     def receive(self, case: int, condition: str) -> None:
         c = self.pick(case, "receive")
+        if c is None:
+            return
         self.act(ReceiveGoods(case_id=c.uid, condition=condition, at=self.now), c)
 
     @precondition(lambda self: self.can("ship-replacement"))
     @rule(case=PICK)
     def ship_replacement(self, case: int) -> None:
         c = self.pick(case, "ship-replacement")
+        if c is None:
+            return
         command = ShipReplacement(case_id=c.uid, carrier="SF", waybill="N1", at=self.now)
         self.act(command, c)
 
@@ -715,6 +742,8 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK, cannot=st.booleans())
     def reship(self, case: int, cannot: bool) -> None:
         c = self.pick(case, "reship")
+        if c is None:
+            return
         if cannot:
             self.act(Reship(case_id=c.uid, cannot=True, note="sold out", at=self.now), c)
         else:
@@ -724,6 +753,8 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK, kind=st.sampled_from(CASE_TYPES), amount=st.sampled_from(ASKED))
     def offer(self, case: int, kind: str, amount: str) -> None:
         c = self.pick(case, "offer")
+        if c is None:
+            return
         money = self.amount(amount, Decimal(c.shown["amount"]))
         self.act(OfferChange(case_id=c.uid, type=kind, amount=money, at=self.now), c)
 
@@ -731,6 +762,8 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK, hours=st.sampled_from((1, 24, 72, 73)))
     def extend(self, case: int, hours: int) -> None:
         c = self.pick(case, "extend")
+        if c is None:
+            return
         command = ExtendReceipt(case_id=c.uid, hours=hours, reason="backlog", at=self.now)
         self.act(command, c)
 
@@ -738,6 +771,8 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK)
     def recover_goods(self, case: int) -> None:
         c = self.pick(case, "recover-goods")
+        if c is None:
+            return
         self.act(RecoverGoods(case_id=c.uid, at=self.now), c)
 
     # The platform --------------------------------------------------------------------------------
@@ -746,6 +781,8 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK, party=st.sampled_from(("buyer", "merchant")))
     def rule_case(self, case: int, party: str) -> None:
         c = self.pick(case, "rule")
+        if c is None:
+            return
         command = RuleCase(case_id=c.uid, in_favour_of=party, by=AGENT, at=self.now)
         self.act(command, c)
 
@@ -805,6 +842,8 @@ class Model(RuleBasedStateMachine):
         receipt (and so an automatic refund) due now; with ``index``, the case index says so
         too, for the tick to find."""
         candidates = self.attackable(ended=True)
+        if not candidates:
+            return
         c = candidates[case % len(candidates)]
         events = self.stored(c)
         last = events[-1]
@@ -857,6 +896,8 @@ class Model(RuleBasedStateMachine):
     @rule(case=PICK)
     def delete_last(self, case: int) -> None:
         candidates = self.attackable(ended=False)
+        if not candidates:
+            return
         c = candidates[case % len(candidates)]
         last = self.stored(c)[-1]
         self.engine.store.execute(
@@ -1230,3 +1271,238 @@ def test_a_search_for_each_known_hole(hole: int, kind: type[Hole]) -> None:
     """Only this rule stops the search (the others are counted); the attacker plays only in
     the search for hole 6, whose rule is about it. Hypothesis prints the shrunk sequence."""
     explore(f"search for hole {hole}", hunting(frozenset({kind}), attacks=hole == 6), HUNT_RUN)
+
+
+# The holes the searches found, kept as the shortest sequences found -------------------------
+#
+# Each replays, through the model's own rules and checks, the sequence a search found and
+# shrank (steps the hole does not need were then taken out, one at a time, replaying each
+# time). Every rule is checked after every step; holes met on the way are counted, and the one
+# the sequence is about is raised at the end (``settle``). They fail on this branch, where the
+# holes are not fixed.
+
+
+@pytest.mark.xfail(strict=True, raises=LineOverRefunded, reason="hole 1, fixed on main")
+def test_hole_1_a_line_refunded_by_a_second_case_and_again_by_the_appeal_of_the_first() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "delivered"), ("shop-1", [0], "delivered")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.reject(case=0)
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.refund(amount="all", case=0)
+        state.the_rules_hold()
+        state.escalate(case=0, claim="unjustified_rejection")
+        state.the_rules_hold()
+        state.rule_case(case=0, party="buyer")
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(LineOverRefunded)
+
+
+@pytest.mark.xfail(strict=True, raises=RefundWithoutConsent, reason="hole 2, fixed on main")
+def test_hole_2_a_smaller_refund_ends_the_case_without_the_buyers_consent() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.refund(amount="less", case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(RefundWithoutConsent)
+
+
+@pytest.mark.xfail(strict=True, raises=ShippedUnderRefundOnly, reason="hole 3, fixed on main")
+def test_hole_3_a_refund_only_case_opened_before_shipment_is_refunded_after_delivery() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.deliver_order(order=0)
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(ShippedUnderRefundOnly)
+
+
+@pytest.mark.xfail(strict=True, raises=ReviewStretched, reason="hole 4, fixed on main")
+def test_hole_4_a_declined_offer_starts_a_fresh_review() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(
+            orders=[
+                ("shop-1", [0], "placed"),
+                ("shop-1", [0], "delivered"),
+                ("shop-1", [0, 1], "shipped"),
+            ]
+        )
+        state.the_rules_hold()
+        state.deliver_order(order=0)
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="return_refund",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.advance(minutes=1, ticks=False)
+        state.the_rules_hold()
+        state.offer(amount="all", case=0, kind="refund_only")
+        state.the_rules_hold()
+        state.decline_offer(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(ReviewStretched)
+
+
+@pytest.mark.xfail(strict=True, raises=EndlessDispute, reason="hole 5, fixed on main")
+def test_hole_5_a_rejected_case_has_no_deadline() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.reject(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(EndlessDispute)
+
+
+@pytest.mark.xfail(strict=True, raises=EndlessAppeals, reason="hole 5, fixed on main")
+def test_hole_5_after_a_ruling_for_the_merchant_the_buyer_escalates_again_and_again() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "delivered"), ("shop-1", [0], "shipped")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="exchange",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+        state.escalate(case=0, claim="other")
+        state.the_rules_hold()
+        state.rule_case(case=0, party="merchant")
+        state.the_rules_hold()
+        state.escalate(case=0, claim="unjustified_rejection")
+        state.the_rules_hold()
+        state.rule_case(case=0, party="merchant")
+        state.the_rules_hold()
+        state.escalate(case=0, claim="unjustified_rejection")
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(EndlessAppeals)
+
+
+@pytest.mark.xfail(strict=True, raises=Tampered, reason="hole 6, fixed on main")
+def test_hole_6_a_deleted_last_event_is_read_silently() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+        state.delete_last(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(Tampered)
+
+
+@pytest.mark.xfail(strict=True, raises=Tampered, reason="hole 6, fixed on main")
+def test_hole_6_a_forged_event_on_a_refunded_case_is_shown_and_acted_on() -> None:
+    """The sequence found (the attacker appending goods shipped back to a refunded case), with
+    the attacker writing the case index too and the clock ticking after it: the engine shows
+    the forged case and refunds it a second time."""
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.deliver_order(order=0)
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+        state.forge(case=0, index=True)
+        state.the_rules_hold()
+        state.advance(minutes=1, ticks=True)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(Tampered)
