@@ -1215,7 +1215,12 @@ POSTGRES_RUN = model_settings(6, 25, fixed=True, shrink=False)
 # The long search (-m slow): random sequences, every hole counted, none stopping the search.
 LONG_RUN = model_settings(1500, 60, fixed=False, shrink=False)
 # One search per known hole (-m slow): random, stopped and shrunk at the first of its kind.
-HUNT_RUN = model_settings(3000, 30, fixed=False)
+# Fifty steps: with thirty, 4,213 sequences did not meet hole 3 (a refund-only case opened
+# before shipment needs its order shipped and then the case refunded); with fifty, the
+# search met it after 2,295.
+HUNT_RUN = model_settings(4000, 50, fixed=False)
+# Searching, then shrinking (hypothesis gives up shrinking after five minutes).
+SEARCH_TIME = pytest.mark.timeout(1800)
 
 # The six holes this branch has (fixed on main), by the rule that finds each: hole 5 by two.
 KNOWN: tuple[tuple[int, type[Hole]], ...] = (
@@ -1245,6 +1250,7 @@ def test_the_model_on_postgres(pg_schemas: SchemaPool) -> None:
 
 
 @pytest.mark.slow
+@SEARCH_TIME
 @pytest.mark.xfail(strict=True, raises=Hole, reason=ON_THIS_BRANCH)
 def test_a_long_search() -> None:
     """Many random sequences, every hole counted where it was first met and none stopping
@@ -1255,6 +1261,7 @@ def test_a_long_search() -> None:
 
 
 @pytest.mark.slow
+@SEARCH_TIME
 @pytest.mark.parametrize(
     ("hole", "kind"),
     [
