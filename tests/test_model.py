@@ -1210,8 +1210,8 @@ def model_settings(examples: int, steps: int, *, fixed: bool, shrink: bool = Tru
 
 
 # The default run: a fixed seed, so that its result does not depend on luck.
-SQLITE_RUN = model_settings(25, 40, fixed=True, shrink=False)
-POSTGRES_RUN = model_settings(6, 25, fixed=True, shrink=False)
+SQLITE_RUN = model_settings(120, 40, fixed=True, shrink=False)
+POSTGRES_RUN = model_settings(15, 30, fixed=True, shrink=False)
 # The long search (-m slow): random sequences, every hole counted, none stopping the search.
 LONG_RUN = model_settings(1500, 60, fixed=False, shrink=False)
 # One search per known hole (-m slow): random, stopped and shrunk at the first of its kind.
