@@ -1279,7 +1279,11 @@ def test_a_long_search() -> None:
 )
 def test_a_search_for_each_known_hole(hole: int, kind: type[Hole]) -> None:
     """Only this rule stops the search (the others are counted); the attacker plays only in
-    the search for hole 6, whose rule is about it. Hypothesis prints the shrunk sequence."""
+    the search for hole 6, whose rule is about it. Hypothesis prints the shrunk sequence.
+
+    A rule finds whatever breaks it: hole 1's rule (a line refunded beyond its worth by its
+    cases) is broken both by hole 1 and by a second refund of a gift booked on the paid lines
+    (found besides the six, below), and the search ends on whichever it meets first."""
     explore(f"search for hole {hole}", hunting(frozenset({kind}), attacks=hole == 6), HUNT_RUN)
 
 
