@@ -1,0 +1,1557 @@
+"""A model of the after-sales business, run against the engine in random sequences of actions.
+
+``Model`` is a hypothesis state machine. It places two to four orders of one or two shops (lines
+of one or several units, a free gift with a list price, an accessory sold under its list price),
+and then, step by step, lets every party act at the model's current time through the engine's one
+entry point, ``Engine.handle``:
+
+- the order system ships and delivers orders, at random times;
+- the buyer opens cases (every type and reason group, some lines or all, part of a line's units,
+  the whole value or less, or more than it is worth), ships goods back, withdraws, escalates with
+  each claim, answers offers, rates and writes messages;
+- the merchant approves, rejects, refunds (all, or a smaller amount), receives goods as sent or
+  not, ships replacements, reships or says it cannot, offers another service or amount, extends
+  its receipt window and recovers goods;
+- the platform's agent rules for the buyer or the merchant;
+- the clock moves on by minutes to twelve days, with or without a tick; every action is dated at
+  the model's time, so the deadlines that fell due act first;
+- an attacker who can write the database and has the project's hashing code appends a sealed
+  event to an ended case (goods shipped back, a refund falling due now) or deletes a case's last
+  stored event; the case is then left alone.
+
+After every step, from what the engine shows (``case show``, ``order show``, ``case list``) and
+from the store, with rules written here rather than taken from the engine:
+
+1. no order line is refunded, across its cases, beyond what was paid for it (at its list price
+   for gifts and accessories), for any group of lines, nor any case beyond what its units are
+   worth; the order's books agree with its cases;
+2. no case refunds more than it asked when it was opened, and one that ends refunded with less
+   did so with the buyer's consent (an accepted offer, no less than offered) or by a ruling;
+3. every waiting case (``awaiting_*``) has a running deadline, and the merchant's review never
+   ends later than 48 hours after opening (offers do not stretch it);
+4. a refund-only case opened before the order shipped is never refunded in full after the goods
+   were shipped to the buyer;
+5. disputes end: a case is escalated at most twice (one appeal), and no case sits escalated or
+   rejected without a deadline;
+6. a refused command appends nothing and leaves its case (or order) as it was;
+7. ``case show`` agrees with another engine's rebuild from the store, with the copy the engine
+   acts on (its cache) and with the case index; a tick leaves no deadline due;
+8. a case the attacker touched is refused (shown by neither engine) and nothing is appended to
+   it; at the end, the audit verifies every other case.
+
+A broken rule raises a ``Hole`` of its own class, so that hypothesis reports and shrinks each
+kind apart. The default run is deterministic (fixed seed) on SQLite and, smaller, on PostgreSQL;
+``-m slow`` runs longer random searches: the whole model, and one search per known hole with only
+that hole's rule raising. Each run writes how many sequences and steps it explored to stderr and
+to ``test-artifacts/model/runs.txt``. The six holes this branch has are kept as regression
+sequences (the shrunk sequences the searches found), replayed through the same rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from itertools import combinations
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+from uuid import UUID, uuid5
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from aftersales.engine.audit import audit_case
+from aftersales.engine.commands import (
+    AcceptOffer,
+    Action,
+    ApproveCase,
+    DeclineOffer,
+    DeliverOrder,
+    EscalateCase,
+    ExtendReceipt,
+    ListCases,
+    MessageCase,
+    OfferChange,
+    OpenCase,
+    PlaceOrder,
+    RateCase,
+    ReceiveGoods,
+    RecoverGoods,
+    RefundCase,
+    RejectCase,
+    Reship,
+    RuleCase,
+    ShipBack,
+    ShipOrder,
+    ShipReplacement,
+    WithdrawCase,
+)
+from aftersales.engine.deadlines import tick
+from aftersales.engine.errors import AftersalesError
+from aftersales.engine.events import chain_hash
+from aftersales.engine.order import order_uuid
+from aftersales.engine.service import Engine
+from tests.conftest import SchemaPool, schema_url
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "test-artifacts" / "model" / "runs.txt"
+
+CST = timezone(timedelta(hours=8))
+T0 = datetime(2026, 11, 1, 10, 0, tzinfo=CST)
+CENT = Decimal("0.01")
+ZERO = Decimal("0.00")
+CASE_IDS = UUID("5d1e0c7a-3b9f-4e2a-8c61-0f4b2d9e7a13")
+
+# The business's numbers, restated here rather than read from the engine's policy.
+REVIEW = timedelta(hours=48)  # the merchant's review, from opening
+LISTED = ("gift", "accessory")  # made good at their list price
+FINAL = frozenset({"refunded", "completed", "closed"})
+HOLDING = frozenset(
+    {
+        "awaiting_merchant",
+        "awaiting_buyer_answer",
+        "awaiting_buyer_shipment",
+        "awaiting_merchant_receipt",
+        "awaiting_replacement",
+        "awaiting_reshipment",
+        "escalated",
+    }
+)
+AGENT = "agent-7"
+
+# Lines an order is made of: SKU:QTY:UNIT_PRICE[:CATEGORY[:LIST_PRICE]].
+LINE_POOL = (
+    "MUG:1:39.90:home",
+    "STRAP:3:10.00",
+    "GIFT:1:0.00:gift:15.00",
+    "CABLE:2:9.90:accessory:12.00",
+    "NAME:1:88.00:custom_made",
+)
+CASE_TYPES = ("refund_only", "return_refund", "exchange", "reship")
+REASONS = (
+    "quality.colour_difference",
+    "buyer.changed_mind",
+    "missing_items.gift",
+    "wrong_item.variant",
+    "logistics.lost",
+    "logistics.damaged",
+)
+CLAIMS = ("unjustified_rejection", "other", "missing_items", "wrong_item")
+# The amount asked, offered or refunded, against what it could be.
+ASKED = ("all", "less", "half", "none", "more")
+SMALLER = ("all", "less", "half", "more")
+
+# Every person's action, tried out of turn with plain arguments.
+OUT_OF_TURN = (
+    "approve",
+    "reject",
+    "refund",
+    "ship-back",
+    "receive",
+    "ship-replacement",
+    "reship",
+    "withdraw",
+    "escalate",
+    "rule",
+    "rate",
+    "recover-goods",
+    "offer",
+    "accept-offer",
+    "decline-offer",
+    "extend",
+)
+
+PICK = st.integers(0, 7)
+MINUTES = st.one_of(
+    st.integers(1, 720),
+    st.sampled_from((1440, 2879, 2880, 2881, 4320, 7 * 1440, 10 * 1440 + 1, 12 * 1440)),
+)
+
+
+# What the model says was broken ----------------------------------------------------------------
+
+
+class Hole(AssertionError):
+    """A rule of the model the engine broke; each kind is a class of its own, so that hypothesis
+    keeps the kinds apart (and shrinks each to its own shortest sequence)."""
+
+    kind: ClassVar[str] = "hole"
+
+
+class LineOverRefunded(Hole):
+    kind = "cases refunded a line beyond what was paid for it"
+
+
+class OrderLineOverRefunded(Hole):
+    kind = "order show: a line refunded beyond what was paid for it"
+
+
+class LedgerDisagrees(Hole):
+    kind = "the order's books disagree with its cases"
+
+
+class RefundOverAsked(Hole):
+    kind = "refunded beyond the amount asked"
+
+
+class RefundWithoutConsent(Hole):
+    kind = "refunded less than asked without the buyer's consent"
+
+
+class NoDeadline(Hole):
+    kind = "a waiting case with no deadline"
+
+
+class ReviewStretched(Hole):
+    kind = "the merchant's review stretched past 48 hours"
+
+
+class ShippedUnderRefundOnly(Hole):
+    kind = "refund only in full after the goods shipped"
+
+
+class EndlessDispute(Hole):
+    kind = "a dispute with no deadline"
+
+
+class EndlessAppeals(Hole):
+    kind = "a case escalated more than twice"
+
+
+class RefusalAppended(Hole):
+    kind = "a refusal that changed something"
+
+
+class ShowDisagrees(Hole):
+    kind = "case show disagrees with the store"
+
+
+class ClockStuck(Hole):
+    kind = "a deadline left due after a tick"
+
+
+class Tampered(Hole):
+    kind = "a tampered case shown or acted on"
+
+
+class AuditFailed(Hole):
+    kind = "the audit does not verify"
+
+
+class Holes(Hole):
+    """Several kinds found in one search (hypothesis reports each, shrunk, before this)."""
+
+    kind = "several"
+
+
+# What one process explored ------------------------------------------------------------------
+
+
+@dataclass
+class Explored:
+    """Sequences (examples) and steps run, and where each kind of hole was first met."""
+
+    examples: int = 0
+    steps: int = 0
+    refusals: int = 0
+    first: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def saw(self, kind: type[Hole], message: str) -> None:
+        self.first.setdefault(kind.__name__, (self.examples, self.steps, message))
+
+    def report(self, name: str, seconds: float) -> str:
+        lines = [
+            f"{name}: explored {self.examples} sequences and {self.steps} steps "
+            f"({self.refusals} refused) in {seconds:.1f} s"
+        ]
+        for kind, (example, step, message) in sorted(self.first.items(), key=lambda i: i[1]):
+            lines.append(f"  {kind}: first met in sequence {example}, step {step}: {message}")
+        for failure in self.failures:
+            lines.append("  failed: " + failure.replace("\n", "\n    "))
+        return "\n".join(lines)
+
+
+EXPLORED = Explored()
+
+
+@dataclass(frozen=True)
+class Line:
+    sku: str
+    quantity: int
+    unit_price: Decimal
+    category: str | None
+    list_price: Decimal | None
+
+    @classmethod
+    def parse(cls, spec: str) -> Line:
+        parts = spec.split(":") + [""] * 2
+        return cls(
+            sku=parts[0],
+            quantity=int(parts[1]),
+            unit_price=Decimal(parts[2]),
+            category=parts[3] or None,
+            list_price=Decimal(parts[4]) if parts[4] else None,
+        )
+
+    def paid(self, units: int) -> Decimal:
+        return (self.unit_price * units).quantize(CENT)
+
+    def worth(self, units: int) -> Decimal:
+        """The most these units may ever be refunded: what was paid for them, or their list
+        price where a gift or accessory has one."""
+        if self.category in LISTED and self.list_price is not None:
+            return max(self.paid(units), (self.list_price * units).quantize(CENT))
+        return self.paid(units)
+
+
+@dataclass
+class OrderModel:
+    order_id: str
+    merchant: str
+    buyer: str
+    lines: dict[str, Line]
+    shipped_at: datetime | None = None
+    delivered: bool = False
+    # Cases already refunded (as shown) when the order shipped.
+    refunded_when_shipped: frozenset[str] = frozenset()
+    shown: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CaseModel:
+    case_id: str
+    order_id: str
+    asked: Decimal  # the amount asked when it was opened
+    opened_at: datetime
+    kind: str  # its type when it was opened
+    units: dict[str, int]  # SKU: how many units it concerns
+    unshipped: bool  # opened before the order shipped
+    shown: dict[str, Any] = field(default_factory=dict)
+    escalations: int = 0
+    attacked: str | None = None  # how the attacker touched it
+    events_left: int = 0  # its stored events after the attack
+    events_asked: int = -1  # its stored events when the engines were last asked to show it
+
+    @property
+    def uid(self) -> UUID:
+        return UUID(self.case_id)
+
+
+# Stores, one empty store per sequence ---------------------------------------------------------
+
+
+class Scratch(Protocol):
+    url: str
+
+    def close(self) -> None: ...
+
+
+def _scratch_root() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+class SqliteScratch:
+    """A new SQLite file (in memory where the machine has a tmpfs), removed afterwards."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="aftersales-model-", dir=_scratch_root()))
+        self.url = f"sqlite:///{self.folder / 'store.db'}"
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PostgresScratch:
+    """A PostgreSQL schema from the test process's pool, emptied when given back."""
+
+    def __init__(self, pool: SchemaPool) -> None:
+        self.pool = pool
+        self.schema = pool.take()
+        self.url = schema_url(self.schema)
+
+    def close(self) -> None:
+        self.pool.give_back(self.schema)
+
+
+def _time(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(str(value))
+
+
+# The model -----------------------------------------------------------------------------------
+
+
+class Model(RuleBasedStateMachine):
+    """The business, played at random against the engine; see the module's docstring."""
+
+    # The kinds of hole that stop a run (None: every kind); the others are counted and the run
+    # goes on. The searches for one hole set it; the default run leaves it None.
+    RAISES: ClassVar[frozenset[type[Hole]] | None] = None
+    # Whether the attacker plays.
+    ATTACKS: ClassVar[bool] = True
+
+    def __init__(self, *, keep_going: bool = False) -> None:
+        """``keep_going``: count every hole met and go on (the regression sequences raise
+        them at the end, with ``settle``)."""
+        super().__init__()
+        EXPLORED.examples += 1
+        self.keep_going = keep_going
+        self.found: list[Hole] = []
+        self.stepped = False
+        self.scratch = self.new_scratch()
+        self.engine = Engine(self.scratch.url)
+        # Another engine on the same store, with no cache: a rebuild from the stored events.
+        self.reader = Engine(self.scratch.url, cache_size=0)
+        self.now = T0
+        self.orders: dict[str, OrderModel] = {}
+        self.cases: dict[str, CaseModel] = {}
+        self.serial = 0
+
+    def new_scratch(self) -> Scratch:
+        return SqliteScratch()
+
+    # Reporting holes ---------------------------------------------------------------------------
+
+    def hole(self, kind: type[Hole], message: str) -> None:
+        EXPLORED.saw(kind, message)
+        error = kind(f"{kind.kind}: {message}")
+        raises = type(self).RAISES
+        if self.keep_going or (raises is not None and kind not in raises):
+            if not any(type(f) is kind and str(f) == str(error) for f in self.found):
+                self.found.append(error)
+            return
+        raise error
+
+    def settle(self, first: type[Hole]) -> None:
+        """Raise what a ``keep_going`` run met: a hole of kind ``first`` if there is one (the
+        hole a regression sequence is about), naming the others met on the way."""
+        if not self.found:
+            return
+        chosen = next((f for f in self.found if isinstance(f, first)), self.found[0])
+        others = [str(f) for f in self.found if f is not chosen]
+        also = "".join(f"\n  also: {o}" for o in others)
+        raise type(chosen)(f"{chosen}{also}")
+
+    # Helpers ---------------------------------------------------------------------------------
+
+    def position(self) -> int:
+        return int(self.engine.store.recorder.max_notification_id() or 0)
+
+    def live(self) -> list[CaseModel]:
+        return [c for c in self.cases.values() if c.attacked is None]
+
+    def has_live_case(self) -> bool:
+        return any(c.attacked is None for c in self.cases.values())
+
+    def fits(self, action: str) -> list[CaseModel]:
+        """The live cases whose last showing allows ``action`` (the clock may have moved
+        them on since: the engine then refuses, saying the clock acted first)."""
+        return [c for c in self.live() if action in c.shown.get("allowed_actions", ())]
+
+    def can(self, action: str) -> bool:
+        return bool(self.fits(action))
+
+    def pick(self, index: int, action: str) -> CaseModel | None:
+        """A case for ``action``. In a search, the rule's precondition makes sure one fits; a
+        sequence replayed against an engine that behaves otherwise (one with a hole fixed)
+        tries the action on any live case instead, and is refused."""
+        pool = self.fits(action) or self.live()
+        return pool[index % len(pool)] if pool else None
+
+    def order_at(self, index: int) -> OrderModel:
+        orders = list(self.orders.values())
+        return orders[index % len(orders)]
+
+    def act(
+        self, command: Action, case: CaseModel | None = None, order: OrderModel | None = None
+    ) -> dict[str, Any] | None:
+        """Run one command; a refusal must append nothing and leave the case or order it is
+        about as the last step showed it."""
+        before = self.position()
+        try:
+            result: dict[str, Any] = self.engine.handle(command)
+        except AftersalesError as refusal:
+            EXPLORED.refusals += 1
+            what = f"{command.name} refused ({refusal.code}: {refusal.message[:160]})"
+            after = self.position()
+            if after != before:
+                self.hole(RefusalAppended, f"{what}, yet the log grew from {before} to {after}")
+            if case and (now := self.engine.get_case(case.case_id)) != case.shown:
+                self.hole(RefusalAppended, f"{what}, yet: {_diff(case.shown, now)}")
+            if order and (now := self.engine.get_order(order.order_id)) != order.shown:
+                self.hole(RefusalAppended, f"{what}, yet: {_diff(order.shown, now)}")
+            return None
+        return result
+
+    def amount(self, choice: str, full: Decimal) -> Decimal | None:
+        found = {
+            "all": full,
+            "less": full - CENT,
+            "half": (full / 2).quantize(CENT),
+            "more": full + CENT,
+            "none": None,
+        }[choice]
+        return None if found is None else max(found, ZERO)
+
+    # The order system ----------------------------------------------------------------------------
+
+    @initialize(
+        orders=st.lists(
+            st.tuples(
+                st.sampled_from(("shop-1", "shop-2")),
+                st.lists(st.integers(0, len(LINE_POOL) - 1), min_size=1, max_size=3, unique=True),
+                st.sampled_from(("placed", "shipped", "delivered")),
+            ),
+            min_size=2,
+            max_size=4,
+        )
+    )
+    def place_orders(self, orders: list[tuple[str, list[int], str]]) -> None:
+        for number, (merchant, lines, progress) in enumerate(orders, start=1):
+            specs = [LINE_POOL[i] for i in lines]
+            order = OrderModel(
+                order_id=f"O{number}",
+                merchant=merchant,
+                buyer="buyer-1" if number % 2 else "buyer-2",
+                lines={line.sku: line for line in map(Line.parse, specs)},
+            )
+            self.orders[order.order_id] = order
+            self.engine.handle(
+                PlaceOrder(
+                    order_id=order.order_id,
+                    merchant=order.merchant,
+                    buyer=order.buyer,
+                    lines=specs,
+                    at=self.now,
+                )
+            )
+            if progress != "placed":
+                self.engine.handle(
+                    ShipOrder(order_id=order.order_id, carrier="SF", waybill="S1", at=self.now)
+                )
+                order.shipped_at = self.now
+            if progress == "delivered":
+                self.engine.handle(DeliverOrder(order_id=order.order_id, at=self.now))
+                order.delivered = True
+
+    def shipped(self, order: OrderModel) -> None:
+        if order.shipped_at is None:
+            order.shipped_at = self.now
+            order.refunded_when_shipped = frozenset(
+                c.case_id
+                for c in self.cases.values()
+                if c.order_id == order.order_id and c.shown.get("status") == "refunded"
+            )
+
+    def unshipped(self) -> list[OrderModel]:
+        return [o for o in self.orders.values() if o.shipped_at is None]
+
+    def undelivered(self) -> list[OrderModel]:
+        return [o for o in self.orders.values() if not o.delivered]
+
+    @precondition(lambda self: bool(self.unshipped()))
+    @rule(order=PICK)
+    def ship_order(self, order: int) -> None:
+        orders = self.unshipped() or list(self.orders.values())
+        o = orders[order % len(orders)]
+        command = ShipOrder(order_id=o.order_id, carrier="SF", waybill="S1", at=self.now)
+        if self.act(command, order=o) is not None:
+            self.shipped(o)
+
+    @precondition(lambda self: bool(self.undelivered()))
+    @rule(order=PICK)
+    def deliver_order(self, order: int) -> None:
+        orders = self.undelivered() or list(self.orders.values())
+        o = orders[order % len(orders)]
+        if self.act(DeliverOrder(order_id=o.order_id, at=self.now), order=o) is not None:
+            self.shipped(o)
+            o.delivered = True
+
+    # The buyer -----------------------------------------------------------------------------------
+
+    @rule(
+        order=PICK,
+        kind=st.sampled_from(CASE_TYPES),
+        reason=st.sampled_from(REASONS),
+        lines=st.lists(st.integers(0, 2), max_size=3, unique=True),
+        partial=st.booleans(),
+        amount=st.sampled_from(ASKED),
+    )
+    def open_case(
+        self, order: int, kind: str, reason: str, lines: list[int], partial: bool, amount: str
+    ) -> None:
+        o = self.order_at(order)
+        skus = list(o.lines)
+        named = list(dict.fromkeys(skus[i % len(skus)] for i in lines))
+        # Named lines may be asked for in part (one unit); none named is every line in full.
+        units = {sku: o.lines[sku].quantity for sku in skus}
+        if named:
+            units = {
+                sku: 1 if partial and o.lines[sku].quantity > 1 else o.lines[sku].quantity
+                for sku in named
+            }
+        missing = reason.startswith("missing_items.")
+        full = sum(
+            (o.lines[s].worth(n) if missing else o.lines[s].paid(n) for s, n in units.items()),
+            ZERO,
+        )
+        self.serial += 1
+        case_id = uuid5(CASE_IDS, f"case-{self.serial}")
+        command = OpenCase(
+            order_id=o.order_id,
+            type=kind,
+            reason=reason,
+            amount=self.amount(amount, full),
+            lines=[f"{sku}:{units[sku]}" for sku in named],
+            case_id=case_id,
+            at=self.now,
+        )
+        result = self.act(command, order=o)
+        if result is None:
+            return
+        self.cases[str(case_id)] = CaseModel(
+            case_id=str(case_id),
+            order_id=o.order_id,
+            asked=Decimal(result["amount"]),
+            opened_at=self.now,
+            kind=kind,
+            units=units,
+            unshipped=o.shipped_at is None,
+        )
+
+    @precondition(lambda self: self.can("ship-back"))
+    @rule(case=PICK)
+    def ship_back(self, case: int) -> None:
+        c = self.pick(case, "ship-back")
+        if c is None:
+            return
+        waybill = f"R{self.serial}"
+        self.act(ShipBack(case_id=c.uid, carrier="YTO", waybill=waybill, at=self.now), c)
+
+    @precondition(lambda self: self.can("withdraw"))
+    @rule(case=PICK)
+    def withdraw(self, case: int) -> None:
+        c = self.pick(case, "withdraw")
+        if c is None:
+            return
+        self.act(WithdrawCase(case_id=c.uid, at=self.now), c)
+
+    @precondition(lambda self: self.can("escalate"))
+    @rule(case=PICK, claim=st.sampled_from(CLAIMS))
+    def escalate(self, case: int, claim: str) -> None:
+        c = self.pick(case, "escalate")
+        if c is None:
+            return
+        self.act(EscalateCase(case_id=c.uid, claim=claim, evidence=["photo:1"], at=self.now), c)
+
+    @precondition(lambda self: self.can("rate"))
+    @rule(case=PICK, score=st.integers(1, 5))
+    def rate(self, case: int, score: int) -> None:
+        c = self.pick(case, "rate")
+        if c is None:
+            return
+        self.act(RateCase(case_id=c.uid, score=score, at=self.now), c)
+
+    @precondition(lambda self: self.can("accept-offer"))
+    @rule(case=PICK)
+    def accept_offer(self, case: int) -> None:
+        c = self.pick(case, "accept-offer")
+        if c is None:
+            return
+        self.act(AcceptOffer(case_id=c.uid, at=self.now), c)
+
+    @precondition(lambda self: self.can("decline-offer"))
+    @rule(case=PICK)
+    def decline_offer(self, case: int) -> None:
+        c = self.pick(case, "decline-offer")
+        if c is None:
+            return
+        self.act(DeclineOffer(case_id=c.uid, at=self.now), c)
+
+    @precondition(lambda self: self.can("message"))
+    @rule(case=PICK, party=st.sampled_from(("buyer", "merchant", "platform")))
+    def message(self, case: int, party: str) -> None:
+        c = self.pick(case, "message")
+        if c is None:
+            return
+        self.act(MessageCase(case_id=c.uid, text="any news?", party=party, at=self.now), c)
+
+    # The merchant --------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.can("approve"))
+    @rule(case=PICK)
+    def approve(self, case: int) -> None:
+        c = self.pick(case, "approve")
+        if c is None:
+            return
+        self.act(ApproveCase(case_id=c.uid, return_address="Hangzhou W1", at=self.now), c)
+
+    @precondition(lambda self: self.can("reject"))
+    @rule(case=PICK)
+    def reject(self, case: int) -> None:
+        c = self.pick(case, "reject")
+        if c is None:
+            return
+        command = RejectCase(case_id=c.uid, reason="worn", communication="chat:1", at=self.now)
+        self.act(command, c)
+
+    @precondition(lambda self: self.can("refund"))
+    @rule(case=PICK, amount=st.sampled_from(SMALLER))
+    def refund(self, case: int, amount: str) -> None:
+        c = self.pick(case, "refund")
+        if c is None:
+            return
+        money = None if amount == "all" else self.amount(amount, Decimal(c.shown["amount"]))
+        self.act(RefundCase(case_id=c.uid, amount=money, at=self.now), c)
+
+    @precondition(lambda self: self.can("receive"))
+    @rule(case=PICK, condition=st.sampled_from(("ok", "damaged", "not_as_returned")))
+    def receive(self, case: int, condition: str) -> None:
+        c = self.pick(case, "receive")
+        if c is None:
+            return
+        self.act(ReceiveGoods(case_id=c.uid, condition=condition, at=self.now), c)
+
+    @precondition(lambda self: self.can("ship-replacement"))
+    @rule(case=PICK)
+    def ship_replacement(self, case: int) -> None:
+        c = self.pick(case, "ship-replacement")
+        if c is None:
+            return
+        command = ShipReplacement(case_id=c.uid, carrier="SF", waybill="N1", at=self.now)
+        self.act(command, c)
+
+    @precondition(lambda self: self.can("reship"))
+    @rule(case=PICK, cannot=st.booleans())
+    def reship(self, case: int, cannot: bool) -> None:
+        c = self.pick(case, "reship")
+        if c is None:
+            return
+        if cannot:
+            self.act(Reship(case_id=c.uid, cannot=True, note="sold out", at=self.now), c)
+        else:
+            self.act(Reship(case_id=c.uid, carrier="SF", waybill="M1", at=self.now), c)
+
+    @precondition(lambda self: self.can("offer"))
+    @rule(case=PICK, kind=st.sampled_from(CASE_TYPES), amount=st.sampled_from(ASKED))
+    def offer(self, case: int, kind: str, amount: str) -> None:
+        c = self.pick(case, "offer")
+        if c is None:
+            return
+        money = self.amount(amount, Decimal(c.shown["amount"]))
+        self.act(OfferChange(case_id=c.uid, type=kind, amount=money, at=self.now), c)
+
+    @precondition(lambda self: self.can("extend"))
+    @rule(case=PICK, hours=st.sampled_from((1, 24, 72, 73)))
+    def extend(self, case: int, hours: int) -> None:
+        c = self.pick(case, "extend")
+        if c is None:
+            return
+        command = ExtendReceipt(case_id=c.uid, hours=hours, reason="backlog", at=self.now)
+        self.act(command, c)
+
+    @precondition(lambda self: self.can("recover-goods"))
+    @rule(case=PICK)
+    def recover_goods(self, case: int) -> None:
+        c = self.pick(case, "recover-goods")
+        if c is None:
+            return
+        self.act(RecoverGoods(case_id=c.uid, at=self.now), c)
+
+    # The platform --------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.can("rule"))
+    @rule(case=PICK, party=st.sampled_from(("buyer", "merchant")))
+    def rule_case(self, case: int, party: str) -> None:
+        c = self.pick(case, "rule")
+        if c is None:
+            return
+        command = RuleCase(case_id=c.uid, in_favour_of=party, by=AGENT, at=self.now)
+        self.act(command, c)
+
+    # Anyone, out of turn ------------------------------------------------------------------------
+
+    @precondition(lambda self: self.has_live_case())
+    @rule(case=PICK, action=st.sampled_from(OUT_OF_TURN))
+    def out_of_turn(self, case: int, action: str) -> None:
+        """A person's action on any case, whatever its status: mostly refused."""
+        live = self.live()
+        c = live[case % len(live)]
+        self.act(plain_command(action, c.uid, self.now), c)
+
+    # The clock -----------------------------------------------------------------------------------
+
+    @rule(minutes=MINUTES, ticks=st.booleans())
+    def advance(self, minutes: int, ticks: bool) -> None:
+        self.now += timedelta(minutes=minutes)
+        if not ticks:
+            return
+        done = tick(self.engine, self.now)
+        live = {c.case_id for c in self.live()}
+        for due, error in done.failed:
+            if due.case_id in live:
+                self.hole(ClockStuck, f"tick at {self.now}: {due.action} of {due.case_id}: {error}")
+        for row in self.engine.handle(ListCases(due_before=self.now)):
+            if row["case_id"] in live:
+                self.hole(
+                    ClockStuck,
+                    f"after a tick at {self.now.isoformat()}, case {row['case_id']} still has "
+                    f"{row['due_action']} due at {row['due_at']}",
+                )
+
+    # The attacker --------------------------------------------------------------------------------
+
+    def attackable(self, ended: bool) -> list[CaseModel]:
+        if not type(self).ATTACKS:
+            return []
+        if ended:
+            return [c for c in self.live() if c.shown.get("status") in FINAL]
+        return [c for c in self.live() if int(c.shown.get("version", 0)) >= 2]
+
+    def stored(self, case: CaseModel) -> list[Any]:
+        return list(self.engine.store.recorder.select_events(case.uid))
+
+    def events_table(self) -> str:
+        name: str = self.engine.store.recorder.events_table_name  # type: ignore[attr-defined]
+        return name
+
+    def stored_id(self, case: CaseModel) -> Any:
+        return case.uid if self.engine.store.is_postgres else case.uid.hex
+
+    @precondition(lambda self: bool(self.attackable(ended=True)))
+    @rule(case=PICK, index=st.booleans())
+    def forge(self, case: int, index: bool) -> None:
+        """Append to an ended case a sealed copy of goods shipped back, with the merchant's
+        receipt (and so an automatic refund) due now; with ``index``, the case index says so
+        too, for the tick to find."""
+        candidates = self.attackable(ended=True)
+        if not candidates:
+            return
+        c = candidates[case % len(candidates)]
+        events = self.stored(c)
+        last = events[-1]
+        version = last.originator_version + 1
+        topic = "engine.case:GoodsShippedBack"
+        copied = next((e for e in events if e.topic == topic), None)
+        state: dict[str, Any] = json.loads(copied.state) if copied else {}
+        state.update(
+            timestamp=self.now.isoformat(),
+            at=self.now.isoformat(),
+            actor={"role": "buyer", "id": c.shown["buyer_id"]},
+            command_id=f"forged-{version}",
+            status="awaiting_merchant_receipt",
+            due={
+                "due_at": self.now.isoformat(),
+                "action": "auto_refund",
+                "policy_version": self.engine.policy.version,
+            },
+        )
+        state.setdefault("shipment", {"carrier": "YTO", "waybill": "R-FORGED"})
+        state.pop("hash", None)
+        state["hash"] = chain_hash(json.loads(last.state)["hash"], c.uid, version, topic, state)
+        store = self.engine.store
+        writes: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                f"INSERT INTO {{t}}{self.events_table()} "
+                "(originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)",
+                (self.stored_id(c), version, topic, json.dumps(state).encode()),
+            )
+        ]
+        if index:
+            writes.append(
+                (
+                    "UPDATE {t}aftersales_cases SET status = ?, due_at = ?, due_action = ?, "
+                    "version = ? WHERE case_id = ?",
+                    (
+                        "awaiting_merchant_receipt",
+                        store.time_param(self.now),
+                        "auto_refund",
+                        version,
+                        c.case_id,
+                    ),
+                )
+            )
+        store.write(writes)
+        c.attacked = f"a forged GoodsShippedBack at version {version}"
+        c.events_left = len(self.stored(c))
+
+    @precondition(lambda self: bool(self.attackable(ended=False)))
+    @rule(case=PICK)
+    def delete_last(self, case: int) -> None:
+        candidates = self.attackable(ended=False)
+        if not candidates:
+            return
+        c = candidates[case % len(candidates)]
+        last = self.stored(c)[-1]
+        self.engine.store.execute(
+            f"DELETE FROM {{t}}{self.events_table()} "
+            "WHERE originator_id = ? AND originator_version = ?",
+            (self.stored_id(c), last.originator_version),
+        )
+        c.attacked = f"its last event ({last.topic}, version {last.originator_version}) deleted"
+        c.events_left = len(self.stored(c))
+
+    # The rules, after every step ---------------------------------------------------------------
+
+    @invariant()
+    def the_rules_hold(self) -> None:
+        if self.stepped:
+            EXPLORED.steps += 1
+        self.stepped = True
+        if not self.orders:
+            return
+        self.look()
+        self.check_money()
+        self.check_deadlines()
+        self.check_refund_only_before_shipment()
+        self.check_tampered()
+
+    def look(self) -> None:
+        """Read again every live case and order the store holds a new version of: from the
+        engine (``case show`` is a rebuild from the stored events), from a second engine on a
+        connection of its own, and from the copy the engine acts on (its cache); they must
+        agree, and the case index must agree with every case."""
+        stored = self.versions()
+        for c in self.live():
+            if stored.get(c.uid) != c.shown.get("version"):
+                shown = self.engine.get_case(c.case_id)
+                rebuilt = self.reader.get_case(c.case_id)
+                if shown != rebuilt:
+                    self.hole(ShowDisagrees, f"case {c.case_id}: {_diff(shown, rebuilt)}")
+                cached = self.engine.store.cached(c.uid)
+                if cached is not None and (copy := cached.to_json()) != shown:
+                    self.hole(
+                        ShowDisagrees,
+                        f"case {c.case_id}, the engine's cached copy: {_diff(copy, shown)}",
+                    )
+                c.escalations = sum(e.topic.endswith(":CaseEscalated") for e in self.stored(c))
+                c.shown = shown
+        rows = {str(r["case_id"]): r for r in self.engine.handle(ListCases())}
+        for c in self.live():
+            row, shown = rows.get(c.case_id), c.shown
+            if row is None:
+                self.hole(ShowDisagrees, f"case {c.case_id} is not in case list")
+                continue
+            for key in ("status", "amount", "refunded_amount", "due_action", "version"):
+                if row[key] != shown[key]:
+                    self.hole(
+                        ShowDisagrees,
+                        f"case {c.case_id}: case list says {key} {row[key]}, "
+                        f"case show {shown[key]}",
+                    )
+            if _time(row["due_at"]) != _time(shown["due_at"]):
+                self.hole(
+                    ShowDisagrees,
+                    f"case {c.case_id}: case list says due {row['due_at']}, "
+                    f"case show {shown['due_at']}",
+                )
+        for o in self.orders.values():
+            if stored.get(order_uuid(o.order_id)) != o.shown.get("version"):
+                shown = self.engine.get_order(o.order_id)
+                if shown != (rebuilt := self.reader.get_order(o.order_id)):
+                    self.hole(ShowDisagrees, f"order {o.order_id}: {_diff(shown, rebuilt)}")
+                o.shown = shown
+
+    def versions(self) -> dict[UUID, int]:
+        """The last stored version of every aggregate, as the events table has it."""
+        rows = self.engine.store.query(
+            "SELECT originator_id AS id, MAX(originator_version) AS version "
+            f"FROM {{t}}{self.events_table()} GROUP BY originator_id"
+        )
+        return {UUID(str(r["id"])): int(r["version"]) for r in rows}
+
+    def check_money(self) -> None:
+        for o in self.orders.values():
+            cases = [c for c in self.cases.values() if c.order_id == o.order_id]
+            refunded = {c.case_id: Decimal(c.shown.get("refunded_amount", "0")) for c in cases}
+            for line in o.shown["lines"]:
+                model = o.lines[line["sku"]]
+                worth = model.worth(model.quantity)
+                if Decimal(line["refunded"]) > worth:
+                    self.hole(
+                        OrderLineOverRefunded,
+                        f"order {o.order_id} line {model.sku} refunded {line['refunded']}, "
+                        f"worth {worth}",
+                    )
+            skus = list(o.lines)
+            for size in range(1, len(skus) + 1):
+                for group in combinations(skus, size):
+                    inside = [c for c in cases if set(c.units) <= set(group)]
+                    total = sum((refunded[c.case_id] for c in inside), ZERO)
+                    worth = sum((o.lines[s].worth(o.lines[s].quantity) for s in group), ZERO)
+                    if total > worth:
+                        self.hole(
+                            LineOverRefunded,
+                            f"order {o.order_id} lines {'+'.join(group)} worth {worth}: "
+                            f"its cases refunded {total} "
+                            f"({', '.join(f'{c.case_id} {refunded[c.case_id]}' for c in inside)})",
+                        )
+            for c in cases:
+                worth = sum((o.lines[s].worth(n) for s, n in c.units.items()), ZERO)
+                if refunded[c.case_id] > worth:
+                    self.hole(
+                        LineOverRefunded,
+                        f"case {c.case_id} refunded {refunded[c.case_id]} on units worth {worth}",
+                    )
+            on_lines = sum((Decimal(line["refunded"]) for line in o.shown["lines"]), ZERO)
+            on_cases = sum(refunded.values(), ZERO)
+            if on_lines != on_cases:
+                self.hole(
+                    LedgerDisagrees,
+                    f"order {o.order_id}'s lines show {on_lines} refunded, its cases {on_cases}",
+                )
+        for c in self.live():
+            shown = c.shown
+            paid = Decimal(shown["refunded_amount"])
+            if paid > c.asked:
+                self.hole(RefundOverAsked, f"case {c.case_id} refunded {paid}, asked {c.asked}")
+            if shown["status"] != "refunded" or shown["ruling"] is not None:
+                continue
+            agreed = [
+                c.asked if o["amount"] is None else Decimal(o["amount"])
+                for o in shown["offers"]
+                if o["answer"] == "accepted"
+            ]
+            least = min(agreed) if agreed else c.asked
+            if paid < least:
+                consent = f"an accepted offer of {least}" if agreed else "no accepted offer"
+                self.hole(
+                    RefundWithoutConsent,
+                    f"case {c.case_id} ended refunded with {paid} of the {c.asked} asked, "
+                    f"{consent}, no ruling",
+                )
+
+    def check_deadlines(self) -> None:
+        for c in self.live():
+            status, due = c.shown["status"], _time(c.shown["due_at"])
+            if status.startswith("awaiting_") and due is None:
+                self.hole(NoDeadline, f"case {c.case_id} is {status} with no deadline")
+            if status == "awaiting_merchant" and due is not None and due > c.opened_at + REVIEW:
+                self.hole(
+                    ReviewStretched,
+                    f"case {c.case_id} opened {c.opened_at.isoformat()} awaits the merchant "
+                    f"until {due.isoformat()}",
+                )
+            if status in ("escalated", "rejected") and due is None:
+                self.hole(EndlessDispute, f"case {c.case_id} is {status} with no deadline")
+            if c.escalations > 2:
+                self.hole(EndlessAppeals, f"case {c.case_id} was escalated {c.escalations} times")
+
+    def check_refund_only_before_shipment(self) -> None:
+        for c in self.live():
+            shown = c.shown
+            if not c.unshipped or c.kind != "refund_only" or shown["type"] != "refund_only":
+                continue
+            if shown["status"] != "refunded" or Decimal(shown["refunded_amount"]) < c.asked:
+                continue
+            o = self.orders[c.order_id]
+            refunds = [e for e in shown["ledger"] if e["type"] == "refund"]
+            if o.shipped_at is None or not refunds:
+                continue
+            refunded_at = _time(refunds[-1]["at"])
+            assert refunded_at is not None
+            if refunded_at > o.shipped_at or (
+                refunded_at == o.shipped_at and c.case_id not in o.refunded_when_shipped
+            ):
+                self.hole(
+                    ShippedUnderRefundOnly,
+                    f"case {c.case_id} (refund only, opened {c.opened_at.isoformat()} before "
+                    f"order {o.order_id} shipped) refunded {shown['refunded_amount']} in full at "
+                    f"{refunded_at.isoformat()}, after the order shipped at "
+                    f"{o.shipped_at.isoformat()}",
+                )
+
+    def check_tampered(self) -> None:
+        """A case the attacker touched: nothing appended to it, and shown by no engine (asked
+        again whenever its stored events change, which they must not)."""
+        for c in self.cases.values():
+            if c.attacked is None:
+                continue
+            now = len(self.stored(c))
+            if now != c.events_left:
+                self.hole(
+                    Tampered,
+                    f"case {c.case_id} ({c.attacked}) has {now} stored events, "
+                    f"{c.events_left} after the attack: the engine appended to it",
+                )
+            if now == c.events_asked:
+                continue
+            c.events_asked = now
+            for who, engine in (("the engine", self.engine), ("a second engine", self.reader)):
+                try:
+                    shown = engine.get_case(c.case_id)
+                except AftersalesError:
+                    continue
+                self.hole(
+                    Tampered,
+                    f"{who} shows case {c.case_id} ({c.attacked}): {shown['status']}, version "
+                    f"{shown['version']}, refunded {shown['refunded_amount']}",
+                )
+
+    def teardown(self) -> None:
+        failing = sys.exc_info()[1] is not None
+        try:
+            if not failing:
+                for c in self.live():
+                    audit = audit_case(self.engine.store, c.case_id)
+                    if not audit.verified:
+                        problems = "; ".join(p.message for p in audit.problems)
+                        self.hole(AuditFailed, f"case {c.case_id}: {problems}")
+        finally:
+            self.engine.close()
+            self.reader.close()
+            self.scratch.close()
+
+
+def plain_command(action: str, case_id: UUID, at: datetime) -> Action:
+    """A person's action on a case with plain arguments."""
+    made: dict[str, Callable[[], Action]] = {
+        "approve": lambda: ApproveCase(case_id=case_id, at=at),
+        "reject": lambda: RejectCase(case_id=case_id, reason="no", communication="chat:9", at=at),
+        "refund": lambda: RefundCase(case_id=case_id, at=at),
+        "ship-back": lambda: ShipBack(case_id=case_id, carrier="YTO", waybill="R9", at=at),
+        "receive": lambda: ReceiveGoods(case_id=case_id, at=at),
+        "ship-replacement": lambda: ShipReplacement(
+            case_id=case_id, carrier="SF", waybill="N9", at=at
+        ),
+        "reship": lambda: Reship(case_id=case_id, carrier="SF", waybill="M9", at=at),
+        "withdraw": lambda: WithdrawCase(case_id=case_id, at=at),
+        "escalate": lambda: EscalateCase(case_id=case_id, claim="other", at=at),
+        "rule": lambda: RuleCase(case_id=case_id, in_favour_of="buyer", by=AGENT, at=at),
+        "rate": lambda: RateCase(case_id=case_id, score=3, at=at),
+        "recover-goods": lambda: RecoverGoods(case_id=case_id, at=at),
+        "offer": lambda: OfferChange(case_id=case_id, type="refund_only", at=at),
+        "accept-offer": lambda: AcceptOffer(case_id=case_id, at=at),
+        "decline-offer": lambda: DeclineOffer(case_id=case_id, at=at),
+        "extend": lambda: ExtendReceipt(case_id=case_id, hours=24, reason="backlog", at=at),
+    }
+    return made[action]()
+
+
+def _diff(one: dict[str, Any], other: dict[str, Any]) -> str:
+    keys = sorted(k for k in one.keys() | other.keys() if one.get(k) != other.get(k))
+    return "; ".join(f"{k}: {one.get(k)!r} against {other.get(k)!r}" for k in keys)
+
+
+# Running it ----------------------------------------------------------------------------------
+
+
+def hunting(kinds: frozenset[type[Hole]], *, attacks: bool) -> type[Model]:
+    """The model with only ``kinds`` stopping a run (every other rule still checked and
+    counted), the attacker playing or not. Named Model, so hypothesis prints the sequence it
+    found as ``state = Model()`` and it can be pasted into a regression."""
+    found: type[Model] = type("Model", (Model,), {"RAISES": kinds, "ATTACKS": attacks})
+    return found
+
+
+def explore(name: str, machine: Callable[[], Model], how: settings) -> None:
+    """Run the state machine as a test, and say how much it explored (and what it met first)
+    on stderr and in test-artifacts/model/runs.txt. Several distinct holes found in one run
+    (hypothesis reports each, shrunk) are raised as one ``Holes``."""
+    global EXPLORED
+    EXPLORED = Explored()
+    started = time.monotonic()
+    try:
+        run_state_machine_as_test(machine, settings=how)  # type: ignore[arg-type]
+    except BaseException as error:
+        found = list(_leaves(error))
+        for one in found:  # what hypothesis found: the hole and the sequence, shrunk
+            failed = "\n".join([f"{type(one).__name__}: {one}", *getattr(one, "__notes__", ())])
+            EXPLORED.failures.append(failed)
+        if len(found) > 1 and all(isinstance(e, Hole) for e in found):
+            raise Holes("; ".join(str(e).splitlines()[0] for e in found)) from error
+        raise
+    finally:
+        text = EXPLORED.report(name, time.monotonic() - started)
+        sys.stderr.write(text + "\n")
+        RUNS.parent.mkdir(parents=True, exist_ok=True)
+        with RUNS.open("a", encoding="utf-8") as runs:
+            runs.write(f"{datetime.now().isoformat(timespec='seconds')} {text}\n")
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for one in error.exceptions:
+            yield from _leaves(one)
+    else:
+        yield error
+
+
+def model_settings(examples: int, steps: int, *, fixed: bool, shrink: bool = True) -> settings:
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        derandomize=fixed,
+        database=None,
+        # Shrinking a long sequence takes minutes: the default run reports the first hole as
+        # it was met, the searches (-m slow) shrink what they find.
+        phases=tuple(Phase) if shrink else (Phase.explicit, Phase.generate),
+        report_multiple_bugs=shrink,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+# The default run: a fixed seed, so that its result does not depend on luck.
+SQLITE_RUN = model_settings(120, 40, fixed=True, shrink=False)
+POSTGRES_RUN = model_settings(15, 30, fixed=True, shrink=False)
+# The long search (-m slow): random sequences, every hole counted, none stopping the search.
+LONG_RUN = model_settings(1500, 60, fixed=False, shrink=False)
+# One search per known hole (-m slow): random, stopped and shrunk at the first of its kind.
+# Fifty steps: with thirty, 4,213 sequences did not meet hole 3 (a refund-only case opened
+# before shipment needs its order shipped and then the case refunded); with fifty, the
+# search met it after 2,295.
+HUNT_RUN = model_settings(4000, 50, fixed=False)
+# Searching, then shrinking (hypothesis gives up shrinking after five minutes).
+SEARCH_TIME = pytest.mark.timeout(1800)
+
+# The six holes this branch has (fixed on main), by the rule that finds each: hole 5 by two.
+KNOWN: tuple[tuple[int, type[Hole]], ...] = (
+    (1, LineOverRefunded),
+    (2, RefundWithoutConsent),
+    (3, ShippedUnderRefundOnly),
+    (4, ReviewStretched),
+    (5, EndlessDispute),
+    (5, EndlessAppeals),
+    (6, Tampered),
+)
+ON_THIS_BRANCH = (
+    "the model meets the known holes 1 to 6 on this branch (fixed on main), and a gift made "
+    "good at its list price booked on the paid lines (not fixed yet)"
+)
+
+
+@pytest.mark.xfail(strict=True, raises=Hole, reason=ON_THIS_BRANCH)
+def test_the_model_on_sqlite() -> None:
+    explore("model on SQLite", Model, SQLITE_RUN)
+
+
+@pytest.mark.xfail(strict=True, raises=Hole, reason=ON_THIS_BRANCH)
+def test_the_model_on_postgres(pg_schemas: SchemaPool) -> None:
+    class OnPostgres(Model):
+        def new_scratch(self) -> Scratch:
+            return PostgresScratch(pg_schemas)
+
+    explore("model on PostgreSQL", OnPostgres, POSTGRES_RUN)
+
+
+@pytest.mark.slow
+@SEARCH_TIME
+@pytest.mark.xfail(strict=True, raises=Hole, reason=ON_THIS_BRANCH)
+def test_a_long_search() -> None:
+    """Many random sequences, every hole counted where it was first met and none stopping
+    the search; at the end, every kind met is raised at once."""
+    explore("long search", hunting(frozenset(), attacks=True), LONG_RUN)
+    if EXPLORED.first:
+        raise Holes("; ".join(f"{k}: {m}" for k, (_, _, m) in sorted(EXPLORED.first.items())))
+
+
+@pytest.mark.slow
+@SEARCH_TIME
+@pytest.mark.parametrize(
+    ("hole", "kind"),
+    [
+        pytest.param(
+            n,
+            k,
+            marks=pytest.mark.xfail(strict=True, raises=k, reason=ON_THIS_BRANCH),
+            id=f"hole-{n}-{k.__name__}",
+        )
+        for n, k in KNOWN
+    ],
+)
+def test_a_search_for_each_known_hole(hole: int, kind: type[Hole]) -> None:
+    """Only this rule stops the search (the others are counted); the attacker plays only in
+    the search for hole 6, whose rule is about it. Hypothesis prints the shrunk sequence.
+
+    A rule finds whatever breaks it: hole 1's rule (a line refunded beyond its worth by its
+    cases) is broken both by hole 1 and by a second refund of a gift booked on the paid lines
+    (found besides the six, below), and the search ends on whichever it meets first."""
+    explore(f"search for hole {hole}", hunting(frozenset({kind}), attacks=hole == 6), HUNT_RUN)
+
+
+# The holes the searches found, kept as the shortest sequences found -------------------------
+#
+# Each replays, through the model's own rules and checks, the sequence a search found and
+# shrank (steps the hole does not need were then taken out, one at a time, replaying each
+# time). Every rule is checked after every step; holes met on the way are counted, and the one
+# the sequence is about is raised at the end (``settle``). They fail on this branch, where the
+# holes are not fixed.
+
+
+@pytest.mark.xfail(strict=True, raises=LineOverRefunded, reason="hole 1, fixed on main")
+def test_hole_1_a_line_refunded_by_a_second_case_and_again_by_the_appeal_of_the_first() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "delivered"), ("shop-1", [0], "delivered")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.reject(case=0)
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.refund(amount="all", case=0)
+        state.the_rules_hold()
+        state.escalate(case=0, claim="unjustified_rejection")
+        state.the_rules_hold()
+        state.rule_case(case=0, party="buyer")
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(LineOverRefunded)
+
+
+@pytest.mark.xfail(strict=True, raises=RefundWithoutConsent, reason="hole 2, fixed on main")
+def test_hole_2_a_smaller_refund_ends_the_case_without_the_buyers_consent() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.refund(amount="less", case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(RefundWithoutConsent)
+
+
+@pytest.mark.xfail(strict=True, raises=ShippedUnderRefundOnly, reason="hole 3, fixed on main")
+def test_hole_3_a_refund_only_case_opened_before_shipment_is_refunded_after_delivery() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.deliver_order(order=0)
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(ShippedUnderRefundOnly)
+
+
+@pytest.mark.xfail(strict=True, raises=ReviewStretched, reason="hole 4, fixed on main")
+def test_hole_4_a_declined_offer_starts_a_fresh_review() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(
+            orders=[
+                ("shop-1", [0], "placed"),
+                ("shop-1", [0], "delivered"),
+                ("shop-1", [0, 1], "shipped"),
+            ]
+        )
+        state.the_rules_hold()
+        state.deliver_order(order=0)
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="return_refund",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.advance(minutes=1, ticks=False)
+        state.the_rules_hold()
+        state.offer(amount="all", case=0, kind="refund_only")
+        state.the_rules_hold()
+        state.decline_offer(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(ReviewStretched)
+
+
+@pytest.mark.xfail(strict=True, raises=EndlessDispute, reason="hole 5, fixed on main")
+def test_hole_5_a_rejected_case_has_no_deadline() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.reject(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(EndlessDispute)
+
+
+@pytest.mark.xfail(strict=True, raises=EndlessAppeals, reason="hole 5, fixed on main")
+def test_hole_5_after_a_ruling_for_the_merchant_the_buyer_escalates_again_and_again() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "delivered"), ("shop-1", [0], "shipped")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="exchange",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+        state.escalate(case=0, claim="other")
+        state.the_rules_hold()
+        state.rule_case(case=0, party="merchant")
+        state.the_rules_hold()
+        state.escalate(case=0, claim="unjustified_rejection")
+        state.the_rules_hold()
+        state.rule_case(case=0, party="merchant")
+        state.the_rules_hold()
+        state.escalate(case=0, claim="unjustified_rejection")
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(EndlessAppeals)
+
+
+@pytest.mark.xfail(strict=True, raises=Tampered, reason="hole 6, fixed on main")
+def test_hole_6_a_deleted_last_event_is_read_silently() -> None:
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+        state.delete_last(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(Tampered)
+
+
+@pytest.mark.xfail(strict=True, raises=Tampered, reason="hole 6, fixed on main")
+def test_hole_6_a_forged_event_on_a_refunded_case_is_shown_and_acted_on() -> None:
+    """The sequence found (the attacker appending goods shipped back to a refunded case), with
+    the attacker writing the case index too and the clock ticking after it: the engine shows
+    the forged case and refunds it a second time."""
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.deliver_order(order=0)
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+        state.forge(case=0, index=True)
+        state.the_rules_hold()
+        state.advance(minutes=1, ticks=True)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(Tampered)
+
+
+# Found by the model besides the six ----------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OrderLineOverRefunded,
+    reason="found by the model, not among the six holes: not fixed yet",
+)
+def test_found_a_gift_made_good_at_its_list_price_is_booked_on_the_paid_lines() -> None:
+    """A missing gift is made good at its list price (15.00), but the order books the refund
+    over the case's lines by what was paid for them: the gift (paid 0.00) gets the last cent,
+    the mug 48.46 of the 39.90 paid and the strap 36.43 of 30.00. The order then shows the
+    gift as not refunded, and a second missing-items case on it may take 14.99 more."""
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0, 1, 2], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.deliver_order(order=0)
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="missing_items.gift",
+        )
+        state.the_rules_hold()
+        state.approve(case=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(OrderLineOverRefunded)
