@@ -403,11 +403,21 @@ class Order(Aggregate):
     def unlink_case(
         self, case_id: UUID, status: str, lines: list[CaseLine], refunded: Decimal, act: Act
     ) -> None:
+        # No line takes more than it may still refund: the case's units at what they are worth
+        # (their list price where the line carries one: a missing gift is made good at it),
+        # within what the order line has left.
+        room = {
+            line.sku: min(
+                _worth(line),
+                max(ZERO, _worth(self.lines[line.sku]) - self.refunded.get(line.sku, ZERO)),
+            )
+            for line in lines
+        }
         self.trigger_event(
             CaseUnlinked,
             case_id=case_id,
             status=status,
-            refunded=allocate(refunded, lines),
+            refunded=allocate(refunded, lines, room),
             **act.fields(),
         )
 
@@ -456,19 +466,47 @@ def _applier(kind: type[Event]) -> Callable[[Order, Any], None] | None:
     return next((_APPLY[c] for c in kind.__mro__ if c in _APPLY), None)
 
 
-def allocate(amount: Decimal, lines: list[CaseLine]) -> dict[str, Decimal]:
-    """Split a refund over the case's lines in proportion to their value, to the cent."""
+def allocate(
+    amount: Decimal, lines: list[CaseLine], room: Mapping[str, Decimal] | None = None
+) -> dict[str, Decimal]:
+    """Split a refund over the case's lines in proportion to their value, to the cent; with
+    ``room`` (what each line may still take), none beyond it, what a full line cannot take
+    going to the others in turn (a missing gift paid nothing is made good at its list price:
+    its share is not booked on the lines that were paid for)."""
     if amount <= ZERO or not lines:
         return {}
     total = sum((line.value for line in lines), ZERO)
     shares: dict[str, Decimal] = {}
     given = ZERO
     for line in lines[:-1]:
-        share = (amount * line.value / total).quantize(CENT, rounding=ROUND_DOWN)
+        share = (amount * line.value / total).quantize(CENT, rounding=ROUND_DOWN) if total else ZERO
         shares[line.sku] = share
         given += share
     shares[lines[-1].sku] = amount - given
+    if room is None:
+        return shares
+    over = ZERO
+    for sku, share in shares.items():
+        if share > room[sku]:
+            over += share - room[sku]
+            shares[sku] = room[sku]
+    for line in lines:
+        if over <= ZERO:
+            break
+        more = min(over, room[line.sku] - shares[line.sku])
+        shares[line.sku] += more
+        over -= more
+    # Whatever no line had room for stays on the last line, where the order refuses it
+    # (no line is refunded beyond its worth).
+    shares[lines[-1].sku] += over
     return shares
+
+
+def _worth(line: OrderLine) -> Decimal:
+    """The most these units may refund: what was paid, or their list price if higher."""
+    if line.list_price is not None:
+        return max(line.total, (line.list_price * line.quantity).quantize(CENT))
+    return line.total
 
 
 def lines_worth(lines: list[CaseLine], listed: tuple[str, ...]) -> Decimal:

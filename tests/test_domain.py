@@ -991,6 +991,15 @@ def test_a_refund_is_shared_over_the_cases_lines() -> None:
         "B": Decimal("0.33"),
         "C": Decimal("0.34"),
     }
+    # No line beyond the room it has: a missing gift paid nothing, made good at its list
+    # price, takes its share from what the paid lines cannot.
+    paid = [
+        CaseLine(sku="MUG", quantity=1, unit_price=Decimal("39.90")),
+        CaseLine(sku="STRAP", quantity=3, unit_price=Decimal("10.00")),
+        CaseLine(sku="GIFT", quantity=1, unit_price=Decimal("0.00"), list_price=Decimal("15.00")),
+    ]
+    room = {"MUG": Decimal("39.90"), "STRAP": Decimal("30.00"), "GIFT": Decimal("15.00")}
+    assert allocate(Decimal("84.90"), paid, room) == room
 
 
 # Returns and exchanges ---------------------------------------------------------------------------
