@@ -1271,7 +1271,11 @@ def test_a_search_for_each_known_hole(hole: int, kind: type[Hole]) -> None:
     A rule finds whatever breaks it: hole 1's rule (a line refunded beyond its worth by its
     cases) is broken both by hole 1 and by a second refund of a gift booked on the paid lines
     (found besides the six, below), and the search ends on whichever it meets first."""
-    explore(f"search for hole {hole}", hunting(frozenset({kind}), attacks=hole == 6), HUNT_RUN)
+    explore(
+        f"search for hole {hole} ({kind.__name__})",
+        hunting(frozenset({kind}), attacks=hole == 6),
+        HUNT_RUN,
+    )
 
 
 # The holes the searches found, kept as the shortest sequences found -------------------------
