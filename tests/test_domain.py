@@ -509,9 +509,14 @@ def test_what_is_allowed_after_a_rating_or_a_merchants_refund() -> None:
     assert case.allowed_now() == []
 
 
+def _unguarded(action: str) -> Status:
+    """A status the action is taken from in the stories above, the same on every run."""
+    return next(s for s in sorted(CONTRACT[action]) if (action, s) not in GUARDED)
+
+
 @pytest.mark.parametrize("action", [a for a in CONTRACT if a not in {d.value for d in DueAction}])
 def test_no_action_dated_before_the_cases_latest_event(action: str) -> None:
-    status = next(iter(CONTRACT[action]))
+    status = _unguarded(action)
     story = in_status(status)
     role, call = ACTIONS[action]
     refused(
@@ -526,7 +531,7 @@ def test_no_action_dated_before_the_cases_latest_event(action: str) -> None:
     "action", ["ship-back", "withdraw", "escalate", "rate"], ids=lambda a: f"{a}"
 )
 def test_a_buyers_action_is_the_cases_buyers_only(action: str) -> None:
-    status = next(iter(CONTRACT[action]))
+    status = _unguarded(action)
     case = in_status(status).case
     _, call = ACTIONS[action]
     refused(
