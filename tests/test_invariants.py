@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,14 @@ import pytest
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
+from aftersales.engine.case import (
+    CaseApproved,
+    CaseRefunded,
+    CaseWithdrawn,
+    FreightCharged,
+    MessagePosted,
+    OfferDeclined,
+)
 from aftersales.engine.commands import (
     AcceptOffer,
     ApproveCase,
@@ -50,10 +59,11 @@ from aftersales.engine.deadlines import tick
 from aftersales.engine.errors import AftersalesError, NotAllowed, Poisoned
 from aftersales.engine.events import Act, chain_hash
 from aftersales.engine.invariants import INVARIANTS, InvariantBroken
-from aftersales.engine.order import Order, parse_order_line
+from aftersales.engine.order import Order, OrderShipped, parse_order_line
 from aftersales.engine.service import Engine
 from aftersales.engine.store import EventStore
-from aftersales.engine.values import Actor, Role
+from aftersales.engine.values import Actor, Party, Role, Status
+from tests import test_domain as domain
 from tests.conftest import T0, at
 
 # Helpers ---------------------------------------------------------------------------------------
@@ -491,3 +501,129 @@ def test_a_deleted_last_event_is_never_read_as_the_case(engine: Engine, store_ur
     before = head(engine)
     cli_json(store_url, "case", "rate", case_id, "--score", "5", "--at", at(days=9), code=3)
     assert head(engine) == before
+
+
+# Each invariant, broken on purpose below the rules that keep it --------------------------------
+#
+# The aggregates' own methods never record such events; here they are recorded directly, as a
+# bug in a method would, and the invariant refuses each before it changes anything.
+
+
+def _story(*steps: str) -> tuple[Any, Any]:
+    story = domain.given(domain.T.RETURN_REFUND, *steps)
+    return story.case, story.next
+
+
+def _broken(aggregate: Any, invariant: str, record: Callable[[], None]) -> None:
+    version, pending, shown = aggregate.version, list(aggregate.pending_events), None
+    shown = aggregate.to_json()
+    with pytest.raises(InvariantBroken) as info:
+        record()
+    assert info.value.invariant.name == invariant, info.value.message
+    assert aggregate.version == version and aggregate.pending_events == pending
+    assert aggregate.to_json() == shown
+
+
+def _act(role: Role, at: datetime) -> dict[str, Any]:
+    return domain.act(role, at).fields()
+
+
+def test_refund_as_due_refuses_a_refund_of_less_or_more_than_due() -> None:
+    case, next_at = _story("approve", "ship back")
+    for amount in ("1.00", "40.00"):
+        _broken(
+            case,
+            "refund_as_due",
+            lambda amount=amount: case.trigger_event(
+                CaseRefunded, status=Status.REFUNDED, due=None, amount=Decimal(amount),
+                paid_by=Party.MERCHANT, owed_by=Party.MERCHANT, **_act(Role.MERCHANT, next_at),
+            ),
+        )  # fmt: skip
+
+
+def test_one_running_deadline_refuses_a_wait_without_its_deadline_or_an_end_with_one() -> None:
+    case, next_at = _story()
+    review = case.due
+    _broken(
+        case,
+        "one_running_deadline",
+        lambda: case.trigger_event(
+            CaseApproved, status=Status.AWAITING_BUYER_SHIPMENT, due=None,
+            **_act(Role.MERCHANT, next_at),
+        ),
+    )  # fmt: skip
+    _broken(
+        case,
+        "one_running_deadline",
+        lambda: case.trigger_event(
+            CaseApproved, status=Status.AWAITING_BUYER_SHIPMENT, due=review,  # not its wait's
+            **_act(Role.MERCHANT, next_at),
+        ),
+    )  # fmt: skip
+    _broken(
+        case,
+        "one_running_deadline",
+        lambda: case.trigger_event(
+            CaseWithdrawn, status=Status.CLOSED, due=review, **_act(Role.BUYER, next_at)
+        ),
+    )
+
+
+def test_offers_never_extend_refuses_a_review_or_a_resumed_deadline_moved_later() -> None:
+    case, next_at = _story()
+    assert case.due is not None
+    later = case.due.model_copy(update={"due_at": case.due.due_at + timedelta(hours=1)})
+    _broken(
+        case,
+        "offers_never_extend",
+        lambda: case.trigger_event(
+            MessagePosted, status=Status.AWAITING_MERCHANT, due=later, text="hi",
+            **_act(Role.BUYER, next_at),
+        ),
+    )  # fmt: skip
+    offered, at = _story("offer refund_only")
+    assert offered.resume_due is not None
+    stretched = offered.resume_due.model_copy(
+        update={"due_at": offered.resume_due.due_at + timedelta(days=2)}
+    )
+    _broken(
+        offered,
+        "offers_never_extend",
+        lambda: offered.trigger_event(
+            OfferDeclined, status=Status.AWAITING_MERCHANT, due=stretched,
+            **_act(Role.BUYER, at),
+        ),
+    )  # fmt: skip
+
+
+def test_money_has_parties_refuses_a_refund_owed_by_no_one_liable_or_freight_to_oneself() -> None:
+    case, next_at = _story("approve", "ship back")
+    _broken(
+        case,
+        "money_has_parties",
+        lambda: case.trigger_event(
+            CaseRefunded, status=Status.REFUNDED, due=None, amount=Decimal("39.90"),
+            paid_by=Party.PLATFORM, owed_by=Party.PLATFORM, **_act(Role.MERCHANT, next_at),
+        ),
+    )  # fmt: skip
+    _broken(
+        case,
+        "money_has_parties",
+        lambda: case.trigger_event(
+            FreightCharged, status=case.status, due=case.due, amount=Decimal("10.00"), legs=1,
+            payer=Party.MERCHANT, payee=Party.MERCHANT, **_act(Role.MERCHANT, next_at),
+        ),
+    )  # fmt: skip
+
+
+def test_shipment_held_refuses_a_shipment_that_leaves_a_holding_case_as_it_was() -> None:
+    order = domain.given_order(shipped=False, delivered=False)
+    case = domain.open_on(order, domain.T.REFUND_ONLY)
+    assert case.holds_shipment and order.shipment_held_by == [case.id]
+    _broken(
+        order,
+        "shipment_held",
+        lambda: order.trigger_event(
+            OrderShipped, shipment=None, turned=(), **_act(Role.PLATFORM, domain.LATER)
+        ),
+    )
