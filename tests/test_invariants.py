@@ -530,15 +530,15 @@ def _act(role: Role, at: datetime) -> dict[str, Any]:
 
 def test_refund_as_due_refuses_a_refund_of_less_or_more_than_due() -> None:
     case, next_at = _story("approve", "ship back")
-    for amount in ("1.00", "40.00"):
-        _broken(
-            case,
-            "refund_as_due",
-            lambda amount=amount: case.trigger_event(
-                CaseRefunded, status=Status.REFUNDED, due=None, amount=Decimal(amount),
-                paid_by=Party.MERCHANT, owed_by=Party.MERCHANT, **_act(Role.MERCHANT, next_at),
-            ),
+
+    def refund(amount: str) -> Callable[[], None]:
+        return lambda: case.trigger_event(
+            CaseRefunded, status=Status.REFUNDED, due=None, amount=Decimal(amount),
+            paid_by=Party.MERCHANT, owed_by=Party.MERCHANT, **_act(Role.MERCHANT, next_at),
         )  # fmt: skip
+
+    for amount in ("1.00", "40.00"):
+        _broken(case, "refund_as_due", refund(amount))
 
 
 def test_one_running_deadline_refuses_a_wait_without_its_deadline_or_an_end_with_one() -> None:
