@@ -33,6 +33,7 @@ from uuid import UUID
 
 from aftersales.engine.commands import FireDeadline
 from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed
+from aftersales.engine.invariants import InvariantBroken
 from aftersales.engine.service import Engine, Group, SaveNow, deadline_command_id
 from aftersales.engine.store import parse_stored_time
 from aftersales.engine.values import DueAction
@@ -195,6 +196,8 @@ def _fire_one(engine: Engine, due: Due) -> bool | AftersalesError:
     )
     try:
         engine.handle(command)
+    except InvariantBroken as exc:  # a firing that would break an invariant: refused, kept due
+        return exc
     except NotAllowed:
         # The deadline is no longer running: a person acted, or another tick fired it.
         return False

@@ -35,6 +35,7 @@ from aftersales.engine.case import (
     FreightCharged,
     MessagePosted,
     OfferDeclined,
+    ReturnCase,
 )
 from aftersales.engine.commands import (
     AcceptOffer,
@@ -57,14 +58,16 @@ from aftersales.engine.commands import (
 )
 from aftersales.engine.deadlines import tick
 from aftersales.engine.errors import AftersalesError, NotAllowed, Poisoned
-from aftersales.engine.events import Act, chain_hash
+from aftersales.engine.events import Act, Deadline, chain_hash
 from aftersales.engine.invariants import INVARIANTS, InvariantBroken
 from aftersales.engine.order import Order, OrderShipped, parse_order_line
+from aftersales.engine.policy import Policy
 from aftersales.engine.service import Engine
 from aftersales.engine.store import EventStore
-from aftersales.engine.values import Actor, Party, Role, Status
+from aftersales.engine.values import Actor, DueAction, Party, Role, Status
 from tests import test_domain as domain
 from tests.conftest import T0, at
+from tests.people import People
 
 # Helpers ---------------------------------------------------------------------------------------
 
@@ -627,3 +630,100 @@ def test_shipment_held_refuses_a_shipment_that_leaves_a_holding_case_as_it_was()
             OrderShipped, shipment=None, turned=(), **_act(Role.PLATFORM, domain.LATER)
         ),
     )
+
+
+# On every path: a bug that breaks an invariant is refused, and only its own action ------------
+
+
+@pytest.fixture
+def broken_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the aggregate, planted: an approved return runs the merchant's review deadline
+    instead of the buyer's shipment window (one_running_deadline). Refund-only cases are
+    untouched (their approval ends them)."""
+    real = ReturnCase._wait
+
+    def wait(self: ReturnCase, policy: Policy, action: DueAction, at: datetime) -> Deadline:
+        if action is DueAction.AUTO_CLOSE:
+            action = DueAction.AUTO_APPROVE
+        return real(self, policy, action, at)
+
+    monkeypatch.setattr(ReturnCase, "_wait", wait)
+
+
+def _two_cases(engine: Engine) -> tuple[str, str]:
+    order(engine, "P-1", "COAT:1:100.00:apparel")
+    order(engine, "P-2", "MUG:1:20.00:home")
+    bad = open_case(engine, "P-1", "return_refund", "100.00")
+    good = open_case(engine, "P-2", "refund_only", "20.00")
+    return bad, good
+
+
+@pytest.mark.usefixtures("broken_returns")
+def test_an_invariant_is_kept_on_the_command_line_and_in_batch(
+    engine: Engine, store_url: str
+) -> None:
+    bad, good = _two_cases(engine)
+    before = head(engine)
+    error = cli_json(store_url, "case", "approve", bad, "--at", at(days=2, hours=1), code=3)
+    assert error["error"]["code"] == "invariant_broken"
+    assert "one_running_deadline" in error["error"]["message"] and head(engine) == before
+    lines = [
+        {"action": "case approve", "case_id": bad, "at": at(days=2, hours=1)},
+        {"action": "case approve", "case_id": good, "at": at(days=2, hours=1)},
+    ]
+    result = CliRunner().invoke(
+        cli, ["--store", store_url, "batch", "-"], input="\n".join(map(json.dumps, lines))
+    )
+    out = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [o["ok"] for o in out] == [False, True] and result.exit_code == 3
+    assert out[0]["error"]["code"] == "invariant_broken"
+    assert engine.get_case(bad)["status"] == "awaiting_merchant"
+    assert engine.get_case(good)["status"] == "refunded"
+
+
+@pytest.mark.usefixtures("broken_returns")
+def test_an_invariant_is_kept_in_a_bulk_import_and_the_rest_of_the_chunk_saved(
+    engine: Engine, store_url: str, tmp_path: Any
+) -> None:
+    """A chunk in memory that an action broke is not saved: it is run again line by line, the
+    line that breaks the invariant refused, every other one saved."""
+    bad, good = _two_cases(engine)
+    lines = [
+        {"action": "case message", "case_id": bad, "text": "a", "at": at(days=2, hours=1)},
+        {"action": "case approve", "case_id": bad, "at": at(days=2, hours=2)},
+        {"action": "case approve", "case_id": good, "at": at(days=2, hours=2)},
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(map(json.dumps, lines)))
+    report = cli_json(store_url, "import-history", str(path), "--chunk", "10", code=3)
+    assert (report["ok"], report["failed"]) == (2, 1)
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(2, "invariant_broken")]
+    shown = engine.get_case(bad)
+    assert shown["status"] == "awaiting_merchant" and shown["messages"][-1]["text"] == "a"
+    assert engine.get_case(good)["status"] == "refunded"
+
+
+@pytest.mark.usefixtures("broken_returns")
+def test_an_invariant_is_kept_by_the_tick(engine: Engine) -> None:
+    bad, good = _two_cases(engine)
+    result = tick(engine, datetime.fromisoformat(at(days=5)))
+    assert [d.case_id for d in result.fired] == [good]
+    assert [(d.case_id, e.code) for d, e in result.failed] == [(bad, "invariant_broken")]
+    assert engine.get_case(bad)["status"] == "awaiting_merchant"
+
+
+@pytest.mark.usefixtures("broken_returns")
+def test_an_invariant_is_kept_over_http(engine: Engine, store_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from aftersales.commands.api import create_app
+
+    people = People(engine)
+    bad, _ = _two_cases(engine)
+    before = head(engine)
+    with TestClient(create_app(store_url)) as client:
+        answer = client.post(
+            f"/v1/cases/{bad}/approve", json={"at": at(days=2, hours=1)}, headers=people.auth("ops")
+        )
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["code"] == "invariant_broken" and head(engine) == before
