@@ -171,11 +171,16 @@ def _fire_group(engine: Engine, dues: list[Due], result: Tick) -> None:
     with engine.unit_of_work(Group(engine)) as grouped:
         outcomes = [_fire_one(engine, due) for due in dues]
     assert isinstance(grouped, Group)
-    if not grouped.save():
+    saved = grouped.save()
+    # Fired again one by one, on fresh state: the whole group if its save failed, and any
+    # firing refused for an invariant (it may have read a case and its order on either side of
+    # a person's action; alone, it is decided again on what is there now).
+    again = [(o is True and not saved) or isinstance(o, InvariantBroken) for o in outcomes]
+    if any(again):
         with engine.unit_of_work(SaveNow(engine)):
             outcomes = [
-                _fire_one(engine, d) if o is True else o
-                for d, o in zip(dues, outcomes, strict=True)
+                _fire_one(engine, d) if redo else o
+                for d, o, redo in zip(dues, outcomes, again, strict=True)
             ]
     failed = {d.command_id for d, _ in result.failed}
     for due, outcome in zip(dues, outcomes, strict=True):
