@@ -344,7 +344,6 @@ class ReturnCase(Aggregate):
         resume_status: Status | None
         resume_due: Deadline | None
         rulings: int
-        escalations: int
         ruling_overdue: bool
         last_kind: type[CaseEvent]
         status: Status
@@ -532,7 +531,6 @@ class ReturnCase(Aggregate):
         self.resume_status = None
         self.resume_due = None
         self.rulings = 0
-        self.escalations = 0
         self.ruling_overdue = False
         self.opened_at = event.at
         self.last_at = event.at
@@ -607,7 +605,6 @@ class ReturnCase(Aggregate):
             "pays_at_most": money_str(event.pays_at_most) if event.pays_at_most else None,
             "appeal": self.rulings > 0,
         }
-        self.escalations += 1
         self.ruling_overdue = False
         if event.pays_at_most is not None:
             self.pays_at_most = event.pays_at_most
