@@ -1,4 +1,4 @@
-"""Click commands derived from the typed commands of ``engine/commands.py``.
+"""Click commands derived from the typed commands of ``engine/application/requests.py``.
 
 Each model field becomes an argument (``arguments``) or an option named after its key
 (``--return-address``, ``--for``, ``--line``): repeatable for a tuple, a flag for a bool. Every
@@ -20,9 +20,10 @@ import click
 from pydantic.fields import FieldInfo
 
 from aftersales.commands.output import RENDERERS, emit
-from aftersales.engine.access import ActorCheck
-from aftersales.engine.commands import Action, Command, field_choices, key_of
-from aftersales.engine.service import Engine
+from aftersales.engine.access.actor_checks import ActorCheck
+from aftersales.engine.application.fields import field_choices, key_of
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import Action, Command
 
 
 def _inner(annotation: Any) -> Any:

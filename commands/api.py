@@ -1,15 +1,15 @@
 """The engine over HTTP: the same typed commands, the same ``Engine.handle``, behind keys.
 
-Routes are derived from the typed commands (``engine/commands.py``): every case action is
-``POST /v1/cases/{case_id}/{its last word}``, every order fact ``POST /v1/orders/{order_id}/...``;
-a body is parsed by the command's own model (``Command.parse``), so it is refused exactly as a
-`batch` line or an option would be, with the same message, and the OpenAPI document shows each
-command's model as its request schema.
+Routes are derived from the typed commands (``engine/application/requests.py``): every case action
+is ``POST /v1/cases/{case_id}/{its last word}``, every order fact ``POST
+/v1/orders/{order_id}/...``; a body is parsed by the command's own model (``Command.parse``), so it
+is refused exactly as a `batch` line or an option would be, with the same message, and the OpenAPI
+document shows each command's model as its request schema.
 
 Every request is authenticated by its key and authorized by the principal's role and reach
-(``engine/access.py``) before anything is read for it; the actor recorded is the principal. A
-refusal appends nothing, is logged with principal, route and reason (never the key), and counts
-against the key and the client: too many in a minute and they get 429 for the rest of it.
+(``engine/access/principals.py``) before anything is read for it; the actor recorded is the
+principal. A refusal appends nothing, is logged with principal, route and reason (never the key),
+and counts against the key and the client: too many in a minute and they get 429 for the rest of it.
 
 One engine per worker process, used from one thread: a case this worker saved is in its
 aggregate cache, so a warm action costs one store round trip for the save (and one small read
@@ -38,25 +38,22 @@ from starlette.exceptions import HTTPException
 
 from aftersales.commands.desk.session import session_key
 from aftersales.commands.output import exit_code
-from aftersales.engine.access import (
+from aftersales.engine.access.actor_checks import case_parties, order_parties, parties
+from aftersales.engine.access.api_keys import Forbidden, Unauthenticated, key_id_of
+from aftersales.engine.access.principals import authenticate_many
+from aftersales.engine.access.scopes import (
     AUDIT,
     DASHBOARD,
     LEDGER,
     PARTY,
     RETURN_RATES,
-    Forbidden,
     Principal,
     Scope,
-    Unauthenticated,
-    authenticate_many,
-    case_parties,
-    key_id_of,
-    order_parties,
-    parties,
 )
-from aftersales.engine.audit import audit_case
-from aftersales.engine.case import case_uuid
-from aftersales.engine.commands import (
+from aftersales.engine.application.fields import key_of
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.policy_file import load_policy
+from aftersales.engine.application.requests import (
     COMMANDS,
     Action,
     CaseAction,
@@ -69,12 +66,12 @@ from aftersales.engine.commands import (
     PlaceOrder,
     ShowCase,
     ShowOrder,
-    key_of,
 )
-from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed, NotFound
-from aftersales.engine.policy import Policy, load_policy
-from aftersales.engine.service import Engine
-from aftersales.engine.values import parse_time
+from aftersales.engine.domain.case import case_uuid
+from aftersales.engine.domain.errors import AftersalesError, BadInput, NotAllowed, NotFound
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import parse_time
+from aftersales.engine.integrity.audit_bundle import audit_case
 from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard, dashboard
 from aftersales.projections.ledger import Ledger, ledger

@@ -15,12 +15,14 @@ from aftersales.commands.checkpoint import public_key_option, read_public_key
 from aftersales.commands.display import for_people
 from aftersales.commands.options import json_option
 from aftersales.commands.output import State, _cell, _one_line, fail, fail_with, table, to_json
-from aftersales.engine.audit import Audit, audit_case, bundle, bundle_bytes
-from aftersales.engine.checkpoint import anchor, audited_events, bundle_section
-from aftersales.engine.errors import AftersalesError, BadInput
-from aftersales.engine.integrity import list_quarantine
-from aftersales.engine.limits import MAX_VERSION
-from aftersales.engine.values import parse_time
+from aftersales.engine.domain.errors import AftersalesError, BadInput
+from aftersales.engine.domain.limits import MAX_VERSION
+from aftersales.engine.domain.values import parse_time
+from aftersales.engine.integrity.anchors import anchor, audited_events
+from aftersales.engine.integrity.audit_bundle import audit_case, bundle, bundle_bytes
+from aftersales.engine.integrity.audit_checks import Audit
+from aftersales.engine.integrity.checkpoint_verify import bundle_section
+from aftersales.engine.integrity.quarantine import list_quarantine
 
 NOT_VERIFIED = 3
 

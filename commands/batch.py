@@ -1,8 +1,8 @@
 """`aftersales batch FILE|-`: one action per JSON line, one result line each.
 
-Each line is a typed command (``engine.commands.from_line``): "action" names it, every other key
-is one of its fields, checked by the same model as the command line's options, with the same
-messages. Every line runs through ``Engine.handle``, in this process, against one engine.
+Each line is a typed command (``engine.application.lines.from_line``): "action" names it, every
+other key is one of its fields, checked by the same model as the command line's options, with the
+same messages. Every line runs through ``Engine.handle``, in this process, against one engine.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from eventsourcing.persistence import PersistenceError
 
 from aftersales.commands.options import source_argument, source_path
 from aftersales.commands.output import State, exit_code, fail_with, scrub, to_json
-from aftersales.engine.access import ActorCheck
-from aftersales.engine.commands import parse_line
-from aftersales.engine.errors import AftersalesError
-from aftersales.engine.limits import json_lines
-from aftersales.engine.service import Engine
+from aftersales.engine.access.actor_checks import ActorCheck
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.lines import json_lines, parse_line
+from aftersales.engine.domain.errors import AftersalesError
 
 
 def run_line(engine: Engine, text: str | None, check: ActorCheck | None = None) -> Any:

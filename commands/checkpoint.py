@@ -17,21 +17,19 @@ from eventsourcing.persistence import PersistenceError
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import State, _one_line, fail, fail_with, to_json
-from aftersales.engine.checkpoint import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.domain.errors import AftersalesError, BadInput
+from aftersales.engine.integrity.checkpoint_verify import LogCheck, verify_log
+from aftersales.engine.integrity.checkpoints import Taken, take_checkpoint
+from aftersales.engine.integrity.signing_keys import (
     PUBLIC_KEY_ENV,
     SIGNING_KEY_ENV,
-    LogCheck,
-    Taken,
     generate_key,
     key_id,
     load_public_key,
     load_signing_key,
     public_pem,
-    take_checkpoint,
-    verify_log,
 )
-from aftersales.engine.errors import AftersalesError, BadInput
-from aftersales.engine.service import Engine
 
 NOT_VERIFIED = 3
 

@@ -21,9 +21,9 @@ from aftersales.commands.checkpoint import (
 )
 from aftersales.commands.options import json_option
 from aftersales.commands.output import State, fail_with, render_tick, to_json
-from aftersales.engine.commands import Tick as TickCommand
-from aftersales.engine.deadlines import BATCH, Tick, tick
-from aftersales.engine.errors import AftersalesError
+from aftersales.engine.application.requests import Tick as TickCommand
+from aftersales.engine.application.tick import BATCH, TickReport, tick
+from aftersales.engine.domain.errors import AftersalesError
 
 # The scheduler sleeps in short slices so that a stop signal ends it promptly.
 _NAP = 0.1
@@ -155,7 +155,7 @@ def scheduler(
     _log("stopped")
 
 
-def _report(result: Tick, as_json: bool) -> None:
+def _report(result: TickReport, as_json: bool) -> None:
     data = result.to_json()
     if as_json:
         click.echo(to_json(data))

@@ -13,7 +13,8 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import exit_code, table, to_json
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     AcceptOffer,
     ApproveCase,
     DeliverOrder,
@@ -32,9 +33,8 @@ from aftersales.engine.commands import (
     ShipBack,
     ShipReplacement,
 )
-from aftersales.engine.deadlines import tick
-from aftersales.engine.errors import AftersalesError
-from aftersales.engine.service import Engine
+from aftersales.engine.application.tick import tick
+from aftersales.engine.domain.errors import AftersalesError
 from aftersales.projections.ledger import TOTALS, ledger
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector

@@ -11,9 +11,9 @@ import re
 from datetime import datetime, time, tzinfo
 from typing import Any
 
-from aftersales.engine.errors import BadInput
-from aftersales.engine.limits import check_time
-from aftersales.engine.values import parse_time
+from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.limits import check_time
+from aftersales.engine.domain.values import parse_time
 
 # A time as the engine writes it: an ISO-8601 date and time with an offset.
 _ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)$")

@@ -15,10 +15,9 @@ import click
 
 from aftersales.commands.options import bulk_options, json_option, source_argument, source_path
 from aftersales.commands.output import State, emit, exit_code, table
-from aftersales.engine.bulk import Item, Report, Share, run_bulk
-from aftersales.engine.commands import Command, OpenCase, Tick, parse_line
-from aftersales.engine.errors import AftersalesError
-from aftersales.engine.imports import (
+from aftersales.engine.application.bulk import Item, Report, Share, run_bulk
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.inputs import (
     apply_order,
     order_ids,
     order_import_share,
@@ -26,11 +25,13 @@ from aftersales.engine.imports import (
     read_orders_csv,
     read_orders_jsonl,
 )
-from aftersales.engine.limits import UNREADABLE, json_lines
-from aftersales.engine.order import order_uuid
-from aftersales.engine.service import Engine
-from aftersales.engine.sql import Dialect
-from aftersales.engine.workers import Worker, in_processes
+from aftersales.engine.application.lines import json_lines, parse_line
+from aftersales.engine.application.requests import Command, OpenCase, Tick
+from aftersales.engine.application.workers import Worker, in_processes
+from aftersales.engine.domain.errors import AftersalesError
+from aftersales.engine.domain.limits import UNREADABLE
+from aftersales.engine.domain.order import order_uuid
+from aftersales.engine.storage.sql import Dialect
 
 
 def render_report(report: dict[str, Any], noun: str = "lines") -> str:

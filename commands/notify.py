@@ -9,8 +9,8 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
-from aftersales.engine.service import Engine
-from aftersales.engine.values import parse_time
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.domain.values import parse_time
 from aftersales.projections.notify import (
     LANGUAGES,
     check_language,

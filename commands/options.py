@@ -8,7 +8,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from aftersales.engine.limits import MAX_VERSION, UNREADABLE
+from aftersales.engine.domain.limits import MAX_VERSION, UNREADABLE
 
 F = TypeVar("F", bound=Callable[..., Any])
 

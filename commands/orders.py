@@ -1,13 +1,13 @@
 """`aftersales order ...`: facts from the order system.
 
-Each command is derived from its typed command in ``engine/commands.py``."""
+Each command is derived from its typed command in ``engine/application/requests.py``."""
 
 from __future__ import annotations
 
 import click
 
 from aftersales.commands.actions import ActionGroup
-from aftersales.engine.commands import COMMANDS
+from aftersales.engine.application.requests import COMMANDS
 
 
 @click.group("order", cls=ActionGroup, kinds=COMMANDS)

@@ -16,11 +16,12 @@ import click
 from eventsourcing.persistence import PersistenceError
 
 from aftersales.commands.display import for_people
-from aftersales.engine.errors import AftersalesError, StoreUnavailable
-from aftersales.engine.policy import Policy, load_policy
-from aftersales.engine.service import Engine
-from aftersales.engine.store import DEFAULT_STORE, redacted, store_password
-from aftersales.engine.values import parse_zone
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.policy_file import load_policy
+from aftersales.engine.domain.errors import AftersalesError, StoreUnavailable
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import parse_zone
+from aftersales.engine.storage.urls import DEFAULT_STORE, redacted, store_password
 
 Renderer = Callable[[Any], str]
 

@@ -1,5 +1,5 @@
 """`aftersales principal add/list/history` and `aftersales key create/revoke`: who may act
-over HTTP (``engine/access.py``)."""
+over HTTP (``engine/access/principals.py``)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
-from aftersales.engine.access import (
-    PrincipalRole,
+from aftersales.engine.access.principals import (
     access_history,
     add_principal,
     create_key,
     list_principals,
     revoke_key,
 )
-from aftersales.engine.service import Engine
-from aftersales.engine.values import parse_time
+from aftersales.engine.access.scopes import PrincipalRole
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.domain.values import parse_time
 
 
 def _now(engine: Engine) -> datetime:

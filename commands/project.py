@@ -12,7 +12,7 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
 from aftersales.projections.base import Progress
 from aftersales.projections.registry import VIEWS, select
 from aftersales.projections.runner import DEFAULT_BATCH, Projector

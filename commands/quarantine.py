@@ -1,5 +1,5 @@
 """`aftersales quarantine ...`: the operator's recorded decision to leave a known-bad stored
-event out of the projections (engine/integrity.py)."""
+event out of the projections (engine/integrity/reading.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
-from aftersales.engine.integrity import list_quarantine, quarantine
-from aftersales.engine.service import Engine
-from aftersales.engine.values import parse_time
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.domain.values import parse_time
+from aftersales.engine.integrity.quarantine import list_quarantine, quarantine
 
 COLUMNS = ["position", "event", "version", "originator_id", "decided_by", "decided_at", "reason"]
 

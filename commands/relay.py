@@ -13,8 +13,8 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
-from aftersales.engine.errors import BadInput
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.domain.errors import BadInput
 from aftersales.projections.notify import NotifyRelay, default_language
 from aftersales.projections.relay import (
     DEFAULT_BATCH,

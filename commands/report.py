@@ -14,8 +14,8 @@ from eventsourcing.persistence import IntegrityError
 from aftersales.commands.display import parse_day_or_time
 from aftersales.commands.options import json_option
 from aftersales.commands.output import State, emit, table
-from aftersales.engine.errors import BadInput
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.domain.errors import BadInput
 from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard, dashboard
 from aftersales.projections.ledger import TOTALS, Ledger, ledger

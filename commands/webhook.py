@@ -11,8 +11,8 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
-from aftersales.engine.limits import MAX_POSITION
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.domain.limits import MAX_POSITION
 from aftersales.projections.webhooks import Settings, Webhooks
 
 

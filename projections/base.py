@@ -48,9 +48,9 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from aftersales.engine.events import Event
-from aftersales.engine.sql import SQLITE, Dialect
-from aftersales.engine.store import APP_NAME, utc_text
+from aftersales.engine.domain.events import Event
+from aftersales.engine.storage.sql import SQLITE, Dialect, utc_text
+from aftersales.engine.storage.store import APP_NAME
 
 PREFIX = "proj_"
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from aftersales.engine.case import (
+from aftersales.engine.domain.case_events import (
     CaseApproved,
     CaseAutoApproved,
     CaseAutoClosed,
@@ -45,8 +45,8 @@ from aftersales.engine.case import (
     RulingLapsed,
     RulingOverdue,
 )
-from aftersales.engine.store import EventStore
-from aftersales.engine.values import FINAL_STATUSES, Role
+from aftersales.engine.domain.values import FINAL_STATUSES, Role
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.base import (
     Changes,
     Folds,
@@ -233,7 +233,7 @@ def _median_seconds(values: list[float]) -> int | None:
     return round(statistics.median(values)) if values else None
 
 
-def dashboard(store: EventStore, merchant: str | None, now: datetime) -> dict[str, Any]:
+def dashboard(store: AftersalesStore, merchant: str | None, now: datetime) -> dict[str, Any]:
     """The merchant's (or, with no merchant, the whole platform's) after-sales dashboard at
     ``now``: what is open, what falls due, and the last 30 days."""
     since = now - WINDOW

@@ -11,8 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from aftersales.engine.case import CaseOpened, CaseRefunded, FreightCharged, LateShipmentPenalty
-from aftersales.engine.store import EventStore
+from aftersales.engine.domain.case_events import (
+    CaseOpened,
+    CaseRefunded,
+    FreightCharged,
+    LateShipmentPenalty,
+)
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.base import Changes, Folds, Table, View, cents, col, money
 
 CASES = Table(
@@ -96,7 +101,7 @@ class Ledger(View):
 
 
 def ledger(
-    store: EventStore,
+    store: AftersalesStore,
     merchant: str | None,
     since: datetime | None,
     until: datetime | None,

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from aftersales.engine.case import (
+from aftersales.engine.domain.case import case_uuid
+from aftersales.engine.domain.case_events import (
     CaseApproved,
     CaseAutoApproved,
     CaseEvent,
@@ -41,12 +42,11 @@ from aftersales.engine.case import (
     CaseRuled,
     CaseTurnedReturn,
     ChangeOffered,
-    case_uuid,
 )
-from aftersales.engine.errors import BadInput, NotFound
-from aftersales.engine.sql import SQLITE
-from aftersales.engine.store import EventStore, parse_stored_time
-from aftersales.engine.values import DueAction, money_str
+from aftersales.engine.domain.errors import BadInput, NotFound
+from aftersales.engine.domain.values import DueAction, money_str
+from aftersales.engine.storage.sql import SQLITE, parse_stored_time
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.base import Changes, Folds, Table, View, col
 from aftersales.projections.relay import Message, Relay, RelayConfig, relay_view, token
 from aftersales.projections.runner import Projector
@@ -287,14 +287,14 @@ def check_language(value: str) -> Language:
     raise BadInput(f"language {value!r}: one of {', '.join(LANGUAGES)}")
 
 
-def _ensure_languages(store: EventStore) -> None:
+def _ensure_languages(store: AftersalesStore) -> None:
     store.execute(
         f"CREATE TABLE IF NOT EXISTS {{t}}{LANGUAGES_TABLE} "
         "(buyer_id text PRIMARY KEY, language text NOT NULL)"
     )
 
 
-def set_language(store: EventStore, buyer: str, language: str) -> None:
+def set_language(store: AftersalesStore, buyer: str, language: str) -> None:
     chosen = check_language(language)
     if not buyer.strip():
         raise BadInput("a buyer id is needed")
@@ -306,7 +306,7 @@ def set_language(store: EventStore, buyer: str, language: str) -> None:
     )
 
 
-def languages(store: EventStore, buyers: Sequence[str]) -> dict[str, Language]:
+def languages(store: AftersalesStore, buyers: Sequence[str]) -> dict[str, Language]:
     if not buyers:
         return {}
     _ensure_languages(store)
@@ -357,7 +357,7 @@ _SELECT = (
 
 
 def _messages(
-    store: EventStore, rows: list[dict[str, Any]], default: Language
+    store: AftersalesStore, rows: list[dict[str, Any]], default: Language
 ) -> list[BuyerMessage]:
     chosen = languages(store, sorted({r["buyer_id"] for r in rows}))
     found = []
@@ -388,7 +388,7 @@ def _time(value: Any) -> datetime:
 
 
 def messages_after(
-    store: EventStore, position: int, stop: int, limit: int, default: Language
+    store: AftersalesStore, position: int, stop: int, limit: int, default: Language
 ) -> list[BuyerMessage]:
     """The messages of events after ``position`` and up to ``stop``, in log order."""
     rows = store.query(
@@ -399,7 +399,7 @@ def messages_after(
     return _messages(store, rows, default)
 
 
-def reminders(store: EventStore, now: datetime, default: Language) -> list[BuyerMessage]:
+def reminders(store: AftersalesStore, now: datetime, default: Language) -> list[BuyerMessage]:
     """A reminder for every case that closes by itself within 24 h of ``now`` unless the
     buyer ships the goods back."""
     rows = store.query(
@@ -410,7 +410,7 @@ def reminders(store: EventStore, now: datetime, default: Language) -> list[Buyer
     return [_reminder(store, r, default) for r in rows]
 
 
-def _reminder(store: EventStore, r: dict[str, Any], default: Language) -> BuyerMessage:
+def _reminder(store: AftersalesStore, r: dict[str, Any], default: Language) -> BuyerMessage:
     due = _time(r["due_at"])
     language = languages(store, [r["buyer_id"]]).get(r["buyer_id"], default)
     return BuyerMessage(
@@ -429,7 +429,7 @@ def _reminder(store: EventStore, r: dict[str, Any], default: Language) -> BuyerM
 
 
 def preview(
-    store: EventStore, case_id: str, now: datetime, default: Language = DEFAULT_LANGUAGE
+    store: AftersalesStore, case_id: str, now: datetime, default: Language = DEFAULT_LANGUAGE
 ) -> list[BuyerMessage]:
     """What the buyer of this case was told, and the reminder still to come (if a deadline
     that closes the case is running): the projection caught up first."""
@@ -460,7 +460,7 @@ class NotifyRelay(Relay):
 
     def __init__(
         self,
-        store: EventStore,
+        store: AftersalesStore,
         config: RelayConfig,
         language: Language = DEFAULT_LANGUAGE,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),

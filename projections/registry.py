@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aftersales.engine.errors import BadInput
+from aftersales.engine.domain.errors import BadInput
 from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard
 from aftersales.projections.ledger import Ledger

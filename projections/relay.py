@@ -45,9 +45,9 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
-from aftersales.engine.audit import stored_json
-from aftersales.engine.errors import BadInput
-from aftersales.engine.store import APP_NAME, EventStore
+from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.integrity.audit_bundle import stored_json
+from aftersales.engine.storage.store import APP_NAME, AftersalesStore
 from aftersales.projections.base import (
     Changes,
     Folds,
@@ -157,7 +157,7 @@ class Owners:
 
     LIMIT = 200_000
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: AftersalesStore) -> None:
         self.store = store
         self.known: dict[Originator, tuple[str, str, str]] = {}
 
@@ -280,7 +280,7 @@ class Relay:
 
     def __init__(
         self,
-        store: EventStore,
+        store: AftersalesStore,
         config: RelayConfig,
         on_acked: Callable[[Sequence[Message]], None] | None = None,
     ) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from aftersales.engine.case import (
+from aftersales.engine.domain.case_events import (
     CaseAutoApproved,
     CaseAutoRefunded,
     CaseEscalated,
@@ -21,10 +21,10 @@ from aftersales.engine.case import (
     ReplacementOverdue,
     ReshipOverdue,
 )
-from aftersales.engine.errors import BadInput
-from aftersales.engine.order import CaseUnlinked, OrderDelivered, OrderPlaced
-from aftersales.engine.store import EventStore
-from aftersales.engine.values import reason_group
+from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.order_events import CaseUnlinked, OrderDelivered, OrderPlaced
+from aftersales.engine.domain.values import reason_group
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.base import Changes, Folds, Table, View, bigger, cents, col, keep, money
 
 ORDERS = Table(
@@ -244,7 +244,7 @@ GROUP BY per.key, totals.orders, totals.gmv_cents ORDER BY per.key"""
 
 
 def return_rates(
-    store: EventStore,
+    store: AftersalesStore,
     by: str,
     since: datetime,
     until: datetime,

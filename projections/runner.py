@@ -21,16 +21,11 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.projection import ProjectionRunner
 from psycopg.sql import SQL, Identifier
 
-from aftersales.engine.errors import Poisoned
-from aftersales.engine.events import Unreadable
-from aftersales.engine.integrity import (
-    checked,
-    known_topics,
-    poisoned,
-    quarantined_positions,
-    read_rows,
-)
-from aftersales.engine.store import APP_NAME, EventStore
+from aftersales.engine.domain.errors import Poisoned
+from aftersales.engine.domain.events import Unreadable
+from aftersales.engine.integrity.quarantine import quarantined_positions
+from aftersales.engine.integrity.reading import checked, known_topics, poisoned, read_rows
+from aftersales.engine.storage.store import APP_NAME, AftersalesStore
 from aftersales.projections.base import (
     Fact,
     Progress,
@@ -57,7 +52,7 @@ STATUS_LOOKAHEAD = 100
 class Projector:
     """The projections of one store."""
 
-    def __init__(self, store: EventStore, *, verify: bool = True) -> None:
+    def __init__(self, store: AftersalesStore, *, verify: bool = True) -> None:
         self.store = store
         self._recorders: dict[str, ViewRecorder] = {}
         # Each event's hash is checked as it is read (``verify=False`` only to measure what
@@ -212,8 +207,8 @@ class Projector:
         self, after: int, stop: int, limit: int, topics: Sequence[str]
     ) -> tuple[list[Fact], int, Poisoned | None]:
         """The next events of the notification log with these topics, each checked and decoded
-        to its class by the store's mapper (``engine.integrity``): the facts, the position they
-        cover up to, and the event they stop before if one cannot be used (then the position
+        to its class by the store's mapper (``engine.integrity.reading``): the facts, the position
+        they cover up to, and the event they stop before if one cannot be used (then the position
         is just before it). Quarantined events are passed over."""
         rows = read_rows(
             self.store, after, stop, limit, topics, previous=self.verify, known=self._known
@@ -341,7 +336,7 @@ class Projector:
         it cannot use is not restarted."""
         url = self.store.url.text
 
-        class FollowedStore(EventStore):
+        class FollowedStore(AftersalesStore):
             name = APP_NAME
 
             def __init__(self, env: Any = None) -> None:
@@ -363,7 +358,7 @@ class Projector:
             runner.__enter__()
             return runner
 
-        from aftersales.engine.postgres import wake_listeners
+        from aftersales.engine.storage.postgres import wake_listeners
 
         stopped = dict(self.stopped)
         # Every second, if the log grew or a runner (re)started since the last look, the

@@ -48,8 +48,9 @@ from urllib.parse import urlsplit
 
 from eventsourcing.persistence import Tracking
 
-from aftersales.engine.errors import BadInput, NotFound
-from aftersales.engine.store import APP_NAME, EventStore, parse_stored_time
+from aftersales.engine.domain.errors import BadInput, NotFound
+from aftersales.engine.storage.sql import parse_stored_time
+from aftersales.engine.storage.store import APP_NAME, AftersalesStore
 from aftersales.projections.base import (
     Changes,
     Folds,
@@ -140,7 +141,7 @@ class Webhooks:
 
     def __init__(
         self,
-        store: EventStore,
+        store: AftersalesStore,
         settings: Settings | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -393,7 +394,7 @@ def _recorder_class(postgres: bool) -> type[ViewRecorder]:
     return recorder_class(Queue, postgres)
 
 
-def _recorder(store: EventStore) -> ViewRecorder:
+def _recorder(store: AftersalesStore) -> ViewRecorder:
     recorder = _recorder_class(store.is_postgres)(datastore=store.recorder.datastore)  # type: ignore[call-arg,attr-defined]
     recorder.create_table()  # type: ignore[attr-defined]
     return recorder

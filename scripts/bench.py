@@ -43,9 +43,10 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aftersales.engine import invariants  # noqa: E402
-from aftersales.engine.access import add_principal, authenticate, create_key  # noqa: E402
-from aftersales.engine.commands import (  # noqa: E402
+import aftersales.engine.domain.invariants as invariants  # noqa: E402
+from aftersales.engine.access.principals import add_principal, authenticate, create_key  # noqa: E402
+from aftersales.engine.application.handler import Engine  # noqa: E402
+from aftersales.engine.application.requests import (  # noqa: E402
     ApproveCase,
     ListCases,
     MessageCase,
@@ -55,7 +56,6 @@ from aftersales.engine.commands import (  # noqa: E402
     ShipBack,
     new_case_id,
 )
-from aftersales.engine.service import Engine  # noqa: E402
 
 DEFAULT_STORE = "postgresql://127.0.0.1:5432/test"
 T0 = "2026-11-01T10:00:00+08:00"
@@ -597,8 +597,8 @@ class Bench:
     def large_store(self) -> None:
         """A store with many open cases: the tick that finds nothing, firing, one audit, one
         merchant's dashboard, and the catch-up of the whole log."""
-        from aftersales.engine.audit import audit_case
-        from aftersales.engine.deadlines import tick
+        from aftersales.engine.application.tick import tick
+        from aftersales.engine.integrity.audit_bundle import audit_case
         from aftersales.projections.dashboard import dashboard
         from scripts.bench_audit import fifty_event_case
         from scripts.bench_tick import REVIEW, build

@@ -7,7 +7,8 @@ rejected, then 24 rounds of escalation and a ruling for the merchant) through th
 
 Then, in the same run, the median of:
 
-- the audit's own work (``engine.audit.audit_case``: reading the case's and its order's stored
+- the audit's own work (``engine.integrity.audit_bundle.audit_case``: reading the case's and its
+  order's stored
   events and its index row, replaying, verifying, building the JSON) and of that work after
   the reads (``replay`` plus ``to_json``);
 - a raw baseline: one psycopg SELECT of that case's 50 stored rows on a prepared statement;
@@ -34,9 +35,8 @@ from decimal import Decimal
 import psycopg
 from psycopg.sql import SQL, Identifier
 
-from aftersales.engine.audit import audit_case, read_history, replay
-from aftersales.engine.case import ReturnCase
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     DeliverOrder,
     EscalateCase,
     OpenCase,
@@ -44,11 +44,16 @@ from aftersales.engine.commands import (
     RejectCase,
     RuleCase,
 )
-from aftersales.engine.events import Act
-from aftersales.engine.order import Order, OrderLine
-from aftersales.engine.policy import Policy
-from aftersales.engine.service import Engine, case_row
-from aftersales.engine.values import Actor, CaseType, Role
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.events import Act
+from aftersales.engine.domain.order import Order
+from aftersales.engine.domain.order_events import OrderLine
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import Actor, CaseType, Role
+from aftersales.engine.integrity.audit_bundle import audit_case
+from aftersales.engine.integrity.audit_checks import read_history
+from aftersales.engine.integrity.replay import replay
+from aftersales.engine.storage.case_index import case_row
 
 PG = os.environ.get("AFTERSALES_BENCH_POSTGRES", "postgresql://127.0.0.1:5432/test")
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)

@@ -4,10 +4,10 @@
                                        [--url postgresql://127.0.0.1:5432/test]
 
 1. The tree itself, in memory, over ``--events`` synthetic stored events of a typical size (the
-   leaf hashes of engine/events.py's ``leaf_bytes``, grown with engine/merkle.py's ``Builder`` as
-   ``aftersales checkpoint`` grows it), beside the baseline of hashing the same bytes once with
-   SHA-256 and nothing else; then the size of an inclusion proof (what a bundle carries per event)
-   and of a consistency proof, and the time to make and check one.
+   leaf hashes of engine/domain/events.py's ``leaf_bytes``, grown with engine/integrity/merkle.py's
+   ``Builder`` as ``aftersales checkpoint`` grows it), beside the baseline of hashing the same bytes
+   once with SHA-256 and nothing else; then the size of an inclusion proof (what a bundle carries
+   per event) and of a consistency proof, and the time to make and check one.
 2. A real store: ``--store-events`` events of a rule-abiding workload (scripts/workload.py: a
    checkpoint signs only events that verify) written into a PostgreSQL schema of their own
    (dropped at the end), a raw psycopg read of them (the baseline), reading and hashing them
@@ -40,17 +40,12 @@ from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aftersales.engine.case import CaseRefunded
-from aftersales.engine.checkpoint import (
-    LEAVES,
-    NODES,
-    Tree,
-    check_events,
-    take_checkpoint,
-    verify_log,
-)
-from aftersales.engine.events import leaf_bytes
-from aftersales.engine.merkle import (
+from aftersales.engine.domain.case_events import CaseRefunded
+from aftersales.engine.domain.events import leaf_bytes
+from aftersales.engine.integrity.checkpoint_store import LEAVES, NODES, Tree
+from aftersales.engine.integrity.checkpoint_verify import check_events, verify_log
+from aftersales.engine.integrity.checkpoints import take_checkpoint
+from aftersales.engine.integrity.merkle import (
     CHUNK_LEVEL,
     Builder,
     consistency_proof,
@@ -61,7 +56,7 @@ from aftersales.engine.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from aftersales.engine.store import EventStore
+from aftersales.engine.storage.store import AftersalesStore
 from scripts.bench_projections import raw_read
 from scripts.workload import generate, say
 
@@ -157,7 +152,7 @@ def real_store(conninfo: str, n: int) -> list[str]:
     schema = f"bench_cp_{uuid.uuid4().hex[:8]}"
     url = f"{conninfo}?schema={schema}"
     key = Ed25519PrivateKey.generate()
-    store = EventStore(url)
+    store = AftersalesStore(url)
     try:
         say(f"writing {n:,} stored events into schema {schema} ...")
         generate(store, n)

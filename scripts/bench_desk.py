@@ -31,12 +31,12 @@ from fastapi.testclient import TestClient
 
 from aftersales.commands.api import create_app
 from aftersales.commands.desk import views
-from aftersales.engine.access import add_principal, create_key
-from aftersales.engine.case import ReturnCase
-from aftersales.engine.order import Order
-from aftersales.engine.policy import Policy
-from aftersales.engine.store import EventStore
-from aftersales.engine.values import CaseType
+from aftersales.engine.access.principals import add_principal, create_key
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.order import Order
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import CaseType
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector
 from scripts.workload import Story, Writer, generate, say, scratch_schema
@@ -44,7 +44,7 @@ from scripts.workload import Story, Writer, generate, say, scratch_schema
 MERCHANT = "shop-big"
 
 
-def open_cases(store: EventStore, count: int, now: datetime) -> int:
+def open_cases(store: AftersalesStore, count: int, now: datetime) -> int:
     """``count`` delivered orders of MERCHANT, each with a case waiting for the merchant."""
     rng = random.Random(5)
     story = Story(Policy(), rng)
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with scratch_schema(args.url, "bench_desk") as url:
-        store = EventStore(url)
+        store = AftersalesStore(url)
         now = datetime.now(UTC)
         try:
             say(f"writing {args.history:,} events of history and {args.open:,} open cases ...")

@@ -6,8 +6,8 @@ Writes a synthetic log through the real aggregates (bulk saves) into a schema of
 measures: a raw sequential read of the events table with psycopg (the baseline); catching every
 projection up from empty; a rebuild; catching up on freshly appended events; the merchant
 dashboard query for one merchant and a return-rate report; and what checking every event read
-costs (engine/integrity.py): a rebuild and loading cases, each without and with the checks, in
-turn, a few times in the same run (medians). Prints a Markdown table and drops the schema at
+costs (engine/integrity/reading.py): a rebuild and loading cases, each without and with the checks,
+in turn, a few times in the same run (medians). Prints a Markdown table and drops the schema at
 the end.
 """
 
@@ -29,7 +29,7 @@ from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aftersales.engine.store import EventStore
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.dashboard import dashboard
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.return_rates import return_rates
@@ -74,7 +74,7 @@ def _ratios(pairs: list[tuple[float, float]]) -> str:
     return ", ".join(f"{checked / plain:.2f}" for plain, checked in pairs)
 
 
-def _load(store: EventStore, case_ids: list[uuid.UUID], verify: bool) -> float:
+def _load(store: AftersalesStore, case_ids: list[uuid.UUID], verify: bool) -> float:
     """Seconds to load these cases one by one, checking each event read or not."""
     store.verify_reads = verify
     try:
@@ -105,7 +105,7 @@ def main() -> None:
     schema = f"bench_proj_{uuid.uuid4().hex[:8]}"
     url = f"{conninfo}?schema={schema}"
 
-    store = EventStore(url)
+    store = AftersalesStore(url)
     try:
         say(f"writing {args.events:,} events into schema {schema} ...")
         started = time.perf_counter()
@@ -200,7 +200,7 @@ def main() -> None:
         lines += [
             "",
             "What checking costs (each event's hash against its content and the event before "
-            "it, its times; engine/integrity.py), measured in this run:",
+            "it, its times; engine/integrity/reading.py), measured in this run:",
             "",
             f"| what | unchecked (median of {args.pairs}) | checked (median) | checked / "
             "unchecked (median of the pairs) |",

@@ -39,8 +39,8 @@ from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aftersales.engine.commands import PlaceOrder
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import PlaceOrder
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.relay import DEFAULT_NATS, Message, Relay, RelayConfig
 from aftersales.projections.runner import Projector

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aftersales.commands
 import aftersales.engine
 import aftersales.projections
-from aftersales.engine.commands import DeliverOrder, OpenCase, PlaceOrder, ShowCase
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import DeliverOrder, OpenCase, PlaceOrder, ShowCase
 from scripts.workload import scratch_schema
 
 GOALS = {

@@ -36,13 +36,15 @@ from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aftersales.engine.case import ReturnCase
-from aftersales.engine.deadlines import due_deadlines, tick
-from aftersales.engine.events import Act
-from aftersales.engine.order import Order, OrderLine
-from aftersales.engine.policy import Policy
-from aftersales.engine.service import Engine, case_row
-from aftersales.engine.values import Actor, CaseType, Role
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.tick import due_deadlines, tick
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.events import Act
+from aftersales.engine.domain.order import Order
+from aftersales.engine.domain.order_events import OrderLine
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import Actor, CaseType, Role
+from aftersales.engine.storage.case_index import case_row
 from scripts.workload import say
 
 CST = timezone(timedelta(hours=8))

@@ -3,12 +3,12 @@
     python -m scripts.command_reference           # rewrite the reference in docs/command-line.md
     python -m scripts.command_reference --check   # exit 1 if it is out of date
 
-Every command, its arguments and options come from ``engine.commands.COMMANDS`` (the same models
-the command line, `batch` and `import-history` are derived from); the statuses a case action is
-taken from, from the transition table (``engine.transitions.ALLOWED_FROM``). The reference sits
-between the marker comments ``<!-- commands:begin -->`` and ``<!-- commands:end -->``, the table
-of input bounds (``engine.limits.DOCUMENTED``) between ``<!-- limits:begin -->`` and
-``<!-- limits:end -->``; nothing outside them is touched.
+Every command, its arguments and options come from ``engine.application.requests.COMMANDS`` (the
+same models the command line, `batch` and `import-history` are derived from); the statuses a case
+action is taken from, from the transition table (``engine.domain.transitions.ALLOWED_FROM``). The
+reference sits between the marker comments ``<!-- commands:begin -->`` and ``<!-- commands:end
+-->``, the table of input bounds (``engine.domain.limits.DOCUMENTED``) between ``<!-- limits:begin
+-->`` and ``<!-- limits:end -->``; nothing outside them is touched.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from pathlib import Path
 from pydantic.fields import FieldInfo
 
 from aftersales.commands.actions import METAVARS, _inner, _scalar
-from aftersales.engine.commands import COMMANDS, Action, Command, field_choices, key_of
-from aftersales.engine.limits import DOCUMENTED
-from aftersales.engine.transitions import ALLOWED_FROM
-from aftersales.engine.values import Status
+from aftersales.engine.application.fields import field_choices, key_of
+from aftersales.engine.application.requests import COMMANDS, Action, Command
+from aftersales.engine.domain.limits import DOCUMENTED
+from aftersales.engine.domain.transitions import ALLOWED_FROM
+from aftersales.engine.domain.values import Status
 
 BEGIN = "<!-- commands:begin -->"
 END = "<!-- commands:end -->"

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aftersales.engine.commands import new_case_id
+from aftersales.engine.application.requests import new_case_id
 
 CST = timezone(timedelta(hours=8))
 START = datetime(2026, 10, 1, 9, 0, tzinfo=CST)

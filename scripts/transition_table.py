@@ -1,4 +1,4 @@
-"""Write the README's transition table from the engine's own (engine/transitions.py).
+"""Write the README's transition table from the engine's own (engine/domain/transitions.py).
 
     python -m scripts.transition_table           # rewrite the table in README.md
     python -m scripts.transition_table --check   # exit 1 if README.md's table is out of date
@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
-from aftersales.engine.transitions import TRANSITIONS, Charge, Given, Transition
-from aftersales.engine.values import Status
+from aftersales.engine.domain.transitions import TRANSITIONS, Charge, Given, Transition
+from aftersales.engine.domain.values import Status
 
 BEGIN = "<!-- transitions:begin -->"
 END = "<!-- transitions:end -->"
@@ -98,8 +98,8 @@ def replaced(text: str, table: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.transition_table",
-        description="Write the README's transition table from engine/transitions.py, between "
-        f"the markers {BEGIN} and {END}.",
+        description="Write the README's transition table from engine/domain/transitions.py, "
+        f"between the markers {BEGIN} and {END}.",
     )
     parser.add_argument(
         "--check",

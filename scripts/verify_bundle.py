@@ -75,7 +75,7 @@ OFFER_FROM = (
 )
 # A copy of the engine's rules, kept here so this file needs nothing but Python. The transition
 # tables below are those the engine derives from its one transition table
-# (engine/transitions.py); tests/test_audit.py checks every table in this file equal to the
+# (engine/domain/transitions.py); tests/test_audit.py checks every table in this file equal to the
 # engine's. The statuses each action may start from:
 ALLOWED_FROM: dict[str, set[str]] = {
     "approve": {"awaiting_merchant"},
@@ -591,7 +591,7 @@ def check_money(
 
 def leaf_hash(originator_id: str, version: int, topic: str, raw: bytes) -> bytes:
     """The Merkle leaf of one stored event: its id, version and topic as one line of canonical
-    JSON, then its stored bytes exactly (engine/events.py's ``leaf_bytes``)."""
+    JSON, then its stored bytes exactly (engine/domain/events.py's ``leaf_bytes``)."""
     head = json.dumps(
         [originator_id, version, topic], sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )

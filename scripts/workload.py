@@ -17,13 +17,14 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import UUID, uuid4
 
-from aftersales.engine.case import ReturnCase, settle_order_lines
-from aftersales.engine.events import Act
-from aftersales.engine.order import Order, OrderLine, Shipment
-from aftersales.engine.policy import Policy
-from aftersales.engine.service import case_row
-from aftersales.engine.store import EventStore
-from aftersales.engine.values import Actor, CaseType, Claim, DueAction, Party, Role
+from aftersales.engine.domain.case import ReturnCase, settle_order_lines
+from aftersales.engine.domain.events import Act
+from aftersales.engine.domain.order import Order
+from aftersales.engine.domain.order_events import OrderLine, Shipment
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import Actor, CaseType, Claim, DueAction, Party, Role
+from aftersales.engine.storage.case_index import case_row
+from aftersales.engine.storage.store import AftersalesStore
 
 CST = timezone(timedelta(hours=8))
 START = datetime(2026, 9, 1, 9, 0, tzinfo=CST)
@@ -38,7 +39,7 @@ CATEGORIES = ["phone_accessory", "apparel", "beauty", "home", "food"]
 class Writer:
     """Collects changed aggregates and saves them many at a time."""
 
-    def __init__(self, store: EventStore, chunk: int = 1000) -> None:
+    def __init__(self, store: AftersalesStore, chunk: int = 1000) -> None:
         self.store = store
         self.chunk = chunk
         self.pending: dict[UUID, Order | ReturnCase] = {}
@@ -188,7 +189,7 @@ class Story:
 
 
 def generate(
-    store: EventStore,
+    store: AftersalesStore,
     events: int,
     *,
     merchants: int = 50,
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merchants", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    store = EventStore(args.store)
+    store = AftersalesStore(args.store)
     try:
         written = generate(store, args.events, merchants=args.merchants, seed=args.seed)
     finally:

@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from psycopg.sql import SQL, Identifier, Literal
 
-from aftersales.engine.commands import DeliverOrder, OpenCase, PlaceOrder
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import DeliverOrder, OpenCase, PlaceOrder
 
 PG_URL = os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 CST = timezone(timedelta(hours=8))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aftersales.engine.access import add_principal, create_key
-from aftersales.engine.commands import DeliverOrder, OpenCase, PlaceOrder
-from aftersales.engine.service import Engine
+from aftersales.engine.access.principals import add_principal, create_key
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import DeliverOrder, OpenCase, PlaceOrder
 
 
 def days_ago(days: float) -> str:

@@ -12,9 +12,15 @@ import sys
 import time
 
 from aftersales.commands.output import exit_code
-from aftersales.engine.commands import ApproveCase, ListCases, OpenCase, RejectCase, WithdrawCase
-from aftersales.engine.errors import AftersalesError
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
+    ApproveCase,
+    ListCases,
+    OpenCase,
+    RejectCase,
+    WithdrawCase,
+)
+from aftersales.engine.domain.errors import AftersalesError
 
 
 def main() -> None:

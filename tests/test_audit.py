@@ -27,20 +27,23 @@ from eventsourcing import utils as es_utils
 from psycopg.sql import SQL, Identifier
 from pydantic import ValidationError
 
+import aftersales.engine.application.handler as service_mod
+import aftersales.engine.application.requests as commands_mod
+import aftersales.engine.domain.case as case_mod
+import aftersales.engine.domain.case_events as case_events_mod
+import aftersales.engine.domain.events as events_mod
+import aftersales.engine.domain.order as order_mod
+import aftersales.engine.domain.order_events as order_events_mod
+import aftersales.engine.domain.transitions as transitions_mod
+import aftersales.engine.domain.values as values_mod
+import aftersales.engine.integrity.audit_bundle as audit_bundle_mod
+import aftersales.engine.integrity.audit_checks as audit_mod
+import aftersales.engine.integrity.signing_keys as signing_keys_mod
+import aftersales.engine.integrity.tree_heads as tree_heads_mod
 from aftersales.commands.cli import cli
 from aftersales.commands.demo import play
-from aftersales.engine import audit as audit_mod
-from aftersales.engine import case as case_mod
-from aftersales.engine import checkpoint as checkpoint_mod
-from aftersales.engine import commands as commands_mod
-from aftersales.engine import events as events_mod
-from aftersales.engine import order as order_mod
-from aftersales.engine import service as service_mod
-from aftersales.engine import transitions as transitions_mod
-from aftersales.engine import values as values_mod
-from aftersales.engine.audit import audit_case
-from aftersales.engine.case import CaseRejected, ReturnCase
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     ApproveCase,
     EscalateCase,
     FireDeadline,
@@ -53,9 +56,11 @@ from aftersales.engine.commands import (
     RuleCase,
     ShipBack,
 )
-from aftersales.engine.errors import BadInput, NotFound
-from aftersales.engine.service import Engine
-from aftersales.engine.store import parse_store_url
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.case_events import CaseRejected
+from aftersales.engine.domain.errors import BadInput, NotFound
+from aftersales.engine.integrity.audit_bundle import audit_case
+from aftersales.engine.storage.urls import parse_store_url
 from tests.conftest import PG_URL, at, drop_schema, place_delivered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -396,7 +401,7 @@ def test_edited_money_with_a_recomputed_hash_is_still_caught(
     engine: Engine, store_url: str, phone_case: str
 ) -> None:
     """Someone who also recomputes the chain: the hashes hold, the rules do not."""
-    from aftersales.engine.events import chain_hash
+    from aftersales.engine.domain.events import chain_hash
 
     previous = json.loads(stored_state(store_url, phone_case, 4))["hash"]
     for version in (5, 6):
@@ -459,9 +464,9 @@ def test_two_swapped_events_name_their_versions(
 
 def test_a_deadline_fired_early_or_not_running_is_caught() -> None:
     """The checks on system actions, on events the engine itself would refuse to record."""
-    from aftersales.engine.case import CaseAutoApproved, CaseOpened
-    from aftersales.engine.events import Deadline
-    from aftersales.engine.values import Actor, DueAction, Role, Status
+    from aftersales.engine.domain.case_events import CaseAutoApproved, CaseOpened
+    from aftersales.engine.domain.events import Deadline
+    from aftersales.engine.domain.values import Actor, DueAction, Role, Status
 
     t = datetime(2026, 11, 1, tzinfo=UTC)
     due = Deadline(
@@ -582,12 +587,12 @@ def test_bundle_of_a_tampered_store_fails_offline(
 
 def test_the_verifier_knows_the_engines_rules() -> None:
     """The standalone verifier carries its own copy of the rules: every table it holds must be
-    the engine's (the transition tables are those derived from engine/transitions.py)."""
+    the engine's (the transition tables are those derived from engine/domain/transitions.py)."""
     v = load_verifier()
     case_events = {
         c.__name__
         for c in vars(case_mod).values()
-        if isinstance(c, type) and issubclass(c, case_mod.CaseEvent)
+        if isinstance(c, type) and issubclass(c, case_events_mod.CaseEvent)
     } - {"CaseEvent", "DeadlineFired"}
     order_events = {
         c.__name__
@@ -598,7 +603,7 @@ def test_the_verifier_knows_the_engines_rules() -> None:
     }
     assert {k.__name__ for k in audit_mod.KNOWN} == case_events
     engines = {
-        "FORMAT": audit_mod.BUNDLE_FORMAT,
+        "FORMAT": audit_bundle_mod.BUNDLE_FORMAT,
         "GENESIS_HASH": events_mod.GENESIS_HASH,
         "CENT": values_mod.CENT,
         "AWAITING": {s.value for s in values_mod.AWAITING_STATUSES},
@@ -617,16 +622,16 @@ def test_the_verifier_knows_the_engines_rules() -> None:
         "REQUIRED_CONSEQUENCE": {
             s.value: c.__name__ for s, c in audit_mod.REQUIRED_CONSEQUENCE.items()
         },
-        "CASE_MODULE": es_utils.get_topic(case_mod.CaseOpened).partition(":")[0] + ":",
-        "ORDER_MODULE": es_utils.get_topic(order_mod.OrderPlaced).partition(":")[0] + ":",
+        "CASE_MODULE": es_utils.get_topic(case_events_mod.CaseOpened).partition(":")[0] + ":",
+        "ORDER_MODULE": es_utils.get_topic(order_events_mod.OrderPlaced).partition(":")[0] + ":",
         "CONSEQUENCE_ONLY": {k.__name__ for k in audit_mod.CONSEQUENCE_ONLY},
         "UNCHANGED": {k.__name__ for k in audit_mod.UNCHANGED},
         "CLAIM_REASON": {c.value: g.value for c, g in transitions_mod.CLAIM_REASON.items()},
         "CLAIM_FROM": {
             c.value: {s.value for s in ss} for c, ss in transitions_mod.CLAIM_FROM.items()
         },
-        "CHECKPOINT_FORMAT": checkpoint_mod.HEAD_FORMAT,
-        "PUBLIC_KEY_ENV": checkpoint_mod.PUBLIC_KEY_ENV,
+        "CHECKPOINT_FORMAT": tree_heads_mod.HEAD_FORMAT,
+        "PUBLIC_KEY_ENV": signing_keys_mod.PUBLIC_KEY_ENV,
         "OFFER_FROM": tuple(s.value for s in transitions_mod.OFFER_FROM),
         "CASE_TYPES": case_events,  # a new case event needs a place in the audit
         "ORDER_TYPES": order_events,
@@ -864,7 +869,7 @@ def test_dispute_paths_verify(engine: Engine, store_url: str, tmp_path: Path) ->
         assert verifier.verify((tmp_path / f"{cid}.json").read_bytes()).problems == []
 
     # A penalty recorded on its own, outside the action it belongs to, does not verify.
-    from aftersales.engine.case import LateShipmentPenalty
+    from aftersales.engine.domain.case_events import LateShipmentPenalty
 
     events = [e for e in engine.store.events.get(uuid.UUID(gift))]
     penalty = next(e for e in events if isinstance(e, LateShipmentPenalty))
@@ -882,13 +887,19 @@ def test_sealing_hashes_the_same_canonical_json_as_the_standalone_verifier() -> 
     """Sealing writes the canonical JSON out by hand (to encode each event once); it must hash
     exactly what the verifier's plain ``json.dumps(sort_keys=True)`` form hashes, and the stored
     text must hold the same values."""
-    from aftersales.engine.events import GENESIS_HASH, Deadline, _sealed, chain_hash, stored_json
-    from aftersales.engine.events import stored_state as stored_state_of
-    from aftersales.engine.values import Actor, DueAction, Role
+    from aftersales.engine.domain.events import (
+        GENESIS_HASH,
+        Deadline,
+        _sealed,
+        chain_hash,
+        stored_json,
+    )
+    from aftersales.engine.domain.events import stored_state as stored_state_of
+    from aftersales.engine.domain.values import Actor, DueAction, Role
 
     verifier = load_verifier()
     awkward = 'quote " backslash \\ newline \n tab \t 中文 emoji 🎁 \u2028 \x01'
-    event = case_mod.CaseRejected(
+    event = case_events_mod.CaseRejected(
         originator_id=uuid.uuid4(),
         originator_version=7,
         timestamp=datetime(2026, 11, 3, 10, tzinfo=UTC),

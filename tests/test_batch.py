@@ -9,7 +9,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
 from tests.conftest import at
 
 CASE = "9b2f7c4e-1d3a-4c5b-8e6f-0a1b2c3d4e5f"

@@ -29,28 +29,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
+import aftersales.engine.integrity.merkle as merkle
 from aftersales.commands.cli import cli
-from aftersales.engine import merkle
-from aftersales.engine.audit import stored_form
-from aftersales.engine.case import CaseRefunded
-from aftersales.engine.checkpoint import (
-    LEAVES,
-    NODES,
-    Tree,
-    TreeRows,
-    generate_key,
-    load_public_key,
-    load_signing_key,
-    take_checkpoint,
-    verify_log,
-)
-from aftersales.engine.commands import OpenCase, RateCase
-from aftersales.engine.errors import Poisoned
-from aftersales.engine.events import chain_hash, leaf_bytes
-from aftersales.engine.integrity import read_rows
-from aftersales.engine.merkle import Builder
-from aftersales.engine.order import CaseUnlinked
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import OpenCase, RateCase
+from aftersales.engine.domain.case_events import CaseRefunded
+from aftersales.engine.domain.errors import Poisoned
+from aftersales.engine.domain.events import chain_hash, leaf_bytes
+from aftersales.engine.domain.order_events import CaseUnlinked
+from aftersales.engine.integrity.audit_checks import stored_form
+from aftersales.engine.integrity.checkpoint_store import LEAVES, NODES, Tree
+from aftersales.engine.integrity.checkpoint_verify import verify_log
+from aftersales.engine.integrity.checkpoints import TreeRows, take_checkpoint
+from aftersales.engine.integrity.merkle import Builder
+from aftersales.engine.integrity.reading import read_rows
+from aftersales.engine.integrity.signing_keys import generate_key, load_public_key, load_signing_key
 from scripts.workload import generate
 from tests import test_audit
 from tests import test_poison as poison

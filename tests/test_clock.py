@@ -24,8 +24,8 @@ from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
 from aftersales.commands.demo import play
-from aftersales.engine.case import ReturnCase
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     ApproveCase,
     DeliverOrder,
     EscalateCase,
@@ -35,10 +35,10 @@ from aftersales.engine.commands import (
     ShipBack,
     WithdrawCase,
 )
-from aftersales.engine.deadlines import Tick, due_deadlines, tick
-from aftersales.engine.errors import Conflict, NotAllowed
-from aftersales.engine.policy import Policy, Windows
-from aftersales.engine.service import Engine
+from aftersales.engine.application.tick import TickReport, due_deadlines, tick
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.errors import Conflict, NotAllowed
+from aftersales.engine.domain.policy import Policy, Windows
 from tests.conftest import at, place_delivered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def kinds(engine: Engine, case_id: str) -> list[str]:
     return [e["type"] for e in events(engine, case_id)]
 
 
-def fired_of(result: Tick) -> list[tuple[str, str, datetime]]:
+def fired_of(result: TickReport) -> list[tuple[str, str, datetime]]:
     return [(d.case_id, d.action.value, d.due_at) for d in result.fired]
 
 
@@ -352,7 +352,7 @@ def test_the_person_wins_the_race_and_the_tick_skips(engine: Engine) -> None:
 def test_the_tick_wins_the_race_and_the_person_is_refused(engine: Engine) -> None:
     cid = opened(engine, "refund_only")
     ticker = Engine(engine.store.url.text)
-    raced: dict[str, Tick] = {}
+    raced: dict[str, TickReport] = {}
 
     def clock() -> datetime:
         if not raced:

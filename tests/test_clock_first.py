@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     AcceptOffer,
     ApproveCase,
     Command,
@@ -41,10 +42,9 @@ from aftersales.engine.commands import (
     Tick,
     WithdrawCase,
 )
-from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed
-from aftersales.engine.order import order_uuid
-from aftersales.engine.policy import Policy
-from aftersales.engine.service import Engine
+from aftersales.engine.domain.errors import AftersalesError, BadInput, NotAllowed
+from aftersales.engine.domain.order import order_uuid
+from aftersales.engine.domain.policy import Policy
 from tests.conftest import PG_URL, T0, at, drop_schema
 
 CASE_A = UUID("0a0a0a0a-0000-4000-8000-00000000000a")
@@ -190,7 +190,7 @@ SCENARIOS: dict[str, tuple[str, Steps, Callable[[str], Command], str | None, int
 @contextmanager
 def same_ids() -> Iterator[None]:
     """Actions given no command id get the same generated ones in both runs compared."""
-    from aftersales.engine import service
+    import aftersales.engine.application.handler as service
 
     counter = iter(range(1, 1_000_000))
     with mock.patch.object(service, "uuid4", lambda: UUID(int=next(counter))):
@@ -451,9 +451,9 @@ def test_audit_flags_an_action_recorded_after_a_deadline_that_should_have_fired(
     from click.testing import CliRunner
 
     from aftersales.commands.cli import cli
-    from aftersales.engine.events import Act
-    from aftersales.engine.service import case_rows
-    from aftersales.engine.values import Actor, Role
+    from aftersales.engine.domain.events import Act
+    from aftersales.engine.domain.values import Actor, Role
+    from aftersales.engine.storage.case_index import case_rows
 
     setup_order(engine)
     cid = open_case(engine)

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     ApproveCase,
     DeliverOrder,
     ListCases,
@@ -22,8 +23,7 @@ from aftersales.engine.commands import (
     PlaceOrder,
     WithdrawCase,
 )
-from aftersales.engine.errors import NotAllowed
-from aftersales.engine.service import Engine
+from aftersales.engine.domain.errors import NotAllowed
 from tests.conftest import at, place_delivered, recently
 
 ROOT = Path(__file__).resolve().parent.parent

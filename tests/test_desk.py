@@ -18,8 +18,8 @@ from aftersales.commands.api import create_app
 from aftersales.commands.desk import views
 from aftersales.commands.desk.session import COOKIE, session_key
 from aftersales.commands.desk.views import time_left
-from aftersales.engine.commands import ApproveCase, EscalateCase, RateCase, RejectCase
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import ApproveCase, EscalateCase, RateCase, RejectCase
 from aftersales.projections.dashboard import dashboard
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector

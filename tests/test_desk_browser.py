@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from aftersales.engine.commands import OpenCase
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import OpenCase
 from tests.conftest import at, place_delivered
 from tests.people import People
 from tests.test_serve import ROOT, Server

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     ApproveCase,
     EscalateCase,
     FireDeadline,
@@ -21,8 +22,7 @@ from aftersales.engine.commands import (
     RuleCase,
     ShipBack,
 )
-from aftersales.engine.errors import NotAllowed
-from aftersales.engine.service import Engine
+from aftersales.engine.domain.errors import NotAllowed
 from tests.conftest import at, place_delivered
 
 LINES = ("EARBUDS:1:199.00:electronics", "CASE:1:0.00:gift:15.00", "CABLE:1:9.90:accessory:12.00")

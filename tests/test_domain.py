@@ -18,7 +18,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from aftersales.engine.case import (
+from aftersales.engine.domain.case import ReturnCase, settle_order_lines
+from aftersales.engine.domain.case_events import (
     CaseApproved,
     CaseAutoApproved,
     CaseAutoClosed,
@@ -43,28 +44,23 @@ from aftersales.engine.case import (
     ReplacementShipped,
     ReshipImpossible,
     ReshipOverdue,
-    ReturnCase,
     RulingLapsed,
     RulingOverdue,
-    settle_order_lines,
 )
-from aftersales.engine.errors import AftersalesError, BadInput, NotAllowed
-from aftersales.engine.events import Act, Aggregate, Deadline, Event
-from aftersales.engine.order import (
+from aftersales.engine.domain.errors import AftersalesError, BadInput, NotAllowed
+from aftersales.engine.domain.events import Act, Aggregate, Deadline, Event
+from aftersales.engine.domain.order import Order, allocate, parse_case_line, parse_order_line
+from aftersales.engine.domain.order_events import (
     CaseLine,
     CaseLinked,
     CaseUnlinked,
-    Order,
     OrderDelivered,
     OrderShipped,
     Shipment,
-    allocate,
-    parse_case_line,
-    parse_order_line,
 )
-from aftersales.engine.policy import Policy, TypeWindows, Windows
-from aftersales.engine.transitions import ALLOWED_FROM, PERSON_ACTIONS
-from aftersales.engine.values import (
+from aftersales.engine.domain.policy import Policy, TypeWindows, Windows
+from aftersales.engine.domain.transitions import ALLOWED_FROM, PERSON_ACTIONS
+from aftersales.engine.domain.values import (
     Actor,
     CaseType,
     Claim,

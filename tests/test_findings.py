@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
-from aftersales.engine.bulk import Report
-from aftersales.engine.commands import EscalateCase, OpenCase, RejectCase, WithdrawCase
-from aftersales.engine.service import Engine
-from aftersales.engine.transitions import ALLOWED_FROM
-from aftersales.engine.values import Status
-from aftersales.engine.workers import Worker
+from aftersales.engine.application.bulk import Report
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import EscalateCase, OpenCase, RejectCase, WithdrawCase
+from aftersales.engine.application.workers import Worker
+from aftersales.engine.domain.transitions import ALLOWED_FROM
+from aftersales.engine.domain.values import Status
 from tests.conftest import at, place_delivered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def beating_share(folder: str, worker: Worker) -> Report:
 
 PARENT = """
 import sys
-from aftersales.engine.workers import in_processes
+from aftersales.engine.application.workers import in_processes
 from tests.test_findings import beating_share
 in_processes(sys.argv[1], beating_share, (sys.argv[2],), workers=2)
 """

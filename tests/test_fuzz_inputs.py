@@ -30,11 +30,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aftersales.commands.cli import cli
-from aftersales.engine.commands import COMMANDS, OpenCase, key_of, parse_line
-from aftersales.engine.errors import AftersalesError
-from aftersales.engine.imports import read_orders_csv, read_orders_jsonl
-from aftersales.engine.limits import MAX_JSON_DEPTH, MAX_LINE_CHARS
-from aftersales.engine.service import Engine
+from aftersales.engine.application.fields import key_of
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.inputs import read_orders_csv, read_orders_jsonl
+from aftersales.engine.application.lines import parse_line
+from aftersales.engine.application.requests import COMMANDS, OpenCase
+from aftersales.engine.domain.errors import AftersalesError
+from aftersales.engine.domain.limits import MAX_JSON_DEPTH, MAX_LINE_CHARS
 from tests.conftest import at, place_delivered
 
 ROOT = Path(__file__).resolve().parent.parent

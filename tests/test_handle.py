@@ -15,7 +15,10 @@ from click.testing import CliRunner
 
 from aftersales.commands.actions import QUIET
 from aftersales.commands.cli import cli
-from aftersales.engine.commands import (
+from aftersales.engine.application.fields import key_of
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.lines import from_line
+from aftersales.engine.application.requests import (
     BY_NAME,
     COMMANDS,
     ApproveCase,
@@ -23,11 +26,8 @@ from aftersales.engine.commands import (
     OpenCase,
     RuleCase,
     ShipBack,
-    from_line,
-    key_of,
 )
-from aftersales.engine.errors import BadInput, NotAllowed
-from aftersales.engine.service import Engine
+from aftersales.engine.domain.errors import BadInput, NotAllowed
 from tests.conftest import at, place_delivered
 
 

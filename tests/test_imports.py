@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
-from aftersales.engine.bulk import Report
-from aftersales.engine.commands import ApproveCase, ListCases, OpenCase, new_case_id
-from aftersales.engine.errors import NotFound
-from aftersales.engine.imports import ORDER_FIELDS
-from aftersales.engine.service import Engine
-from aftersales.engine.workers import Worker, in_processes
+from aftersales.engine.application.bulk import Report
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.inputs import ORDER_FIELDS
+from aftersales.engine.application.requests import ApproveCase, ListCases, OpenCase, new_case_id
+from aftersales.engine.application.workers import Worker, in_processes
+from aftersales.engine.domain.errors import NotFound
 from tests.conftest import at
 
 HEADER = ",".join(ORDER_FIELDS)
@@ -269,7 +269,7 @@ def test_a_chunk_that_loses_a_race_is_redone_with_the_chunk_worked_out_on_top_of
     chunk 2 (worked out in memory while chunk 1 was being saved, on PostgreSQL) approves that
     case. Chunk 1's save fails on the order's version, and both chunks are redone one by one
     on the new state: nothing is lost, nothing is counted twice."""
-    from aftersales.engine.bulk import Item, run_bulk
+    from aftersales.engine.application.bulk import Item, run_bulk
     from tests.conftest import place_delivered
 
     lines = ("CASE-RED:1:39.90:phone_accessory", "STRAP:1:9.90:phone_accessory")
@@ -437,7 +437,7 @@ def test_history_workers_send_a_cases_lines_to_its_orders_worker(
     opened it (its saves may still be on their way: its order is known from that chunk),
     case B two chunks later (its order is found in the store). The case id alone would send
     the withdrawals to another worker."""
-    from aftersales.engine.imports import order_owner
+    from aftersales.engine.application.inputs import order_owner
 
     if not store_url.startswith("postgresql"):
         pytest.skip("more than one worker needs PostgreSQL")
@@ -520,7 +520,7 @@ def test_lines_after_a_tick_are_loaded_together_not_one_by_one(
 ) -> None:
     """A tick empties the session (it changed the store behind it); the lines after it, up to
     the next tick, have what they need loaded with a few queries, not one per line."""
-    from aftersales.engine.store import EventStore
+    from aftersales.engine.storage.store import AftersalesStore
 
     rows: list[dict[str, Any]] = []
     for i in range(12):
@@ -541,9 +541,9 @@ def test_lines_after_a_tick_are_loaded_together_not_one_by_one(
     path = tmp_path / "history.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     calls = {"load_many": 0, "find_command": 0}
-    load_many, find_command = EventStore.load_many, Engine.find_command
+    load_many, find_command = AftersalesStore.load_many, Engine.find_command
 
-    def counting_load_many(self: EventStore, ids: Any, poisoned: Any = None) -> Any:
+    def counting_load_many(self: AftersalesStore, ids: Any, poisoned: Any = None) -> Any:
         calls["load_many"] += 1
         return load_many(self, ids, poisoned)
 
@@ -551,7 +551,7 @@ def test_lines_after_a_tick_are_loaded_together_not_one_by_one(
         calls["find_command"] += 1
         return find_command(self, command_id)
 
-    monkeypatch.setattr(EventStore, "load_many", counting_load_many)
+    monkeypatch.setattr(AftersalesStore, "load_many", counting_load_many)
     monkeypatch.setattr(Engine, "find_command", counting_find_command)
     code, report = invoke(store_url, "import-history", str(path), "--chunk", "100")
     assert (code, report["ok"]) == (0, len(rows)), report["errors"]
@@ -574,7 +574,7 @@ def test_a_worker_that_dies_is_reported_and_the_others_stop_waiting(store_url: s
     wait for it forever: it reports which worker ended, and the others are released."""
     import time
 
-    from aftersales.engine.errors import AftersalesError
+    from aftersales.engine.domain.errors import AftersalesError
 
     if not store_url.startswith("postgresql"):
         pytest.skip("more than one worker needs PostgreSQL")

@@ -11,8 +11,8 @@ entry point (and the command line where its exit code is the point):
    cases nobody takes further);
 6. the write path trusting what it reads (a forged sealed event, a deleted last event).
 
-Every refusal appends nothing. The invariants themselves are stated in engine/invariants.py; a
-test there breaks each on purpose below the rules that keep it.
+Every refusal appends nothing. The invariants themselves are stated in engine/domain/invariants.py;
+a test there breaks each on purpose below the rules that keep it.
 """
 
 from __future__ import annotations
@@ -28,16 +28,8 @@ import pytest
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
-from aftersales.engine.case import (
-    CaseApproved,
-    CaseRefunded,
-    CaseWithdrawn,
-    FreightCharged,
-    MessagePosted,
-    OfferDeclined,
-    ReturnCase,
-)
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     AcceptOffer,
     ApproveCase,
     DeclineOffer,
@@ -56,15 +48,24 @@ from aftersales.engine.commands import (
     ShipBack,
     ShipOrder,
 )
-from aftersales.engine.deadlines import tick
-from aftersales.engine.errors import AftersalesError, NotAllowed, Poisoned
-from aftersales.engine.events import Act, Deadline, chain_hash
-from aftersales.engine.invariants import INVARIANTS, InvariantBroken
-from aftersales.engine.order import Order, OrderShipped, parse_order_line
-from aftersales.engine.policy import Policy
-from aftersales.engine.service import Engine
-from aftersales.engine.store import EventStore
-from aftersales.engine.values import Actor, DueAction, Party, Role, Status
+from aftersales.engine.application.tick import tick
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.case_events import (
+    CaseApproved,
+    CaseRefunded,
+    CaseWithdrawn,
+    FreightCharged,
+    MessagePosted,
+    OfferDeclined,
+)
+from aftersales.engine.domain.errors import AftersalesError, NotAllowed, Poisoned
+from aftersales.engine.domain.events import Act, Deadline, chain_hash
+from aftersales.engine.domain.invariants import INVARIANTS, InvariantBroken
+from aftersales.engine.domain.order import Order, parse_order_line
+from aftersales.engine.domain.order_events import OrderShipped
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import Actor, DueAction, Party, Role, Status
+from aftersales.engine.storage.store import AftersalesStore
 from tests import test_domain as domain
 from tests.conftest import T0, at
 from tests.people import People
@@ -405,7 +406,7 @@ def test_every_service_type_has_its_after_sales_window(engine: Engine) -> None:
 # 6. The write path verifies what it acts on ----------------------------------------------------
 
 
-def _rows(store: EventStore, case_id: str) -> list[dict[str, Any]]:
+def _rows(store: AftersalesStore, case_id: str) -> list[dict[str, Any]]:
     uid = uuid.UUID(case_id)
     table = store.recorder.events_table_name  # type: ignore[attr-defined]
     return store.query(

@@ -9,7 +9,8 @@ from typing import Any
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     ApproveCase,
     DeliverOrder,
     EscalateCase,
@@ -21,7 +22,6 @@ from aftersales.engine.commands import (
     RuleCase,
     ShipBack,
 )
-from aftersales.engine.service import Engine
 from tests.conftest import at
 
 

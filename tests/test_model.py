@@ -77,8 +77,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from aftersales.engine.audit import audit_case
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     AcceptOffer,
     Action,
     ApproveCase,
@@ -103,11 +103,11 @@ from aftersales.engine.commands import (
     ShipReplacement,
     WithdrawCase,
 )
-from aftersales.engine.deadlines import tick
-from aftersales.engine.errors import AftersalesError
-from aftersales.engine.events import chain_hash
-from aftersales.engine.order import order_uuid
-from aftersales.engine.service import Engine
+from aftersales.engine.application.tick import tick
+from aftersales.engine.domain.errors import AftersalesError
+from aftersales.engine.domain.events import chain_hash
+from aftersales.engine.domain.order import order_uuid
+from aftersales.engine.integrity.audit_bundle import audit_case
 from tests.conftest import SchemaPool, schema_url
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,8 @@ from decimal import Decimal
 
 import pytest
 
-from aftersales.engine.case import (
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.case_events import (
     CaseRefunded,
     ChangeOffered,
     MessagePosted,
@@ -20,11 +21,10 @@ from aftersales.engine.case import (
     OfferDeclined,
     OfferLapsed,
     ReceiptExtended,
-    ReturnCase,
 )
-from aftersales.engine.errors import BadInput, NotAllowed
-from aftersales.engine.policy import Policy, TypeWindows, Windows
-from aftersales.engine.values import Actor, CaseType, Claim, DueAction, Party, Role, Status
+from aftersales.engine.domain.errors import BadInput, NotAllowed
+from aftersales.engine.domain.policy import Policy, TypeWindows, Windows
+from aftersales.engine.domain.values import Actor, CaseType, Claim, DueAction, Party, Role, Status
 from tests.test_domain import (
     LATER,
     POLICY,

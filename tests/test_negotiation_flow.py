@@ -15,9 +15,8 @@ from typing import Any
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
-from aftersales.engine.audit import audit_case, check_deadlines
-from aftersales.engine.case import ReceiptExtended
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     AcceptOffer,
     ApproveCase,
     ExtendReceipt,
@@ -28,8 +27,10 @@ from aftersales.engine.commands import (
     RefundCase,
     ShipBack,
 )
-from aftersales.engine.errors import NotAllowed
-from aftersales.engine.service import Engine
+from aftersales.engine.domain.case_events import ReceiptExtended
+from aftersales.engine.domain.errors import NotAllowed
+from aftersales.engine.integrity.audit_bundle import audit_case
+from aftersales.engine.integrity.audit_checks import check_deadlines
 from tests.conftest import at, place_delivered
 from tests.test_audit import VERIFIER, load_verifier, run_cli
 from tests.test_cli import Cli

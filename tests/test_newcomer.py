@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from aftersales.commands.cli import COMMANDS, cli, load_command
-from aftersales.engine.commands import OpenCase, new_case_id
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import OpenCase, new_case_id
 from tests.conftest import PG_URL, at, place_delivered, schema_url
 
 
@@ -326,11 +326,11 @@ def test_import_progress_is_as_long_as_the_file(
 
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
     """`aftersales case list | head -1` on a store with more rows than a pipe holds."""
-    from aftersales.engine.store import EventStore
+    from aftersales.engine.storage.store import AftersalesStore
     from scripts.workload import generate
 
     url = f"sqlite:///{tmp_path / 'many.db'}"
-    store = EventStore(url)
+    store = AftersalesStore(url)
     generate(store, 40_000, merchants=5)  # every output below is more than a pipe holds
     store.close()
     for command in ("case list", "case list --json", "case list -q"):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     ApproveCase,
     EscalateCase,
     RefundCase,
@@ -19,9 +20,8 @@ from aftersales.engine.commands import (
     RuleCase,
     ShipBack,
 )
-from aftersales.engine.errors import BadInput
-from aftersales.engine.service import Engine
-from aftersales.engine.values import parse_time
+from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.values import parse_time
 from aftersales.projections.notify import (
     TEMPLATES,
     NotifyRelay,

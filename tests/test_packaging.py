@@ -9,8 +9,9 @@ from pathlib import Path
 
 from eventsourcing.utils import get_topic, resolve_topic
 
-from aftersales.engine.case import CaseOpened, ReturnCase
-from aftersales.engine.order import OrderPlaced
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.case_events import CaseOpened
+from aftersales.engine.domain.order_events import OrderPlaced
 
 
 def test_one_package_at_the_top_of_site_packages() -> None:
@@ -24,7 +25,8 @@ def test_nothing_generic_is_importable_outside_the_repository(tmp_path: Path) ->
     probe = (
         "import importlib.util as u\n"
         "print([n for n in ('engine', 'projections', 'commands') if u.find_spec(n)])\n"
-        "import aftersales.commands.cli, aftersales.engine.service, aftersales.projections.runner\n"
+        "import aftersales.commands.cli, aftersales.engine.application.handler, "
+        "aftersales.projections.runner\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True

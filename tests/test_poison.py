@@ -33,16 +33,16 @@ import pytest
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
-from aftersales.engine.commands import ApproveCase, OpenCase, RateCase
-from aftersales.engine.events import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import ApproveCase, OpenCase, RateCase
+from aftersales.engine.domain.events import (
     GENESIS_HASH,
     Unreadable,
     chain_hash,
     stored_hash,
     verified_hash,
 )
-from aftersales.engine.service import Engine
-from aftersales.engine.store import EventStore
+from aftersales.engine.storage.store import AftersalesStore
 from tests.conftest import at, place_delivered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,15 +50,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # Damaging a stored event, as someone with access to the database would -----------------------
 
 
-def _table(store: EventStore) -> str:
+def _table(store: AftersalesStore) -> str:
     return store.recorder.events_table_name  # type: ignore[attr-defined,no-any-return]
 
 
-def _key(store: EventStore) -> str:
+def _key(store: AftersalesStore) -> str:
     return "notification_id" if store.is_postgres else "rowid"
 
 
-def stored(store: EventStore, case_id: str) -> list[dict[str, Any]]:
+def stored(store: AftersalesStore, case_id: str) -> list[dict[str, Any]]:
     """A case's stored events: position, version, topic, bytes."""
     uid = uuid.UUID(case_id)
     return [
@@ -71,24 +71,24 @@ def stored(store: EventStore, case_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def overwrite(store: EventStore, position: int, state: bytes) -> None:
+def overwrite(store: AftersalesStore, position: int, state: bytes) -> None:
     store.execute(
         f"UPDATE {{t}}{_table(store)} SET state = ? WHERE {_key(store)} = ?", (state, position)
     )
 
 
-def refund_of(store: EventStore, case_id: str) -> dict[str, Any]:
+def refund_of(store: AftersalesStore, case_id: str) -> dict[str, Any]:
     return next(e for e in stored(store, case_id) if e["topic"].endswith(":CaseRefunded"))
 
 
-def not_json(store: EventStore, case_id: str) -> str:
+def not_json(store: AftersalesStore, case_id: str) -> str:
     """The refund's first byte replaced: the bytes are no longer JSON."""
     event = refund_of(store, case_id)
     overwrite(store, event["position"], b"X" + event["state"][1:])
     return "not JSON"
 
 
-def year_one(store: EventStore, case_id: str) -> str:
+def year_one(store: AftersalesStore, case_id: str) -> str:
     """The refund's time set to year 1 at +14:00, and the case's chain sealed again with the
     project's own hashing code: the hashes agree, the time cannot be read as UTC."""
     previous = GENESIS_HASH
@@ -104,7 +104,7 @@ def year_one(store: EventStore, case_id: str) -> str:
     return "0001-01-01T00:00:00+14:00 cannot be read as UTC"
 
 
-def more_money(store: EventStore, case_id: str) -> str:
+def more_money(store: AftersalesStore, case_id: str) -> str:
     """The refund's amount changed from 39.90 to 3990.00, the hash chain left as it was."""
     event = refund_of(store, case_id)
     assert b'"amount":"39.90"' in event["state"]
@@ -112,7 +112,7 @@ def more_money(store: EventStore, case_id: str) -> str:
     return "hash does not match its content"
 
 
-DAMAGE: dict[str, Callable[[EventStore, str], str]] = {
+DAMAGE: dict[str, Callable[[AftersalesStore, str], str]] = {
     "not_json": not_json,
     "year_one": year_one,
     "more_money": more_money,

@@ -10,12 +10,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from aftersales.engine.commands import ApproveCase, ListCases, OpenCase
-from aftersales.engine.errors import BadInput
-from aftersales.engine.policy import Policy, load_policy
-from aftersales.engine.service import Engine
-from aftersales.engine.store import parse_store_url
-from aftersales.engine.values import CaseType
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.policy_file import load_policy
+from aftersales.engine.application.requests import ApproveCase, ListCases, OpenCase
+from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import CaseType
+from aftersales.engine.storage.urls import parse_store_url
 from tests.conftest import PG_URL, at, drop_schema, place_delivered
 
 POLICY = """

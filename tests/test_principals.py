@@ -10,7 +10,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from aftersales.commands.cli import cli
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
 from tests.people import People
 
 

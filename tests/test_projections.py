@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from eventsourcing.postgres import PostgresAggregateRecorder
 
-from aftersales.engine.commands import DeliverOrder, PlaceOrder
-from aftersales.engine.postgres import PostgresCaseRecorder
-from aftersales.engine.service import Engine
-from aftersales.engine.store import EventStore
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import DeliverOrder, PlaceOrder
+from aftersales.engine.storage.postgres import PostgresCaseRecorder
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.base import View, shadow_view
 from aftersales.projections.dashboard import dashboard
 from aftersales.projections.registry import VIEWS
@@ -40,7 +40,7 @@ def cli(store_url: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def tables(store: EventStore) -> dict[str, list[tuple[str, ...]]]:
+def tables(store: AftersalesStore) -> dict[str, list[tuple[str, ...]]]:
     """Every projection table's rows, as text, in key order."""
     dump = {}
     for view in VIEWS:
@@ -53,7 +53,7 @@ def tables(store: EventStore) -> dict[str, list[tuple[str, ...]]]:
     return dump
 
 
-def reports(store: EventStore) -> dict[str, Any]:
+def reports(store: AftersalesStore) -> dict[str, Any]:
     since, until = START, START + timedelta(days=30)
     result: dict[str, Any] = {by: return_rates(store, by, since, until) for by in GROUPINGS}
     for merchant in (None, "shop-001", "shop-002"):
@@ -64,13 +64,13 @@ def reports(store: EventStore) -> dict[str, Any]:
 _PROJECTORS: dict[int, Projector] = {}
 
 
-def positions(store: EventStore) -> dict[str, int]:
+def positions(store: AftersalesStore) -> dict[str, int]:
     projector = _PROJECTORS.setdefault(id(store), Projector(store))
     return {v.name: projector.position(v) or 0 for v in VIEWS}
 
 
 def test_kill_9_in_the_middle_of_catching_up_then_restart(store_url: str) -> None:
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         generate(store, 6000, merchants=5)
         head = store.recorder.max_notification_id() or 0
         projector = Projector(store)
@@ -106,7 +106,7 @@ def test_kill_9_in_the_middle_of_catching_up_then_restart(store_url: str) -> Non
 def test_kill_9_in_the_middle_of_a_rebuild_leaves_the_old_tables_serving(store_url: str) -> None:
     """A rebuild fills tables of its own and swaps them in at the head: killed before that, the
     reports read the old tables, whole, and the projections stay where they were."""
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         generate(store, 2000, merchants=5)
         head = store.recorder.max_notification_id() or 0
         projector = Projector(store)
@@ -138,7 +138,7 @@ def test_kill_9_in_the_middle_of_a_rebuild_leaves_the_old_tables_serving(store_u
 
 
 def test_rebuild_equals_incremental_updates(store_url: str) -> None:
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         projector = Projector(store)
         generate(store, 1500, merchants=4, seed=1)
         projector.catch_up(VIEWS, batch_size=7)
@@ -158,7 +158,7 @@ def test_rebuild_equals_incremental_updates(store_url: str) -> None:
 
 
 def test_two_runners_at_once_apply_each_event_once(store_url: str) -> None:
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         generate(store, 3000, merchants=4, seed=5)
         runs = [cli(store_url, "project", "run", "--batch-size", "25") for _ in range(2)]
         for run in runs:
@@ -195,7 +195,7 @@ def _wait_until(check: Any, timeout: float) -> float:
 
 def _follow(store_url: str) -> subprocess.Popen[str]:
     follower = cli(store_url, "project", "run", "--follow", "--poll", "0.05", "--json")
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         _wait_until(lambda: all(positions(store).values()) or follower.poll() is not None, 30)
     assert follower.poll() is None, follower.communicate()
     return follower
@@ -297,7 +297,7 @@ def test_follow_in_process_survives_a_rebuild_under_it(store_url: str) -> None:
     with Engine(store_url) as engine:
         engine.handle(PlaceOrder(order_id="R-0", merchant="m", buyer="b", lines=["X:1:1.00"]))
         stop = threading.Event()
-        follower = Projector(EventStore(store_url))
+        follower = Projector(AftersalesStore(store_url))
         thread = threading.Thread(
             target=follower.follow, args=(VIEWS, stop), kwargs={"poll": 0.05}, daemon=True
         )

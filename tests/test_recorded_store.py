@@ -23,9 +23,10 @@ from uuid import UUID
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from aftersales.engine.audit import audit_case
-from aftersales.engine.service import Engine
-from aftersales.engine.store import CaseRow, CommandRow, parse_stored_time
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.integrity.audit_bundle import audit_case
+from aftersales.engine.storage.case_index import CaseRow, CommandRow
+from aftersales.engine.storage.sql import parse_stored_time
 
 FIXTURE = Path(__file__).parent / "fixtures" / "recorded-2026-12-07.jsonl"
 RECORDED_EVENTS = 191
@@ -127,10 +128,12 @@ def test_the_projections_fold_the_whole_recorded_log(
 def test_a_checkpoint_over_the_recorded_log_verifies(
     engine: Engine, recorded: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    from aftersales.engine.checkpoint import generate_key, take_checkpoint, verify_log
+    from aftersales.engine.integrity.checkpoint_verify import verify_log
+    from aftersales.engine.integrity.checkpoints import take_checkpoint
+    from aftersales.engine.integrity.signing_keys import generate_key
 
     _, public = generate_key(tmp_path / "key.pem")
-    from aftersales.engine.checkpoint import load_signing_key
+    from aftersales.engine.integrity.signing_keys import load_signing_key
 
     key = load_signing_key(tmp_path / "key.pem")
     taken = take_checkpoint(engine.store, key, datetime(2026, 12, 7, tzinfo=UTC))

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from aftersales.engine.commands import PlaceOrder
-from aftersales.engine.service import Engine
-from aftersales.engine.store import EventStore
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import PlaceOrder
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.relay import Relay, RelayConfig, token
 from scripts.workload import generate
 from tests.nats_helpers import PrivateServer, Stored, StreamSpec, read_stream, stream, unique_stream
@@ -35,7 +35,7 @@ def config(spec: StreamSpec, **kw: Any) -> RelayConfig:
     return RelayConfig(servers=spec.servers, stream=spec.stream, prefix=spec.prefix, **kw)
 
 
-def log_of(store: EventStore) -> list[tuple[int, str, str]]:
+def log_of(store: AftersalesStore) -> list[tuple[int, str, str]]:
     """(notification id, event id, stored JSON text) of every event in the log."""
     notes = store.recorder.select_notifications(start=1, limit=10**9)
     return [
@@ -43,7 +43,7 @@ def log_of(store: EventStore) -> list[tuple[int, str, str]]:
     ]
 
 
-def check_exactly_once_in_order(store: EventStore, found: list[Stored]) -> None:
+def check_exactly_once_in_order(store: AftersalesStore, found: list[Stored]) -> None:
     log = log_of(store)
     assert [s.msg_id for s in found].count(found[0].msg_id) == 1
     assert sorted(s.msg_id for s in found) == sorted(e for _, e, _ in log), "not each once"
@@ -99,7 +99,7 @@ def test_relay_settings_that_cannot_be_used_are_refused(
 def test_every_event_once_in_log_order_with_documented_payload(
     store_url: str, stream: StreamSpec
 ) -> None:
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         generate(store, 400, merchants=3, seed=4)
         relay = Relay(store, config(stream, batch_size=97))
         published = asyncio.run(relay.run())
@@ -159,7 +159,7 @@ def kill_9_trials(store_url: str, trials: int, seed: int) -> None:
     rng = random.Random(seed)
     specs = []
     try:
-        with EventStore(store_url) as store:
+        with AftersalesStore(store_url) as store:
             generate(store, 1000, merchants=4, seed=seed)
             head = store.recorder.max_notification_id() or 0
             killed_between = 0
@@ -295,7 +295,7 @@ def test_a_refused_message_keeps_the_position_and_the_retry_fills_the_gap(
             await js.update_stream(config)
         await nc.close()
 
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         generate(store, 8, merchants=2, seed=3)
         asyncio.run(make(4))
         relay = Relay(store, config(stream, batch_size=1000))

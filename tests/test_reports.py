@@ -42,7 +42,8 @@ from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
 from aftersales.commands.cli import cli
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     ApproveCase,
     DeliverOrder,
     EscalateCase,
@@ -55,8 +56,7 @@ from aftersales.engine.commands import (
     ShipBack,
     WithdrawCase,
 )
-from aftersales.engine.service import Engine
-from aftersales.engine.values import parse_time
+from aftersales.engine.domain.values import parse_time
 from aftersales.projections.dashboard import dashboard
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.return_rates import return_rates

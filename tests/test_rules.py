@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     AcceptOffer,
     ApproveCase,
     DeliverOrder,
@@ -25,8 +26,7 @@ from aftersales.engine.commands import (
     ShipOrder,
     WithdrawCase,
 )
-from aftersales.engine.errors import BadInput, Conflict, NotAllowed, NotFound
-from aftersales.engine.service import Engine
+from aftersales.engine.domain.errors import BadInput, Conflict, NotAllowed, NotFound
 from tests.conftest import at, place_delivered
 
 
@@ -486,7 +486,7 @@ def test_a_commands_fingerprint_keeps_its_stored_form() -> None:
     import hashlib
     import json
 
-    from aftersales.engine.commands import RefundCase, RuleCase
+    from aftersales.engine.application.requests import RefundCase, RuleCase
 
     command = RefundCase(
         case_id="9b2f7c4e-1d3a-4c5b-8e6f-0a1b2c3d4e5f",

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from aftersales.engine.access import create_key
-from aftersales.engine.commands import ApproveCase
-from aftersales.engine.service import Engine
+from aftersales.engine.access.principals import create_key
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import ApproveCase
 from tests.people import People
 
 ROOT = Path(__file__).resolve().parent.parent

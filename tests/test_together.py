@@ -3,9 +3,9 @@ ones before it; a refusal or a failed save sinks none of the others."""
 
 from __future__ import annotations
 
-from aftersales.engine.commands import ApproveCase, MessageCase
-from aftersales.engine.errors import AftersalesError, NotAllowed
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import ApproveCase, MessageCase
+from aftersales.engine.domain.errors import AftersalesError, NotAllowed
 from tests.people import People
 
 

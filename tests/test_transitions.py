@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import (
     ApproveCase,
     EscalateCase,
     FireDeadline,
@@ -28,8 +29,7 @@ from aftersales.engine.commands import (
     ShipReplacement,
     WithdrawCase,
 )
-from aftersales.engine.errors import NotAllowed
-from aftersales.engine.service import Engine
+from aftersales.engine.domain.errors import NotAllowed
 from tests.conftest import at, place_delivered
 
 

@@ -15,14 +15,16 @@ from uuid import UUID
 
 import pytest
 
-from aftersales.engine import case as case_mod
-from aftersales.engine import transitions as T
-from aftersales.engine.case import EVENT_CLASSES, CaseEvent, ReturnCase
-from aftersales.engine.errors import BadInput
-from aftersales.engine.events import Act
-from aftersales.engine.order import Order, OrderLine
-from aftersales.engine.policy import Policy
-from aftersales.engine.values import (
+import aftersales.engine.domain.case as case_mod
+import aftersales.engine.domain.transitions as T
+from aftersales.engine.domain.case import ReturnCase
+from aftersales.engine.domain.case_events import EVENT_CLASSES, CaseEvent
+from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.events import Act
+from aftersales.engine.domain.order import Order
+from aftersales.engine.domain.order_events import OrderLine
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import (
     Actor,
     CaseType,
     Claim,

@@ -13,13 +13,13 @@ from uuid import UUID
 
 import pytest
 
-from aftersales.engine.case import CaseEvent, CaseOpened, CaseRefunded
-from aftersales.engine.commands import PlaceOrder
-from aftersales.engine.events import GENESIS_HASH, Event, chain_hash
-from aftersales.engine.order import OrderPlaced
-from aftersales.engine.service import Engine
-from aftersales.engine.sql import SQLITE, Dialect
-from aftersales.engine.store import EventStore
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import PlaceOrder
+from aftersales.engine.domain.case_events import CaseEvent, CaseOpened, CaseRefunded
+from aftersales.engine.domain.events import GENESIS_HASH, Event, chain_hash
+from aftersales.engine.domain.order_events import OrderPlaced
+from aftersales.engine.storage.sql import SQLITE, Dialect
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.base import Changes, Fact, Folds, Table, View, col
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector
@@ -124,11 +124,11 @@ def _v1_to_v2(state: dict[str, Any]) -> None:
     state["amount"] = str((Decimal(state.pop("amount_cents")) / 100).quantize(Decimal("0.01")))
 
 
-def events_table(store: EventStore) -> str:
+def events_table(store: AftersalesStore) -> str:
     return store.recorder.events_table_name  # type: ignore[attr-defined,no-any-return]
 
 
-def _rewrite(store: EventStore, rows: list[tuple[int, bytes]]) -> None:
+def _rewrite(store: AftersalesStore, rows: list[tuple[int, bytes]]) -> None:
     recorder: Any = store.recorder
     key = "notification_id" if store.is_postgres else "rowid"
     sql = store.dialect(f"UPDATE {{t}}{events_table(store)} SET state = ? WHERE {key} = ?")
@@ -137,7 +137,7 @@ def _rewrite(store: EventStore, rows: list[tuple[int, bytes]]) -> None:
             c.execute(sql, (state, notification_id))
 
 
-def _reseal(store: EventStore, positions: set[int]) -> None:
+def _reseal(store: AftersalesStore, positions: set[int]) -> None:
     """Seal again, with the project's own hashing, the chains of the aggregates whose events
     at these positions were rewritten."""
     key = "notification_id" if store.is_postgres else "rowid"
@@ -214,7 +214,7 @@ def test_an_event_stored_in_an_older_shape_folds_into_the_same_rows(
 def test_the_mapper_fast_path_decodes_as_the_upcasting_path_does(store_url: str) -> None:
     """Every stored event, decoded straight from its JSON text and through ``model_validate``
     of the parsed JSON (the path an older shape takes): the same event."""
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         generate(store, 800, merchants=2)
         mapper = store.mapper
         notes = store.recorder.select_notifications(start=1, limit=10_000)
@@ -274,7 +274,7 @@ def test_a_catch_up_gives_the_garbage_collector_back_as_it_found_it(
     import aftersales.projections.runner as runner
 
     monkeypatch.setattr(runner, "COLLECT_EVERY", 100)  # collect between batches too
-    with EventStore(store_url) as store:
+    with AftersalesStore(store_url) as store:
         generate(store, 300, merchants=2)
         projector = Projector(store)
         assert gc.isenabled()

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from aftersales.engine.commands import ApproveCase
-from aftersales.engine.errors import BadInput, NotFound
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import ApproveCase
+from aftersales.engine.domain.errors import BadInput, NotFound
 from aftersales.projections.webhooks import Settings, Webhooks
 from tests.conftest import at, open_return, place_delivered
 from tests.nats_helpers import free_port

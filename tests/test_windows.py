@@ -18,19 +18,11 @@ from uuid import UUID
 import pytest
 from click.testing import CliRunner
 
+import aftersales.engine.domain.invariants as invariants
 from aftersales.commands.cli import cli
-from aftersales.engine import invariants
-from aftersales.engine.case import (
-    CaseEscalated,
-    CaseRefunded,
-    CaseRuled,
-    GoodsReceived,
-    ReplacementOverdue,
-    ReshipImpossible,
-    ReturnCase,
-    settle_order_lines,
-)
-from aftersales.engine.commands import (
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.policy_file import load_policy
+from aftersales.engine.application.requests import (
     ApproveCase,
     EscalateCase,
     OpenCase,
@@ -41,12 +33,21 @@ from aftersales.engine.commands import (
     ShipOrder,
     WithdrawCase,
 )
-from aftersales.engine.errors import NotAllowed
-from aftersales.engine.events import Act
-from aftersales.engine.order import Order
-from aftersales.engine.policy import Policy, Windows, load_policy
-from aftersales.engine.service import Engine, case_rows
-from aftersales.engine.values import Actor, CaseType, Claim, DueAction, Party, Role, Status
+from aftersales.engine.domain.case import ReturnCase, settle_order_lines
+from aftersales.engine.domain.case_events import (
+    CaseEscalated,
+    CaseRefunded,
+    CaseRuled,
+    GoodsReceived,
+    ReplacementOverdue,
+    ReshipImpossible,
+)
+from aftersales.engine.domain.errors import NotAllowed
+from aftersales.engine.domain.events import Act
+from aftersales.engine.domain.order import Order
+from aftersales.engine.domain.policy import Policy, Windows
+from aftersales.engine.domain.values import Actor, CaseType, Claim, DueAction, Party, Role, Status
+from aftersales.engine.storage.case_index import case_rows
 from tests.conftest import at, place_delivered
 from tests.test_audit import load_verifier
 from tests.test_domain import (
@@ -603,7 +604,7 @@ def test_audit_flags_a_claim_that_does_not_fit(
 def test_audit_flags_a_missing_items_ruling_that_pays_more_than_the_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from aftersales.engine import audit as audit_mod
+    import aftersales.engine.integrity.audit_checks as audit_mod
 
     monkeypatch.setattr(invariants, "ENFORCED", False)  # a history no engine writes now
     story = given(

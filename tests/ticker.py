@@ -12,9 +12,9 @@ import sys
 import time
 from datetime import datetime
 
-from aftersales.engine.commands import ListCases
-from aftersales.engine.deadlines import tick
-from aftersales.engine.service import Engine
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import ListCases
+from aftersales.engine.application.tick import tick
 
 
 def main() -> None:

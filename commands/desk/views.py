@@ -16,9 +16,9 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from aftersales.commands.report import RATE_COLUMNS
-from aftersales.engine.commands import BY_NAME, Command
-from aftersales.engine.store import EventStore
-from aftersales.engine.values import FINAL_STATUSES, Status
+from aftersales.engine.application.requests import BY_NAME, Command
+from aftersales.engine.domain.values import FINAL_STATUSES, Status
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.dashboard import CASES as DASHBOARD_CASES
 from aftersales.projections.dashboard import SOON as DUE_SOON
 from aftersales.projections.dashboard import WINDOW as RATING_WINDOW
@@ -83,7 +83,7 @@ class Todo:
     overdue: bool
 
 
-def todo(store: EventStore, merchant: str | None, now: datetime) -> list[Todo]:
+def todo(store: AftersalesStore, merchant: str | None, now: datetime) -> list[Todo]:
     """The cases waiting for the merchant, soonest deadline first (at most ``TODO_LIMIT``)."""
     turn = ", ".join(f"'{s.value}'" for s in MERCHANT_TURN)
     where, params = ("merchant_id = ? AND ", [merchant]) if merchant else ("", [])
@@ -116,7 +116,9 @@ def todo(store: EventStore, merchant: str | None, now: datetime) -> list[Todo]:
     return items
 
 
-def stages(store: EventStore, merchant: str | None, now: datetime) -> dict[str, dict[str, int]]:
+def stages(
+    store: AftersalesStore, merchant: str | None, now: datetime
+) -> dict[str, dict[str, int]]:
     """Per open status: its cases, those past their deadline, those due within 24 h (one
     pass over the merchant's open cases, counted by the database)."""
     where, params = ("merchant_id = ? AND ", [merchant]) if merchant else ("", [])
@@ -133,7 +135,7 @@ def stages(store: EventStore, merchant: str | None, now: datetime) -> dict[str, 
     return {r["status"]: {k: int(r[k] or 0) for k in ("n", "overdue", "soon")} for r in rows}
 
 
-def satisfaction(store: EventStore, merchant: str | None, now: datetime) -> dict[str, Any]:
+def satisfaction(store: AftersalesStore, merchant: str | None, now: datetime) -> dict[str, Any]:
     """The buyers' average score over the last 30 days, as the dashboard report has it."""
     where, params = ("merchant_id = ? AND ", [merchant]) if merchant else ("", [])
     since = store.time_param(now - RATING_WINDOW)
@@ -152,7 +154,7 @@ def satisfaction(store: EventStore, merchant: str | None, now: datetime) -> dict
     return {"average": average, "count": count}
 
 
-def timeouts_since(store: EventStore, merchant: str | None, since: datetime) -> int:
+def timeouts_since(store: AftersalesStore, merchant: str | None, since: datetime) -> int:
     """Cases the system decided since ``since`` because the merchant did not act in time."""
     where, params = ("merchant_id = ? AND ", [merchant]) if merchant else ("", [])
     t = store.time_param(since)
@@ -164,7 +166,7 @@ def timeouts_since(store: EventStore, merchant: str | None, since: datetime) -> 
     return int(row["n"])
 
 
-def merchants(store: EventStore) -> list[str]:
+def merchants(store: AftersalesStore) -> list[str]:
     """Every merchant with a case, for the platform's principals to pick from."""
     return [
         r["merchant_id"]
@@ -174,10 +176,10 @@ def merchants(store: EventStore) -> list[str]:
     ]
 
 
-_projectors: WeakKeyDictionary[EventStore, Projector] = WeakKeyDictionary()
+_projectors: WeakKeyDictionary[AftersalesStore, Projector] = WeakKeyDictionary()
 
 
-def position(store: EventStore) -> int:
+def position(store: AftersalesStore) -> int:
     """How far the desk's projections have read the log: what live refresh watches (one
     small read per projection; the projector, which makes its tables once, is kept)."""
     projector = _projectors.get(store)
@@ -186,7 +188,7 @@ def position(store: EventStore) -> int:
     return min(projector.position(v) or 0 for v in VIEWS)
 
 
-def desk(store: EventStore, merchant: str | None, now: datetime) -> dict[str, Any]:
+def desk(store: AftersalesStore, merchant: str | None, now: datetime) -> dict[str, Any]:
     """Today's work and the figures beside it."""
     by_status = stages(store, merchant, now)
     money = ledger(store, merchant, None, None)
@@ -220,7 +222,7 @@ def week_start(moment: datetime) -> datetime:
 
 
 def weekly(
-    store: EventStore, merchant: str | None, now: datetime, weeks: int
+    store: AftersalesStore, merchant: str | None, now: datetime, weeks: int
 ) -> list[dict[str, Any]]:
     """Per week of delivered orders (cohorts, oldest first): the four rates, over the merchant
     or over the whole platform."""
@@ -259,7 +261,7 @@ def weekly(
 
 
 def breakdown(
-    store: EventStore, by: str, merchant: str | None, now: datetime, weeks: int
+    store: AftersalesStore, by: str, merchant: str | None, now: datetime, weeks: int
 ) -> list[dict[str, Any]]:
     """The same weeks as one cohort, by SKU, category, reason (or merchant, ranked by return
     rate, worst first)."""

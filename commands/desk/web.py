@@ -9,8 +9,8 @@ Every page is read by the worker's engine through the API's own ``Api.run``, whi
 authenticates the session's key as it does a Bearer key (``bearer`` in ``commands/api.py``
 gives the cookie's key when there is no Authorization header), and is authorized with the
 API's own checks (``allow``, ``refuse_unseen`` in
-``commands/api.py``, ``Principal`` in ``engine/access.py``): a merchant's staff reach only
-their merchant, a case out of reach is "no case", a role reads only what its rights say.
+``commands/api.py``, ``Principal`` in ``engine/access/principals.py``): a merchant's staff reach
+only their merchant, a case out of reach is "no case", a role reads only what its rights say.
 """
 
 from __future__ import annotations
@@ -34,25 +34,24 @@ from aftersales.commands.api import Api, allow, bearer, refuse_unseen, status_of
 from aftersales.commands.desk import views
 from aftersales.commands.desk.session import COOKIE, offer_key, same_origin
 from aftersales.commands.display import DATE, parse_day_or_time
-from aftersales.engine.access import (
+from aftersales.engine.access.actor_checks import case_parties
+from aftersales.engine.access.api_keys import Forbidden, Unauthenticated
+from aftersales.engine.access.scopes import (
     AUDIT,
     DASHBOARD,
     PARTY,
     RETURN_RATES,
-    Forbidden,
     Principal,
     PrincipalRole,
     Scope,
-    Unauthenticated,
-    case_parties,
 )
-from aftersales.engine.audit import audit_case
-from aftersales.engine.case import case_uuid
-from aftersales.engine.commands import Command, ListCases, ShowCase
-from aftersales.engine.errors import AftersalesError, BadInput
-from aftersales.engine.policy import Policy
-from aftersales.engine.service import Engine
-from aftersales.engine.values import Role, Status, parse_zone
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import Command, ListCases, ShowCase
+from aftersales.engine.domain.case import case_uuid
+from aftersales.engine.domain.errors import AftersalesError, BadInput
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import Role, Status, parse_zone
+from aftersales.engine.integrity.audit_bundle import audit_case
 
 HERE = Path(__file__).resolve().parent
 ZONE_COOKIE = "aftersales_zone"

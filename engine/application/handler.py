@@ -1,0 +1,537 @@
+"""The engine's Python API: one entry point, ``Engine.handle(command)``, over a unit of work.
+
+Command scripts use this directly (one `Engine` per process, many commands through it); the
+command line, `batch` and the imports are adapters that build typed commands
+(``engine/application/requests.py``) and hand them here. The service owns the clock: the domain is
+handed the time of each action and never reads one itself.
+
+Where an action's aggregates come from and how what it records is committed is the unit of
+work's business, with one strategy each:
+
+- ``SaveNow`` (the default): load (a case this engine saved last comes from the library's
+  aggregate cache), act, save at once on the version loaded; a lost race is retried on fresh
+  state, and a refusal is only ever decided on fresh state;
+- ``Chunk`` (bulk paths, ``engine/application/bulk.py``): aggregates prefetched and kept in memory,
+  many
+  actions saved in one transaction, possibly on another thread;
+- ``Group`` (the tick, ``engine/application/tick.py``): deadlines fired in memory and saved
+  together,
+  fired again one by one if anything in the group changed meanwhile;
+- ``Together`` (``Engine.handle_together``, the HTTP server's group commit): concurrent
+  actions run in memory one after the other and saved in one transaction; if any of them is
+  refused, or the save fails, none is saved and each runs again alone (``SaveNow``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from copy import deepcopy
+from datetime import UTC, datetime
+from functools import singledispatchmethod
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, OperationalError
+
+from aftersales.engine.application.requests import (
+    Action,
+    CaseAction,
+    Command,
+    FireDeadline,
+    ImportOrder,
+    ListCases,
+    OpenCase,
+    OrderAction,
+    PlaceOrder,
+    ShowCase,
+    ShowOrder,
+    Tick,
+)
+from aftersales.engine.application.tick import deadline_command_id, tick
+from aftersales.engine.application.units import SaveNow, Together, UnitOfWork
+from aftersales.engine.domain.case import ReturnCase, case_uuid, settle_order_lines
+from aftersales.engine.domain.errors import (
+    AftersalesError,
+    BadInput,
+    Conflict,
+    NotAllowed,
+    NotFound,
+)
+from aftersales.engine.domain.events import Act, Aggregate
+from aftersales.engine.domain.order import Order, check_order_id, order_uuid
+from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.values import Actor, Role, Status
+from aftersales.engine.storage.case_index import listed_case
+from aftersales.engine.storage.sql import CASES_TABLE
+from aftersales.engine.storage.store import AftersalesStore
+
+WallClock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def _due_by(case: ReturnCase, until: datetime) -> bool:
+    return case.due is not None and case.due.due_at <= until
+
+
+class FiredDeadlines:
+    """What the clock did before an action: the aggregates it changed, and what fired."""
+
+    def __init__(self) -> None:
+        self.touched: dict[UUID, Aggregate] = {}
+        self.fired: dict[UUID, list[str]] = {}
+
+    def changed(self, *, exclude: Aggregate) -> list[Aggregate]:
+        return [a for a in self.touched.values() if a is not exclude]
+
+    def explain(self, case: ReturnCase, refusal: AftersalesError) -> AftersalesError:
+        """A refusal that came after the clock acted says what the clock did first."""
+        fired = self.fired.get(case.id)
+        if not fired:
+            return refusal
+        told = "; ".join(fired)
+        return type(refusal)(f"the clock acted first: {told}. {refusal.message}")
+
+
+# The engine ------------------------------------------------------------------------------------
+
+# How many cases an ambiguous short case id names in its refusal.
+AMBIGUOUS_SHOWN = 5
+
+
+class Engine:
+    """One store, one policy, one clock: the after-sales workflow behind every command."""
+
+    def __init__(
+        self,
+        store: str | AftersalesStore | None = None,
+        *,
+        policy: Policy | None = None,
+        clock: WallClock = system_clock,
+        cache_size: int = 10_000,
+        create: bool = True,
+    ) -> None:
+        self.store = (
+            store
+            if isinstance(store, AftersalesStore)
+            else AftersalesStore(store, cache_size=cache_size, create=create)
+        )
+        self.policy = policy or Policy()
+        self.clock = clock
+        # How many saves lost a race and were retried on the new state (for operators).
+        self.retries = 0
+        self.uow: UnitOfWork = SaveNow(self)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def unit_of_work(self, uow: UnitOfWork) -> Iterator[UnitOfWork]:
+        """Run the commands handled inside under another unit of work."""
+        previous, self.uow = self.uow, uow
+        try:
+            yield uow
+        finally:
+            self.uow = previous
+
+    def handle_together(self, commands: Sequence[Action]) -> list[tuple[Any, bool]]:
+        """Run actions as one group commit: saved in one transaction, each seeing the ones
+        before it. If any is refused or the save fails, nothing of the group is saved and each
+        runs alone, as ``handle`` runs it. For each, in order: its result (or the error it
+        raised) and whether that was a command id's first result given again."""
+        group = Together(self)
+        try:
+            with self.unit_of_work(group):
+                # Copies: a result shares lists with its aggregate, which the next may change.
+                results = [deepcopy(self.handle(command)) for command in commands]
+                group.save()
+            return [(result, False) for result in results]
+        except Exception as exc:
+            group.forget()
+            if not isinstance(exc, (AftersalesError, IntegrityError, OperationalError)):
+                raise
+            self.retries += 1
+        alone: list[tuple[Any, bool]] = []
+        for command in commands:
+            try:
+                alone.append((deepcopy(self.handle(command)), self.uow.replayed))
+            except AftersalesError as exc:
+                alone.append((exc, False))
+        return alone
+
+    # Loading -----------------------------------------------------------------------------------
+
+    def find_order(self, order_id: str) -> Order | None:
+        """The order, or None if the store has none by that id."""
+        order = self.uow.get(order_uuid(check_order_id(order_id)))
+        return order if isinstance(order, Order) else None
+
+    def load_order(self, order_id: str) -> Order:
+        check_order_id(order_id)
+        order = self.uow.get(order_uuid(order_id))
+        if not isinstance(order, Order):
+            raise NotFound(f"no order {order_id}")
+        return order
+
+    def load_case(self, case_id: str | UUID, version: int | None = None) -> ReturnCase:
+        uid = case_uuid(case_id)
+        case = self.uow.get(uid) if version is None else self.store.load(uid, version=version)
+        if not isinstance(case, ReturnCase):
+            raise NotFound(f"no case {case_id}")
+        return case
+
+    def find_command(self, command_id: str) -> dict[str, Any] | None:
+        rows = self.store.query(
+            "SELECT action, target_id, fingerprint, version FROM {t}aftersales_commands "
+            "WHERE command_id = ?",
+            (command_id,),
+        )
+        return rows[0] if rows else None
+
+    def _act(
+        self, command: Action, actor_id: str, command_id: str, at: datetime | None = None
+    ) -> Act:
+        """An action's circumstances: when (``at``, else the command's, else now), who, and
+        under which command id."""
+        now = self.clock()
+        return Act(
+            at=at or command.at or now,
+            actor=Actor(role=command.role, id=command.by or actor_id),
+            command_id=command_id,
+            recorded_at=now,
+        )
+
+    @staticmethod
+    def _check_expected(aggregate: Aggregate, command: Action, what: str) -> None:
+        expected = command.expected_version
+        if expected is not None and aggregate.version != expected:
+            raise Conflict(
+                f"{what} is at version {aggregate.version}, not the expected {expected}: "
+                "it changed since you read it"
+            )
+
+    # The clock acts first ------------------------------------------------------------------
+
+    def _clock_first(
+        self, order: Order, cases: list[ReturnCase], until: datetime
+    ) -> FiredDeadlines:
+        """Fire, in the order they fell due, every deadline due by ``until`` on ``cases`` and
+        on the other cases holding lines of ``order``, each exactly as the tick fires it (the
+        system, at its due time, under the deadline's own command id), freeing or keeping the
+        order's lines as each one leaves them. Every rule is then judged on the state the clock
+        would have made, whenever the tick happens to run."""
+        clock = FiredDeadlines()
+        involved = {case.id: case for case in cases}
+        for holder in dict.fromkeys(order.holders.values()):
+            if holder not in involved:
+                found = self.uow.get(holder)
+                if isinstance(found, ReturnCase):
+                    involved[holder] = found
+        while due := [c for c in involved.values() if _due_by(c, until)]:
+            case = min(due, key=lambda c: (c.due.due_at if c.due else until, str(c.id)))
+            assert case.due is not None
+            deadline = case.due
+            fire = FireDeadline(
+                case_id=case.id,
+                deadline=deadline.action,
+                at=deadline.due_at,
+                command_id=deadline_command_id(case.id, case.version, deadline.action),
+            )
+            assert fire.command_id is not None
+            act = self._act(fire, default_actor(case, fire.role), fire.command_id)
+            before = case.status
+            if self._apply(fire, case, act, order):
+                clock.touched[order.id] = order
+            clock.touched[case.id] = case
+            clock.fired.setdefault(case.id, []).append(
+                f"{deadline.action.value} fell due at {deadline.due_at.isoformat()} and fired "
+                f"then ({before} to {case.status})"
+            )
+        return clock
+
+    def _apply(self, command: CaseAction, case: ReturnCase, act: Act, order: Order) -> bool:
+        """Take a case action, then free or take back the order's lines as it leaves them;
+        True if the order recorded something."""
+        holding, refunded = case.holds_lines, case.refunded_amount
+        command.apply(case, act, self.policy, order)
+        return settle_order_lines(
+            case, order, was_holding=holding, refunded_before=refunded, act=act
+        )
+
+    # The one entry point -------------------------------------------------------------------
+
+    @singledispatchmethod
+    def handle(self, command: Command) -> Any:
+        """Run a command: an action (its JSON-ready result), or a query."""
+        raise TypeError(f"no handler for {type(command).__name__}")
+
+    @handle.register
+    def _case_action(self, command: CaseAction) -> dict[str, Any]:
+        uid = command.case_id
+
+        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+            case = self.load_case(uid)
+            self._check_expected(case, command, f"case {uid}")
+            act = self._act(command, default_actor(case, command.role), command_id)
+            order: Order | None = None
+            clock = FiredDeadlines()
+            if not isinstance(command, FireDeadline) and _due_by(case, act.at):
+                # The clock acts first: the deadlines due by this action's time fire now,
+                # exactly as a tick would have fired them, and the action is judged after.
+                order = self.load_order(case.order_id)
+                clock = self._clock_first(order, [case], act.at)
+            holding = case.holds_lines
+            refunded = case.refunded_amount
+            # A rejected case that is escalated takes its lines back: check they are free
+            # before acting, so every check comes before anything is recorded.
+            if case.status is Status.REJECTED:
+                order = order or self.load_order(case.order_id)
+                order.check_lines_free(list(case.lines))
+            try:
+                command.apply(case, act, self.policy, order)
+            except AftersalesError as exc:
+                raise clock.explain(case, exc) from None
+            if holding != case.holds_lines:
+                order = order or self.load_order(case.order_id)
+                settle_order_lines(
+                    case, order, was_holding=holding, refunded_before=refunded, act=act
+                )
+                clock.touched.setdefault(order.id, order)
+            return case, clock.changed(exclude=case), act
+
+        return self.uow.run(command, attempt)
+
+    @handle.register
+    def _open_case(self, command: OpenCase) -> dict[str, Any]:
+        new_id = command.new_case_id()
+        named = command.case_id is not None or command.command_id is not None
+
+        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+            order = self.load_order(command.order_id)
+            self._check_expected(order, command, f"order {command.order_id}")
+            act = self._act(command, order.buyer_id, command_id)
+            # Cases holding this order's lines whose deadlines fell due by now have acted (a
+            # case auto-closed at day 10 holds nothing at day 12), whether or not a tick ran.
+            clock = self._clock_first(order, [], act.at)
+            case_lines = order.case_lines([(w.sku, w.quantity) for w in command.lines])
+            # A case id given or derived from the command id may be taken. Saving over it
+            # fails on its first version and the action is tried again on fresh state: only
+            # then is it worth a read (in a chunk, reads are from memory anyway).
+            uow = self.uow
+            reread = not (isinstance(uow, SaveNow) and uow.use_cache)
+            held = new_id in order.holders.values() or new_id in clock.touched
+            if named and (held or (reread and self.uow.get(new_id) is not None)):
+                raise NotAllowed(f"case {new_id} exists already")
+            case = ReturnCase.open(
+                new_id,
+                order,
+                case_type=command.type,
+                reason=command.reason,
+                amount=command.amount,
+                lines=case_lines,
+                evidence=list(command.evidence),
+                note=command.note,
+                policy=self.policy,
+                act=act,
+            )
+            order.link_case(case.id, case_lines, act, holds_shipment=case.holds_shipment)
+            return case, [order, *clock.changed(exclude=order)], act
+
+        return self.uow.run(command, attempt)
+
+    @handle.register
+    def _order_action(self, command: OrderAction) -> dict[str, Any]:
+        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+            order = self.load_order(command.order_id)
+            self._check_expected(order, command, f"order {command.order_id}")
+            act = self._act(command, "order-system", command_id)
+            # Deadlines of the cases holding the order's lines that fell due by now have acted
+            # (a refund-only request auto-approved at hour 48 holds nothing at hour 50).
+            clock = self._clock_first(order, [], act.at)
+            turned = command.apply(order, act)
+            cases = self._turn_returns(order, turned, act, clock)
+            return order, [*cases, *clock.changed(exclude=order)], act
+
+        return self.uow.run(command, attempt)
+
+    def _turn_returns(
+        self, order: Order, turned: list[UUID], act: Act, clock: FiredDeadlines
+    ) -> list[ReturnCase]:
+        """The refund-only cases a shipment recorded anyway turned into returns, each recording
+        so (as the order system, at the shipment's time)."""
+        cases = []
+        for case_id in turned:
+            case = clock.touched.get(case_id) or self.load_case(case_id)
+            assert isinstance(case, ReturnCase)
+            case.turn_return(act)
+            cases.append(case)
+        return cases
+
+    @handle.register
+    def _place_order(self, command: PlaceOrder) -> dict[str, Any]:
+        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+            if self.uow.get(order_uuid(command.order_id)) is not None:
+                raise NotAllowed(f"order {command.order_id} is already placed")
+            act = self._act(command, "order-system", command_id)
+            order = Order.place(
+                command.order_id,
+                merchant_id=command.merchant,
+                buyer_id=command.buyer,
+                lines=list(command.lines),
+                act=act,
+            )
+            return order, [], act
+
+        return self.uow.run(command, attempt)
+
+    @handle.register
+    def _import_order(self, command: ImportOrder) -> dict[str, Any]:
+        """Place an order, and ship and deliver it as far as the facts given go, as one action
+        saved at once. The order id is the key: what the store has already is kept, so
+        importing the same facts again changes nothing; an order that is there with other
+        facts (merchant, buyer or lines) is refused, not merged."""
+        shipment = command.shipment()
+        # The placing, as `order place` would record it (its fields are checked already).
+        placing = PlaceOrder.model_construct(
+            order_id=command.order_id,
+            merchant=command.merchant,
+            buyer=command.buyer,
+            lines=command.lines,
+            at=command.placed_at,
+            by=command.by,
+            command_id=None,
+            expected_version=None,
+        )
+        shipped_at = command.shipped_at or command.delivered_at
+        ships = command.shipped_at is not None or command.carrier is not None
+
+        def at(when: datetime | None, command_id: str) -> Act:
+            return self._act(placing, "order-system", command_id, at=when)
+
+        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+            act = at(command.placed_at, command_id)
+            order = self.uow.get(order_uuid(command.order_id))
+            if not isinstance(order, Order):
+                order = Order.place(
+                    command.order_id,
+                    merchant_id=command.merchant,
+                    buyer_id=command.buyer,
+                    lines=list(command.lines),
+                    act=act,
+                )
+            elif (order.merchant_id, order.buyer_id, list(order.lines.values())) != (
+                command.merchant,
+                command.buyer,
+                list(command.lines),
+            ):
+                raise NotAllowed(
+                    f"order {command.order_id} was imported before with other facts "
+                    "(merchant, buyer or lines); it is not changed"
+                )
+            # The order system's facts are what happened: a shipment under a refund-only case
+            # opened before it is recorded all the same, and turns that case into a return.
+            cases: list[Aggregate] = []
+            if ships and order.shipped_at is None:
+                act = at(shipped_at, command_id)
+                clock = self._clock_first(order, [], act.at)
+                turned = order.ship(shipment, act, anyway=True)
+                cases += [
+                    *self._turn_returns(order, turned, act, clock),
+                    *clock.changed(exclude=order),
+                ]
+            if command.delivered_at is not None and order.delivered_at is None:
+                act = at(command.delivered_at, command_id)
+                clock = self._clock_first(order, [], act.at)
+                turned = order.deliver(act, anyway=True)
+                cases += [
+                    *self._turn_returns(order, turned, act, clock),
+                    *clock.changed(exclude=order),
+                ]
+            unique = list({a.id: a for a in cases if a is not order}.values())
+            return order, unique, act
+
+        return self.uow.run(placing, attempt)
+
+    # Queries -------------------------------------------------------------------------------
+
+    @handle.register
+    def _show_case(self, command: ShowCase) -> dict[str, Any]:
+        return self.get_case(command.case_id)
+
+    @handle.register
+    def _show_order(self, command: ShowOrder) -> dict[str, Any]:
+        return self.get_order(command.order_id)
+
+    @handle.register
+    def _tick(self, command: Tick) -> dict[str, Any]:
+        return tick(self, command.now or self.clock(), batch=command.batch).to_json()
+
+    @handle.register
+    def _list_cases(self, command: ListCases) -> list[dict[str, Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("merchant_id", command.merchant),
+            ("buyer_id", command.buyer),
+            ("order_id", command.order),
+            ("status", command.status.value if command.status else None),
+        ):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        due = command.due_before
+        if due is not None:
+            where.append("due_at IS NOT NULL AND due_at <= ?")
+            params.append(self.store.time_param(due))
+        sql = "SELECT * FROM {t}aftersales_cases"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY due_at, opened_at, case_id" if due else " ORDER BY opened_at, case_id"
+        if command.limit:
+            sql += f" LIMIT {int(command.limit)}"
+        return [listed_case(row) for row in self.store.query(sql, params)]
+
+    def get_case(self, case_id: str | UUID) -> dict[str, Any]:
+        """A case as `case show --json` gives it."""
+        return self.load_case(case_id).to_json()
+
+    def get_order(self, order_id: str) -> dict[str, Any]:
+        """An order as `order show --json` gives it."""
+        return self.load_order(order_id).to_json()
+
+    def complete_case_id(self, given: str) -> str:
+        """The case id a person means by the start of one (at least four characters, as git
+        takes a short commit id); a whole id is returned as given. A start shared by several
+        cases is refused, naming them."""
+        text = given.strip().lower()
+        if len(text) == 36 or not re.fullmatch(r"[0-9a-f-]{4,35}", text):
+            return given
+        rows = self.store.query(
+            f"SELECT case_id FROM {{t}}{CASES_TABLE} WHERE case_id LIKE ? ORDER BY case_id LIMIT ?",
+            (f"{text}%", AMBIGUOUS_SHOWN + 1),
+        )
+        if not rows:
+            raise NotFound(f"no case starts with {given}")
+        if len(rows) > 1:
+            shown = ", ".join(str(r["case_id"]) for r in rows[:AMBIGUOUS_SHOWN])
+            more = " and more" if len(rows) > AMBIGUOUS_SHOWN else ""
+            raise BadInput(f"case id {given} is ambiguous: {shown}{more}; give more of it")
+        return str(rows[0]["case_id"])
+
+
+def default_actor(case: ReturnCase, role: Role) -> str:
+    if role is Role.BUYER:
+        return case.buyer_id
+    if role is Role.MERCHANT:
+        return case.merchant_id
+    return role.value

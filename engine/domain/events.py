@@ -1,0 +1,363 @@
+"""The base of every stored event: a frozen pydantic model the library can mutate aggregates with.
+
+Each event carries, besides the library's id, version and ``timestamp`` (when it was recorded):
+``at``, when it happened in the world; ``actor``, who acted (role and id); and ``command_id``, the
+key that makes a retried command change nothing. Events are stored as plain JSON of these fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+from uuid import UUID
+
+from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggregate
+from eventsourcing.utils import register_topic
+from pydantic import BaseModel, ConfigDict
+
+from aftersales.engine.domain.values import Actor, DueAction
+
+# A stored event names its class by its module within the installed package
+# ("engine.case:CaseOpened"), so stored events, their hashes and exported bundles do not depend
+# on the name the package is installed under; such a topic resolves through the package
+# (engine/storage/event_mapper.py registers it).
+_PACKAGE = "aftersales."
+
+# A topic is part of every stored event's hash: a class keeps the topic it was first stored
+# under when its code moves. The modules that moved, by the module their classes are stored as;
+# their classes are registered under those topics as they are defined (``_register``), so a store
+# written before the move reads as it did.
+STORED_MODULES: Mapping[str, str] = {
+    "aftersales.engine.domain.case_events": "engine.domain.case",
+    "aftersales.engine.domain.case": "engine.domain.case",
+    "aftersales.engine.domain.order_events": "engine.domain.order",
+    "aftersales.engine.domain.order": "engine.domain.order",
+}
+
+
+def stored_topic(cls: type) -> str:
+    """The topic a class is stored under: its module without the package prefix (or the module
+    it was first stored from), and its name."""
+    module = STORED_MODULES.get(cls.__module__, cls.__module__.removeprefix(_PACKAGE))
+    return f"{module}:{cls.__qualname__}"
+
+
+def _register(cls: type) -> str:
+    """Set a class's stored topic, registered with the library when it is not its module's own
+    (a topic written by a module that has since moved)."""
+    topic = stored_topic(cls)
+    if cls.__module__ in STORED_MODULES:
+        register_topic(topic, cls)
+    return topic
+
+
+class Event(BaseModel, CanMutateAggregate[UUID]):
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    # Bumped when an event class changes shape; old shapes are upcast on reading
+    # by ``upcast_v{n}_v{n+1}`` class methods, as the library does for its own events.
+    class_version: ClassVar[int] = 1
+    # The library names a class by its TOPIC when it has one.
+    TOPIC: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TOPIC = _register(cls)
+
+    originator_id: UUID
+    originator_version: int
+    timestamp: datetime
+    at: datetime
+    actor: Actor
+    command_id: str
+    # sha256 over this event's stored content and the previous event's hash: a chain per
+    # aggregate, so an edited, deleted or reordered stored event shows up on verification.
+    hash: str = ""
+    # The JSON text the event was sealed with, kept (in a slot, not a pydantic private
+    # attribute, which costs every event's construction) so storing it does not dump it
+    # again. A copy does not carry it: its content may differ.
+    __slots__ = ("_stored_json",)
+
+    def apply(self, aggregate: Any) -> None:
+        aggregate.when(self)
+
+
+class Created(Event, CanInitAggregate[UUID]):
+    originator_topic: str
+
+
+GENESIS_HASH = "0" * 64
+
+
+def stored_state(event: BaseModel) -> dict[str, Any]:
+    """The JSON an event is stored as (its id and version are columns of their own)."""
+    state = event.model_dump(mode="json", exclude={"originator_id", "originator_version"})
+    class_version = getattr(type(event), "class_version", 1)
+    if class_version > 1:
+        state["class_version"] = class_version
+    return state
+
+
+# The canonical JSON hashes are taken over: sorted keys, no spaces, UTF-8 as is. One encoder,
+# made once (``json.dumps`` with options builds a new one per call).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _digest(
+    previous: str,
+    originator_id: UUID | str,
+    originator_version: int,
+    topic: str,
+    *body: bytes | memoryview,
+) -> str:
+    # Exactly sha256 over ``previous`` and ``_canonical({"originator_id": ...,
+    # "originator_version": ..., "state": content, "topic": ...})`` with ``body`` the canonical
+    # content in UTF-8 (in parts), written out in sorted key order so the content is encoded
+    # only once (and, read from the store, hashed where it lies, not copied).
+    if type(originator_version) is not int:
+        raise TypeError("originator_version must be an int")
+    uid = f'"{originator_id}"' if isinstance(originator_id, UUID) else _canonical(originator_id)
+    digest = hashlib.sha256(
+        f'{previous}{{"originator_id":{uid},"originator_version":{originator_version},"state":'.encode()
+    )
+    for part in body:
+        digest.update(part)
+    digest.update(f',"topic":{_canonical(topic)}}}'.encode())
+    return digest.hexdigest()
+
+
+def chain_hash(
+    previous: str,
+    originator_id: UUID | str,
+    originator_version: int,
+    topic: str,
+    state: dict[str, Any],
+) -> str:
+    """The hash of one stored event: its id, version, type (topic) and stored JSON (less its
+    own hash), chained to the hash of the event before it. It is sha256 over the previous hash
+    followed by the canonical JSON (sorted keys, no spaces, UTF-8 as is) of
+    ``{"originator_id", "originator_version", "state", "topic"}``."""
+    content = {k: v for k, v in state.items() if k != "hash"}
+    body = _canonical(content).encode("utf-8")
+    return _digest(previous, originator_id, originator_version, topic, body)
+
+
+class Unreadable(ValueError):
+    """A stored event that cannot be used: its bytes are not what was sealed, or they do not
+    make an event. The message says why, in a reader's words."""
+
+
+# The tail the store writes every sealed event with: the hash, last, after the content.
+_TAIL_START = b'"hash":"'
+_TAIL_LENGTH = len(_TAIL_START) + 64 + 2  # '"hash":"' + 64 hex digits + '"}'
+
+
+def _split_tail(state: bytes) -> tuple[tuple[bytes | memoryview, ...], str] | None:
+    """The canonical content (in parts) and the hash of stored bytes in the form the store
+    writes (the content with the hash added last), else None. Read at fixed offsets: no scan,
+    no copy."""
+    end = len(state) - _TAIL_LENGTH
+    if end < 1 or not state.endswith(b'"}') or not state.startswith(_TAIL_START, end):
+        return None
+    claimed = state[end + len(_TAIL_START) : -2]
+    if not claimed.isalnum():  # hex digits; a changed one shows when it is compared
+        return None
+    before = state[end - 1]
+    if before == _COMMA:  # the content: the bytes before the comma, closed
+        return (memoryview(state)[: end - 1], b"}"), claimed.decode()
+    if before == _BRACE:
+        return (b"{}",), claimed.decode()
+    return None
+
+
+_COMMA, _BRACE = ord(","), ord("{")
+
+
+def stored_hash(state: bytes) -> str | None:
+    """The hash a stored event carries, read from its bytes (None if it carries none). Given
+    only the last bytes of an event, it reads the hash if the store wrote it there."""
+    split = _split_tail(state)
+    if split is not None:
+        return split[1]
+    try:
+        value = json.loads(state)
+    except (ValueError, RecursionError):
+        return None
+    kept = value.get("hash") if isinstance(value, dict) else None
+    return kept if isinstance(kept, str) else None
+
+
+def verified_hash(
+    previous: str, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+) -> str:
+    """The hash of one stored event, once it is checked to be the hash of its content chained
+    to ``previous`` (the hash of the event before it); else ``Unreadable`` says why.
+
+    The stored bytes are, as the store writes them, the canonical content with the hash added
+    last, so the content's canonical form is the bytes less that tail: hashed as they are, with
+    no parse. Any other form is parsed and put in canonical form (``chain_hash``)."""
+    split = _split_tail(state)
+    if split is not None:
+        body, claimed = split
+        if _digest(previous, originator_id, originator_version, topic, *body) == claimed:
+            return claimed
+    try:
+        content = json.loads(state)
+    except (ValueError, RecursionError) as exc:
+        raise Unreadable(f"stored bytes are not JSON ({_first_line(exc)})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("hash"), str):
+        raise Unreadable("stored JSON carries no hash")
+    claimed = content["hash"]
+    if chain_hash(previous, originator_id, originator_version, topic, content) != claimed:
+        raise Unreadable(_MISMATCH_FIRST if originator_version == 1 else _MISMATCH)
+    return str(claimed)
+
+
+_MISMATCH_FIRST = "hash does not match its content (altered)"
+_MISMATCH = "hash does not match its content and the event before it (altered, or the chain broken)"
+
+
+def check_times(event: BaseModel) -> None:
+    """Every time on an event can be read as UTC (``Unreadable`` if one cannot: a time at the
+    very edge of the calendar, such as year 1 at +14:00, overflows every UTC conversion)."""
+    for name in _time_fields(type(event)):
+        value = getattr(event, name)
+        if isinstance(value, datetime):
+            # Only a time in the calendar's first or last year can fail to convert.
+            if value.year in _EDGE_YEARS:
+                try:
+                    value.astimezone(UTC)
+                except (OverflowError, ValueError):
+                    raise Unreadable(f"{name} {value.isoformat()} cannot be read as UTC") from None
+        elif isinstance(value, BaseModel):
+            check_times(value)
+
+
+_EDGE_YEARS = frozenset({1, 9999})
+
+
+_TIME_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
+def _time_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a class that hold a time or a model that may (worked out once)."""
+    found = _TIME_FIELDS.get(cls)
+    if found is None:
+        found = tuple(
+            name
+            for name, info in cls.model_fields.items()
+            if "datetime" in str(info.annotation) or "Deadline" in str(info.annotation)
+        )
+        _TIME_FIELDS[cls] = found
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def leaf_bytes(
+    originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+) -> bytes:
+    """What a checkpoint's Merkle leaf commits to for one stored event
+    (engine/integrity/checkpoint_verify.py): its id, version and type (topic) as one line of
+    canonical JSON, then the stored bytes exactly as stored, hash included. So any change to a
+    stored event, a re-sealed chain as much as a changed space, changes its leaf."""
+    head = _canonical([str(originator_id), originator_version, topic])
+    return head.encode("utf-8") + b"\n" + bytes(state)
+
+
+def _sealed(event: Event, previous: str) -> Event:
+    state = stored_state(event)
+    state.pop("hash", None)
+    topic = type(event).TOPIC
+    body = _canonical(state).encode("utf-8")
+    digest = _digest(previous, event.originator_id, event.originator_version, topic, body)
+    # The event was made just now and nobody else holds it: set its hash in place rather
+    # than copying the frozen model.
+    event.__dict__["hash"] = digest
+    # The stored text is the canonical content with the hash added as the last key.
+    stored = body[:-1] + (b"," if len(body) > 2 else b"") + b'"hash":"%s"}' % digest.encode()
+    object.__setattr__(event, "_stored_json", stored)
+    return event
+
+
+def stored_json(event: object) -> bytes | None:
+    """The JSON text an event was sealed with, if it was sealed in this process."""
+    kept: bytes | None = getattr(event, "_stored_json", None)
+    return kept
+
+
+class Aggregate(BaseAggregate[UUID]):
+    """An aggregate whose events are sealed into a hash chain as they are recorded."""
+
+    if TYPE_CHECKING:
+        last_hash: str
+
+    TOPIC: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TOPIC = _register(cls)
+
+    @classmethod
+    def _create_sealed(cls, event_class: type[Created], *, id: UUID, **kwargs: Any) -> Self:
+        event = event_class(
+            originator_id=id,
+            originator_version=cls.INITIAL_VERSION,
+            originator_topic=cls.TOPIC,
+            **kwargs,
+        )
+        sealed = _sealed(event, GENESIS_HASH)
+        aggregate = sealed.mutate(None)
+        assert isinstance(aggregate, cls)
+        aggregate.pending_events.append(sealed)
+        return aggregate
+
+    def trigger_event(self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any) -> None:
+        assert issubclass(event_class, Event)
+        event = event_class(originator_id=self.id, originator_version=self.version + 1, **kwargs)
+        sealed = _sealed(event, self.last_hash)
+        self.check_new(sealed)
+        sealed.mutate(self)
+        self.pending_events.append(sealed)
+
+    def check_new(self, event: Event) -> None:
+        """Refuse an event about to be recorded that would break an invariant
+        (``engine/domain/invariants.py``), before it changes anything."""
+
+    def when(self, event: Event) -> None:
+        self.last_hash = event.hash
+
+
+class Deadline(BaseModel):
+    """A running deadline: what the system does at ``due_at`` if nobody acts first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    due_at: datetime
+    action: DueAction
+    policy_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Act:
+    """One action's circumstances, handed to the domain by the service (which owns the clock).
+    A plain dataclass: the service builds it from values it has checked, once per action."""
+
+    at: datetime
+    actor: Actor
+    command_id: str
+    recorded_at: datetime
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "actor": self.actor,
+            "command_id": self.command_id,
+            "timestamp": self.recorded_at,
+        }

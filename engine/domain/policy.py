@@ -1,0 +1,193 @@
+"""The platform's rules as data: windows, eligibility, and the version that shaped each event.
+
+A policy is read from a TOML file (``--policy FILE`` or ``$AFTERSALES_POLICY``) or taken from the
+defaults built in below, which are the article's. Its version, name plus a hash of its content, is
+recorded on every event whose deadline it set, so an audit years later knows which rules applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from decimal import Decimal
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.limits import MAX_POLICY_DAYS, MAX_WINDOW_HOURS
+from aftersales.engine.domain.values import CaseType, parse_money, parse_zone
+
+
+def _money(value: Any) -> Decimal:
+    """Money in a policy file is a string ("10.00") or a whole number, never a float."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError('money must be a string such as "10.00" or a whole number')
+    try:
+        return parse_money(str(value))
+    except BadInput as exc:
+        raise ValueError(exc.message) from None
+
+
+Money = Annotated[Decimal, BeforeValidator(_money)]
+
+Stage = Literal[
+    "merchant_review",
+    "buyer_shipment",
+    "merchant_receipt",
+    "reshipment",
+    "replacement",
+    "offer_answer",
+    "ruling",
+    "ruling_grace",
+]
+STAGES: tuple[Stage, ...] = (
+    "merchant_review",
+    "buyer_shipment",
+    "merchant_receipt",
+    "reshipment",
+    "replacement",
+    "offer_answer",
+    "ruling",
+    "ruling_grace",
+)
+
+
+class Windows(BaseModel):
+    """Hours allowed at each waiting stage; any may be left out to inherit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    merchant_review_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    buyer_shipment_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    merchant_receipt_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    reshipment_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    replacement_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    # The buyer's time to answer a merchant's offer of another service.
+    offer_answer_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    # The platform's time to rule on an escalated case; past it the ruling is overdue.
+    ruling_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+    # How long a ruling may be overdue before the platform pays the buyer on its own account.
+    ruling_grace_hours: int | None = Field(default=None, gt=0, le=MAX_WINDOW_HOURS)
+
+    def hours(self, stage: Stage) -> int | None:
+        value: int | None = getattr(self, f"{stage}_hours")
+        return value
+
+
+class TypeWindows(Windows):
+    """Windows for one service type, with optional overrides for unshipped orders."""
+
+    unshipped: Windows | None = None
+
+
+DEFAULT_WINDOWS = Windows(
+    merchant_review_hours=48,
+    buyer_shipment_hours=240,
+    merchant_receipt_hours=240,
+    reshipment_hours=24,
+    replacement_hours=48,
+    offer_answer_hours=48,
+    ruling_hours=72,
+    ruling_grace_hours=48,
+)
+
+
+def _zone(text: str) -> str:
+    parse_zone(text)
+    return text
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "default"
+    no_reason_return_days: int = Field(default=7, ge=0, le=MAX_POLICY_DAYS)
+    # A case of any type is opened within this many days of delivery (before delivery, only
+    # what may be asked before it: refund only, a lost or damaged parcel); per service type and
+    # per product category another number may be set, the category's winning.
+    after_sales_days: int = Field(default=15, ge=0, le=MAX_POLICY_DAYS)
+    after_sales_days_by_type: dict[CaseType, Annotated[int, Field(ge=0, le=MAX_POLICY_DAYS)]] = (
+        Field(default_factory=dict)
+    )
+    after_sales_days_by_category: dict[str, Annotated[int, Field(ge=0, le=MAX_POLICY_DAYS)]] = (
+        Field(default_factory=dict)
+    )
+    # A rejected case may be taken to the platform for this many days after the rejection;
+    # past them the clock closes it.
+    escalation_days_after_rejection: int = Field(default=7, ge=0, le=MAX_POLICY_DAYS)
+    # After a ruling for the merchant the buyer may appeal once, within this many days; the
+    # second ruling is final. Past them the clock closes the case.
+    appeal_days: int = Field(default=7, ge=0, le=MAX_POLICY_DAYS)
+    # Once a case is escalated, each party may add evidence for this many hours.
+    evidence_hours: int = Field(default=48, gt=0, le=MAX_WINDOW_HOURS)
+    # Cases an order line may have over its lifetime, one after another.
+    max_cases_per_line: int = Field(default=5, ge=1, le=1000)
+    no_reason_excluded_categories: tuple[str, ...] = (
+        "custom_made",
+        "perishable",
+        "intimate",
+        "digital",
+    )
+    # Missing items of these categories are made good at their list price.
+    listed_price_categories: tuple[str, ...] = ("gift", "accessory")
+    # Wrong item upheld: the merchant bears the freight both ways, this much a leg.
+    freight_per_leg: Money = Decimal("10.00")
+    # Reship overdue: the late-shipment compensation the merchant owes the buyer.
+    late_shipment_penalty: Money = Decimal("5.00")
+    windows: Windows = DEFAULT_WINDOWS
+    by_type: dict[CaseType, TypeWindows] = Field(default_factory=dict)
+    # The merchant may extend its receipt window once, by at most this much.
+    max_receipt_extension_hours: int = Field(default=72, gt=0, le=MAX_WINDOW_HOURS)
+    # The zone people read times in (the platform's): an offset or a zone name. How times are
+    # shown, not a rule, so it is no part of the policy's version.
+    display_zone: Annotated[str, AfterValidator(_zone)] = "+08:00"
+
+    @cached_property
+    def version(self) -> str:
+        """Name plus a short hash of the content: the same rules give the same version (the
+        policy is frozen, so it is worked out once)."""
+        rules = self.model_dump(mode="json", exclude={"display_zone"})
+        canonical = json.dumps(rules, sort_keys=True, separators=(",", ":"))
+        return f"{self.name}@{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+
+    def window(self, stage: Stage, case_type: CaseType, *, shipped: bool) -> timedelta:
+        """The most specific window: type and shipping state, then type, then the default."""
+        candidates: list[Windows | None] = []
+        per_type = self.by_type.get(case_type)
+        if per_type is not None:
+            if not shipped:
+                candidates.append(per_type.unshipped)
+            candidates.append(per_type)
+        candidates.append(self.windows)
+        candidates.append(DEFAULT_WINDOWS)
+        for windows in candidates:
+            if windows is not None and (hours := windows.hours(stage)) is not None:
+                return timedelta(hours=hours)
+        raise AssertionError(f"no window for {stage}")  # DEFAULT_WINDOWS has them all
+
+    def after_sales_window(self, case_type: CaseType, categories: list[str | None]) -> int:
+        """The days after delivery a case of this type on lines of these categories may be
+        opened: the shortest of the lines' windows, each its category's if the policy sets one,
+        else the type's, else the default."""
+        by_type = self.after_sales_days_by_type.get(case_type, self.after_sales_days)
+        return min(
+            (self.after_sales_days_by_category.get(c or "", by_type) for c in categories),
+            default=by_type,
+        )
+
+    def excludes_no_reason(self, category: str | None) -> bool:
+        return category is not None and category in self.no_reason_excluded_categories
+
+
+def parse_policy(data: dict[str, Any], source: str) -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadInput(f"policy {source}: {where}: {first['msg']}") from None

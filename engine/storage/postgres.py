@@ -1,0 +1,330 @@
+"""PostgreSQL's side of the store: the recorder that writes events and the case index in one
+round trip, the schema check, and the queries the store runs there. Imported only for a
+``postgresql://`` store (``engine.storage.store`` names the recorder by its topic), so commands on a
+SQLite store never load psycopg."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
+from psycopg.conninfo import make_conninfo
+from psycopg.sql import SQL, Identifier
+from psycopg.types.json import Jsonb
+
+from aftersales.engine.domain.errors import StoreUnavailable
+from aftersales.engine.storage.case_index import CASE_COLUMNS, CaseRow, CommandRow
+from aftersales.engine.storage.sql import (
+    ACCESS_LOG_TABLE,
+    CASES_TABLE,
+    COMMANDS_TABLE,
+    EVENT_LOG_VIEW,
+    QUARANTINE_TABLE,
+    SAVE_FUNCTION,
+    Dialect,
+    access_tables,
+)
+from aftersales.engine.storage.urls import StoreUrl
+
+
+class PostgresCaseRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(self.datastore.schema)
+        fmt: dict[str, Any] = {
+            "schema": schema,
+            "cases": Identifier(CASES_TABLE),
+            "commands": Identifier(COMMANDS_TABLE),
+            "quarantine": Identifier(QUARANTINE_TABLE),
+            "events": Identifier(self.events_table_name),
+            "view": Identifier(EVENT_LOG_VIEW),
+            "due_idx": Identifier(f"{CASES_TABLE}_due"),
+            "merchant_idx": Identifier(f"{CASES_TABLE}_merchant"),
+            "order_idx": Identifier(f"{CASES_TABLE}_order"),
+        }
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{cases} ("
+                "case_id text PRIMARY KEY, order_id text NOT NULL, merchant_id text NOT NULL, "
+                "buyer_id text NOT NULL, case_type text NOT NULL, reason text NOT NULL, "
+                "status text NOT NULL, amount numeric(14,2) NOT NULL, "
+                "refunded_amount numeric(14,2) NOT NULL, due_at timestamptz, due_action text, "
+                "opened_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, "
+                "version bigint NOT NULL)"
+            ).format(**fmt),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {due_idx} ON {schema}.{cases} (due_at) "
+                "WHERE due_at IS NOT NULL"
+            ).format(**fmt),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {merchant_idx} ON {schema}.{cases} "
+                "(merchant_id, status)"
+            ).format(**fmt),
+            SQL("CREATE INDEX IF NOT EXISTS {order_idx} ON {schema}.{cases} (order_id)").format(
+                **fmt
+            ),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{commands} ("
+                "command_id text PRIMARY KEY, action text NOT NULL, target_id text NOT NULL, "
+                "fingerprint text NOT NULL, version bigint NOT NULL, "
+                "recorded_at timestamptz NOT NULL)"
+            ).format(**fmt),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{quarantine} ("
+                "position bigint PRIMARY KEY, originator_id text NOT NULL, "
+                "originator_version bigint NOT NULL, topic text NOT NULL, why text NOT NULL, "
+                "reason text NOT NULL, decided_by text NOT NULL, "
+                "decided_at timestamptz NOT NULL)"
+            ).format(**fmt),
+            SQL(
+                "CREATE OR REPLACE VIEW {schema}.{view} AS SELECT notification_id, "
+                "originator_id, originator_version, topic, "
+                "convert_from(state, 'UTF8')::jsonb AS data FROM {schema}.{events}"
+            ).format(**fmt),
+        ]
+        dialect = Dialect(postgres=True, schema=self.datastore.schema)
+        self.sql_create_statements += [
+            SQL(dialect(sql)).format()
+            for sql in access_tables("bigserial PRIMARY KEY", "timestamptz")
+        ]
+        updates = SQL(", ").join(
+            SQL("{0} = excluded.{0}").format(Identifier(c)) for c in CASE_COLUMNS[1:]
+        )
+        # One call saves everything in one round trip, as one statement in autocommit mode:
+        # the table lock keeps notification ids in commit order (as the library's own insert
+        # does), and is held only for the call itself, not for client round trips.
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{save}("
+                "ids uuid[], versions bigint[], topics text[], states bytea[], "
+                "case_rows jsonb, command_rows jsonb) RETURNS SETOF bigint "
+                "LANGUAGE plpgsql AS $BODY$ "
+                "BEGIN "
+                "  SET LOCAL lock_timeout = '{lock_timeout}s'; "
+                "  LOCK TABLE {schema}.{events} IN EXCLUSIVE MODE; "
+                "  IF case_rows IS NOT NULL THEN "
+                "    INSERT INTO {schema}.{cases} SELECT * FROM "
+                "      jsonb_populate_recordset(NULL::{schema}.{cases}, case_rows) "
+                "      ON CONFLICT (case_id) DO UPDATE SET {updates}; "
+                "  END IF; "
+                "  IF command_rows IS NOT NULL THEN "
+                "    INSERT INTO {schema}.{commands} SELECT * FROM "
+                "      jsonb_populate_recordset(NULL::{schema}.{commands}, command_rows); "
+                "  END IF; "
+                "  NOTIFY {channel}; "
+                "  RETURN QUERY INSERT INTO {schema}.{events} "
+                "    (originator_id, originator_version, topic, state) "
+                "    SELECT * FROM unnest(ids, versions, topics, states) "
+                "    RETURNING notification_id; "
+                "END; $BODY$"
+            ).format(
+                save=Identifier(SAVE_FUNCTION),
+                lock_timeout=self.datastore.lock_timeout,
+                channel=Identifier(self.channel_name),
+                updates=updates,
+                **fmt,
+            )
+        )
+        self.call_save = SQL(
+            "SELECT * FROM {schema}.{save}(%b, %b::bigint[], %b, %b, %s, %s)"
+        ).format(save=Identifier(SAVE_FUNCTION), **fmt)
+
+    def create_table(self) -> None:
+        """Create the schema's objects, once: under an advisory lock and in one transaction,
+        so several processes starting at once on a new store do not trip over each other,
+        and not at all when they exist (DDL would wait on writers' locks)."""
+        schema = self.datastore.schema
+        save = f'"{schema}".{SAVE_FUNCTION}(uuid[],bigint[],text[],bytea[],jsonb,jsonb)'
+        quarantine = f'"{schema}".{QUARANTINE_TABLE}'
+        with self.datastore.transaction(commit=True) as curs:
+            # Tables that came later than the rest (the access tables, the quarantine): a store
+            # made before has to get them.
+            curs.execute(
+                "SELECT to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
+                "AND to_regclass(%s) IS NOT NULL AS found",
+                (save, f'"{schema}".{ACCESS_LOG_TABLE}', quarantine),
+            )
+            row = curs.fetchone()
+            if row and row["found"]:
+                return
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"aftersales:{schema}",))
+            curs.execute(
+                "SELECT to_regtype(%s) IS NOT NULL AS found",
+                (f'"{schema}"."{self.stored_event_type_name}"',),
+            )
+            row = curs.fetchone()
+            type_exists = bool(row and row["found"])
+            for statement in self.sql_create_statements:
+                is_type = "CREATE TYPE" in statement.as_string()
+                if not (is_type and type_exists):
+                    curs.execute(statement, prepare=False)
+        self.datastore.register_type_adapters()
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if not stored_events:
+            return []
+        cases: Sequence[CaseRow] = kwargs.get("cases", ())
+        commands: Sequence[CommandRow] = kwargs.get("commands", ())
+        params = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+            Jsonb([_jsonable(row) for row in cases]) if cases else None,
+            Jsonb([_jsonable(row) for row in commands]) if commands else None,
+        )
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.call_save, params, prepare=True, binary=True)
+            return [row[SAVE_FUNCTION] for row in curs.fetchall()]
+
+
+def _jsonable(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in row._asdict().items()  # type: ignore[attr-defined]
+    }
+
+
+def ensure_schema(url: StoreUrl, *, create: bool = True) -> bool:
+    """Whether the store a PostgreSQL URL names was there (its case table in its schema, or
+    in the search path); with ``create``, create its schema if missing. A server that cannot be
+    reached is said so at once, not after the connection pool's retries."""
+    try:
+        conninfo = make_conninfo("", **url.conninfo)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            table = f"{url.schema}.{CASES_TABLE}" if url.schema else CASES_TABLE
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+            existed = bool(found and found[0])
+            if existed or not create or not url.schema:
+                return existed
+            exists = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (url.schema,)
+            ).fetchone()
+            if not exists:
+                # Another process may create it at the same moment.
+                with contextlib.suppress(psycopg.errors.UniqueViolation):
+                    conn.execute(
+                        SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(url.schema))
+                    )
+            return False
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+
+
+# The store's queries there (engine/storage/store.py, on a PostgreSQL store)
+# ----------------------------
+
+
+def _ours(recorder: ApplicationRecorder) -> PostgresCaseRecorder:
+    assert isinstance(recorder, PostgresCaseRecorder)
+    return recorder
+
+
+def query(recorder: ApplicationRecorder, text: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    with _ours(recorder).datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(text.encode(), params)
+        return [dict(row) for row in curs.fetchall()]
+
+
+def write(recorder: ApplicationRecorder, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """Statements (in the dialect's final text) run in one transaction."""
+    with _ours(recorder).datastore.transaction(commit=True) as curs:
+        for text, params in statements:
+            curs.execute(text.encode(), params)
+
+
+def select_events(
+    store_recorder: ApplicationRecorder, ids: Sequence[UUID], *, first_only: bool = False
+) -> list[tuple[UUID, int, str, bytes]]:
+    """Stored events of these aggregates in (aggregate, version) order, in one query (only
+    each one's first with ``first_only``)."""
+    recorder = _ours(store_recorder)
+    statement = SQL(
+        "SELECT originator_id, originator_version, topic, state FROM {}.{} "
+        "WHERE originator_id = ANY(%s) {} ORDER BY originator_id, originator_version"
+    ).format(
+        Identifier(recorder.datastore.schema),
+        Identifier(recorder.events_table_name),
+        SQL("AND originator_version = 1" if first_only else ""),
+    )
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(statement, (list(ids),))
+        return [
+            (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+            for r in curs.fetchall()
+        ]
+
+
+def select_with_index(
+    store_recorder: ApplicationRecorder, uid: UUID
+) -> tuple[list[tuple[int, str, bytes]], int | None]:
+    """One aggregate's stored events in version order and, read in the same statement (so
+    from the same snapshot), the version the case index names for it (None: no row, as for
+    an order)."""
+    recorder = _ours(store_recorder)
+    statement = SQL(
+        "SELECT e.originator_version, e.topic, e.state, "
+        "(SELECT c.version FROM {schema}.{cases} c WHERE c.case_id = %s) AS indexed "
+        "FROM {schema}.{events} e WHERE e.originator_id = %s ORDER BY e.originator_version"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        cases=Identifier(CASES_TABLE),
+        events=Identifier(recorder.events_table_name),
+    )
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(statement, (str(uid), uid), prepare=True)
+        rows = curs.fetchall()
+    indexed = rows[0]["indexed"] if rows else None
+    return [(r["originator_version"], r["topic"], bytes(r["state"])) for r in rows], indexed
+
+
+def select_events_with_index(
+    store_recorder: ApplicationRecorder, ids: Sequence[UUID]
+) -> tuple[list[tuple[UUID, int, str, bytes]], dict[UUID, int]]:
+    """The stored events of these aggregates in (aggregate, version) order and the versions
+    the case index names for them, in one statement (one snapshot: an action committed
+    meanwhile, which writes both, cannot make them differ)."""
+    recorder = _ours(store_recorder)
+    statement = SQL(
+        "SELECT e.originator_id, e.originator_version, e.topic, e.state, c.version AS indexed "
+        "FROM {schema}.{events} e LEFT JOIN {schema}.{cases} c "
+        "ON e.originator_version = 1 AND c.case_id = e.originator_id::text "
+        "WHERE e.originator_id = ANY(%s) ORDER BY e.originator_id, e.originator_version"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        events=Identifier(recorder.events_table_name),
+        cases=Identifier(CASES_TABLE),
+    )
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(statement, (list(ids),))
+        rows = curs.fetchall()
+    indexed = {r["originator_id"]: int(r["indexed"]) for r in rows if r["indexed"] is not None}
+    events = [
+        (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"])) for r in rows
+    ]
+    return events, indexed
+
+
+def wake_listeners(store_recorder: ApplicationRecorder) -> None:
+    """NOTIFY the store's channel, as every save does: each subscription listening reads the
+    log again. A subscription reads what is recorded before it starts listening, so an event
+    committed between the two is seen only at the next notification (or this one)."""
+    recorder = _ours(store_recorder)
+    with recorder.datastore.get_connection() as conn:
+        conn.execute(SQL("NOTIFY {}").format(Identifier(recorder.channel_name)))
