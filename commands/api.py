@@ -7,7 +7,7 @@ is refused exactly as a `batch` line or an option would be, with the same messag
 document shows each command's model as its request schema.
 
 Every request is authenticated by its key and authorized by the principal's role and reach
-(``engine/access/principals.py``) before anything is read for it; the actor recorded is the
+(``engine/access/principal_store.py``) before anything is read for it; the actor recorded is the
 principal. A refusal appends nothing, is logged with principal, route and reason (never the key),
 and counts against the key and the client: too many in a minute and they get 429 for the rest of it.
 
@@ -40,7 +40,7 @@ from aftersales.commands.desk.session import session_key
 from aftersales.commands.output import exit_code
 from aftersales.engine.access.actor_checks import case_parties, order_parties, parties
 from aftersales.engine.access.api_keys import Forbidden, Unauthenticated, key_id_of
-from aftersales.engine.access.principals import authenticate_many
+from aftersales.engine.access.principal_store import authenticate_many
 from aftersales.engine.access.scopes import (
     AUDIT,
     DASHBOARD,

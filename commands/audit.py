@@ -22,7 +22,7 @@ from aftersales.engine.integrity.anchors import anchor, audited_events
 from aftersales.engine.integrity.audit_bundle import audit_case, bundle, bundle_bytes
 from aftersales.engine.integrity.audit_checks import Audit
 from aftersales.engine.integrity.checkpoint_verify import bundle_section
-from aftersales.engine.integrity.quarantine import list_quarantine
+from aftersales.engine.integrity.quarantine_records import list_quarantine
 
 NOT_VERIFIED = 3
 

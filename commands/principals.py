@@ -1,5 +1,5 @@
 """`aftersales principal add/list/history` and `aftersales key create/revoke`: who may act
-over HTTP (``engine/access/principals.py``)."""
+over HTTP (``engine/access/principal_store.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 
 from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
-from aftersales.engine.access.principals import (
+from aftersales.engine.access.principal_store import (
     access_history,
     add_principal,
     create_key,

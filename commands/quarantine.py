@@ -11,7 +11,7 @@ from aftersales.commands.options import json_option
 from aftersales.commands.output import emit, table
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.domain.values import parse_time
-from aftersales.engine.integrity.quarantine import list_quarantine, quarantine
+from aftersales.engine.integrity.quarantine_records import list_quarantine, quarantine
 
 COLUMNS = ["position", "event", "version", "originator_id", "decided_by", "decided_at", "reason"]
 

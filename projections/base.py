@@ -49,6 +49,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
 from aftersales.engine.domain.events import Event
+from aftersales.engine.storage.library import insert_tracking, max_tracking_id
 from aftersales.engine.storage.sql import SQLITE, Dialect, utc_text
 from aftersales.engine.storage.store import APP_NAME
 
@@ -424,12 +425,12 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
     def write(self, changes: Changes, tracking: Tracking, after: int | None) -> None:
         with self.datastore.transaction(commit=True) as curs:
             self._lock(curs)
-            found = self._max_tracking_id(tracking.application_name, curs)
+            found = max_tracking_id(self, tracking.application_name, curs)
             if found != after:
                 raise StalePosition(after, found)
             for table, rows in changes.batches(postgres=True):
                 curs.execute(self._upserts[table.name], (json.dumps(rows),))
-            self._insert_tracking(curs, tracking)
+            insert_tracking(self, curs, tracking)
 
     def reset(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
@@ -461,7 +462,7 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
                     (APP_NAME,),
                 )
             if position:
-                self._insert_tracking(curs, Tracking(APP_NAME, position))
+                insert_tracking(self, curs, Tracking(APP_NAME, position))
 
     def pending(self, position: int | None, events_table: str) -> int:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -532,12 +533,12 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
     def write(self, changes: Changes, tracking: Tracking, after: int | None) -> None:
         with self.datastore.transaction(commit=True) as c:
             self._lock(c)
-            found = self._max_tracking_id(tracking.application_name, c)
+            found = max_tracking_id(self, tracking.application_name, c)
             if found != after:
                 raise StalePosition(after, found)
             for table, rows in changes.batches(postgres=False):
                 c.executemany(SQLITE(self.view.stored(table).upsert(postgres=False)), rows)
-            self._insert_tracking(c, tracking)
+            insert_tracking(self, c, tracking)
 
     def reset(self) -> None:
         with self.datastore.transaction(commit=True) as c:
@@ -563,7 +564,7 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
                     (APP_NAME,),
                 )
             if position:
-                self._insert_tracking(c, Tracking(APP_NAME, position))
+                insert_tracking(self, c, Tracking(APP_NAME, position))
 
     def pending(self, position: int | None, events_table: str) -> int:
         topics = list(self.view.topics())

@@ -23,7 +23,7 @@ from psycopg.sql import SQL, Identifier
 
 from aftersales.engine.domain.errors import Poisoned
 from aftersales.engine.domain.events import Unreadable
-from aftersales.engine.integrity.quarantine import quarantined_positions
+from aftersales.engine.integrity.quarantine_records import quarantined_positions
 from aftersales.engine.integrity.reading import checked, known_topics, poisoned, read_rows
 from aftersales.engine.storage.store import APP_NAME, AftersalesStore
 from aftersales.projections.base import (

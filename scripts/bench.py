@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aftersales.engine.domain.invariants as invariants  # noqa: E402
-from aftersales.engine.access.principals import add_principal, authenticate, create_key  # noqa: E402
+from aftersales.engine.access.principal_store import add_principal, authenticate, create_key  # noqa: E402
 from aftersales.engine.application.handler import Engine  # noqa: E402
 from aftersales.engine.application.requests import (  # noqa: E402
     ApproveCase,

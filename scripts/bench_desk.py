@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient
 
 from aftersales.commands.api import create_app
 from aftersales.commands.desk import views
-from aftersales.engine.access.principals import add_principal, create_key
+from aftersales.engine.access.principal_store import add_principal, create_key
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.order import Order
 from aftersales.engine.domain.policy import Policy

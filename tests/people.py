@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aftersales.engine.access.principals import add_principal, create_key
+from aftersales.engine.access.principal_store import add_principal, create_key
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import DeliverOrder, OpenCase, PlaceOrder
 

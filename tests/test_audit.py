@@ -27,8 +27,8 @@ from eventsourcing import utils as es_utils
 from psycopg.sql import SQL, Identifier
 from pydantic import ValidationError
 
-import aftersales.engine.application.handler as service_mod
 import aftersales.engine.application.requests as commands_mod
+import aftersales.engine.application.units as units_mod
 import aftersales.engine.domain.case as case_mod
 import aftersales.engine.domain.case_events as case_events_mod
 import aftersales.engine.domain.events as events_mod
@@ -591,15 +591,15 @@ def test_the_verifier_knows_the_engines_rules() -> None:
     v = load_verifier()
     case_events = {
         c.__name__
-        for c in vars(case_mod).values()
+        for c in vars(case_events_mod).values()
         if isinstance(c, type) and issubclass(c, case_events_mod.CaseEvent)
     } - {"CaseEvent", "DeadlineFired"}
     order_events = {
         c.__name__
-        for c in vars(order_mod).values()
+        for c in vars(order_events_mod).values()
         if isinstance(c, type)
         and issubclass(c, events_mod.Event)
-        and c.__module__ == order_mod.__name__
+        and c.__module__ == order_events_mod.__name__
     }
     assert {k.__name__ for k in audit_mod.KNOWN} == case_events
     engines = {
@@ -739,7 +739,7 @@ def deterministic_demo(store: str, monkeypatch: pytest.MonkeyPatch) -> list[str]
     def fixed() -> uuid.UUID:
         return uuid.UUID(int=rng.getrandbits(128))
 
-    monkeypatch.setattr(service_mod, "uuid4", fixed)
+    monkeypatch.setattr(units_mod, "uuid4", fixed)
     monkeypatch.setattr(commands_mod, "uuid4", fixed)
     ticks = itertools.count()
 

@@ -190,10 +190,10 @@ SCENARIOS: dict[str, tuple[str, Steps, Callable[[str], Command], str | None, int
 @contextmanager
 def same_ids() -> Iterator[None]:
     """Actions given no command id get the same generated ones in both runs compared."""
-    import aftersales.engine.application.handler as service
+    import aftersales.engine.application.units as units
 
     counter = iter(range(1, 1_000_000))
-    with mock.patch.object(service, "uuid4", lambda: UUID(int=next(counter))):
+    with mock.patch.object(units, "uuid4", lambda: UUID(int=next(counter))):
         yield
 
 

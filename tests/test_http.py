@@ -265,7 +265,7 @@ def test_keys_idempotency_if_match_and_errors(
 def test_revoked_and_expired_keys(engine: Engine, store_url: str) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from aftersales.engine.access.principals import create_key, revoke_key
+    from aftersales.engine.access.principal_store import create_key, revoke_key
 
     people = People(engine)
     now = datetime.now(UTC)

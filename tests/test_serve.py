@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aftersales.engine.access.principals import create_key
+from aftersales.engine.access.principal_store import create_key
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import ApproveCase
 from tests.people import People

@@ -9,8 +9,8 @@ Every page is read by the worker's engine through the API's own ``Api.run``, whi
 authenticates the session's key as it does a Bearer key (``bearer`` in ``commands/api.py``
 gives the cookie's key when there is no Authorization header), and is authorized with the
 API's own checks (``allow``, ``refuse_unseen`` in
-``commands/api.py``, ``Principal`` in ``engine/access/principals.py``): a merchant's staff reach
-only their merchant, a case out of reach is "no case", a role reads only what its rights say.
+``commands/api.py``, ``Principal`` in ``engine/access/principal_store.py``): a merchant's staff
+reach only their merchant, a case out of reach is "no case", a role reads only what its rights say.
 """
 
 from __future__ import annotations

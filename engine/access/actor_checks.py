@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from aftersales.engine.access.principals import find_principal, has_principals
+from aftersales.engine.access.principal_store import find_principal, has_principals
 from aftersales.engine.access.scopes import check_actor, who_may
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (

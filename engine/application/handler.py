@@ -50,7 +50,7 @@ from aftersales.engine.application.requests import (
     Tick,
 )
 from aftersales.engine.application.tick import deadline_command_id, tick
-from aftersales.engine.application.units import SaveNow, Together, UnitOfWork
+from aftersales.engine.application.units import OrderOrCase, SaveNow, Together, UnitOfWork
 from aftersales.engine.domain.case import ReturnCase, case_uuid, settle_order_lines
 from aftersales.engine.domain.errors import (
     AftersalesError,
@@ -59,7 +59,7 @@ from aftersales.engine.domain.errors import (
     NotAllowed,
     NotFound,
 )
-from aftersales.engine.domain.events import Act, Aggregate
+from aftersales.engine.domain.events import Act
 from aftersales.engine.domain.order import Order, check_order_id, order_uuid
 from aftersales.engine.domain.policy import Policy
 from aftersales.engine.domain.values import Actor, Role, Status
@@ -82,10 +82,10 @@ class FiredDeadlines:
     """What the clock did before an action: the aggregates it changed, and what fired."""
 
     def __init__(self) -> None:
-        self.touched: dict[UUID, Aggregate] = {}
+        self.touched: dict[UUID, OrderOrCase] = {}
         self.fired: dict[UUID, list[str]] = {}
 
-    def changed(self, *, exclude: Aggregate) -> list[Aggregate]:
+    def changed(self, *, exclude: OrderOrCase) -> list[OrderOrCase]:
         return [a for a in self.touched.values() if a is not exclude]
 
     def explain(self, case: ReturnCase, refusal: AftersalesError) -> AftersalesError:
@@ -212,7 +212,7 @@ class Engine:
         )
 
     @staticmethod
-    def _check_expected(aggregate: Aggregate, command: Action, what: str) -> None:
+    def _check_expected(aggregate: OrderOrCase, command: Action, what: str) -> None:
         expected = command.expected_version
         if expected is not None and aggregate.version != expected:
             raise Conflict(
@@ -279,7 +279,7 @@ class Engine:
     def _case_action(self, command: CaseAction) -> dict[str, Any]:
         uid = command.case_id
 
-        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
             case = self.load_case(uid)
             self._check_expected(case, command, f"case {uid}")
             act = self._act(command, default_actor(case, command.role), command_id)
@@ -316,7 +316,7 @@ class Engine:
         new_id = command.new_case_id()
         named = command.case_id is not None or command.command_id is not None
 
-        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
             order = self.load_order(command.order_id)
             self._check_expected(order, command, f"order {command.order_id}")
             act = self._act(command, order.buyer_id, command_id)
@@ -351,7 +351,7 @@ class Engine:
 
     @handle.register
     def _order_action(self, command: OrderAction) -> dict[str, Any]:
-        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
             order = self.load_order(command.order_id)
             self._check_expected(order, command, f"order {command.order_id}")
             act = self._act(command, "order-system", command_id)
@@ -379,7 +379,7 @@ class Engine:
 
     @handle.register
     def _place_order(self, command: PlaceOrder) -> dict[str, Any]:
-        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
             if self.uow.get(order_uuid(command.order_id)) is not None:
                 raise NotAllowed(f"order {command.order_id} is already placed")
             act = self._act(command, "order-system", command_id)
@@ -418,7 +418,7 @@ class Engine:
         def at(when: datetime | None, command_id: str) -> Act:
             return self._act(placing, "order-system", command_id, at=when)
 
-        def attempt(command_id: str) -> tuple[Aggregate, list[Aggregate], Act]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
             act = at(command.placed_at, command_id)
             order = self.uow.get(order_uuid(command.order_id))
             if not isinstance(order, Order):
@@ -440,7 +440,7 @@ class Engine:
                 )
             # The order system's facts are what happened: a shipment under a refund-only case
             # opened before it is recorded all the same, and turns that case into a return.
-            cases: list[Aggregate] = []
+            cases: list[OrderOrCase] = []
             if ships and order.shipped_at is None:
                 act = at(shipped_at, command_id)
                 clock = self._clock_first(order, [], act.at)

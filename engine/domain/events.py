@@ -28,29 +28,29 @@ from aftersales.engine.domain.values import Actor, DueAction
 _PACKAGE = "aftersales."
 
 # A topic is part of every stored event's hash: a class keeps the topic it was first stored
-# under when its code moves. The modules that moved, by the module their classes are stored as;
-# their classes are registered under those topics as they are defined (``_register``), so a store
-# written before the move reads as it did.
-STORED_MODULES: Mapping[str, str] = {
-    "aftersales.engine.domain.case_events": "engine.domain.case",
-    "aftersales.engine.domain.case": "engine.domain.case",
-    "aftersales.engine.domain.order_events": "engine.domain.order",
-    "aftersales.engine.domain.order": "engine.domain.order",
+# under when its code moves. The modules that moved, with the start of their classes' stored
+# topics (the module they were first stored from); their classes are registered under those
+# topics as they are defined (``_register``), so a store written before the move reads as it did.
+STORED_AS: Mapping[str, str] = {
+    "aftersales.engine.domain.case_events": "engine.case:",
+    "aftersales.engine.domain.case": "engine.case:",
+    "aftersales.engine.domain.order_events": "engine.order:",
+    "aftersales.engine.domain.order": "engine.order:",
 }
 
 
 def stored_topic(cls: type) -> str:
     """The topic a class is stored under: its module without the package prefix (or the module
     it was first stored from), and its name."""
-    module = STORED_MODULES.get(cls.__module__, cls.__module__.removeprefix(_PACKAGE))
-    return f"{module}:{cls.__qualname__}"
+    start = STORED_AS.get(cls.__module__, f"{cls.__module__.removeprefix(_PACKAGE)}:")
+    return f"{start}{cls.__qualname__}"
 
 
 def _register(cls: type) -> str:
     """Set a class's stored topic, registered with the library when it is not its module's own
     (a topic written by a module that has since moved)."""
     topic = stored_topic(cls)
-    if cls.__module__ in STORED_MODULES:
+    if cls.__module__ in STORED_AS:
         register_topic(topic, cls)
     return topic
 

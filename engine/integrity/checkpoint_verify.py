@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from eventsourcing.persistence import PersistenceError
 
 from aftersales.engine.domain.events import leaf_bytes
-from aftersales.engine.integrity.checkpoint_store import Tree, TreeDamaged
+from aftersales.engine.integrity.checkpoint_store import Tree
 from aftersales.engine.integrity.checkpoints import SHOWN, TailCheck, TreeRows
 from aftersales.engine.integrity.merkle import (
     CHUNK,
@@ -57,7 +57,7 @@ from aftersales.engine.integrity.merkle import (
     verify_inclusion,
 )
 from aftersales.engine.integrity.signing_keys import PUBLIC_KEY_ENV, key_id
-from aftersales.engine.integrity.tree_heads import Head
+from aftersales.engine.integrity.tree_heads import Head, TreeDamaged
 from aftersales.engine.storage.store import AftersalesStore
 
 # Checking a case against the latest checkpoint --------------------------------------------------

@@ -23,7 +23,6 @@ from aftersales.engine.integrity.checkpoint_store import (
     LEAVES,
     NODES,
     Tree,
-    TreeDamaged,
 )
 from aftersales.engine.integrity.merkle import (
     CHUNK_LEVEL,
@@ -31,7 +30,7 @@ from aftersales.engine.integrity.merkle import (
     leaf_hash,
 )
 from aftersales.engine.integrity.reading import StoredRow, check_link, read_rows
-from aftersales.engine.integrity.tree_heads import Head
+from aftersales.engine.integrity.tree_heads import Head, TreeDamaged
 from aftersales.engine.storage.store import AftersalesStore
 
 # Events read per query while the events after a checkpoint are checked, so also at most as

@@ -4,16 +4,14 @@ in the transaction of the events, and the store's own tables there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from eventsourcing.persistence import (
-    StoredEvent,
-)
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
+from eventsourcing.sqlite import SQLiteCursor
 
 from aftersales.engine.storage.case_index import CASE_COLUMNS, COMMAND_COLUMNS, CaseRow, CommandRow
+from aftersales.engine.storage.library import SQLiteRecorderWithRows
 from aftersales.engine.storage.sql import (
     CASES_TABLE,
     COMMANDS_TABLE,
@@ -29,7 +27,7 @@ def sqlite_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(utc_text(v) if isinstance(v, datetime) else v for v in row)
 
 
-class SQLiteCaseRecorder(SQLiteApplicationRecorder):
+class SQLiteCaseRecorder(SQLiteRecorderWithRows):
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
         statements += [
@@ -63,11 +61,9 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
         ]
         return statements
 
-    def _insert_events(
-        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        ids = super()._insert_events(c, stored_events, **kwargs)
-        cases: Sequence[CaseRow] = kwargs.get("cases", ())
+    def insert_rows(self, c: SQLiteCursor, saved_with: Mapping[str, Any]) -> None:
+        """The case index rows and command rows saved with the events."""
+        cases: Sequence[CaseRow] = saved_with.get("cases", ())
         if cases:
             columns = ", ".join(CASE_COLUMNS)
             marks = SQLITE.marks(len(CASE_COLUMNS))
@@ -77,11 +73,10 @@ class SQLiteCaseRecorder(SQLiteApplicationRecorder):
                 f"ON CONFLICT (case_id) DO UPDATE SET {updates}",
                 [sqlite_values(row) for row in cases],
             )
-        commands: Sequence[CommandRow] = kwargs.get("commands", ())
+        commands: Sequence[CommandRow] = saved_with.get("commands", ())
         if commands:
             c.executemany(
                 f"INSERT INTO {COMMANDS_TABLE} ({', '.join(COMMAND_COLUMNS)}) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [sqlite_values(command) for command in commands],
             )
-        return ids

@@ -8,8 +8,9 @@ written in the same transaction as the events, through the recorders' insert hoo
   and finding due deadlines never replays the log;
 - ``aftersales_commands``: one row per command id, so a retried command changes nothing.
 
-Three more hold who may act over HTTP (``engine/access/principals.py``): ``aftersales_principals``,
-``aftersales_keys`` (hashes only) and ``aftersales_access_log``, the history of both.
+Three more hold who may act over HTTP (``engine/access/principal_store.py``):
+``aftersales_principals``, ``aftersales_keys`` (hashes only) and ``aftersales_access_log``, the
+history of both.
 
 A view ``aftersales_event_log`` shows every event as JSON for a person with ``psql``/``sqlite3``.
 """
@@ -41,6 +42,7 @@ from aftersales.engine.domain.events import (
 )
 from aftersales.engine.domain.invariants import CaseReplay
 from aftersales.engine.storage.event_mapper import JsonTranscoder, PydanticMapper
+from aftersales.engine.storage.library import record
 from aftersales.engine.storage.sql import CASES_TABLE, SQLITE, Dialect, utc_text
 from aftersales.engine.storage.sqlite import SQLiteCaseRecorder
 from aftersales.engine.storage.urls import parse_store_url
@@ -128,9 +130,7 @@ class AftersalesStore(Application[UUID]):
                 processing.events.extend(obj.collect_events())
                 processing.aggregates[obj.id] = obj
         processing.saved_kwargs.update(kwargs)
-        recordings = self._record(processing)
-        self._take_snapshots(processing)
-        self._notify(recordings)
+        recordings = record(self, processing)
         self.events_saved += len(recordings)
         return recordings
 
