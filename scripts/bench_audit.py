@@ -8,9 +8,8 @@ rejected, then 24 rounds of escalation and a ruling for the merchant) through th
 Then, in the same run, the median of:
 
 - the audit's own work (``engine.integrity.audit_bundle.audit_case``: reading the case's and its
-  order's stored
-  events and its index row, replaying, verifying, building the JSON) and of that work after
-  the reads (``replay`` plus ``to_json``);
+  order's stored events and its index row, replaying, verifying, building the JSON) and of that
+  work after the reads (``replay`` plus ``to_json``);
 - a raw baseline: one psycopg SELECT of that case's 50 stored rows on a prepared statement;
 - the library's own ``recorder.select_events`` for the same rows.
 

@@ -2,24 +2,10 @@
 
 Command scripts use this directly (one `Engine` per process, many commands through it); the
 command line, `batch` and the imports are adapters that build typed commands
-(``engine/application/requests.py``) and hand them here. The service owns the clock: the domain is
-handed the time of each action and never reads one itself.
-
-Where an action's aggregates come from and how what it records is committed is the unit of
-work's business, with one strategy each:
-
-- ``SaveNow`` (the default): load (a case this engine saved last comes from the library's
-  aggregate cache), act, save at once on the version loaded; a lost race is retried on fresh
-  state, and a refusal is only ever decided on fresh state;
-- ``Chunk`` (bulk paths, ``engine/application/bulk.py``): aggregates prefetched and kept in memory,
-  many
-  actions saved in one transaction, possibly on another thread;
-- ``Group`` (the tick, ``engine/application/tick.py``): deadlines fired in memory and saved
-  together,
-  fired again one by one if anything in the group changed meanwhile;
-- ``Together`` (``Engine.handle_together``, the HTTP server's group commit): concurrent
-  actions run in memory one after the other and saved in one transaction; if any of them is
-  refused, or the save fails, none is saved and each runs again alone (``SaveNow``).
+(engine/application/requests.py) and hand them here. The engine owns the clock: the domain is
+handed the time of each action and never reads one itself. Where an action's aggregates come
+from and how what it records is committed is the unit of work's business
+(engine/application/units.py); a ``Tick`` command is the tick's (engine/application/tick.py).
 """
 
 from __future__ import annotations

@@ -1,25 +1,40 @@
-"""The engine's Python API: one entry point, ``Engine.handle(command)``, over a unit of work.
-
-Command scripts use this directly (one `Engine` per process, many commands through it); the
-command line, `batch` and the imports are adapters that build typed commands
-(``engine/application/requests.py``) and hand them here. The service owns the clock: the domain is
-handed the time of each action and never reads one itself.
-
-Where an action's aggregates come from and how what it records is committed is the unit of
-work's business, with one strategy each:
+"""Units of work: where an action's aggregates come from and how what it records is committed,
+one strategy each (the engine, engine/application/handler.py, runs every action through one):
 
 - ``SaveNow`` (the default): load (a case this engine saved last comes from the library's
   aggregate cache), act, save at once on the version loaded; a lost race is retried on fresh
   state, and a refusal is only ever decided on fresh state;
-- ``Chunk`` (bulk paths, ``engine/application/bulk.py``): aggregates prefetched and kept in memory,
-  many
-  actions saved in one transaction, possibly on another thread;
-- ``Group`` (the tick, ``engine/application/tick.py``): deadlines fired in memory and saved
-  together,
-  fired again one by one if anything in the group changed meanwhile;
-- ``Together`` (``Engine.handle_together``, the HTTP server's group commit): concurrent
-  actions run in memory one after the other and saved in one transaction; if any of them is
-  refused, or the save fails, none is saved and each runs again alone (``SaveNow``).
+- ``Chunk`` (bulk paths, engine/application/bulk.py): aggregates prefetched and kept in memory,
+  many actions saved in one transaction, possibly on another thread;
+- ``Group`` (the tick, engine/application/tick.py): deadlines fired in memory and saved
+  together, fired again one by one if anything in the group changed meanwhile;
+- ``Together`` (``Engine.handle_together``, the HTTP server's group commit): concurrent actions
+  run in memory one after the other and saved in one transaction; if any of them is refused, or
+  the save fails, none is saved and each runs again alone (``SaveNow``).
+
+One action under ``SaveNow``::
+
+    Engine.handle          SaveNow.run                 domain              AftersalesStore
+        |                      |                          |                       |
+        |--run(cmd, attempt)-->|                          |                       |
+        |                      |--attempt(command id)---->|                       |
+        |                      |   get(case), get(order)  |                       |
+        |                      |<-------------------------|--load (cache, or read |
+        |                      |                          |  and check the chain)-|
+        |                      |                          | deadlines due fire    |
+        |                      |                          | first, then the       |
+        |                      |                          | action (or a refusal) |
+        |                      |<--aggregates, Act--------|                       |
+        |                      |--save(events, case rows, command rows)---------->|
+        |                      |                          |      one transaction  |
+        |                      |<--IntegrityError (a lost race, a used id)--------|
+        |                      |--replay: the first result of a used command id?->|
+        |                      |--else attempt again on fresh state (at most      |
+        |                      |  MAX_ATTEMPTS times, then Conflict)              |
+        |<--result (to_json)---|                          |                       |
+
+A refusal decided on cached state is decided again on fresh state; the others run the same
+attempt but keep what it records in memory until their one save.
 """
 
 from __future__ import annotations

@@ -29,7 +29,22 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from aftersales.engine.domain.case_events import (
+    CaseOpened,
+    CaseRated,
+    CaseRefunded,
+    ChangeOffered,
+    DeadlineFired,
+    FreightCharged,
+    LateShipmentPenalty,
+    OfferAccepted,
+    OfferDeclined,
+    OfferLapsed,
+    ReceiptExtended,
+    RulingLapsed,
+)
 from aftersales.engine.domain.errors import NotAllowed
+from aftersales.engine.domain.order_events import CaseUnlinked, OrderShipped
 from aftersales.engine.domain.transitions import (
     ACTION_OF,
     ALLOWED_FROM,
@@ -149,16 +164,6 @@ def check_case_event(case: ReturnCase, event: CaseEvent) -> None:
     included, before the event is applied."""
     if not ENFORCED:
         return
-    from aftersales.engine.domain.case_events import (
-        CaseRefunded,
-        FreightCharged,
-        LateShipmentPenalty,
-        OfferDeclined,
-        OfferLapsed,
-        ReceiptExtended,
-        RulingLapsed,
-    )
-
     where = f"case {case.id}"
     _check_deadline(case, event, where)
     if isinstance(event, (OfferDeclined, OfferLapsed)):
@@ -270,8 +275,6 @@ def check_order_event(order: Order, event: Event) -> None:
     """Refuse an order event that would break an invariant, given the order before it."""
     if not ENFORCED:
         return
-    from aftersales.engine.domain.order_events import CaseUnlinked, OrderShipped
-
     if isinstance(event, CaseUnlinked):
         for sku, share in event.refunded.items():
             line = order.lines.get(sku)
@@ -363,8 +366,6 @@ class CaseReplay:
         return []
 
     def _transition(self, event: CaseEvent) -> list[Finding]:
-        from aftersales.engine.domain.case_events import CaseOpened, CaseRated
-
         found: list[Finding] = []
         v = event.originator_version
         kind = kind_of(event)
@@ -424,8 +425,6 @@ class CaseReplay:
     # Deadlines and time --------------------------------------------------------------------
 
     def _deadline(self, event: CaseEvent) -> list[Finding]:
-        from aftersales.engine.domain.case_events import DeadlineFired, ReceiptExtended
-
         found: list[Finding] = []
         v = event.originator_version
         running, last_at = self.running, self.last_at
@@ -512,13 +511,6 @@ class CaseReplay:
     # Money -----------------------------------------------------------------------------------
 
     def _money(self, event: CaseEvent) -> list[Finding]:
-        from aftersales.engine.domain.case_events import (
-            CaseOpened,
-            CaseRefunded,
-            ChangeOffered,
-            OfferAccepted,
-        )
-
         found: list[Finding] = []
         v = event.originator_version
         if isinstance(event, CaseOpened):

@@ -227,8 +227,7 @@ def ensure_schema(url: StoreUrl, *, create: bool = True) -> bool:
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
 
 
-# The store's queries there (engine/storage/store.py, on a PostgreSQL store)
-# ----------------------------
+# The store's queries there (engine/storage/store.py, on a PostgreSQL store) ------------------
 
 
 def _ours(recorder: ApplicationRecorder) -> PostgresCaseRecorder:
