@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
-from aftersales.commands.actions import METAVARS, _inner, _scalar
+from aftersales.commands.cli.actions import METAVARS, _inner, _scalar
 from aftersales.engine.commands import COMMANDS, Action, Command, field_choices, key_of
 from aftersales.engine.limits import DOCUMENTED
 from aftersales.engine.transitions import ALLOWED_FROM

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from aftersales.commands.output import exit_code
+from aftersales.commands.cli.output import exit_code
 from aftersales.engine.commands import ApproveCase, ListCases, OpenCase, RejectCase, WithdrawCase
 from aftersales.engine.errors import AftersalesError
 from aftersales.engine.service import Engine

@@ -27,8 +27,8 @@ from eventsourcing import utils as es_utils
 from psycopg.sql import SQL, Identifier
 from pydantic import ValidationError
 
-from aftersales.commands.cli import cli
-from aftersales.commands.demo import play
+from aftersales.commands.cli.demo.play import play
+from aftersales.commands.cli.main import cli
 from aftersales.engine import audit as audit_mod
 from aftersales.engine import case as case_mod
 from aftersales.engine import checkpoint as checkpoint_mod

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine import merkle
 from aftersales.engine.audit import stored_form
 from aftersales.engine.case import CaseRefunded
@@ -509,7 +509,7 @@ def test_the_scheduler_signs_checkpoints(store_url: str, keys: tuple[Path, Path]
             [
                 sys.executable,
                 "-m",
-                "aftersales.commands.cli",
+                "aftersales.commands.cli.main",
                 "--store",
                 store_url,
                 "scheduler",

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.bulk import Report
 from aftersales.engine.commands import EscalateCase, OpenCase, RejectCase, WithdrawCase
 from aftersales.engine.service import Engine

@@ -29,7 +29,7 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.commands import COMMANDS, OpenCase, key_of, parse_line
 from aftersales.engine.errors import AftersalesError
 from aftersales.engine.imports import read_orders_csv, read_orders_jsonl
@@ -647,7 +647,9 @@ def test_real_processes_refuse_cleanly(tmp_path: Path) -> None:
         ["--store", "postgresql://[::1/db", "case", "list", "--json"],
     ]
     for args in runs:
-        argv = [os.fsencode(a) for a in [sys.executable, "-m", "aftersales.commands.cli", *args]]
+        argv = [
+            os.fsencode(a) for a in [sys.executable, "-m", "aftersales.commands.cli.main", *args]
+        ]
         given = lines.read_bytes() if "-" in args else None
         done = subprocess.run(
             argv, input=given, capture_output=True, env=env, cwd=tmp_path, timeout=120

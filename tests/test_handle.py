@@ -13,8 +13,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.actions import QUIET
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.actions import QUIET
+from aftersales.commands.cli.main import cli
 from aftersales.engine.commands import (
     BY_NAME,
     COMMANDS,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.bulk import Report
 from aftersales.engine.commands import ApproveCase, ListCases, OpenCase, new_case_id
 from aftersales.engine.errors import NotFound

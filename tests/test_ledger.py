@@ -8,7 +8,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.commands import (
     ApproveCase,
     DeliverOrder,

@@ -14,7 +14,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.audit import audit_case, check_deadlines
 from aftersales.engine.case import ReceiptExtended
 from aftersales.engine.commands import (

@@ -18,7 +18,7 @@ from uuid import UUID
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine import invariants
 from aftersales.engine.case import (
     CaseEscalated,

@@ -15,7 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from aftersales.commands.report import RATE_COLUMNS
+from aftersales.commands.cli.report import RATE_COLUMNS
 from aftersales.engine.commands import BY_NAME, Command
 from aftersales.engine.store import EventStore
 from aftersales.engine.values import FINAL_STATUSES, Status

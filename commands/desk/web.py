@@ -6,11 +6,11 @@ Pages are rendered on the server (Jinja2) from what the projections and the engi
 so an action taken on the desk is the API's action, refused or accepted by the same code.
 
 Every page is read by the worker's engine through the API's own ``Api.run``, which
-authenticates the session's key as it does a Bearer key (``bearer`` in ``commands/api.py``
-gives the cookie's key when there is no Authorization header), and is authorized with the
-API's own checks (``allow``, ``refuse_unseen`` in
-``commands/api.py``, ``Principal`` in ``engine/access.py``): a merchant's staff reach only
-their merchant, a case out of reach is "no case", a role reads only what its rights say.
+authenticates the session's key as it does a Bearer key (``bearer`` in
+``commands/http/request_parts.py`` gives the cookie's key when there is no Authorization
+header), and is authorized with the API's own checks (``allow``, ``refuse_unseen`` in
+``commands/http/guards.py``, ``Principal`` in ``engine/access.py``): a merchant's staff reach
+only their merchant, a case out of reach is "no case", a role reads only what its rights say.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.staticfiles import StaticFiles
 
-from aftersales.commands.api import Api, allow, bearer, refuse_unseen, status_of, who
+from aftersales.commands.cli.display import DATE, parse_day_or_time
 from aftersales.commands.desk import views
 from aftersales.commands.desk.session import COOKIE, offer_key, same_origin
-from aftersales.commands.display import DATE, parse_day_or_time
+from aftersales.commands.http.app import Api, allow, bearer, refuse_unseen, status_of, who
 from aftersales.engine.access import (
     AUDIT,
     DASHBOARD,
@@ -106,7 +106,7 @@ def chosen_merchant(principal: Principal, asked: str | None) -> str | None:
 
 def up_to(text: str, zone: tzinfo) -> datetime:
     """The end of the weeks shown: a date is read to its end in the viewer's zone (as report
-    windows read dates, ``commands/display.py``), a time with its offset as it is."""
+    windows read dates, ``commands/cli/display.py``), a time with its offset as it is."""
     moment = parse_day_or_time(text, "until", zone)
     return moment + timedelta(days=1) if DATE.match(text.strip()) else moment
 

@@ -19,7 +19,7 @@ from typing import Any
 import click
 from pydantic.fields import FieldInfo
 
-from aftersales.commands.output import RENDERERS, emit
+from aftersales.commands.cli.output import RENDERERS, emit
 from aftersales.engine.access import ActorCheck
 from aftersales.engine.commands import Action, Command, field_choices, key_of
 from aftersales.engine.service import Engine

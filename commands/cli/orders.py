@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from aftersales.commands.actions import ActionGroup
+from aftersales.commands.cli.actions import ActionGroup
 from aftersales.engine.commands import COMMANDS
 
 
@@ -16,6 +16,6 @@ def order_group() -> None:
 
 
 # Imported after the group exists: the import command module builds on the action commands.
-from aftersales.commands.imports import import_orders  # noqa: E402
+from aftersales.commands.cli.imports import import_orders  # noqa: E402
 
 order_group.add_command(import_orders)

@@ -15,85 +15,88 @@ from click.shell_completion import CompletionItem
 # load click alone; a test checks each line opens the command's own help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "audit": (
-        "aftersales.commands.audit:audit",
+        "aftersales.commands.cli.audit:audit",
         "Replay a case from its events: who did what when, the state, and whether it verifies.",
     ),
     "batch": (
-        "aftersales.commands.batch:batch",
+        "aftersales.commands.cli.batch:batch",
         "Run one action per JSON line of FILE (or - for stdin); print one result line each.",
     ),
-    "case": ("aftersales.commands.cases:case_group", "Return, refund, exchange and reship cases."),
+    "case": (
+        "aftersales.commands.cli.cases:case_group",
+        "Return, refund, exchange and reship cases.",
+    ),
     "checkpoint": (
-        "aftersales.commands.checkpoint:checkpoint_group",
+        "aftersales.commands.cli.checkpoint:checkpoint_group",
         "Sign a checkpoint: the Merkle tree over every event up to the log's head, its root "
         "signed with an Ed25519 key the store never holds.",
     ),
     "completion": (
-        "aftersales.commands.completion:completion",
+        "aftersales.commands.cli.completion:completion",
         "Print the shell completion script for bash, zsh or fish.",
     ),
     "demo": (
-        "aftersales.commands.demo:demo",
+        "aftersales.commands.cli.demo.play:demo",
         "Play the article's cases end to end on a fresh SQLite store and show what happened.",
     ),
     "import-history": (
-        "aftersales.commands.imports:import_history",
+        "aftersales.commands.cli.imports:import_history",
         "Import past cases: JSON lines of actions with their times (as `batch` takes them).",
     ),
-    "init": ("aftersales.commands.init:init", "Create the store (and schema) if missing."),
+    "init": ("aftersales.commands.cli.init:init", "Create the store (and schema) if missing."),
     "key": (
-        "aftersales.commands.principals:key_group",
+        "aftersales.commands.cli.principal_commands:key_group",
         "Keys: the secrets principals present as `Authorization: Bearer KEY`.",
     ),
     "ledger": (
-        "aftersales.commands.report:ledger_cmd",
+        "aftersales.commands.cli.report:ledger_cmd",
         "Each merchant's money: refunded itself, advanced by the platform and owed, freight, "
         "penalties (from the ledger projection).",
     ),
     "notify": (
-        "aftersales.commands.notify:notify_group",
+        "aftersales.commands.cli.notify_commands:notify_group",
         "Telling the buyer: messages made from case events, in Chinese or English.",
     ),
     "order": (
-        "aftersales.commands.orders:order_group",
+        "aftersales.commands.cli.orders:order_group",
         "Orders: placed, shipped and delivered, as the order system reports them.",
     ),
     "principal": (
-        "aftersales.commands.principals:principal_group",
+        "aftersales.commands.cli.principal_commands:principal_group",
         "Principals: who may act over HTTP, in which role, for which merchant.",
     ),
     "project": (
-        "aftersales.commands.project:project_group",
+        "aftersales.commands.cli.project:project_group",
         "Projections: the tables reports read, kept up to date from the event log.",
     ),
     "quarantine": (
-        "aftersales.commands.quarantine:quarantine_group",
+        "aftersales.commands.cli.quarantine_commands:quarantine_group",
         "Stored events an operator decided the projections pass over.",
     ),
     "relay": (
-        "aftersales.commands.relay:relay_group",
+        "aftersales.commands.cli.relay_commands:relay_group",
         "The relay: every event, in log order, to a NATS JetStream stream",
     ),
     "report": (
-        "aftersales.commands.report:report_group",
+        "aftersales.commands.cli.report:report_group",
         "Reports for merchants and reporting jobs (from the projections; see `project run`).",
     ),
     "scheduler": (
-        "aftersales.commands.clock:scheduler",
+        "aftersales.commands.cli.clock:scheduler",
         "Tick against the wall clock until SIGINT or SIGTERM, which end it between ticks; "
         "with a signing key, also sign a checkpoint of the log",
     ),
     "serve": (
-        "aftersales.commands.serve:serve",
+        "aftersales.commands.http.serve:serve",
         "Serve the HTTP API until SIGINT or SIGTERM, then finish the requests in flight and exit",
     ),
     "tick": (
-        "aftersales.commands.clock:tick_command",
+        "aftersales.commands.cli.clock:tick_command",
         "Fire every deadline that has fallen due: auto-approve, auto-close, auto-refund, "
         "reship overdue.",
     ),
     "webhook": (
-        "aftersales.commands.webhook:webhook_group",
+        "aftersales.commands.cli.webhook:webhook_group",
         "Signed webhooks: each merchant's events POSTed to its own systems",
     ),
 }
@@ -154,7 +157,7 @@ class AftersalesGroup(click.Group):
             sys.exit(1)
         except click.ClickException as exc:
             if "--json" in argv:
-                from aftersales.commands.output import fail
+                from aftersales.commands.cli.output import fail
 
                 fail("bad_input", exc.format_message(), exc.exit_code, as_json=True)
             exc.show()
@@ -190,7 +193,7 @@ class AftersalesGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, /, store: str | None, policy_path: str | None, tz: str | None) -> None:
     """An event-sourced after-sales workflow engine: returns, refunds, exchanges."""
-    from aftersales.commands.output import State
+    from aftersales.commands.cli.output import State
 
     state = State(store, policy_path, tz)
     ctx.obj = state

@@ -13,8 +13,8 @@ from uuid import UUID
 
 import click
 
-from aftersales.commands.options import bulk_options, json_option, source_argument, source_path
-from aftersales.commands.output import State, emit, exit_code, table
+from aftersales.commands.cli.options import bulk_options, json_option, source_argument, source_path
+from aftersales.commands.cli.output import State, emit, exit_code, table
 from aftersales.engine.bulk import Item, Report, Share, run_bulk
 from aftersales.engine.commands import Command, OpenCase, Tick, parse_line
 from aftersales.engine.errors import AftersalesError

@@ -11,9 +11,9 @@ from typing import Any
 import click
 from eventsourcing.persistence import IntegrityError
 
-from aftersales.commands.display import parse_day_or_time
-from aftersales.commands.options import json_option
-from aftersales.commands.output import State, emit, table
+from aftersales.commands.cli.display import parse_day_or_time
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import State, emit, table
 from aftersales.engine.errors import BadInput
 from aftersales.engine.service import Engine
 from aftersales.projections.base import View

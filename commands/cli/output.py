@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import click
 from eventsourcing.persistence import PersistenceError
 
-from aftersales.commands.display import for_people
+from aftersales.commands.cli.display import for_people
 from aftersales.engine.errors import AftersalesError, StoreUnavailable
 from aftersales.engine.policy import Policy, load_policy
 from aftersales.engine.service import Engine

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from aftersales.commands.options import json_option
-from aftersales.commands.output import emit, table
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import emit, table
 from aftersales.engine.integrity import list_quarantine, quarantine
 from aftersales.engine.service import Engine
 from aftersales.engine.values import parse_time

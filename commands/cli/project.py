@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from aftersales.commands.options import json_option
-from aftersales.commands.output import emit, table
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import emit, table
 from aftersales.engine.service import Engine
 from aftersales.projections.base import Progress
 from aftersales.projections.registry import VIEWS, select

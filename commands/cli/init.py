@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from aftersales.commands.options import json_option
-from aftersales.commands.output import emit
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import emit
 
 
 @click.command("init")

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from eventsourcing.persistence import PersistenceError
 
-from aftersales.commands.options import json_option
-from aftersales.commands.output import State, _one_line, fail, fail_with, to_json
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import State, _one_line, fail, fail_with, to_json
 from aftersales.engine.checkpoint import (
     PUBLIC_KEY_ENV,
     SIGNING_KEY_ENV,

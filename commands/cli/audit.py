@@ -11,10 +11,10 @@ from typing import Any
 import click
 from eventsourcing.persistence import PersistenceError
 
-from aftersales.commands.checkpoint import public_key_option, read_public_key
-from aftersales.commands.display import for_people
-from aftersales.commands.options import json_option
-from aftersales.commands.output import State, _cell, _one_line, fail, fail_with, table, to_json
+from aftersales.commands.cli.checkpoint import public_key_option, read_public_key
+from aftersales.commands.cli.display import for_people
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import State, _cell, _one_line, fail, fail_with, table, to_json
 from aftersales.engine.audit import Audit, audit_case, bundle, bundle_bytes
 from aftersales.engine.checkpoint import anchor, audited_events, bundle_section
 from aftersales.engine.errors import AftersalesError, BadInput

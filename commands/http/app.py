@@ -36,8 +36,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from aftersales.commands.cli.output import exit_code
 from aftersales.commands.desk.session import session_key
-from aftersales.commands.output import exit_code
 from aftersales.engine.access import (
     AUDIT,
     DASHBOARD,
@@ -83,7 +83,7 @@ from aftersales.projections.runner import Projector
 
 log = logging.getLogger("aftersales.http")
 
-# The contract's statuses, by the command line's exit code (commands/output.py): 2 bad input,
+# The contract's statuses, by the command line's exit code (commands/cli/output.py): 2 bad input,
 # 3 not allowed by the rules, 4 no such case or order, 5 a conflicting change, 1 the store.
 STATUS_BY_EXIT: Mapping[int, int] = {2: 422, 3: 409, 4: 404, 5: 412, 1: 503}
 # Codes only HTTP has.

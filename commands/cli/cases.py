@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from aftersales.commands.actions import ActionGroup
+from aftersales.commands.cli.actions import ActionGroup
 from aftersales.engine.commands import COMMANDS
 
 

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
-from aftersales.commands.options import json_option
-from aftersales.commands.output import emit, table
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import emit, table
 from aftersales.engine.errors import BadInput
 from aftersales.engine.service import Engine
 from aftersales.projections.notify import NotifyRelay, default_language

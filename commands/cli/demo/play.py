@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from aftersales.commands.options import json_option
-from aftersales.commands.output import exit_code, table, to_json
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import exit_code, table, to_json
 from aftersales.engine.commands import (
     AcceptOffer,
     ApproveCase,

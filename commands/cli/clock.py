@@ -12,15 +12,15 @@ from typing import Any
 import click
 from eventsourcing.persistence import PersistenceError
 
-from aftersales.commands.actions import click_command
-from aftersales.commands.checkpoint import (
+from aftersales.commands.cli.actions import click_command
+from aftersales.commands.cli.checkpoint import (
     checkpoint_once,
     read_signing_key,
     render_taken,
     signing_key_option,
 )
-from aftersales.commands.options import json_option
-from aftersales.commands.output import State, fail_with, render_tick, to_json
+from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.output import State, fail_with, render_tick, to_json
 from aftersales.engine.commands import Tick as TickCommand
 from aftersales.engine.deadlines import BATCH, Tick, tick
 from aftersales.engine.errors import AftersalesError

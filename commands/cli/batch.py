@@ -14,8 +14,8 @@ from typing import IO, Any
 import click
 from eventsourcing.persistence import PersistenceError
 
-from aftersales.commands.options import source_argument, source_path
-from aftersales.commands.output import State, exit_code, fail_with, scrub, to_json
+from aftersales.commands.cli.options import source_argument, source_path
+from aftersales.commands.cli.output import State, exit_code, fail_with, scrub, to_json
 from aftersales.engine.access import ActorCheck
 from aftersales.engine.commands import parse_line
 from aftersales.engine.errors import AftersalesError

@@ -1,4 +1,4 @@
-"""`aftersales serve`: the HTTP API (``commands/api.py``) on uvicorn."""
+"""`aftersales serve`: the HTTP API (``commands/http/app.py``) on uvicorn."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 
 import click
 
-from aftersales.commands.output import State
+from aftersales.commands.cli.output import State
 
 
 @click.command("serve")
@@ -36,7 +36,7 @@ def serve(ctx: click.Context, /, host: str, port: int, workers: int, failure_lim
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     state.engine()  # a store that cannot be opened is said so now, before listening
     state.close()
-    # The workers read these (commands.api.app_from_env): one engine each.
+    # The workers read these (commands.http.app.app_from_env): one engine each.
     if state.store is not None:
         os.environ["AFTERSALES_STORE"] = state.store
     if state.policy_path is not None:
@@ -47,7 +47,7 @@ def serve(ctx: click.Context, /, host: str, port: int, workers: int, failure_lim
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda number, frame: None)
     uvicorn.run(
-        "aftersales.commands.api:app_from_env",
+        "aftersales.commands.http.app:app_from_env",
         factory=True,
         host=host,
         port=port,
