@@ -33,7 +33,11 @@ from starlette.staticfiles import StaticFiles
 from aftersales.commands.cli.display import DATE, parse_day_or_time
 from aftersales.commands.desk import views
 from aftersales.commands.desk.session import COOKIE, offer_key, same_origin
-from aftersales.commands.http.app import Api, allow, bearer, refuse_unseen, status_of, who
+from aftersales.commands.http.batcher import Api
+from aftersales.commands.http.error_responses import status_of
+from aftersales.commands.http.guards import allow, refuse_unseen
+from aftersales.commands.http.rate_limits import who
+from aftersales.commands.http.request_parts import bearer
 from aftersales.engine.access import (
     AUDIT,
     DASHBOARD,

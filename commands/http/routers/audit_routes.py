@@ -1,0 +1,40 @@
+"""A case's history replayed from its events, for those who may audit it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from aftersales.commands.http.dependencies import ApiDep, answer
+from aftersales.commands.http.guards import allow, refuse_unseen
+from aftersales.engine.access import AUDIT, Principal, case_parties
+from aftersales.engine.audit import audit_case
+from aftersales.engine.case import case_uuid
+from aftersales.engine.errors import NotAllowed
+from aftersales.engine.service import Engine
+from aftersales.engine.values import parse_time
+
+router = APIRouter()
+
+
+@router.get("/v1/cases/{case_id}/audit", tags=["cases"])
+async def audit(
+    request: Request, case_id: str, api: ApiDep, as_of: str | None = None, verify: bool = False
+) -> Any:
+    """A case's history replayed from its events, as `audit --json`; with verify=true,
+    409 unless the history verifies."""
+
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, AUDIT)
+        uid = case_uuid(case_id)
+        refuse_unseen(principal, case_parties(engine, uid), f"case {case_id}")
+        when = parse_time(as_of, "as_of") if as_of is not None else None
+        result = audit_case(engine.store, case_id, as_of=when)
+        if verify and not result.verified:
+            raise NotAllowed(
+                f"case {result.case_id} does not verify: {len(result.problems)} problem(s)"
+            )
+        return result.to_json()
+
+    return await answer(api, request, work)
