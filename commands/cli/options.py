@@ -8,7 +8,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from aftersales.engine.limits import MAX_VERSION, UNREADABLE
+from aftersales.engine.limits import UNREADABLE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -17,33 +17,6 @@ def json_option(f: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print exactly one JSON value on stdout."
     )(f)
-
-
-def action_options(f: F) -> F:
-    """--at, --by, --command-id, --expected-version and --json, as every action takes."""
-    f = click.option(
-        "--expected-version",
-        type=click.IntRange(0, MAX_VERSION),
-        default=None,
-        help="Refuse (exit 5) unless the case or order is still at this version.",
-    )(f)
-    f = click.option(
-        "--command-id",
-        default=None,
-        help="Idempotency key: the same action again with this key changes nothing.",
-    )(f)
-    f = click.option("--by", default=None, help="Id of the person or account acting.")(f)
-    f = click.option(
-        "--at", default=None, help="When it happened, ISO-8601 with offset (default: now)."
-    )(f)
-    return json_option(f)
-
-
-def common(kwargs: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-    """Split --json from the options the engine takes with every action."""
-    as_json = bool(kwargs.pop("as_json", False))
-    keys = ("at", "by", "command_id", "expected_version")
-    return as_json, {k: kwargs.pop(k) for k in keys if k in kwargs}
 
 
 def bulk_options(per_chunk: str, takes: str) -> Callable[[F], F]:
