@@ -1,7 +1,7 @@
 """What the desk shows, read from the projections and the engine: plain data, no HTML.
 
 Each function takes the store (or engine) and a merchant already decided by the caller's
-rights (``commands/desk/web.py``); none of them decides who may see what.
+rights (``commands/desk/pages/``); none of them decides who may see what.
 """
 
 from __future__ import annotations
