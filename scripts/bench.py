@@ -187,7 +187,7 @@ class Bench:
         started = time.perf_counter()
         with out_path.open("w") as out, err_path.open("w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "aftersales.commands.cli", "--store", self.url, *args],
+                [sys.executable, "-m", "aftersales.commands.cli.main", "--store", self.url, *args],
                 cwd=ROOT,
                 stdout=out,
                 stderr=err,
@@ -420,7 +420,7 @@ class Bench:
             port = sock.getsockname()[1]
         log = (self.tmp / "serve.log").open("wb")
         server = subprocess.Popen(
-            [sys.executable, "-m", "aftersales.commands.cli", "--store", self.url, "serve",
+            [sys.executable, "-m", "aftersales.commands.cli.main", "--store", self.url, "serve",
              "--port", str(port), "--workers", str(self.http_workers)],
             cwd=ROOT,
             stdout=log,

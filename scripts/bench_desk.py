@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi.testclient import TestClient
 
-from aftersales.commands.api import create_app
 from aftersales.commands.desk import views
+from aftersales.commands.http.app import create_app
 from aftersales.engine.access.principal_store import add_principal, create_key
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.order import Order

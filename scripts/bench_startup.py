@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--postgres", default="postgresql://127.0.0.1:5432/test")
     args = parser.parse_args(argv)
-    program = [sys.executable, "-m", "aftersales.commands.cli"]
+    program = [sys.executable, "-m", "aftersales.commands.cli.main"]
     # With bytecode cached, as an installed package runs: pip compiles what it installs, and a
     # checkout installed editable writes it on first run, unless PYTHONDONTWRITEBYTECODE is set
     # (as on some machines), when every command would compile the project's sources again.

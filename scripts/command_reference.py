@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
-from aftersales.commands.actions import METAVARS, _inner, _scalar
+from aftersales.commands.cli.actions import METAVARS, _inner, _scalar
 from aftersales.engine.application.fields import field_choices, key_of
 from aftersales.engine.application.requests import COMMANDS, Action, Command
 from aftersales.engine.domain.limits import DOCUMENTED

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from aftersales.commands.output import exit_code
+from aftersales.commands.cli.output import exit_code
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     ApproveCase,

@@ -40,8 +40,8 @@ import aftersales.engine.integrity.audit_bundle as audit_bundle_mod
 import aftersales.engine.integrity.audit_checks as audit_mod
 import aftersales.engine.integrity.signing_keys as signing_keys_mod
 import aftersales.engine.integrity.tree_heads as tree_heads_mod
-from aftersales.commands.cli import cli
-from aftersales.commands.demo import play
+from aftersales.commands.cli.demo.play import play
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     ApproveCase,

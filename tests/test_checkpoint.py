@@ -30,7 +30,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
 import aftersales.engine.integrity.merkle as merkle
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import OpenCase, RateCase
 from aftersales.engine.domain.case_events import CaseRefunded
@@ -502,7 +502,7 @@ def test_the_scheduler_signs_checkpoints(store_url: str, keys: tuple[Path, Path]
             [
                 sys.executable,
                 "-m",
-                "aftersales.commands.cli",
+                "aftersales.commands.cli.main",
                 "--store",
                 store_url,
                 "scheduler",

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from tests.conftest import at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,7 +259,7 @@ def _aftersales(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "aftersales.commands.cli", *args],
+        [sys.executable, "-m", "aftersales.commands.cli.main", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

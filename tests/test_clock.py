@@ -22,8 +22,8 @@ from uuid import UUID
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
-from aftersales.commands.demo import play
+from aftersales.commands.cli.demo.play import play
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     ApproveCase,
@@ -517,7 +517,7 @@ def scheduler(store_url: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> subprocess.Popen[str]:
-        proc = spawn("aftersales.commands.cli", "--store", store_url, "scheduler", *args)
+        proc = spawn("aftersales.commands.cli.main", "--store", store_url, "scheduler", *args)
         procs.append(proc)
         return proc
 
@@ -562,7 +562,9 @@ def test_the_scheduler_fires_and_stops_cleanly(
 
 
 def test_the_scheduler_reports_a_store_it_cannot_open() -> None:
-    proc = spawn("aftersales.commands.cli", "--store", "mysql://nowhere", "scheduler", "--json")
+    proc = spawn(
+        "aftersales.commands.cli.main", "--store", "mysql://nowhere", "scheduler", "--json"
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert json.loads(out)["error"]["code"] == "bad_input" and err.startswith("error: ")

@@ -450,7 +450,7 @@ def test_audit_flags_an_action_recorded_after_a_deadline_that_should_have_fired(
 
     from click.testing import CliRunner
 
-    from aftersales.commands.cli import cli
+    from aftersales.commands.cli.main import cli
     from aftersales.engine.domain.events import Act
     from aftersales.engine.domain.values import Actor, Role
     from aftersales.engine.storage.case_index import case_rows
@@ -493,7 +493,7 @@ def test_the_audit_passes_a_history_where_the_clock_acted_first(
 ) -> None:
     from click.testing import CliRunner
 
-    from aftersales.commands.cli import cli
+    from aftersales.commands.cli.main import cli
 
     setup_order(engine)
     cid = open_case(engine)

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from aftersales.commands.api import create_app
 from aftersales.commands.desk import views
 from aftersales.commands.desk.session import COOKIE, session_key
 from aftersales.commands.desk.views import time_left
+from aftersales.commands.http.app import create_app
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import ApproveCase, EscalateCase, RateCase, RejectCase
 from aftersales.projections.dashboard import dashboard

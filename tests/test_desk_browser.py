@@ -54,7 +54,7 @@ def live_desk(engine: Engine, store_url: str, tmp_path: Path) -> Iterator[tuple[
     follow = ["--store", store_url, "project", "run", "--follow"]
     with (tmp_path / "project.log").open("wb") as out:
         follower = subprocess.Popen(
-            [sys.executable, "-m", "aftersales.commands.cli", *follow],
+            [sys.executable, "-m", "aftersales.commands.cli.main", *follow],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -29,7 +29,7 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.fields import key_of
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.inputs import read_orders_csv, read_orders_jsonl
@@ -649,7 +649,9 @@ def test_real_processes_refuse_cleanly(tmp_path: Path) -> None:
         ["--store", "postgresql://[::1/db", "case", "list", "--json"],
     ]
     for args in runs:
-        argv = [os.fsencode(a) for a in [sys.executable, "-m", "aftersales.commands.cli", *args]]
+        argv = [
+            os.fsencode(a) for a in [sys.executable, "-m", "aftersales.commands.cli.main", *args]
+        ]
         given = lines.read_bytes() if "-" in args else None
         done = subprocess.run(
             argv, input=given, capture_output=True, env=env, cwd=tmp_path, timeout=120

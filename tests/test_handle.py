@@ -13,8 +13,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.actions import QUIET
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.actions import QUIET
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.fields import key_of
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.lines import from_line

@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from aftersales.commands.api import create_app
+from aftersales.commands.http.app import create_app
 
 # The contract's table of rights, written out here on its own (not read from the code).
 MERCHANT_ACTIONS: dict[str, dict[str, Any]] = {

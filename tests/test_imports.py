@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.bulk import Report
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.inputs import ORDER_FIELDS

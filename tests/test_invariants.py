@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     AcceptOffer,
@@ -717,7 +717,7 @@ def test_an_invariant_is_kept_by_the_tick(engine: Engine) -> None:
 def test_an_invariant_is_kept_over_http(engine: Engine, store_url: str) -> None:
     from fastapi.testclient import TestClient
 
-    from aftersales.commands.api import create_app
+    from aftersales.commands.http.app import create_app
 
     people = People(engine)
     bad, _ = _two_cases(engine)

@@ -14,7 +14,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     AcceptOffer,

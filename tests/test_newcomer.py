@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import COMMANDS, cli, load_command
+from aftersales.commands.cli.main import COMMANDS, cli, load_command
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import OpenCase, new_case_id
 from tests.conftest import PG_URL, at, place_delivered, schema_url
@@ -39,7 +39,7 @@ def test_the_root_help_lists_each_command_by_the_first_words_of_its_own_help() -
 def test_help_and_version_load_click_alone(args: list[str]) -> None:
     probe = (
         "import sys\n"
-        "from aftersales.commands.cli import main\n"
+        "from aftersales.commands.cli.main import main\n"
         f"sys.argv = ['aftersales', *{args!r}]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('pydantic', 'psycopg', 'eventsourcing', 'aftersales.engine')"
@@ -63,7 +63,7 @@ def test_a_sqlite_store_loads_nothing_of_postgresql(store_url: str) -> None:
     for args in runs:
         probe = (
             "import sys\n"
-            "from aftersales.commands.cli import main\n"
+            "from aftersales.commands.cli.main import main\n"
             f"sys.argv = ['aftersales', '--store', {store_url!r}, *{args!r}]\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
             "print('PG', [m for m in ('psycopg', 'eventsourcing.postgres') if m in sys.modules])\n"
@@ -82,12 +82,18 @@ def test_completion_scripts_and_completing_commands() -> None:
     env = {**os.environ, "COMP_WORDS": "aftersales ca", "COMP_CWORD": "1"}
     env["_AFTERSALES_COMPLETE"] = "bash_complete"
     out = subprocess.run(
-        [sys.executable, "-m", "aftersales.commands.cli"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "aftersales.commands.cli.main"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert out.stdout.split() == ["plain,case"]
     env["COMP_WORDS"], env["COMP_CWORD"] = "aftersales case appr", "2"
     out = subprocess.run(
-        [sys.executable, "-m", "aftersales.commands.cli"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "aftersales.commands.cli.main"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert out.stdout.split() == ["plain,approve"]
 
@@ -299,7 +305,7 @@ def test_loadgen_reships_within_the_24_hours_after_approval() -> None:
 def test_import_progress_is_as_long_as_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aftersales.commands import imports
+    from aftersales.commands.cli import imports
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     path = tmp_path / "history.jsonl"
@@ -335,7 +341,7 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
     store.close()
     for command in ("case list", "case list --json", "case list -q"):
         out = subprocess.run(
-            f"{sys.executable} -m aftersales.commands.cli --store {url} {command} | head -n 1",
+            f"{sys.executable} -m aftersales.commands.cli.main --store {url} {command} | head -n 1",
             shell=True,
             capture_output=True,
             text=True,

@@ -157,7 +157,7 @@ def test_messages_published_once_per_buyer_subject(engine: Engine, stream: Strea
 
 
 def _cli(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "aftersales.commands.cli", "--store", store_url, *args]
+    command = [sys.executable, "-m", "aftersales.commands.cli.main", "--store", store_url, *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -18,14 +18,14 @@ def test_one_package_at_the_top_of_site_packages() -> None:
     dist = distribution("aftersales")
     assert (dist.read_text("top_level.txt") or "").split() == ["aftersales"]
     scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
-    assert scripts == {"aftersales": "aftersales.commands.cli:main"}
+    assert scripts == {"aftersales": "aftersales.commands.cli.main:main"}
 
 
 def test_nothing_generic_is_importable_outside_the_repository(tmp_path: Path) -> None:
     probe = (
         "import importlib.util as u\n"
         "print([n for n in ('engine', 'projections', 'commands') if u.find_spec(n)])\n"
-        "import aftersales.commands.cli, aftersales.engine.application.handler, "
+        "import aftersales.commands.cli.main, aftersales.engine.application.handler, "
         "aftersales.projections.runner\n"
     )
     out = subprocess.run(

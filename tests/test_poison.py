@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import ApproveCase, OpenCase, RateCase
 from aftersales.engine.domain.events import (
@@ -282,8 +282,8 @@ def test_a_follower_stops_only_the_projections_that_read_a_damaged_event(
     refunded_case(engine, "B-1", "shop-b", "50.00")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     follower = subprocess.Popen(
-        [sys.executable, "-m", "aftersales.commands.cli", "--store", store_url, "project", "run",
-         "--follow", "--poll", "0.05"],
+        [sys.executable, "-m", "aftersales.commands.cli.main", "--store", store_url,
+         "project", "run", "--follow", "--poll", "0.05"],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(store_url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "aftersales.commands.cli", "--store", store_url, *args],
+        [sys.executable, "-m", "aftersales.commands.cli.main", "--store", store_url, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -83,7 +83,7 @@ def test_relay_settings_that_cannot_be_used_are_refused(
     """The name becomes the relay's table name on both backends, the prefix and stream NATS
     names: anything else is exit 2 before the store is touched (a name once reached SQLite as
     a syntax error, exit 1; an empty prefix a traceback)."""
-    program = [sys.executable, "-m", "aftersales.commands.cli", "--store", store_url, "relay"]
+    program = [sys.executable, "-m", "aftersales.commands.cli.main", "--store", store_url, "relay"]
     for sub in ("status", "run"):
         out = subprocess.run(
             [*program, sub, "--nats", "nats://127.0.0.1:1", option, value, "--json"],
@@ -133,7 +133,7 @@ def _relay_cli(store_url: str, spec: StreamSpec, name: str, *args: str) -> subpr
         [
             sys.executable,
             "-m",
-            "aftersales.commands.cli",
+            "aftersales.commands.cli.main",
             "--store",
             store_url,
             "relay",

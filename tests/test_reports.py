@@ -41,7 +41,7 @@ from click.testing import CliRunner
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     ApproveCase,

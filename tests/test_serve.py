@@ -41,7 +41,7 @@ class Server:
         args += ["--workers", str(workers)]
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "aftersales.commands.cli", *args],
+                [sys.executable, "-m", "aftersales.commands.cli.main", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -108,7 +108,7 @@ def test_keys_idempotency_and_if_match_over_http(
             [
                 sys.executable,
                 "-m",
-                "aftersales.commands.cli",
+                "aftersales.commands.cli.main",
                 "--store",
                 store_url,
                 "key",

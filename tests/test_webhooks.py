@@ -229,7 +229,7 @@ def test_the_command_line_shows_the_secret_once(store_url: str) -> None:
         command = [
             sys.executable,
             "-m",
-            "aftersales.commands.cli",
+            "aftersales.commands.cli.main",
             "--store",
             store_url,
             "webhook",

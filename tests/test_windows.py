@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import aftersales.engine.domain.invariants as invariants
-from aftersales.commands.cli import cli
+from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.policy_file import load_policy
 from aftersales.engine.application.requests import (

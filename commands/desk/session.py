@@ -2,9 +2,9 @@
 
 The cookie holds the key itself, so a session is exactly as good as its key: revoking or
 expiring the key ends every session on it at the next request, and the API authenticates
-and authorizes a cookie exactly as it does ``Authorization: Bearer`` (``commands/api.py``
-asks ``session_key`` only when no Authorization header is given). The key is never put in
-a URL or a page.
+and authorizes a cookie exactly as it does ``Authorization: Bearer``
+(``commands/http/request_parts.py`` asks ``session_key`` only when no Authorization header is
+given). The key is never put in a URL or a page.
 
 Against cross-site requests: besides SameSite=Strict, a request that changes something
 (any method but GET, HEAD and OPTIONS) counts its cookie only if its Origin (or, lacking

@@ -1,7 +1,7 @@
 """What the desk shows, read from the projections and the engine: plain data, no HTML.
 
 Each function takes the store (or engine) and a merchant already decided by the caller's
-rights (``commands/desk/web.py``); none of them decides who may see what.
+rights (``commands/desk/pages/``); none of them decides who may see what.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from aftersales.commands.report import RATE_COLUMNS
+from aftersales.commands.cli.report import RATE_COLUMNS
 from aftersales.engine.application.requests import BY_NAME, Command
 from aftersales.engine.domain.values import FINAL_STATUSES, Status
 from aftersales.engine.storage.store import AftersalesStore

@@ -2,7 +2,7 @@
 
 A command is a frozen pydantic model. The command line's options, a `batch` or `import-history`
 line's keys and an HTTP request's body are all derived from these models (see
-``commands/actions.py``), so an option added here reaches every interface with the same name,
+``commands/cli/actions.py``), so an option added here reaches every interface with the same name,
 type and message. ``Engine.handle`` runs any of them.
 
 Each field's key is its name, except where the interfaces have always spelt it otherwise

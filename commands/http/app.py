@@ -1,0 +1,102 @@
+"""The engine over HTTP: the same typed commands, the same ``Engine.handle``, behind keys.
+
+The application is assembled here from one router per resource (``routers/``): the actions,
+derived from the typed commands (``routers/action_routes.py``), and the reads of cases, orders,
+audits and reports; the desk's pages (``commands/desk``) are mounted on the same application.
+Each route is given the worker's ``Api`` (``dependencies.py``): the request batcher
+(``batcher.py``) and the refusal limiter (``rate_limits.py``).
+
+Every request is authenticated by its key and authorized by the principal's role and reach
+(``engine/access/principal_store.py``, ``guards.py``) before anything is read for it; the actor
+recorded is the principal. A refusal appends nothing, is logged with principal, route and reason
+(never the key), and counts against the key and the client: too many in a minute and they get 429
+for the rest of it (``error_responses.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from aftersales.commands.http.batcher import Api
+from aftersales.commands.http.error_responses import add_error_handlers
+from aftersales.commands.http.routers import (
+    action_routes,
+    audit_routes,
+    case_routes,
+    health_routes,
+    order_routes,
+    report_routes,
+)
+from aftersales.engine.application.policy_file import load_policy
+from aftersales.engine.domain.policy import Policy
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The worker's engine: opened when the worker starts serving, closed when it stops."""
+    api: Api = app.state.api
+    api.open()
+    try:
+        yield
+    finally:
+        api.close()
+
+
+def create_app(
+    store: str | None = None, policy: Policy | None = None, *, failure_limit: int = 20
+) -> FastAPI:
+    """The HTTP application over one store (one engine per worker process)."""
+    app = FastAPI(
+        title="aftersales",
+        summary="Returns, refunds and exchanges: the after-sales engine over HTTP.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.api = Api(store, policy, failure_limit)
+    for routes in (
+        action_routes,
+        health_routes,
+        case_routes,
+        order_routes,
+        audit_routes,
+        report_routes,
+    ):
+        app.include_router(routes.router)
+    add_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(action_routes.BODY_SCHEMAS)
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    from aftersales.commands.desk.web import mount_desk  # the desk's pages use the API's checks
+
+    mount_desk(app, app.state.api)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The application `aftersales serve` runs in each worker: store and policy from the
+    environment the command set."""
+    return create_app(
+        os.environ.get("AFTERSALES_STORE"),
+        load_policy(os.environ.get("AFTERSALES_POLICY")),
+        failure_limit=int(os.environ.get("AFTERSALES_FAILURE_LIMIT", "20")),
+    )

@@ -1,0 +1,47 @@
+"""Reading cases: one by its id, or a list (a merchant's staff its merchant's, a buyer its own)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from aftersales.commands.http.dependencies import ApiDep, answer
+from aftersales.commands.http.guards import allow, refuse_unseen
+from aftersales.engine.access.actor_checks import case_parties
+from aftersales.engine.access.scopes import Principal, Scope
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import ListCases, ShowCase
+
+router = APIRouter()
+
+
+@router.get("/v1/cases/{case_id}", tags=["cases"], summary=ShowCase.__doc__)
+async def show_case(request: Request, case_id: str, api: ApiDep) -> Any:
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, ShowCase.name)
+        command = ShowCase.parse({"case_id": case_id})
+        refuse_unseen(principal, case_parties(engine, command.case_id), f"case {case_id}")
+        return engine.handle(command)
+
+    return await answer(api, request, work)
+
+
+@router.get("/v1/cases", tags=["cases"], summary=ListCases.__doc__)
+async def list_cases(request: Request, api: ApiDep) -> Any:
+    query = dict(request.query_params)
+
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, ListCases.name)
+        values: dict[str, Any] = dict(query)
+        if principal.scope is Scope.MERCHANT:
+            if values.get("merchant", principal.merchant_id) != principal.merchant_id:
+                return []
+            values["merchant"] = principal.merchant_id
+        elif principal.scope is Scope.BUYER:
+            if values.get("buyer", principal.principal_id) != principal.principal_id:
+                return []
+            values["buyer"] = principal.principal_id
+        return engine.handle(ListCases.parse(values))
+
+    return await answer(api, request, work)

@@ -1,0 +1,27 @@
+"""Reading an order (placing, shipping and delivering it are actions: action_routes.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from aftersales.commands.http.dependencies import ApiDep, answer
+from aftersales.commands.http.guards import allow, refuse_unseen
+from aftersales.engine.access.actor_checks import order_parties
+from aftersales.engine.access.scopes import Principal
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.application.requests import ShowOrder
+
+router = APIRouter()
+
+
+@router.get("/v1/orders/{order_id}", tags=["orders"], summary=ShowOrder.__doc__)
+async def show_order(request: Request, order_id: str, api: ApiDep) -> Any:
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, ShowOrder.name)
+        command = ShowOrder.parse({"order_id": order_id})
+        refuse_unseen(principal, order_parties(engine, order_id), f"order {order_id}")
+        return engine.handle(command)
+
+    return await answer(api, request, work)

@@ -1,0 +1,100 @@
+"""Reports, read from the projections as the command line's `report` and `ledger` print them;
+each answer says how far its projection lags (``X-Projection-Lag``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from aftersales.commands.http.dependencies import ApiDep, answer
+from aftersales.commands.http.guards import allow, report_merchant
+from aftersales.engine.access.scopes import DASHBOARD, LEDGER, RETURN_RATES, Principal
+from aftersales.engine.application.handler import Engine
+from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.values import parse_time
+from aftersales.projections.base import View
+from aftersales.projections.dashboard import Dashboard, dashboard
+from aftersales.projections.ledger import Ledger, ledger
+from aftersales.projections.return_rates import GROUPINGS, ReturnRates, return_rates
+from aftersales.projections.runner import Projector
+
+router = APIRouter()
+
+
+def read_view(request: Request, engine: Engine, view: type[View]) -> None:
+    """Reports are read from projections: say how many events one has still to apply
+    (``X-Projection-Lag``), as the command line warns."""
+    (row,) = Projector(engine.store).status([view])
+    request.state.projection_lag = row["lag"]
+
+
+def when(value: str | None, key: str) -> datetime | None:
+    return parse_time(value, key) if value is not None else None
+
+
+def in_order(start: datetime | None, end: datetime | None) -> None:
+    if start and end and start >= end:
+        raise BadInput(f"since {start.isoformat()} is not before until {end.isoformat()}")
+
+
+@router.get("/v1/reports/dashboard", tags=["reports"])
+async def dashboard_report(
+    request: Request, api: ApiDep, merchant: str | None = None, now: str | None = None
+) -> Any:
+    """As `report dashboard --json`."""
+
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, DASHBOARD)
+        shop = report_merchant(principal, merchant)
+        read_view(request, engine, Dashboard)
+        return dashboard(engine.store, shop, when(now, "now") or datetime.now(UTC))
+
+    return await answer(api, request, work)
+
+
+@router.get("/v1/reports/return-rates", tags=["reports"])
+async def return_rates_report(
+    request: Request,
+    api: ApiDep,
+    by: str = "merchant",
+    merchant: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Any:
+    """As `report return-rates --json`."""
+
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, RETURN_RATES)
+        if by not in GROUPINGS:
+            raise BadInput(f"by {by!r} is not one of {'|'.join(GROUPINGS)}")
+        shop = report_merchant(principal, merchant)
+        end = when(until, "until") or datetime.now(UTC)
+        start = when(since, "since") or end - timedelta(days=30)
+        in_order(start, end)
+        read_view(request, engine, ReturnRates)
+        return return_rates(engine.store, by, start, end, shop)
+
+    return await answer(api, request, work)
+
+
+@router.get("/v1/reports/ledger", tags=["reports"])
+async def ledger_report(
+    request: Request,
+    api: ApiDep,
+    merchant: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Any:
+    """As `ledger --json`."""
+
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, LEDGER)
+        shop = report_merchant(principal, merchant)
+        start, end = when(since, "since"), when(until, "until")
+        in_order(start, end)
+        read_view(request, engine, Ledger)
+        return ledger(engine.store, shop, start, end)
+
+    return await answer(api, request, work)
