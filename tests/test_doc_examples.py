@@ -29,11 +29,11 @@ HEADING = re.compile(r"^(#{1,6}) (.+)$")
 
 # What each session must have printed: it really did what its text says.
 PRINTS = {
-    "README.md: A return, from the order to the refund": ["refunded", "verified: yes", "59.00"],
+    "README.md: A return, from the order to the refund": ["refunded", "59.00"],
     "walkthrough.md: Stores, ids and answers": [
         "refused: exit 3",
         "awaiting_buyer_shipment",
-        "quality.colour_difference",
+        '"status": "awaiting_merchant"',
     ],
     "walkthrough.md: Disputes and money": ["refunded", "awaiting_reshipment"],
     "walkthrough.md: Negotiation": ["scratch on the lid", "refunded"],
