@@ -182,7 +182,7 @@ def _cohort(merchant: str | None) -> str:
 
 
 def group_sql(by: str, merchant: str | None) -> str:
-    """The query behind ``report return-rates --by merchant|sku|category`` (also in the README)."""
+    """The query behind ``report return-rates --by merchant|sku|category`` (in docs/reports.md)."""
     kl, kc = _KEY[by].format(a="l"), _KEY[by].format(a="cl")
     return f"""
 WITH {_cohort(merchant)},
@@ -214,7 +214,7 @@ GROUP BY og.key ORDER BY og.key"""
 
 
 def reason_sql(merchant: str | None) -> str:
-    """The query behind ``report return-rates --by reason`` (also in the README)."""
+    """The query behind ``report return-rates --by reason`` (in docs/reports.md)."""
     return f"""
 WITH {_cohort(merchant)},
 totals AS (

@@ -1,7 +1,8 @@
-"""Write the README's transition table from the engine's own (engine/domain/transitions.py).
+"""Write the transition table in docs/transitions.md from the engine's own
+(engine/domain/transitions.py).
 
-    python -m scripts.transition_table           # rewrite the table in README.md
-    python -m scripts.transition_table --check   # exit 1 if README.md's table is out of date
+    python -m scripts.transition_table           # rewrite the table in docs/transitions.md
+    python -m scripts.transition_table --check   # exit 1 if that table is out of date
 
 The table sits between the marker comments ``<!-- transitions:begin -->`` and
 ``<!-- transitions:end -->``; nothing outside them is touched.
@@ -20,7 +21,7 @@ from aftersales.engine.domain.values import Status
 
 BEGIN = "<!-- transitions:begin -->"
 END = "<!-- transitions:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "transitions.md"
 
 
 def _words(values: Iterable[Enum]) -> str:
@@ -98,8 +99,8 @@ def replaced(text: str, table: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.transition_table",
-        description="Write the README's transition table from engine/domain/transitions.py, "
-        f"between the markers {BEGIN} and {END}.",
+        description="Write the transition table from engine/domain/transitions.py, between "
+        f"the markers {BEGIN} and {END}.",
     )
     parser.add_argument(
         "--check",
@@ -107,30 +108,35 @@ def main(argv: list[str] | None = None) -> int:
         help="change nothing; exit 1 if the table in the file is not the generated one",
     )
     parser.add_argument(
-        "--readme", type=Path, default=README, help="the file to write (default: README.md)"
+        "--file",
+        "--readme",
+        dest="file",
+        type=Path,
+        default=DOC,
+        help="the file to write (default: docs/transitions.md)",
     )
     args = parser.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
+    text = args.file.read_text(encoding="utf-8")
     try:
         wanted = replaced(text, render())
     except ValueError as exc:
-        print(f"error: {args.readme}: {exc}", file=sys.stderr)
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
     if args.check:
         if wanted != text:
             print(
-                f"{args.readme}: the transition table is out of date; "
+                f"{args.file}: the transition table is out of date; "
                 "run python -m scripts.transition_table",
                 file=sys.stderr,
             )
             return 1
-        print(f"{args.readme}: the transition table is up to date")
+        print(f"{args.file}: the transition table is up to date")
         return 0
     if wanted != text:
-        args.readme.write_text(wanted, encoding="utf-8")
-        print(f"{args.readme}: transition table written ({len(TRANSITIONS)} rows)")
+        args.file.write_text(wanted, encoding="utf-8")
+        print(f"{args.file}: transition table written ({len(TRANSITIONS)} rows)")
     else:
-        print(f"{args.readme}: the transition table was already up to date")
+        print(f"{args.file}: the transition table was already up to date")
     return 0
 
 

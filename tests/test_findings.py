@@ -184,10 +184,10 @@ def test_a_buyer_withdraws_a_rejected_or_escalated_case_as_the_table_says(
         assert shown["status"] == "closed" and shown["refunded_amount"] == "0.00"
         audit = _show(store_url, "audit", case_id, "--verify")
         assert audit["verified"] is True, audit["problems"]
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = (ROOT / "docs" / "transitions.md").read_text(encoding="utf-8")
     assert (
         "| `awaiting_merchant`, `awaiting_buyer_shipment`, `escalated`, `rejected` | "
-        "`withdraw` | buyer |" in readme
+        "`withdraw` | buyer |" in table
     )
     doc = (ROOT / "docs" / "command-line.md").read_text(encoding="utf-8")
     section = doc.split("### `aftersales case withdraw CASE_ID`", 1)[1].split("###", 1)[0]

@@ -1,5 +1,6 @@
-"""The transition table as data: complete, unambiguous, agreeing with itself, with the README's
-copy and with the events the engine defines; and the domain speaks without command-line flags."""
+"""The transition table as data: complete, unambiguous, agreeing with itself, with the copy in
+docs/transitions.md and with the events the engine defines; and the domain speaks without
+command-line flags."""
 
 from __future__ import annotations
 
@@ -39,11 +40,11 @@ from scripts import transition_table
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# The README's copy ------------------------------------------------------------------------------
+# The documented copy ----------------------------------------------------------------------------
 
 
-def test_the_readme_table_is_the_generated_one() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_documented_table_is_the_generated_one() -> None:
+    text = (ROOT / "docs" / "transitions.md").read_text(encoding="utf-8")
     start = text.index(transition_table.BEGIN) + len(transition_table.BEGIN)
     end = text.index(transition_table.END)
     assert text[start:end] == "\n" + transition_table.render()
@@ -63,18 +64,18 @@ def _script(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_script_checks_and_writes(tmp_path: Path) -> None:
     assert _script("--help").returncode == 0
     assert _script("--check").returncode == 0
-    readme = tmp_path / "README.md"
+    doc = tmp_path / "transitions.md"
     stale = f"# x\n\nbefore\n{transition_table.BEGIN}\n| old |\n{transition_table.END}\nafter\n"
-    readme.write_text(stale, encoding="utf-8")
-    result = _script("--check", "--readme", str(readme))
+    doc.write_text(stale, encoding="utf-8")
+    result = _script("--check", "--file", str(doc))
     assert result.returncode == 1 and "out of date" in result.stderr
-    assert readme.read_text(encoding="utf-8") == stale  # --check changes nothing
-    assert _script("--readme", str(readme)).returncode == 0
-    written = readme.read_text(encoding="utf-8")
+    assert doc.read_text(encoding="utf-8") == stale  # --check changes nothing
+    assert _script("--file", str(doc)).returncode == 0
+    written = doc.read_text(encoding="utf-8")
     assert written.startswith("# x\n\nbefore\n") and written.endswith("\nafter\n")
-    assert _script("--check", "--readme", str(readme)).returncode == 0
-    readme.write_text("no markers\n", encoding="utf-8")
-    assert _script("--readme", str(readme)).returncode == 2
+    assert _script("--check", "--file", str(doc)).returncode == 0
+    doc.write_text("no markers\n", encoding="utf-8")
+    assert _script("--readme", str(doc)).returncode == 2  # the old name still works
 
 
 # The table itself -------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ Everything else is derived from the rows: the statuses each action may start fro
 (`ALLOWED_FROM`, which the aggregate enforces), the actions a person may take, and the audit's
 tables (which action each event records, where it may lead, what must follow it). The aggregate
 reads the row for each action it takes (`outcome`), the audit reads the derived tables, the
-README's transition table is generated from the rows (``scripts/transition_table.py``), and the
-standalone bundle verifier's copy is tested equal to them.
+transition table in docs/transitions.md is generated from the rows
+(``scripts/transition_table.py``), and the standalone bundle verifier's copy is tested equal to
+them.
 
 Events are named here by their class name, which is also the tail of their stored topic and the
 name the standalone verifier knows them by; the classes themselves live in ``engine.domain.case``
