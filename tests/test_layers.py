@@ -1,6 +1,7 @@
-"""The layers of engine/ (issue 23): every module imports, the domain imports nothing outside
-itself, no two engine modules import each other (directly or round a longer loop), and module
-names are unique across engine/, projections/ and commands/.
+"""The layers: every engine module imports, the domain imports nothing outside itself, the
+engine knows neither its readers (projections/) nor its interfaces (commands/), projections do
+not know the interfaces, no two modules anywhere import each other (directly or round a longer
+loop), and module names are unique across engine/, projections/ and commands/.
 
 Imports are read with ``ast``: every ``import`` and ``from ... import`` of the repository's own
 modules, at the top of a module or inside a function, counts; those under ``if TYPE_CHECKING:``
@@ -53,6 +54,7 @@ def _files(*tops: str) -> list[Path]:
 
 ENGINE_FILES = _files("engine")
 ENGINE = {_module_name(p): p for p in ENGINE_FILES}
+EVERY = {_module_name(p): p for p in _files(*TOPS)}
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -77,7 +79,7 @@ def _imports(path: Path) -> set[str]:
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
                 found.add(child.module)
                 for a in child.names:
-                    if f"{child.module}.{a.name}" in ENGINE:
+                    if f"{child.module}.{a.name}" in EVERY:
                         found.add(f"{child.module}.{a.name}")
             visit(child)
 
@@ -131,10 +133,24 @@ def test_layers_import_only_the_layers_below() -> None:
     assert wrong == []
 
 
-def test_no_import_cycles_among_engine_modules() -> None:
-    graph = {m: {i for i in _imports(p) if i in ENGINE and i != m} for m, p in ENGINE.items()}
+def test_the_engine_knows_neither_projections_nor_interfaces() -> None:
+    """The write side is read by projections and driven by the interfaces, never the reverse;
+    projections are read by the interfaces."""
+    above = {"engine": ("projections", "commands"), "projections": ("commands",)}
+    wrong = [
+        f"{module} imports {imported}"
+        for module, path in EVERY.items()
+        for imported in _imports(path)
+        for top in above.get(module.split(".")[1], ())
+        if imported == f"{PACKAGE}.{top}" or imported.startswith(f"{PACKAGE}.{top}.")
+    ]
+    assert wrong == []
+
+
+def test_no_import_cycles_among_modules() -> None:
+    graph = {m: {i for i in _imports(p) if i in EVERY and i != m} for m, p in EVERY.items()}
     # A package's __init__ is imported with each of its modules: not an edge of a cycle.
-    graph = {m: {i for i in deps if ENGINE[i].name != "__init__.py"} for m, deps in graph.items()}
+    graph = {m: {i for i in deps if EVERY[i].name != "__init__.py"} for m, deps in graph.items()}
     cycles: list[list[str]] = []
     state: dict[str, int] = {}  # 1: on the path, 2: done
     path: list[str] = []
@@ -156,12 +172,11 @@ def test_no_import_cycles_among_engine_modules() -> None:
     assert cycles == []
 
 
-def test_engine_module_names_are_unique_across_engine_projections_and_commands() -> None:
-    """No engine module shares its name with another module of engine/, projections/ or
-    commands/ (a package's __init__ and a program's main are named by their place)."""
+def test_module_names_are_unique_across_engine_projections_and_commands() -> None:
+    """No module shares its name with another of engine/, projections/ or commands/ (a
+    package's __init__ and a program's main are named by their place)."""
     names = Counter(p.stem for p in _files(*TOPS) if p.stem not in ("__init__", "__main__", "main"))
-    engine = {p.stem for p in ENGINE_FILES}
-    assert sorted(n for n, count in names.items() if count > 1 and n in engine) == []
+    assert sorted(n for n, count in names.items() if count > 1) == []
 
 
 def test_moved_classes_keep_the_topics_they_were_stored_under() -> None:
