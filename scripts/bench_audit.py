@@ -31,6 +31,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--cases", type=int, default=1_000_000)
+    parser.add_argument("--budget", type=float, default=900.0, help="seconds for building")
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=200)
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 import psycopg
 from psycopg.sql import SQL, Identifier
 
@@ -153,12 +167,7 @@ def median_ms(fn: object, runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--cases", type=int, default=1_000_000)
-    parser.add_argument("--budget", type=float, default=900.0, help="seconds for building")
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--runs", type=int, default=200)
-    args = parser.parse_args()
+    args = arguments().parse_args()
 
     schema = f"bench_audit_{uuid.uuid4().hex[:8]}"
     url = f"{PG}?schema={schema}"

@@ -31,6 +31,25 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", nargs="?", default="postgresql://127.0.0.1:5432/test")
+    parser.add_argument("--cases", type=int, default=1_000_000)
+    parser.add_argument("--due", type=int, default=5_000, help="deadlines fired in groups")
+    parser.add_argument(
+        "--due-single", type=int, default=2_000, help="deadlines then fired one per transaction"
+    )
+    parser.add_argument("--chunk", type=int, default=2_000, help="cases per bulk save")
+    parser.add_argument("--runs", type=int, default=9, help="runs of the empty tick")
+    parser.add_argument("--max-build-seconds", type=float, default=900.0)
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 import psycopg
 from psycopg.sql import SQL, Identifier
 
@@ -168,16 +187,7 @@ def median_seconds(call: Callable[[], object], runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", nargs="?", default="postgresql://127.0.0.1:5432/test")
-    parser.add_argument("--cases", type=int, default=1_000_000)
-    parser.add_argument("--due", type=int, default=5_000, help="deadlines fired in groups")
-    parser.add_argument(
-        "--due-single", type=int, default=2_000, help="deadlines then fired one per transaction"
-    )
-    parser.add_argument("--chunk", type=int, default=2_000, help="cases per bulk save")
-    parser.add_argument("--runs", type=int, default=9, help="runs of the empty tick")
-    parser.add_argument("--max-build-seconds", type=float, default=900.0)
+    parser = arguments()
     args = parser.parse_args()
     if not args.url.startswith("postgresql://") or "?" in args.url:
         parser.error("give a postgresql://host:port/db URL without options (the schema is ours)")

@@ -15,6 +15,31 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.transition_table",
+        description="Write the README's transition table from engine/transitions.py, between "
+        "the markers <!-- transitions:begin --> and <!-- transitions:end -->.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 if the table in the file is not the generated one",
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "README.md",
+        help="the file to write (default: README.md)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 from aftersales.engine.transitions import TRANSITIONS, Charge, Given, Transition
 from aftersales.engine.values import Status
 
@@ -96,20 +121,7 @@ def replaced(text: str, table: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.transition_table",
-        description="Write the README's transition table from engine/transitions.py, between "
-        f"the markers {BEGIN} and {END}.",
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="change nothing; exit 1 if the table in the file is not the generated one",
-    )
-    parser.add_argument(
-        "--readme", type=Path, default=README, help="the file to write (default: README.md)"
-    )
-    args = parser.parse_args(argv)
+    args = arguments().parse_args(argv)
     text = args.readme.read_text(encoding="utf-8")
     try:
         wanted = replaced(text, render())

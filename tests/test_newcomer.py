@@ -250,6 +250,7 @@ SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py") if p.name != "_
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_answers_help(script: str, tmp_path: Path) -> None:
+    """Each script reads its command line before its heavy imports: help comes at once."""
     for flag in ("--help", "-h"):
         out = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / script), flag],
@@ -260,6 +261,19 @@ def test_every_script_answers_help(script: str, tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert "usage" in out.stdout.lower() and not out.stderr
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{script!r}, '--help']\n"
+        f"try:\n    runpy.run_path({str(ROOT / 'scripts' / script)!r}, run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ('pydantic', 'psycopg', 'eventsourcing', 'fastapi', 'nats', 'cryptography',"
+        " 'aftersales.engine', 'aftersales.projections', 'aftersales.commands')\n"
+        "print('HEAVY', [m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stderr
 
 
 def test_loadgen_reships_within_the_24_hours_after_approval() -> None:
