@@ -60,17 +60,23 @@ def test_a_sqlite_store_loads_nothing_of_postgresql(store_url: str) -> None:
         ["tick"],
     ]
     expected = "['psycopg', 'eventsourcing.postgres']" if "postgres" in store_url else "[]"
-    for args in runs:
-        probe = (
-            "import sys\n"
-            "from aftersales.commands.cli import main\n"
-            f"sys.argv = ['aftersales', '--store', {store_url!r}, *{args!r}]\n"
-            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-            "print('PG', [m for m in ('psycopg', 'eventsourcing.postgres') if m in sys.modules])\n"
-        )
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip().splitlines()[-1] == f"PG {expected}", args
+    # One process runs the commands in turn, saying after each what it has loaded so far: a
+    # module once imported stays, so each command is seen to load nothing the ones before it
+    # had not.
+    probe = (
+        "import sys\n"
+        "from aftersales.commands.cli import main\n"
+        f"for args in {runs!r}:\n"
+        f"    sys.argv = ['aftersales', '--store', {store_url!r}, *args]\n"
+        "    try:\n        main()\n"
+        "    except SystemExit as exc:\n        assert not exc.code, exc.code\n"
+        "    pg = [m for m in ('psycopg', 'eventsourcing.postgres') if m in sys.modules]\n"
+        "    print('PG', pg)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    said = [line for line in out.stdout.splitlines() if line.startswith("PG ")]
+    assert said == [f"PG {expected}"] * len(runs), out.stdout
 
 
 def test_completion_scripts_and_completing_commands() -> None:
