@@ -36,9 +36,39 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg.sql import SQL, Identifier
-from psycopg.types.json import Jsonb
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default="postgresql://127.0.0.1:5432/test")  # DEFAULT_STORE
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument(
+        "--skip-large",
+        action="store_true",
+        help="Leave out the store of a million open cases (tick, audit, dashboard).",
+    )
+    parser.add_argument(
+        "--only-http",
+        action="store_true",
+        help="The raw baselines and the HTTP figures only (a few minutes).",
+    )
+    parser.add_argument(
+        "--http-workers", type=int, default=1, help="`serve --workers` for the HTTP figures."
+    )
+    parser.add_argument(
+        "--only-checks",
+        action="store_true",
+        help="The raw baselines and what the invariants and read checks cost an action.",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
+import psycopg  # noqa: E402
+from psycopg.sql import SQL, Identifier  # noqa: E402
+from psycopg.types.json import Jsonb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -802,28 +832,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument(
-        "--skip-large",
-        action="store_true",
-        help="Leave out the store of a million open cases (tick, audit, dashboard).",
-    )
-    parser.add_argument(
-        "--only-http",
-        action="store_true",
-        help="The raw baselines and the HTTP figures only (a few minutes).",
-    )
-    parser.add_argument(
-        "--http-workers", type=int, default=1, help="`serve --workers` for the HTTP figures."
-    )
-    parser.add_argument(
-        "--only-checks",
-        action="store_true",
-        help="The raw baselines and what the invariants and read checks cost an action.",
-    )
-    args = parser.parse_args()
+    args = arguments().parse_args()
     bench = Bench(args.store, args.scale)
     bench.http_workers = args.http_workers
     parts: list[Callable[[], None]] = [

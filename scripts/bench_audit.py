@@ -2,7 +2,7 @@
 
 Builds, in its own schema (dropped at the end), N other cases (each an order placed and a
 refund-only case opened on it: three events and a case-index row), written with bulk
-``EventStore.save(...)`` calls of many aggregates each; then one case with 50 events (opened,
+``AftersalesStore.save(...)`` calls of many aggregates each; then one case with 50 events (opened,
 rejected, then 24 rounds of escalation and a ruling for the merchant) through the engine.
 
 Then, in the same run, the median of:
@@ -30,6 +30,20 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--cases", type=int, default=1_000_000)
+    parser.add_argument("--budget", type=float, default=900.0, help="seconds for building")
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=200)
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
 
 import psycopg
 from psycopg.sql import SQL, Identifier
@@ -157,12 +171,7 @@ def median_ms(fn: object, runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--cases", type=int, default=1_000_000)
-    parser.add_argument("--budget", type=float, default=900.0, help="seconds for building")
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--runs", type=int, default=200)
-    args = parser.parse_args()
+    args = arguments().parse_args()
 
     schema = f"bench_audit_{uuid.uuid4().hex[:8]}"
     url = f"{PG}?schema={schema}"

@@ -33,6 +33,22 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--store-events", type=int, default=100_000)
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventsourcing.utils import get_topic
@@ -256,14 +272,7 @@ def real_store(conninfo: str, n: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--store-events", type=int, default=100_000)
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
-    )
-    args = parser.parse_args()
+    args = arguments().parse_args()
     lines = tree_in_memory(args.events)
     if args.store_events:
         lines += ["", *real_store(args.url.split("?")[0], args.store_events)]

@@ -25,6 +25,23 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--open", type=int, default=10_000, help="shop-big's open cases")
+    parser.add_argument("--history", type=int, default=100_000, help="other merchants' events")
+    parser.add_argument("--repeat", type=int, default=21)
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi.testclient import TestClient
@@ -77,15 +94,7 @@ def timed(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--open", type=int, default=10_000, help="shop-big's open cases")
-    parser.add_argument("--history", type=int, default=100_000, help="other merchants' events")
-    parser.add_argument("--repeat", type=int, default=21)
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
-    )
-    args = parser.parse_args()
+    args = arguments().parse_args()
 
     with scratch_schema(args.url, "bench_desk") as url:
         store = AftersalesStore(url)

@@ -24,6 +24,30 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--append", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
+    )
+    parser.add_argument(
+        "--cases", type=int, default=2000, help="Cases loaded, with and without the checks."
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="Unchecked/checked runs of each, in turn."
+    )
+    parser.add_argument("--keep", action="store_true", help="Do not drop the schema.")
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 import psycopg
 from psycopg.sql import SQL, Identifier
 
@@ -84,22 +108,7 @@ def _load(store: AftersalesStore, case_ids: list[uuid.UUID], verify: bool) -> fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--append", type=int, default=50_000)
-    parser.add_argument("--batch-size", type=int, default=5000)
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
-    )
-    parser.add_argument(
-        "--cases", type=int, default=2000, help="Cases loaded, with and without the checks."
-    )
-    parser.add_argument(
-        "--pairs", type=int, default=3, help="Unchecked/checked runs of each, in turn."
-    )
-    parser.add_argument("--keep", action="store_true", help="Do not drop the schema.")
-    args = parser.parse_args()
+    args = arguments().parse_args()
 
     conninfo = args.url.split("?", 1)[0]
     schema = f"bench_proj_{uuid.uuid4().hex[:8]}"

@@ -33,6 +33,24 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--commands", type=int, default=300)
+    parser.add_argument("--backend", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--nats", help="the NATS server (default: the relay's, the local one)")
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 import nats
 import psycopg
 from psycopg.sql import SQL, Identifier
@@ -61,16 +79,8 @@ async def drop_stream(servers: str, name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--commands", type=int, default=300)
-    parser.add_argument("--backend", choices=["postgres", "sqlite"], default="postgres")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test"),
-    )
-    parser.add_argument("--nats", default=DEFAULT_NATS)
-    args = parser.parse_args()
+    args = arguments().parse_args()
+    args.nats = args.nats or DEFAULT_NATS
 
     tag = uuid.uuid4().hex[:8]
     conninfo = args.url.split("?", 1)[0]

@@ -24,6 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--postgres", default="postgresql://127.0.0.1:5432/test")
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aftersales.commands
@@ -103,10 +115,7 @@ def libraries_loaded(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--postgres", default="postgresql://127.0.0.1:5432/test")
-    args = parser.parse_args(argv)
+    args = arguments().parse_args(argv)
     program = [sys.executable, "-m", "aftersales.commands.cli.main"]
     # With bytecode cached, as an installed package runs: pip compiles what it installs, and a
     # checkout installed editable writes it on first run, unless PYTHONDONTWRITEBYTECODE is set

@@ -8,7 +8,7 @@ dropped at the end. Prints a Markdown table on stdout; progress goes to stderr.
 
 The open cases are built through the real aggregates (``Order.place``, ``ReturnCase.open``,
 ``Order.link_case``: the same events, hash chains and case-index rows the engine writes), saved
-in bulk: one ``EventStore.save`` of a few thousand new aggregates per transaction. Case ``i`` is a
+in bulk: one ``AftersalesStore.save`` of a few thousand new aggregates per transaction. Case ``i`` is a
 refund-only request opened at ``T0 + i`` seconds, so its merchant's 48 hours end at
 ``T0 + 48 h + i`` seconds: a tick at ``T0 + 48 h - 1 s`` finds nothing due among them all, and a
 tick at ``T0 + 48 h + (n - 1) s`` finds exactly the first n due. Firing one is the heaviest
@@ -30,6 +30,25 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", nargs="?", default="postgresql://127.0.0.1:5432/test")
+    parser.add_argument("--cases", type=int, default=1_000_000)
+    parser.add_argument("--due", type=int, default=5_000, help="deadlines fired in groups")
+    parser.add_argument(
+        "--due-single", type=int, default=2_000, help="deadlines then fired one per transaction"
+    )
+    parser.add_argument("--chunk", type=int, default=2_000, help="cases per bulk save")
+    parser.add_argument("--runs", type=int, default=9, help="runs of the empty tick")
+    parser.add_argument("--max-build-seconds", type=float, default=900.0)
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
 
 import psycopg
 from psycopg.sql import SQL, Identifier
@@ -170,16 +189,7 @@ def median_seconds(call: Callable[[], object], runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", nargs="?", default="postgresql://127.0.0.1:5432/test")
-    parser.add_argument("--cases", type=int, default=1_000_000)
-    parser.add_argument("--due", type=int, default=5_000, help="deadlines fired in groups")
-    parser.add_argument(
-        "--due-single", type=int, default=2_000, help="deadlines then fired one per transaction"
-    )
-    parser.add_argument("--chunk", type=int, default=2_000, help="cases per bulk save")
-    parser.add_argument("--runs", type=int, default=9, help="runs of the empty tick")
-    parser.add_argument("--max-build-seconds", type=float, default=900.0)
+    parser = arguments()
     args = parser.parse_args()
     if not args.url.startswith("postgresql://") or "?" in args.url:
         parser.error("give a postgresql://host:port/db URL without options (the schema is ours)")

@@ -19,6 +19,22 @@ import typing
 from enum import Enum
 from pathlib import Path
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "command-line.md"
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
+    parser.add_argument(
+        "--doc", type=Path, default=DOC, help="the file to write (default: %(default)s)"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 from pydantic.fields import FieldInfo
 
 from aftersales.commands.cli.actions import METAVARS, _inner, _scalar
@@ -32,7 +48,6 @@ BEGIN = "<!-- commands:begin -->"
 END = "<!-- commands:end -->"
 LIMITS_BEGIN = "<!-- limits:begin -->"
 LIMITS_END = "<!-- limits:end -->"
-DOC = Path(__file__).resolve().parent.parent / "docs" / "command-line.md"
 
 
 def _value(field: FieldInfo) -> str:
@@ -114,12 +129,7 @@ def rewritten(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
-    parser.add_argument(
-        "--doc", type=Path, default=DOC, help="the file to write (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
+    args = arguments().parse_args(argv)
     text = args.doc.read_text(encoding="utf-8")
     new = rewritten(text)
     if args.check:

@@ -25,6 +25,25 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--merchants", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--tick-hours",
+        type=float,
+        default=6.0,
+        help="simulated hours between tick lines; 0 for none",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aftersales.engine.application.requests import new_case_id
@@ -282,17 +301,7 @@ class Workload:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=1000)
-    parser.add_argument("--merchants", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--tick-hours",
-        type=float,
-        default=6.0,
-        help="simulated hours between tick lines; 0 for none",
-    )
-    args = parser.parse_args(argv)
+    args = arguments().parse_args(argv)
     workload = Workload(args.seed, args.orders, args.merchants, args.tick_hours)
     out = sys.stdout
     try:

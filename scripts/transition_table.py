@@ -16,12 +16,40 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "transitions.md"
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.transition_table",
+        description="Write the transition table from engine/domain/transitions.py, between "
+        "the markers <!-- transitions:begin --> and <!-- transitions:end -->.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 if the table in the file is not the generated one",
+    )
+    parser.add_argument(
+        "--file",
+        "--readme",
+        dest="file",
+        type=Path,
+        default=DOC,
+        help="the file to write (default: docs/transitions.md)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
+
 from aftersales.engine.domain.transitions import TRANSITIONS, Charge, Given, Transition
 from aftersales.engine.domain.values import Status
 
 BEGIN = "<!-- transitions:begin -->"
 END = "<!-- transitions:end -->"
-DOC = Path(__file__).resolve().parent.parent / "docs" / "transitions.md"
 
 
 def _words(values: Iterable[Enum]) -> str:
@@ -97,25 +125,7 @@ def replaced(text: str, table: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.transition_table",
-        description="Write the transition table from engine/domain/transitions.py, between "
-        f"the markers {BEGIN} and {END}.",
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="change nothing; exit 1 if the table in the file is not the generated one",
-    )
-    parser.add_argument(
-        "--file",
-        "--readme",
-        dest="file",
-        type=Path,
-        default=DOC,
-        help="the file to write (default: docs/transitions.md)",
-    )
-    args = parser.parse_args(argv)
+    args = arguments().parse_args(argv)
     text = args.file.read_text(encoding="utf-8")
     try:
         wanted = replaced(text, render())

@@ -4,11 +4,12 @@ Orders are placed, shipped and delivered; about a quarter get a case that runs o
 realistic paths (return and refund, refund only, the merchant silent and the system approving,
 a rejection escalated and ruled for the buyer, an exchange), each through the aggregates' own
 methods, so every event is one the engine itself would record. Many aggregates are saved per
-``EventStore.save(...)`` call, with the case index rows the engine writes alongside.
+``AftersalesStore.save(...)`` call, with the case index rows the engine writes alongside.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +17,24 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import UUID, uuid4
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line, built before the imports below so that `--help` needs none."""
+    parser = argparse.ArgumentParser(
+        prog="python scripts/workload.py",
+        description="Write a synthetic, rule-abiding event log into a store (for benchmarks "
+        "and trying the reports): orders, and cases on about a quarter of them.",
+    )
+    parser.add_argument("--store", required=True, help="the store URL to write into")
+    parser.add_argument("--events", type=int, default=10_000, help="at least this many events")
+    parser.add_argument("--merchants", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+if __name__ == "__main__":
+    arguments().parse_args()  # --help, or a mistake, answered before the imports below
 
 from aftersales.engine.domain.case import ReturnCase, settle_order_lines
 from aftersales.engine.domain.events import Act
@@ -227,18 +246,7 @@ def _orders(rng: random.Random, merchants: int) -> Iterator[tuple[str, datetime]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python scripts/workload.py",
-        description="Write a synthetic, rule-abiding event log into a store (for benchmarks "
-        "and trying the reports): orders, and cases on about a quarter of them.",
-    )
-    parser.add_argument("--store", required=True, help="the store URL to write into")
-    parser.add_argument("--events", type=int, default=10_000, help="at least this many events")
-    parser.add_argument("--merchants", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
+    args = arguments().parse_args(argv)
     store = AftersalesStore(args.store)
     try:
         written = generate(store, args.events, merchants=args.merchants, seed=args.seed)

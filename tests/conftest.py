@@ -203,6 +203,21 @@ class SchemaPool:
         return str(row[0]) if row else ""
 
 
+# The domain tests: the rules on the aggregates alone, with no store and no process, marked
+# `domain` (pyproject.toml says how to run them alone).
+DOMAIN_TESTS = frozenset({"test_domain.py", "test_negotiation.py"})
+STORE_FIXTURES = frozenset({"store_url", "engine", "pg_schemas"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in DOMAIN_TESTS:
+            used = STORE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            if used:
+                raise pytest.UsageError(f"{item.nodeid} is a domain test but uses {sorted(used)}")
+            item.add_marker(pytest.mark.domain)
+
+
 @pytest.fixture(scope="session")
 def pg_schemas() -> Iterator[SchemaPool]:
     pool = SchemaPool()
