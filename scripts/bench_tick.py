@@ -8,8 +8,8 @@ dropped at the end. Prints a Markdown table on stdout; progress goes to stderr.
 
 The open cases are built through the real aggregates (``Order.place``, ``ReturnCase.open``,
 ``Order.link_case``: the same events, hash chains and case-index rows the engine writes), saved
-in bulk: one ``AftersalesStore.save`` of a few thousand new aggregates per transaction. Case ``i`` is a
-refund-only request opened at ``T0 + i`` seconds, so its merchant's 48 hours end at
+in bulk: one ``AftersalesStore.save`` of a few thousand new aggregates per transaction. Case
+``i`` is a refund-only request opened at ``T0 + i`` seconds, so its merchant's 48 hours end at
 ``T0 + 48 h + i`` seconds: a tick at ``T0 + 48 h - 1 s`` finds nothing due among them all, and a
 tick at ``T0 + 48 h + (n - 1) s`` finds exactly the first n due. Firing one is the heaviest
 deadline there is: the auto-approval, the refund, and the order's lines released (three events on
