@@ -1,10 +1,12 @@
-"""The desk's session: a key held in an HTTP-only, SameSite=Strict cookie.
+"""The desk's session: a session token held in an HTTP-only, SameSite=Strict cookie.
 
-The cookie holds the key itself, so a session is exactly as good as its key: revoking or
-expiring the key ends every session on it at the next request, and the API authenticates
-and authorizes a cookie exactly as it does ``Authorization: Bearer``
-(``commands/http/request_parts.py`` asks ``session_key`` only when no Authorization header is
-given). The key is never put in a URL or a page.
+Signing in exchanges the key for a session kept in the store (``engine/access/desk_sessions.py``:
+expiring when idle and at the latest after its lifetime, revocable, listed under the principal);
+the cookie holds only the session's token, never the key. Every request checks the session in
+the store, so signing out, revoking the session, or revoking or expiring its key ends it at the
+next request. The API authenticates and authorizes the session as it does ``Authorization:
+Bearer`` (``commands/http/request_parts.py`` asks ``session_key`` only when no Authorization
+header is given). Neither key nor token is ever put in a URL or a page.
 
 Against cross-site requests: besides SameSite=Strict, a request that changes something
 (any method but GET, HEAD and OPTIONS) counts its cookie only if its Origin (or, lacking
@@ -38,8 +40,8 @@ def offer_key(request: Request, key: str) -> None:
 
 
 def session_key(request: Request) -> str | None:
-    """The key of the request's session, if it has one and may use it for this request (or,
-    on the sign-in form's request, the key offered)."""
+    """The credential of the request's session: its token, if it has one and may use it for
+    this request (or, on the sign-in form's request, the key offered)."""
     offered = getattr(request.state, "offered_key", None)
     if isinstance(offered, str):
         return offered
