@@ -6,7 +6,9 @@ the cookie holds only the session's token, never the key. Every request checks t
 the store, so signing out, revoking the session, or revoking or expiring its key ends it at the
 next request. The API authenticates and authorizes the session as it does ``Authorization:
 Bearer`` (``commands/http/request_parts.py`` asks ``session_key`` only when no Authorization
-header is given). Neither key nor token is ever put in a URL or a page.
+header is given); a cookie counts only if it holds something shaped like a session's token (a
+cookie holding a key, as the desk once set, signs its browser out). Neither key nor token is
+ever put in a URL or a page.
 
 Against cross-site requests: besides SameSite=Strict, a request that changes something
 (any method but GET, HEAD and OPTIONS) counts its cookie only if its Origin (or, lacking
@@ -18,6 +20,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
+
+from aftersales.engine.access.desk_sessions import session_id_of
 
 COOKIE = "aftersales_session"
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -45,9 +49,9 @@ def session_key(request: Request) -> str | None:
     offered = getattr(request.state, "offered_key", None)
     if isinstance(offered, str):
         return offered
-    key = request.cookies.get(COOKIE)
-    if not key:
+    token = request.cookies.get(COOKIE)
+    if not token or session_id_of(token) is None:  # a key is never taken from a cookie
         return None
     if request.method not in SAFE and not same_origin(request):
         return None
-    return key
+    return token
