@@ -270,3 +270,16 @@ def test_session_terms_and_ids_checked(engine: Engine) -> None:
     assert ended["principal"] == "staff-1" and ended["why"] == "revoked"
     with pytest.raises(NotAllowed, match="ended at"):
         end_session(engine.store, session_id, datetime.now(UTC))
+
+
+def test_a_store_made_before_sessions_gets_their_table(engine: Engine, store_url: str) -> None:
+    """A store whose access tables came before the sessions' gets the sessions' table when it is
+    next opened, on both backends."""
+    people = People(engine)
+    engine.store.execute("DROP TABLE {t}aftersales_sessions")
+    engine.close()
+    with Engine(store_url) as reopened:
+        assert reopened.store.query("SELECT * FROM {t}aftersales_sessions") == []
+    with TestClient(create_app(store_url)) as client:
+        sign_in(client, people, "staff-1")
+        assert client.get("/v1/cases").status_code == 200
