@@ -95,6 +95,9 @@ def test_the_desk_in_chromium(live_desk: tuple[str, People]) -> None:
             expect(desk.locator(f'tr[data-case="{own}"] td.left')).to_have_text("1 d 23 h left")
             cookie = next(c for c in context.cookies() if c["name"] == "aftersales_session")
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            # The cookie holds a session's token, never the key, and expires.
+            assert cookie["value"].startswith("ads_") and people.keys["staff-1"] not in str(cookie)
+            assert cookie["expires"] > 0
             desk.evaluate("window.notReloaded = true")
             desk.screenshot(path=str(SHOTS / "desk.png"), full_page=True)
 
@@ -164,5 +167,13 @@ def test_the_desk_in_chromium(live_desk: tuple[str, People]) -> None:
             expect(small.locator("#todo")).to_be_visible()
             assert small.evaluate("document.documentElement.scrollWidth") <= 375
             small.screenshot(path=str(SHOTS / "desk-phone.png"), full_page=True)
+
+            # Signing out on one screen ends the session in the store: the phone's copy of the
+            # cookie is signed out too.
+            desk.click("form[action='/logout'] button")
+            expect(desk.locator("#key")).to_be_visible()
+            small.goto(url)
+            expect(small.locator("#key")).to_be_visible()
+            assert small.url.endswith("/login")
         finally:
             browser.close()

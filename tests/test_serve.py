@@ -30,15 +30,22 @@ ROOT = Path(__file__).resolve().parent.parent
 class Server:
     """One `aftersales serve` process, its address and its log."""
 
-    def __init__(self, store_url: str, log: Path, workers: int = 1) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        log: Path,
+        workers: int = 1,
+        options: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         args = ["--store", store_url, "serve", "--port", str(self.port)]
-        args += ["--workers", str(workers)]
+        args += ["--workers", str(workers), *options]
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "aftersales.commands.cli.main", *args],

@@ -1,5 +1,6 @@
-"""`aftersales principal add/list/history` and `aftersales key create/revoke`: who may act
-over HTTP (``engine/access/principal_store.py``)."""
+"""`aftersales principal add/list/history/sessions/end-session` and `aftersales key
+create/revoke`: who may act over HTTP (``engine/access/principal_store.py``) and the desk's
+sessions (``engine/access/desk_sessions.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 
 from aftersales.commands.cli.options import json_option
 from aftersales.commands.cli.output import emit, table
+from aftersales.engine.access.desk_sessions import end_session, list_sessions
 from aftersales.engine.access.principal_store import (
     access_history,
     add_principal,
@@ -87,6 +89,36 @@ def principal_history(ctx: click.Context, /, as_json: bool) -> None:
     )
 
 
+@principal_group.command("sessions")
+@click.argument("principal_id")
+@json_option
+@click.pass_context
+def principal_sessions(ctx: click.Context, /, principal_id: str, as_json: bool) -> None:
+    """A principal's desk sessions, newest first: active, idle, expired or ended (ids and
+    times; never a token)."""
+
+    def call(engine: Engine) -> list[dict[str, Any]]:
+        return list_sessions(engine.store, principal_id, _now(engine))
+
+    columns = ["session_id", "key_id", "state", "created_at", "last_seen_at", "expires_at"]
+    emit(ctx, as_json, call, lambda rows: table(rows, [*columns, "ended_why"]))
+
+
+@principal_group.command("end-session")
+@click.argument("session_id")
+@json_option
+@click.pass_context
+def principal_end_session(ctx: click.Context, /, session_id: str, as_json: bool) -> None:
+    """End a desk session (as listed by `principal sessions`): its next request is refused and
+    its browser is sent to sign in again."""
+    emit(
+        ctx,
+        as_json,
+        lambda engine: end_session(engine.store, session_id, _now(engine)),
+        lambda r: f"session {r['session_id']} of {r['principal']} ended",
+    )
+
+
 @click.group("key")
 def key_group() -> None:
     """Keys: the secrets principals present as `Authorization: Bearer KEY`."""
@@ -120,10 +152,13 @@ def key_create(
 @json_option
 @click.pass_context
 def key_revoke(ctx: click.Context, /, key_id: str, as_json: bool) -> None:
-    """Revoke a key: the next request with it is refused."""
-    emit(
-        ctx,
-        as_json,
-        lambda engine: revoke_key(engine.store, key_id, _now(engine)),
-        lambda r: f"key {r['key_id']} of {r['principal']} revoked",
-    )
+    """Revoke a key: the next request with it, or with a desk session signed in with it, is
+    refused."""
+
+    def said(r: dict[str, Any]) -> str:
+        ended = r["sessions_ended"]
+        return f"key {r['key_id']} of {r['principal']} revoked" + (
+            f"; {len(ended)} desk session(s) ended" if ended else ""
+        )
+
+    emit(ctx, as_json, lambda engine: revoke_key(engine.store, key_id, _now(engine)), said)

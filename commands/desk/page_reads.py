@@ -51,7 +51,9 @@ async def read(api: Api, request: Request, work: Work) -> dict[str, Any] | Respo
         return signed_out()
     wait = api.limiter.retry_after(*who(request))
     if wait is not None:
-        return render("error.html", 429, message=f"too many refused requests: retry in {wait} s")
+        limited = render("error.html", 429, message=f"too many refused requests: retry in {wait} s")
+        limited.headers["Retry-After"] = str(wait)
+        return limited
     try:
         data: dict[str, Any] = await api.run(request, work)
     except Unauthenticated:

@@ -9,14 +9,15 @@ Each route is given the worker's ``Api`` (``dependencies.py``): the request batc
 Every request is authenticated by its key and authorized by the principal's role and reach
 (``engine/access/principal_store.py``, ``guards.py``) before anything is read for it; the actor
 recorded is the principal. A refusal appends nothing, is logged with principal, route and reason
-(never the key), and counts against the key and the client: too many in a minute and they get 429
-for the rest of it (``error_responses.py``).
+(never the key), and counts against the key (or, for what is no key, the client's address): too
+many in a minute and that one gets 429 until the window frees (``rate_limits.py``,
+``error_responses.py``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +25,7 @@ from fastapi import FastAPI
 
 from aftersales.commands.http.batcher import Api
 from aftersales.commands.http.error_responses import add_error_handlers
+from aftersales.commands.http.rate_limits import parse_networks
 from aftersales.commands.http.routers import (
     action_routes,
     audit_routes,
@@ -32,6 +34,7 @@ from aftersales.commands.http.routers import (
     order_routes,
     report_routes,
 )
+from aftersales.engine.access.desk_sessions import SessionTerms, parse_duration
 from aftersales.engine.application.policy_file import load_policy
 from aftersales.engine.domain.policy import Policy
 
@@ -48,9 +51,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(
-    store: str | None = None, policy: Policy | None = None, *, failure_limit: int = 20
+    store: str | None = None,
+    policy: Policy | None = None,
+    *,
+    failure_limit: int = 20,
+    trusted_proxies: Iterable[str] = (),
+    session_terms: SessionTerms | None = None,
 ) -> FastAPI:
-    """The HTTP application over one store (one engine per worker process)."""
+    """The HTTP application over one store (one engine per worker process). A client's address
+    is read from ``X-Forwarded-For`` only when its peer is in ``trusted_proxies`` (CIDRs)."""
     app = FastAPI(
         title="aftersales",
         summary="Returns, refunds and exchanges: the after-sales engine over HTTP.",
@@ -58,6 +67,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.api = Api(store, policy, failure_limit)
+    app.state.trusted_proxies = parse_networks(trusted_proxies)
+    if session_terms is not None:
+        app.state.api.session_terms = session_terms
     for routes in (
         action_routes,
         health_routes,
@@ -99,4 +111,9 @@ def app_from_env() -> FastAPI:
         os.environ.get("AFTERSALES_STORE"),
         load_policy(os.environ.get("AFTERSALES_POLICY")),
         failure_limit=int(os.environ.get("AFTERSALES_FAILURE_LIMIT", "20")),
+        trusted_proxies=[os.environ.get("AFTERSALES_TRUSTED_PROXIES", "")],
+        session_terms=SessionTerms(
+            parse_duration(os.environ.get("AFTERSALES_SESSION_IDLE", "12h"), "session idle"),
+            parse_duration(os.environ.get("AFTERSALES_SESSION_LIFETIME", "7d"), "session lifetime"),
+        ),
     )

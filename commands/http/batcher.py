@@ -20,7 +20,7 @@ from fastapi import Request
 from aftersales.commands.http.rate_limits import Limiter
 from aftersales.commands.http.request_parts import bearer
 from aftersales.engine.access.api_keys import Unauthenticated
-from aftersales.engine.access.principal_store import authenticate_many
+from aftersales.engine.access.desk_sessions import SessionTerms, authenticate_credentials
 from aftersales.engine.access.scopes import Principal
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import Action
@@ -36,7 +36,8 @@ GATHER_TURNS = 4
 
 class Job(NamedTuple):
     """One request's work for the engine: ``work`` authorizes and, for an action, gives the
-    command and how to answer with its result (``Prepared``); for anything else, the answer."""
+    command and how to answer with its result (``Prepared``); for anything else, the answer.
+    ``key`` is the request's credential: a key, or a desk session's token."""
 
     key: str | None
     work: Callable[[Engine, Principal], Any]
@@ -70,6 +71,10 @@ class Api:
         self.flushing = False
         self.seen = self.waited = 0
         self.limiter = Limiter(limit)
+        # How long the desk's sessions last (``create_app``'s ``session_terms``).
+        self.session_terms = SessionTerms()
+        # What time it is for keys' and sessions' ends (a test may set another clock).
+        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
         # Requests the engine has taken, and in how many groups (for operators).
         self.batches = 0
         self.grouped = 0
@@ -123,8 +128,8 @@ class Api:
         assert engine is not None
         actions: list[tuple[Job, Prepared]] = []
         try:
-            principals = authenticate_many(
-                engine.store, [job.key for job in batch], datetime.now(UTC)
+            principals = authenticate_credentials(
+                engine.store, [job.key for job in batch], self.now()
             )
         except Exception as exc:
             for job in batch:

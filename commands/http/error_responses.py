@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from aftersales.commands.cli.output import exit_code
-from aftersales.commands.http.rate_limits import Limiter, who
+from aftersales.commands.http.rate_limits import Limiter, client_address, who
 from aftersales.engine.domain.errors import AftersalesError, NotFound
 
 log = logging.getLogger("aftersales.http")
@@ -37,7 +37,9 @@ class RateLimited(AftersalesError):
     code = "rate_limited"
 
     def __init__(self, wait: int) -> None:
-        super().__init__(f"too many refused requests: retry in {wait} s")
+        super().__init__(
+            f"too many refused requests with this key or from this client: retry in {wait} s"
+        )
         self.wait = wait
 
 
@@ -49,7 +51,8 @@ def error(code: str, message: str, status: int, headers: Mapping[str, str] | Non
 
 def refused(request: Request, exc: AftersalesError, limiter: Limiter) -> Any:
     """The answer to a refused request: logged (never the key) when it is about who asks, and
-    counted against the key (and, for a key that does not authenticate, the client)."""
+    counted against the key (or session) it presented, or, with nothing shaped like a key, the
+    client's address (``rate_limits.who``). A 429 says when to come back (``Retry-After``)."""
     status = status_of(exc.code)
     principal = getattr(request.state, "principal", None)
     if status in (401, 403, 429) or (status == 404 and principal is not None):
@@ -58,12 +61,12 @@ def refused(request: Request, exc: AftersalesError, limiter: Limiter) -> Any:
             request.method,
             request.url.path,
             principal or "-",
-            request.client.host if request.client else "-",
+            client_address(request),
             status,
             exc.message,
         )
     if status in (401, 403) or (status == 404 and isinstance(exc, NotFound)):
-        limiter.failed(*who(request, client=status == 401))
+        limiter.failed(*who(request))
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(exc.wait)}

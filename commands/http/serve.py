@@ -25,14 +25,61 @@ from aftersales.commands.cli.output import State
     type=click.IntRange(1, 100_000),
     default=20,
     show_default=True,
-    help="Refused requests a key or a client may make in a minute before it gets 429.",
+    help="Refused requests a key (or, for requests with no key, an address) may make in a "
+    "minute before it gets 429.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    envvar="AFTERSALES_TRUSTED_PROXIES",
+    metavar="CIDR",
+    help="A proxy whose X-Forwarded-For is believed (repeatable; the environment variable "
+    "takes a list separated by spaces or commas). Without one, the client is the peer.",
+)
+@click.option(
+    "--session-idle",
+    default="12h",
+    show_default=True,
+    envvar="AFTERSALES_SESSION_IDLE",
+    help="A desk session ends after this long without a request (90s, 30m, 12h, 7d).",
+)
+@click.option(
+    "--session-lifetime",
+    default="7d",
+    show_default=True,
+    envvar="AFTERSALES_SESSION_LIFETIME",
+    help="A desk session ends this long after sign-in, however used.",
 )
 @click.pass_context
-def serve(ctx: click.Context, /, host: str, port: int, workers: int, failure_limit: int) -> None:
+def serve(
+    ctx: click.Context,
+    /,
+    host: str,
+    port: int,
+    workers: int,
+    failure_limit: int,
+    trusted_proxies: tuple[str, ...],
+    session_idle: str,
+    session_lifetime: str,
+) -> None:
     """Serve the HTTP API until SIGINT or SIGTERM, then finish the requests in flight and exit
     0 (see docs/http.md)."""
     import uvicorn
 
+    from aftersales.commands.http.rate_limits import parse_networks
+    from aftersales.engine.access.desk_sessions import parse_duration
+    from aftersales.engine.domain.errors import BadInput
+
+    try:
+        networks = parse_networks(trusted_proxies)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxy") from None
+    for value, name in ((session_idle, "--session-idle"), (session_lifetime, "--session-lifetime")):
+        try:
+            parse_duration(value, name)
+        except BadInput as exc:
+            raise click.BadParameter(exc.message, param_hint=name) from None
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     state.engine()  # a store that cannot be opened is said so now, before listening
     state.close()
@@ -42,6 +89,9 @@ def serve(ctx: click.Context, /, host: str, port: int, workers: int, failure_lim
     if state.policy_path is not None:
         os.environ["AFTERSALES_POLICY"] = state.policy_path
     os.environ["AFTERSALES_FAILURE_LIMIT"] = str(failure_limit)
+    os.environ["AFTERSALES_TRUSTED_PROXIES"] = " ".join(str(n) for n in networks)
+    os.environ["AFTERSALES_SESSION_IDLE"] = session_idle
+    os.environ["AFTERSALES_SESSION_LIFETIME"] = session_lifetime
     # uvicorn stops gracefully on SIGINT/SIGTERM and then raises the signal again under the
     # handlers it found: these make that a clean exit 0, as the contract says.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -54,4 +104,7 @@ def serve(ctx: click.Context, /, host: str, port: int, workers: int, failure_lim
         workers=workers,
         log_level="info",
         timeout_graceful_shutdown=30,
+        # The client's address is ours to decide (rate_limits.client_address): uvicorn's own
+        # reading of X-Forwarded-For would believe any local peer.
+        proxy_headers=False,
     )

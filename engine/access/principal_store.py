@@ -29,6 +29,7 @@ from aftersales.engine.storage.sql import (
     ACCESS_LOG_TABLE,
     KEYS_TABLE,
     PRINCIPALS_TABLE,
+    SESSIONS_TABLE,
     Dialect,
     parse_stored_time,
 )
@@ -161,7 +162,7 @@ def list_principals(store: AftersalesStore) -> list[dict[str, Any]]:
 
 
 def access_history(store: AftersalesStore) -> list[dict[str, Any]]:
-    """Every change to principals and keys, oldest first."""
+    """Every change to principals, keys and the desk's sessions, oldest first."""
     return [
         {
             "at": _when(row["at"]),
@@ -224,6 +225,15 @@ def revoke_key(store: AftersalesStore, key_id: str, at: datetime) -> dict[str, A
     principal_id = rows[0]["principal_id"]
     if rows[0]["revoked_at"] is not None:
         raise NotAllowed(f"key {key_id} was revoked at {_when(rows[0]['revoked_at'])}")
+    # The desk's sessions signed in with the key end with it (engine/access/desk_sessions.py).
+    sessions = [
+        row["session_id"]
+        for row in store.query(
+            f"SELECT session_id FROM {{t}}{SESSIONS_TABLE} "
+            "WHERE key_id = ? AND revoked_at IS NULL ORDER BY session_id",
+            [key_id],
+        )
+    ]
     store.write(
         [
             (
@@ -232,9 +242,30 @@ def revoke_key(store: AftersalesStore, key_id: str, at: datetime) -> dict[str, A
                 [store.time_param(at), key_id],
             ),
             _log(store, at, "key revoked", principal_id, key_id, {}),
+            (
+                f"UPDATE {{t}}{SESSIONS_TABLE} SET revoked_at = ?, ended_why = ? "
+                "WHERE key_id = ? AND revoked_at IS NULL",
+                [store.time_param(at), "key revoked", key_id],
+            ),
+            *(
+                _log(
+                    store,
+                    at,
+                    "session revoked",
+                    principal_id,
+                    key_id,
+                    {"session_id": session_id, "why": "key revoked"},
+                )
+                for session_id in sessions
+            ),
         ]
     )
-    return {"principal": principal_id, "key_id": key_id, "revoked_at": at.isoformat()}
+    return {
+        "principal": principal_id,
+        "key_id": key_id,
+        "revoked_at": at.isoformat(),
+        "sessions_ended": sessions,
+    }
 
 
 def authenticate(store: AftersalesStore, key: str | None, now: datetime) -> Principal:

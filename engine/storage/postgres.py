@@ -33,6 +33,7 @@ from aftersales.engine.storage.sql import (
     EVENT_LOG_VIEW,
     QUARANTINE_TABLE,
     SAVE_FUNCTION,
+    SESSIONS_TABLE,
     Dialect,
     access_tables,
 )
@@ -149,12 +150,17 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         save = f'"{schema}".{SAVE_FUNCTION}(uuid[],bigint[],text[],bytea[],jsonb,jsonb)'
         quarantine = f'"{schema}".{QUARANTINE_TABLE}'
         with self.datastore.transaction(commit=True) as curs:
-            # Tables that came later than the rest (the access tables, the quarantine): a store
-            # made before has to get them.
+            # Tables that came later than the rest (the access tables, the quarantine, the
+            # desk's sessions): a store made before has to get them.
             curs.execute(
                 "SELECT to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
-                "AND to_regclass(%s) IS NOT NULL AS found",
-                (save, f'"{schema}".{ACCESS_LOG_TABLE}', quarantine),
+                "AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AS found",
+                (
+                    save,
+                    f'"{schema}".{ACCESS_LOG_TABLE}',
+                    quarantine,
+                    f'"{schema}".{SESSIONS_TABLE}',
+                ),
             )
             row = curs.fetchone()
             if row and row["found"]:

@@ -41,6 +41,7 @@ EVENT_LOG_VIEW = "aftersales_event_log"
 PRINCIPALS_TABLE = "aftersales_principals"
 KEYS_TABLE = "aftersales_keys"
 ACCESS_LOG_TABLE = "aftersales_access_log"
+SESSIONS_TABLE = "aftersales_sessions"
 SAVE_FUNCTION = "aftersales_save"
 
 
@@ -48,9 +49,10 @@ SAVE_FUNCTION = "aftersales_save"
 
 
 def access_tables(serial: str, time: str) -> list[str]:
-    """Principals, their keys (hashes only) and the history of both, in a backend's types.
-    Rows of the first two change only by a key's revocation; every change is also a row of
-    the access log, which is never changed."""
+    """Principals, their keys (hashes only), the desk's sessions (hashes only) and the history
+    of all three, in a backend's types. Rows of the first two change only by a key's
+    revocation, a session's by its use (last seen) and its end; every change but use is also a
+    row of the access log, which is never changed."""
     return [
         f"CREATE TABLE IF NOT EXISTS {{t}}{PRINCIPALS_TABLE} (principal_id TEXT PRIMARY KEY, "
         f"role TEXT NOT NULL, merchant_id TEXT, created_at {time} NOT NULL, "
@@ -61,6 +63,14 @@ def access_tables(serial: str, time: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {{t}}{ACCESS_LOG_TABLE} (seq {serial}, "
         f"at {time} NOT NULL, change TEXT NOT NULL, principal_id TEXT NOT NULL, "
         "key_id TEXT, detail TEXT NOT NULL, by_user TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {{t}}{SESSIONS_TABLE} (session_id TEXT PRIMARY KEY, "
+        "token_hash TEXT NOT NULL, principal_id TEXT NOT NULL, key_id TEXT NOT NULL, "
+        f"created_at {time} NOT NULL, last_seen_at {time} NOT NULL, "
+        f"idle_seconds INTEGER NOT NULL, expires_at {time} NOT NULL, revoked_at {time}, "
+        "ended_why TEXT)",
+        f"CREATE INDEX IF NOT EXISTS {SESSIONS_TABLE}_principal ON {{t}}{SESSIONS_TABLE} "
+        "(principal_id)",
+        f"CREATE INDEX IF NOT EXISTS {SESSIONS_TABLE}_key ON {{t}}{SESSIONS_TABLE} (key_id)",
     ]
 
 
