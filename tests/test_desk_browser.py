@@ -122,13 +122,17 @@ def test_the_desk_in_chromium(live_desk: tuple[str, People]) -> None:
             ]
             case.screenshot(path=str(SHOTS / "case-approved.png"), full_page=True)
 
-            # The other tab still offers reject: the engine refuses it, and says why.
+            # The other tab still offers reject: the engine refuses it, and the tab shows the
+            # case as it is now, saying so in the staff's words, with a reload link.
             form = stale.locator('form[data-action="reject"]')
             form.locator('input[name="reason"]').fill("worn")
             form.locator('input[name="communication"]').fill("chat:1")
             form.locator("button").click()
-            expect(stale.locator("#refusal")).to_be_visible()
-            expect(stale.locator("#refusal")).to_contain_text("it changed since you read it")
+            expect(stale.locator("#changed")).to_contain_text(
+                "This case changed since you opened it: it is now refunded."
+            )
+            expect(stale.locator("#changed a")).to_have_text("Reload")
+            expect(stale.locator("#status")).to_have_text("refunded")
             timeline = case.locator("#timeline li").all_inner_texts()
             assert not any("CaseRejected" in t for t in timeline)
 
@@ -157,6 +161,36 @@ def test_the_desk_in_chromium(live_desk: tuple[str, People]) -> None:
             expect(rates.locator("#breakdown tbody tr")).to_have_count(5)  # two SKUs and three
             rates.click("#breakdown th:nth-child(6)")  # sort by return rate
             rates.screenshot(path=str(SHOTS / "rates.png"), full_page=True)
+
+            # Chinese is drawn with the CJK face the style sheet names, not boxes.
+            assert rates.evaluate("document.documentElement.lang") == "en"
+            assert "Noto Sans CJK SC" in rates.evaluate(
+                "getComputedStyle(document.body).fontFamily"
+            )
+            assert rates.evaluate("""document.fonts.check('16px "Noto Sans CJK SC"', '退款')""")
+            widths: Any = rates.evaluate(
+                """() => ['inherit', '"Noto Sans CJK SC"'].map(f => {
+                     const s = document.createElement('span');
+                     s.textContent = '退款申请已处理'; s.style.fontFamily = f;
+                     document.body.appendChild(s); const w = s.getBoundingClientRect().width;
+                     s.remove(); return w; })"""
+            )
+            assert widths[0] == widths[1] > 0, widths
+
+            # Readable on a laptop and on a phone: no page wider than the screen; the wide
+            # tables scroll inside their own box.
+            for width in (1366, 390):
+                sized = browser.new_context(viewport={"width": width, "height": 900})
+                sized.add_cookies([cast("SetCookieParam", {**cookie})])
+                for path, name in (("/desk/rates", "rates"), ("/desk/cases", "cases")):
+                    view = sized.new_page()
+                    view.goto(f"{url}{path}")
+                    expect(view.locator("table").first).to_be_visible()
+                    assert view.evaluate(
+                        "document.documentElement.scrollWidth <= window.innerWidth"
+                    ), (name, width)
+                    view.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+                sized.close()
 
             # A phone: the desk fits the screen's width (wide tables scroll inside their box).
             phone = browser.new_context(viewport={"width": 375, "height": 740})

@@ -15,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from aftersales.commands.desk import views
 from aftersales.commands.desk.session import COOKIE
+from aftersales.commands.desk.static_files import static_url
 
 HERE = Path(__file__).resolve().parent
 ZONE_COOKIE = "aftersales_zone"
@@ -37,6 +38,11 @@ templates = Environment(
     lstrip_blocks=True,
 )
 templates.globals["local"] = views.local
+templates.globals["static"] = static_url
+templates.globals["zone_name"] = views.zone_name
+# The language of the desk's words (its pages' <html lang>): English unless the platform says
+# otherwise (zh-CN for a desk whose people read Chinese first).
+templates.globals["lang"] = os.environ.get("AFTERSALES_DESK_LANG", "en")
 
 
 def zone_of(request: Request, default: tzinfo) -> tzinfo:

@@ -71,6 +71,11 @@ def local(value: str | datetime | None, zone: tzinfo) -> str:
     return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
 
 
+def zone_name(zone: tzinfo) -> str:
+    """A zone as people read its name: ``Asia/Shanghai``, or ``UTC+08:00`` for an offset."""
+    return str(getattr(zone, "key", None) or zone)
+
+
 @dataclass(frozen=True)
 class Todo:
     case_id: str

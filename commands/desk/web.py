@@ -22,10 +22,15 @@ from __future__ import annotations
 import os
 
 from fastapi import FastAPI
-from starlette.staticfiles import StaticFiles
 
-from aftersales.commands.desk.pages import case_pages, home_pages, rates_pages, sign_in_pages
-from aftersales.commands.desk.rendering import HERE
+from aftersales.commands.desk import static_files
+from aftersales.commands.desk.pages import (
+    case_list_pages,
+    case_pages,
+    home_pages,
+    rates_pages,
+    sign_in_pages,
+)
 from aftersales.commands.http.batcher import Api
 from aftersales.engine.domain.policy import Policy
 from aftersales.engine.domain.values import parse_zone
@@ -33,10 +38,11 @@ from aftersales.engine.domain.values import parse_zone
 
 def mount_desk(app: FastAPI, api: Api) -> None:
     """Add the desk's pages and its static files to the API's application."""
-    app.mount("/desk/static", StaticFiles(directory=HERE / "static"), name="desk-static")
+    # Gzipped once, cached by content hash (static_files.py).
+    app.include_router(static_files.router)
     # The zone people's times are shown in (page_reads.display_zone), chosen once.
     app.state.desk_zone = parse_zone(
         os.environ.get("AFTERSALES_TZ") or (api.policy or Policy()).display_zone
     )
-    for pages in (sign_in_pages, home_pages, case_pages, rates_pages):
+    for pages in (sign_in_pages, home_pages, case_list_pages, case_pages, rates_pages):
         app.include_router(pages.router)

@@ -24,6 +24,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 from aftersales.engine.application.requests import (
     Action,
     CaseAction,
+    CaseOrder,
     Command,
     FireDeadline,
     ImportOrder,
@@ -48,7 +49,7 @@ from aftersales.engine.domain.errors import (
 from aftersales.engine.domain.events import Act
 from aftersales.engine.domain.order import Order, check_order_id, order_uuid
 from aftersales.engine.domain.policy import Policy
-from aftersales.engine.domain.values import Actor, Role, Status
+from aftersales.engine.domain.values import FINAL_STATUSES, Actor, Role, Status
 from aftersales.engine.storage.case_index import listed_case
 from aftersales.engine.storage.sql import CASES_TABLE
 from aftersales.engine.storage.store import AftersalesStore
@@ -479,10 +480,14 @@ class Engine:
         if due is not None:
             where.append("due_at IS NOT NULL AND due_at <= ?")
             params.append(self.store.time_param(due))
+        by_due = command.sort is CaseOrder.DUE or (command.sort is None and due is not None)
+        more, more_params = list_filters(self.store, command, by_due)
+        where += more
+        params += more_params
         sql = "SELECT * FROM {t}aftersales_cases"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY due_at, opened_at, case_id" if due else " ORDER BY opened_at, case_id"
+        sql += f" ORDER BY {DUE_ORDER}" if by_due else " ORDER BY opened_at, case_id"
         if command.limit:
             sql += f" LIMIT {int(command.limit)}"
         return [listed_case(row) for row in self.store.query(sql, params)]
@@ -513,6 +518,53 @@ class Engine:
             more = " and more" if len(rows) > AMBIGUOUS_SHOWN else ""
             raise BadInput(f"case id {given} is ambiguous: {shown}{more}; give more of it")
         return str(rows[0]["case_id"])
+
+
+# A deadline first (soonest first), then those without one; the case id last, so a page
+# continues exactly where the one before ended (``list_filters``' keyset).
+DUE_ORDER = "(CASE WHEN due_at IS NULL THEN 1 ELSE 0 END), due_at, opened_at, case_id"
+
+
+def list_filters(
+    store: AftersalesStore, command: ListCases, by_due: bool
+) -> tuple[list[str], list[Any]]:
+    """``case list``'s search, reason and open filters, and its keyset page (the cases after
+    ``command.after`` in the order listed): conditions on the case index and their values."""
+    where: list[str] = []
+    params: list[Any] = []
+    if command.search:
+        text = command.search.strip()
+        prefix = text.lower()
+        by_id = len(prefix) >= 4 and re.fullmatch(r"[0-9a-f-]{4,36}", prefix) is not None
+        where.append("(order_id = ? OR buyer_id = ?" + (" OR case_id LIKE ?)" if by_id else ")"))
+        params += [text, text] + ([f"{prefix}%"] if by_id else [])
+    if command.reason:
+        group = re.sub(r"([\\%_])", r"\\\1", command.reason.rstrip("."))
+        where.append("(reason = ? OR reason LIKE ? ESCAPE '\\')")
+        params += [command.reason, f"{group}.%"]
+    if command.open:
+        where.append(f"status NOT IN ({', '.join('?' for _ in FINAL_STATUSES)})")
+        params += [s.value for s in FINAL_STATUSES]
+    if command.after is not None:
+        rows = store.query(
+            "SELECT due_at, opened_at, case_id FROM {t}aftersales_cases WHERE case_id = ?",
+            [str(command.after)],
+        )
+        if not rows:
+            raise BadInput(f"after: no case {command.after} to continue after")
+        last = rows[0]
+        later = "(opened_at > ? OR (opened_at = ? AND case_id > ?))"
+        tie = [last["opened_at"], last["opened_at"], last["case_id"]]
+        if not by_due:
+            where.append(later)
+            params += tie
+        elif last["due_at"] is None:
+            where.append(f"(due_at IS NULL AND {later})")
+            params += tie
+        else:
+            where.append(f"(due_at IS NULL OR due_at > ? OR (due_at = ? AND {later}))")
+            params += [last["due_at"], last["due_at"], *tie]
+    return where, params
 
 
 def default_actor(case: ReturnCase, role: Role) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any, ClassVar
 from uuid import UUID, uuid4, uuid5
@@ -651,8 +652,17 @@ class ShowCase(Query):
     case_id: CaseId
 
 
+class CaseOrder(StrEnum):
+    """How `case list` orders cases (each order ends with the case id, so paging with
+    --after is exact)."""
+
+    OPENED = "opened"
+    DUE = "due"
+
+
 class ListCases(Query):
-    """Cases, filtered by merchant, buyer, order, status or deadline."""
+    """Cases, filtered by merchant, buyer, order, status, reason or deadline, or found by a
+    search; a page at a time with --limit and --after."""
 
     name: ClassVar[str] = "case list"
     shows: ClassVar[str] = "cases"
@@ -663,6 +673,22 @@ class ListCases(Query):
     status: Annotated[Status | None, _choice(Status)] = None
     due_before: When = Field(None, description="Only cases with a deadline due by then.")
     limit: Annotated[int | None, _between(1, MAX_LIST_LIMIT)] = None
+    search: OptionalId = Field(
+        None, description="A case id's start (4 characters or more), an order id or a buyer id."
+    )
+    reason: OptionalId = Field(
+        None, description="A reason code, or its group: quality matches quality.*."
+    )
+    open: Flag = Field(False, description="Only cases still open (in no final status).")
+    sort: Annotated[CaseOrder | None, _choice(CaseOrder)] = Field(
+        None,
+        description="opened: oldest first; due: soonest deadline first, those without one last "
+        "(default: opened, due with --due-before).",
+    )
+    after: Annotated[UUID | None, BeforeValidator(_new_case_id)] = Field(
+        None,
+        description="The page after this case (the last one listed), in the same order.",
+    )
 
 
 class ShowOrder(Query):

@@ -48,8 +48,26 @@ async def find_case(request: Request) -> Any:
     return RedirectResponse(f"/desk/cases/{uid}", status_code=303)
 
 
+def refusal(case: dict[str, Any] | None, seen: str, tried: str) -> str | None:
+    """What staff read when their action was refused (``?tried=ACTION&seen=VERSION``, as the
+    desk's script asks after a 409 or 412): the case as it is now, in their words."""
+    if case is None or not tried:
+        return None
+    what = tried.replace("-", " ")
+    status = str(case["status"]).replace("_", " ")
+    if seen != str(case["version"]):
+        return (
+            f"This case changed since you opened it: it is now {status}. "
+            f"Your {what} was not taken; below is the case as it stands now."
+        )
+    return f"Your {what} was not taken: the case is {status}, where it is not allowed."
+
+
 @router.get("/desk/cases/{case_id}")
 async def case_page(request: Request, case_id: str, api: ApiDep, display: DisplayZone) -> Any:
+    seen = request.query_params.get("seen", "")
+    tried = request.query_params.get("tried", "")[:40]
+
     def work(engine: Engine, principal: Principal) -> dict[str, Any]:
         uid = case_uuid(case_id)
         if not (principal.may(ShowCase.name) or principal.may(AUDIT)):
@@ -74,6 +92,7 @@ async def case_page(request: Request, case_id: str, api: ApiDep, display: Displa
             "timeline": timeline,
             "buttons": actions,
             "idempotency": {b.action: str(uuid.uuid4()) for b in actions},
+            "refused": refusal(case, seen, tried),
         }
 
     return await page(api, request, "case.html", work, display)

@@ -72,8 +72,17 @@
         body: JSON.stringify(body)
       }).then(function (r) {
         if (r.ok) { window.location.reload(); return; }
+        if (r.status === 409 || r.status === 412) {
+          // The case moved on (or the rules refused the move): show it as it stands now,
+          // with the refusal in words (case_pages.refusal).
+          window.location.assign("/desk/cases/" + encodeURIComponent(form.getAttribute("data-case")) +
+            "?seen=" + encodeURIComponent(form.getAttribute("data-version")) +
+            "&tried=" + encodeURIComponent(form.getAttribute("data-action")));
+          return;
+        }
         return r.json().then(function (e) {
-          refusal.textContent = (e.error && e.error.message) || ("refused (" + r.status + ")");
+          refusal.textContent = "Not taken: " +
+            ((e.error && e.error.message) || ("refused (" + r.status + ")"));
           refusal.hidden = false;
           buttons.forEach(function (b) { b.disabled = false; });
         });

@@ -13,7 +13,7 @@
   chart.setOption({
     animation: false,
     tooltip: {trigger: "axis", valueFormatter: function (v) { return (v * 100).toFixed(2) + "%"; }},
-    legend: {top: 0},
+    legend: {top: 0, type: "scroll"},
     grid: {left: 48, right: 16, top: 48, bottom: 32},
     xAxis: {type: "category", data: data.map(function (w) { return w.week; })},
     yAxis: {type: "value", axisLabel: {formatter: function (v) { return Math.round(v * 100) + "%"; }}},
