@@ -47,6 +47,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api.close()
 
 
+def one_each(operation: dict[str, Any]) -> None:
+    """A parameter a route describes itself (``openapi_extra``, with its limits) replaces the
+    one FastAPI derived from the endpoint's signature."""
+    if "parameters" in operation:
+        found = {(p["name"].lower(), p["in"]): p for p in operation["parameters"]}
+        operation["parameters"] = list(found.values())
+
+
 def create_app(
     store: str | None = None, policy: Policy | None = None, *, failure_limit: int = 20
 ) -> FastAPI:
@@ -82,6 +90,9 @@ def create_app(
                 "bearer": {"type": "http", "scheme": "bearer"}
             }
             schema["security"] = [{"bearer": []}]
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    one_each(operation)
             app.openapi_schema = schema
         return app.openapi_schema
 
