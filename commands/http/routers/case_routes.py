@@ -28,7 +28,7 @@ CASE_ID = {"type": "string", "format": "uuid"}
     tags=["cases"],
     summary=ShowCase.__doc__,
     response_model=None,
-    responses=responses(CaseView, 404, headers=["ETag"]),
+    responses=responses(CaseView, 404, 422, headers=["ETag"]),
     openapi_extra={
         "parameters": [{"name": "case_id", "in": "path", "required": True, "schema": CASE_ID}]
     },

@@ -22,7 +22,7 @@ router = APIRouter()
     tags=["orders"],
     summary=ShowOrder.__doc__,
     response_model=None,
-    responses=responses(OrderView, 404, headers=["ETag"]),
+    responses=responses(OrderView, 404, 422, headers=["ETag"]),
     openapi_extra={
         "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": ORDER_ID}]
     },
