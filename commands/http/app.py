@@ -50,6 +50,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api.close()
 
 
+def one_each(operation: dict[str, Any]) -> None:
+    """A parameter a route describes itself (``openapi_extra``, with its limits) replaces the
+    one FastAPI derived from the endpoint's signature; FastAPI's own 422 goes."""
+    responses = operation.get("responses", {})
+    if "HTTPValidationError" in str(responses.get("422", "")):
+        del responses["422"]  # FastAPI's default, for a route that never answers 422
+    if "parameters" in operation:
+        found = {(p["name"].lower(), p["in"]): p for p in operation["parameters"]}
+        operation["parameters"] = list(found.values())
+
+
 def create_app(
     store: str | None = None,
     policy: Policy | None = None,
@@ -94,6 +105,12 @@ def create_app(
                 "bearer": {"type": "http", "scheme": "bearer"}
             }
             schema["security"] = [{"bearer": []}]
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    one_each(operation)
+            # FastAPI's own 422 body is never answered (error_responses.py answers them all).
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -26,6 +26,8 @@ from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import Action
 from aftersales.engine.domain.errors import AftersalesError
 from aftersales.engine.domain.policy import Policy
+from aftersales.projections.registry import VIEWS
+from aftersales.projections.runner import Projector
 
 log = logging.getLogger("aftersales.http")
 
@@ -81,6 +83,11 @@ class Api:
 
     def open(self) -> None:
         self.engine = Engine(self.store_url, policy=self.policy)
+        # The projections' tables, made once: the reports and the desk's pages read them, and
+        # a new store has none until something projects.
+        projector = Projector(self.engine.store)
+        for view in VIEWS:
+            projector.recorder(view)
 
     def close(self) -> None:
         if self.engine is not None:

@@ -26,6 +26,7 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "unauthenticated": 401,
     "forbidden": 403,
     "rate_limited": 429,
+    "too_large": 413,
 }
 
 
@@ -76,7 +77,7 @@ def refused(request: Request, exc: AftersalesError, limiter: Limiter) -> Any:
 async def http_error(request: Request, exc: HTTPException) -> Any:
     code = {404: "not_found", 405: "bad_input"}.get(exc.status_code, "bad_input")
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
-    return error(code, message, exc.status_code)
+    return error(code, message, exc.status_code, exc.headers)
 
 
 async def query_error(request: Request, exc: RequestValidationError) -> Any:
@@ -86,6 +87,9 @@ async def query_error(request: Request, exc: RequestValidationError) -> Any:
 
 
 async def internal_error(request: Request, exc: Exception) -> Any:
+    """The last resort: the error shape, and the traceback logged with the method and path
+    only (not the query, the headers, the body, nor the key). Nothing a client sends is meant
+    to get here: tests/test_http_contract.py fuzzes every route for it."""
     log.exception("internal error on %s %s", request.method, request.url.path)
     return error("internal", "internal error (logged on the server)", 500)
 

@@ -4,14 +4,26 @@ and its JSON body; and the ETag an answer carries."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import Request
 
 from aftersales.commands.desk.session import session_key
+from aftersales.engine.application.lines import _depth as json_depth
 from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.limits import MAX_JSON_DEPTH, MAX_VERSION
 
 MAX_BODY = 64 * 1024
+# An If-Match: `*` (any current version), or one version as an ETag gives it ("3", W/"3", 3).
+_VERSION_TAG = re.compile(r'(?:W/)?("?)([0-9]{1,10})\1')
+MAX_IF_MATCH = 64
+
+
+class BodyTooLarge(BadInput):
+    """A request body past ``MAX_BODY`` bytes: refused (413) before it is read further."""
+
+    code = "too_large"
 
 
 def bearer(request: Request) -> str | None:
@@ -29,25 +41,56 @@ def etag(result: Any) -> dict[str, str]:
 
 
 def expected_version(request: Request) -> int | None:
+    """The version an action expects (``If-Match``): None for no header or ``*`` (any current
+    version: the case or order must exist, as every action on one needs anyway). Anything but
+    ``*`` or one version in ASCII digits, at most ``MAX_VERSION``, is refused (422) before it
+    is converted."""
     value = request.headers.get("if-match")
     if value is None:
         return None
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise BadInput(f'If-Match {value!r} must be a version as an ETag gives it, e.g. "3"')
-    return int(text)
+    text = value.strip()
+    if text == "*":
+        return None
+    found = _VERSION_TAG.fullmatch(text) if len(text) <= MAX_IF_MATCH else None
+    if found is None or int(found.group(2)) > MAX_VERSION:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise BadInput(
+            f'If-Match {shown!r} must be * or a version as an ETag gives it, e.g. "3" '
+            f"(0 to {MAX_VERSION})"
+        )
+    return int(found.group(2))
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise BadInput(f"the body is larger than {MAX_BODY} bytes")
+    """The body as a JSON object: at most ``MAX_BODY`` bytes (a larger one is refused by its
+    Content-Length, or as soon as that many bytes have come, never read whole), UTF-8, nested
+    at most ``MAX_JSON_DEPTH`` deep (counted before it is parsed, so no body can exhaust the
+    parser's stack)."""
+    length = request.headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and (len(length) > 9 or int(length) > MAX_BODY):
+        raise BodyTooLarge(f"the body is larger than {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BodyTooLarge(f"the body is larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadInput("the body is not JSON") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("the body is not UTF-8 JSON") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+        raise BadInput(f"the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"the body is not JSON: {exc.msg} at column {exc.colno}") from None
+    except ValueError:  # a number too long to convert
+        raise BadInput("a number in the body has too many digits to read") from None
     if not isinstance(data, dict):
         raise BadInput("the body must be a JSON object of the action's options")
     return data

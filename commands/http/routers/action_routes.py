@@ -15,6 +15,14 @@ from aftersales.commands.http.batcher import Prepared
 from aftersales.commands.http.dependencies import ApiDep, answer
 from aftersales.commands.http.error_responses import refused
 from aftersales.commands.http.guards import allow, refuse_unseen
+from aftersales.commands.http.openapi_models import (
+    IDEMPOTENCY_KEY,
+    IF_MATCH,
+    CaseView,
+    OrderView,
+    responses,
+    with_limits,
+)
 from aftersales.commands.http.request_parts import expected_version, json_body
 from aftersales.engine.access.actor_checks import parties
 from aftersales.engine.access.api_keys import Forbidden
@@ -62,7 +70,7 @@ def body_schema(kind: type[Command], components: dict[str, Any]) -> dict[str, An
     }
     schema["required"] = [k for k in schema.get("required", []) if k not in leave_out]
     schema["title"] = kind.__name__
-    return schema
+    return with_limits(kind, schema)
 
 
 def build_action(
@@ -132,6 +140,8 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
         return await answer(api, request, work, created=kind in CREATES, action=True)
 
     doc = (kind.__doc__ or "").strip()
+    about_order = issubclass(kind, OrderAction)
+    body = body_schema(kind, BODY_SCHEMAS)
     router.add_api_route(
         path,
         endpoint,
@@ -140,22 +150,36 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
         summary=doc.split("\n")[0],
         description=f"`{kind.name}` over HTTP. {doc}",
         tags=["orders" if "/orders" in path else "cases"],
+        status_code=201 if kind in CREATES else 200,
+        response_model=None,
+        responses=responses(
+            OrderView if about_order else CaseView,
+            *(404, 409, 412, 413, 422),
+            status=201 if kind in CREATES else 200,
+            headers=["ETag"],
+            created=kind in CREATES,
+        ),
         openapi_extra={
             "parameters": [
-                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": n, "in": "path", "required": True, "schema": PATH_IDS[n]}
                 for n in path_names
             ]
-            + [
-                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
-                {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
-            ],
+            + [IDEMPOTENCY_KEY, IF_MATCH],
             "requestBody": {
-                "content": {"application/json": {"schema": body_schema(kind, BODY_SCHEMAS)}}
+                "required": bool(body["required"]),
+                "description": "The command's options as a JSON object (no body, or {}, when "
+                "it needs none); at most 64 KiB, nested at most 8 deep.",
+                "content": {"application/json": {"schema": body}},
             },
         },
     )
 
 
+# The ids a path names: a case's UUID, an order's id.
+PATH_IDS: Mapping[str, dict[str, Any]] = {
+    "case_id": {"type": "string", "format": "uuid"},
+    "order_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"},
+}
 # The request bodies' shared definitions, for the OpenAPI document's components (app.py).
 BODY_SCHEMAS: dict[str, Any] = {}
 router = APIRouter()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 
 from aftersales.commands.http.dependencies import ApiDep, answer
 from aftersales.commands.http.guards import allow, refuse_unseen
+from aftersales.commands.http.openapi_models import TIME, AuditView, responses
 from aftersales.engine.access.actor_checks import case_parties
 from aftersales.engine.access.scopes import AUDIT, Principal
 from aftersales.engine.application.handler import Engine
@@ -19,7 +20,23 @@ from aftersales.engine.integrity.audit_bundle import audit_case
 router = APIRouter()
 
 
-@router.get("/v1/cases/{case_id}/audit", tags=["cases"])
+@router.get(
+    "/v1/cases/{case_id}/audit",
+    tags=["cases"],
+    response_model=None,
+    responses=responses(AuditView, 404, 409, 422),
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "case_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "format": "uuid"},
+            },
+            {"name": "as_of", "in": "query", "schema": TIME},
+        ]
+    },
+)
 async def audit(
     request: Request, case_id: str, api: ApiDep, as_of: str | None = None, verify: bool = False
 ) -> Any:

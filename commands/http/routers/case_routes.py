@@ -8,15 +8,31 @@ from fastapi import APIRouter, Request
 
 from aftersales.commands.http.dependencies import ApiDep, answer
 from aftersales.commands.http.guards import allow, refuse_unseen
+from aftersales.commands.http.openapi_models import (
+    LIST_CASES_QUERY,
+    CaseView,
+    ListedCase,
+    responses,
+)
 from aftersales.engine.access.actor_checks import case_parties
 from aftersales.engine.access.scopes import Principal, Scope
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import ListCases, ShowCase
 
 router = APIRouter()
+CASE_ID = {"type": "string", "format": "uuid"}
 
 
-@router.get("/v1/cases/{case_id}", tags=["cases"], summary=ShowCase.__doc__)
+@router.get(
+    "/v1/cases/{case_id}",
+    tags=["cases"],
+    summary=ShowCase.__doc__,
+    response_model=None,
+    responses=responses(CaseView, 404, 422, headers=["ETag"]),
+    openapi_extra={
+        "parameters": [{"name": "case_id", "in": "path", "required": True, "schema": CASE_ID}]
+    },
+)
 async def show_case(request: Request, case_id: str, api: ApiDep) -> Any:
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, ShowCase.name)
@@ -27,12 +43,22 @@ async def show_case(request: Request, case_id: str, api: ApiDep) -> Any:
     return await answer(api, request, work)
 
 
-@router.get("/v1/cases", tags=["cases"], summary=ListCases.__doc__)
+@router.get(
+    "/v1/cases",
+    tags=["cases"],
+    summary=ListCases.__doc__,
+    description="As `case list --json`, limited to what the caller may read (a merchant's "
+    "staff: its merchant's; a buyer: its own; asking for others' is an empty list).",
+    response_model=None,
+    responses=responses(list[ListedCase], 422),
+    openapi_extra={"parameters": LIST_CASES_QUERY},
+)
 async def list_cases(request: Request, api: ApiDep) -> Any:
     query = dict(request.query_params)
 
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, ListCases.name)
+        ListCases.parse(query)  # bad input is refused whoever asks
         values: dict[str, Any] = dict(query)
         if "open" in values:  # a flag, written in a query string as true or false
             values["open"] = {"true": True, "false": False}.get(values["open"], values["open"])

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 
 from aftersales.commands.http.dependencies import ApiDep, answer
 from aftersales.commands.http.guards import allow, refuse_unseen
+from aftersales.commands.http.openapi_models import ORDER_ID, OrderView, responses
 from aftersales.engine.access.actor_checks import order_parties
 from aftersales.engine.access.scopes import Principal
 from aftersales.engine.application.handler import Engine
@@ -16,7 +17,16 @@ from aftersales.engine.application.requests import ShowOrder
 router = APIRouter()
 
 
-@router.get("/v1/orders/{order_id}", tags=["orders"], summary=ShowOrder.__doc__)
+@router.get(
+    "/v1/orders/{order_id}",
+    tags=["orders"],
+    summary=ShowOrder.__doc__,
+    response_model=None,
+    responses=responses(OrderView, 404, 422, headers=["ETag"]),
+    openapi_extra={
+        "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": ORDER_ID}]
+    },
+)
 async def show_order(request: Request, order_id: str, api: ApiDep) -> Any:
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, ShowOrder.name)

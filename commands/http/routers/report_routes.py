@@ -10,9 +10,18 @@ from fastapi import APIRouter, Request
 
 from aftersales.commands.http.dependencies import ApiDep, answer
 from aftersales.commands.http.guards import allow, report_merchant
+from aftersales.commands.http.openapi_models import (
+    OPTIONAL_ID,
+    TIME,
+    DashboardView,
+    LedgerRow,
+    ReturnRateRow,
+    responses,
+)
 from aftersales.engine.access.scopes import DASHBOARD, LEDGER, RETURN_RATES, Principal
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.limits import check_id
 from aftersales.engine.domain.values import parse_time
 from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard, dashboard
@@ -30,6 +39,13 @@ def read_view(request: Request, engine: Engine, view: type[View]) -> None:
     request.state.projection_lag = row["lag"]
 
 
+def shop(principal: Principal, merchant: str | None) -> str | None:
+    """The merchant a report is about, checked as an id is (``limits.check_id``)."""
+    if merchant is not None:
+        check_id(merchant, "merchant")
+    return report_merchant(principal, merchant)
+
+
 def when(value: str | None, key: str) -> datetime | None:
     return parse_time(value, key) if value is not None else None
 
@@ -39,7 +55,26 @@ def in_order(start: datetime | None, end: datetime | None) -> None:
         raise BadInput(f"since {start.isoformat()} is not before until {end.isoformat()}")
 
 
-@router.get("/v1/reports/dashboard", tags=["reports"])
+LAG = ["X-Projection-Lag"]
+MERCHANT = {
+    "name": "merchant",
+    "in": "query",
+    "description": "One merchant's figures (a merchant's staff: its own only, 403 otherwise).",
+    "schema": OPTIONAL_ID,
+}
+SINCE_UNTIL = [
+    {"name": "since", "in": "query", "schema": TIME},
+    {"name": "until", "in": "query", "schema": TIME},
+]
+
+
+@router.get(
+    "/v1/reports/dashboard",
+    tags=["reports"],
+    response_model=None,
+    responses=responses(DashboardView, 422, headers=LAG),
+    openapi_extra={"parameters": [MERCHANT, {"name": "now", "in": "query", "schema": TIME}]},
+)
 async def dashboard_report(
     request: Request, api: ApiDep, merchant: str | None = None, now: str | None = None
 ) -> Any:
@@ -47,14 +82,26 @@ async def dashboard_report(
 
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, DASHBOARD)
-        shop = report_merchant(principal, merchant)
+        shop_id = shop(principal, merchant)
         read_view(request, engine, Dashboard)
-        return dashboard(engine.store, shop, when(now, "now") or datetime.now(UTC))
+        return dashboard(engine.store, shop_id, when(now, "now") or datetime.now(UTC))
 
     return await answer(api, request, work)
 
 
-@router.get("/v1/reports/return-rates", tags=["reports"])
+@router.get(
+    "/v1/reports/return-rates",
+    tags=["reports"],
+    response_model=None,
+    responses=responses(list[ReturnRateRow], 422, headers=LAG),
+    openapi_extra={
+        "parameters": [
+            {"name": "by", "in": "query", "schema": {"type": "string", "enum": list(GROUPINGS)}},
+            MERCHANT,
+            *SINCE_UNTIL,
+        ]
+    },
+)
 async def return_rates_report(
     request: Request,
     api: ApiDep,
@@ -69,17 +116,23 @@ async def return_rates_report(
         allow(principal, RETURN_RATES)
         if by not in GROUPINGS:
             raise BadInput(f"by {by!r} is not one of {'|'.join(GROUPINGS)}")
-        shop = report_merchant(principal, merchant)
+        shop_id = shop(principal, merchant)
         end = when(until, "until") or datetime.now(UTC)
         start = when(since, "since") or end - timedelta(days=30)
         in_order(start, end)
         read_view(request, engine, ReturnRates)
-        return return_rates(engine.store, by, start, end, shop)
+        return return_rates(engine.store, by, start, end, shop_id)
 
     return await answer(api, request, work)
 
 
-@router.get("/v1/reports/ledger", tags=["reports"])
+@router.get(
+    "/v1/reports/ledger",
+    tags=["reports"],
+    response_model=None,
+    responses=responses(list[LedgerRow], 422, headers=LAG),
+    openapi_extra={"parameters": [MERCHANT, *SINCE_UNTIL]},
+)
 async def ledger_report(
     request: Request,
     api: ApiDep,
@@ -91,10 +144,10 @@ async def ledger_report(
 
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, LEDGER)
-        shop = report_merchant(principal, merchant)
+        shop_id = shop(principal, merchant)
         start, end = when(since, "since"), when(until, "until")
         in_order(start, end)
         read_view(request, engine, Ledger)
-        return ledger(engine.store, shop, start, end)
+        return ledger(engine.store, shop_id, start, end)
 
     return await answer(api, request, work)
