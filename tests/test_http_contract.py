@@ -47,6 +47,7 @@ def beyond_the_schema(case: Any) -> bool:
         or (isinstance(body, dict) and body.get("at") is not None)
         or "since" in query
         or "until" in query
+        or "after" in query  # it must name a case the caller may list
     )
 
 

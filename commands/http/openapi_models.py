@@ -28,7 +28,13 @@ from aftersales.engine.application.fields import (
     When,
     field_choices,
 )
-from aftersales.engine.application.requests import Command, ListCases, OpenCase, PlaceOrder
+from aftersales.engine.application.requests import (
+    CaseOrder,
+    Command,
+    ListCases,
+    OpenCase,
+    PlaceOrder,
+)
 from aftersales.engine.domain.limits import (
     MAX_EVIDENCE,
     MAX_EVIDENCE_CHARS,
@@ -481,6 +487,36 @@ LIST_CASES_QUERY: list[dict[str, Any]] = [
         "name": "limit",
         "in": "query",
         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+    },
+    {
+        "name": "search",
+        "in": "query",
+        "description": "A case id's start (4 characters or more), an order id or a buyer id.",
+        "schema": OPTIONAL_ID,
+    },
+    {
+        "name": "reason",
+        "in": "query",
+        "description": "A reason code, or its group: quality matches quality.*.",
+        "schema": OPTIONAL_ID,
+    },
+    {
+        "name": "open",
+        "in": "query",
+        "description": "true: only cases still open (in no final status).",
+        "schema": {"type": "boolean"},
+    },
+    {
+        "name": "sort",
+        "in": "query",
+        "description": "opened: oldest first; due: soonest deadline first, those without one last.",
+        "schema": {"type": "string", "enum": [o.value for o in CaseOrder]},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "description": "The last case of the previous page: the page after it, in the same order.",
+        "schema": {"type": "string", "format": "uuid"},
     },
 ]
 assert {p["name"] for p in LIST_CASES_QUERY} == set(ListCases.model_fields)

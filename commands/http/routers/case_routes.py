@@ -58,10 +58,10 @@ async def list_cases(request: Request, api: ApiDep) -> Any:
 
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, ListCases.name)
-        ListCases.parse(query)  # bad input is refused whoever asks
         values: dict[str, Any] = dict(query)
         if "open" in values:  # a flag, written in a query string as true or false
             values["open"] = {"true": True, "false": False}.get(values["open"], values["open"])
+        ListCases.parse(values)  # bad input is refused whoever asks
         if principal.scope is Scope.MERCHANT:
             if values.get("merchant", principal.merchant_id) != principal.merchant_id:
                 return []
