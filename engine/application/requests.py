@@ -642,6 +642,13 @@ class Query(Command):
     reads_only: ClassVar[bool] = True
 
 
+# A read shows what the clock has done by its time (engine/application/as_of.py).
+AS_OF_HELP = (
+    "Read as of this time, ISO-8601 with offset: every deadline due by then is shown as taken "
+    "(default: now)."
+)
+
+
 class ShowCase(Query):
     """A case as it stands: status, money, the running deadline, what is allowed now."""
 
@@ -649,6 +656,7 @@ class ShowCase(Query):
     arguments: ClassVar[tuple[str, ...]] = ("case_id",)
 
     case_id: CaseId
+    at: When = Field(None, description=AS_OF_HELP)
 
 
 class ListCases(Query):
@@ -663,6 +671,7 @@ class ListCases(Query):
     status: Annotated[Status | None, _choice(Status)] = None
     due_before: When = Field(None, description="Only cases with a deadline due by then.")
     limit: Annotated[int | None, _between(1, MAX_LIST_LIMIT)] = None
+    at: When = Field(None, description=AS_OF_HELP)
 
 
 class ShowOrder(Query):
@@ -673,6 +682,7 @@ class ShowOrder(Query):
     shows: ClassVar[str] = "order"
 
     order_id: OrderId
+    at: When = Field(None, description=AS_OF_HELP)
 
 
 class Tick(Command):

@@ -18,9 +18,12 @@ router = APIRouter()
 
 @router.get("/v1/cases/{case_id}", tags=["cases"], summary=ShowCase.__doc__)
 async def show_case(request: Request, case_id: str, api: ApiDep) -> Any:
+    # A read shows what the clock has done by now, or by ``?at=`` (engine/application/as_of.py).
+    as_of = {k: v for k, v in request.query_params.items() if k == "at"}
+
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, ShowCase.name)
-        command = ShowCase.parse({"case_id": case_id})
+        command = ShowCase.parse({"case_id": case_id, **as_of})
         refuse_unseen(principal, case_parties(engine, command.case_id), f"case {case_id}")
         return engine.handle(command)
 

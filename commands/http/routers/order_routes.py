@@ -18,9 +18,12 @@ router = APIRouter()
 
 @router.get("/v1/orders/{order_id}", tags=["orders"], summary=ShowOrder.__doc__)
 async def show_order(request: Request, order_id: str, api: ApiDep) -> Any:
+    # A read shows what the clock has done by now, or by ``?at=`` (engine/application/as_of.py).
+    as_of = {k: v for k, v in request.query_params.items() if k == "at"}
+
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, ShowOrder.name)
-        command = ShowOrder.parse({"order_id": order_id})
+        command = ShowOrder.parse({"order_id": order_id, **as_of})
         refuse_unseen(principal, order_parties(engine, order_id), f"order {order_id}")
         return engine.handle(command)
 
