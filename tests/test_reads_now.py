@@ -5,15 +5,24 @@ uses changed: a read followed by a write records what the write alone records.""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
 
+from aftersales.commands.cli.main import cli
+from aftersales.commands.http.app import create_app
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
+    DeliverOrder,
     ListCases,
+    PlaceOrder,
     RejectCase,
     ShipBack,
     ShowCase,
@@ -22,7 +31,12 @@ from aftersales.engine.application.requests import (
 )
 from aftersales.engine.domain.errors import NotAllowed
 from aftersales.engine.domain.order import order_uuid
+from aftersales.projections.registry import VIEWS
+from aftersales.projections.runner import Projector
 from tests.conftest import at
+from tests.people import People, days_ago
+from tests.test_batch import run_batch
+from tests.test_cli import Cli
 from tests.test_clock_first import (
     CASE_A,
     SCENARIOS,
@@ -33,6 +47,7 @@ from tests.test_clock_first import (
     same_ids,
     setup_order,
 )
+from tests.test_desk import sign_in
 
 
 def head(engine: Engine) -> int:
@@ -203,3 +218,171 @@ def test_a_read_then_a_write_records_what_the_write_alone_records(
     pending = [p["action"] for p in shown[0]["pending_clock"]]
     fired = [e for e in read_case if str(e.get("command_id", "")).startswith("deadline:")]
     assert len(pending) == len(fired) >= 1 and shown[0]["case_id"] == str(CASE_A)
+
+
+# Through every interface, against the wall clock -------------------------------------------------
+
+
+class Lapsed:
+    """Beside People's orders: KS-8, whose return's review lapsed a day ago (the buyer's ten
+    days to ship back now run), and KS-9, whose return lapsed twice over (review, then the
+    buyer's ten days): neither ticked."""
+
+    def __init__(self, people: People) -> None:
+        engine = people.engine
+        for order_id, delivered in (("KS-8", 4), ("KS-9", 14)):
+            engine.handle(
+                PlaceOrder(
+                    order_id=order_id,
+                    merchant="shop-1",
+                    buyer="buyer-1",
+                    lines=["LAMP:1:50.00"],
+                    at=days_ago(delivered + 1),
+                )
+            )
+            engine.handle(DeliverOrder(order_id=order_id, at=days_ago(delivered)))
+        self.once = people.open("KS-8", type="return_refund", lines=["LAMP"], at=days_ago(3))
+        self.twice = people.open("KS-9", type="return_refund", lines=["LAMP"], at=days_ago(13))
+        Projector(engine.store).catch_up(VIEWS)
+
+
+@pytest.fixture
+def served(engine: Engine, store_url: str) -> Iterator[tuple[TestClient, People, Lapsed]]:
+    people = People(engine)
+    lapsed = Lapsed(people)
+    with TestClient(create_app(store_url, failure_limit=10_000)) as client:
+        yield client, people, lapsed
+
+
+def test_http_reads_show_the_clock_taken_and_record_nothing(
+    served: tuple[TestClient, People, Lapsed],
+) -> None:
+    client, people, lapsed = served
+    before = people.events()
+    staff, buyer = people.auth("staff-1"), people.auth("buyer-1")
+
+    once = client.get(f"/v1/cases/{lapsed.once}", headers=staff)
+    assert once.status_code == 200
+    shown = once.json()
+    assert shown["status"] == "awaiting_buyer_shipment" and shown["due_action"] == "auto_close"
+    assert [(p["action"], p["to"]) for p in shown["pending_clock"]] == [
+        ("auto_approve", "awaiting_buyer_shipment")
+    ]
+    assert "approve" not in shown["allowed_actions"] and "ship-back" in shown["allowed_actions"]
+    assert shown["version"] == 1
+    earlier = client.get(f"/v1/cases/{lapsed.once}?at={quote(days_ago(2))}", headers=staff)
+    assert earlier.json()["status"] == "awaiting_merchant"
+    assert earlier.json()["pending_clock"] == []
+
+    twice = client.get(f"/v1/cases/{lapsed.twice}", headers=buyer).json()
+    assert twice["status"] == "closed" and twice["allowed_actions"] == ["rate"]
+    assert [p["action"] for p in twice["pending_clock"]] == ["auto_approve", "auto_close"]
+    order = client.get("/v1/orders/KS-9", headers=staff).json()
+    assert order["lines"][0]["open_case_id"] is None and len(order["pending_clock"]) == 2
+
+    def listed(query: str) -> list[str]:
+        response = client.get(f"/v1/cases?{query}", headers=staff)
+        assert response.status_code == 200, response.text
+        return [r["case_id"] for r in response.json()]
+
+    waiting = listed("status=awaiting_merchant")
+    assert waiting == [people.cases["shop-1"]]
+    assert listed("status=awaiting_buyer_shipment") == [lapsed.once]
+    assert listed("status=closed") == [lapsed.twice]
+    statuses = {r["case_id"]: r["status"] for r in client.get("/v1/cases", headers=staff).json()}
+    assert statuses[lapsed.once] == "awaiting_buyer_shipment"
+    assert statuses[lapsed.twice] == "closed"
+
+    report = client.get("/v1/reports/dashboard?merchant=shop-1", headers=people.auth("ops"))
+    assert report.status_code == 200, report.text
+    assert report.json()["open_cases"]["by_status"] == {
+        "awaiting_buyer_shipment": 1,
+        "awaiting_merchant": 1,
+    }
+    assert report.json()["deadlines"]["overdue"] == 2  # for the tick to record
+    assert people.events() == before, "a read appended to the store"
+
+    # What the read refused to offer is refused; what it offered succeeds.
+    refused = client.post(f"/v1/cases/{lapsed.once}/approve", json={}, headers=staff)
+    assert refused.status_code == 409
+    shipped = client.post(
+        f"/v1/cases/{lapsed.once}/ship-back",
+        json={"carrier": "SF", "waybill": "W9"},
+        headers={**buyer, "If-Match": once.headers["ETag"]},
+    )
+    assert shipped.status_code == 200, shipped.text
+    assert shipped.json()["status"] == "awaiting_merchant_receipt"
+
+
+def test_the_desk_shows_the_clock_taken_and_records_nothing(
+    served: tuple[TestClient, People, Lapsed],
+) -> None:
+    client, people, lapsed = served
+    before = people.events()
+    sign_in(client, people, "staff-1")
+    home = client.get("/")
+    assert home.status_code == 200
+    # The lapsed review is not the merchant's to answer; the fresh one is.
+    assert f'data-case="{people.cases["shop-1"]}"' in home.text
+    assert f'data-case="{lapsed.once}"' not in home.text
+    page = client.get(f"/desk/cases/{lapsed.once}")
+    assert page.status_code == 200
+    assert 'data-action="approve"' not in page.text and 'data-action="reject"' not in page.text
+    assert 'data-action="refund"' in page.text  # the merchant may still refund
+    assert 'class="pending-clock">auto approve fell due' in page.text
+    sign_in(client, people, "buyer-1")
+    page = client.get(f"/desk/cases/{lapsed.once}")
+    assert 'data-action="ship-back"' in page.text
+    closed = client.get(f"/desk/cases/{lapsed.twice}")
+    assert 'data-action="ship-back"' not in closed.text and 'data-action="rate"' in closed.text
+    mine = client.get("/")
+    assert f'data-case="{lapsed.twice}"' in mine.text
+    assert people.events() == before
+
+
+def test_cli_and_batch_reads_show_the_clock_taken_and_record_nothing(
+    engine: Engine, store_url: str
+) -> None:
+    people = People(engine)
+    lapsed = Lapsed(people)
+    before = people.events()
+    run = Cli(store_url)
+    shown = run.run("case", "show", lapsed.once)
+    assert shown["status"] == "awaiting_buyer_shipment"
+    assert shown["pending_clock"][0]["action"] == "auto_approve"
+    assert "ship-back" in shown["allowed_actions"] and "approve" not in shown["allowed_actions"]
+    assert run.run("case", "show", lapsed.twice)["status"] == "closed"
+    assert run.run("case", "show", lapsed.once, "--at", days_ago(2))["status"] == (
+        "awaiting_merchant"
+    )
+    waiting = run.run("case", "list", "--merchant", "shop-1", "--status", "awaiting_merchant")
+    assert [r["case_id"] for r in waiting] == [people.cases["shop-1"]]
+    order = run.run("order", "show", "KS-9")
+    assert [p["action"] for p in order["pending_clock"]] == ["auto_approve", "auto_close"]
+    text = CliRunner().invoke(cli, ["--store", store_url, "case", "show", lapsed.once]).stdout
+    assert "awaiting_buyer_shipment" in text.splitlines()[0]
+    assert "the clock: auto_approve fell due" in text and "allowed now: refund, ship-back" in text
+
+    lines = [
+        {"action": "case show", "case_id": lapsed.twice},
+        {"action": "case list", "status": "awaiting_buyer_shipment"},
+        {"action": "order show", "order_id": "KS-8"},
+    ]
+    code, out, _ = run_batch(store_url, "\n".join(json.dumps(x) for x in lines) + "\n")
+    assert code == 0
+    assert out[0]["result"]["status"] == "closed"
+    assert [r["case_id"] for r in out[1]["result"]] == [lapsed.once]
+    assert out[2]["result"]["pending_clock"][0]["to"] == "awaiting_buyer_shipment"
+
+    dashboard_json = run.run("report", "dashboard", "--merchant", "shop-1", "--catch-up")
+    assert dashboard_json["open_cases"]["by_status"] == {
+        "awaiting_buyer_shipment": 1,
+        "awaiting_merchant": 1,
+    }
+    assert people.events() == before
+
+    # The action the read offered succeeds.
+    shipped = run.run(
+        "case", "ship-back", lapsed.once, "--carrier", "SF", "--waybill", "W9", "--by", "buyer-1"
+    )
+    assert shipped["status"] == "awaiting_merchant_receipt"
