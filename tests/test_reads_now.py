@@ -273,6 +273,8 @@ def test_http_reads_show_the_clock_taken_and_record_nothing(
     earlier = client.get(f"/v1/cases/{lapsed.once}?at={quote(days_ago(2))}", headers=staff)
     assert earlier.json()["status"] == "awaiting_merchant"
     assert earlier.json()["pending_clock"] == []
+    bad = client.get(f"/v1/cases/{lapsed.once}?at=2026-11-01%2010:00", headers=staff)
+    assert bad.status_code == 422 and "offset" in bad.json()["error"]["message"]
 
     twice = client.get(f"/v1/cases/{lapsed.twice}", headers=buyer).json()
     assert twice["status"] == "closed" and twice["allowed_actions"] == ["rate"]

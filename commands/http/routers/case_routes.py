@@ -17,9 +17,9 @@ router = APIRouter()
 
 
 @router.get("/v1/cases/{case_id}", tags=["cases"], summary=ShowCase.__doc__)
-async def show_case(request: Request, case_id: str, api: ApiDep) -> Any:
+async def show_case(request: Request, case_id: str, api: ApiDep, at: str | None = None) -> Any:
     # A read shows what the clock has done by now, or by ``?at=`` (engine/application/as_of.py).
-    as_of = {k: v for k, v in request.query_params.items() if k == "at"}
+    as_of = {"at": at} if at is not None else {}
 
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, ShowCase.name)
