@@ -9,6 +9,7 @@ merchant did not act, the platform's intervention and the buyer's rating.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -45,7 +46,8 @@ from aftersales.engine.domain.case_events import (
     RulingLapsed,
     RulingOverdue,
 )
-from aftersales.engine.domain.values import FINAL_STATUSES, Role
+from aftersales.engine.domain.transitions import outcome
+from aftersales.engine.domain.values import FINAL_STATUSES, CaseType, Role, Status
 from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.base import (
     Changes,
@@ -233,9 +235,70 @@ def _median_seconds(values: list[float]) -> int | None:
     return round(statistics.median(values)) if values else None
 
 
-def dashboard(store: AftersalesStore, merchant: str | None, now: datetime) -> dict[str, Any]:
+# Counts as of the read's moment ----------------------------------------------------------------
+
+# What the clock leaves each of some cases in by the dashboard's moment, by case id: its
+# ``status``, and the ``due_at``/``due_action`` running then. The engine gives it exactly
+# (``Engine.cases_as_of``: each case loaded and its due deadlines applied in memory).
+AsOf = Callable[[Sequence[str]], Mapping[str, Mapping[str, Any]]]
+# At most this many due cases are loaded for a read; beyond it (a clock that has not ticked for
+# long), each is placed one step on, by the transition table.
+AS_OF_LIMIT = 500
+
+
+def one_step(status: str, case_type: str, due_action: str) -> str:
+    """The status a due deadline leads to by the transition table: one step, and only where
+    the table decides it from what a dashboard row keeps (an unanswered offer resumes a status
+    the row does not keep: left as it is)."""
+    try:
+        row = outcome(due_action, Status(status), case_type=CaseType(case_type))
+    except (LookupError, ValueError):
+        return status
+    return row.after.value if row.after is not None else status
+
+
+def moved_by_clock(
+    rows: Iterable[Mapping[str, Any]], now: datetime, as_of: AsOf | None
+) -> dict[str, dict[str, Any]]:
+    """For the rows (``case_id, status, case_type, due_at, due_action``) due by ``now``: the
+    status and deadline the clock leaves each in, by case id (a tick records it later)."""
+    due = [r for r in rows if r["due_at"] is not None and _dt(r["due_at"]) <= now]  # type: ignore[operator]
+    ids = [str(r["case_id"]) for r in due]
+    exact = as_of(ids[:AS_OF_LIMIT]) if as_of and ids else {}
+    moved: dict[str, dict[str, Any]] = {}
+    for r in due:
+        cid = str(r["case_id"])
+        if cid in exact:
+            moved[cid] = dict(exact[cid])
+        else:
+            after = one_step(r["status"], r["case_type"], r["due_action"])
+            moved[cid] = {"status": after, "due_at": None, "due_action": None}
+    return moved
+
+
+def recount(
+    counts: Mapping[str, int], rows: Iterable[Mapping[str, Any]], moved: Mapping[str, Any]
+) -> dict[str, int]:
+    """Open cases by status, each moved case counted in the status the clock leaves it in
+    (and no longer counted once that status is final)."""
+    result = dict(counts)
+    for r in rows:
+        after = moved.get(str(r["case_id"]))
+        if after is None or after["status"] == r["status"]:
+            continue
+        result[r["status"]] = result.get(r["status"], 0) - 1
+        if after["status"] not in FINAL:
+            result[after["status"]] = result.get(after["status"], 0) + 1
+    return {k: v for k, v in sorted(result.items()) if v > 0}
+
+
+def dashboard(
+    store: AftersalesStore, merchant: str | None, now: datetime, as_of: AsOf | None = None
+) -> dict[str, Any]:
     """The merchant's (or, with no merchant, the whole platform's) after-sales dashboard at
-    ``now``: what is open, what falls due, and the last 30 days."""
+    ``now``: what is open, what falls due, and the last 30 days. Open cases are counted in the
+    status the clock has put them in by ``now`` (``as_of``, else one step by the table), whether
+    or not a tick has recorded it; ``deadlines.overdue`` counts the deadlines it took."""
     since = now - WINDOW
     t = store.time_param
     where, params = ("c.merchant_id = ? AND ", [merchant]) if merchant else ("", [])
@@ -250,13 +313,16 @@ def dashboard(store: AftersalesStore, merchant: str | None, now: datetime) -> di
         )
     }
     due_rows = store.query(
-        f"SELECT c.case_id, c.order_id, c.status, c.due_at, c.due_action "
+        f"SELECT c.case_id, c.order_id, c.status, c.case_type, c.due_at, c.due_action "
         f"FROM {{t}}{CASES.name} c WHERE {where}c.due_at IS NOT NULL AND c.due_at < ? "
         "ORDER BY c.due_at, c.case_id",
         [*params, t(now + SOON)],
     )
     overdue = [r for r in due_rows if _dt(r["due_at"]) <= now]  # type: ignore[operator]
     due_soon = [r for r in due_rows if _dt(r["due_at"]) > now]  # type: ignore[operator]
+    open_due = [r for r in overdue if r["status"] not in FINAL]
+    moved = moved_by_clock(open_due, now, as_of)
+    by_status = recount(by_status, open_due, moved)
     # The platform's own lateness: disputes past their ruling deadline, not yet ruled (once
     # overdue, the deadline running is the grace before the platform pays).
     rulings_overdue = store.query(
@@ -319,7 +385,8 @@ def dashboard(store: AftersalesStore, merchant: str | None, now: datetime) -> di
             {
                 "case_id": str(r["case_id"]),
                 "order_id": r["order_id"],
-                "status": r["status"],
+                # As of now: the deadline listed is the one the clock took.
+                "status": moved.get(str(r["case_id"]), r)["status"],
                 "due_at": _iso(r["due_at"]),
                 "due_action": r["due_action"],
             }

@@ -186,7 +186,7 @@ def test_demo_cases_full_timeline(engine: Engine, store_url: str) -> None:
     } <= set(cases)
     for title, cid in cases.items():
         result = run_cli(store_url, cid, "--verify")
-        shown = engine.get_case(cid)
+        shown = engine.stored_case(cid)
         assert result["case_id"] == cid
         assert result["verified"] is True and result["problems"] == [], title
         assert result["state"] == shown, title
@@ -539,7 +539,7 @@ def test_bundle_verifies_offline_and_fails_after_one_byte(
     assert [s["state"]["status"] for s in content["states"]] == [
         e["status_after"] for e in report["events"]
     ]
-    assert content["states"][-1]["state"] == engine.get_case(cid)
+    assert content["states"][-1]["state"] == engine.stored_case(cid)
 
     ok = verify_process(path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -881,7 +881,7 @@ def test_dispute_paths_verify(engine: Engine, store_url: str, tmp_path: Path) ->
     for cid, types in expected.items():
         report = export(store_url, cid, tmp_path / f"{cid}.json", "--verify")
         assert report["verified"] is True, report["problems"]
-        assert report["state"] == engine.get_case(cid)
+        assert report["state"] == engine.stored_case(cid)
         shown = [e["type"] for e in report["events"]]
         assert any(shown[i : i + len(types)] == types for i in range(len(shown))), shown
         assert verifier.verify((tmp_path / f"{cid}.json").read_bytes()).problems == []

@@ -138,7 +138,7 @@ def test_stop_on_error(store_url: str, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert [o["line"] for o in out] == [1, 2, 3, 4]
     with Engine(store_url) as engine:
-        assert engine.get_case(CASE)["status"] == "awaiting_merchant"
+        assert engine.stored_case(CASE)["status"] == "awaiting_merchant"
 
 
 def test_exit_code_is_the_first_failures(store_url: str) -> None:

@@ -130,16 +130,16 @@ def test_each_deadline_fires_at_its_limit_and_not_a_second_before(
 ) -> None:
     setup, status_after, event_type = DEADLINES[action]
     cid, due = setup(engine)
-    before = engine.get_case(cid)
+    before = engine.stored_case(cid)
     assert before["due_action"] == action and t(before["due_at"]) == due
 
     early = tick(engine, due - SECOND)
     assert early.fired == [] and early.skipped == [] and early.failed == []
-    assert engine.get_case(cid)["version"] == before["version"]
+    assert engine.stored_case(cid)["version"] == before["version"]
 
     result = tick(engine, due)
     assert fired_of(result) == [(cid, action, due)]
-    after = engine.get_case(cid)
+    after = engine.stored_case(cid)
     assert after["status"] == status_after
     history = events(engine, cid)
     fired = [e for e in history if e["type"] == event_type]
@@ -199,13 +199,13 @@ def test_the_auto_approved_return_waits_its_own_10_days(engine: Engine) -> None:
     cid = opened(engine)
     approved_at = t(at(days=5))
     assert fired_of(tick(engine, approved_at)) == [(cid, "auto_approve", approved_at)]
-    case = engine.get_case(cid)
+    case = engine.stored_case(cid)
     assert case["status"] == "awaiting_buyer_shipment" and case["due_action"] == "auto_close"
     assert t(case["due_at"]) == approved_at + timedelta(days=10)
     assert tick(engine, approved_at + timedelta(days=10) - SECOND).fired == []
     result = tick(engine, approved_at + timedelta(days=10))
     assert fired_of(result) == [(cid, "auto_close", approved_at + timedelta(days=10))]
-    assert engine.get_case(cid)["status"] == "closed"
+    assert engine.stored_case(cid)["status"] == "closed"
 
 
 def test_one_late_tick_catches_up_on_a_chain_of_deadlines(engine: Engine) -> None:
@@ -287,7 +287,7 @@ def test_the_policy_version_is_on_the_fired_events(store_url: str) -> None:
         assert fired["fired"]["policy_version"] == old.version
         assert fired["due"]["policy_version"] == new.version
         assert t(fired["due"]["due_at"]) == t(at(days=8))  # 72 hours from the firing
-        assert engine.get_case(cid)["policy_version"] == new.version
+        assert engine.stored_case(cid)["policy_version"] == new.version
 
 
 def test_due_before_lists_what_the_tick_would_fire(engine: Engine) -> None:
@@ -297,7 +297,10 @@ def test_due_before_lists_what_the_tick_would_fire(engine: Engine) -> None:
     cutoff = at(days=5)
     listed = engine.handle(ListCases(due_before=cutoff))
     assert [c["case_id"] for c in listed] == [soon]
-    assert listed[0]["due_action"] == "auto_approve" and t(listed[0]["due_at"]) == t(cutoff)
+    # Listed as of now: what the tick will record is shown taken, and said so.
+    (pending,) = listed[0]["pending_clock"]
+    assert pending["action"] == "auto_approve" and t(pending["due_at"]) == t(cutoff)
+    assert listed[0]["status"] == "refunded"
     assert [d.case_id for d in due_deadlines(engine, t(cutoff))[0]] == [soon]
     assert [c["case_id"] for c in engine.handle(ListCases(due_before=at(days=20)))] == [soon, later]
     assert engine.handle(ListCases(due_before=t(cutoff) - SECOND)) == []
@@ -346,7 +349,7 @@ def test_the_person_wins_the_race_and_the_tick_skips(engine: Engine) -> None:
     assert raced["done"] and result.fired == [] and result.failed == []
     assert [d.case_id for d in result.skipped] == [cid]
     assert kinds(engine, cid) == ["CaseOpened", "CaseApproved", "CaseRefunded"]
-    assert engine.get_case(cid)["refunded_amount"] == "39.90"
+    assert engine.stored_case(cid)["refunded_amount"] == "39.90"
 
 
 def test_the_tick_wins_the_race_and_the_person_is_refused(engine: Engine) -> None:
@@ -447,7 +450,7 @@ def test_two_tick_processes_fire_each_deadline_exactly_once(store_url: str) -> N
         assert len(ra["fired"]) + len(rb["fired"]) == len(ids)
         assert fired_per_case(engine) == Counter({cid: 1 for cid in ids})
         for cid in ids:
-            case = engine.get_case(cid)
+            case = engine.stored_case(cid)
             assert case["status"] in ("refunded", "awaiting_buyer_shipment")
         assert tick(engine, datetime.now(UTC)).fired == []
 
@@ -557,7 +560,7 @@ def test_the_scheduler_fires_and_stops_cleanly(
         assert err.strip().splitlines()[-1] == "scheduler: stopped"
         assert "Traceback" not in err
         assert all(json.loads(line)["fired"] == [] for line in out.splitlines())
-        assert engine.get_case(cid)["status"] == "refunded"
+        assert engine.stored_case(cid)["status"] == "refunded"
         assert fired_per_case(engine) == Counter({cid: 1})
 
 
@@ -582,5 +585,5 @@ def test_the_demo_lets_the_clock_act(tmp_path: Path) -> None:
         # the buyer followed with a new case rather than taking it to the platform.
         assert [len(s["fired"]) for s in ticks] == [0, 1, 1, 2]
         (lapsed,) = [d for d in ticks[-1]["fired"] if d["action"] == "escalation_lapsed"]
-        closed = engine.get_case(lapsed["case_id"])
+        closed = engine.stored_case(lapsed["case_id"])
         assert closed["status"] == "closed" and closed["rejection"] is not None

@@ -250,7 +250,7 @@ def test_a_refusal_names_the_deadline_that_passed_and_what_the_clock_did(engine:
     assert "auto_approve fell due at 2026-11-06T10:00:00+08:00" in message
     assert "(awaiting_merchant to awaiting_buyer_shipment)" in message
     assert "reject is not allowed" in message
-    assert engine.get_case(cid)["status"] == "awaiting_merchant"  # nothing saved
+    assert engine.stored_case(cid)["status"] == "awaiting_merchant"  # nothing saved
 
 
 def test_an_action_one_second_before_the_deadline_is_the_persons(engine: Engine) -> None:

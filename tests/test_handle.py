@@ -158,7 +158,7 @@ def test_a_case_saved_last_is_acted_on_from_the_cache(
     engine.handle(ApproveCase(case_id=cid, at=at(days=3, hours=1)))
     engine.handle(ShipBack(case_id=cid, carrier="SF", waybill="1", at=at(days=4)))
     assert loads == []  # one round trip each: the save
-    assert engine.get_case(cid)["status"] == "awaiting_merchant_receipt"
+    assert engine.stored_case(cid)["status"] == "awaiting_merchant_receipt"
 
 
 def test_a_refusal_is_never_decided_on_cached_state(store_url: str) -> None:

@@ -46,12 +46,12 @@ def test_order_import_csv(store_url: str, tmp_path: Path) -> None:
     assert report["events"] == 3 + 2 + 1  # placed x3, KS-1 shipped+delivered, KS-2 shipped
     assert [e["line"] for e in report["errors"]] == [5, 6]
     with Engine(store_url) as engine:
-        one = engine.get_order("KS-1")
+        one = engine.stored_order("KS-1")
         assert [line["sku"] for line in one["lines"]] == ["CASE-RED", "GIFT"]
         assert one["total"] == "44.90" and one["delivered_at"] == at(days=2)
-        two = engine.get_order("KS-2")
+        two = engine.stored_order("KS-2")
         assert two["waybill"] == "SF77" and two["delivered_at"] is None
-        assert engine.get_order("KS-5")["total"] == "15.00"
+        assert engine.stored_order("KS-5")["total"] == "15.00"
         count = engine.store.recorder.max_notification_id()
     # Importing the same file again appends nothing.
     code, again = invoke(store_url, "order", "import", str(path))
@@ -89,7 +89,7 @@ def test_order_import_jsonl(store_url: str, tmp_path: Path) -> None:
     assert {e["line"] for e in report["errors"]} == {2, 3}
     assert "float" in report["errors"][0]["message"]
     with Engine(store_url) as engine:
-        assert engine.get_order("KS-1")["total"] == "15.00"
+        assert engine.stored_order("KS-1")["total"] == "15.00"
 
 
 def history() -> list[dict[str, Any]]:
@@ -192,12 +192,12 @@ def test_import_history_equals_the_same_actions_one_by_one(tmp_path: Path, store
     assert [x["line"] for x in lines if not x["ok"]] == [4, 12]
     with Engine(store_url) as bulk, Engine(other) as single:
         for case_id in (str(new_case_id(None, "h-open-1")), str(new_case_id(None, "h-open-2"))):
-            a, b = bulk.get_case(case_id), single.get_case(case_id)
+            a, b = bulk.stored_case(case_id), single.stored_case(case_id)
             assert a == b
-        assert bulk.get_order("KS-1") == single.get_order("KS-1")
+        assert bulk.stored_order("KS-1") == single.stored_order("KS-1")
         assert bulk.handle(ListCases()) == single.handle(ListCases())
-        assert bulk.get_case(str(new_case_id(None, "h-open-1")))["status"] == "refunded"
-        assert bulk.get_case(str(new_case_id(None, "h-open-2")))["status"] == "escalated"
+        assert bulk.stored_case(str(new_case_id(None, "h-open-1")))["status"] == "refunded"
+        assert bulk.stored_case(str(new_case_id(None, "h-open-2")))["status"] == "escalated"
     # Re-running the import appends nothing.
     code, again = invoke(store_url, "import-history", str(path))
     assert again["events"] == 0 and again["ok"] == 10
@@ -259,7 +259,7 @@ def test_generated_workload_imported_equals_applied_one_by_one(
         statuses = {c["status"] for c in listed}
         assert {"refunded", "closed", "completed"} <= statuses
         for case in listed:
-            assert bulk.get_case(case["case_id"]) == single.get_case(case["case_id"])
+            assert bulk.stored_case(case["case_id"]) == single.stored_case(case["case_id"])
 
 
 def test_a_chunk_that_loses_a_race_is_redone_with_the_chunk_worked_out_on_top_of_it(
@@ -312,11 +312,11 @@ def test_a_chunk_that_loses_a_race_is_redone_with_the_chunk_worked_out_on_top_of
         report = run_bulk(engine, items, apply, chunk_size=2)
         assert (report.ok, report.failed, report.lines) == (3, 0, 3)
         # Approving a refund-only case refunds it: approved and refunded, once each.
-        assert engine.get_case(case_a)["status"] == "refunded"
-        assert engine.get_case(case_a)["version"] == 3
-        case_b = engine.get_case(str(new_case_id(None, "race-open-b")))
+        assert engine.stored_case(case_a)["status"] == "refunded"
+        assert engine.stored_case(case_a)["version"] == 3
+        case_b = engine.stored_case(str(new_case_id(None, "race-open-b")))
         assert case_b["status"] == "awaiting_merchant"
-        order = engine.get_order("KS-R")
+        order = engine.stored_order("KS-R")
         assert {x["sku"]: (x["open_case_id"], x["refunded"]) for x in order["lines"]} == {
             "CASE-RED": (None, "39.90"),
             "STRAP": (case_b["case_id"], "0.00"),
@@ -360,13 +360,13 @@ def test_an_imported_order_is_one_action_saved_at_once(store_url: str, tmp_path:
     assert "before order KS-2" in report["errors"][0]["message"]
     with Engine(store_url) as engine:
         assert engine.find_order("KS-2") is None  # nothing of the refused record
-        assert engine.get_order("KS-3")["delivered_at"] is None
+        assert engine.stored_order("KS-3")["delivered_at"] is None
     rows[2]["delivered_at"] = at(days=3)
     path.write_text(json.dumps(rows[2]))
     code, report = invoke(store_url, "order", "import", str(path))
     assert (code, report["ok"], report["events"]) == (0, 1, 1)
     with Engine(store_url) as engine:
-        three = engine.get_order("KS-3")
+        three = engine.stored_order("KS-3")
         assert (three["waybill"], three["delivered_at"], three["version"]) == ("SF3", at(days=3), 3)
 
 
@@ -408,7 +408,7 @@ def test_order_import_on_several_workers_equals_one(store_url: str, tmp_path: Pa
     assert [e["line"] for e in parallel["errors"]] == [7, 25, 43, 61]
     with Engine(store_url) as engine, Engine(one) as reference:
         for i in range(60):
-            assert engine.get_order(f"KS-{i}") == reference.get_order(f"KS-{i}")
+            assert engine.stored_order(f"KS-{i}") == reference.stored_order(f"KS-{i}")
     result = CliRunner().invoke(
         cli,
         ["--store", store_url, "order", "import", "-", "--workers", "2", "--json"],
@@ -425,7 +425,7 @@ def test_order_import_on_several_workers_equals_one(store_url: str, tmp_path: Pa
     assert by_csv["errors"] == by_csv_one["errors"]
     with Engine(store_url) as engine, Engine(one) as reference:
         for order_id in ("CSV-1", "CSV-2", "CSV-5"):
-            assert engine.get_order(order_id) == reference.get_order(order_id)
+            assert engine.stored_order(order_id) == reference.stored_order(order_id)
 
 
 def test_history_workers_send_a_cases_lines_to_its_orders_worker(
@@ -490,9 +490,9 @@ def test_history_workers_send_a_cases_lines_to_its_orders_worker(
     assert (code, report["ok"], report["failed"]) == (0, len(rows), 0), report["errors"]
     with Engine(store_url) as engine:
         for closed in (case_a, case_b):
-            assert engine.get_case(str(closed))["status"] == "closed"
+            assert engine.stored_case(str(closed))["status"] == "closed"
         for key in ("w-open-c", "w-open-e"):
-            assert engine.get_case(str(new_case_id(None, key)))["status"] == "awaiting_merchant"
+            assert engine.stored_case(str(new_case_id(None, key)))["status"] == "awaiting_merchant"
 
 
 def _share_that_fails_on_worker_1(worker: Worker) -> Report:

@@ -151,7 +151,7 @@ def test_a_rejected_case_cannot_be_paid_for_a_line_a_later_case_refunded(
         b,
     )
     assert "nothing remains" in message
-    line = engine.get_order("KS-3")["lines"][0]
+    line = engine.stored_order("KS-3")["lines"][0]
     assert line["refunded"] == "129.00"
     # The command line says the same, exit 3, and the case is usable: the buyer may withdraw.
     error = cli_json(
@@ -159,7 +159,7 @@ def test_a_rejected_case_cannot_be_paid_for_a_line_a_later_case_refunded(
         "--at", at(days=2, hours=5), code=3,
     )  # fmt: skip
     assert "refunded in full" in error["error"]["message"]
-    assert engine.get_case(a)["status"] == "rejected"
+    assert engine.stored_case(a)["status"] == "rejected"
 
 
 def test_a_rejected_case_taken_further_is_paid_at_most_what_remains(engine: Engine) -> None:
@@ -178,7 +178,7 @@ def test_a_rejected_case_taken_further_is_paid_at_most_what_remains(engine: Engi
     assert escalated["escalation"]["pays_at_most"] == "50.00"
     ruled = engine.handle(RuleCase(case_id=a, in_favour_of="buyer", by="agent-1", at=at(days=3)))
     assert ruled["status"] == "refunded" and ruled["refunded_amount"] == "50.00"
-    assert [line["refunded"] for line in engine.get_order("KS-4")["lines"]] == ["100.00"]
+    assert [line["refunded"] for line in engine.stored_order("KS-4")["lines"]] == ["100.00"]
 
 
 def test_the_order_refuses_a_line_refunded_beyond_what_was_paid() -> None:
@@ -218,7 +218,7 @@ def test_a_smaller_refund_is_an_offer_the_buyer_may_decline_and_escalate(
     case_id = open_case(engine, "KS-5", "return_refund", "100.00")
     engine.handle(ApproveCase(case_id=case_id, at=at(days=2, hours=1)))
     engine.handle(ShipBack(case_id=case_id, carrier="SF", waybill="S1", at=at(days=3)))
-    waiting = engine.get_case(case_id)
+    waiting = engine.stored_case(case_id)
     offered = cli_json(store_url, "case", "refund", case_id, "--amount", "1.00", "--at", at(days=4))
     assert offered["status"] == "awaiting_buyer_answer" and offered["refunded_amount"] == "0.00"
     assert offered["offers"][-1]["amount"] == "1.00"
@@ -270,11 +270,11 @@ def test_goods_shipped_anyway_turn_the_request_into_a_return(engine: Engine) -> 
     order(engine, "KS-8", "LAMP:1:80.00:home", delivered=False, shipped=False)
     case_id = open_case(engine, "KS-8", "refund_only", "80.00", at=at(hours=2))
     engine.handle(ShipOrder(order_id="KS-8", anyway=True, at=at(hours=3)))
-    turned = engine.get_case(case_id)
+    turned = engine.stored_case(case_id)
     assert turned["type"] == "return_refund" and turned["status"] == "awaiting_merchant"
     engine.handle(DeliverOrder(order_id="KS-8", at=at(days=1)))
     tick(engine, when(2 + 48))
-    approved = engine.get_case(case_id)
+    approved = engine.stored_case(case_id)
     assert approved["status"] == "awaiting_buyer_shipment" and approved["refunded_amount"] == "0.00"
 
 
@@ -287,7 +287,7 @@ def test_an_imported_shipment_is_a_fact_and_turns_the_request_too(engine: Engine
         ImportOrder(order_id="KS-10", merchant="shop-1", buyer="buyer-1", lines=lines,
                     placed_at=at(), shipped_at=at(hours=3), carrier="SF", waybill="W1")
     )  # fmt: skip
-    assert engine.get_case(case_id)["type"] == "return_refund"
+    assert engine.stored_case(case_id)["type"] == "return_refund"
 
 
 # 4. Offers never extend the merchant's review -------------------------------------------------
@@ -296,14 +296,14 @@ def test_an_imported_shipment_is_a_fact_and_turns_the_request_too(engine: Engine
 def test_offers_declined_one_after_another_never_extend_the_review(engine: Engine) -> None:
     order(engine, "KS-11", "BAG:1:300.00:apparel")
     case_id = open_case(engine, "KS-11", "return_refund", "300.00", at=when(0).isoformat())
-    review = engine.get_case(case_id)["due_at"]
+    review = engine.stored_case(case_id)["due_at"]
     for n in range(4):
         engine.handle(OfferChange(case_id=case_id, type="refund_only", amount="1.00",
                                   at=when(1 + 2 * n).isoformat()))  # fmt: skip
         back = engine.handle(DeclineOffer(case_id=case_id, at=when(2 + 2 * n).isoformat()))
         assert back["due_at"] == review
     tick(engine, when(48))
-    assert engine.get_case(case_id)["status"] == "awaiting_buyer_shipment"
+    assert engine.stored_case(case_id)["status"] == "awaiting_buyer_shipment"
 
 
 def test_an_offer_left_unanswered_past_the_review_gives_the_clock_its_turn(engine: Engine) -> None:
@@ -312,7 +312,7 @@ def test_an_offer_left_unanswered_past_the_review_gives_the_clock_its_turn(engin
     engine.handle(OfferChange(case_id=case_id, type="refund_only", amount="1.00",
                               at=when(47).isoformat()))  # fmt: skip
     tick(engine, when(47 + 48))
-    case = engine.get_case(case_id)
+    case = engine.stored_case(case_id)
     # The offer lapsed at hour 95; the review it interrupted had run out: approved then.
     assert case["status"] == "awaiting_buyer_shipment"
     assert [o["answer"] for o in case["offers"]] == ["lapsed"]
@@ -354,11 +354,11 @@ def test_the_platform_has_a_deadline_too(engine: Engine) -> None:
     engine.handle(ApproveCase(case_id=case_id, at=when(1).isoformat()))
     engine.handle(EscalateCase(case_id=case_id, claim="other", at=when(2).isoformat()))
     tick(engine, when(2 + 72))
-    overdue = engine.get_case(case_id)
+    overdue = engine.stored_case(case_id)
     assert overdue["status"] == "escalated" and overdue["ruling_overdue"] is True
     assert overdue["due_action"] == "ruling_lapsed"
     tick(engine, when(2 + 72 + 48))
-    lapsed = engine.get_case(case_id)
+    lapsed = engine.stored_case(case_id)
     assert lapsed["status"] == "refunded" and lapsed["refunded_amount"] == "199.00"
     (entry,) = lapsed["ledger"]
     assert entry["payer"] == "platform" and entry["owed_by"] == "platform"
@@ -389,7 +389,7 @@ def test_a_rejection_nobody_takes_further_is_closed_by_the_clock(engine: Engine)
     )
     fired = tick(engine, when(1 + 7 * 24)).fired
     assert [d.action.value for d in fired] == ["escalation_lapsed"]
-    assert engine.get_case(case_id)["status"] == "closed"
+    assert engine.stored_case(case_id)["status"] == "closed"
 
 
 def test_every_service_type_has_its_after_sales_window(engine: Engine) -> None:
@@ -678,8 +678,8 @@ def test_an_invariant_is_kept_on_the_command_line_and_in_batch(
     out = [json.loads(x) for x in result.stdout.splitlines()]
     assert [o["ok"] for o in out] == [False, True] and result.exit_code == 3
     assert out[0]["error"]["code"] == "invariant_broken"
-    assert engine.get_case(bad)["status"] == "awaiting_merchant"
-    assert engine.get_case(good)["status"] == "refunded"
+    assert engine.stored_case(bad)["status"] == "awaiting_merchant"
+    assert engine.stored_case(good)["status"] == "refunded"
 
 
 @pytest.mark.usefixtures("broken_returns")
@@ -699,9 +699,9 @@ def test_an_invariant_is_kept_in_a_bulk_import_and_the_rest_of_the_chunk_saved(
     report = cli_json(store_url, "import-history", str(path), "--chunk", "10", code=3)
     assert (report["ok"], report["failed"]) == (2, 1)
     assert [(e["line"], e["code"]) for e in report["errors"]] == [(2, "invariant_broken")]
-    shown = engine.get_case(bad)
+    shown = engine.stored_case(bad)
     assert shown["status"] == "awaiting_merchant" and shown["messages"][-1]["text"] == "a"
-    assert engine.get_case(good)["status"] == "refunded"
+    assert engine.stored_case(good)["status"] == "refunded"
 
 
 @pytest.mark.usefixtures("broken_returns")
@@ -710,7 +710,7 @@ def test_an_invariant_is_kept_by_the_tick(engine: Engine) -> None:
     result = tick(engine, datetime.fromisoformat(at(days=5)))
     assert [d.case_id for d in result.fired] == [good]
     assert [(d.case_id, e.code) for d, e in result.failed] == [(bad, "invariant_broken")]
-    assert engine.get_case(bad)["status"] == "awaiting_merchant"
+    assert engine.stored_case(bad)["status"] == "awaiting_merchant"
 
 
 @pytest.mark.usefixtures("broken_returns")

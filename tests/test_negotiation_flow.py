@@ -77,9 +77,9 @@ def test_refund_only_offered_and_accepted_refunds_the_offer(engine: Engine, stor
     assert result["amount"] == "25.00" and result["refunded_amount"] == "25.00"
     assert result["refund_paid_by"] == "merchant" and result["offers"][0]["answer"] == "accepted"
     # The order let the line go with what was refunded on it.
-    order = engine.get_order("KS-1")
+    order = engine.stored_order("KS-1")
     assert order["lines"][0]["refunded"] == "25.00" and order["lines"][0]["open_case_id"] is None
-    listed = engine.get_case(cid)
+    listed = engine.stored_case(cid)
     assert listed == result
     assert run_cli(store_url, cid, "--verify")["verified"] is True
 
@@ -94,7 +94,7 @@ def test_an_offer_cannot_ask_for_more_than_the_case(engine: Engine) -> None:
         assert "39.90" in exc.message
     else:  # pragma: no cover
         raise AssertionError("an offer above the amount asked was taken")
-    assert engine.get_case(cid)["version"] == 1
+    assert engine.stored_case(cid)["version"] == 1
 
 
 # Through the command line ------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def test_an_unanswered_offer_lapses_on_the_tick(store_url: str) -> None:
         (cid, "offer_lapsed"),
         (cid, "auto_approve"),
     ]
-    case = run.run("case", "show", cid)
+    case = run.run("case", "show", cid, "--at", at(days=6))
     assert case["status"] == "awaiting_buyer_shipment" and case["type"] == "return_refund"
     assert case["offers"][0]["answer"] == "lapsed"
     audit = run_cli(store_url, cid, "--verify")
@@ -190,7 +190,7 @@ def test_the_extension_moves_the_refund_and_the_tick_fires_at_the_new_time(
     run = Cli(store_url)
     with Engine(store_url) as engine:
         cid = shipped_back(engine)
-    before = run.run("case", "show", cid)
+    before = run.run("case", "show", cid, "--at", at(days=4))
     error = run.run(
         "case", "extend", cid, "--hours", "73", "--reason", "x", "--at", at(days=5), code=3
     )  # fmt: skip

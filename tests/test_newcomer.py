@@ -179,16 +179,28 @@ def test_people_read_times_in_one_zone_to_the_second(store_url: str) -> None:
                 at="2026-11-03T02:00:00.123456Z",
             )
         )["case_id"]
-    shown = invoke("--store", store_url, "case", "show", case_id).stdout
+    shown = invoke(
+        "--store", store_url, "case", "show", case_id, "--at", "2026-11-04T00:00Z"
+    ).stdout
     # Opened 02:00 UTC = 10:00 at +08:00; the merchant has 48 hours.
     assert "due 2026-11-05 10:00:00 +08:00: auto_approve if nobody acts" in shown
-    utc = invoke("--store", store_url, "--tz", "UTC", "case", "show", case_id).stdout
+    utc = invoke(
+        "--store", store_url, "--tz", "UTC", "case", "show", case_id, "--at", "2026-11-04T00:00Z"
+    ).stdout
     assert "due 2026-11-05 02:00:00 +00:00" in utc
-    listed = invoke("--store", store_url, "--tz", "Asia/Shanghai", "case", "list").stdout
+    listed = invoke(
+        "--store", store_url, "--tz", "Asia/Shanghai", "case", "list", "--at", "2026-11-04T00:00Z"
+    ).stdout
     assert "2026-11-05 10:00:00 +08:00" in listed and ".123456" not in listed
     # JSON keeps the time as the engine gives it.
-    as_json = json.loads(invoke("--store", store_url, "case", "show", case_id, "--json").stdout)
+    as_json = json.loads(
+        invoke("--store", store_url, "case", "show", case_id, "--at", at(days=3), "--json").stdout
+    )
     assert as_json["due_at"].startswith("2026-11-05T02:00:00.123456")
+    # As of now the merchant's 48 hours are long gone: shown refunded, saying so, in the zone.
+    now = invoke("--store", store_url, "case", "show", case_id).stdout
+    assert "refunded" in now.splitlines()[0]
+    assert "the clock: auto_approve fell due 2026-11-05 10:00:00 +08:00" in now
     bad = invoke("--store", store_url, "--tz", "Mars/Base", "case", "show", case_id)
     assert bad.exit_code == 2 and "Mars/Base" in bad.stderr
 
@@ -244,7 +256,11 @@ def test_a_case_can_be_named_by_the_start_of_its_id(store_url: str) -> None:
     message = json.loads(shared.stdout)["error"]["message"]
     assert "ambiguous" in message and first in message and second in message
     assert (
-        json.loads(invoke("--store", store_url, "case", "show", second, "--json").stdout)["status"]
+        json.loads(
+            invoke(
+                "--store", store_url, "case", "show", second, "--at", at(days=3), "--json"
+            ).stdout
+        )["status"]
         == "awaiting_merchant"
     )
     # Too short to be a start (three characters), or the start of no case: no such case.

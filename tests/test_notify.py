@@ -51,7 +51,7 @@ def test_approval_tells_where_and_by_when_then_the_reminder_comes_24_h_before(
     engine.handle(
         ApproveCase(case_id=cid, return_address="杭州市 仓库 1 号", at=at(days=3, hours=1))
     )
-    due = parse_time(engine.get_case(cid)["due_at"])
+    due = parse_time(engine.stored_case(cid)["due_at"])
 
     told = preview(engine.store, cid, parse_time(at(days=3, hours=2)))
     assert [m.kind for m in told] == ["approved", "deadline_soon"]
@@ -97,7 +97,7 @@ def test_rejection_and_ruling_in_both_languages(engine: Engine) -> None:
 def test_an_offer_asks_the_buyer_for_an_answer_by_its_deadline(engine: Engine) -> None:
     cid = _open(engine)
     engine.handle(RefundCase(case_id=cid, amount="10.00", at=at(days=3, hours=2)))
-    due = engine.get_case(cid)["due_at"]
+    due = engine.stored_case(cid)["due_at"]
     told = preview(engine.store, cid, parse_time(at(days=3, hours=3)), "en")
     assert [m.kind for m in told] == ["offered"]
     assert "refund_only, ¥10.00" in told[0].text and due in told[0].text
@@ -136,7 +136,7 @@ def test_messages_published_once_per_buyer_subject(engine: Engine, stream: Strea
     )
     config = RelayConfig(servers=stream.servers, stream=stream.stream, prefix=stream.prefix)
     # The clock inside the approved case's last 24 h: its reminder goes out too.
-    due = parse_time(engine.get_case(cid)["due_at"])
+    due = parse_time(engine.stored_case(cid)["due_at"])
     relay = NotifyRelay(engine.store, config, language="en", clock=lambda: due - timedelta(hours=2))
     assert asyncio.run(relay.run()) == 2
     found = read_stream(stream)

@@ -88,7 +88,7 @@ def test_policy_version_is_recorded_and_deadlines_do_not_move(
         assert case["policy_version"] == load_policy(path).version
         assert case["due_at"] == at(days=2)  # 24 h: refund only on an unshipped order
     with Engine(store_url) as engine:  # the default policy now: the deadline stays
-        assert engine.get_case(case["case_id"])["due_at"] == at(days=2)
+        assert engine.stored_case(case["case_id"])["due_at"] == at(days=2)
         later = engine.handle(ApproveCase(case_id=case["case_id"], at=at(days=1, hours=1)))
         assert later["status"] == "refunded"
 
@@ -120,10 +120,10 @@ def test_schemas_keep_stores_apart(store_url: str) -> None:
     try:
         with Engine(store_url) as a, Engine(other) as b:
             place_delivered(a)
-            assert a.get_order("KS-1")["order_id"] == "KS-1"
+            assert a.stored_order("KS-1")["order_id"] == "KS-1"
             assert b.handle(ListCases()) == []
             with pytest.raises(Exception, match="no order KS-1"):
-                b.get_order("KS-1")
+                b.stored_order("KS-1")
     finally:
         drop_schema(other.rsplit("=", 1)[1])
 

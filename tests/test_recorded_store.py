@@ -97,7 +97,7 @@ def test_every_recorded_aggregate_loads_with_its_chain_checked(
     loaded = engine.store.load_many(sorted(ids, key=str))
     assert set(loaded) == ids
     for case_id, row in recorded.items():
-        shown = engine.get_case(case_id)
+        shown = engine.stored_case(case_id)
         assert shown["status"] == row["status"], case_id
         assert shown["version"] == row["version"], case_id
         assert shown["refunded_amount"] == row["refunded_amount"], case_id

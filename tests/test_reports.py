@@ -347,6 +347,12 @@ def test_report_commands_json_csv_and_table(scenario: Scenario, store_url: str) 
     assert metrics["median_first_response_seconds"] == str(3 * H)
     assert metrics["system_decided_30d.auto_approved"] == "1"
     out = runner.invoke(cli, [*base, "dashboard", "--merchant", "shop-a", *now])
+    # As of day 10 the platform's ruling on O4's dispute has lapsed (overdue at day 6 hour 5,
+    # 48 hours' grace): the clock refunded it, whether or not a tick recorded it.
+    assert "under platform intervention: 0" in out.output
+    assert "open cases: 1  awaiting_merchant=1" in out.output
+    day_6 = ["--now", (T0 + timedelta(days=6)).isoformat()]
+    out = runner.invoke(cli, [*base, "dashboard", "--merchant", "shop-a", *day_6])
     assert "under platform intervention: 1" in out.output
 
     # A date is that day's start in the display zone (+08:00 unless --tz says otherwise).

@@ -86,7 +86,7 @@ def test_unknown_case(delivered: Engine) -> None:
     refused(e, NotFound, "no case", lambda: e.handle(ApproveCase(case_id="not-a-case")))
     # An order's id is not a case.
     order_uuid = str(e.load_order("KS-1").id)
-    refused(e, NotFound, "no case", lambda: e.get_case(order_uuid))
+    refused(e, NotFound, "no case", lambda: e.stored_case(order_uuid))
 
 
 @pytest.mark.parametrize("amount", ["0.00", "12.345"])
@@ -111,7 +111,7 @@ def test_earlier_refunds_reduce_what_can_be_asked(delivered: Engine) -> None:
     # Less than asked: an offer, accepted by the buyer.
     e.handle(RefundCase(case_id=first["case_id"], amount="12.00", at=at(days=3, hours=1)))
     e.handle(AcceptOffer(case_id=first["case_id"], at=at(days=3, hours=2)))
-    assert e.get_order("KS-1")["lines"][1]["refunded"] == "12.00"
+    assert e.stored_order("KS-1")["lines"][1]["refunded"] == "12.00"
     refused(
         e,
         NotAllowed,
@@ -152,7 +152,7 @@ def test_after_rejection_or_closure_a_new_case_follows(delivered: Engine, end: s
         e.handle(WithdrawCase(case_id=first["case_id"], at=at(days=3, hours=1)))
     second = open_quality(e, lines=["CASE-RED"], at=at(days=3, hours=2))
     assert second["follows"] == first["case_id"]
-    assert e.get_order("KS-1")["lines"][0]["open_case_id"] == second["case_id"]
+    assert e.stored_order("KS-1")["lines"][0]["open_case_id"] == second["case_id"]
 
 
 def test_escalating_a_rejected_case_after_a_new_one_opened_is_refused(delivered: Engine) -> None:
@@ -449,7 +449,7 @@ def test_a_case_id_already_taken_is_refused_and_changes_nothing(delivered: Engin
                 )
             ),
         )
-        assert engine.get_order("KS-2")["lines"][0]["open_case_id"] is None
+        assert engine.stored_order("KS-2")["lines"][0]["open_case_id"] is None
     # A command id names a case too: reusing one for another order's case is refused as a
     # reused command id, before anything is saved.
     place_delivered(e, "KS-3", lines=("BOWL:1:30.00",))

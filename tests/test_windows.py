@@ -452,7 +452,7 @@ def test_the_after_sales_window_end_to_end(engine: Engine) -> None:
         open_return(engine, at=at(days=17, seconds=1))
     case = open_return(engine, at=at(days=17, seconds=-1))
     assert case["after_sales_until"] == datetime.fromisoformat(at(days=17)).isoformat()
-    assert engine.get_case(case["case_id"])["after_sales_until"] == case["after_sales_until"]
+    assert engine.stored_case(case["case_id"])["after_sales_until"] == case["after_sales_until"]
 
 
 def test_escalation_end_to_end(engine: Engine) -> None:
@@ -462,7 +462,8 @@ def test_escalation_end_to_end(engine: Engine) -> None:
         engine.handle(EscalateCase(case_id=cid, claim="other", at=at(days=3, hours=1)))
     engine.handle(RejectCase(case_id=cid, reason="worn", communication="chat:1", at=at(days=4)))
     assert (
-        engine.get_case(cid)["escalation_until"] == datetime.fromisoformat(at(days=11)).isoformat()
+        engine.stored_case(cid)["escalation_until"]
+        == datetime.fromisoformat(at(days=11)).isoformat()
     )
     with pytest.raises(NotAllowed, match="missing_items claim"):
         engine.handle(EscalateCase(case_id=cid, claim="missing_items", at=at(days=5)))
@@ -513,7 +514,7 @@ def test_out_of_stock_exchange_end_to_end(engine: Engine) -> None:
     case = engine.handle(RefundCase(case_id=cid, at=at(days=5)))
     assert case["status"] == "refunded" and case["refunded_amount"] == "39.90"
     assert case["refund_paid_by"] == "merchant" and case["due_at"] is None
-    assert engine.get_order("KS-1")["lines"][0]["refunded"] == "39.90"
+    assert engine.stored_order("KS-1")["lines"][0]["refunded"] == "39.90"
 
 
 def tick_cli(store_url: str, now: str) -> dict[str, Any]:
@@ -529,7 +530,7 @@ def test_the_replacement_deadline_fires_from_the_tick(engine: Engine, store_url:
     fired = tick_cli(store_url, at(days=6))["fired"]
     assert [(f["case_id"], f["action"]) for f in fired] == [(cid, "replacement_overdue")]
     engine.store.forget(UUID(cid))  # the tick wrote through another engine
-    case = engine.get_case(cid)
+    case = engine.stored_case(cid)
     assert case["status"] == "refunded" and case["refund_paid_by"] == "merchant"
     assert case["refunded_amount"] == "39.90"
     assert tick_cli(store_url, at(days=60))["fired"] == []

@@ -184,6 +184,7 @@ def render_case(case: dict[str, Any]) -> str:
     ]
     if case["due_at"]:
         lines.append(f"  due {case['due_at']}: {case['due_action']} if nobody acts")
+    lines += _pending_clock(case)
     for key in (
         "follows",
         "rejection",
@@ -202,6 +203,23 @@ def render_case(case: dict[str, Any]) -> str:
     allowed = case.get("allowed_actions") or []
     lines.append(f"  allowed now: {', '.join(allowed) if allowed else 'nothing'}")
     return "\n".join(lines)
+
+
+def _pending_clock(case: dict[str, Any]) -> list[str]:
+    """What the clock had done by the read's time that no tick has recorded yet."""
+    lines = []
+    for p in case.get("pending_clock") or []:
+        if "refused" in p:
+            lines.append(
+                f"  the clock: {p['action']} due {p['due_at']} is refused: "
+                f"{p['refused']['message']}"
+            )
+        else:
+            lines.append(
+                f"  the clock: {p['action']} fell due {p['due_at']} ({p['from']} to {p['to']}), "
+                "shown taken; the next tick records it"
+            )
+    return lines
 
 
 def _negotiation(case: dict[str, Any]) -> list[str]:

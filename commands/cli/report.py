@@ -206,7 +206,11 @@ def dashboard_cmd(
     def call(engine: Engine) -> dict[str, Any]:
         moment = _window(ctx, now, "--now") or datetime.now(UTC)
         position = reflecting(engine, Dashboard, catch_up)
-        return {**dashboard(engine.store, merchant, moment), "position": position}
+        # Open cases counted in the status the clock has put them in by then.
+        counted = dashboard(
+            engine.store, merchant, moment, lambda ids: engine.cases_as_of(ids, moment)
+        )
+        return {**counted, "position": position}
 
     def render(d: dict[str, Any]) -> str:
         if as_csv:

@@ -22,6 +22,7 @@ from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.dashboard import CASES as DASHBOARD_CASES
 from aftersales.projections.dashboard import SOON as DUE_SOON
 from aftersales.projections.dashboard import WINDOW as RATING_WINDOW
+from aftersales.projections.dashboard import AsOf, moved_by_clock, recount
 from aftersales.projections.ledger import ledger
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.return_rates import group_sql, rate, return_rates
@@ -88,15 +89,49 @@ class Todo:
     overdue: bool
 
 
-def todo(store: AftersalesStore, merchant: str | None, now: datetime) -> list[Todo]:
-    """The cases waiting for the merchant, soonest deadline first (at most ``TODO_LIMIT``)."""
+def due_by(store: AftersalesStore, merchant: str | None, now: datetime) -> list[dict[str, Any]]:
+    """The open cases with a deadline due by ``now`` that no tick has recorded yet."""
+    where, params = ("merchant_id = ? AND ", [merchant]) if merchant else ("", [])
+    finals = ", ".join(f"'{s.value}'" for s in FINAL_STATUSES)
+    return store.query(
+        "SELECT case_id, order_id, status, case_type, reason, due_at, due_action "
+        f"FROM {{t}}{DASHBOARD_CASES.name} WHERE {where}status NOT IN ({finals}) "
+        "AND due_at IS NOT NULL AND due_at <= ? ORDER BY due_at, case_id",
+        [*params, store.time_param(now)],
+    )
+
+
+def todo(
+    store: AftersalesStore, merchant: str | None, now: datetime, as_of: AsOf | None = None
+) -> list[Todo]:
+    """The cases waiting for the merchant as of ``now``, soonest deadline first (at most
+    ``TODO_LIMIT``): a case whose deadline has passed is where the clock put it (a lapsed
+    review is no longer the merchant's to answer), whether or not a tick has recorded it."""
     turn = ", ".join(f"'{s.value}'" for s in MERCHANT_TURN)
     where, params = ("merchant_id = ? AND ", [merchant]) if merchant else ("", [])
     select = (
         "SELECT case_id, order_id, status, reason, due_at, due_action "
         f"FROM {{t}}{DASHBOARD_CASES.name} WHERE {where}status IN ({turn}) AND due_at "
     )
-    rows = store.query(f"{select}IS NOT NULL ORDER BY due_at, case_id LIMIT {TODO_LIMIT}", params)
+    rows = store.query(
+        f"{select}> ? ORDER BY due_at, case_id LIMIT {TODO_LIMIT}",
+        [*params, store.time_param(now)],
+    )
+    lapsed = due_by(store, merchant, now)
+    moved = moved_by_clock(lapsed, now, as_of)
+    turns = {s.value for s in MERCHANT_TURN}
+    # The due cases the clock leaves in the merchant's turn (an exchange's return received,
+    # an unanswered offer back to the review), with the deadline running then.
+    rows += [
+        {**r, **moved[str(r["case_id"])]}
+        for r in lapsed
+        if moved[str(r["case_id"])]["status"] in turns
+    ]
+    # (A case moved one step by the table has no deadline known here: listed after.)
+    dated = [r for r in rows if r["due_at"] is not None]
+    undated = [r for r in rows if r["due_at"] is None]
+    rows = sorted(dated, key=lambda r: (stored_time(r["due_at"]), str(r["case_id"])))[:TODO_LIMIT]
+    rows += undated[: TODO_LIMIT - len(rows)]
     if len(rows) < TODO_LIMIT:  # then those with no deadline running, oldest first
         rows += store.query(
             f"{select}IS NULL ORDER BY opened_at, case_id LIMIT {TODO_LIMIT - len(rows)}",
@@ -122,10 +157,12 @@ def todo(store: AftersalesStore, merchant: str | None, now: datetime) -> list[To
 
 
 def stages(
-    store: AftersalesStore, merchant: str | None, now: datetime
+    store: AftersalesStore, merchant: str | None, now: datetime, as_of: AsOf | None = None
 ) -> dict[str, dict[str, int]]:
     """Per open status: its cases, those past their deadline, those due within 24 h (one
-    pass over the merchant's open cases, counted by the database)."""
+    pass over the merchant's open cases, counted by the database). A case past its deadline is
+    counted (``n``) in the status the clock puts it in, recorded by a tick or not; ``overdue``
+    stays with the status it waited in: the deadlines a tick has still to record."""
     where, params = ("merchant_id = ? AND ", [merchant]) if merchant else ("", [])
     finals = ", ".join(f"'{s.value}'" for s in FINAL_STATUSES)
     t = store.time_param
@@ -137,7 +174,12 @@ def stages(
         "GROUP BY status ORDER BY status",
         [t(now), t(now), t(now + DUE_SOON), *params],
     )
-    return {r["status"]: {k: int(r[k] or 0) for k in ("n", "overdue", "soon")} for r in rows}
+    found = {r["status"]: {k: int(r[k] or 0) for k in ("n", "overdue", "soon")} for r in rows}
+    due = due_by(store, merchant, now)
+    counts = recount({k: v["n"] for k, v in found.items()}, due, moved_by_clock(due, now, as_of))
+    for status in {*found, *counts}:
+        found.setdefault(status, {"n": 0, "overdue": 0, "soon": 0})["n"] = counts.get(status, 0)
+    return {k: found[k] for k in sorted(found) if found[k]["n"] or found[k]["overdue"]}
 
 
 def satisfaction(store: AftersalesStore, merchant: str | None, now: datetime) -> dict[str, Any]:
@@ -193,18 +235,21 @@ def position(store: AftersalesStore) -> int:
     return min(projector.position(v) or 0 for v in VIEWS)
 
 
-def desk(store: AftersalesStore, merchant: str | None, now: datetime) -> dict[str, Any]:
-    """Today's work and the figures beside it."""
-    by_status = stages(store, merchant, now)
+def desk(
+    store: AftersalesStore, merchant: str | None, now: datetime, as_of: AsOf | None = None
+) -> dict[str, Any]:
+    """Today's work and the figures beside it, as of ``now`` (``as_of``: the engine's view of
+    the cases due by then; see ``projections.dashboard.moved_by_clock``)."""
+    by_status = stages(store, merchant, now, as_of)
     money = ledger(store, merchant, None, None)
     totals = {
         k: sum((Decimal(row[k]) for row in money), Decimal("0.00"))
         for k in ("refunded_by_merchant", "advanced_by_platform", "owed_to_platform")
     }
     return {
-        "todo": todo(store, merchant, now),
+        "todo": todo(store, merchant, now, as_of),
         "waiting": sum(by_status.get(s.value, {}).get("n", 0) for s in MERCHANT_TURN),
-        "by_status": {status: counts["n"] for status, counts in by_status.items()},
+        "by_status": {s: counts["n"] for s, counts in by_status.items() if counts["n"]},
         "open": sum(counts["n"] for counts in by_status.values()),
         "overdue": sum(counts["overdue"] for counts in by_status.values()),
         "due_within_24h": sum(counts["soon"] for counts in by_status.values()),

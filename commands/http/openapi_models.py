@@ -186,6 +186,17 @@ class CaseView(BaseModel):
     offers: list[dict[str, Any]]
     receipt_extension: dict[str, Any] | None
     allowed_actions: list[str] = Field(description="What may be done to the case now.")
+    as_of: str | None = Field(
+        None,
+        description="The time the read shows the case as of (reads only; actions answer as "
+        "recorded).",
+        json_schema_extra={"format": "date-time"},
+    )
+    pending_clock: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The deadlines due by the read's time, shown as taken; the next tick "
+        "records them (reads only).",
+    )
 
 
 class ListedCase(BaseModel):
@@ -205,6 +216,11 @@ class ListedCase(BaseModel):
     opened_at: str = Time
     updated_at: str = Time
     version: int
+    pending_clock: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The deadlines due by the read's time, shown as taken (the row is as of "
+        "then); the next tick records them.",
+    )
 
 
 class OrderViewLine(BaseModel):
@@ -232,6 +248,17 @@ class OrderView(BaseModel):
     delivered_at: str | None = Time
     case_ids: list[str]
     version: int
+    as_of: str | None = Field(
+        None,
+        description="The time the read shows the order as of (reads only; actions answer as "
+        "recorded).",
+        json_schema_extra={"format": "date-time"},
+    )
+    pending_clock: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The deadlines due by the read's time, shown as taken; the next tick "
+        "records them (reads only).",
+    )
 
 
 class AuditEvent(BaseModel):
@@ -473,6 +500,12 @@ def _keys(kind: type[Command], name: str) -> list[str]:
 
 
 # Query parameters of `GET /v1/cases`, as `case list` takes them.
+AS_OF_QUERY: dict[str, Any] = {
+    "name": "at",
+    "in": "query",
+    "description": "Show it as of this time (default: now): the deadlines due by then as taken.",
+    "schema": TIME,
+}
 LIST_CASES_QUERY: list[dict[str, Any]] = [
     {"name": "merchant", "in": "query", "schema": OPTIONAL_ID},
     {"name": "buyer", "in": "query", "schema": OPTIONAL_ID},
@@ -483,6 +516,12 @@ LIST_CASES_QUERY: list[dict[str, Any]] = [
         "schema": {"type": "string", "enum": [s.value for s in Status]},
     },
     {"name": "due_before", "in": "query", "schema": TIME},
+    {
+        "name": "at",
+        "in": "query",
+        "description": "Show the cases as of this time (default: now).",
+        "schema": TIME,
+    },
     {
         "name": "limit",
         "in": "query",

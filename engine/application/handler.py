@@ -11,7 +11,7 @@ from and how what it records is committed is the unit of work's business
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from copy import deepcopy
 from datetime import UTC, datetime
@@ -21,6 +21,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, OperationalError
 
+from aftersales.engine.application.as_of import ReadCopies, as_of_time
 from aftersales.engine.application.requests import (
     Action,
     CaseAction,
@@ -50,8 +51,8 @@ from aftersales.engine.domain.events import Act
 from aftersales.engine.domain.order import Order, check_order_id, order_uuid
 from aftersales.engine.domain.policy import Policy
 from aftersales.engine.domain.values import FINAL_STATUSES, Actor, Role, Status
-from aftersales.engine.storage.case_index import listed_case
-from aftersales.engine.storage.sql import CASES_TABLE
+from aftersales.engine.storage.case_index import case_row, listed_case
+from aftersales.engine.storage.sql import CASES_TABLE, parse_stored_time
 from aftersales.engine.storage.store import AftersalesStore
 
 WallClock = Callable[[], datetime]
@@ -71,6 +72,8 @@ class FiredDeadlines:
     def __init__(self) -> None:
         self.touched: dict[UUID, OrderOrCase] = {}
         self.fired: dict[UUID, list[str]] = {}
+        # The same, as a read shows it (``pending_clock``), in the order the deadlines fired.
+        self.applied: list[dict[str, Any]] = []
 
     def changed(self, *, exclude: OrderOrCase) -> list[OrderOrCase]:
         return [a for a in self.touched.values() if a is not exclude]
@@ -243,6 +246,15 @@ class Engine:
             clock.fired.setdefault(case.id, []).append(
                 f"{deadline.action.value} fell due at {deadline.due_at.isoformat()} and fired "
                 f"then ({before} to {case.status})"
+            )
+            clock.applied.append(
+                {
+                    "case_id": str(case.id),
+                    "action": deadline.action.value,
+                    "due_at": deadline.due_at.isoformat(),
+                    "from": before.value,
+                    "to": case.status.value,
+                }
             )
         return clock
 
@@ -453,11 +465,11 @@ class Engine:
 
     @handle.register
     def _show_case(self, command: ShowCase) -> dict[str, Any]:
-        return self.get_case(command.case_id)
+        return self.get_case(command.case_id, at=command.at)
 
     @handle.register
     def _show_order(self, command: ShowOrder) -> dict[str, Any]:
-        return self.get_order(command.order_id)
+        return self.get_order(command.order_id, at=command.at)
 
     @handle.register
     def _tick(self, command: Tick) -> dict[str, Any]:
@@ -465,17 +477,26 @@ class Engine:
 
     @handle.register
     def _list_cases(self, command: ListCases) -> list[dict[str, Any]]:
+        """Rows of the case index, each as of the read's time: a row whose deadline is due by
+        then is shown as the clock leaves its case (loaded and moved on in memory), so its
+        indexed status is not the one it is listed, or filtered, by."""
+        when = as_of_time(self, command.at)
         where: list[str] = []
         params: list[Any] = []
         for column, value in (
             ("merchant_id", command.merchant),
             ("buyer_id", command.buyer),
             ("order_id", command.order),
-            ("status", command.status.value if command.status else None),
         ):
             if value:
                 where.append(f"{column} = ?")
                 params.append(value)
+        wanted = command.status.value if command.status else None
+        if wanted:
+            # A case due by now may be in the wanted status once the clock has acted, whatever
+            # its indexed status; it is decided row by row below.
+            where.append("(status = ? OR (due_at IS NOT NULL AND due_at <= ?))")
+            params += [wanted, self.store.time_param(when)]
         due = command.due_before
         if due is not None:
             where.append("due_at IS NOT NULL AND due_at <= ?")
@@ -488,17 +509,143 @@ class Engine:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {DUE_ORDER}" if by_due else " ORDER BY opened_at, case_id"
-        if command.limit:
-            sql += f" LIMIT {int(command.limit)}"
-        return [listed_case(row) for row in self.store.query(sql, params)]
+        limit = command.limit
+        listed: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            # Paged by the limit: rows the clock moved out of the wanted status leave room.
+            paged = f"{sql} LIMIT {int(limit)} OFFSET {offset}" if limit else sql
+            rows = self.store.query(paged, params)
+            for row in rows:
+                shown = self._listed_as_of(row, when)
+                if wanted is not None and shown["status"] != wanted:
+                    continue
+                if command.open and Status(shown["status"]) in FINAL_STATUSES:
+                    continue  # the clock closed it by the read's time
+                listed.append(shown)
+                if limit and len(listed) == limit:
+                    return listed
+            if not limit or len(rows) < limit:
+                return listed
+            offset += len(rows)
 
-    def get_case(self, case_id: str | UUID) -> dict[str, Any]:
-        """A case as `case show --json` gives it."""
+    def _listed_as_of(self, row: dict[str, Any], when: datetime) -> dict[str, Any]:
+        """A case index row as of ``when`` (``case list``'s row, with ``pending_clock``)."""
+        due_at = parse_stored_time(row["due_at"])
+        if due_at is None or due_at > when:
+            return {**listed_case(row), "pending_clock": []}
+        try:
+            case, applied = self._case_as_of(UUID(str(row["case_id"])), when)
+        except AftersalesError:
+            # A case that cannot be read (poisoned, say) is listed as the index has it; its
+            # show says why.
+            return {**listed_case(row), "pending_clock": []}
+        # The version stays the stored one: what an action's expected version is checked on.
+        shown = {**listed_case(case_row(case)._asdict()), "version": int(row["version"])}
+        return {**shown, "pending_clock": applied}
+
+    def _case_as_of(self, uid: UUID, when: datetime) -> tuple[ReturnCase, list[dict[str, Any]]]:
+        """The case as the clock leaves it by ``when``, on a copy, and the deadlines of its own
+        that the clock took (each as ``pending_clock`` lists it)."""
+        with self.unit_of_work(ReadCopies(self, self.uow)):
+            case = self.load_case(uid)
+            if not _due_by(case, when):
+                return case, []
+            order = self.load_order(case.order_id)
+            try:
+                clock = self._clock_first(order, [case], when)
+            except AftersalesError as exc:
+                refused = case.due
+                held = exc
+            else:
+                return case, [a for a in clock.applied if a["case_id"] == str(uid)]
+        # A deadline the rules refuse stays due (the tick reports it failed): the case is shown
+        # as stored, saying so.
+        with self.unit_of_work(ReadCopies(self, self.uow)):
+            case = self.load_case(uid)
+        return case, [
+            {
+                "case_id": str(uid),
+                "action": refused.action.value if refused else None,
+                "due_at": refused.due_at.isoformat() if refused else None,
+                "refused": {"code": held.code, "message": held.message},
+            }
+        ]
+
+    def cases_as_of(self, case_ids: Iterable[str], at: datetime) -> dict[str, dict[str, Any]]:
+        """For dashboards: each case as the clock leaves it by ``at`` (its ``status``, and the
+        ``due_at``/``due_action`` running then), by case id; a case that cannot be read is
+        left out (the caller falls back on the case index)."""
+        found: dict[str, dict[str, Any]] = {}
+        for case_id in case_ids:
+            try:
+                case, _ = self._case_as_of(case_uuid(case_id), at)
+            except AftersalesError:
+                continue
+            found[str(case_id)] = {
+                "status": case.status.value,
+                "due_at": case.due.due_at if case.due else None,
+                "due_action": case.due.action.value if case.due else None,
+            }
+        return found
+
+    @staticmethod
+    def _stored_version(aggregate: OrderOrCase) -> int:
+        """An aggregate's version less what the clock did to it in memory."""
+        return aggregate.version - len(aggregate.pending_events)
+
+    def get_case(self, case_id: str | UUID, at: datetime | None = None) -> dict[str, Any]:
+        """A case as `case show --json` gives it: as of ``at`` (default: the engine's clock),
+        every deadline due by then shown as taken and listed under ``pending_clock`` (a tick
+        records them); the read records nothing."""
+        when = as_of_time(self, at)
+        uid = case_uuid(case_id)
+        case, applied = self._case_as_of(uid, when)
+        # The version stays the stored one: what an action's expected version is checked on
+        # (before the clock acts), and what a tick moves on from.
+        return {
+            **case.to_json(),
+            "version": self._stored_version(case),
+            "as_of": when.isoformat(),
+            "pending_clock": applied,
+        }
+
+    def stored_case(self, case_id: str | UUID) -> dict[str, Any]:
+        """A case as its stored events leave it, without the deadlines due since (what the
+        audit and the tick start from; ``get_case`` is what a person is shown)."""
         return self.load_case(case_id).to_json()
 
-    def get_order(self, order_id: str) -> dict[str, Any]:
-        """An order as `order show --json` gives it."""
+    def stored_order(self, order_id: str) -> dict[str, Any]:
+        """An order as its stored events leave it (see ``stored_case``)."""
         return self.load_order(order_id).to_json()
+
+    def get_order(self, order_id: str, at: datetime | None = None) -> dict[str, Any]:
+        """An order as `order show --json` gives it, as of ``at`` (default: the engine's
+        clock): the deadlines due by then of the cases holding its lines shown as taken."""
+        when = as_of_time(self, at)
+        check_order_id(order_id)
+        due = self.store.query(
+            f"SELECT case_id FROM {{t}}{CASES_TABLE} WHERE order_id = ? "
+            "AND due_at IS NOT NULL AND due_at <= ? LIMIT 1",
+            (order_id, self.store.time_param(when)),
+        )
+        applied: list[dict[str, Any]] = []
+        with self.unit_of_work(ReadCopies(self, self.uow)):
+            order = self.load_order(order_id)
+            if due:
+                try:
+                    applied = self._clock_first(order, [], when).applied
+                except AftersalesError as exc:
+                    applied = [{"refused": {"code": exc.code, "message": exc.message}}]
+        if applied and "refused" in applied[0]:
+            with self.unit_of_work(ReadCopies(self, self.uow)):
+                order = self.load_order(order_id)
+        return {
+            **order.to_json(),
+            "version": self._stored_version(order),
+            "as_of": when.isoformat(),
+            "pending_clock": applied,
+        }
 
     def complete_case_id(self, given: str) -> str:
         """The case id a person means by the start of one (at least four characters, as git

@@ -643,6 +643,13 @@ class Query(Command):
     reads_only: ClassVar[bool] = True
 
 
+# A read shows what the clock has done by its time (engine/application/as_of.py).
+AS_OF_HELP = (
+    "Read as of this time, ISO-8601 with offset: every deadline due by then is shown as taken "
+    "(default: now)."
+)
+
+
 class ShowCase(Query):
     """A case as it stands: status, money, the running deadline, what is allowed now."""
 
@@ -650,6 +657,7 @@ class ShowCase(Query):
     arguments: ClassVar[tuple[str, ...]] = ("case_id",)
 
     case_id: CaseId
+    at: When = Field(None, description=AS_OF_HELP)
 
 
 class CaseOrder(StrEnum):
@@ -689,6 +697,7 @@ class ListCases(Query):
         None,
         description="The page after this case (the last one listed), in the same order.",
     )
+    at: When = Field(None, description=AS_OF_HELP)
 
 
 class ShowOrder(Query):
@@ -699,6 +708,7 @@ class ShowOrder(Query):
     shows: ClassVar[str] = "order"
 
     order_id: OrderId
+    at: When = Field(None, description=AS_OF_HELP)
 
 
 class Tick(Command):

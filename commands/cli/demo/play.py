@@ -76,7 +76,7 @@ def clock(engine: Engine, title: str, step: Step, case_id: str) -> dict[str, Any
     """The clock at the step's ``now``: fire whatever fell due, and show the case afterwards."""
     now = str(step.arguments["now"])
     fired = tick(engine, datetime.fromisoformat(now)).fired
-    case = engine.get_case(case_id)
+    case = engine.get_case(case_id, at=datetime.fromisoformat(now))
     what = ", ".join(d.action.value for d in fired) or "nothing due yet"
     return {
         "story": title,

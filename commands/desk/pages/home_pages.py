@@ -31,7 +31,9 @@ def desk_work(request: Request) -> Work:
             return {
                 "merchant": merchant,
                 "merchants": shops,
-                "desk": views.desk(engine.store, merchant, now),
+                "desk": views.desk(
+                    engine.store, merchant, now, lambda ids: engine.cases_as_of(ids, now)
+                ),
                 "cases_readable": principal.may(ShowCase.name),
             }
         if principal.may(ListCases.name):

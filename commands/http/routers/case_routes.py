@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from aftersales.commands.http.dependencies import ApiDep, answer
 from aftersales.commands.http.guards import allow, refuse_unseen
 from aftersales.commands.http.openapi_models import (
+    AS_OF_QUERY,
     LIST_CASES_QUERY,
     CaseView,
     ListedCase,
@@ -30,13 +31,19 @@ CASE_ID = {"type": "string", "format": "uuid"}
     response_model=None,
     responses=responses(CaseView, 404, 422, headers=["ETag"]),
     openapi_extra={
-        "parameters": [{"name": "case_id", "in": "path", "required": True, "schema": CASE_ID}]
+        "parameters": [
+            {"name": "case_id", "in": "path", "required": True, "schema": CASE_ID},
+            AS_OF_QUERY,
+        ]
     },
 )
-async def show_case(request: Request, case_id: str, api: ApiDep) -> Any:
+async def show_case(request: Request, case_id: str, api: ApiDep, at: str | None = None) -> Any:
+    # A read shows what the clock has done by now, or by ``?at=`` (engine/application/as_of.py).
+    as_of = {"at": at} if at is not None else {}
+
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, ShowCase.name)
-        command = ShowCase.parse({"case_id": case_id})
+        command = ShowCase.parse({"case_id": case_id, **as_of})
         refuse_unseen(principal, case_parties(engine, command.case_id), f"case {case_id}")
         return engine.handle(command)
 
