@@ -22,7 +22,7 @@ import pytest
 
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import OpenCase
-from tests.conftest import at, place_delivered
+from tests.conftest import place_delivered, recently
 from tests.people import People
 from tests.test_serve import ROOT, Server
 
@@ -44,11 +44,12 @@ def live_desk(engine: Engine, store_url: str, tmp_path: Path) -> Iterator[tuple[
     """A store with two merchants' cases, served, its projections followed."""
     people = People(engine)
     for n, reason in enumerate(("quality.broken", "logistics.late", "buyer.changed_mind")):
-        place_delivered(engine, f"KD-{n}", lines=(f"SKU-{n}:1:20.00:gadget",))
+        # Opened now: every read is as of now, and the merchant's 48 hours are still running.
+        place_delivered(
+            engine, f"KD-{n}", lines=(f"SKU-{n}:1:20.00:gadget",), delivered_at=recently()
+        )
         engine.handle(
-            OpenCase(
-                order_id=f"KD-{n}", type="refund_only", reason=reason, amount="20.00", at=at(2)
-            )
+            OpenCase(order_id=f"KD-{n}", type="refund_only", reason=reason, amount="20.00")
         )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AFTERSALES_DESK_POLL_MS": "500"}
     follow = ["--store", store_url, "project", "run", "--follow"]

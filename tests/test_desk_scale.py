@@ -28,6 +28,10 @@ from tests.people import People
 from tests.test_desk import sign_in
 
 MANY = 1_010
+# The last few cases' 48 hours have passed with no tick run: every read shows them as the clock
+# leaves them (refunded, so no longer open), the case index still has them awaiting the merchant.
+LAPSED = 10
+OPEN = MANY - LAPSED + 1  # and People's own case on KS-1
 REASONS = ("quality.broken", "logistics.late", "buyer.changed_mind")
 NOW = datetime.now(UTC)
 # A row of the Cases page: its case, whether overdue, its time left.
@@ -36,11 +40,15 @@ ROW = re.compile(r'<tr data-case="([0-9a-f-]{36})">\s*<td class="(\w+)">([^<]*)<
 
 def generated(n: int) -> str:
     """History lines for ``n`` delivered orders of shop-1, each with a case opened on it: the
-    openings spread over the last 60 hours, so some deadlines (48 h to answer) have passed,
-    some fall within a day and most later; reasons and buyers in turns."""
+    openings spread over the last 47 hours, so some deadlines (48 h to answer) fall within a
+    day and most later, and the last ``LAPSED`` 50 hours ago, their deadlines passed; reasons
+    and buyers in turns."""
     lines = []
     for i in range(n):
-        opened = NOW - timedelta(minutes=5 + (i * 3_600 // n))  # 5 min to ~60 h ago
+        if i < n - LAPSED:
+            opened = NOW - timedelta(minutes=5 + (i * 2_800 // n))  # 5 min to ~47 h ago
+        else:
+            opened = NOW - timedelta(hours=50, minutes=i - (n - LAPSED))
         order = f"BK-{i:05d}"
         lines += [
             {
@@ -90,8 +98,15 @@ def many(engine: Engine, store_url: str, tmp_path: Path) -> Iterator[tuple[TestC
         yield client, people
 
 
+def lapsed() -> set[str]:
+    return {bk(i) for i in range(MANY - LAPSED, MANY)}
+
+
 def due_key(row: dict[str, Any]) -> tuple[bool, str, str, str]:
-    due = row["due_at"]
+    # Listed by the deadline the case index holds: one the clock has taken (shown so, a tick to
+    # record it) is the one that was due.
+    pending = row["pending_clock"]
+    due = pending[0]["due_at"] if pending else row["due_at"]
     return (due is None, due or "", row["opened_at"], row["case_id"])
 
 
@@ -99,7 +114,7 @@ def test_pages_by_key_list_every_case_once_in_deadline_order(
     many: tuple[TestClient, People], engine: Engine
 ) -> None:
     whole = engine.handle(ListCases(merchant="shop-1", open=True, sort="due"))
-    assert len(whole) == MANY + 1  # and People's own case on KS-1
+    assert len(whole) == OPEN and not lapsed() & {r["case_id"] for r in whole}
     assert [due_key(r) for r in whole] == sorted(due_key(r) for r in whole)
     for order in ("due", "opened"):
         paged: list[dict[str, Any]] = []
@@ -114,9 +129,10 @@ def test_pages_by_key_list_every_case_once_in_deadline_order(
             after = page[-1]["case_id"]
         assert paged == engine.handle(ListCases(merchant="shop-1", open=True, sort=order))
     # The old order without sort: opened first; with due_before: the deadline's.
-    assert engine.handle(ListCases(merchant="shop-1")) == sorted(
-        whole, key=lambda r: (r["opened_at"], r["case_id"])
-    )
+    every = engine.handle(ListCases(merchant="shop-1"))
+    assert len(every) == MANY + 1
+    assert every == sorted(every, key=lambda r: (r["opened_at"], r["case_id"]))
+    assert {r["case_id"] for r in every if r["status"] == "refunded"} == lapsed()
     with pytest.raises(BadInput, match=r"no case .* to continue after"):
         engine.handle(ListCases(after=str(new_case_id(None, "nobody"))))
 
@@ -140,11 +156,13 @@ def test_search_and_filters(many: tuple[TestClient, People], engine: Engine) -> 
     assert ids(reason="logistics.late") == {bk(i) for i in range(1, MANY, 3)}
     engine.handle(ApproveCase(case_id=bk(0)))  # refunded: closed to `open`
     assert bk(0) not in ids(open=True) and bk(0) in ids()
-    assert ids(status="refunded") == {bk(0)}
+    assert ids(status="refunded") == {bk(0)} | lapsed()  # the clock's, shown before a tick
     soon = NOW + timedelta(hours=24)
     due_soon = engine.handle(ListCases(merchant="shop-1", due_before=soon.isoformat()))
-    assert due_soon and all(r["due_at"] <= soon.isoformat() for r in due_soon)
-    assert [r["due_at"] for r in due_soon] == sorted(r["due_at"] for r in due_soon)
+    # By the deadline the index holds (what a tick by then fires), each shown as of now.
+    held = [due_key(r)[1] for r in due_soon]
+    assert due_soon and all(d <= soon.isoformat() for d in held) and held == sorted(held)
+    assert lapsed() <= {r["case_id"] for r in due_soon}
 
 
 def test_the_desk_pages_through_a_thousand_open_cases(many: tuple[TestClient, People]) -> None:
@@ -164,11 +182,11 @@ def test_the_desk_pages_through_a_thousand_open_cases(many: tuple[TestClient, Pe
         found = re.search(r'href="([^"]+)" rel="next"', page.text)
         url = found.group(1).replace("&amp;", "&") if found else None
         pages += 1
-    assert pages == (MANY + 1 + 49) // 50
-    assert len(seen) == len(set(seen)) == MANY + 1  # every open case once
-    # Least time left first: the oldest openings (overdue) lead, the newest close the list.
-    assert seen[0] == bk(MANY - 1) and seen[-1] == people.cases["shop-1"]
-    assert lefts and all(t.endswith("overdue") for t in lefts)
+    assert pages == (OPEN + 49) // 50
+    assert len(seen) == len(set(seen)) == OPEN  # every open case once, none the clock closed
+    # Least time left first: the oldest openings lead, the newest close the list.
+    assert seen[0] == bk(MANY - LAPSED - 1) and seen[-1] == people.cases["shop-1"]
+    assert lefts == []  # a deadline passed is shown taken, not overdue
     assert "1\N{EN DASH}50, more follow" in client.get("/desk/cases").text
     # Search, filters, and bad input.
     only = client.get("/desk/cases", params={"q": "BK-00007"}).text
@@ -177,9 +195,11 @@ def test_the_desk_pages_through_a_thousand_open_cases(many: tuple[TestClient, Pe
     assert set(re.findall(r'data-case="([0-9a-f-]{36})"', by_buyer)) <= {
         bk(i) for i in range(MANY) if i % 7 == 2 and i % 3 == 1
     }
-    overdue = client.get("/desk/cases", params={"due": "overdue"}).text
-    shown = re.findall(r'<td class="(\w+)">[^<]*left|<td class="(\w+)">[^<]*overdue<', overdue)
-    assert shown and all(o == "overdue" for _, o in shown)
+    # Past their deadline, no tick run: listed as the clock leaves them (refunded, not open).
+    overdue = client.get("/desk/cases", params={"due": "overdue", "status": "all"}).text
+    assert set(re.findall(r'data-case="([0-9a-f-]{36})"', overdue)) == lapsed()
+    assert "refunded" in overdue
+    assert "data-case" not in client.get("/desk/cases", params={"due": "overdue"}).text
     assert client.get("/desk/cases", params={"due": "soon"}).status_code == 422
     assert client.get("/desk/cases", params={"status": "bogus"}).status_code == 422
     # A merchant's staff never list another merchant's cases, whatever they ask.

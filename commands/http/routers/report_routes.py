@@ -86,9 +86,7 @@ async def dashboard_report(
         read_view(request, engine, Dashboard)
         moment = when(now, "now") or datetime.now(UTC)
         # Open cases counted in the status the clock has put them in by then.
-        return dashboard(
-            engine.store, shop_id, moment, lambda ids: engine.cases_as_of(ids, moment)
-        )
+        return dashboard(engine.store, shop_id, moment, lambda ids: engine.cases_as_of(ids, moment))
 
     return await answer(api, request, work)
 
