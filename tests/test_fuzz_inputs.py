@@ -378,7 +378,7 @@ def target(store_url: str) -> Iterator[Target]:
 
 
 def test_generated_command_lines(target: Target, store_url: str, scale: int) -> None:
-    @fuzz_settings(examples(600, 60, store_url, scale), scale)
+    @fuzz_settings(examples(300, 60, store_url, scale), scale)
     @given(args=command_lines(target.ids), as_json=st.booleans())
     def one(args: list[str], as_json: bool) -> None:
         before = target.last()
@@ -392,7 +392,7 @@ def test_generated_command_lines(target: Target, store_url: str, scale: int) -> 
 
 
 def test_generated_batch_lines_one_by_one(target: Target, store_url: str, scale: int) -> None:
-    @fuzz_settings(examples(900, 90, store_url, scale), scale)
+    @fuzz_settings(examples(400, 90, store_url, scale), scale)
     @given(text=batch_lines(target.ids))
     def one(text: str) -> None:
         target.handle_line(text, parse_line)
@@ -460,7 +460,7 @@ def test_generated_import_rows(target: Target, store_url: str, scale: int) -> No
     """Orders of `order import`, as JSON lines and as CSV rows, each through the engine."""
     from_jsonl = _read_one(read_orders_jsonl)
 
-    @fuzz_settings(examples(600, 60, store_url, scale), scale)
+    @fuzz_settings(examples(300, 60, store_url, scale), scale)
     @given(row=order_rows(target.ids), as_csv=st.booleans())
     def one(row: dict[str, Any], as_csv: bool) -> None:
         if as_csv:

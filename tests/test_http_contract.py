@@ -93,7 +93,7 @@ def test_schemathesis_finds_nothing(engine: Engine, store_url: str, who: str) ->
                     strategy = operation.as_strategy(mode, path_parameters=path)
 
                     @settings(
-                        max_examples=5,
+                        max_examples=3,
                         deadline=None,
                         derandomize=True,
                         database=None,
