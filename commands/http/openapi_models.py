@@ -135,6 +135,17 @@ def responses(
 
 Time = Field(json_schema_extra={"format": "date-time"})
 Decimal2 = Field(description="A decimal string with two places, e.g. 39.90.", examples=["39.90"])
+# What a read adds (actions answer as recorded): the time it shows, and what the clock took.
+AsOf = Field(
+    None,
+    description="The time the read shows it as of (reads only).",
+    json_schema_extra={"format": "date-time"},
+)
+PendingClock: list[dict[str, Any]] = Field(
+    default_factory=list,
+    description="The deadlines due by the read's time, shown as taken; the next tick records "
+    "them (reads only).",
+)
 
 
 class CaseLine(BaseModel):
@@ -186,17 +197,8 @@ class CaseView(BaseModel):
     offers: list[dict[str, Any]]
     receipt_extension: dict[str, Any] | None
     allowed_actions: list[str] = Field(description="What may be done to the case now.")
-    as_of: str | None = Field(
-        None,
-        description="The time the read shows the case as of (reads only; actions answer as "
-        "recorded).",
-        json_schema_extra={"format": "date-time"},
-    )
-    pending_clock: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="The deadlines due by the read's time, shown as taken; the next tick "
-        "records them (reads only).",
-    )
+    as_of: str | None = AsOf
+    pending_clock: list[dict[str, Any]] = PendingClock
 
 
 class ListedCase(BaseModel):
@@ -248,17 +250,8 @@ class OrderView(BaseModel):
     delivered_at: str | None = Time
     case_ids: list[str]
     version: int
-    as_of: str | None = Field(
-        None,
-        description="The time the read shows the order as of (reads only; actions answer as "
-        "recorded).",
-        json_schema_extra={"format": "date-time"},
-    )
-    pending_clock: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="The deadlines due by the read's time, shown as taken; the next tick "
-        "records them (reads only).",
-    )
+    as_of: str | None = AsOf
+    pending_clock: list[dict[str, Any]] = PendingClock
 
 
 class AuditEvent(BaseModel):
