@@ -3,16 +3,15 @@ and its JSON body; and the ETag an answer carries."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from fastapi import Request
 
 from aftersales.commands.desk.session import session_key
-from aftersales.engine.application.lines import _depth as json_depth
+from aftersales.engine.application.lines import load_bounded_json
 from aftersales.engine.domain.errors import BadInput
-from aftersales.engine.domain.limits import MAX_JSON_DEPTH, MAX_VERSION
+from aftersales.engine.domain.limits import MAX_VERSION
 
 MAX_BODY = 64 * 1024
 # An If-Match: `*` (any current version), or one version as an ETag gives it ("3", W/"3", 3).
@@ -83,14 +82,7 @@ async def json_body(request: Request) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadInput("the body is not UTF-8 JSON") from None
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
-        raise BadInput(f"the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"the body is not JSON: {exc.msg} at column {exc.colno}") from None
-    except ValueError:  # a number too long to convert
-        raise BadInput("a number in the body has too many digits to read") from None
+    data = load_bounded_json(text, "the body", "the body is not JSON")
     if not isinstance(data, dict):
         raise BadInput("the body must be a JSON object of the action's options")
     return data

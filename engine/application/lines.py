@@ -69,21 +69,27 @@ def _depth(text: str) -> int:
     return deepest
 
 
+def load_bounded_json(text: str, what: str = "the line", not_json: str = "not JSON") -> Any:
+    """A JSON text's value, its nesting checked against ``MAX_JSON_DEPTH`` before it is parsed,
+    so no input can exhaust the parser's stack; ``what`` (the line, the body) and ``not_json``
+    word the refusals."""
+    # Counting brackets is cheap and bounds the depth; only a text with many is scanned.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
+        raise BadInput(f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{not_json}: {exc.msg} at column {exc.colno}") from None
+    except ValueError:  # a number too long to convert
+        raise BadInput(f"a number in {what} has too many digits to read") from None
+
+
 def load_json_line(text: str | None) -> Any:
     """One JSON line's value, within ``MAX_LINE_CHARS`` and ``MAX_JSON_DEPTH``: both are
-    checked before the text is parsed, so no line can exhaust the parser's stack."""
+    checked before the text is parsed."""
     if text is None or len(text) > MAX_LINE_CHARS:
         raise too_long()
-    # Counting brackets is cheap and bounds the depth; only a line with many is scanned.
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
-        raise BadInput(f"the line nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    except ValueError:  # a number too long to convert
-        raise BadInput("a number in the line has too many digits to read") from None
-    return data
+    return load_bounded_json(text)
 
 
 # Lines of `batch` and `import-history`: {"action": "case approve", "case_id": ..., ...} ------
