@@ -394,7 +394,7 @@ class Bench:
             )
 
     def http_actions(self) -> None:
-        """Warm actions over HTTP (`aftersales serve`, a client process with 1, 4 and 16
+        """Warm actions over HTTP (`aftersales serve`, a client process with 1, 4, 16 and 64
         connections kept alive), and the same actions in process: the handler alone, and
         with the key check each request makes."""
         cases = self.n(400)
@@ -458,7 +458,7 @@ class Bench:
         )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
-            for clients in (1, 4, 16):
+            for clients in (1, 4, 16, 64):
                 ctx = multiprocessing.get_context("spawn")
                 server_cpu = _cpu_seconds(server.pid)
                 with ctx.Pool(1) as pool:
