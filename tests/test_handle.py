@@ -214,3 +214,23 @@ def test_the_command_line_and_batch_refuse_alike(store_url: str) -> None:
         == json.loads(batch_out.stdout.splitlines()[0])["error"]
         == {"code": "bad_input", "message": "score 0 must be 1 to 5"}
     )
+
+
+def test_a_group_commits_results_share_nothing_mutable_with_the_aggregates() -> None:
+    """``json_copy`` (what a group commit answers with) equals ``deepcopy`` on a JSON-ready
+    result and shares no dict or list with it."""
+    from copy import deepcopy
+    from decimal import Decimal
+
+    from aftersales.engine.application.handler import json_copy
+
+    lines: list[dict[str, Any]] = [{"sku": "A", "n": 1, "price": Decimal("1.00")}]
+    messages: list[str] = []
+    result: dict[str, Any] = {"lines": lines, "messages": messages, "x": None}
+    copied = json_copy(result)
+    assert copied == deepcopy(result) == result
+    assert copied is not result and copied["lines"] is not result["lines"]
+    assert copied["lines"][0] is not result["lines"][0]
+    lines[0]["n"] = 2
+    messages.append("later")
+    assert copied["lines"][0]["n"] == 1 and copied["messages"] == []

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from copy import deepcopy
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import singledispatchmethod
 from typing import Any
 from uuid import UUID
@@ -143,7 +144,7 @@ class Engine:
         try:
             with self.unit_of_work(group):
                 # Copies: a result shares lists with its aggregate, which the next may change.
-                results = [deepcopy(self.handle(command)) for command in commands]
+                results = [json_copy(self.handle(command)) for command in commands]
                 group.save()
             return [(result, False) for result in results]
         except Exception as exc:
@@ -154,7 +155,7 @@ class Engine:
         alone: list[tuple[Any, bool]] = []
         for command in commands:
             try:
-                alone.append((deepcopy(self.handle(command)), self.uow.replayed))
+                alone.append((json_copy(self.handle(command)), self.uow.replayed))
             except AftersalesError as exc:
                 alone.append((exc, False))
         return alone
@@ -712,6 +713,19 @@ def list_filters(
             where.append(f"(due_at IS NULL OR due_at > ? OR (due_at = ? AND {later}))")
             params += [last["due_at"], last["due_at"], *tie]
     return where, params
+
+
+def json_copy(value: Any) -> Any:
+    """A copy of a JSON-ready result (dicts and lists of plain values) that shares nothing
+    mutable with it: what ``deepcopy`` gives for such a value, several times faster (a group
+    commit copies every result it answers)."""
+    if isinstance(value, dict):
+        return {key: json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_copy(item) for item in value]
+    if isinstance(value, (str, int, float, bool, Decimal, type(None), datetime, UUID)):
+        return value
+    return deepcopy(value)
 
 
 def default_actor(case: ReturnCase, role: Role) -> str:
