@@ -218,11 +218,7 @@ class ListedCase(BaseModel):
     opened_at: str = Time
     updated_at: str = Time
     version: int
-    pending_clock: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="The deadlines due by the read's time, shown as taken (the row is as of "
-        "then); the next tick records them.",
-    )
+    pending_clock: list[dict[str, Any]] = PendingClock
 
 
 class OrderViewLine(BaseModel):
