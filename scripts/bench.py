@@ -537,7 +537,8 @@ class Bench:
                         prepare=True,
                     ).fetchall()
                     c.execute(
-                        "SELECT * FROM aftersales_save(%b, %b::bigint[], %b, %b, %s, NULL)",
+                        "SELECT * FROM aftersales_save"
+                        "(%b, %b::bigint[], %b, %b, %s, NULL, NULL, NULL, NULL)",
                         (
                             [uuid.uuid4(), uuid.uuid4()],
                             [1, 1],

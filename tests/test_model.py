@@ -1244,6 +1244,19 @@ KNOWN: tuple[tuple[int, type[Hole]], ...] = (
 )
 
 
+def on_backend(backend: str, request: pytest.FixtureRequest) -> Model:
+    """A model for a regression sequence, on SQLite or on a PostgreSQL schema of its own."""
+    if backend == "sqlite":
+        return Model(keep_going=True)
+    pool: SchemaPool = request.getfixturevalue("pg_schemas")
+
+    class OnPostgres(Model):
+        def new_scratch(self) -> Scratch:
+            return PostgresScratch(pool)
+
+    return OnPostgres(keep_going=True)
+
+
 def test_the_model_on_sqlite() -> None:
     explore("model on SQLite", Model, SQLITE_RUN)
 
@@ -1553,3 +1566,38 @@ def test_found_a_gift_made_good_at_its_list_price_is_booked_on_the_paid_lines() 
     finally:
         state.teardown()
     state.settle(OrderLineOverRefunded)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_hole_6_a_case_kept_in_memory_is_written_over_its_deleted_last_event(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Found by the long search on an engine that had closed the six: an engine that saved a
+    case last keeps it in memory; the attacker then deletes the case's last event (an offer),
+    and when the merchant's 48 hours have passed, the order's delivery fires the case's
+    deadline first, from memory, and appends it over the gap. The store now appends only on
+    the event a save was built on, as it was read."""
+    state = on_backend(backend, request)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "placed"), ("shop-1", [0], "placed")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="refund_only",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.offer(amount="less", case=0, kind="refund_only")
+        state.the_rules_hold()
+        state.delete_last(case=0)
+        state.the_rules_hold()
+        state.advance(minutes=48 * 60 + 1, ticks=False)
+        state.the_rules_hold()
+        state.deliver_order(order=0)
+        state.the_rules_hold()
+    finally:
+        state.teardown()
+    state.settle(Tampered)

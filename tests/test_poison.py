@@ -35,6 +35,7 @@ from click.testing import CliRunner
 from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import ApproveCase, OpenCase, RateCase
+from aftersales.engine.domain.errors import Poisoned
 from aftersales.engine.domain.events import (
     GENESIS_HASH,
     Unreadable,
@@ -351,6 +352,38 @@ def test_the_clock_fires_every_deadline_but_the_damaged_cases(
     [failed] = result["failed"]
     assert failed["case_id"] == opened["X-1"] and failed["error"]["code"] == "poisoned"
     assert f"position {first['position']}" in failed["error"]["message"]
+
+
+@pytest.mark.parametrize("damage", ["changed", "deleted"])
+def test_an_engine_holding_a_case_in_memory_never_writes_over_a_damaged_last_event(
+    engine: Engine, damage: str
+) -> None:
+    """The engine that saved a case keeps it in memory. Its last event is then changed (the
+    amount, the hash left as it was) or deleted in the store: the next action on the case,
+    built on what the engine holds, is not saved over it; read again, the case is poison."""
+    place_delivered(engine, "X-1", lines=("MUG:1:39.90:home",))
+    case_id = engine.handle(
+        OpenCase(order_id="X-1", type="refund_only", reason="logistics.damaged",
+                 amount="39.90", at=at(days=3))
+    )["case_id"]  # fmt: skip
+    assert engine.store.cached(uuid.UUID(case_id)) is not None
+    [opened] = stored(engine.store, case_id)
+    if damage == "changed":
+        overwrite(engine.store, opened["position"], opened["state"].replace(b"39.90", b"9.90", 1))
+    else:
+        engine.store.execute(
+            f"DELETE FROM {{t}}{_table(engine.store)} WHERE {_key(engine.store)} = ?",
+            (opened["position"],),
+        )
+    before = stored(engine.store, case_id)
+    with pytest.raises(Poisoned) as refused:
+        engine.handle(ApproveCase(case_id=case_id, by="staff-1", at=at(days=3, hours=1)))
+    assert stored(engine.store, case_id) == before
+    if damage == "changed":
+        assert f"position {opened['position']}" in refused.value.message
+        assert "hash does not match" in refused.value.message
+    else:  # not "no case": the case index, written with every save, says it had events
+        assert "has no stored events: they were deleted" in refused.value.message
 
 
 def test_a_stored_event_verifies_in_the_stores_form_or_any_other_of_the_same_content() -> None:

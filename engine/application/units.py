@@ -58,7 +58,14 @@ from aftersales.engine.domain.errors import (
 from aftersales.engine.domain.events import Act
 from aftersales.engine.domain.invariants import InvariantBroken
 from aftersales.engine.domain.order import Order
-from aftersales.engine.storage.case_index import CaseRow, CommandRow, case_rows, command_rows
+from aftersales.engine.storage.case_index import (
+    CaseRow,
+    CommandRow,
+    Head,
+    case_rows,
+    command_rows,
+    take_events,
+)
 from aftersales.engine.storage.sql import Dialect
 
 if TYPE_CHECKING:  # the engine runs units of work and the tick; they only name it
@@ -78,6 +85,7 @@ class Pending(NamedTuple):
     stored: list[StoredEvent]
     cases: list[CaseRow]
     commands: list[CommandRow]
+    heads: list[Head]
 
 
 # Units of work -------------------------------------------------------------------------------
@@ -312,8 +320,10 @@ class Chunk(UnitOfWork):
             self.commands.clear()
             return None
         mapper = self.engine.store.mapper
-        stored = [mapper.to_stored_event(e) for a in touched for e in a.collect_events()]
-        pending = Pending(stored, case_rows(touched), [c for c, _ in self.commands.values()])
+        heads: list[Head] = []
+        stored = [mapper.to_stored_event(e) for e in take_events(touched, heads)]
+        commands = [c for c, _ in self.commands.values()]
+        pending = Pending(stored, case_rows(touched), commands, heads)
         self.saving.update((c, row) for c, (_, row) in self.commands.items())
         self.commands.clear()
         self.known_commands.clear()
@@ -333,7 +343,9 @@ class Chunk(UnitOfWork):
         if pending is None:
             return 0
         recorder = self.engine.store.recorder
-        recorder.insert_events(pending.stored, cases=pending.cases, commands=pending.commands)
+        recorder.insert_events(
+            pending.stored, cases=pending.cases, commands=pending.commands, heads=pending.heads
+        )
         return len(pending.stored)
 
     def written(self, pending: Pending | None) -> None:

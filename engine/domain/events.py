@@ -298,6 +298,15 @@ class Aggregate(BaseAggregate[UUID]):
     if TYPE_CHECKING:
         last_hash: str
 
+    # The stored bytes of the last event applied, when known: sealed in this process, or set
+    # by the store that read it.
+    last_stored: bytes | None = None
+    # The version and stored bytes of the last event the pending events build on (set when the
+    # first of them is triggered): the store appends them only if its event at that version is
+    # still exactly that, so nothing is written over an event deleted or changed since the
+    # aggregate was read (a case kept in memory, say).
+    built_on: tuple[int, bytes | None] | None = None
+
     TOPIC: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -323,6 +332,8 @@ class Aggregate(BaseAggregate[UUID]):
         event = event_class(originator_id=self.id, originator_version=self.version + 1, **kwargs)
         sealed = _sealed(event, self.last_hash)
         self.check_new(sealed)
+        if not self.pending_events:
+            self.built_on = (self.version, self.last_stored)
         sealed.mutate(self)
         self.pending_events.append(sealed)
 
@@ -332,6 +343,7 @@ class Aggregate(BaseAggregate[UUID]):
 
     def when(self, event: Event) -> None:
         self.last_hash = event.hash
+        self.last_stored = stored_json(event)
 
 
 class Deadline(BaseModel):

@@ -7,10 +7,11 @@ read back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
+from uuid import UUID
 
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.events import (
@@ -45,6 +46,36 @@ class CommandRow(NamedTuple):
     fingerprint: str
     version: int
     recorded_at: datetime
+
+
+class Head(NamedTuple):
+    """The stored event a save builds on: the store appends the save's events only if the
+    aggregate's event at ``version`` is still stored, as exactly these bytes when they are
+    known (else nothing is saved, as on a lost race). So an engine holding an aggregate in
+    memory never writes over an event deleted or changed in the store since it read it."""
+
+    originator_id: UUID
+    version: int
+    state: bytes | None
+
+
+BUILT_ON_MISSING = (
+    "aftersales: the event this save builds on is not in the store as it was read "
+    "(deleted or changed since)"
+)
+
+
+def take_events(aggregates: Iterable[Aggregate], heads: list[Head]) -> list[Any]:
+    """The aggregates' pending events, and in ``heads`` what those of each build on."""
+    events: list[Any] = []
+    for aggregate in aggregates:
+        pending = aggregate.collect_events()
+        if pending and pending[0].originator_version > 1:
+            assert aggregate.built_on is not None
+            version, state = aggregate.built_on
+            heads.append(Head(aggregate.id, version, state))
+        events.extend(pending)
+    return events
 
 
 CASE_COLUMNS = CaseRow._fields

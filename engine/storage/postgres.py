@@ -25,7 +25,13 @@ from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
 
 from aftersales.engine.domain.errors import StoreUnavailable
-from aftersales.engine.storage.case_index import CASE_COLUMNS, CaseRow, CommandRow
+from aftersales.engine.storage.case_index import (
+    BUILT_ON_MISSING,
+    CASE_COLUMNS,
+    CaseRow,
+    CommandRow,
+    Head,
+)
 from aftersales.engine.storage.sql import (
     ACCESS_LOG_TABLE,
     CASES_TABLE,
@@ -105,16 +111,36 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         )
         # One call saves everything in one round trip, as one statement in autocommit mode:
         # the table lock keeps notification ids in commit order (as the library's own insert
-        # does), and is held only for the call itself, not for client round trips.
+        # does), and is held only for the call itself, not for client round trips. The events
+        # a save builds on (``Head``: id, version, stored bytes) must be stored as they were
+        # read, else nothing is saved (integrity_constraint_violation, as for a lost race).
+        self.sql_create_statements.append(
+            SQL("DROP FUNCTION IF EXISTS {schema}.{save}({old_args})").format(
+                save=Identifier(SAVE_FUNCTION),
+                old_args=SQL("uuid[], bigint[], text[], bytea[], jsonb, jsonb"),
+                **fmt,
+            )
+        )
         self.sql_create_statements.append(
             SQL(
                 "CREATE OR REPLACE FUNCTION {schema}.{save}("
                 "ids uuid[], versions bigint[], topics text[], states bytea[], "
-                "case_rows jsonb, command_rows jsonb) RETURNS SETOF bigint "
+                "case_rows jsonb, command_rows jsonb, "
+                "head_ids uuid[], head_versions bigint[], head_states bytea[]) "
+                "RETURNS SETOF bigint "
                 "LANGUAGE plpgsql AS $BODY$ "
                 "BEGIN "
                 "  SET LOCAL lock_timeout = '{lock_timeout}s'; "
                 "  LOCK TABLE {schema}.{events} IN EXCLUSIVE MODE; "
+                "  IF head_ids IS NOT NULL AND EXISTS ("
+                "    SELECT 1 FROM unnest(head_ids, head_versions, head_states) "
+                "      AS h(id, version, state) "
+                "    WHERE NOT EXISTS (SELECT 1 FROM {schema}.{events} e "
+                "      WHERE e.originator_id = h.id AND e.originator_version = h.version "
+                "      AND (h.state IS NULL OR e.state = h.state))) THEN "
+                "    RAISE EXCEPTION '{built_on_missing}' "
+                "      USING ERRCODE = 'integrity_constraint_violation'; "
+                "  END IF; "
                 "  IF case_rows IS NOT NULL THEN "
                 "    INSERT INTO {schema}.{cases} SELECT * FROM "
                 "      jsonb_populate_recordset(NULL::{schema}.{cases}, case_rows) "
@@ -133,13 +159,15 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
             ).format(
                 save=Identifier(SAVE_FUNCTION),
                 lock_timeout=self.datastore.lock_timeout,
+                built_on_missing=SQL(BUILT_ON_MISSING),
                 channel=Identifier(self.channel_name),
                 updates=updates,
                 **fmt,
             )
         )
         self.call_save = SQL(
-            "SELECT * FROM {schema}.{save}(%b, %b::bigint[], %b, %b, %s, %s)"
+            "SELECT * FROM {schema}.{save}"
+            "(%b, %b::bigint[], %b, %b, %s, %s, %b::uuid[], %b::bigint[], %b::bytea[])"
         ).format(save=Identifier(SAVE_FUNCTION), **fmt)
 
     def create_table(self) -> None:
@@ -147,7 +175,10 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         so several processes starting at once on a new store do not trip over each other,
         and not at all when they exist (DDL would wait on writers' locks)."""
         schema = self.datastore.schema
-        save = f'"{schema}".{SAVE_FUNCTION}(uuid[],bigint[],text[],bytea[],jsonb,jsonb)'
+        save = (
+            f'"{schema}".{SAVE_FUNCTION}'
+            "(uuid[],bigint[],text[],bytea[],jsonb,jsonb,uuid[],bigint[],bytea[])"
+        )
         quarantine = f'"{schema}".{QUARANTINE_TABLE}'
         with self.datastore.transaction(commit=True) as curs:
             # Tables that came later than the rest (the access tables, the quarantine, the
@@ -187,6 +218,7 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
             return []
         cases: Sequence[CaseRow] = kwargs.get("cases", ())
         commands: Sequence[CommandRow] = kwargs.get("commands", ())
+        heads: Sequence[Head] = kwargs.get("heads", ())
         params = (
             [e.originator_id for e in stored_events],
             [e.originator_version for e in stored_events],
@@ -194,6 +226,9 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
             [e.state for e in stored_events],
             Jsonb([_jsonable(row) for row in cases]) if cases else None,
             Jsonb([_jsonable(row) for row in commands]) if commands else None,
+            [h.originator_id for h in heads] if heads else None,
+            [h.version for h in heads] if heads else None,
+            [h.state for h in heads] if heads else None,
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.call_save, params, prepare=True, binary=True)
@@ -281,12 +316,13 @@ def select_with_index(
 ) -> tuple[list[tuple[int, str, bytes]], int | None]:
     """One aggregate's stored events in version order and, read in the same statement (so
     from the same snapshot), the version the case index names for it (None: no row, as for
-    an order)."""
+    an order). A row of the index comes back even when no event does."""
     recorder = _ours(store_recorder)
     statement = SQL(
         "SELECT e.originator_version, e.topic, e.state, "
         "(SELECT c.version FROM {schema}.{cases} c WHERE c.case_id = %s) AS indexed "
-        "FROM {schema}.{events} e WHERE e.originator_id = %s ORDER BY e.originator_version"
+        "FROM (VALUES (1)) AS one(x) LEFT JOIN {schema}.{events} e "
+        "ON e.originator_id = %s ORDER BY e.originator_version"
     ).format(
         schema=Identifier(recorder.datastore.schema),
         cases=Identifier(CASES_TABLE),
@@ -296,7 +332,12 @@ def select_with_index(
         curs.execute(statement, (str(uid), uid), prepare=True)
         rows = curs.fetchall()
     indexed = rows[0]["indexed"] if rows else None
-    return [(r["originator_version"], r["topic"], bytes(r["state"])) for r in rows], indexed
+    events = [
+        (r["originator_version"], r["topic"], bytes(r["state"]))
+        for r in rows
+        if r["originator_version"] is not None
+    ]
+    return events, indexed
 
 
 def select_events_with_index(

@@ -8,9 +8,17 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.sqlite import SQLiteCursor
 
-from aftersales.engine.storage.case_index import CASE_COLUMNS, COMMAND_COLUMNS, CaseRow, CommandRow
+from aftersales.engine.storage.case_index import (
+    BUILT_ON_MISSING,
+    CASE_COLUMNS,
+    COMMAND_COLUMNS,
+    CaseRow,
+    CommandRow,
+    Head,
+)
 from aftersales.engine.storage.library import SQLiteRecorderWithRows
 from aftersales.engine.storage.sql import (
     CASES_TABLE,
@@ -62,7 +70,18 @@ class SQLiteCaseRecorder(SQLiteRecorderWithRows):
         return statements
 
     def insert_rows(self, c: SQLiteCursor, saved_with: Mapping[str, Any]) -> None:
-        """The case index rows and command rows saved with the events."""
+        """The case index rows and command rows saved with the events, once the events they
+        build on are found as they were read (``Head``)."""
+        heads: Sequence[Head] = saved_with.get("heads", ())
+        for head in heads:
+            c.execute(
+                f"SELECT state FROM {self.events_table_name} "
+                "WHERE originator_id = ? AND originator_version = ?",
+                (head.originator_id.hex, head.version),
+            )
+            row = c.fetchone()
+            if row is None or (head.state is not None and bytes(row[0]) != head.state):
+                raise IntegrityError(BUILT_ON_MISSING)
         cases: Sequence[CaseRow] = saved_with.get("cases", ())
         if cases:
             columns = ", ".join(CASE_COLUMNS)

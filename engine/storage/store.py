@@ -41,6 +41,7 @@ from aftersales.engine.domain.events import (
     verified_hash,
 )
 from aftersales.engine.domain.invariants import CaseReplay
+from aftersales.engine.storage.case_index import Head, take_events
 from aftersales.engine.storage.event_mapper import JsonTranscoder, PydanticMapper
 from aftersales.engine.storage.library import record
 from aftersales.engine.storage.sql import CASES_TABLE, SQLITE, Dialect, utc_text
@@ -124,12 +125,14 @@ class AftersalesStore(Application[UUID]):
         bulk paths report how many events they appended from ``events_saved``, exactly,
         whatever else is being written to the store at the same time."""
         processing: ProcessingEvent[UUID] = ProcessingEvent()
+        heads: list[Head] = []
         for obj in objs:
             if obj is not None:
                 assert isinstance(obj, Aggregate)
-                processing.events.extend(obj.collect_events())
+                processing.events.extend(take_events([obj], heads))
                 processing.aggregates[obj.id] = obj
         processing.saved_kwargs.update(kwargs)
+        processing.saved_kwargs["heads"] = heads
         recordings = record(self, processing)
         self.events_saved += len(recordings)
         return recordings
@@ -235,6 +238,14 @@ class AftersalesStore(Application[UUID]):
             return self.rebuild(uid, events, whole=False) if events else None
         events, indexed = self.select_with_index(uid)
         if not events:
+            if indexed is not None and self.replay_reads:
+                raise Poisoned(
+                    None,
+                    f"case {uid}",
+                    int(indexed),
+                    f"the case index says version {indexed}, but the case has no stored "
+                    "events: they were deleted",
+                )
             return None
         self.check_index(uid, events, indexed)
         return self.rebuild(uid, events)
@@ -251,13 +262,13 @@ class AftersalesStore(Application[UUID]):
             c.execute(
                 "SELECT e.originator_version, e.topic, e.state, "
                 f"(SELECT version FROM {CASES_TABLE} WHERE case_id = ?) "
-                f"FROM {recorder.events_table_name} e WHERE e.originator_id = ? "
-                "ORDER BY e.originator_version",
+                f"FROM (SELECT 1) AS one LEFT JOIN {recorder.events_table_name} e "
+                "ON e.originator_id = ? ORDER BY e.originator_version",
                 (str(uid), uid.hex),
             )
             rows = c.fetchall()
         indexed = rows[0][3] if rows else None
-        return [(r[0], r[1], bytes(r[2])) for r in rows], indexed
+        return [(r[0], r[1], bytes(r[2])) for r in rows if r[0] is not None], indexed
 
     def select_rows_with_index(
         self, ids: Sequence[UUID]
@@ -363,6 +374,8 @@ class AftersalesStore(Application[UUID]):
                 aggregate = event.mutate(aggregate)
             except Exception as exc:
                 raise self.poisoned(uid, events, version, exc) from None
+        if aggregate is not None:
+            aggregate.last_stored = events[-1][2]  # what a save on it builds on
         if replay is not None and whole:
             found = replay.finish()
             if found:
