@@ -1426,6 +1426,42 @@ def test_hole_4_a_declined_offer_starts_a_fresh_review() -> None:
     state.settle(ReviewStretched)
 
 
+def test_hole_4_an_offer_declined_after_the_review_ran_out_left_the_case_with_the_merchant() -> (
+    None
+):
+    """Found by the long search once the six were closed: the merchant's offer an hour before
+    its review ran out, declined by the buyer twelve hours later. The case went back to the
+    merchant with the review's deadline moved to the decline (it had passed): stored as
+    awaiting the merchant 59 hours after the opening until a tick or an action came. The
+    deadline now fires in the decline itself."""
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "delivered"), ("shop-1", [0], "delivered")])
+        state.the_rules_hold()
+        state.open_case(
+            amount="all",
+            kind="return_refund",
+            lines=[],
+            order=0,
+            partial=False,
+            reason="quality.colour_difference",
+        )
+        state.the_rules_hold()
+        state.advance(minutes=47 * 60, ticks=False)
+        state.the_rules_hold()
+        state.offer(amount="less", case=0, kind="return_refund")
+        state.the_rules_hold()
+        state.advance(minutes=12 * 60, ticks=False)
+        state.the_rules_hold()
+        state.decline_offer(case=0)
+        state.the_rules_hold()
+        (case,) = state.cases.values()
+        assert case.shown["status"] == "awaiting_buyer_shipment", case.shown["status"]
+    finally:
+        state.teardown()
+    state.settle(ReviewStretched)
+
+
 def test_hole_5_a_rejected_case_has_no_deadline() -> None:
     state = Model(keep_going=True)
     try:

@@ -307,6 +307,13 @@ class Engine:
                     case, order, was_holding=holding, refunded_before=refunded, act=act
                 )
                 clock.touched.setdefault(order.id, order)
+            if not isinstance(command, FireDeadline) and _due_by(case, act.at):
+                # A deadline a person's action gave back already due (an offer declined after
+                # the wait it interrupted ran out) fires at once, as the next tick would: no
+                # case is left waiting on a party past its time. (One the clock gives back, an
+                # offer lapsing, is fired by the same tick's next pass, and reported by it.)
+                order = order or self.load_order(case.order_id)
+                clock.touched.update(self._clock_first(order, [case], act.at).touched)
             return case, clock.changed(exclude=case), act
 
         return self.uow.run(command, attempt)
