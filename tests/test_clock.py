@@ -327,6 +327,31 @@ def test_a_deadline_that_fails_does_not_hold_up_the_others(
     assert [d.case_id for d in tick(engine, t(at(days=6))).fired] == [stuck]
 
 
+def test_a_running_deadline_the_rules_refuse_is_a_failure_not_skipped(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal by the rules passes for "someone else dealt with it" only when the deadline
+    is no longer running; one refused while it still runs is reported, and stays due."""
+    ids = [opened(engine, "refund_only", f"KS-{i}") for i in range(3)]
+    stuck = ids[1]
+    real_fire = ReturnCase.fire
+
+    def fire(self: ReturnCase, *args: Any, **kwargs: Any) -> None:
+        if str(self.id) == stuck:
+            raise NotAllowed("refused for a reason of its own")
+        real_fire(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReturnCase, "fire", fire)
+    fired: list[str] = []
+    for group in (3, 1):  # in a group, then one by one
+        result = tick(engine, t(at(days=6)), group=group)
+        fired += [d.case_id for d in result.fired]
+        assert result.skipped == []
+        assert [(d.case_id, e.code) for d, e in result.failed] == [(stuck, "not_allowed")]
+        assert [d.case_id for d in due_deadlines(engine, t(at(days=6)))[0]] == [stuck]
+    assert sorted(fired) == sorted(set(ids) - {stuck})
+
+
 # A person and the tick at the same moment -----------------------------------------------------
 
 

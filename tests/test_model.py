@@ -1288,7 +1288,11 @@ def test_a_long_search() -> None:
 @SEARCH_TIME
 @pytest.mark.parametrize(
     ("hole", "kind"),
-    [pytest.param(n, k, id=f"hole-{n}-{k.__name__}") for n, k in KNOWN],
+    [
+        *(pytest.param(n, k, id=f"hole-{n}-{k.__name__}") for n, k in KNOWN),
+        # Found by the long search besides the six: a deadline left due after a tick.
+        pytest.param(0, ClockStuck, id="clock-ClockStuck"),
+    ],
 )
 def test_a_search_for_each_known_hole(hole: int, kind: type[Hole]) -> None:
     """Only this rule stops the search (the others are counted); the attacker plays only in
@@ -1298,7 +1302,7 @@ def test_a_search_for_each_known_hole(hole: int, kind: type[Hole]) -> None:
     cases) is broken both by hole 1 and by a second refund of a gift booked on the paid lines
     (found besides the six, below), and the search ends on whichever it meets first."""
     explore(
-        f"search for hole {hole} ({kind.__name__})",
+        f"search for {kind.__name__}" + (f" (hole {hole})" if hole else ""),
         hunting(frozenset({kind}), attacks=hole == 6),
         HUNT_RUN,
     )
@@ -1568,6 +1572,37 @@ def test_hole_6_a_forged_event_on_a_refunded_case_is_shown_and_acted_on() -> Non
 
 
 # Found by the model besides the six ----------------------------------------------------------
+
+
+def test_found_a_rejected_case_never_closed_while_a_later_case_held_its_line() -> None:
+    """A rejected case's lapse (closed by the clock after its 7 days) was refused while a
+    later case on the same line was open (the check that an escalation may take the line back
+    ran for every action on a rejected case), and the tick passed the refusal off as someone
+    else's work: the case stayed due, and open, for ever."""
+    state = Model(keep_going=True)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "delivered"), ("shop-1", [0], "delivered")])
+        state.the_rules_hold()
+        for kind in ("refund_only", "return_refund"):
+            state.open_case(
+                amount="all",
+                kind=kind,
+                lines=[],
+                order=0,
+                partial=False,
+                reason="quality.colour_difference",
+            )
+            state.the_rules_hold()
+            if kind == "refund_only":
+                state.reject(case=0)
+                state.the_rules_hold()
+        state.advance(minutes=8 * 24 * 60, ticks=True)
+        state.the_rules_hold()
+        statuses = sorted(c.shown["status"] for c in state.cases.values())
+        assert statuses == ["awaiting_buyer_shipment", "closed"], statuses
+    finally:
+        state.teardown()
+    state.settle(ClockStuck)
 
 
 def test_found_a_gift_made_good_at_its_list_price_is_booked_on_the_paid_lines() -> None:

@@ -28,6 +28,7 @@ from aftersales.engine.application.requests import (
     CaseAction,
     CaseOrder,
     Command,
+    EscalateCase,
     FireDeadline,
     ImportOrder,
     ListCases,
@@ -293,8 +294,10 @@ class Engine:
             holding = case.holds_lines
             refunded = case.refunded_amount
             # A rejected case that is escalated takes its lines back: check they are free
-            # before acting, so every check comes before anything is recorded.
-            if case.status is Status.REJECTED:
+            # before acting, so every check comes before anything is recorded. (Only then: the
+            # rejected case's other ways on, closed by the clock or withdrawn, hold nothing, and
+            # another case may hold its lines meanwhile.)
+            if case.status is Status.REJECTED and isinstance(command, EscalateCase):
                 order = order or self.load_order(case.order_id)
                 order.check_lines_free(list(case.lines))
             try:

@@ -14,7 +14,8 @@ Each deadline is fired through the engine like any other action, as the ``system
   on the events it writes;
 - only while it is still the case's running deadline: a case that moved on before its deadline
   was fired (the merchant approved at hour 47) is refused by the rules and skipped, never an
-  error.
+  error; a refusal while the deadline still runs is the tick's failure, reported and left due
+  for the next tick, never passed off as someone else's work.
 
 Exactly once, with any number of ticks and schedulers on one store, rests on the event store's
 optimistic concurrency: every save is of the case (and order) at the version it was loaded at,
@@ -212,12 +213,25 @@ def _fire_one(engine: Engine, due: Due) -> bool | AftersalesError:
         engine.handle(command)
     except InvariantBroken as exc:  # a firing that would break an invariant: refused, kept due
         return exc
-    except NotAllowed:
-        # The deadline is no longer running: a person acted, or another tick fired it.
-        return False
+    except NotAllowed as exc:
+        # Refused by the rules: because the deadline is no longer running (a person acted, or
+        # another tick fired it), or for a reason of its own, which must not pass for that.
+        return exc if still_running(engine, due) else False
     except AftersalesError as exc:
         return exc
     return not engine.uow.replayed
+
+
+def still_running(engine: Engine, due: Due) -> bool:
+    """Whether the case, as the tick's unit of work has it (the state the refusal was decided
+    on, or the store's), still has this deadline running: a refusal of it is then the tick's
+    failure, not someone else's work."""
+    try:
+        case = engine.uow.get(UUID(due.case_id))
+    except AftersalesError:
+        return True
+    running = getattr(case, "due", None)
+    return running is not None and (running.action, running.due_at) == (due.action, due.due_at)
 
 
 def deadline_command_id(case_id: UUID, version: int, action: DueAction) -> str:
