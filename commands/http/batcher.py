@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from fastapi import Request
 
+from aftersales.commands.http.json_answers import encode_result
 from aftersales.commands.http.rate_limits import Limiter
 from aftersales.commands.http.request_parts import bearer
 from aftersales.engine.access.api_keys import Unauthenticated
@@ -161,9 +162,14 @@ class Api:
         try:
             if len(actions) == 1:
                 ((job, prepared),) = actions
-                results = [(self.handle_one(engine, prepared.command), engine.uow.replayed)]
+                found = self.handle_one(engine, prepared.command)
+                if not isinstance(found, Exception):
+                    found = encode_result(found)
+                results = [(found, engine.uow.replayed)]
             else:
-                results = engine.handle_together([p.command for _, p in actions])
+                results = engine.handle_together(
+                    [p.command for _, p in actions], snapshot=encode_result
+                )
         except Exception as exc:
             for job, _ in actions:
                 settle(job, exc)
