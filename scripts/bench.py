@@ -889,21 +889,20 @@ def _http_client(
 # Where a sampled stack's CPU went, by the first of these found in it from the innermost frame
 # out (self time), and by any frame in it (inclusive); a frame is "function (path:line)".
 PROFILE_PARTS: Sequence[tuple[str, str]] = (
-    ("the key check", "authenticate_"),
+    ("the key check", "authenticate"),
     ("the engine's work (Engine.handle, the group's save)", "engine/application/handler.py"),
-    ("psycopg (statements, adapting values)", "/psycopg/"),
-    ("the json module (encoding, decoding)", "/json/"),
-    ("FastAPI (routing, dependencies, validation)", "/fastapi/"),
-    ("Starlette (requests, responses)", "/starlette/"),
-    ("uvicorn (HTTP, ASGI)", "/uvicorn/"),
-    ("asyncio and uvloop", "asyncio"),
+    ("psycopg (statements, adapting values)", "(psycopg/"),
+    ("the json module", "(json/"),
+    ("FastAPI (routing, dependencies, validation)", "(fastapi/"),
+    ("Starlette (requests, responses)", "(starlette/"),
+    ("uvicorn (HTTP parsing, ASGI)", "(uvicorn/protocols/"),
 )
 
 
 def profile_summary(collapsed: str) -> list[str]:
-    """py-spy's collapsed stacks (``frame;frame;... count``) summarised: the share of samples
-    in each part of ``PROFILE_PARTS`` (inclusive), and by the package of the innermost frame
-    (self time)."""
+    """py-spy's collapsed stacks (``frame;frame;... count``, a frame ``function (path:line)``)
+    summarised: the share of samples with a frame of each part of ``PROFILE_PARTS`` on the
+    stack (inclusive), and by the package or module of the innermost frame (self time)."""
     total = 0
     inclusive: dict[str, int] = {}
     leaves: dict[str, int] = {}
@@ -917,23 +916,19 @@ def profile_summary(collapsed: str) -> list[str]:
             if mark in stack:
                 inclusive[name] = inclusive.get(name, 0) + count
         leaf = stack.rsplit(";", 1)[-1]
-        path = leaf[leaf.rfind("(") + 1 :].split(":")[0]
-        package = (
-            path.split("site-packages/")[-1].split("/")[0]
-            if "site-packages/" in path
-            else (
-                "aftersales"
-                if "aftersales" in path or "/work/" in path
-                else path.rsplit("/", 1)[-1]
-            )
-        )
+        path = leaf[leaf.rfind("(") + 1 :].rsplit(":", 1)[0]
+        package = path.split("/")[0] if "/" in path else path
+        if package in ("engine", "commands", "projections"):
+            package = f"aftersales {package}"
         leaves[package] = leaves.get(package, 0) + count
     if not total:
         return ["no samples"]
     lines = [f"{total} samples of the server at 16 clients"]
-    lines += [f"{n / total:5.1%} inclusive: {name}" for name, n in inclusive.items()]
-    top = sorted(leaves.items(), key=lambda item: -item[1])[:10]
-    lines.append("self time by package: " + ", ".join(f"{pkg} {n / total:.1%}" for pkg, n in top))
+    lines += [
+        f"{inclusive.get(name, 0) / total:.1%} inclusive: {name}" for name, _ in PROFILE_PARTS
+    ]
+    top = sorted(leaves.items(), key=lambda item: -item[1])[:12]
+    lines.append("self time: " + ", ".join(f"{pkg} {n / total:.1%}" for pkg, n in top))
     return lines
 
 
