@@ -458,6 +458,7 @@ class Bench:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         log = (self.tmp / "serve.log").open("wb")
+        started = time.perf_counter()
         server = subprocess.Popen(
             [sys.executable, "-m", "aftersales.commands.cli.main", "--store", self.url, "serve",
              "--port", str(port), "--workers", str(self.http_workers)],
@@ -467,6 +468,7 @@ class Bench:
         )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
+            self.add(Row("serve: seconds until /healthz answers", _answered(base, started), "s"))
             for clients in (1, 4, 16, 64):
                 ctx = multiprocessing.get_context("spawn")
                 server_cpu = _cpu_seconds(server.pid)
@@ -791,6 +793,20 @@ def _opening(order_id: str) -> OpenCase:
     return OpenCase(
         order_id=order_id, type="refund_only", reason="quality.x", amount="39.90", lines=[sku]
     )
+
+
+def _answered(base: str, started: float) -> float:
+    """Seconds from ``started`` until ``GET /healthz`` answers 200 (polled every 10 ms)."""
+    import urllib.error
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=5) as reply:
+                if reply.status == 200:
+                    return time.perf_counter() - started
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.01)
 
 
 def _cpu_seconds(pid: int) -> float:
