@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -70,6 +70,13 @@ class Grant(NamedTuple):
 Granter = Callable[
     [AftersalesStore, Sequence[str | None], datetime], dict[str | None, Grant | Unauthenticated]
 ]
+
+
+def principals_of(
+    found: Mapping[str | None, Grant | Unauthenticated],
+) -> dict[str | None, Principal | Unauthenticated]:
+    """Each credential's principal (its grant's), or why it is refused."""
+    return {c: g if isinstance(g, Unauthenticated) else g.principal for c, g in found.items()}
 
 
 class _Kept(NamedTuple):

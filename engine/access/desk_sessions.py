@@ -25,6 +25,7 @@ from aftersales.engine.access.api_keys import Unauthenticated, key_hash, key_id_
 from aftersales.engine.access.credential_cache import (
     Grant,
     forget_everywhere,
+    principals_of,
     revocation_statements,
 )
 from aftersales.engine.access.principal_store import (
@@ -224,10 +225,7 @@ def authenticate_credentials(
     """``authenticate_many`` for keys and desk sessions' tokens together: a session counts
     while it, its key and its principal do. A session's use moves its idle end on (written
     when it last moved a while ago, not on every request)."""
-    return {
-        credential: found if isinstance(found, Unauthenticated) else found.principal
-        for credential, found in grant_credentials(store, credentials, now).items()
-    }
+    return principals_of(grant_credentials(store, credentials, now))
 
 
 def grant_credentials(

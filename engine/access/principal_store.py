@@ -26,6 +26,7 @@ from aftersales.engine.access.api_keys import _ID, Unauthenticated, key_hash, ke
 from aftersales.engine.access.credential_cache import (
     Grant,
     forget_everywhere,
+    principals_of,
     revocation_statements,
 )
 from aftersales.engine.access.scopes import Principal, PrincipalRole
@@ -288,10 +289,7 @@ def authenticate_many(
     store: AftersalesStore, keys: Sequence[str | None], now: datetime
 ) -> dict[str | None, Principal | Unauthenticated]:
     """``authenticate`` for many keys with one query (the requests of one group commit)."""
-    return {
-        key: found if isinstance(found, Unauthenticated) else found.principal
-        for key, found in grant_keys(store, keys, now).items()
-    }
+    return principals_of(grant_keys(store, keys, now))
 
 
 def grant_keys(
