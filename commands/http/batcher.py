@@ -2,9 +2,10 @@
 requests that arrive together as one group (one transaction for their actions).
 
 One engine per worker process, used from one thread: a case this worker saved is in its
-aggregate cache, so a warm action costs one store round trip for the save (and one small read
-for the key). More workers (``--workers``) are more processes; a stale cache is caught by the
-store's version check, as between any two processes.
+aggregate cache, so a warm action costs one store round trip for the save; a credential the
+store granted a moment ago is not read again while no revocation is heard
+(``engine/access/credential_cache.py``). More workers (``--workers``) are more processes; a
+stale cache is caught by the store's version check, as between any two processes.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from fastapi import Request
 
+from aftersales.commands.http.json_answers import encode_result
 from aftersales.commands.http.rate_limits import Limiter
 from aftersales.commands.http.request_parts import bearer
+from aftersales.commands.http.revocations import RevocationListener
 from aftersales.engine.access.api_keys import Unauthenticated
-from aftersales.engine.access.desk_sessions import SessionTerms, authenticate_credentials
+from aftersales.engine.access.credential_cache import MAX_AGE, CredentialCache
+from aftersales.engine.access.desk_sessions import SessionTerms, grant_credentials
 from aftersales.engine.access.scopes import Principal
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import Action
@@ -65,10 +69,19 @@ class Api:
     arriving then make the next group. (One thread, so no handing over between threads and no
     contention for the interpreter lock.)"""
 
-    def __init__(self, store: str | None, policy: Policy | None, limit: int) -> None:
+    def __init__(
+        self,
+        store: str | None,
+        policy: Policy | None,
+        limit: int,
+        key_cache: timedelta = MAX_AGE,
+    ) -> None:
         self.store_url = store
         self.policy = policy
         self.engine: Engine | None = None
+        # Credentials granted a moment ago, used while no revocation is heard (PostgreSQL).
+        self.credentials = CredentialCache(key_cache)
+        self.revocations: RevocationListener | None = None
         self.pending: list[Job] = []
         self.flushing = False
         self.seen = self.waited = 0
@@ -83,6 +96,9 @@ class Api:
 
     def open(self) -> None:
         self.engine = Engine(self.store_url, policy=self.policy)
+        if self.credentials.max_age > timedelta(0):
+            self.revocations = RevocationListener(self.engine.store, self.credentials)
+            self.revocations.start()
         # The projections' tables, made once: the reports and the desk's pages read them, and
         # a new store has none until something projects.
         projector = Projector(self.engine.store)
@@ -90,6 +106,9 @@ class Api:
             projector.recorder(view)
 
     def close(self) -> None:
+        if self.revocations is not None:
+            self.revocations.stop()
+            self.revocations = None
         if self.engine is not None:
             log.warning(
                 "engine took %d requests in %d groups; %d saves retried",
@@ -135,8 +154,8 @@ class Api:
         assert engine is not None
         actions: list[tuple[Job, Prepared]] = []
         try:
-            principals = authenticate_credentials(
-                engine.store, [job.key for job in batch], self.now()
+            principals = self.credentials.authenticate(
+                engine.store, [job.key for job in batch], self.now(), grant_credentials
             )
         except Exception as exc:
             for job in batch:
@@ -161,9 +180,14 @@ class Api:
         try:
             if len(actions) == 1:
                 ((job, prepared),) = actions
-                results = [(self.handle_one(engine, prepared.command), engine.uow.replayed)]
+                found = self.handle_one(engine, prepared.command)
+                if not isinstance(found, Exception):
+                    found = encode_result(found)
+                results = [(found, engine.uow.replayed)]
             else:
-                results = engine.handle_together([p.command for _, p in actions])
+                results = engine.handle_together(
+                    [p.command for _, p in actions], snapshot=encode_result
+                )
         except Exception as exc:
             for job, _ in actions:
                 settle(job, exc)

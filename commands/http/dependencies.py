@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 from eventsourcing.persistence import PersistenceError
 from fastapi import Depends, Request
-from fastapi.responses import JSONResponse
 
 from aftersales.commands.http.batcher import Api
 from aftersales.commands.http.error_responses import RateLimited, error, refused
+from aftersales.commands.http.json_answers import Encoded, json_answer
 from aftersales.commands.http.rate_limits import who
 from aftersales.commands.http.request_parts import etag
 from aftersales.engine.access.scopes import Principal
@@ -22,8 +22,10 @@ from aftersales.engine.domain.errors import AftersalesError
 log = logging.getLogger("aftersales.http")
 
 
-def current_api(request: Request) -> Api:
-    """The worker's engine and refusal limiter, made with the application (``create_app``)."""
+async def current_api(request: Request) -> Api:
+    """The worker's engine and refusal limiter, made with the application (``create_app``).
+    (A coroutine: FastAPI runs a plain function dependency on a thread of its pool, a hand-over
+    to another thread and back for every request.)"""
     api: Api = request.app.state.api
     return api
 
@@ -54,8 +56,11 @@ async def answer(
     if isinstance(result, tuple):  # an action: its result, and whether it is new
         result, new = result
         created = created and new
-    headers = etag(result)
+    if isinstance(result, Encoded):  # an action's result, encoded by its group commit
+        headers = {} if result.version is None else {"ETag": f'"{result.version}"'}
+    else:
+        headers = etag(result)
     lag = getattr(request.state, "projection_lag", None)
     if lag is not None:
         headers["X-Projection-Lag"] = str(lag)
-    return JSONResponse(result, status_code=201 if created else 200, headers=headers)
+    return json_answer(result, 201 if created else 200, headers)

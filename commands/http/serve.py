@@ -51,6 +51,17 @@ from aftersales.commands.cli.output import State
     envvar="AFTERSALES_SESSION_LIFETIME",
     help="A desk session ends this long after sign-in, however used.",
 )
+@click.option(
+    "--key-cache",
+    type=click.FloatRange(0, 3600),
+    default=5.0,
+    show_default=True,
+    envvar="AFTERSALES_KEY_CACHE",
+    metavar="SECONDS",
+    help="A key or desk session the store granted is used again for up to this long without "
+    "reading it, while revocations are heard (PostgreSQL's LISTEN: a revocation counts at once "
+    "in every server); 0 reads it for every request.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -62,6 +73,7 @@ def serve(
     trusted_proxies: tuple[str, ...],
     session_idle: str,
     session_lifetime: str,
+    key_cache: float,
 ) -> None:
     """Serve the HTTP API until SIGINT or SIGTERM, then finish the requests in flight and exit
     0 (see docs/http.md)."""
@@ -92,6 +104,7 @@ def serve(
     os.environ["AFTERSALES_TRUSTED_PROXIES"] = " ".join(str(n) for n in networks)
     os.environ["AFTERSALES_SESSION_IDLE"] = session_idle
     os.environ["AFTERSALES_SESSION_LIFETIME"] = session_lifetime
+    os.environ["AFTERSALES_KEY_CACHE"] = str(key_cache)
     # uvicorn stops gracefully on SIGINT/SIGTERM and then raises the signal again under the
     # handlers it found: these make that a clean exit 0, as the contract says.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,12 +22,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aftersales.engine.access.api_keys import Unauthenticated, key_hash, key_id_of
+from aftersales.engine.access.credential_cache import (
+    Grant,
+    forget_everywhere,
+    principals_of,
+    revocation_statements,
+)
 from aftersales.engine.access.principal_store import (
     _log,
     _principal,
     _when,
-    authenticate_many,
     find_principal,
+    grant_keys,
 )
 from aftersales.engine.access.scopes import Principal
 from aftersales.engine.domain.errors import BadInput, NotAllowed, NotFound
@@ -156,8 +162,10 @@ def end_session(
                 row["key_id"],
                 {"session_id": session_id, "why": why},
             ),
+            *revocation_statements(store),
         ]
     )
+    forget_everywhere()
     return {
         "session_id": session_id,
         "principal": row["principal_id"],
@@ -217,8 +225,17 @@ def authenticate_credentials(
     """``authenticate_many`` for keys and desk sessions' tokens together: a session counts
     while it, its key and its principal do. A session's use moves its idle end on (written
     when it last moved a while ago, not on every request)."""
+    return principals_of(grant_credentials(store, credentials, now))
+
+
+def grant_credentials(
+    store: AftersalesStore, credentials: Sequence[str | None], now: datetime
+) -> dict[str | None, Grant | Unauthenticated]:
+    """``authenticate_credentials``, with each principal's ``Grant``: a session's holds until
+    the first of its end, its key's and the time its idle end is next to be moved on (so a
+    cache of it asks the store again by then, and the use is written)."""
     tokens = [c for c in credentials if c and session_id_of(c)]
-    result = authenticate_many(store, [c for c in credentials if c not in tokens], now)
+    result = grant_keys(store, [c for c in credentials if c not in tokens], now)
     if not tokens:
         return result
     wanted = sorted({sid for t in tokens if (sid := session_id_of(t))})
@@ -244,12 +261,24 @@ def authenticate_credentials(
         elif _state(row, now) != "active" or _ended(row["key_expires_at"], now):
             result[token] = Unauthenticated("the session has expired: sign in again")
         else:
-            result[token] = _principal(row)
             last_seen = parse_stored_time(row["last_seen_at"])
             # Written at most every 60 s (or a tenth of the idle time, if shorter).
             every = min(60.0, row["idle_seconds"] / 10)
             if last_seen is None or (now - last_seen).total_seconds() >= every:
                 touch.append(row["session_id"])
+                last_seen = now
+            ends = [
+                last_seen + timedelta(seconds=every),
+                *(
+                    end
+                    for end in (
+                        parse_stored_time(row["expires_at"]),
+                        parse_stored_time(row["key_expires_at"]),
+                    )
+                    if end is not None
+                ),
+            ]
+            result[token] = Grant(_principal(row), min(ends))
     if touch:
         store.write(
             [

@@ -23,6 +23,12 @@ from datetime import datetime
 from typing import Any
 
 from aftersales.engine.access.api_keys import _ID, Unauthenticated, key_hash, key_id_of, new_key
+from aftersales.engine.access.credential_cache import (
+    Grant,
+    forget_everywhere,
+    principals_of,
+    revocation_statements,
+)
 from aftersales.engine.access.scopes import Principal, PrincipalRole
 from aftersales.engine.domain.errors import BadInput, NotAllowed, NotFound
 from aftersales.engine.storage.sql import (
@@ -258,8 +264,10 @@ def revoke_key(store: AftersalesStore, key_id: str, at: datetime) -> dict[str, A
                 )
                 for session_id in sessions
             ),
+            *revocation_statements(store),
         ]
     )
+    forget_everywhere()
     return {
         "principal": principal_id,
         "key_id": key_id,
@@ -281,6 +289,13 @@ def authenticate_many(
     store: AftersalesStore, keys: Sequence[str | None], now: datetime
 ) -> dict[str | None, Principal | Unauthenticated]:
     """``authenticate`` for many keys with one query (the requests of one group commit)."""
+    return principals_of(grant_keys(store, keys, now))
+
+
+def grant_keys(
+    store: AftersalesStore, keys: Sequence[str | None], now: datetime
+) -> dict[str | None, Grant | Unauthenticated]:
+    """``authenticate_many``, with each principal's ``Grant``."""
     claimed = {key: key_id_of(key) if key else None for key in keys}
     wanted = sorted({k for k in claimed.values() if k})
     marks = Dialect.marks(len(wanted))
@@ -297,7 +312,7 @@ def authenticate_many(
             else []
         )
     }
-    result: dict[str | None, Principal | Unauthenticated] = {}
+    result: dict[str | None, Grant | Unauthenticated] = {}
     for key, key_id in claimed.items():
         row = rows.get(key_id) if key_id else None
         if not key:
@@ -309,5 +324,5 @@ def authenticate_many(
         elif (expires := parse_stored_time(row["expires_at"])) is not None and expires <= now:
             result[key] = Unauthenticated("the key has expired")
         else:
-            result[key] = _principal(row)
+            result[key] = Grant(_principal(row), expires)
     return result

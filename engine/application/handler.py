@@ -136,16 +136,21 @@ class Engine:
         finally:
             self.uow = previous
 
-    def handle_together(self, commands: Sequence[Action]) -> list[tuple[Any, bool]]:
+    def handle_together(
+        self, commands: Sequence[Action], snapshot: Callable[[Any], Any] | None = None
+    ) -> list[tuple[Any, bool]]:
         """Run actions as one group commit: saved in one transaction, each seeing the ones
         before it. If any is refused or the save fails, nothing of the group is saved and each
-        runs alone, as ``handle`` runs it. For each, in order: its result (or the error it
-        raised) and whether that was a command id's first result given again."""
+        runs alone, as ``handle`` runs it. For each, in order: its result as ``snapshot`` took
+        it (or the error it raised) and whether that was a command id's first result given
+        again. A result shares lists with its aggregate, which the next command may change:
+        ``snapshot`` takes what it needs of it at once (a copy, by default; the HTTP service
+        encodes it as JSON)."""
+        take = snapshot or json_copy
         group = Together(self)
         try:
             with self.unit_of_work(group):
-                # Copies: a result shares lists with its aggregate, which the next may change.
-                results = [json_copy(self.handle(command)) for command in commands]
+                results = [take(self.handle(command)) for command in commands]
                 group.save()
             return [(result, False) for result in results]
         except Exception as exc:
@@ -156,7 +161,7 @@ class Engine:
         alone: list[tuple[Any, bool]] = []
         for command in commands:
             try:
-                alone.append((json_copy(self.handle(command)), self.uow.replayed))
+                alone.append((take(self.handle(command)), self.uow.replayed))
             except AftersalesError as exc:
                 alone.append((exc, False))
         return alone
