@@ -90,6 +90,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aftersales.commands.http.serve:serve",
         "Serve the HTTP API until SIGINT or SIGTERM, then finish the requests in flight and exit",
     ),
+    "shop": (
+        "aftersales.commands.cli.shops:shop_group",
+        "A shop's settings: return addresses and the rules that approve requests for it.",
+    ),
     "tick": (
         "aftersales.commands.cli.clock:tick_command",
         "Fire every deadline that has fallen due: auto-approve, auto-close, auto-refund, "

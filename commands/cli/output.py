@@ -268,6 +268,30 @@ def render_order(order: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_shop(shop: dict[str, Any]) -> str:
+    lines = [f"shop {shop['merchant_id']}  (version {shop['version']})"]
+    addresses = [{**a, "default": "yes" if a["default"] else ""} for a in shop["return_addresses"]]
+    lines.append("return addresses:" if addresses else "return addresses: none")
+    if addresses:
+        lines.append(table(addresses, ["address_id", "warehouse", "address", "default"]))
+    rules = [
+        {
+            **r,
+            "types": ",".join(r["types"]),
+            "up_to": r["up_to"] or "-",
+            "reasons": ",".join(r["reasons"]) or "-",
+            "categories": ",".join(r["categories"]) or "-",
+        }
+        for r in shop["rules"]
+    ]
+    lines.append("rules:" if rules else "rules: none (people answer every request)")
+    if rules:
+        lines.append(
+            table(rules, ["rule_id", "version", "types", "up_to", "reasons", "categories"])
+        )
+    return "\n".join(lines)
+
+
 def render_tick(result: dict[str, Any]) -> str:
     lines = [f"tick at {result['now']}: {len(result['fired'])} deadline(s) fired"]
     if result["fired"]:
@@ -289,5 +313,6 @@ RENDERERS: dict[str, Renderer] = {
     "case": render_case,
     "cases": render_cases,
     "order": render_order,
+    "shop": render_shop,
     "tick": render_tick,
 }

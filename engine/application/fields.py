@@ -298,6 +298,18 @@ def _reason(value: Any, info: ValidationInfo) -> str:
     return parse_reason(_required_text(value, info))
 
 
+def _words(value: Any, info: ValidationInfo) -> tuple[str, ...]:
+    """A repeatable list of short words (ids, codes): a list, one value, or one value with
+    commas between words; at most 50 of them."""
+    key = _key(info)
+    found: list[str] = []
+    for item in _items(value, key, 50):
+        for word in _scalar(item, key).split(","):
+            if word.strip():
+                found.append(check_id(word.strip(), key, 64))
+    return tuple(check_count(found, key, 50))
+
+
 Text = Annotated[str, BeforeValidator(_required_text)]
 OptionalText = Annotated[str | None, BeforeValidator(_optional_text)]
 Id = Annotated[str, BeforeValidator(_required_id)]
@@ -306,6 +318,7 @@ When = Annotated[datetime | None, BeforeValidator(_time)]
 Money = Annotated[Decimal | None, BeforeValidator(_money)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Evidence = Annotated[tuple[str, ...], BeforeValidator(_evidence)]
+Words = Annotated[tuple[str, ...], BeforeValidator(_words)]
 CaseId = Annotated[UUID, BeforeValidator(_case_id)]
 OrderId = Annotated[str, BeforeValidator(_order_id)]
 

@@ -24,7 +24,9 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from aftersales.engine.application.as_of import ReadCopies, as_of_time
 from aftersales.engine.application.requests import (
+    AcceptOffer,
     Action,
+    ApproveCase,
     CaseAction,
     CaseOrder,
     Command,
@@ -35,8 +37,10 @@ from aftersales.engine.application.requests import (
     OpenCase,
     OrderAction,
     PlaceOrder,
+    ShopAction,
     ShowCase,
     ShowOrder,
+    ShowShop,
     Tick,
 )
 from aftersales.engine.application.tick import deadline_command_id, tick
@@ -52,7 +56,8 @@ from aftersales.engine.domain.errors import (
 from aftersales.engine.domain.events import Act
 from aftersales.engine.domain.order import Order, check_order_id, order_uuid
 from aftersales.engine.domain.policy import Policy
-from aftersales.engine.domain.values import FINAL_STATUSES, Actor, Role, Status
+from aftersales.engine.domain.shop import Shop, shop_uuid
+from aftersales.engine.domain.values import FINAL_STATUSES, Actor, DueAction, Role, Status
 from aftersales.engine.storage.case_index import case_row, listed_case
 from aftersales.engine.storage.sql import CASES_TABLE, parse_stored_time
 from aftersales.engine.storage.store import AftersalesStore
@@ -269,6 +274,7 @@ class Engine:
         """Take a case action, then free or take back the order's lines as it leaves them;
         True if the order recorded something."""
         holding, refunded = case.holds_lines, case.refunded_amount
+        self._shop_terms(command, case)
         command.apply(case, act, self.policy, order)
         return settle_order_lines(
             case, order, was_holding=holding, refunded_before=refunded, act=act
@@ -305,6 +311,7 @@ class Engine:
             if case.status is Status.REJECTED and isinstance(command, EscalateCase):
                 order = order or self.load_order(case.order_id)
                 order.check_lines_free(list(case.lines))
+            self._shop_terms(command, case)
             try:
                 command.apply(case, act, self.policy, order)
             except AftersalesError as exc:
@@ -360,9 +367,75 @@ class Engine:
                 act=act,
             )
             order.link_case(case.id, case_lines, act, holds_shipment=case.holds_shipment)
+            self._by_rule(case, order, act)
             return case, [order, *clock.changed(exclude=order)], act
 
         return self.uow.run(command, attempt)
+
+    # The shop's settings ---------------------------------------------------------------------
+
+    def find_shop(self, merchant_id: str) -> Shop | None:
+        shop = self.uow.get(shop_uuid(merchant_id))
+        return shop if isinstance(shop, Shop) else None
+
+    def _shop_terms(self, command: CaseAction, case: ReturnCase) -> None:
+        """Before an action that may approve a return (staff approving without naming an
+        address, the clock's approval, the buyer taking an offer of a return), what the shop
+        says is its default return address now."""
+        if isinstance(command, (ApproveCase, AcceptOffer)) or (
+            isinstance(command, FireDeadline) and command.deadline is DueAction.AUTO_APPROVE
+        ):
+            shop = self.find_shop(case.merchant_id)
+            found = shop.default_address if shop is not None else None
+            case.default_address = found.text() if found is not None else None
+
+    def _by_rule(self, case: ReturnCase, order: Order, act: Act) -> None:
+        """A request one of the shop's rules approves is approved as it is opened, recorded as
+        the rule's (the rule and its version), a return to the shop's default address."""
+        shop = self.find_shop(case.merchant_id)
+        if shop is None or not shop.rules:
+            return
+        # A line without a category is in none a rule may name.
+        categories = {order.lines[line.sku].category or "" for line in case.lines}
+        rule = shop.rule_for(self.policy, case.case_type, case.reason, case.amount, categories)
+        if rule is None:
+            return
+        found = shop.default_address
+        case.default_address = found.text() if found is not None else None
+        by_rule = Act(
+            at=act.at,
+            actor=Actor(role=Role.MERCHANT, id=f"rule:{rule.rule_id}"),
+            command_id=act.command_id,
+            recorded_at=act.recorded_at,
+        )
+        holding, refunded = case.holds_lines, case.refunded_amount
+        case.approve(by_rule, self.policy, by_rule=rule.named)
+        settle_order_lines(case, order, was_holding=holding, refunded_before=refunded, act=act)
+
+    @handle.register
+    def _shop_action(self, command: ShopAction) -> dict[str, Any]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
+            act = self._act(command, command.merchant_id, command_id)
+            shop = self.find_shop(command.merchant_id)
+            if shop is None:
+                shop = Shop.open(command.merchant_id, act)
+            self._check_expected(shop, command, f"shop {command.merchant_id}")
+            command.apply(shop, act, self.policy)
+            return shop, [], act
+
+        return self.uow.run(command, attempt)
+
+    @handle.register
+    def _show_shop(self, command: ShowShop) -> dict[str, Any]:
+        shop = self.find_shop(command.merchant_id)
+        if shop is None:  # no settings yet: none of either
+            return {
+                "merchant_id": command.merchant_id,
+                "version": 0,
+                "return_addresses": [],
+                "rules": [],
+            }
+        return shop.to_json()
 
     @handle.register
     def _order_action(self, command: OrderAction) -> dict[str, Any]:

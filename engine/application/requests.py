@@ -44,6 +44,7 @@ from aftersales.engine.application.fields import (
     Text,
     WantedLine,
     When,
+    Words,
     _between,
     _case_lines,
     _choice,
@@ -67,6 +68,7 @@ from aftersales.engine.domain.limits import (
 from aftersales.engine.domain.order import Order
 from aftersales.engine.domain.order_events import OrderLine, Shipment
 from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.shop import Shop
 from aftersales.engine.domain.values import (
     CaseType,
     Claim,
@@ -728,6 +730,113 @@ class Tick(Command):
     )
 
 
+# Shops: a merchant's own settings ------------------------------------------------------------
+
+
+def parse_case_type(text: str) -> CaseType:
+    for kind in CaseType:
+        if kind.value == text:
+            return kind
+    words = "|".join(k.value for k in CaseType)
+    raise BadInput(f"types: {text!r} is not one of {words}")
+
+
+class ShopAction(Action):
+    """A change to a shop's settings (engine/domain/shop.py), by its staff or an operator,
+    recorded on the shop so every setting has a history."""
+
+    role: ClassVar[Role] = Role.MERCHANT
+    arguments: ClassVar[tuple[str, ...]] = ("merchant_id",)
+    shows: ClassVar[str] = "shop"
+
+    merchant_id: Id
+
+    def target(self) -> str:
+        return self.merchant_id
+
+    def apply(self, shop: Shop, act: Act, policy: Policy) -> None:
+        raise NotImplementedError
+
+
+class SetReturnAddress(ShopAction):
+    """Add or change one of the shop's return addresses (the first is the default)."""
+
+    name: ClassVar[str] = "shop set-address"
+
+    address_id: Id = Field(description="The shop's own id for the address (a warehouse code).")
+    warehouse: Text = Field(description="The warehouse's name.")
+    address: Text = Field(description="The address returned goods are sent to.")
+    default: Flag = Field(False, description="Make this the default return address.")
+
+    def apply(self, shop: Shop, act: Act, policy: Policy) -> None:
+        shop.set_address(
+            act,
+            address_id=self.address_id,
+            warehouse=self.warehouse,
+            address=self.address,
+            default=self.default,
+        )
+
+
+class RemoveReturnAddress(ShopAction):
+    """Remove a return address (the default only when it is the last)."""
+
+    name: ClassVar[str] = "shop remove-address"
+
+    address_id: Id = Field(description="The address's id.")
+
+    def apply(self, shop: Shop, act: Act, policy: Policy) -> None:
+        shop.remove_address(act, address_id=self.address_id)
+
+
+class SetAutoRule(ShopAction):
+    """Add or change a rule that approves requests for the shop (a new version of it), within
+    the policy's bounds: of these service types, at or under an amount, for these reasons
+    (a code or its group) or these categories."""
+
+    name: ClassVar[str] = "shop set-rule"
+
+    rule_id: Id = Field(description="The shop's own id for the rule.")
+    types: Words = Field(
+        description="Service types it approves: refund_only, return_refund, exchange."
+    )
+    up_to: Money = Field(None, description="Only requests of at most this amount.")
+    reasons: Words = Field((), description="Only for these reasons (a code, or its group).")
+    categories: Words = Field((), description="Only when every line is in these categories.")
+
+    def apply(self, shop: Shop, act: Act, policy: Policy) -> None:
+        shop.set_rule(
+            act,
+            policy,
+            rule_id=self.rule_id,
+            types=tuple(parse_case_type(t) for t in self.types),
+            up_to=self.up_to,
+            reasons=self.reasons,
+            categories=self.categories,
+        )
+
+
+class RemoveAutoRule(ShopAction):
+    """Remove one of the shop's rules: requests are then answered by people again."""
+
+    name: ClassVar[str] = "shop remove-rule"
+
+    rule_id: Id = Field(description="The rule's id.")
+
+    def apply(self, shop: Shop, act: Act, policy: Policy) -> None:
+        shop.remove_rule(act, rule_id=self.rule_id)
+
+
+class ShowShop(Query):
+    """A shop's settings: its return addresses (which is the default) and its rules."""
+
+    name: ClassVar[str] = "shop show"
+    arguments: ClassVar[tuple[str, ...]] = ("merchant_id",)
+    shows: ClassVar[str] = "shop"
+
+    merchant_id: Id
+
+
 # Every command a person or a script can give by name, in the order the help lists them.
 COMMANDS: tuple[type[Command], ...] = (
     PlaceOrder,
@@ -755,5 +864,10 @@ COMMANDS: tuple[type[Command], ...] = (
     AcceptOffer,
     DeclineOffer,
     ExtendReceipt,
+    ShowShop,
+    SetReturnAddress,
+    RemoveReturnAddress,
+    SetAutoRule,
+    RemoveAutoRule,
 )
 BY_NAME: Mapping[str, type[Command]] = {c.name: c for c in COMMANDS}

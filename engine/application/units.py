@@ -58,6 +58,7 @@ from aftersales.engine.domain.errors import (
 from aftersales.engine.domain.events import Act
 from aftersales.engine.domain.invariants import InvariantBroken
 from aftersales.engine.domain.order import Order
+from aftersales.engine.domain.shop import Shop
 from aftersales.engine.storage.case_index import (
     CaseRow,
     CommandRow,
@@ -74,7 +75,7 @@ if TYPE_CHECKING:  # the engine runs units of work and the tick; they only name 
 
 MAX_ATTEMPTS = 8
 
-OrderOrCase = Order | ReturnCase
+OrderOrCase = Order | ReturnCase | Shop
 # One try at an action: the aggregate it is about, the others it changed, and its circumstances.
 Attempt = Callable[[str], tuple[OrderOrCase, list[OrderOrCase], Act]]
 
@@ -128,7 +129,7 @@ class UnitOfWork:
     def first_result(self, row: dict[str, Any], command_id: str) -> dict[str, Any]:
         version = int(row["version"])
         aggregate = self.engine.store.load(UUID(row["target_id"]), version=version)
-        assert isinstance(aggregate, (Order, ReturnCase))
+        assert isinstance(aggregate, (Order, ReturnCase, Shop))
         return aggregate.to_json()
 
 
@@ -150,7 +151,7 @@ class SaveNow(UnitOfWork):
     def get(self, uid: UUID) -> OrderOrCase | None:
         if self.use_cache:
             cached = self.engine.store.cached(uid)
-            if isinstance(cached, (Order, ReturnCase)):
+            if isinstance(cached, (Order, ReturnCase, Shop)):
                 self.used_cache = True
                 self.served.add(uid)
                 return cached
@@ -421,7 +422,7 @@ class Together(UnitOfWork):
         if uid in self.served:
             return self.served[uid]
         found = self.engine.store.cached(uid)
-        if not isinstance(found, (Order, ReturnCase)):
+        if not isinstance(found, (Order, ReturnCase, Shop)):
             found = super().get(uid)
         if found is not None:
             self.served[uid] = found

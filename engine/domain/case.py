@@ -22,6 +22,7 @@ from uuid import UUID
 from aftersales.engine.domain.case_events import (
     EVENT_CLASSES,
     CaseApproved,
+    CaseAutoApproved,
     CaseEscalated,
     CaseEvent,
     CaseOpened,
@@ -103,6 +104,11 @@ STAGE_OF: Mapping[DueAction, Stage] = {
 
 
 class ReturnCase(Aggregate):
+    # The shop's default return address, as the engine read it from the shop for the action
+    # at hand (engine/domain/shop.py): given to approvals of returns that name none. Not part
+    # of the case's state: set before each action that may approve, never from an event.
+    default_address: str | None = None
+
     if TYPE_CHECKING:  # state set by when(); see Order for why only for the type checker
         order_id: str
         order_ref: UUID
@@ -336,7 +342,7 @@ class ReturnCase(Aggregate):
         self.offers = []
         self.receipt_extension = None
 
-    def _approved(self, event: CaseApproved) -> None:
+    def _approved(self, event: CaseApproved | CaseAutoApproved) -> None:
         self.return_address = event.return_address
 
     def _rejected(self, event: CaseRejected) -> None:
@@ -445,6 +451,8 @@ class ReturnCase(Aggregate):
         self._answered(event, "accepted")
         self.case_type = event.case_type
         self.amount = event.agreed_amount
+        if event.return_address is not None:
+            self.return_address = event.return_address
 
     def _declined(self, event: OfferDeclined) -> None:
         self._answered(event, "declined")
@@ -654,9 +662,28 @@ class ReturnCase(Aggregate):
 
     # The merchant ------------------------------------------------------------------------------
 
-    def approve(self, act: Act, policy: Policy, *, return_address: str | None = None) -> None:
+    def approve(
+        self,
+        act: Act,
+        policy: Policy,
+        *,
+        return_address: str | None = None,
+        by_rule: str | None = None,
+    ) -> None:
+        """Approve the request: a return goes to ``return_address`` (the engine gives the
+        shop's default when staff name none); ``by_rule``: approved by that shop rule."""
         self._check("approve", act)
-        self._take(self._outcome("approve"), act, policy, return_address=return_address)
+        if return_address is None:
+            return_address = self.shop_address(self.case_type)
+        self._take(
+            self._outcome("approve"), act, policy, return_address=return_address, by_rule=by_rule
+        )
+
+    def shop_address(self, case_type: CaseType) -> str | None:
+        """The shop's default return address for an approval of this type (None unless it is a
+        return): what the engine read from the shop for this action (``default_address``), not
+        part of the case's own state."""
+        return self.default_address if case_type in RETURN_TYPES else None
 
     def reject(self, act: Act, policy: Policy, *, reason: str, communication: str) -> None:
         self._check("reject", act)
@@ -888,6 +915,10 @@ class ReturnCase(Aggregate):
         if action is DueAction.OFFER_LAPSED:
             self._unanswered(action.value, act, policy, fired=due)
             return
+        if action is DueAction.AUTO_APPROVE:
+            address = self.shop_address(self.case_type)
+            self._take(self._outcome(action.value), act, policy, fired=due, return_address=address)
+            return
         self._take(self._outcome(action.value), act, policy, fired=due)
 
     def _unanswered(self, action: str, act: Act, policy: Policy, **fields: Any) -> None:
@@ -1002,6 +1033,7 @@ class ReturnCase(Aggregate):
             deadline=due,
             case_type=case_type,
             agreed_amount=agreed,
+            return_address=self.shop_address(case_type),
         )
 
     def decline_offer(self, act: Act, policy: Policy) -> None:
@@ -1145,6 +1177,7 @@ def settle_order_lines(
 _APPLY: Mapping[type[CaseEvent], Callable[[ReturnCase, Any], None]] = {
     CaseOpened: ReturnCase._opened,
     CaseApproved: ReturnCase._approved,
+    CaseAutoApproved: ReturnCase._approved,
     CaseRejected: ReturnCase._rejected,
     GoodsShippedBack: ReturnCase._shipped_back,
     GoodsReceived: ReturnCase._received,

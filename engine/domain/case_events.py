@@ -53,6 +53,8 @@ class CaseOpened(CaseEvent, Created):
 
 class CaseApproved(CaseEvent):
     return_address: str | None = None
+    # Approved by one of the shop's rules (engine/domain/shop.py): the rule and its version.
+    by_rule: str | None = None
 
 
 class CaseRejected(CaseEvent):
@@ -150,7 +152,8 @@ class DeadlineFired(CaseEvent):
 
 
 class CaseAutoApproved(DeadlineFired):
-    pass
+    # A return approved by the clock goes to the shop's default return address.
+    return_address: str | None = None
 
 
 class CaseAutoClosed(DeadlineFired):
@@ -194,6 +197,8 @@ class OfferAccepted(CaseEvent):
 
     case_type: CaseType
     agreed_amount: Decimal
+    # An offer of a return, taken: the return goes to the shop's default return address.
+    return_address: str | None = None
 
 
 class OfferDeclined(CaseEvent):

@@ -36,6 +36,7 @@ STORED_AS: Mapping[str, str] = {
     "aftersales.engine.domain.case": "engine.case:",
     "aftersales.engine.domain.order_events": "engine.order:",
     "aftersales.engine.domain.order": "engine.order:",
+    "aftersales.engine.domain.shop": "engine.shop:",
 }
 
 

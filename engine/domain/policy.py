@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.errors import BadInput, NotAllowed
 from aftersales.engine.domain.limits import MAX_POLICY_DAYS, MAX_WINDOW_HOURS
 from aftersales.engine.domain.values import CaseType, parse_money, parse_zone
 
@@ -97,6 +97,43 @@ DEFAULT_WINDOWS = Windows(
 )
 
 
+class ShopRuleBounds(BaseModel):
+    """Which rules a shop may set to act for it (engine/domain/shop.py): the service types a
+    rule may approve, and the most it may approve without a person (a refund only, a return or
+    an exchange). A rule that names no amount acts up to the bound."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    types: tuple[CaseType, ...] = (
+        CaseType.REFUND_ONLY,
+        CaseType.RETURN_REFUND,
+        CaseType.EXCHANGE,
+    )
+    refund_only_up_to: Money = Decimal("50.00")
+    return_up_to: Money = Decimal("500.00")
+
+    def most(self, case_type: CaseType) -> Decimal:
+        return self.refund_only_up_to if case_type is CaseType.REFUND_ONLY else self.return_up_to
+
+    def check(self, types: tuple[CaseType, ...], up_to: Decimal | None) -> None:
+        """Refuse a rule beyond the bounds (NotAllowed, saying which)."""
+        for case_type in types:
+            if case_type not in self.types:
+                allowed = ", ".join(t.value for t in self.types) or "none"
+                raise NotAllowed(
+                    f"the policy lets no shop rule approve {case_type.value} requests "
+                    f"(allowed: {allowed})"
+                )
+            if up_to is not None and up_to > self.most(case_type):
+                raise NotAllowed(
+                    f"a shop rule may approve {case_type.value} requests up to "
+                    f"{self.most(case_type)}, not {up_to}"
+                )
+
+    def allows(self, case_type: CaseType, amount: Decimal) -> bool:
+        return case_type in self.types and amount <= self.most(case_type)
+
+
 def _zone(text: str) -> str:
     parse_zone(text)
     return text
@@ -143,6 +180,8 @@ class Policy(BaseModel):
     by_type: dict[CaseType, TypeWindows] = Field(default_factory=dict)
     # The merchant may extend its receipt window once, by at most this much.
     max_receipt_extension_hours: int = Field(default=72, gt=0, le=MAX_WINDOW_HOURS)
+    # The rules a shop may set to approve requests for it.
+    shop_rules: ShopRuleBounds = ShopRuleBounds()
     # The zone people read times in (the platform's): an offset or a zone name. How times are
     # shown, not a rule, so it is no part of the policy's version.
     display_zone: Annotated[str, AfterValidator(_zone)] = "+08:00"

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 import aftersales.engine
 import aftersales.engine.domain.case
 import aftersales.engine.domain.order
+import aftersales.engine.domain.shop
 from aftersales.engine.domain.events import (
     Event,
     stored_json,
