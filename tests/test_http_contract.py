@@ -74,7 +74,7 @@ def test_schemathesis_finds_nothing(engine: Engine, store_url: str, who: str) ->
     )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     keys = iter(range(1_000_000))
-    ids = {"case_id": people.cases["shop-1"], "order_id": "KS-1"}  # buyer-1's
+    ids = {"case_id": people.cases["shop-1"], "order_id": "KS-1", "merchant_id": "shop-1"}
     checks = all_checks()
     fewer = [c for c in checks if c is not positive_data_acceptance]
     failures: list[str] = []
@@ -174,7 +174,7 @@ def test_no_input_answers_5xx(
     app = create_app(store_url, failure_limit=1_000_000)
     routes = every_route(app.routes)
     assert len(routes) > 30, routes  # the API's routes, the desk's pages, the documents
-    real = {"case_id": people.cases["shop-1"], "order_id": "KS-1"}
+    real = {"case_id": people.cases["shop-1"], "order_id": "KS-1", "merchant_id": "shop-1"}
     keys = st.sampled_from([None, people.keys["ops"], people.keys["buyer-1"], "ask_x_y"])
     with TestClient(app, raise_server_exceptions=False) as client:
 

@@ -26,6 +26,7 @@ from aftersales.engine.application.requests import (
     Tick,
 )
 from aftersales.engine.domain.errors import BadInput, NotAllowed
+from aftersales.engine.domain.shop import shop_uuid
 from aftersales.engine.integrity.audit_bundle import audit_case
 from tests.conftest import at, place_delivered
 
@@ -252,3 +253,46 @@ def test_the_command_line_and_batch_reach_the_settings(store_url: str, tmp_path:
     (shop,) = run("shop", "show", "shop-9")
     assert shop["return_addresses"] == []
     assert shop["rules"][0]["types"] == ["refund_only", "return_refund"]
+
+
+def test_over_http_a_shops_staff_change_their_own_settings_only(
+    engine: Engine, store_url: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from aftersales.commands.http.app import create_app
+    from tests.people import People
+
+    people = People(engine)
+    body = {"address_id": "HZ1", "warehouse": "Hangzhou", "address": "No. 1 Wensan Road"}
+    with TestClient(create_app(store_url, failure_limit=10_000)) as client:
+
+        def post(who: str, shop: str, word: str, sent: dict[str, Any]) -> Any:
+            return client.post(f"/v1/shops/{shop}/{word}", json=sent, headers=people.auth(who))
+
+        made = post("staff-1", "shop-1", "set-address", body)
+        assert made.status_code == 200, made.text
+        assert made.json()["return_addresses"][0]["default"] is True
+        # Another shop's staff: as if there were no such shop; a buyer may not; the operator may.
+        assert post("staff-2", "shop-1", "set-address", body).status_code == 404
+        assert post("buyer-1", "shop-1", "set-address", body).status_code == 403
+        rule = {"rule_id": "small", "types": ["refund_only"], "up_to": "20.00"}
+        assert post("ops", "shop-1", "set-rule", rule).status_code == 200
+        over = post("staff-1", "shop-1", "set-rule", {**rule, "up_to": "80.00"})
+        assert over.status_code == 409 and "up to 50.00" in over.json()["error"]["message"]
+        bad = post("staff-1", "shop-1", "set-rule", {**rule, "types": []})
+        assert bad.status_code == 422
+        shown = client.get("/v1/shops/shop-1", headers=people.auth("staff-1"))
+        assert shown.status_code == 200
+        assert [(r["rule_id"], r["version"], r["up_to"]) for r in shown.json()["rules"]] == [
+            ("small", 1, "20.00")
+        ]
+        assert client.get("/v1/shops/shop-1", headers=people.auth("staff-2")).status_code == 404
+        assert client.get("/v1/shops/shop-1", headers=people.auth("buyer-1")).status_code == 403
+    # Who changed what: the shop's history names the staff and the operator, in order.
+    stored = engine.store.recorder.select_events(shop_uuid("shop-1"))
+    assert [(e.topic.rpartition(":")[2], json.loads(e.state)["actor"]["id"]) for e in stored] == [
+        ("ShopOpened", "staff-1"),
+        ("ReturnAddressSet", "staff-1"),
+        ("AutoRuleSet", "ops"),
+    ]

@@ -34,6 +34,7 @@ from aftersales.commands.http.routers import (
     health_routes,
     order_routes,
     report_routes,
+    shop_routes,
 )
 from aftersales.engine.access.credential_cache import MAX_AGE
 from aftersales.engine.access.desk_sessions import SessionTerms, parse_duration
@@ -93,6 +94,7 @@ def create_app(
         order_routes,
         audit_routes,
         report_routes,
+        shop_routes,
     ):
         # The routes themselves, not the router: FastAPI walks every included router's routes
         # on each request to see whether they changed (a tenth of the server's CPU).

@@ -34,6 +34,10 @@ from aftersales.engine.application.requests import (
     ListCases,
     OpenCase,
     PlaceOrder,
+    RemoveAutoRule,
+    RemoveReturnAddress,
+    SetAutoRule,
+    SetReturnAddress,
 )
 from aftersales.engine.domain.limits import (
     MAX_EVIDENCE,
@@ -250,6 +254,31 @@ class OrderView(BaseModel):
     pending_clock: list[dict[str, Any]] = PendingClock
 
 
+class ShopAddressView(BaseModel):
+    address_id: str
+    warehouse: str
+    address: str
+    default: bool = Field(description="The address returns approved without one are sent to.")
+
+
+class ShopRuleView(BaseModel):
+    rule_id: str
+    version: int = Field(description="Each change of a rule is a new version of it.")
+    types: list[str]
+    up_to: str | None = Decimal2
+    reasons: list[str]
+    categories: list[str]
+
+
+class ShopView(BaseModel):
+    """A shop's settings as `shop show --json` gives them (and every shop action answers)."""
+
+    merchant_id: str
+    version: int
+    return_addresses: list[ShopAddressView]
+    rules: list[ShopRuleView]
+
+
 class AuditEvent(BaseModel):
     version: int
     type: str
@@ -365,6 +394,8 @@ ID = {
 # An id that may be left empty (the same as not given).
 OPTIONAL_ID = {**ID, "minLength": 0, "pattern": _NO_CONTROL}
 ORDER_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"}
+# A merchant's id in a path (/v1/shops/{merchant_id}): an id as any command takes it.
+MERCHANT_ID = ID
 MONEY = {
     "type": "string",
     "pattern": r"^[0-9]{1,9}(\.[0-9]{1,2})?$",
@@ -430,7 +461,29 @@ CASE_LINE = {
     "description": "SKU[:QTY]: the whole line, or so many of it.",
     "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}(:[1-9][0-9]{0,4})?$",
 }
+# A shop's own id for a setting (an address, a rule) or a category a rule names.
+SETTING_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"}
+RULE_TYPES = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 3,
+    "uniqueItems": True,
+    "items": {"type": "string", "enum": [t.value for t in CaseType]},
+    "description": "A reship is never a rule's (the policy's bounds say which are).",
+}
+RULE_REASONS = {
+    "type": "array",
+    "maxItems": 50,
+    "items": {"type": "string", "pattern": r"^[a-z_]{1,40}(\.[a-z_]{1,60})?$"},
+}
 SPECIAL: Mapping[tuple[type[Command], str], dict[str, Any]] = {
+    (SetReturnAddress, "address_id"): SETTING_ID,
+    (RemoveReturnAddress, "address_id"): SETTING_ID,
+    (SetAutoRule, "rule_id"): SETTING_ID,
+    (RemoveAutoRule, "rule_id"): SETTING_ID,
+    (SetAutoRule, "types"): RULE_TYPES,
+    (SetAutoRule, "reasons"): RULE_REASONS,
+    (SetAutoRule, "categories"): {"type": "array", "maxItems": 50, "items": SETTING_ID},
     (OpenCase, "reason"): REASON,
     (OpenCase, "case_id"): {"type": "string", "format": "uuid"},
     (OpenCase, "line"): {"type": "array", "maxItems": MAX_ORDER_LINES, "items": CASE_LINE},

@@ -12,7 +12,9 @@ from aftersales.engine.application.requests import (
     CaseAction,
     Command,
     PlaceOrder,
+    ShopAction,
     ShowCase,
+    ShowShop,
 )
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.errors import NotAllowed
@@ -45,6 +47,8 @@ def parties(engine: Engine, command: Command) -> tuple[str, str] | None:
     command is then refused as not found by the engine, or not reachable over HTTP)."""
     if isinstance(command, PlaceOrder):
         return command.merchant, command.buyer
+    if isinstance(command, (ShopAction, ShowShop)):  # a shop is its merchant's, no buyer's
+        return command.merchant_id, ""
     case_id = getattr(command, "case_id", None)
     if isinstance(command, (CaseAction, ShowCase)) and isinstance(case_id, UUID):
         return case_parties(engine, case_id)

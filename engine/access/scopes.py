@@ -58,6 +58,11 @@ MAY: Mapping[PrincipalRole, frozenset[str]] = {
             "case show",
             "case list",
             "order show",
+            "shop show",
+            "shop set-address",
+            "shop remove-address",
+            "shop set-rule",
+            "shop remove-rule",
             AUDIT,
             *REPORTS,
         }

@@ -18,8 +18,10 @@ from aftersales.commands.http.guards import allow, refuse_unseen
 from aftersales.commands.http.openapi_models import (
     IDEMPOTENCY_KEY,
     IF_MATCH,
+    MERCHANT_ID,
     CaseView,
     OrderView,
+    ShopView,
     responses,
     with_limits,
 )
@@ -39,6 +41,7 @@ from aftersales.engine.application.requests import (
     OpenCase,
     OrderAction,
     PlaceOrder,
+    ShopAction,
 )
 from aftersales.engine.domain.errors import BadInput
 
@@ -57,6 +60,8 @@ def action_route(kind: type[Command]) -> str | None:
         return f"/v1/orders/{{order_id}}/{word}"
     if issubclass(kind, CaseAction) and kind is not FireDeadline:
         return f"/v1/cases/{{case_id}}/{word}"
+    if issubclass(kind, ShopAction):
+        return f"/v1/shops/{{merchant_id}}/{word}"
     return None
 
 
@@ -128,8 +133,11 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
             assert isinstance(command, Action)
             found = parties(engine, command)
             if kind is not PlaceOrder:  # placing: operators only, nothing to find
-                target = given.get("case_id") or getattr(command, "order_id", "")
-                what = "case" if "case_id" in given else "order"
+                # What the path names (a case, an order, a shop), else the order opened on.
+                named = [
+                    (n.removesuffix("_id").replace("merchant", "shop"), v) for n, v in given.items()
+                ]
+                what, target = named[0] if named else ("order", getattr(command, "order_id", ""))
                 refuse_unseen(principal, found, f"{what} {target}")
             if found is not None and not principal.speaks_for(command.role):
                 raise Forbidden(
@@ -140,7 +148,13 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
         return await answer(api, request, work, created=kind in CREATES, action=True)
 
     doc = (kind.__doc__ or "").strip()
-    about_order = issubclass(kind, OrderAction)
+    view = (
+        OrderView
+        if issubclass(kind, OrderAction)
+        else ShopView
+        if issubclass(kind, ShopAction)
+        else CaseView
+    )
     body = body_schema(kind, BODY_SCHEMAS)
     router.add_api_route(
         path,
@@ -149,11 +163,11 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
         name=kind.name,
         summary=doc.split("\n")[0],
         description=f"`{kind.name}` over HTTP. {doc}",
-        tags=["orders" if "/orders" in path else "cases"],
+        tags=[path.split("/")[2]],
         status_code=201 if kind in CREATES else 200,
         response_model=None,
         responses=responses(
-            OrderView if about_order else CaseView,
+            view,
             *(404, 409, 412, 413, 422),
             status=201 if kind in CREATES else 200,
             headers=["ETag"],
@@ -179,6 +193,7 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
 PATH_IDS: Mapping[str, dict[str, Any]] = {
     "case_id": {"type": "string", "format": "uuid"},
     "order_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"},
+    "merchant_id": MERCHANT_ID,
 }
 # The request bodies' shared definitions, for the OpenAPI document's components (app.py).
 BODY_SCHEMAS: dict[str, Any] = {}
