@@ -46,20 +46,25 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
 
 from aftersales.commands.cli.main import cli
+from aftersales.commands.http.app import create_app
+from aftersales.engine.access.principal_store import add_principal, create_key
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     ApproveCase,
@@ -89,6 +94,7 @@ from aftersales.projections.runner import Projector
 from tests.conftest import T0, at
 
 SINCE, UNTIL = T0, T0 + timedelta(days=30)
+ORIGIN = {"Origin": "http://testserver"}
 
 
 def build(e: Engine) -> dict[str, str]:
@@ -343,3 +349,90 @@ def test_the_documented_sql_gives_the_same_numbers(history: History, store_url: 
         for r in rows
     ]
     assert by_hand == EXPECTED
+
+
+# Over HTTP and on the desk, with their role rules ----------------------------------------------
+
+STAFF = {"ops": ("operator", None), "staff-a": ("merchant", "shop-a"), "buyer": ("buyer", None)}
+
+
+def _keys(engine: Engine) -> dict[str, dict[str, str]]:
+    now = datetime.now(UTC)
+    keys = {}
+    for pid, (role, merchant) in STAFF.items():
+        add_principal(engine.store, pid, role, merchant, now)
+        keys[pid] = {"Authorization": f"Bearer {create_key(engine.store, pid, now, None)['key']}"}
+    return keys
+
+
+PERIOD = urlencode({"since": SINCE.isoformat(), "until": UNTIL.isoformat()})
+
+
+def test_the_http_route_answers_each_role_its_own_rows(history: History, store_url: str) -> None:
+    keys = _keys(history.engine)
+    with TestClient(create_app(store_url, failure_limit=10_000)) as client:
+        path = f"/v1/reports/measures?{PERIOD}"
+        everyone = client.get(path, headers=keys["ops"])
+        assert everyone.status_code == 200, everyone.text
+        assert everyone.json() == EXPECTED
+        assert everyone.headers["x-projection-lag"] == "0"
+        # A merchant's staff sees its own shop only, asked for or not.
+        own = client.get(path, headers=keys["staff-a"])
+        assert own.status_code == 200 and own.json() == EXPECTED[:1]
+        other = client.get(f"{path}&merchant=shop-b", headers=keys["staff-a"])
+        assert other.status_code == 403
+        assert client.get(path, headers=keys["buyer"]).status_code == 403
+        chosen = client.get(f"{path}&merchant=shop-b", headers=keys["ops"])
+        assert chosen.json() == EXPECTED[1:]
+        backwards = urlencode({"since": UNTIL.isoformat(), "until": SINCE.isoformat()})
+        refused = client.get(f"/v1/reports/measures?{backwards}", headers=keys["ops"])
+        assert refused.status_code == 422
+
+
+def test_the_desk_shows_the_measures_per_shop(history: History, store_url: str) -> None:
+    keys = _keys(history.engine)
+    until = urlencode({"until": UNTIL.isoformat()})
+    with TestClient(create_app(store_url, failure_limit=10_000)) as client:
+        for pid, shops in (("ops", ["shop-a", "shop-b"]), ("staff-a", ["shop-a"])):
+            client.cookies.clear()
+            token = keys[pid]["Authorization"].removeprefix("Bearer ")
+            signed = client.post(
+                "/login",
+                content=urlencode({"key": token, "zone": "Asia/Shanghai"}),
+                headers={**ORIGIN, "Content-Type": "application/x-www-form-urlencoded"},
+                follow_redirects=False,
+            )
+            assert signed.status_code == 303, signed.text
+            page = client.get(f"/desk/rates?{until}")
+            assert page.status_code == 200, page.text
+            table = page.text[page.text.index('id="measures-table"') :]
+            table = table[table.index("<tbody>") : table.index("</tbody>")]
+            cells = [
+                [re.sub(r"\s+", " ", c).strip() for c in re.findall(r"<td>(.*?)</td>", r, re.S)]
+                for r in re.findall(r"<tr>(.*?)</tr>", table, re.S)
+            ]
+            assert [c[0] for c in cells] == shops
+            assert cells[0] == [
+                "shop-a",
+                "14.29%",
+                "1 / 7",
+                "42.86%",
+                "3 / 7",
+                "255.55",
+                "1.00 h (1:00:00)",
+                "48.00 h (48:00:00)",
+                "1 of 4",
+            ]
+            if pid == "ops":
+                assert cells[1][6:8] == ["3.35 h (3:20:45)", "20.00 h (20:00:00)"]
+            response = client.get(f"/desk/rates.csv?table=measures&{until}")
+            assert response.status_code == 200
+            name = "platform-measures" + ("" if pid == "ops" else "-shop-a")
+            assert f'filename="{name}.csv"' in response.headers["content-disposition"]
+            rows = list(csv.DictReader(io.StringIO(response.text)))
+            assert rows == [
+                {k: "" if v is None else str(v) for k, v in r.items()}
+                for r in EXPECTED
+                if r["merchant_id"] in shops
+            ]
+        assert client.get("/desk/rates?merchant=shop-b").status_code == 403
