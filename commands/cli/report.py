@@ -67,6 +67,15 @@ def _window(ctx: click.Context, value: str | None, what: str) -> datetime | None
     return parse_day_or_time(value, what, state.zone())
 
 
+def _period(ctx: click.Context, since: str | None, until: str | None) -> tuple[datetime, datetime]:
+    """A report's period: [--since, --until), by default the 30 days before now."""
+    end = _window(ctx, until, "--until") or datetime.now(UTC)
+    start = _window(ctx, since, "--since") or end - timedelta(days=30)
+    if start >= end:
+        raise BadInput(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+    return start, end
+
+
 def reflecting(engine: Engine, view: type[View], catch_up: bool) -> int:
     """Catch the projection up with the log (unless told not to) and return the log position
     the report reflects; say so on stderr when it has events still to apply."""
@@ -258,10 +267,7 @@ def return_rates_cmd(
     _one_format(as_csv, as_json)
 
     def call(engine: Engine) -> dict[str, Any]:
-        end = _window(ctx, until, "--until") or datetime.now(UTC)
-        start = _window(ctx, since, "--since") or end - timedelta(days=30)
-        if start >= end:
-            raise BadInput(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+        start, end = _period(ctx, since, until)
         position = reflecting(engine, ReturnRates, catch_up)
         rows = return_rates(engine.store, by, start, end, merchant)
         return {"position": position, "rows": rows}
@@ -338,10 +344,7 @@ def measures_cmd(
     _one_format(as_csv, as_json)
 
     def call(engine: Engine) -> dict[str, Any]:
-        end = _window(ctx, until, "--until") or datetime.now(UTC)
-        start = _window(ctx, since, "--since") or end - timedelta(days=30)
-        if start >= end:
-            raise BadInput(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+        start, end = _period(ctx, since, until)
         position = reflecting(engine, PlatformMeasures, catch_up)
         rows = platform_measures(engine.store, start, end, merchant)
         return {

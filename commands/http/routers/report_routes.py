@@ -57,6 +57,14 @@ def in_order(start: datetime | None, end: datetime | None) -> None:
         raise BadInput(f"since {start.isoformat()} is not before until {end.isoformat()}")
 
 
+def period(since: str | None, until: str | None) -> tuple[datetime, datetime]:
+    """[since, until), by default the 30 days before now."""
+    end = when(until, "until") or datetime.now(UTC)
+    start = when(since, "since") or end - timedelta(days=30)
+    in_order(start, end)
+    return start, end
+
+
 LAG = ["X-Projection-Lag"]
 MERCHANT = {
     "name": "merchant",
@@ -121,9 +129,7 @@ async def return_rates_report(
         if by not in GROUPINGS:
             raise BadInput(f"by {by!r} is not one of {'|'.join(GROUPINGS)}")
         shop_id = shop(principal, merchant)
-        end = when(until, "until") or datetime.now(UTC)
-        start = when(since, "since") or end - timedelta(days=30)
-        in_order(start, end)
+        start, end = period(since, until)
         read_view(request, engine, ReturnRates)
         return return_rates(engine.store, by, start, end, shop_id)
 
@@ -151,9 +157,7 @@ async def measures_report(
     def work(engine: Engine, principal: Principal) -> Any:
         allow(principal, RETURN_RATES)
         shop_id = shop(principal, merchant)
-        end = when(until, "until") or datetime.now(UTC)
-        start = when(since, "since") or end - timedelta(days=30)
-        in_order(start, end)
+        start, end = period(since, until)
         read_view(request, engine, PlatformMeasures)
         return platform_measures(engine.store, start, end, shop_id)
 
