@@ -7,9 +7,10 @@ from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard
 from aftersales.projections.ledger import Ledger
 from aftersales.projections.notify import Notify
+from aftersales.projections.platform_measures import PlatformMeasures
 from aftersales.projections.return_rates import ReturnRates
 
-VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger, Notify)
+VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger, PlatformMeasures, Notify)
 
 
 def select(name: str | None) -> tuple[type[View], ...]:

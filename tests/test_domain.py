@@ -648,8 +648,8 @@ def test_excluded_categories_come_from_the_policy() -> None:
 
 @pytest.mark.parametrize("days,policy", [(7, POLICY), (3, Policy(no_reason_return_days=3))])
 def test_the_no_reason_window_runs_from_delivery(days: int, policy: Policy) -> None:
-    order = given_order()  # delivered at day 2
-    end = t(days=2 + days)
+    order = given_order()  # delivered at day 2, 10:00 in Shanghai
+    end = t(days=2 + days, hours=13, seconds=3599)  # 23:59:59 of the last calendar day
     refused(
         order,
         lambda: open_on(

@@ -187,16 +187,17 @@ def test_no_reason_refused_for_excluded_categories(delivered: Engine) -> None:
 
 
 def test_no_reason_window_is_7_days_after_delivery(delivered: Engine) -> None:
-    e = delivered  # delivered at day 2
+    e = delivered  # delivered at day 2, 10:00 in Shanghai: the window ends day 9 at 23:59:59
     refused(
         e,
         NotAllowed,
         "7-day no-reason window closed",
         lambda: open_quality(
-            e, reason="buyer.changed_mind", lines=["STRAP"], amount="1.00", at=at(days=9, seconds=1)
+            e, reason="buyer.changed_mind", lines=["STRAP"], amount="1.00", at=at(days=9, hours=14)
         ),
     )
-    ok = open_quality(e, reason="buyer.changed_mind", lines=["STRAP"], amount="1.00", at=at(days=9))
+    last = at(days=9, hours=13, minutes=59, seconds=59)
+    ok = open_quality(e, reason="buyer.changed_mind", lines=["STRAP"], amount="1.00", at=last)
     assert ok["status"] == "awaiting_merchant"
 
 

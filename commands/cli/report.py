@@ -1,4 +1,5 @@
-"""`aftersales report ...`: the merchant dashboard and return rates, read from projections."""
+"""`aftersales report ...`: the merchant dashboard, return rates and the platforms' own measures,
+read from projections."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from aftersales.engine.domain.errors import BadInput
 from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard, dashboard
 from aftersales.projections.ledger import TOTALS, Ledger, ledger
+from aftersales.projections.platform_measures import COLUMNS as MEASURE_COLUMNS
+from aftersales.projections.platform_measures import PlatformMeasures, platform_measures
 from aftersales.projections.return_rates import GROUPINGS, ReturnRates, return_rates
 from aftersales.projections.runner import Projector
 
@@ -62,6 +65,15 @@ def _window(ctx: click.Context, value: str | None, what: str) -> datetime | None
         return None
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     return parse_day_or_time(value, what, state.zone())
+
+
+def _period(ctx: click.Context, since: str | None, until: str | None) -> tuple[datetime, datetime]:
+    """A report's period: [--since, --until), by default the 30 days before now."""
+    end = _window(ctx, until, "--until") or datetime.now(UTC)
+    start = _window(ctx, since, "--since") or end - timedelta(days=30)
+    if start >= end:
+        raise BadInput(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+    return start, end
 
 
 def reflecting(engine: Engine, view: type[View], catch_up: bool) -> int:
@@ -255,10 +267,7 @@ def return_rates_cmd(
     _one_format(as_csv, as_json)
 
     def call(engine: Engine) -> dict[str, Any]:
-        end = _window(ctx, until, "--until") or datetime.now(UTC)
-        start = _window(ctx, since, "--since") or end - timedelta(days=30)
-        if start >= end:
-            raise BadInput(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+        start, end = _period(ctx, since, until)
         position = reflecting(engine, ReturnRates, catch_up)
         rows = return_rates(engine.store, by, start, end, merchant)
         return {"position": position, "rows": rows}
@@ -269,6 +278,88 @@ def return_rates_cmd(
         if not result["rows"]:
             return _nothing("delivered orders", merchant, True)
         return table(result["rows"], RATE_COLUMNS)
+
+    emit(ctx, as_json, call, render, creates=False)
+
+
+# The platforms' own measures ---------------------------------------------------------------------
+
+
+def _duration(seconds: int | None) -> str:
+    """A response time as a person reads it: ``5 h 02 min 07 s``, ``48 h 00 min 00 s``."""
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours} h {minutes:02d} min {secs:02d} s"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def render_measures(rows: list[dict[str, Any]]) -> str:
+    """One line a shop: the three measures, each with what it is counted from."""
+    shown = [
+        {
+            "merchant_id": r["merchant_id"],
+            "dispute_rate": f"{_percent(r['dispute_rate'])} "
+            f"({r['disputes_lost']}/{r['paid_orders']} paid)",
+            "quality_return_rate": f"{_percent(r['quality_return_rate'])} "
+            f"({r['quality_refund_orders']}/{r['delivered_orders']} delivered, "
+            f"{r['quality_refunded']})",
+            "response_median": _duration(r["median_response_seconds"]),
+            "response_p90": _duration(r["p90_response_seconds"]),
+            "answered": f"{r['answered_by_merchant']} merchant, {r['answered_by_clock']} clock",
+        }
+        for r in rows
+    ]
+    return table(shown, list(shown[0]))
+
+
+@report_group.command("measures")
+@click.option("--merchant", default=None, help="Only this shop (default: every shop).")
+@click.option(
+    "--since",
+    default=None,
+    help="The period from here, a time or a date (default: until - 30 days).",
+)
+@click.option("--until", default=None, help="... up to here, excluded (default: now).")
+@catch_up_option
+@csv_option
+@json_option
+@click.pass_context
+def measures_cmd(
+    ctx: click.Context,
+    /,
+    merchant: str | None,
+    since: str | None,
+    until: str | None,
+    catch_up: bool,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """The platforms' own measures per shop: dispute rate (纠纷率), quality-return rate
+    (品质退货率), the merchant's response time (median and 90th percentile)."""
+    _one_format(as_csv, as_json)
+
+    def call(engine: Engine) -> dict[str, Any]:
+        start, end = _period(ctx, since, until)
+        position = reflecting(engine, PlatformMeasures, catch_up)
+        rows = platform_measures(engine.store, start, end, merchant)
+        return {
+            "position": position,
+            "since": start.isoformat(),
+            "until": end.isoformat(),
+            "rows": rows,
+        }
+
+    def render(result: dict[str, Any]) -> str:
+        if as_csv:
+            return _csv(result["rows"], list(MEASURE_COLUMNS))
+        if not result["rows"]:
+            return _nothing("orders or cases", merchant, True)
+        return render_measures(result["rows"])
 
     emit(ctx, as_json, call, render, creates=False)
 

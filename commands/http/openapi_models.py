@@ -340,6 +340,25 @@ class ReturnRateRow(BaseModel):
     timeouts: int
 
 
+class MeasuresRow(BaseModel):
+    """One merchant of `report measures --json` (docs/reports.md: the platforms' own measures);
+    a rate is null where there is nothing to divide by, a time null where nothing was answered."""
+
+    merchant_id: str
+    paid_orders: int
+    disputes_lost: int
+    dispute_rate: float | None
+    delivered_orders: int
+    quality_refund_orders: int
+    quality_refunded: str = Decimal2
+    quality_return_rate: float | None
+    responses: int
+    answered_by_merchant: int
+    answered_by_clock: int
+    median_response_seconds: int | None
+    p90_response_seconds: int | None
+
+
 class LedgerRow(BaseModel):
     """One merchant's totals, as `ledger --json` (docs/reports.md)."""
 

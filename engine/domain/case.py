@@ -222,8 +222,9 @@ class ReturnCase(Aggregate):
                         "category from no-reason (buyer.*) returns"
                     )
             if order.delivered_at is not None:
-                window_end = order.delivered_at + timedelta(days=policy.no_reason_return_days)
-                if act.at > window_end:
+                # Calendar days in the platform's zone, to 23:59:59 of the last (all of it).
+                window_end = policy.no_reason_window_end(order.delivered_at)
+                if act.at >= window_end + timedelta(seconds=1):
                     raise NotAllowed(
                         f"the {policy.no_reason_return_days}-day no-reason window closed at "
                         f"{window_end.isoformat()}: a buyer.* reason is no longer accepted"

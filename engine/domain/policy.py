@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -185,6 +185,10 @@ class Policy(BaseModel):
     # The zone people read times in (the platform's): an offset or a zone name. How times are
     # shown, not a rule, so it is no part of the policy's version.
     display_zone: Annotated[str, AfterValidator(_zone)] = "+08:00"
+    # The platform's zone: where its calendar days begin and end. The no-reason window is
+    # counted in its calendar days, as the platforms count it (``calendar_days_end``). A rule,
+    # so part of the version.
+    platform_zone: Annotated[str, AfterValidator(_zone)] = "Asia/Shanghai"
 
     @cached_property
     def version(self) -> str:
@@ -221,6 +225,24 @@ class Policy(BaseModel):
 
     def excludes_no_reason(self, category: str | None) -> bool:
         return category is not None and category in self.no_reason_excluded_categories
+
+    @cached_property
+    def platform_tz(self) -> tzinfo:
+        return parse_zone(self.platform_zone)
+
+    def no_reason_window_end(self, delivered_at: datetime) -> datetime:
+        """The last second of the no-reason window of goods received at ``delivered_at``."""
+        return calendar_days_end(delivered_at, self.no_reason_return_days, self.platform_tz)
+
+
+def calendar_days_end(start: datetime, days: int, zone: tzinfo) -> datetime:
+    """The last second (23:59:59, in ``zone``) of the ``days``-th calendar day after the day
+    ``start`` falls on in ``zone``: a window of 7 days from goods received at 23:50 on the 3rd
+    ends at 23:59:59 on the 10th, as it does for goods received at 00:10 that day."""
+    if start.tzinfo is None:
+        raise ValueError("a window starts at a time with its zone")
+    last_day = start.astimezone(zone).date() + timedelta(days=days)
+    return datetime.combine(last_day, time(23, 59, 59), tzinfo=zone)
 
 
 def parse_policy(data: dict[str, Any], source: str) -> Policy:

@@ -1,9 +1,11 @@
 """Return rates on the desk: week by week, and broken down by SKU, category, reason or
-merchant; each table also as CSV."""
+merchant; and the platforms' own measures per shop over the 30 days up to the same end (dispute
+rate, quality-return rate, the merchant's response time); each table also as CSV."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -19,8 +21,12 @@ from aftersales.commands.http.guards import allow
 from aftersales.engine.access.scopes import RETURN_RATES, Principal, Scope
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.domain.errors import BadInput
+from aftersales.projections.platform_measures import COLUMNS as MEASURE_COLUMNS
+from aftersales.projections.platform_measures import platform_measures
 
 WEEKS = 8
+# The platforms count their measures over the last 30 days.
+MEASURE_DAYS = 30
 
 router = APIRouter(include_in_schema=False)
 
@@ -30,6 +36,14 @@ def up_to(text: str, zone: tzinfo) -> datetime:
     windows read dates, ``commands/cli/display.py``), a time with its offset as it is."""
     moment = parse_day_or_time(text, "until", zone)
     return moment + timedelta(days=1) if DATE.match(text.strip()) else moment
+
+
+def clock_time(seconds: int | None) -> str:
+    """A response time in hours to sort by, then exactly, to the second: ``3.35 h (3:20:45)``."""
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(seconds, 3600)
+    return f"{seconds / 3600:.2f} h ({hours}:{rest // 60:02d}:{rest % 60:02d})"
 
 
 def rates_work(request: Request, display: tzinfo) -> Work:
@@ -59,6 +73,17 @@ def rates_work(request: Request, display: tzinfo) -> Work:
             "weekly": views.weekly(engine.store, merchant, now, weeks),
             "breakdown": views.breakdown(engine.store, grouping, merchant, now, weeks),
             "columns": views.BREAKDOWN_COLUMNS,
+            "measure_days": MEASURE_DAYS,
+            "measures": [
+                {
+                    **row,
+                    "median": clock_time(row["median_response_seconds"]),
+                    "p90": clock_time(row["p90_response_seconds"]),
+                }
+                for row in platform_measures(
+                    engine.store, now - timedelta(days=MEASURE_DAYS), now, merchant
+                )
+            ],
         }
 
     return work
@@ -74,13 +99,17 @@ async def rates_csv(request: Request, api: ApiDep, display: DisplayZone) -> Any:
     data = await read(api, request, rates_work(request, display))
     if isinstance(data, Response):
         return data
-    weekly = request.query_params.get("table") == "weekly"
-    rows, columns = (
-        (data["weekly"], views.WEEKLY_COLUMNS)
-        if weekly
-        else (data["breakdown"], views.BREAKDOWN_COLUMNS)
-    )
-    name = f"return-rates-{'weekly' if weekly else data['by']}"
+    which = request.query_params.get("table")
+    columns: Sequence[str]
+    if which == "measures":
+        rows, columns = data["measures"], MEASURE_COLUMNS
+        name = "platform-measures"
+    elif which == "weekly":
+        rows, columns = data["weekly"], views.WEEKLY_COLUMNS
+        name = "return-rates-weekly"
+    else:
+        rows, columns = data["breakdown"], views.BREAKDOWN_COLUMNS
+        name = f"return-rates-{data['by']}"
     if data["merchant"]:
         name += "-" + re.sub(r"[^A-Za-z0-9._-]", "_", data["merchant"])
     return Response(

@@ -15,6 +15,7 @@ from aftersales.commands.http.openapi_models import (
     TIME,
     DashboardView,
     LedgerRow,
+    MeasuresRow,
     ReturnRateRow,
     responses,
 )
@@ -26,6 +27,7 @@ from aftersales.engine.domain.values import parse_time
 from aftersales.projections.base import View
 from aftersales.projections.dashboard import Dashboard, dashboard
 from aftersales.projections.ledger import Ledger, ledger
+from aftersales.projections.platform_measures import PlatformMeasures, platform_measures
 from aftersales.projections.return_rates import GROUPINGS, ReturnRates, return_rates
 from aftersales.projections.runner import Projector
 
@@ -53,6 +55,14 @@ def when(value: str | None, key: str) -> datetime | None:
 def in_order(start: datetime | None, end: datetime | None) -> None:
     if start and end and start >= end:
         raise BadInput(f"since {start.isoformat()} is not before until {end.isoformat()}")
+
+
+def period(since: str | None, until: str | None) -> tuple[datetime, datetime]:
+    """[since, until), by default the 30 days before now."""
+    end = when(until, "until") or datetime.now(UTC)
+    start = when(since, "since") or end - timedelta(days=30)
+    in_order(start, end)
+    return start, end
 
 
 LAG = ["X-Projection-Lag"]
@@ -119,11 +129,37 @@ async def return_rates_report(
         if by not in GROUPINGS:
             raise BadInput(f"by {by!r} is not one of {'|'.join(GROUPINGS)}")
         shop_id = shop(principal, merchant)
-        end = when(until, "until") or datetime.now(UTC)
-        start = when(since, "since") or end - timedelta(days=30)
-        in_order(start, end)
+        start, end = period(since, until)
         read_view(request, engine, ReturnRates)
         return return_rates(engine.store, by, start, end, shop_id)
+
+    return await answer(api, request, work)
+
+
+@router.get(
+    "/v1/reports/measures",
+    tags=["reports"],
+    response_model=None,
+    responses=responses(list[MeasuresRow], 422, headers=LAG),
+    openapi_extra={"parameters": [MERCHANT, *SINCE_UNTIL]},
+)
+async def measures_report(
+    request: Request,
+    api: ApiDep,
+    merchant: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Any:
+    """As the rows of `report measures --json`: the platforms' own measures per shop (dispute
+    rate, quality-return rate, the merchant's response time) over [since, until), by default
+    the 30 days before now. Read with the return rates' right."""
+
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, RETURN_RATES)
+        shop_id = shop(principal, merchant)
+        start, end = period(since, until)
+        read_view(request, engine, PlatformMeasures)
+        return platform_measures(engine.store, start, end, shop_id)
 
     return await answer(api, request, work)
 
