@@ -97,8 +97,10 @@ from aftersales.engine.application.requests import (
     RecoverGoods,
     RefundCase,
     RejectCase,
+    RemoveAutoRule,
     Reship,
     RuleCase,
+    SetAutoRule,
     ShipBack,
     ShipOrder,
     ShipReplacement,
@@ -704,6 +706,22 @@ class Model(RuleBasedStateMachine):
         if c is None:
             return
         self.act(ApproveCase(case_id=c.uid, return_address="Hangzhou W1", at=self.now), c)
+
+    @rule(
+        types=st.lists(st.sampled_from(CASE_TYPES), min_size=1, max_size=3, unique=True),
+        up_to=st.sampled_from((None, "5.00", "40.00", "50.00", "500.00")),
+        remove=st.booleans(),
+    )
+    def shop_rule(self, types: list[str], up_to: str | None, remove: bool) -> None:
+        """The shop sets (a new version of) or removes its rule approving requests as they
+        are opened (some beyond the policy's bounds: refused)."""
+        if remove:
+            self.act(RemoveAutoRule(merchant_id="shop-1", rule_id="auto", at=self.now))
+        else:
+            rule = SetAutoRule(
+                merchant_id="shop-1", rule_id="auto", types=tuple(types), up_to=up_to, at=self.now
+            )
+            self.act(rule)
 
     @precondition(lambda self: self.can("reject"))
     @rule(case=PICK)
