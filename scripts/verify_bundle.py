@@ -212,6 +212,7 @@ CONSEQUENCES: dict[str, set[str]] = {
     "ReplacementOverdue": {"CaseRefunded"},
     "OfferAccepted": {"CaseRefunded"},
     "RulingLapsed": {"CaseRefunded"},
+    "GoodsShippedBack": {"FreightCharged"},
 }
 REQUIRED_CONSEQUENCE = {"refunded": "CaseRefunded", "escalated": "CaseEscalated"}
 # What a claim must fit: the reason group the case was opened for, or the status it was

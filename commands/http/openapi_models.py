@@ -241,6 +241,7 @@ class OrderView(BaseModel):
     order_id: str
     merchant_id: str
     buyer_id: str
+    freight_insurance: bool = Field(description="It carries return-shipping insurance (运费险).")
     lines: list[OrderViewLine]
     total: str = Decimal2
     placed_at: str = Time

@@ -477,6 +477,7 @@ class Engine:
                 buyer_id=command.buyer,
                 lines=list(command.lines),
                 act=act,
+                freight_insurance=command.freight_insurance,
             )
             return order, [], act
 
@@ -516,6 +517,7 @@ class Engine:
                     buyer_id=command.buyer,
                     lines=list(command.lines),
                     act=act,
+                    freight_insurance=command.freight_insurance,
                 )
             elif (order.merchant_id, order.buyer_id, list(order.lines.values())) != (
                 command.merchant,

@@ -244,6 +244,9 @@ class PlaceOrder(OrderAction):
         validation_alias=AliasChoices("line", "lines"),
         description="SKU:QTY:UNIT_PRICE[:CATEGORY[:LIST_PRICE]]",
     )
+    freight_insurance: Flag = Field(
+        False, description="The order carries return-shipping insurance (运费险)."
+    )
 
 
 class ShipOrder(OrderAction):
@@ -296,6 +299,7 @@ class ImportOrder(Command):
     carrier: OptionalId = None
     waybill: OptionalId = None
     delivered_at: When = None
+    freight_insurance: Flag = False
     by: Annotated[str | None, BeforeValidator(_name)] = None
 
     def shipment(self) -> Shipment | None:
@@ -362,9 +366,15 @@ class ShipBack(CaseAction):
 
     carrier: Id
     waybill: Id
+    freight: Money = Field(
+        None,
+        description="The postage the buyer paid, claimed with the waybill (the merchant pays "
+        "it, up to the policy's cap, when the return is its fault).",
+    )
 
     def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
-        case.ship_back(act, policy, Shipment(carrier=self.carrier, waybill=self.waybill))
+        shipment = Shipment(carrier=self.carrier, waybill=self.waybill)
+        case.ship_back(act, policy, shipment, freight=self.freight)
 
 
 class WithdrawCase(CaseAction):
@@ -529,8 +539,11 @@ class RuleCase(CaseAction):
     name: ClassVar[str] = "case rule"
     role: ClassVar[Role] = Role.PLATFORM
 
-    in_favour_of: Annotated[Party, _choice(Party, leave_out=[Party.PLATFORM])] = Field(
-        validation_alias=AliasChoices("for", "in_favour_of"), description="Who the ruling is for."
+    in_favour_of: Annotated[Party, _choice(Party, leave_out=[Party.PLATFORM, Party.INSURER])] = (
+        Field(
+            validation_alias=AliasChoices("for", "in_favour_of"),
+            description="Who the ruling is for.",
+        )
     )
     note: OptionalText = None
 
@@ -568,7 +581,7 @@ class MessageCase(CaseAction):
 
     text: Text = Field(description="What is said.")
     evidence: Evidence = Field((), description="A reference to a photo, chat log, ...")
-    party: Annotated[Party, _choice(Party)] = Field(
+    party: Annotated[Party, _choice(Party, leave_out=[Party.INSURER])] = Field(
         Party.BUYER,
         validation_alias=AliasChoices("as", "party"),
         description="Who is speaking.",

@@ -269,6 +269,7 @@ class ReturnCase(Aggregate):
             follows=order.previous_case(lines),
             order_shipped=shipped,
             order_delivered_at=order.delivered_at,
+            freight_insurance=order.freight_insurance,
             after_sales_until=after_sales_until,
             escalation_days_after_rejection=policy.escalation_days_after_rejection,
             **act.fields(),
@@ -297,6 +298,7 @@ class ReturnCase(Aggregate):
     # What each kind of event changes besides the status and the deadline (see _APPLY).
 
     def _opened(self, event: CaseOpened) -> None:
+        self.freight_insurance = event.freight_insurance
         self.order_id = event.order_id
         self.order_ref = event.order_ref
         self.merchant_id = event.merchant_id
@@ -752,9 +754,47 @@ class ReturnCase(Aggregate):
 
     # The buyer ---------------------------------------------------------------------------------
 
-    def ship_back(self, act: Act, policy: Policy, shipment: Shipment) -> None:
+    def ship_back(
+        self, act: Act, policy: Policy, shipment: Shipment, *, freight: Decimal | None = None
+    ) -> None:
+        """The goods go back. Their postage (``freight``: what the buyer paid, claimed with the
+        waybill) is the merchant's for a return that is its fault (the reasons the policy
+        names), up to the policy's cap; for a no-reason return of an insured order the insurer
+        pays the buyer its fixed amount; otherwise the buyer bears it."""
         self._check("ship-back", act)
+        if freight is not None and freight <= ZERO:
+            raise BadInput("freight must be more than 0.00 (leave it out if nothing was paid)")
+        charge = self.return_freight(policy, freight)
         self._take(self._outcome("ship-back"), act, policy, shipment=shipment)
+        if charge is not None:
+            amount, payer = charge
+            self._record(
+                FreightCharged,
+                act,
+                status=self.status,
+                due=self.due,
+                amount=amount,
+                legs=1,
+                payer=payer,
+                payee=Party.BUYER,
+            )
+
+    def return_freight(
+        self, policy: Policy, claimed: Decimal | None
+    ) -> tuple[Decimal, Party] | None:
+        """Who pays the postage back, and how much, for goods shipped back now (None: the
+        buyer bears it, or it was paid already: a wrong item upheld by the platform had both
+        legs charged to the merchant)."""
+        if any(e["type"] == "freight" and e["payee"] == Party.BUYER.value for e in self.ledger):
+            return None
+        group = self.reason.partition(".")[0]
+        if group in policy.freight_on_merchant:
+            if claimed is None:
+                return None
+            return min(claimed, policy.return_freight_cap), Party.MERCHANT
+        if group == ReasonGroup.BUYER.value and self.freight_insurance:
+            return policy.freight_insurance_payout, Party.INSURER
+        return None
 
     def withdraw(self, act: Act) -> None:
         self._check("withdraw", act)

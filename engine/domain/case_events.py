@@ -44,6 +44,8 @@ class CaseOpened(CaseEvent, Created):
     follows: UUID | None = None
     order_shipped: bool
     order_delivered_at: datetime | None = None
+    # The order carried return-shipping insurance (运费险).
+    freight_insurance: bool = False
     # The policy's windows as they stood when the case was opened (None on cases opened before
     # these rules): the end of the after-sales window for a return or an exchange, and the days
     # a rejection may be taken to the platform.

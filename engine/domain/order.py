@@ -131,6 +131,7 @@ class Order(Aggregate):
         buyer_id: str,
         lines: list[OrderLine],
         act: Act,
+        freight_insurance: bool = False,
     ) -> Order:
         check_order_id(order_id)
         if not merchant_id.strip() or not buyer_id.strip():
@@ -147,6 +148,7 @@ class Order(Aggregate):
             merchant_id=merchant_id,
             buyer_id=buyer_id,
             lines=tuple(lines),
+            freight_insurance=freight_insurance,
             **act.fields(),
         )
 
@@ -167,6 +169,7 @@ class Order(Aggregate):
         self.merchant_id = event.merchant_id
         self.buyer_id = event.buyer_id
         self.lines = {line.sku: line for line in event.lines}
+        self.freight_insurance = event.freight_insurance
         self.placed_at = event.at
         self.shipped_at = None
         self.shipment = None
@@ -368,6 +371,7 @@ class Order(Aggregate):
             "order_id": self.order_id,
             "merchant_id": self.merchant_id,
             "buyer_id": self.buyer_id,
+            "freight_insurance": self.freight_insurance,
             "lines": [
                 {
                     "sku": line.sku,

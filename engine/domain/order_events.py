@@ -51,6 +51,8 @@ class OrderPlaced(Created):
     merchant_id: str
     buyer_id: str
     lines: tuple[OrderLine, ...]
+    # The order carried return-shipping insurance (运费险).
+    freight_insurance: bool = False
 
 
 class OrderShipped(Event):

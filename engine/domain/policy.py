@@ -174,6 +174,13 @@ class Policy(BaseModel):
     listed_price_categories: tuple[str, ...] = ("gift", "accessory")
     # Wrong item upheld: the merchant bears the freight both ways, this much a leg.
     freight_per_leg: Money = Decimal("10.00")
+    # The postage back of a return that is the merchant's fault (these reason groups): the
+    # buyer's claim, paid by the merchant up to this much.
+    freight_on_merchant: tuple[str, ...] = ("quality", "wrong_item", "logistics")
+    return_freight_cap: Money = Decimal("12.00")
+    # What the return-shipping insurer (运费险) pays the buyer when an insured order's goods go
+    # back for no reason.
+    freight_insurance_payout: Money = Decimal("8.00")
     # Reship overdue: the late-shipment compensation the merchant owes the buyer.
     late_shipment_penalty: Money = Decimal("5.00")
     windows: Windows = DEFAULT_WINDOWS

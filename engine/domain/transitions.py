@@ -452,13 +452,21 @@ def _consequences(rows: Iterable[Transition]) -> dict[str, frozenset[str]]:
 
 
 # The events an event coming first may bring with it, in the same command.
-CONSEQUENCES: Mapping[str, frozenset[str]] = _consequences(TRANSITIONS)
+ROW_CONSEQUENCES: Mapping[str, frozenset[str]] = _consequences(TRANSITIONS)
+# Consequences an action records only when its circumstances call for them, not in its row:
+# the postage back of a return, charged with the goods shipped back when the merchant (up to
+# the policy's cap) or the insurer pays it (ReturnCase.return_freight).
+MAY_FOLLOW: Mapping[str, frozenset[str]] = {"GoodsShippedBack": frozenset({"FreightCharged"})}
+CONSEQUENCES: Mapping[str, frozenset[str]] = {
+    **ROW_CONSEQUENCES,
+    **{name: ROW_CONSEQUENCES.get(name, frozenset()) | more for name, more in MAY_FOLLOW.items()},
+}
 
 
 def _required(rows: Iterable[Transition]) -> dict[Status, str]:
     """For each status, the consequence every row able to bring consequences records when it
     leaves the case there: the audit asks for it after any such event leaving that status."""
-    rows = [t for t in rows if t.records in CONSEQUENCES and t.after is not None]
+    rows = [t for t in rows if t.records in ROW_CONSEQUENCES and t.after is not None]
     required: dict[Status, str] = {}
     for status in dict.fromkeys(t.after for t in rows if t.after is not None):
         common = set.intersection(*(set(t.then) for t in rows if t.after is status))

@@ -95,6 +95,9 @@ class Party(StrEnum):
     BUYER = "buyer"
     MERCHANT = "merchant"
     PLATFORM = "platform"
+    # The return-shipping insurer (运费险): pays a buyer's postage back when an insured order's
+    # goods are returned for no reason. Never a party to a case's dispute.
+    INSURER = "insurer"
 
 
 class Actor(BaseModel):
