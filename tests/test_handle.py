@@ -155,7 +155,8 @@ def test_a_case_saved_last_is_acted_on_from_the_cache(
         return real_load(*a, **k)
 
     monkeypatch.setattr(engine.store, "load", load)
-    engine.handle(ApproveCase(case_id=cid, at=at(days=3, hours=1)))
+    # (A return approved without an address reads the shop's default first.)
+    engine.handle(ApproveCase(case_id=cid, return_address="Hangzhou W1", at=at(days=3, hours=1)))
     engine.handle(ShipBack(case_id=cid, carrier="SF", waybill="1", at=at(days=4)))
     assert loads == []  # one round trip each: the save
     assert engine.stored_case(cid)["status"] == "awaiting_merchant_receipt"

@@ -57,7 +57,15 @@ from aftersales.engine.domain.events import Act
 from aftersales.engine.domain.order import Order, check_order_id, order_uuid
 from aftersales.engine.domain.policy import Policy
 from aftersales.engine.domain.shop import Shop, shop_uuid
-from aftersales.engine.domain.values import FINAL_STATUSES, Actor, DueAction, Role, Status
+from aftersales.engine.domain.values import (
+    FINAL_STATUSES,
+    RETURN_TYPES,
+    Actor,
+    CaseType,
+    DueAction,
+    Role,
+    Status,
+)
 from aftersales.engine.storage.case_index import case_row, listed_case
 from aftersales.engine.storage.sql import CASES_TABLE, parse_stored_time
 from aftersales.engine.storage.store import AftersalesStore
@@ -382,12 +390,21 @@ class Engine:
         """Before an action that may approve a return (staff approving without naming an
         address, the clock's approval, the buyer taking an offer of a return), what the shop
         says is its default return address now."""
-        if isinstance(command, (ApproveCase, AcceptOffer)) or (
-            isinstance(command, FireDeadline) and command.deadline is DueAction.AUTO_APPROVE
-        ):
+        if isinstance(command, ApproveCase):
+            approves = case.case_type if command.return_address is None else None
+        elif isinstance(command, AcceptOffer):
+            offered = case.offers[-1]["type"] if case.offers else None
+            approves = CaseType(offered) if offered else None
+        elif isinstance(command, FireDeadline) and command.deadline is DueAction.AUTO_APPROVE:
+            approves = case.case_type
+        else:
+            approves = None
+        # Read only when an address is needed: a return approved without one named.
+        found = None
+        if approves in RETURN_TYPES:
             shop = self.find_shop(case.merchant_id)
             found = shop.default_address if shop is not None else None
-            case.default_address = found.text() if found is not None else None
+        case.default_address = found.text() if found is not None else None
 
     def _by_rule(self, case: ReturnCase, order: Order, act: Act) -> None:
         """A request one of the shop's rules approves is approved as it is opened, recorded as
