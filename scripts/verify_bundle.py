@@ -121,6 +121,8 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "ruling_overdue": {"escalated"},
     "ruling_lapsed": {"escalated"},
     "turn-return": ALL_STATUSES - FINAL - {"rejected"},
+    "intercept": {"awaiting_merchant"},
+    "refuse-delivery": {"awaiting_merchant"},
 }
 # Which action each event records when it comes first.
 ACTION_OF: dict[str, str] = {
@@ -153,6 +155,8 @@ ACTION_OF: dict[str, str] = {
     "RulingOverdue": "ruling_overdue",
     "RulingLapsed": "ruling_lapsed",
     "CaseTurnedReturn": "turn-return",
+    "ParcelIntercepted": "intercept",
+    "DeliveryRefused": "refuse-delivery",
 }
 # The events a deadline (the system) records first.
 SYSTEM_ACTIONS = {
@@ -173,6 +177,8 @@ LEADS_TO: dict[str, set[str]] = {
     "CaseAutoApproved": {"refunded", "awaiting_buyer_shipment", "awaiting_reshipment"},
     "CaseRejected": {"rejected"},
     "GoodsShippedBack": {"awaiting_merchant_receipt"},
+    "ParcelIntercepted": {"awaiting_merchant_receipt"},
+    "DeliveryRefused": {"awaiting_merchant_receipt"},
     "GoodsReceived": {"refunded", "awaiting_replacement", "escalated"},
     "CaseRefunded": {"refunded"},
     "ReplacementShipped": {"completed"},

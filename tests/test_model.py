@@ -87,6 +87,7 @@ from aftersales.engine.application.requests import (
     DeliverOrder,
     EscalateCase,
     ExtendReceipt,
+    InterceptParcel,
     ListCases,
     MessageCase,
     OfferChange,
@@ -96,6 +97,7 @@ from aftersales.engine.application.requests import (
     ReceiveGoods,
     RecoverGoods,
     RefundCase,
+    RefuseDelivery,
     RejectCase,
     RemoveAutoRule,
     Reship,
@@ -588,6 +590,30 @@ class Model(RuleBasedStateMachine):
             self.shipped(o)
             o.delivered = True
 
+    @precondition(lambda self: bool(self.undelivered()))
+    @rule(order=PICK)
+    def refuse_delivery(self, order: int) -> None:
+        """The buyer refuses the parcel at the door (refused unless it travels)."""
+        orders = self.undelivered()
+        o = orders[order % len(orders)]
+        result = self.act(RefuseDelivery(order_id=o.order_id, at=self.now), order=o)
+        if result is None:
+            return
+        # The lines no case held are asked for by a case the engine opened for the buyer.
+        for line in result["lines"]:
+            held = line["open_case_id"]
+            if held is not None and held not in self.cases:
+                case = self.engine.stored_case(held)
+                self.cases[held] = CaseModel(
+                    case_id=held,
+                    order_id=o.order_id,
+                    asked=Decimal(case["amount"]),
+                    opened_at=self.now,
+                    kind="refund_only",
+                    units={c["sku"]: c["quantity"] for c in case["lines"]},
+                    unshipped=False,
+                )
+
     # The buyer -----------------------------------------------------------------------------------
 
     @rule(
@@ -722,6 +748,14 @@ class Model(RuleBasedStateMachine):
                 merchant_id="shop-1", rule_id="auto", types=tuple(types), up_to=up_to, at=self.now
             )
             self.act(rule)
+
+    @precondition(lambda self: self.can("intercept"))
+    @rule(case=PICK)
+    def intercept(self, case: int) -> None:
+        c = self.pick(case, "intercept")
+        if c is None:
+            return
+        self.act(InterceptParcel(case_id=c.uid, at=self.now), c)
 
     @precondition(lambda self: self.can("reject"))
     @rule(case=PICK)

@@ -185,9 +185,10 @@ def test_the_derived_tables() -> None:
         "accept-offer",
         "decline-offer",
         "extend",
+        "intercept",
     )
     assert set(T.ALLOWED_FROM) == set(T.PERSON_ACTIONS) | T.SYSTEM_ACTIONS | T.ENGINE_ACTIONS
-    assert {T.TURN_RETURN} == T.ENGINE_ACTIONS
+    assert {T.TURN_RETURN, T.REFUSE_DELIVERY} == T.ENGINE_ACTIONS
     assert T.OPEN not in T.ALLOWED_FROM  # no case to start from yet
     assert T.ACTION_OF["CaseOpened"] == T.OPEN
     assert T.ACTION_OF["ReshipImpossible"] == T.ACTION_OF["MissingItemsReshipped"] == "reship"

@@ -55,6 +55,7 @@ MAY: Mapping[PrincipalRole, frozenset[str]] = {
             "case message",
             "case offer",
             "case extend",
+            "case intercept",
             "case show",
             "case list",
             "order show",

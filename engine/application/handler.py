@@ -37,11 +37,13 @@ from aftersales.engine.application.requests import (
     OpenCase,
     OrderAction,
     PlaceOrder,
+    RefuseDelivery,
     ShopAction,
     ShowCase,
     ShowOrder,
     ShowShop,
     Tick,
+    new_case_id,
 )
 from aftersales.engine.application.tick import deadline_command_id, tick
 from aftersales.engine.application.units import OrderOrCase, SaveNow, Together, UnitOfWork
@@ -319,6 +321,8 @@ class Engine:
             if case.status is Status.REJECTED and isinstance(command, EscalateCase):
                 order = order or self.load_order(case.order_id)
                 order.check_lines_free(list(case.lines))
+            if command.needs_order:
+                order = order or self.load_order(case.order_id)
             self._shop_terms(command, case)
             try:
                 command.apply(case, act, self.policy, order)
@@ -453,6 +457,67 @@ class Engine:
                 "rules": [],
             }
         return shop.to_json()
+
+    @handle.register
+    def _refuse_delivery(self, command: RefuseDelivery) -> dict[str, Any]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
+            order = self.load_order(command.order_id)
+            self._check_expected(order, command, f"order {command.order_id}")
+            act = self._act(command, "order-system", command_id)
+            clock = self._clock_first(order, [], act.at)
+            cases: list[ReturnCase] = []
+            # A refund only awaiting the merchant: the parcel coming back answers it.
+            for holder in dict.fromkeys(order.holders.values()):
+                case = self.uow.get(holder)
+                if (
+                    isinstance(case, ReturnCase)
+                    and case.status is Status.AWAITING_MERCHANT
+                    and case.case_type is CaseType.REFUND_ONLY
+                ):
+                    case.refuse_delivery(act, self.policy, order)
+                    cases.append(case)
+            free: list[tuple[str, int | None]] = [
+                (sku, None) for sku in order.lines if sku not in order.holders
+            ]
+            worth = order.refundable(order.case_lines(free)) if free else Decimal(0)
+            if worth > 0 and order.shipped_at is not None and order.delivered_at is None:
+                # The buyer's own request for what no case holds: a refund only, opened as the
+                # parcel was refused, and turned back at once.
+                lines = order.case_lines(free)
+                opened = Act(
+                    at=act.at,
+                    actor=Actor(role=Role.BUYER, id=order.buyer_id),
+                    command_id=act.command_id,
+                    recorded_at=act.recorded_at,
+                )
+                case = ReturnCase.open(
+                    new_case_id(None, f"refused:{command_id}"),
+                    order,
+                    case_type=CaseType.REFUND_ONLY,
+                    reason="logistics.refused_delivery",
+                    amount=worth,
+                    lines=lines,
+                    evidence=[],
+                    note=None,
+                    policy=self.policy,
+                    act=opened,
+                )
+                order.link_case(case.id, lines, opened, holds_shipment=case.holds_shipment)
+                case.refuse_delivery(act, self.policy, order)
+                cases.append(case)
+            if not cases:
+                if order.shipped_at is None or order.delivered_at is not None:
+                    state = "has not shipped" if order.shipped_at is None else "was delivered"
+                    raise NotAllowed(
+                        f"order {order.order_id} {state}: there is no parcel to refuse"
+                    )
+                raise NotAllowed(
+                    f"every line of order {order.order_id} has a case that is not a refund "
+                    "only awaiting the merchant: answer those"
+                )
+            return order, [*cases, *clock.changed(exclude=order)], act
+
+        return self.uow.run(command, attempt)
 
     @handle.register
     def _order_action(self, command: OrderAction) -> dict[str, Any]:

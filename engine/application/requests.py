@@ -194,6 +194,8 @@ class CaseAction(Action):
     case takes or lets go of its lines)."""
 
     arguments: ClassVar[tuple[str, ...]] = ("case_id",)
+    # Whether the action is judged on the case's order too (the engine loads it).
+    needs_order: ClassVar[bool] = False
 
     case_id: CaseId
 
@@ -264,6 +266,18 @@ class ShipOrder(OrderAction):
 
     def apply(self, order: Order, act: Act) -> list[UUID]:
         return order.ship(_shipment(self.carrier, self.waybill), act, anyway=self.anyway)
+
+
+class RefuseDelivery(OrderAction):
+    """Record that the buyer refused the parcel at the door (拒收): it goes back to the shop. A
+    refund only awaiting the merchant on the order, and the order's lines no case holds (as a
+    new refund only, the buyer's), become returns on their way back: refunded when the merchant
+    confirms the parcel's return, or by the clock when its receipt window runs out."""
+
+    name: ClassVar[str] = "order refuse-delivery"
+
+    def apply(self, order: Order, act: Act) -> list[UUID]:
+        raise NotImplementedError  # the engine's own: it opens and turns cases
 
 
 class DeliverOrder(OrderAction):
@@ -375,6 +389,25 @@ class ShipBack(CaseAction):
     def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
         shipment = Shipment(carrier=self.carrier, waybill=self.waybill)
         case.ship_back(act, policy, shipment, freight=self.freight)
+
+
+class InterceptParcel(CaseAction):
+    """The merchant answers a refund only asked for while the parcel travels by turning the
+    parcel back (拦截): the case becomes a return on its way back, refunded when the merchant
+    confirms it arrived, or by the clock."""
+
+    name: ClassVar[str] = "case intercept"
+    role: ClassVar[Role] = Role.MERCHANT
+    needs_order: ClassVar[bool] = True
+
+    carrier: OptionalId = Field(None, description="The carrier bringing it back (with --waybill).")
+    waybill: OptionalId = Field(
+        None, description="Its waybill (with --carrier; default: the order's shipment)."
+    )
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
+        assert order is not None
+        case.intercept(act, policy, order, shipment=_shipment(self.carrier, self.waybill))
 
 
 class WithdrawCase(CaseAction):
@@ -877,6 +910,8 @@ COMMANDS: tuple[type[Command], ...] = (
     AcceptOffer,
     DeclineOffer,
     ExtendReceipt,
+    InterceptParcel,
+    RefuseDelivery,
     ShowShop,
     SetReturnAddress,
     RemoveReturnAddress,

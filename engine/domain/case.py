@@ -32,6 +32,7 @@ from aftersales.engine.domain.case_events import (
     CaseRuled,
     CaseTurnedReturn,
     ChangeOffered,
+    DeliveryRefused,
     FreightCharged,
     GoodsReceived,
     GoodsRecovered,
@@ -42,6 +43,7 @@ from aftersales.engine.domain.case_events import (
     OfferAccepted,
     OfferDeclined,
     OfferLapsed,
+    ParcelIntercepted,
     ReceiptExtended,
     ReplacementShipped,
     ReshipOverdue,
@@ -55,8 +57,10 @@ from aftersales.engine.domain.order_events import CaseLine, Shipment
 from aftersales.engine.domain.policy import Policy, Stage
 from aftersales.engine.domain.transitions import (
     ALLOWED_FROM,
+    INTERCEPT,
     OPEN,
     PERSON_ACTIONS,
+    REFUSE_DELIVERY,
     TURN_RETURN,
     Transition,
     claim_misfit,
@@ -505,7 +509,18 @@ class ReturnCase(Aggregate):
             allowed.remove("extend")
         if "escalate" in allowed and self._escalation_refused() is not None:
             allowed.remove("escalate")
+        if INTERCEPT in allowed and not self.may_intercept:
+            allowed.remove(INTERCEPT)
         return allowed
+
+    @property
+    def may_intercept(self) -> bool:
+        """A refund only asked for while the order was on its way (as the case knows it)."""
+        return (
+            self.case_type is CaseType.REFUND_ONLY
+            and self.order_shipped
+            and not self.order_delivered
+        )
 
     @property
     def refund_due(self) -> Decimal:
@@ -1083,6 +1098,49 @@ class ReturnCase(Aggregate):
         self._check("decline-offer", act)
         self._unanswered("decline-offer", act, policy)
 
+    def intercept(
+        self, act: Act, policy: Policy, order: Order, *, shipment: Shipment | None = None
+    ) -> None:
+        """The merchant answers a refund only asked for while the parcel travels by turning
+        the parcel back (拦截): the case becomes a return whose goods are on their way back (in
+        ``shipment``, else the order's own), refunded on receipt or by the clock."""
+        self._check(INTERCEPT, act)
+        self._parcel_back(INTERCEPT, act, policy, order, shipment)
+
+    def refuse_delivery(self, act: Act, policy: Policy, order: Order) -> None:
+        """The buyer refused the parcel at the door (拒收), the order system reports: the case
+        becomes a return whose goods are on their way back in the order's shipment."""
+        self._check(REFUSE_DELIVERY, act)
+        self._parcel_back(REFUSE_DELIVERY, act, policy, order, None)
+
+    def _parcel_back(
+        self, action: str, act: Act, policy: Policy, order: Order, shipment: Shipment | None
+    ) -> None:
+        if self.case_type is not CaseType.REFUND_ONLY:
+            raise NotAllowed(f"case {self.id} is a {self.case_type.value}: only a refund only is")
+        if order.shipped_at is None:
+            raise NotAllowed(
+                f"order {order.order_id} has not shipped: there is no parcel to turn back "
+                "(the refund only holds the order: answer it)"
+            )
+        if order.delivered_at is not None:
+            raise NotAllowed(
+                f"order {order.order_id} was delivered at {order.delivered_at.isoformat()}: "
+                "the parcel can no longer be turned back"
+            )
+        self._take(
+            self._outcome(action),
+            act,
+            policy,
+            case_type=CaseType.RETURN_REFUND,
+            shipment=shipment or order.shipment,
+        )
+
+    def _parcel_returning(self, event: ParcelIntercepted | DeliveryRefused) -> None:
+        self.case_type = event.case_type
+        self.order_shipped = True
+        self.return_shipment = event.shipment
+
     def turn_return(self, act: Act) -> None:
         """The order system recorded a shipment under this refund-only case, opened before it:
         the goods went out, so the case becomes a return."""
@@ -1240,6 +1298,8 @@ _APPLY: Mapping[type[CaseEvent], Callable[[ReturnCase, Any], None]] = {
     ReceiptExtended: ReturnCase._extended,
     RulingOverdue: ReturnCase._ruling_overdue,
     CaseTurnedReturn: ReturnCase._turned,
+    ParcelIntercepted: ReturnCase._parcel_returning,
+    DeliveryRefused: ReturnCase._parcel_returning,
 }
 
 

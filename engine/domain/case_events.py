@@ -238,6 +238,22 @@ class CaseTurnedReturn(CaseEvent):
     case_type: CaseType
 
 
+class ParcelIntercepted(CaseEvent):
+    """The merchant had the parcel turned back before delivery (拦截), answering a refund only:
+    the case is a return now, its goods on their way back in this shipment."""
+
+    case_type: CaseType
+    shipment: Shipment | None = None
+
+
+class DeliveryRefused(CaseEvent):
+    """The buyer refused the parcel at the door (拒收), as the order system reports: the case is
+    a return now, its goods on their way back in the order's shipment."""
+
+    case_type: CaseType
+    shipment: Shipment | None = None
+
+
 # The case's events by class name: the names the transition table uses (and the tails of their
 # stored topics).
 EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
@@ -274,5 +290,7 @@ EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
         RulingOverdue,
         RulingLapsed,
         CaseTurnedReturn,
+        ParcelIntercepted,
+        DeliveryRefused,
     )
 }

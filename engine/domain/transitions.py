@@ -44,6 +44,8 @@ from aftersales.engine.domain.values import (
 S = Status
 OPEN = "open"  # the buyer's request: the one action that starts from no status
 TURN_RETURN = "turn-return"  # a refund-only case the order's shipment turned into a return
+INTERCEPT = "intercept"  # the merchant turns the parcel back before delivery
+REFUSE_DELIVERY = "refuse-delivery"  # the buyer refused the parcel at the door
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,12 +310,22 @@ TRANSITIONS: tuple[Transition, ...] = (
     # The order system recorded a shipment under a refund-only case opened before it (the
     # merchant shipped without answering): the case becomes a return; nothing else changes.
     _row(TURN_RETURN, P, _HOLDING, None, "CaseTurnedReturn"),
+    # The parcel comes back to the shop before the buyer has the goods: the merchant
+    # intercepted it (拦截) instead of answering a refund only, or the buyer refused it at the
+    # door (拒收, the order system's fact). The case becomes a return whose goods are on their
+    # way back: the merchant confirms their arrival within its receipt window, or the buyer
+    # is refunded automatically.
+    # (Only a refund only, on a parcel still travelling: guards the aggregate checks.)
+    _row(INTERCEPT, M, [S.AWAITING_MERCHANT], S.AWAITING_MERCHANT_RECEIPT, "ParcelIntercepted",
+         starts=DueAction.AUTO_REFUND),
+    _row(REFUSE_DELIVERY, P, [S.AWAITING_MERCHANT], S.AWAITING_MERCHANT_RECEIPT,
+         "DeliveryRefused", starts=DueAction.AUTO_REFUND),
 )  # fmt: skip
 
 SYSTEM_ACTIONS: frozenset[str] = frozenset(d.value for d in DueAction)
 # Actions the engine takes as a consequence of another aggregate's (an order's), never a
 # person's command.
-ENGINE_ACTIONS: frozenset[str] = frozenset({TURN_RETURN})
+ENGINE_ACTIONS: frozenset[str] = frozenset({TURN_RETURN, REFUSE_DELIVERY})
 
 
 # What a claim must fit -------------------------------------------------------------------------
