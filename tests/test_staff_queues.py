@@ -295,3 +295,84 @@ def test_the_command_line_and_batch_reach_the_queues(store_url: str) -> None:
     (report,) = run("report", "staff", "--merchant", "shop-1", "--since", at(), "--until", at(9))
     members = [(f["member"], f["open"], f["opened"]) for f in report["members"]]
     assert members == [(shown["assignee"], 1, 1)]
+
+
+def test_over_http_a_shops_staff_assign_and_claim_in_their_own_shop_only(
+    engine: Engine, store_url: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from aftersales.commands.http.app import create_app
+    from tests.people import People
+
+    people = People(engine)  # shop-1's case opened before it had staff: nobody's
+    case_1, case_2 = people.cases["shop-1"], people.cases["shop-2"]
+    with TestClient(create_app(store_url, failure_limit=10_000)) as client:
+
+        def post(who: str, path: str, sent: dict[str, Any]) -> Any:
+            return client.post(path, json=sent, headers=people.auth(who))
+
+        member = {"member": "staff-1"}
+        assert post("staff-1", "/v1/shops/shop-1/add-staff", member).status_code == 200
+        assert post("staff-2", "/v1/shops/shop-1/add-staff", member).status_code == 404
+        assert post("buyer-1", "/v1/shops/shop-1/add-staff", member).status_code == 403
+        assert post("ops", "/v1/shops/shop-1/add-staff", {"member": "staff-9"}).status_code == 200
+        claimed = post("staff-1", f"/v1/cases/{case_1}/claim", {})
+        assert claimed.status_code == 200, claimed.text
+        assert (claimed.json()["assignee"], claimed.json()["how"]) == ("staff-1", "claim")
+        # Another shop's staff: as if there were no such case; a buyer may not; the operator
+        # reassigns; a member of another shop's staff is not on this one's roster.
+        assert post("staff-2", f"/v1/cases/{case_1}/claim", {}).status_code == 404
+        assert post("staff-2", f"/v1/cases/{case_1}/assign", member).status_code == 404
+        assert post("buyer-1", f"/v1/cases/{case_1}/claim", {}).status_code == 403
+        assert post("staff-2", f"/v1/cases/{case_2}/claim", {}).status_code == 409
+        moved = post("ops", f"/v1/cases/{case_1}/assign", {"member": "staff-9"})
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["history"][-1] == {
+            **moved.json()["history"][-1],
+            "member": "staff-9",
+            "how": "reassign",
+            "previous": "staff-1",
+            "by": "ops",
+        }
+
+        def listed(who: str, query: str) -> list[str]:
+            answer = client.get(f"/v1/cases?{query}", headers=people.auth(who))
+            assert answer.status_code == 200, answer.text
+            return [r["case_id"] for r in answer.json()]
+
+        assert listed("staff-1", "assignee=staff-9") == [case_1]
+        assert listed("staff-1", "assignee=staff-1") == []
+        assert listed("staff-2", "assignee=staff-9") == []  # not its shop's
+
+
+def test_the_desk_shows_a_member_their_own_cases_first(engine: Engine, store_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from aftersales.commands.http.app import create_app
+    from tests.people import People
+    from tests.test_desk import sign_in
+
+    people = People(engine)  # shop-1's first case: opened before it had staff
+    engine.handle(AddStaff(merchant_id="shop-1", member="staff-1"))
+    engine.handle(AddStaff(merchant_id="shop-1", member="staff-9"))
+    first = people.cases["shop-1"]
+    engine.handle(ClaimCase(case_id=first, by="staff-9"))
+    people.place("KS-3", "shop-1", "buyer-1")
+    mine = people.open("KS-3")
+    if engine.handle(ShowAssignment(case_id=mine))["assignee"] != "staff-1":
+        engine.handle(ClaimCase(case_id=mine, by="staff-1"))
+    with TestClient(create_app(store_url, failure_limit=10_000)) as client:
+        sign_in(client, people, "staff-1")
+        own = client.get("/desk/cases")
+        assert own.status_code == 200, own.text
+        assert mine in own.text and first not in own.text
+        assert '<option value="me" selected>' in own.text
+        everyone = client.get("/desk/cases?assignee=").text
+        assert mine in everyone and first in everyone
+        theirs = client.get("/desk/cases?assignee=staff-9").text
+        assert first in theirs and mine not in theirs
+        # The operator is on no roster: every case, filtered by a member when asked.
+        sign_in(client, people, "ops")
+        assert first in client.get("/desk/cases").text
+        assert mine not in client.get("/desk/cases?assignee=staff-9").text
