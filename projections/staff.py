@@ -88,7 +88,8 @@ def staff_figures(
 ) -> list[dict[str, Any]]:
     """Per member (the one who has each case now), by shop and member: the cases open now and
     of those the overdue (a deadline passed by ``now``); of the cases opened in [since, until),
-    how many, the median time from the opening to the merchant's first action (seconds), and
+    how many, the median time from the opening to the merchant's first action (seconds; not
+    on a case the system approved first), and
     the timeouts (the system decided because the merchant did not: approved, refunded, or
     recorded a missed reship)."""
     final = ", ".join("?" for _ in FINAL)
@@ -127,7 +128,10 @@ def staff_figures(
             continue
         member["opened"] += 1
         first = _dt(row["first_response_at"])
-        if first is not None:
+        approved = _dt(row["auto_approved_at"])
+        # As the dashboard counts it: a case the system approved first is a timeout, not a
+        # response.
+        if first is not None and (approved is None or first < approved):
             waits.setdefault(key, []).append((first - opened_at).total_seconds())
         if any(row[k] is not None for k in ("auto_approved_at", "auto_refunded_at")) or (
             row["reship_overdue_at"] is not None
