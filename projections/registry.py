@@ -9,8 +9,16 @@ from aftersales.projections.ledger import Ledger
 from aftersales.projections.notify import Notify
 from aftersales.projections.platform_measures import PlatformMeasures
 from aftersales.projections.return_rates import ReturnRates
+from aftersales.projections.staff import Staff
 
-VIEWS: tuple[type[View], ...] = (Dashboard, ReturnRates, Ledger, PlatformMeasures, Notify)
+VIEWS: tuple[type[View], ...] = (
+    Dashboard,
+    ReturnRates,
+    Ledger,
+    PlatformMeasures,
+    Notify,
+    Staff,
+)
 
 
 def select(name: str | None) -> tuple[type[View], ...]:

@@ -36,6 +36,7 @@ def arguments() -> argparse.ArgumentParser:
 if __name__ == "__main__":
     arguments().parse_args()  # --help, or a mistake, answered before the imports below
 
+from aftersales.engine.domain.assignment import CaseAssignment, How
 from aftersales.engine.domain.case import ReturnCase, settle_order_lines
 from aftersales.engine.domain.events import Act
 from aftersales.engine.domain.order import Order
@@ -61,10 +62,10 @@ class Writer:
     def __init__(self, store: AftersalesStore, chunk: int = 1000) -> None:
         self.store = store
         self.chunk = chunk
-        self.pending: dict[UUID, Order | ReturnCase] = {}
+        self.pending: dict[UUID, Order | ReturnCase | CaseAssignment] = {}
         self.events = 0
 
-    def add(self, *aggregates: Order | ReturnCase) -> None:
+    def add(self, *aggregates: Order | ReturnCase | CaseAssignment) -> None:
         for a in aggregates:
             self.pending[a.id] = a
         if len(self.pending) >= self.chunk:
@@ -207,6 +208,24 @@ class Story:
         return case
 
 
+def _assigned(
+    story: Story, cases: list[Order | ReturnCase | CaseAssignment]
+) -> list[CaseAssignment]:
+    """Each case in one of its shop's two staff's queues (by its id: the workload's random
+    draws, and so its orders and cases, stay as they were; not counted towards ``events``)."""
+    return [
+        CaseAssignment.start(
+            case.id,
+            case.merchant_id,
+            f"{case.merchant_id}-staff-{case.id.int % 2}",
+            How.ROUND_ROBIN,
+            story.act(Role.SYSTEM, "assignment", case.opened_at),
+        )
+        for case in cases
+        if isinstance(case, ReturnCase)
+    ]
+
+
 def generate(
     store: AftersalesStore,
     events: int,
@@ -225,11 +244,11 @@ def generate(
     total = 0
     for n, (merchant, at) in enumerate(_orders(rng, merchants), 1):
         order = story.order(n, merchant, at, prefix)
-        aggregates: list[Order | ReturnCase] = [order]
+        aggregates: list[Order | ReturnCase | CaseAssignment] = [order]
         if rng.random() < case_share:
             aggregates.append(story.case(order, at + timedelta(days=2, hours=rng.uniform(1, 90))))
         total += sum(len(a.pending_events) for a in aggregates)
-        writer.add(*aggregates)
+        writer.add(*aggregates, *_assigned(story, aggregates[1:]))
         if total >= events:
             break
         if progress is not None and n % 10000 == 0:

@@ -23,7 +23,7 @@ from aftersales.commands.cli.output import RENDERERS, emit
 from aftersales.engine.access.actor_checks import ActorCheck
 from aftersales.engine.application.fields import field_choices, key_of
 from aftersales.engine.application.handler import Engine
-from aftersales.engine.application.requests import Action, Command
+from aftersales.engine.application.requests import Action, Command, ListCases
 
 
 def _inner(annotation: Any) -> Any:
@@ -123,7 +123,9 @@ def click_command(kind: type[Command]) -> click.Command:
             ctx,
             as_json,
             lambda engine: engine.handle(
-                ActorCheck(engine)(kind.parse(with_whole_case_id(engine, values)))
+                staff_ready(
+                    engine, ActorCheck(engine)(kind.parse(with_whole_case_id(engine, values)))
+                )
             ),
             QUIET[kind.shows] if quiet else RENDERERS[kind.shows],
             creates=not kind.reads_only,
@@ -163,3 +165,13 @@ def with_whole_case_id(engine: Engine, values: dict[str, Any]) -> dict[str, Any]
     if isinstance(values.get("case_id"), str):
         return {**values, "case_id": engine.complete_case_id(values["case_id"])}
     return values
+
+
+def staff_ready(engine: Engine, command: Command) -> Command:
+    """A list by member reads the staff projection: caught up first (imported only then, so
+    the other commands start as fast as before)."""
+    if isinstance(command, ListCases) and command.assignee:
+        from aftersales.projections.staff_reads import catch_up_staff
+
+        catch_up_staff(engine.store)
+    return command

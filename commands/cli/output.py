@@ -289,6 +289,39 @@ def render_shop(shop: dict[str, Any]) -> str:
         lines.append(
             table(rules, ["rule_id", "version", "types", "up_to", "reasons", "categories"])
         )
+    lines += render_staff(shop)
+    return "\n".join(lines)
+
+
+# Staff queues ----------------------------------------------------------------------------------
+
+
+def render_staff(shop: dict[str, Any]) -> list[str]:
+    staff = [
+        {
+            **m,
+            "up_to": m["up_to"] or "-",
+            "reasons": ",".join(m["reasons"]) or "-",
+            "skus": ",".join(m["skus"]) or "-",
+        }
+        for m in shop.get("staff", [])
+    ]
+    if not staff:
+        return ["staff: none (cases are assigned to no one)"]
+    return [
+        f"staff (assigned {shop['assign_mode']}):",
+        table(staff, ["member_id", "reasons", "up_to", "skus"]),
+    ]
+
+
+def render_assignment(assignment: dict[str, Any]) -> str:
+    if assignment["assignee"] is None:
+        return f"case {assignment['case_id']}: assigned to no one"
+    lines = [
+        f"case {assignment['case_id']}: {assignment['assignee']} ({assignment['how']})  "
+        f"(version {assignment['version']})",
+        table(assignment["history"], ["at", "member", "how", "previous", "by"]),
+    ]
     return "\n".join(lines)
 
 
@@ -315,4 +348,5 @@ RENDERERS: dict[str, Renderer] = {
     "order": render_order,
     "shop": render_shop,
     "tick": render_tick,
+    "assignment": render_assignment,
 }

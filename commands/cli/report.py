@@ -24,6 +24,7 @@ from aftersales.projections.platform_measures import COLUMNS as MEASURE_COLUMNS
 from aftersales.projections.platform_measures import PlatformMeasures, platform_measures
 from aftersales.projections.return_rates import GROUPINGS, ReturnRates, return_rates
 from aftersales.projections.runner import Projector
+from aftersales.projections.staff import Staff, staff_figures
 
 RATE_COLUMNS = [
     "key",
@@ -408,5 +409,67 @@ def ledger_cmd(
         if not result["rows"]:
             return _nothing("money moved", merchant, bool(since or until))
         return table(result["rows"], LEDGER_COLUMNS)
+
+    emit(ctx, as_json, call, render, creates=False)
+
+
+# Staff queues: each member's figures -------------------------------------------------------------
+
+
+@report_group.command("staff")
+@click.option("--merchant", default=None, help="One shop (default: every shop).")
+@click.option(
+    "--since",
+    default=None,
+    help="Cases opened from here, a time or a date (default: until - 30 days).",
+)
+@click.option("--until", default=None, help="... up to here, excluded (default: now).")
+@catch_up_option
+@csv_option
+@json_option
+@click.pass_context
+def staff_cmd(
+    ctx: click.Context,
+    /,
+    merchant: str | None,
+    since: str | None,
+    until: str | None,
+    catch_up: bool,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """Per member of a shop's staff (the one who has each case now): cases open and overdue
+    now; of the cases opened in the period, the median time to the first response and the
+    timeouts (the system decided because the shop did not)."""
+    _one_format(as_csv, as_json)
+
+    def call(engine: Engine) -> dict[str, Any]:
+        start, end = _period(ctx, since, until)
+        reflecting(engine, Dashboard, catch_up)
+        position = reflecting(engine, Staff, catch_up)
+        members = staff_figures(engine.store, merchant, start, end, datetime.now(UTC))
+        return {
+            "since": start.isoformat(),
+            "until": end.isoformat(),
+            "members": members,
+            "position": position,
+        }
+
+    columns = [
+        "merchant_id",
+        "member",
+        "open",
+        "overdue",
+        "opened",
+        "median_first_response_seconds",
+        "timeouts",
+    ]
+
+    def render(d: dict[str, Any]) -> str:
+        if as_csv:
+            return _csv(d["members"], columns)
+        if not d["members"]:
+            return _nothing("assigned cases", merchant, False) + f" (log position {d['position']})"
+        return table(d["members"], columns)
 
     emit(ctx, as_json, call, render, creates=False)

@@ -29,6 +29,8 @@ from aftersales.engine.application.fields import (
     field_choices,
 )
 from aftersales.engine.application.requests import (
+    AddStaff,
+    AssignCase,
     CaseOrder,
     Command,
     ListCases,
@@ -36,9 +38,11 @@ from aftersales.engine.application.requests import (
     PlaceOrder,
     RemoveAutoRule,
     RemoveReturnAddress,
+    RemoveStaff,
     SetAutoRule,
     SetReturnAddress,
 )
+from aftersales.engine.domain.assignment import How
 from aftersales.engine.domain.limits import (
     MAX_EVIDENCE,
     MAX_EVIDENCE_CHARS,
@@ -48,6 +52,7 @@ from aftersales.engine.domain.limits import (
     MAX_REASON_CHARS,
     MAX_TEXT_CHARS,
 )
+from aftersales.engine.domain.shop import AssignMode
 from aftersales.engine.domain.values import CaseType, DueAction, ReasonGroup, Status
 
 # Errors -----------------------------------------------------------------------------------------
@@ -271,6 +276,34 @@ class ShopRuleView(BaseModel):
     categories: list[str]
 
 
+class ShopStaffView(BaseModel):
+    """One of the shop's staff, and the cases they take when cases are assigned by rule."""
+
+    member_id: str
+    reasons: list[str]
+    up_to: str | None = Decimal2
+    skus: list[str]
+
+
+class AssignmentEntry(BaseModel):
+    member: str
+    how: How
+    previous: str | None
+    at: str = Time
+    by: str
+
+
+class AssignmentView(BaseModel):
+    """Who of the shop's staff has a case, and each assignment of it (`case assignment`)."""
+
+    case_id: str = Field(json_schema_extra={"format": "uuid"})
+    merchant_id: str
+    assignee: str | None
+    how: How | None
+    version: int
+    history: list[AssignmentEntry]
+
+
 class ShopView(BaseModel):
     """A shop's settings as `shop show --json` gives them (and every shop action answers)."""
 
@@ -278,6 +311,8 @@ class ShopView(BaseModel):
     version: int
     return_addresses: list[ShopAddressView]
     rules: list[ShopRuleView]
+    assign_mode: AssignMode
+    staff: list[ShopStaffView]
 
 
 class AuditEvent(BaseModel):
@@ -504,6 +539,12 @@ SPECIAL: Mapping[tuple[type[Command], str], dict[str, Any]] = {
     (SetAutoRule, "types"): RULE_TYPES,
     (SetAutoRule, "reasons"): RULE_REASONS,
     (SetAutoRule, "categories"): {"type": "array", "maxItems": 50, "items": SETTING_ID},
+    # Staff queues: a member's id, the reasons and SKUs they take by rule.
+    (AddStaff, "member"): SETTING_ID,
+    (RemoveStaff, "member"): SETTING_ID,
+    (AssignCase, "member"): SETTING_ID,
+    (AddStaff, "reasons"): RULE_REASONS,
+    (AddStaff, "skus"): {"type": "array", "maxItems": 50, "items": SETTING_ID},
     (OpenCase, "reason"): REASON,
     (OpenCase, "case_id"): {"type": "string", "format": "uuid"},
     (OpenCase, "line"): {"type": "array", "maxItems": MAX_ORDER_LINES, "items": CASE_LINE},
@@ -618,6 +659,13 @@ LIST_CASES_QUERY: list[dict[str, Any]] = [
         "in": "query",
         "description": "The last case of the previous page: the page after it, in the same order.",
         "schema": {"type": "string", "format": "uuid"},
+    },
+    # Staff queues
+    {
+        "name": "assignee",
+        "in": "query",
+        "description": "Only cases assigned to this member of the shop's staff.",
+        "schema": OPTIONAL_ID,
     },
 ]
 assert {p["name"] for p in LIST_CASES_QUERY} == set(ListCases.model_fields)

@@ -13,6 +13,7 @@ from aftersales.engine.application.requests import (
     Command,
     PlaceOrder,
     ShopAction,
+    ShowAssignment,
     ShowCase,
     ShowShop,
 )
@@ -50,7 +51,7 @@ def parties(engine: Engine, command: Command) -> tuple[str, str] | None:
     if isinstance(command, (ShopAction, ShowShop)):  # a shop is its merchant's, no buyer's
         return command.merchant_id, ""
     case_id = getattr(command, "case_id", None)
-    if isinstance(command, (CaseAction, ShowCase)) and isinstance(case_id, UUID):
+    if isinstance(command, (CaseAction, ShowCase, ShowAssignment)) and isinstance(case_id, UUID):
         return case_parties(engine, case_id)
     order_id = getattr(command, "order_id", None)
     if isinstance(order_id, str):

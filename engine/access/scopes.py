@@ -64,6 +64,13 @@ MAY: Mapping[PrincipalRole, frozenset[str]] = {
             "shop remove-address",
             "shop set-rule",
             "shop remove-rule",
+            # Staff queues: within their own shop
+            "shop add-staff",
+            "shop remove-staff",
+            "shop set-assignment",
+            "case assign",
+            "case claim",
+            "case assignment",
             AUDIT,
             *REPORTS,
         }

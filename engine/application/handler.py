@@ -37,16 +37,20 @@ from aftersales.engine.application.requests import (
     OpenCase,
     OrderAction,
     PlaceOrder,
+    QueueAction,
     RefuseDelivery,
     ShopAction,
+    ShowAssignment,
     ShowCase,
     ShowOrder,
     ShowShop,
     Tick,
     new_case_id,
 )
+from aftersales.engine.application.staff_queues import assignee_filter
 from aftersales.engine.application.tick import deadline_command_id, tick
 from aftersales.engine.application.units import OrderOrCase, SaveNow, Together, UnitOfWork
+from aftersales.engine.domain.assignment import CaseAssignment, assignment_uuid, pick_member
 from aftersales.engine.domain.case import ReturnCase, case_uuid, settle_order_lines
 from aftersales.engine.domain.errors import (
     AftersalesError,
@@ -225,10 +229,14 @@ class Engine:
 
     @staticmethod
     def _check_expected(aggregate: OrderOrCase, command: Action, what: str) -> None:
+        Engine._check_expected_version(aggregate.version, command, what)
+
+    @staticmethod
+    def _check_expected_version(version: int, command: Action, what: str) -> None:
         expected = command.expected_version
-        if expected is not None and aggregate.version != expected:
+        if expected is not None and version != expected:
             raise Conflict(
-                f"{what} is at version {aggregate.version}, not the expected {expected}: "
+                f"{what} is at version {version}, not the expected {expected}: "
                 "it changed since you read it"
             )
 
@@ -380,7 +388,8 @@ class Engine:
             )
             order.link_case(case.id, case_lines, act, holds_shipment=case.holds_shipment)
             self._by_rule(case, order, act)
-            return case, [order, *clock.changed(exclude=order)], act
+            assigned = self._assign_new(case, act)
+            return case, [order, *clock.changed(exclude=order), *assigned], act
 
         return self.uow.run(command, attempt)
 
@@ -455,8 +464,81 @@ class Engine:
                 "version": 0,
                 "return_addresses": [],
                 "rules": [],
+                "assign_mode": "round_robin",
+                "staff": [],
             }
         return shop.to_json()
+
+    # Staff queues: who of the shop's staff has a case (engine/domain/assignment.py) ----------
+
+    def _assign_new(self, case: ReturnCase, act: Act) -> list[CaseAssignment]:
+        """A new case still open is assigned to one of its shop's staff, if it has any (by
+        the shop's mode), recorded as the system's, with the opening's command id."""
+        if case.status in FINAL_STATUSES:
+            return []
+        shop = self.find_shop(case.merchant_id)
+        if shop is None:
+            return []
+        picked = pick_member(
+            shop, case.id, case.reason, case.amount, [line.sku for line in case.lines]
+        )
+        if picked is None:
+            return []
+        member, how = picked
+        by_system = Act(
+            at=act.at,
+            actor=Actor(role=Role.SYSTEM, id="assignment"),
+            command_id=act.command_id,
+            recorded_at=act.recorded_at,
+        )
+        return [CaseAssignment.start(case.id, case.merchant_id, member, how, by_system)]
+
+    def find_assignment(self, case_id: UUID) -> CaseAssignment | None:
+        found = self.uow.get(assignment_uuid(case_id))
+        return found if isinstance(found, CaseAssignment) else None
+
+    @handle.register
+    def _queue_action(self, command: QueueAction) -> dict[str, Any]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
+            case = self.load_case(command.case_id)
+            act = self._act(command, default_actor(case, command.role), command_id)
+            member = command.member_for()
+            if case.status in FINAL_STATUSES:
+                raise NotAllowed(
+                    f"case {case.id} has ended ({case.status}): it is in no one's queue"
+                )
+            shop = self.find_shop(case.merchant_id)
+            if shop is None or member not in shop.roster:
+                raise NotAllowed(
+                    f"{member} is not on shop {case.merchant_id}'s staff (shop add-staff adds them)"
+                )
+            assignment = self.find_assignment(case.id)
+            if assignment is None:
+                self._check_expected_version(0, command, f"case {case.id}'s assignment")
+                assignment = CaseAssignment.start(
+                    case.id, case.merchant_id, member, command.how, act
+                )
+            else:
+                self._check_expected(assignment, command, f"case {case.id}'s assignment")
+                assignment.assign(act, member, command.how)
+            return assignment, [], act
+
+        return self.uow.run(command, attempt)
+
+    @handle.register
+    def _show_assignment(self, command: ShowAssignment) -> dict[str, Any]:
+        case = self.load_case(command.case_id)
+        assignment = self.find_assignment(case.id)
+        if assignment is None:
+            return {
+                "case_id": str(case.id),
+                "merchant_id": case.merchant_id,
+                "assignee": None,
+                "how": None,
+                "version": 0,
+                "history": [],
+            }
+        return assignment.to_json()
 
     @handle.register
     def _refuse_delivery(self, command: RefuseDelivery) -> dict[str, Any]:
@@ -865,6 +947,10 @@ def list_filters(
     if command.open:
         where.append(f"status NOT IN ({', '.join('?' for _ in FINAL_STATUSES)})")
         params += [s.value for s in FINAL_STATUSES]
+    if command.assignee:
+        condition, values = assignee_filter(command.assignee)
+        where.append(condition)
+        params += values
     if command.after is not None:
         rows = store.query(
             "SELECT due_at, opened_at, case_id FROM {t}aftersales_cases WHERE case_id = ?",

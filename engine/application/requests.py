@@ -57,6 +57,7 @@ from aftersales.engine.application.fields import (
     fingerprint_value,
     key_of,
 )
+from aftersales.engine.domain.assignment import How
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.errors import BadInput
 from aftersales.engine.domain.events import Act
@@ -68,7 +69,7 @@ from aftersales.engine.domain.limits import (
 from aftersales.engine.domain.order import Order
 from aftersales.engine.domain.order_events import OrderLine, Shipment
 from aftersales.engine.domain.policy import Policy
-from aftersales.engine.domain.shop import Shop
+from aftersales.engine.domain.shop import AssignMode, Shop
 from aftersales.engine.domain.values import (
     CaseType,
     Claim,
@@ -746,6 +747,11 @@ class ListCases(Query):
         description="The page after this case (the last one listed), in the same order.",
     )
     at: When = Field(None, description=AS_OF_HELP)
+    assignee: OptionalId = Field(
+        None,
+        description="Only cases assigned to this member of the shop's staff (as the staff "
+        "projection has read the log).",
+    )
 
 
 class ShowOrder(Query):
@@ -883,6 +889,101 @@ class ShowShop(Query):
     merchant_id: Id
 
 
+# Staff queues: the shop's roster, and who has each case ------------------------------------
+
+
+class AddStaff(ShopAction):
+    """Add a member to the shop's staff, or change which cases they take when cases are
+    assigned by rule (each condition given must hold; none: any case)."""
+
+    name: ClassVar[str] = "shop add-staff"
+
+    member: Id = Field(description="The member's id (their principal's, to sign in as).")
+    reasons: Words = Field((), description="By rule: cases for these reasons (a code, or group).")
+    up_to: Money = Field(None, description="By rule: cases of at most this amount.")
+    skus: Words = Field((), description="By rule: cases about one of these SKUs.")
+
+    def apply(self, shop: Shop, act: Act, policy: Policy) -> None:
+        shop.add_staff(
+            act, member_id=self.member, reasons=self.reasons, up_to=self.up_to, skus=self.skus
+        )
+
+
+class RemoveStaff(ShopAction):
+    """Take a member off the shop's staff: no new case is assigned to them (the cases they
+    have stay theirs until reassigned)."""
+
+    name: ClassVar[str] = "shop remove-staff"
+
+    member: Id = Field(description="The member's id.")
+
+    def apply(self, shop: Shop, act: Act, policy: Policy) -> None:
+        shop.remove_staff(act, member_id=self.member)
+
+
+class SetAssignMode(ShopAction):
+    """How a new case is assigned to the shop's staff: round_robin (over everyone) or by_rule
+    (over the members whose conditions it meets; everyone when it meets no one's)."""
+
+    name: ClassVar[str] = "shop set-assignment"
+
+    mode: Annotated[AssignMode, _choice(AssignMode)] = Field(description="How cases are assigned.")
+
+    def apply(self, shop: Shop, act: Act, policy: Policy) -> None:
+        shop.set_assign_mode(act, self.mode)
+
+
+class QueueAction(CaseAction):
+    """Giving a case to one of its shop's staff, recorded on the case's assignment
+    (engine/domain/assignment.py), not on the case: ``--expected-version`` is the
+    assignment's version."""
+
+    role: ClassVar[Role] = Role.MERCHANT
+    shows: ClassVar[str] = "assignment"
+    how: ClassVar[How]
+
+    def member_for(self) -> str:
+        raise NotImplementedError
+
+    def apply(self, case: ReturnCase, act: Act, policy: Policy, order: Order | None = None) -> None:
+        raise NotImplementedError("the engine records a queue action on the case's assignment")
+
+
+class AssignCase(QueueAction):
+    """Give the case to a member of the shop's staff (reassign it)."""
+
+    name: ClassVar[str] = "case assign"
+    how: ClassVar[How] = How.REASSIGN
+
+    member: Id = Field(description="The member it goes to.")
+
+    def member_for(self) -> str:
+        return self.member
+
+
+class ClaimCase(QueueAction):
+    """The member acting (--by) takes the case for themselves."""
+
+    name: ClassVar[str] = "case claim"
+    how: ClassVar[How] = How.CLAIM
+
+    def member_for(self) -> str:
+        if self.by is None:
+            raise BadInput("by is required: the member who claims the case")
+        return self.by
+
+
+class ShowAssignment(Query):
+    """Who of the shop's staff has the case, and every assignment of it (who, how, by whom,
+    when)."""
+
+    name: ClassVar[str] = "case assignment"
+    arguments: ClassVar[tuple[str, ...]] = ("case_id",)
+    shows: ClassVar[str] = "assignment"
+
+    case_id: CaseId
+
+
 # Every command a person or a script can give by name, in the order the help lists them.
 COMMANDS: tuple[type[Command], ...] = (
     PlaceOrder,
@@ -917,5 +1018,11 @@ COMMANDS: tuple[type[Command], ...] = (
     RemoveReturnAddress,
     SetAutoRule,
     RemoveAutoRule,
+    AddStaff,
+    RemoveStaff,
+    SetAssignMode,
+    AssignCase,
+    ClaimCase,
+    ShowAssignment,
 )
 BY_NAME: Mapping[str, type[Command]] = {c.name: c for c in COMMANDS}

@@ -48,6 +48,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError, StoredEv
 from aftersales.engine.application.requests import (
     Action,
 )
+from aftersales.engine.domain.assignment import CaseAssignment
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.errors import (
     AftersalesError,
@@ -75,7 +76,7 @@ if TYPE_CHECKING:  # the engine runs units of work and the tick; they only name 
 
 MAX_ATTEMPTS = 8
 
-OrderOrCase = Order | ReturnCase | Shop
+OrderOrCase = Order | ReturnCase | Shop | CaseAssignment
 # One try at an action: the aggregate it is about, the others it changed, and its circumstances.
 Attempt = Callable[[str], tuple[OrderOrCase, list[OrderOrCase], Act]]
 
@@ -129,7 +130,7 @@ class UnitOfWork:
     def first_result(self, row: dict[str, Any], command_id: str) -> dict[str, Any]:
         version = int(row["version"])
         aggregate = self.engine.store.load(UUID(row["target_id"]), version=version)
-        assert isinstance(aggregate, (Order, ReturnCase, Shop))
+        assert isinstance(aggregate, (Order, ReturnCase, Shop, CaseAssignment))
         return aggregate.to_json()
 
 
@@ -151,7 +152,7 @@ class SaveNow(UnitOfWork):
     def get(self, uid: UUID) -> OrderOrCase | None:
         if self.use_cache:
             cached = self.engine.store.cached(uid)
-            if isinstance(cached, (Order, ReturnCase, Shop)):
+            if isinstance(cached, (Order, ReturnCase, Shop, CaseAssignment)):
                 self.used_cache = True
                 self.served.add(uid)
                 return cached
@@ -422,7 +423,7 @@ class Together(UnitOfWork):
         if uid in self.served:
             return self.served[uid]
         found = self.engine.store.cached(uid)
-        if not isinstance(found, (Order, ReturnCase, Shop)):
+        if not isinstance(found, (Order, ReturnCase, Shop, CaseAssignment)):
             found = super().get(uid)
         if found is not None:
             self.served[uid] = found

@@ -7,6 +7,9 @@ setting has a history an audit can show.
   or under an amount, for given reasons or categories) the moment it is opened, within the bounds
   the platform's policy sets (``Policy.shop_rules``). An approval by a rule is recorded as the
   rule's, naming the rule and its version.
+- **Staff** (engine/domain/assignment.py assigns cases to them): the shop's roster, each member
+  with the cases they take by rule (reasons, up to an amount, SKUs), and how a new case is
+  assigned (``round_robin`` or ``by_rule``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
 
@@ -33,6 +37,7 @@ _SETTING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _REASON = re.compile(r"^[a-z_]{1,40}(\.[a-z_]{1,60})?$")
 MAX_ADDRESSES = 20
 MAX_RULES = 20
+MAX_STAFF = 200
 
 
 def shop_uuid(merchant_id: str) -> UUID:
@@ -128,6 +133,58 @@ class AutoRuleRemoved(ShopEvent):
     rule_id: str
 
 
+# Staff: the shop's roster and how new cases are assigned -------------------------------------
+
+
+class AssignMode(StrEnum):
+    """How a new case is assigned to one of the shop's staff (engine/domain/assignment.py)."""
+
+    ROUND_ROBIN = "round_robin"
+    BY_RULE = "by_rule"
+
+
+class StaffMember(BaseModel):
+    """One of the shop's staff, and the cases they take when cases are assigned by rule: every
+    condition given must hold (a reason matches itself or its group; some line of the case is
+    one of the SKUs); a member with none takes any case."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    member_id: str
+    reasons: tuple[str, ...] = ()
+    up_to: Decimal | None = None
+    skus: tuple[str, ...] = ()
+
+    def matches(self, reason: str, amount: Decimal, skus: Iterable[str]) -> bool:
+        if self.up_to is not None and amount > self.up_to:
+            return False
+        if self.reasons and not any(
+            reason == r or reason.startswith(f"{r}.") for r in self.reasons
+        ):
+            return False
+        return not self.skus or any(s in self.skus for s in skus)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "member_id": self.member_id,
+            "reasons": list(self.reasons),
+            "up_to": money_str(self.up_to) if self.up_to is not None else None,
+            "skus": list(self.skus),
+        }
+
+
+class StaffAdded(ShopEvent):
+    member: StaffMember
+
+
+class StaffRemoved(ShopEvent):
+    member_id: str
+
+
+class AssignModeSet(ShopEvent):
+    mode: AssignMode
+
+
 class Shop(Aggregate):
     """One merchant's settings: its return addresses and the rules that act for it."""
 
@@ -137,6 +194,8 @@ class Shop(Aggregate):
         default_id: str | None
         rules: dict[str, AutoRule]
         versions: dict[str, int]
+        staff: dict[str, StaffMember]
+        assign_mode: AssignMode
 
     @classmethod
     def open(cls, merchant_id: str, act: Act) -> Shop:
@@ -166,6 +225,8 @@ class Shop(Aggregate):
             self.versions[event.rule.rule_id] = event.rule.version
         elif isinstance(event, AutoRuleRemoved):
             del self.rules[event.rule_id]
+        else:
+            self._staff_when(event)
 
     # Return addresses ----------------------------------------------------------------------------
 
@@ -262,6 +323,70 @@ class Shop(Aggregate):
                 return rule
         return None
 
+    # Staff ---------------------------------------------------------------------------------------
+
+    def _staff_when(self, event: Event) -> None:
+        # A shop opened before there were staff has none, and assigns round robin.
+        if not hasattr(self, "staff"):
+            self.staff, self.assign_mode = {}, AssignMode.ROUND_ROBIN
+        if isinstance(event, StaffAdded):
+            self.staff[event.member.member_id] = event.member
+        elif isinstance(event, StaffRemoved):
+            del self.staff[event.member_id]
+        elif isinstance(event, AssignModeSet):
+            self.assign_mode = event.mode
+
+    @property
+    def roster(self) -> dict[str, StaffMember]:
+        """The shop's staff by id (none on a shop that never had any)."""
+        return getattr(self, "staff", {})
+
+    @property
+    def mode(self) -> AssignMode:
+        return getattr(self, "assign_mode", AssignMode.ROUND_ROBIN)
+
+    def add_staff(
+        self,
+        act: Act,
+        *,
+        member_id: str,
+        reasons: tuple[str, ...],
+        up_to: Decimal | None,
+        skus: tuple[str, ...],
+    ) -> None:
+        """Add a member to the roster, or change what they take by rule."""
+        _setting_id(member_id, "member id")
+        if member_id not in self.roster and len(self.roster) >= MAX_STAFF:
+            raise NotAllowed(f"shop {self.merchant_id} has {MAX_STAFF} staff")
+        for reason in reasons:
+            if not _REASON.fullmatch(reason):
+                raise BadInput(f"reason {reason!r} is not a reason code or group")
+        for sku in skus:
+            _setting_id(sku, "sku")
+        if up_to is not None and up_to <= 0:
+            raise BadInput("up_to must be more than 0.00")
+        member = StaffMember(
+            member_id=member_id,
+            reasons=tuple(dict.fromkeys(reasons)),
+            up_to=up_to,
+            skus=tuple(dict.fromkeys(skus)),
+        )
+        if self.roster.get(member_id) == member:
+            raise NotAllowed(f"{member_id} is on shop {self.merchant_id}'s staff already, as given")
+        self.trigger_event(StaffAdded, member=member, **act.fields())
+
+    def remove_staff(self, act: Act, *, member_id: str) -> None:
+        """Take a member off the roster: no new case is assigned to them (the cases they have
+        stay theirs until reassigned)."""
+        if member_id not in self.roster:
+            raise NotAllowed(f"shop {self.merchant_id} has no staff member {member_id!r}")
+        self.trigger_event(StaffRemoved, member_id=member_id, **act.fields())
+
+    def set_assign_mode(self, act: Act, mode: AssignMode) -> None:
+        if mode is self.mode:
+            raise NotAllowed(f"shop {self.merchant_id} assigns {mode.value} already")
+        self.trigger_event(AssignModeSet, mode=mode, **act.fields())
+
     def to_json(self) -> dict[str, Any]:
         return {
             "merchant_id": self.merchant_id,
@@ -271,4 +396,6 @@ class Shop(Aggregate):
                 for a in sorted(self.addresses.values(), key=lambda a: a.address_id)
             ],
             "rules": [self.rules[r].to_json() for r in sorted(self.rules)],
+            "assign_mode": self.mode.value,
+            "staff": [self.roster[m].to_json() for m in sorted(self.roster)],
         }

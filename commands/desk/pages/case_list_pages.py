@@ -20,12 +20,15 @@ from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import ListCases, ShowCase
 from aftersales.engine.domain.errors import BadInput
 from aftersales.engine.domain.values import Status
+from aftersales.projections.staff_reads import staff_ready
 
 PAGE = 50
 # The deadline filter's choices: how far ahead a deadline falls (overdue: already passed).
 DUE_WITHIN = {"overdue": timedelta(0), "24h": timedelta(hours=24), "72h": timedelta(hours=72)}
 # What the query string may hold (anything else is ignored, as a browser's extras are).
-ASKED = ("q", "status", "reason", "due", "sort", "merchant")
+ASKED = ("q", "status", "reason", "due", "sort", "merchant", "assignee")
+# Staff queues: the member filter's word for the signed-in member's own cases.
+MINE = "me"
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,6 +50,9 @@ def list_values(asked: dict[str, str], principal: Principal, now: datetime) -> d
         if due not in DUE_WITHIN:
             raise BadInput(f"due {due!r} is not one of {'|'.join(DUE_WITHIN)}")
         values["due_before"] = now + DUE_WITHIN[due]
+    member = asked.get("assignee", "").strip()
+    if member:
+        values["assignee"] = principal.principal_id if member == MINE else member
     if principal.scope is Scope.MERCHANT:
         values["merchant"] = principal.merchant_id
     elif principal.scope is Scope.BUYER:
@@ -54,6 +60,14 @@ def list_values(asked: dict[str, str], principal: Principal, now: datetime) -> d
     elif asked.get("merchant"):
         values["merchant"] = asked["merchant"]
     return values
+
+
+def staff_members(engine: Engine, principal: Principal) -> list[str]:
+    """The member filter's choices: the signed-in merchant's staff (others type an id)."""
+    if principal.scope is not Scope.MERCHANT or principal.merchant_id is None:
+        return []
+    shop = engine.find_shop(principal.merchant_id)
+    return sorted(shop.roster) if shop is not None else []
 
 
 def listed_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -68,9 +82,15 @@ def cases_work(request: Request) -> Work:
     def work(engine: Engine, principal: Principal) -> dict[str, Any]:
         allow(principal, ListCases.name)
         now = datetime.now(UTC)
-        rows = engine.handle(ListCases.parse(list_values(asked, principal, now)))
+        members = staff_members(engine, principal)
+        if "assignee" not in asked and principal.principal_id in members:
+            asked["assignee"] = MINE  # a member of the shop's staff sees their own queue first
+        rows = engine.handle(
+            staff_ready(engine.store, ListCases.parse(list_values(asked, principal, now)))
+        )
         shown = [listed_row(r, now) for r in rows[:PAGE]]
-        kept = {k: asked[k] for k in ASKED if asked.get(k)}
+        # An empty member filter (anyone's) is kept: it is not the member's own queue.
+        kept = {k: asked[k] for k in ASKED if asked.get(k) or (k == "assignee" and k in asked)}
         start = int(asked["start"]) if asked.get("start", "").isdigit() else 1
         later = None
         if len(rows) > PAGE:
@@ -87,6 +107,7 @@ def cases_work(request: Request) -> Work:
             "due_choices": tuple(DUE_WITHIN),
             "merchants": views.merchants(engine.store) if principal.scope is Scope.ALL else [],
             "cases_readable": principal.may(ShowCase.name),
+            "members": members,
         }
 
     return work

@@ -19,6 +19,7 @@ from aftersales.commands.http.openapi_models import (
     IDEMPOTENCY_KEY,
     IF_MATCH,
     MERCHANT_ID,
+    AssignmentView,
     CaseView,
     OrderView,
     ShopView,
@@ -41,6 +42,7 @@ from aftersales.engine.application.requests import (
     OpenCase,
     OrderAction,
     PlaceOrder,
+    QueueAction,
     ShopAction,
 )
 from aftersales.engine.domain.errors import BadInput
@@ -153,6 +155,8 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
         if issubclass(kind, OrderAction)
         else ShopView
         if issubclass(kind, ShopAction)
+        else AssignmentView  # staff queues: a case's assignment
+        if issubclass(kind, QueueAction)
         else CaseView
     )
     body = body_schema(kind, BODY_SCHEMAS)

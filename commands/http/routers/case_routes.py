@@ -19,6 +19,7 @@ from aftersales.engine.access.actor_checks import case_parties
 from aftersales.engine.access.scopes import Principal, Scope
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import ListCases, ShowCase
+from aftersales.projections.staff_reads import staff_ready
 
 router = APIRouter()
 CASE_ID = {"type": "string", "format": "uuid"}
@@ -77,6 +78,6 @@ async def list_cases(request: Request, api: ApiDep) -> Any:
             if values.get("buyer", principal.principal_id) != principal.principal_id:
                 return []
             values["buyer"] = principal.principal_id
-        return engine.handle(ListCases.parse(values))
+        return engine.handle(staff_ready(engine.store, ListCases.parse(values)))
 
     return await answer(api, request, work)
