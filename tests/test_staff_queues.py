@@ -345,6 +345,20 @@ def test_over_http_a_shops_staff_assign_and_claim_in_their_own_shop_only(
         assert listed("staff-1", "assignee=staff-1") == []
         assert listed("staff-2", "assignee=staff-9") == []  # not its shop's
 
+        # Each member's figures: a shop's staff see their own shop's, the reporter every
+        # shop's, a buyer none.
+        ran = CliRunner().invoke(cli, ["--store", store_url, "project", "run"])
+        assert ran.exit_code == 0, ran.output
+        figures = client.get("/v1/reports/staff", headers=people.auth("staff-1"))
+        assert figures.status_code == 200, figures.text
+        rows = {(r["merchant_id"], r["member"]): r for r in figures.json()["members"]}
+        assert rows[("shop-1", "staff-9")]["open"] == 1
+        assert {shop for shop, _ in rows} == {"shop-1"}
+        other = client.get("/v1/reports/staff?merchant=shop-2", headers=people.auth("staff-1"))
+        assert other.status_code == 403
+        assert client.get("/v1/reports/staff", headers=people.auth("reporter")).status_code == 200
+        assert client.get("/v1/reports/staff", headers=people.auth("buyer-1")).status_code == 403
+
 
 def test_the_desk_shows_a_member_their_own_cases_first(engine: Engine, store_url: str) -> None:
     from fastapi.testclient import TestClient

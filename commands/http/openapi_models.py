@@ -395,6 +395,25 @@ class MeasuresRow(BaseModel):
     p90_response_seconds: int | None
 
 
+class StaffRow(BaseModel):
+    """One member of a shop's staff, as `report staff --json` lists them (docs/reports.md)."""
+
+    merchant_id: str
+    member: str = Field(description="The member who has the cases now.")
+    open: int
+    overdue: int = Field(description="Open cases past their deadline, not yet taken.")
+    opened: int = Field(description="Cases opened in the period now in the member's queue.")
+    median_first_response_seconds: int | None
+    timeouts: int = Field(description="Cases the system decided because the shop did not.")
+
+
+class StaffReport(BaseModel):
+    since: str
+    until: str
+    members: list[StaffRow]
+    position: int | None = Field(description="The log position the figures reflect.")
+
+
 class LedgerRow(BaseModel):
     """One merchant's totals, as `ledger --json` (docs/reports.md)."""
 

@@ -38,7 +38,8 @@ AUDIT = "audit"
 DASHBOARD = "report dashboard"
 RETURN_RATES = "report return-rates"
 LEDGER = "ledger"
-REPORTS = frozenset({DASHBOARD, RETURN_RATES, LEDGER})
+STAFF_FIGURES = "report staff"
+REPORTS = frozenset({DASHBOARD, RETURN_RATES, LEDGER, STAFF_FIGURES})
 
 # The one table of rights: what each role may do, by command name. The operator may do
 # everything; "case fire" and "tick" are the clock's, and order facts the operator's.

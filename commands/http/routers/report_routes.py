@@ -17,9 +17,16 @@ from aftersales.commands.http.openapi_models import (
     LedgerRow,
     MeasuresRow,
     ReturnRateRow,
+    StaffReport,
     responses,
 )
-from aftersales.engine.access.scopes import DASHBOARD, LEDGER, RETURN_RATES, Principal
+from aftersales.engine.access.scopes import (
+    DASHBOARD,
+    LEDGER,
+    RETURN_RATES,
+    STAFF_FIGURES,
+    Principal,
+)
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.domain.errors import BadInput
 from aftersales.engine.domain.limits import check_id
@@ -30,6 +37,7 @@ from aftersales.projections.ledger import Ledger, ledger
 from aftersales.projections.platform_measures import PlatformMeasures, platform_measures
 from aftersales.projections.return_rates import GROUPINGS, ReturnRates, return_rates
 from aftersales.projections.runner import Projector
+from aftersales.projections.staff import Staff, staff_figures
 
 router = APIRouter()
 
@@ -132,6 +140,42 @@ async def return_rates_report(
         start, end = period(since, until)
         read_view(request, engine, ReturnRates)
         return return_rates(engine.store, by, start, end, shop_id)
+
+    return await answer(api, request, work)
+
+
+@router.get(
+    "/v1/reports/staff",
+    tags=["reports"],
+    response_model=None,
+    responses=responses(StaffReport, 422, headers=LAG),
+    openapi_extra={"parameters": [MERCHANT, *SINCE_UNTIL]},
+)
+async def staff_report(
+    request: Request,
+    api: ApiDep,
+    merchant: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Any:
+    """As `report staff --json`: per member of a shop's staff, the cases open and overdue now,
+    and of those opened in [since, until) (default: the 30 days before now) the median first
+    response and the timeouts. A shop's staff see their own shop's members."""
+
+    def work(engine: Engine, principal: Principal) -> Any:
+        allow(principal, STAFF_FIGURES)
+        shop_id = shop(principal, merchant)
+        start, end = period(since, until)
+        read_view(request, engine, Dashboard)
+        read_view(request, engine, Staff)
+        (staff,) = Projector(engine.store).status([Staff])
+        members = staff_figures(engine.store, shop_id, start, end, datetime.now(UTC))
+        return {
+            "since": start.isoformat(),
+            "until": end.isoformat(),
+            "members": members,
+            "position": staff["position"],
+        }
 
     return await answer(api, request, work)
 
