@@ -16,8 +16,9 @@ VIEWS: tuple[type[View], ...] = (
     ReturnRates,
     Ledger,
     PlatformMeasures,
-    Notify,
     Staff,
+    # Last: what the buyer is told follows every other view.
+    Notify,
 )
 
 
