@@ -28,6 +28,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from click.testing import CliRunner
@@ -310,3 +311,24 @@ def test_the_demo_replayed_under_its_own_policy_changes_nothing(engine: Engine) 
 
 def rows_of(engine: Engine) -> list[dict[str, Any]]:
     return engine.store.query("SELECT case_id FROM {t}aftersales_cases")
+
+
+def test_an_order_with_an_unusable_event_is_left_out_and_named(engine: Engine) -> None:
+    cases = record(engine)
+    uid = UUID(cases["returned"])
+    store = engine.store
+    table = store.recorder.events_table_name  # type: ignore[attr-defined]
+    store.execute(
+        f"UPDATE {{t}}{table} SET state = ? WHERE originator_id = ? AND originator_version = 2",
+        (b"not json", str(uid) if store.is_postgres else uid.hex),
+    )
+    report = what_if(
+        engine.store,
+        current=Policy(),
+        policy=REVIEW_24H,
+        since=parse_time(SINCE),
+        until=parse_time(UNTIL),
+    )
+    assert report["unreadable_count"] == 1
+    assert [u["order_id"] for u in report["unreadable"]] == ["KS-2"]
+    assert (report["orders"], report["cases"], report["changed_count"]) == (4, 3, 2)

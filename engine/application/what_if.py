@@ -477,6 +477,7 @@ class WhatIf:
         self.changed_count = 0
         self.changed: list[dict[str, Any]] = []
         self.unreadable: list[dict[str, str]] = []
+        self.unreadable_count = 0
         self.shops: dict[str, tuple[Measures, Measures]] = {}
         self.total = (Measures(), Measures())
 
@@ -533,11 +534,12 @@ class WhatIf:
                 self.orders += 1
                 try:
                     histories = self.decode(order_id, [c for c, _ in cases], stored)
+                    self.replay_order(order_id, cases, histories)
                 except Exception as exc:  # a stored event that cannot be used: say which order
+                    self.unreadable_count += 1
                     if len(self.unreadable) < self.limit:
-                        self.unreadable.append({"order_id": order_id, "error": str(exc)})
-                    continue
-                self.replay_order(order_id, cases, histories)
+                        why = exc.message if isinstance(exc, AftersalesError) else repr(exc)
+                        self.unreadable.append({"order_id": order_id, "error": why})
         return self
 
     def decode(
@@ -679,6 +681,7 @@ class WhatIf:
                 {"merchant_id": merchant, **figures(pair)}
                 for merchant, pair in sorted(self.shops.items())
             ],
+            "unreadable_count": self.unreadable_count,
             "unreadable": self.unreadable,
         }
 
