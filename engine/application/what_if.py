@@ -86,7 +86,7 @@ from aftersales.engine.domain.case_events import (
     ReshipImpossible,
 )
 from aftersales.engine.domain.errors import AftersalesError, BadInput
-from aftersales.engine.domain.events import Event
+from aftersales.engine.domain.events import GENESIS_HASH, Event, Unreadable, verified_hash
 from aftersales.engine.domain.order import Order, order_uuid
 from aftersales.engine.domain.order_events import OrderDelivered, OrderPlaced, OrderShipped
 from aftersales.engine.domain.policy import Policy
@@ -545,12 +545,24 @@ class WhatIf:
     def decode(
         self, order_id: str, case_ids: list[UUID], stored: dict[UUID, list[tuple[int, str, bytes]]]
     ) -> dict[UUID, list[Event]]:
+        """Each aggregate's events up to ``until``, each checked as every read checks it
+        (versions in sequence, its hash its content's chained to the one before): an event that
+        fails refuses the whole order (``Unreadable``), as it refuses the aggregate elsewhere."""
         decode = self.store.mapper.decode
         histories: dict[UUID, list[Event]] = {}
         for uid in [order_uuid(order_id), *case_ids]:
             rows = stored.pop(uid, [])
             self.events_read += len(rows)
-            events = [decode(uid, v, t, s) for v, t, s in rows]
+            events = []
+            previous = GENESIS_HASH
+            for expected, (version, topic, state) in enumerate(rows, start=1):
+                if version != expected:
+                    raise Unreadable(f"{uid}: version {expected} is missing (deleted?)")
+                try:
+                    previous = verified_hash(previous, uid, version, topic, state)
+                except Unreadable as exc:
+                    raise Unreadable(f"{uid} version {version}: {exc}") from None
+                events.append(decode(uid, version, topic, state))
             histories[uid] = [e for e in events if e.at < self.until]
         return histories
 
