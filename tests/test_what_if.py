@@ -104,6 +104,26 @@ def _store_state(engine: Engine) -> dict[str, Any]:
     }
 
 
+def _replay(
+    engine: Engine,
+    policy: Policy = REVIEW_24H,
+    *,
+    until: str = UNTIL,
+    merchant: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """The what-if of the period (up to ``until``) under ``policy``."""
+    return what_if(
+        engine.store,
+        current=Policy(),
+        policy=policy,
+        since=parse_time(SINCE),
+        until=parse_time(until),
+        merchant=merchant,
+        limit=limit,
+    )
+
+
 def _by_merchant(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["merchant_id"]: m for m in report["merchants"]}
 
@@ -112,13 +132,7 @@ def test_what_if_24h_review_against_the_hand_computed_answer(engine: Engine) -> 
     cases = record(engine)
     before = _store_state(engine)
 
-    report = what_if(
-        engine.store,
-        current=Policy(),
-        policy=REVIEW_24H,
-        since=parse_time(SINCE),
-        until=parse_time(UNTIL),
-    )
+    report = _replay(engine)
 
     assert _store_state(engine) == before
     assert (report["orders"], report["cases"], report["changed_count"]) == (4, 4, 2)
@@ -166,13 +180,7 @@ def test_what_if_24h_review_against_the_hand_computed_answer(engine: Engine) -> 
 
 def test_the_same_policy_changes_nothing(engine: Engine) -> None:
     record(engine)
-    report = what_if(
-        engine.store,
-        current=Policy(),
-        policy=Policy(),
-        since=parse_time(SINCE),
-        until=parse_time(UNTIL),
-    )
+    report = _replay(engine, Policy())
     assert (report["changed_count"], report["actions_refused"]) == (0, 0)
     assert report["actions_replayed"] > 0
     assert all(v in (0, "0.00", "0.0000") for v in report["totals"]["difference"].values())
@@ -180,15 +188,7 @@ def test_the_same_policy_changes_nothing(engine: Engine) -> None:
 
 def test_one_merchant_and_a_limit(engine: Engine) -> None:
     cases = record(engine)
-    report = what_if(
-        engine.store,
-        current=Policy(),
-        policy=REVIEW_24H,
-        since=parse_time(SINCE),
-        until=parse_time(UNTIL),
-        merchant="shop-2",
-        limit=1,
-    )
+    report = _replay(engine, merchant="shop-2", limit=1)
     assert [m["merchant_id"] for m in report["merchants"]] == ["shop-2"]
     assert report["changed_count"] == 1
     assert [c["case_id"] for c in report["changed"]] == [cases["approved_late"]]
@@ -198,13 +198,7 @@ def test_until_cuts_the_history_as_of_then(engine: Engine) -> None:
     """As of day 4 (hour 24 of the day-3 cases): the recorded KS-1 case still awaits the
     merchant; under 24 hours the clock has approved and refunded it."""
     cases = record(engine)
-    report = what_if(
-        engine.store,
-        current=Policy(),
-        policy=REVIEW_24H,
-        since=parse_time(SINCE),
-        until=parse_time(at(days=4, hours=1)),
-    )
+    report = _replay(engine, until=at(days=4, hours=1))
     changed = {c["case_id"]: c for c in report["changed"]}
     rejected = changed[cases["rejected"]]
     assert rejected["recorded"]["status"] == "awaiting_merchant"
@@ -322,13 +316,7 @@ def test_an_order_with_an_unusable_event_is_left_out_and_named(engine: Engine) -
         f"UPDATE {{t}}{table} SET state = ? WHERE originator_id = ? AND originator_version = 2",
         (b"not json", str(uid) if store.is_postgres else uid.hex),
     )
-    report = what_if(
-        engine.store,
-        current=Policy(),
-        policy=REVIEW_24H,
-        since=parse_time(SINCE),
-        until=parse_time(UNTIL),
-    )
+    report = _replay(engine)
     assert report["unreadable_count"] == 1
     assert [u["order_id"] for u in report["unreadable"]] == ["KS-2"]
     assert (report["orders"], report["cases"], report["changed_count"]) == (4, 3, 2)

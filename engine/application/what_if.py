@@ -168,15 +168,20 @@ class Sandbox(UnitOfWork):
 def _case_command(event: CaseEvent) -> Action | None:
     """The command a person's action on a case was, from the first event it recorded (None: the
     event is no person's action: the clock's, or a consequence)."""
-    common: dict[str, Any] = {
-        "case_id": event.originator_id,
+    make = _CASE_COMMANDS.get(type(event))
+    return None if make is None else make(event, _given(event, case_id=event.originator_id))
+
+
+def _given(event: Event, **target: Any) -> dict[str, Any]:
+    """What every re-issued command takes from the event: its target, when, who, and its
+    command id (the one it was recorded under)."""
+    return {
+        **target,
         "at": event.at,
         "by": event.actor.id,
         "command_id": event.command_id,
         "expected_version": None,
     }
-    make = _CASE_COMMANDS.get(type(event))
-    return None if make is None else make(event, common)
 
 
 def _build(kind: type[Action], common: dict[str, Any], **fields: Any) -> Action:
@@ -249,13 +254,7 @@ def _fact(event: Event, order_id: str) -> Action | None:
     """The order system's fact an order event records (None: a case's consequence on the
     order). A shipment or a delivery is a fact: it is recorded under the new policy too,
     whatever case holds the order then (``anyway``)."""
-    common: dict[str, Any] = {
-        "order_id": order_id,
-        "at": event.at,
-        "by": event.actor.id,
-        "command_id": event.command_id,
-        "expected_version": None,
-    }
+    common = _given(event, order_id=order_id)
     if isinstance(event, OrderShipped):
         shipment = event.shipment
         return _build(
