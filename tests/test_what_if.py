@@ -38,9 +38,11 @@ from aftersales.commands.cli.main import cli
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     ApproveCase,
+    EscalateCase,
     OpenCase,
     ReceiveGoods,
     RejectCase,
+    RuleCase,
     ShipBack,
     Tick,
 )
@@ -55,10 +57,15 @@ REVIEW_24H = Policy(name="review-24h", windows=Windows(merchant_review_hours=24)
 SINCE, UNTIL = at(days=2, hours=12), at(days=30)
 
 
-def _open(engine: Engine, order: str, kind: str, amount: str, when: str) -> str:
-    case = engine.handle(
-        OpenCase(order_id=order, type=kind, reason="quality.defective", amount=amount, at=when)
-    )
+def _open(
+    engine: Engine,
+    order: str,
+    kind: str,
+    amount: str,
+    when: str,
+    reason: str = "quality.defective",
+) -> str:
+    case = engine.handle(OpenCase(order_id=order, type=kind, reason=reason, amount=amount, at=when))
     return str(case["case_id"])
 
 
@@ -188,10 +195,34 @@ def test_the_same_policy_changes_nothing(engine: Engine) -> None:
 
 def test_one_merchant_and_a_limit(engine: Engine) -> None:
     cases = record(engine)
-    report = _replay(engine, merchant="shop-2", limit=1)
+    report = _replay(engine, merchant="shop-2")
     assert [m["merchant_id"] for m in report["merchants"]] == ["shop-2"]
     assert report["changed_count"] == 1
     assert [c["case_id"] for c in report["changed"]] == [cases["approved_late"]]
+    limited = _replay(engine, limit=1)
+    assert (limited["changed_count"], limited["listed"]) == (2, 1)
+
+
+def test_another_freight_charge(engine: Engine) -> None:
+    """A wrong item upheld on appeal to the platform: the merchant bears the freight both ways,
+    2 x 10.00 under the default policy, 2 x 12.50 under one charging 12.50 a leg."""
+    place_delivered(engine, "KS-9", lines=("W:1:45.00",), merchant="shop-9", buyer="b-9")
+    case = _open(engine, "KS-9", "return_refund", "45.00", at(days=3), "wrong_item.colour")
+    engine.handle(
+        RejectCase(case_id=case, reason="as shown", communication="chat:9", at=at(days=3, hours=5))
+    )
+    engine.handle(EscalateCase(case_id=case, claim="wrong_item", at=at(days=4)))
+    engine.handle(RuleCase(case_id=case, **{"for": "buyer"}, at=at(days=5)))
+
+    report = _replay(engine, Policy(name="freight-12.50", freight_per_leg="12.50"))
+
+    (changed,) = report["changed"]
+    assert changed["changes"] == ["money"]
+    assert changed["recorded"]["money"]["freight"] == "20.00"
+    assert changed["what_if"]["money"]["freight"] == "25.00"
+    assert report["totals"]["difference"]["freight"] == "5.00"
+    assert report["totals"]["difference"]["merchant_bears"] == "5.00"
+    assert report["actions_refused"] == 0
 
 
 def test_until_cuts_the_history_as_of_then(engine: Engine) -> None:
