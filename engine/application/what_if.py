@@ -589,7 +589,9 @@ class WhatIf:
             aggregate = _built(events)
             if aggregate is not None:
                 sandbox.aggregates[uid] = aggregate
-        later = {uid: events[len(before[uid]) :] for uid, events in histories.items()}
+        later = {
+            uid: [e for e in events if e.at >= self.since] for uid, events in histories.items()
+        }
         refusals: dict[UUID, list[dict[str, Any]]] = {}
         with self.replayed.unit_of_work(sandbox):
             for event, command in person_actions(order_id, later):
