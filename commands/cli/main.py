@@ -61,6 +61,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aftersales.commands.cli.orders:order_group",
         "Orders: placed, shipped and delivered, as the order system reports them.",
     ),
+    "policy": (
+        "aftersales.commands.cli.what_if_commands:policy_group",
+        "Policies: what a change of the rules would have done (what-if).",
+    ),
     "principal": (
         "aftersales.commands.cli.principal_commands:principal_group",
         "Principals: who may act over HTTP, in which role, for which merchant.",
