@@ -31,6 +31,7 @@ TYPE_WORDS: Mapping[str, str] = {
     CaseType.REFUND_ONLY.value: "refund only (仅退款)",
     CaseType.RETURN_REFUND.value: "return and refund (退货退款)",
     CaseType.EXCHANGE.value: "exchange (换货)",
+    CaseType.RESHIP.value: "reship (补发)",
 }
 
 
