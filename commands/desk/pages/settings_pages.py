@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from aftersales.commands.desk import shop_views, views
-from aftersales.commands.desk.page_reads import DisplayZone, Work, read, work_with
+from aftersales.commands.desk.page_reads import DisplayZone, Work, held_back, read, work_with
 from aftersales.commands.desk.rendering import HEADERS, render, signed_out
 from aftersales.commands.desk.session import same_origin
 from aftersales.commands.http.batcher import Prepared
@@ -166,10 +166,8 @@ async def change_settings(request: Request, word: str, api: ApiDep, display: Dis
         return render("error.html", 403, message="change settings from this site's own page")
     if bearer(request) is None:
         return signed_out()
-    wait = api.limiter.retry_after(*who(request))
-    if wait is not None:
-        limited = render("error.html", 429, message=f"too many refused requests: retry in {wait} s")
-        limited.headers["Retry-After"] = str(wait)
+    limited = held_back(api, request)
+    if limited is not None:
         return limited
     raw = await request.body()
     if len(raw) > MAX_FORM:
