@@ -45,14 +45,23 @@ def chosen_merchant(principal: Principal, asked: str | None) -> str | None:
     return asked
 
 
+def held_back(api: Api, request: Request) -> Response | None:
+    """The page saying when to come back, for a client refused too often (as the API counts
+    its refusals); None for one that may go on."""
+    wait = api.limiter.retry_after(*who(request))
+    if wait is None:
+        return None
+    limited = render("error.html", 429, message=f"too many refused requests: retry in {wait} s")
+    limited.headers["Retry-After"] = str(wait)
+    return limited
+
+
 async def read(api: Api, request: Request, work: Work) -> dict[str, Any] | Response:
     """The page's data, read as the session's principal; a response if refused."""
     if bearer(request) is None:  # neither a session nor an Authorization header
         return signed_out()
-    wait = api.limiter.retry_after(*who(request))
-    if wait is not None:
-        limited = render("error.html", 429, message=f"too many refused requests: retry in {wait} s")
-        limited.headers["Retry-After"] = str(wait)
+    limited = held_back(api, request)
+    if limited is not None:
         return limited
     try:
         data: dict[str, Any] = await api.run(request, work)

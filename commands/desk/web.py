@@ -14,7 +14,7 @@ staff reach only their merchant, a case out of reach is "no case", a role reads 
 say.
 
 The pages are one router per part of the desk (``pages/``): signing in and out, the desk
-itself, a case, return rates.
+itself, a case, return rates, a shop's settings.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from aftersales.commands.desk.pages import (
     case_pages,
     home_pages,
     rates_pages,
+    settings_pages,
     sign_in_pages,
 )
 from aftersales.commands.http.batcher import Api
@@ -44,5 +45,12 @@ def mount_desk(app: FastAPI, api: Api) -> None:
     app.state.desk_zone = parse_zone(
         os.environ.get("AFTERSALES_TZ") or (api.policy or Policy()).display_zone
     )
-    for pages in (sign_in_pages, home_pages, case_list_pages, case_pages, rates_pages):
+    for pages in (
+        sign_in_pages,
+        home_pages,
+        case_list_pages,
+        case_pages,
+        rates_pages,
+        settings_pages,
+    ):
         app.include_router(pages.router)
