@@ -351,3 +351,41 @@ def test_an_order_with_an_unusable_event_is_left_out_and_named(engine: Engine) -
     assert report["unreadable_count"] == 1
     assert [u["order_id"] for u in report["unreadable"]] == ["KS-2"]
     assert (report["orders"], report["cases"], report["changed_count"]) == (4, 3, 2)
+
+
+def test_parcels_turned_back_and_postage_replay_as_recorded(engine: Engine) -> None:
+    """An intercepted parcel, a parcel refused at the door (one order fact, a case opened for
+    the buyer) and a return's postage claimed with its waybill: under the same policy nothing
+    changes; under a lower freight cap the merchant bears less, to the cent."""
+    from aftersales.engine.application.requests import (
+        ApproveCase,
+        InterceptParcel,
+        PlaceOrder,
+        RefuseDelivery,
+        ShipBack,
+        ShipOrder,
+    )
+
+    for order_id in ("KS-20", "KS-21"):
+        engine.handle(
+            PlaceOrder(order_id=order_id, merchant="shop-7", buyer="b-7",
+                       lines=["MUG:1:39.90", "TOY:1:20.00"], at=at(days=1))
+        )  # fmt: skip
+        engine.handle(ShipOrder(order_id=order_id, carrier="SF", waybill=order_id, at=at(days=2)))
+    asked = _open(
+        engine, "KS-20", "refund_only", "39.90", at(days=2, hours=1), "buyer.changed_mind"
+    )
+    engine.handle(InterceptParcel(case_id=asked, at=at(days=2, hours=2)))
+    engine.handle(RefuseDelivery(order_id="KS-21", at=at(days=3)))
+    place_delivered(engine, "KS-22", lines=("W:1:45.00",), merchant="shop-7", buyer="b-7")
+    returned = _open(engine, "KS-22", "return_refund", "45.00", at(days=3), "quality.colour")
+    engine.handle(ApproveCase(case_id=returned, return_address="Dock 1", at=at(days=3, hours=1)))
+    engine.handle(
+        ShipBack(case_id=returned, carrier="YTO", waybill="R", freight="11.00", at=at(days=4))
+    )
+    same = _replay(engine, Policy())
+    assert (same["changed_count"], same["actions_refused"]) == (0, 0), same["changed"]
+    cheaper = _replay(engine, Policy(return_freight_cap="6.00"))
+    assert [c["case_id"] for c in cheaper["changed"]] == [returned]
+    shop = _by_merchant(cheaper)["shop-7"]
+    assert shop["difference"]["freight"] == "-5.00"

@@ -44,6 +44,7 @@ from aftersales.engine.application.requests import (
     DeliverOrder,
     EscalateCase,
     ExtendReceipt,
+    InterceptParcel,
     MessageCase,
     OfferChange,
     OpenCase,
@@ -52,6 +53,7 @@ from aftersales.engine.application.requests import (
     ReceiveGoods,
     RecoverGoods,
     RefundCase,
+    RefuseDelivery,
     RejectCase,
     Reship,
     RuleCase,
@@ -74,6 +76,7 @@ from aftersales.engine.domain.case_events import (
     CaseWithdrawn,
     ChangeOffered,
     DeadlineFired,
+    DeliveryRefused,
     GoodsReceived,
     GoodsRecovered,
     GoodsShippedBack,
@@ -81,6 +84,7 @@ from aftersales.engine.domain.case_events import (
     MissingItemsReshipped,
     OfferAccepted,
     OfferDeclined,
+    ParcelIntercepted,
     ReceiptExtended,
     ReplacementShipped,
     ReshipImpossible,
@@ -213,7 +217,13 @@ _CASE_COMMANDS: dict[type[CaseEvent], Callable[[Any, dict[str, Any]], Action]] =
         RejectCase, c, reason=e.reason, communication=e.communication
     ),
     GoodsShippedBack: lambda e, c: _build(
-        ShipBack, c, carrier=e.shipment.carrier, waybill=e.shipment.waybill
+        ShipBack, c, carrier=e.shipment.carrier, waybill=e.shipment.waybill, freight=e.freight
+    ),
+    ParcelIntercepted: lambda e, c: _build(
+        InterceptParcel,
+        c,
+        carrier=e.shipment.carrier if e.shipment else None,
+        waybill=e.shipment.waybill if e.shipment else None,
     ),
     GoodsReceived: lambda e, c: _build(ReceiveGoods, c, condition=e.condition),
     CaseRefunded: lambda e, c: _build(RefundCase, c, amount=e.amount),
@@ -273,6 +283,7 @@ def _fact(event: Event, order_id: str) -> Action | None:
             merchant=event.merchant_id,
             buyer=event.buyer_id,
             lines=event.lines,
+            freight_insurance=event.freight_insurance,
         )
     return None  # a case's consequence on the order: a line linked or let go
 
@@ -282,6 +293,15 @@ def person_actions(order_id: str, histories: dict[UUID, list[Event]]) -> list[tu
     first, in the order they happened (by time, then by when they were recorded; on a tie the
     order's facts first)."""
     found: list[tuple[tuple[datetime, datetime, int, UUID, int], Event, Action]] = []
+    # A parcel refused at the door is one fact of the order system, whatever cases it turned
+    # (and opened, in the buyer's name): re-issued once, as that fact.
+    refused = {
+        e.command_id: e
+        for events in histories.values()
+        for e in events
+        if isinstance(e, DeliveryRefused)
+    }
+    issued: set[str] = set()
     for uid, events in histories.items():
         last_command = ""
         for event in events:
@@ -289,7 +309,14 @@ def person_actions(order_id: str, histories: dict[UUID, list[Event]]) -> list[tu
             last_command = event.command_id
             if event.actor.role is Role.SYSTEM:
                 continue
-            if isinstance(event, CaseEvent):
+            if isinstance(event, CaseEvent) and event.command_id in refused:
+                command = None
+                if event.command_id not in issued:
+                    issued.add(event.command_id)
+                    event = refused[event.command_id]
+                    command = _build(RefuseDelivery, _given(event, order_id=order_id))
+                rank = 0
+            elif isinstance(event, CaseEvent):
                 # An action's first event names it; the rest are its consequences.
                 command = _case_command(event) if first else None
                 rank = 1

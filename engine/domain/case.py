@@ -780,7 +780,8 @@ class ReturnCase(Aggregate):
         if freight is not None and freight <= ZERO:
             raise BadInput("freight must be more than 0.00 (leave it out if nothing was paid)")
         charge = self.return_freight(policy, freight)
-        self._take(self._outcome("ship-back"), act, policy, shipment=shipment)
+        claimed: dict[str, Any] = {"freight": freight} if freight is not None else {}
+        self._take(self._outcome("ship-back"), act, policy, shipment=shipment, **claimed)
         if charge is not None:
             amount, payer = charge
             self._record(

@@ -66,6 +66,8 @@ class CaseRejected(CaseEvent):
 
 class GoodsShippedBack(CaseEvent):
     shipment: Shipment
+    # The postage the buyer claimed with the waybill (what is paid of it: FreightCharged).
+    freight: Decimal | None = None
 
 
 class GoodsReceived(CaseEvent):
