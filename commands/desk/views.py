@@ -232,7 +232,12 @@ def position(store: AftersalesStore) -> int:
     projector = _projectors.get(store)
     if projector is None:
         projector = _projectors[store] = Projector(store)
-    return min(projector.position(v) or 0 for v in VIEWS)
+    return min(projector.position(v) or 0 for v in DESK_VIEWS)
+
+
+# The projections the desk's live pages show: its figures, not those it reads only when asked
+# (the staff queues', whose position moves only when a case is assigned).
+DESK_VIEWS = tuple(v for v in VIEWS if v.name in ("dashboard", "return_rates", "ledger"))
 
 
 def desk(
