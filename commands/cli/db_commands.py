@@ -10,7 +10,8 @@ from aftersales.engine.domain.errors import AftersalesError, BadInput
 
 @click.group("db")
 def db_group() -> None:
-    """The PostgreSQL store's database: its roles."""
+    """The PostgreSQL store's database: its roles (least privilege for the engine, reporting,
+    merchants' BI logins and auditors)."""
 
 
 @db_group.command("roles")
