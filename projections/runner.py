@@ -358,7 +358,7 @@ class Projector:
             runner.__enter__()
             return runner
 
-        from aftersales.engine.storage.postgres import wake_listeners
+        from aftersales.engine.storage.postgres import lost_server, wake_listeners
 
         stopped = dict(self.stopped)
         # Every second, if the log grew or a runner (re)started since the last look, the
@@ -388,6 +388,13 @@ class Projector:
                         continue
                     del runners[view.name]
                     error = _close(runner)
+                    if error is not None and lost_server(error):
+                        # The server went away (a cluster's failover): start again from the
+                        # position tracked, on whichever server takes writes now (the new
+                        # runner's store waits for one, as an action does).
+                        runners[view.name] = start(view)
+                        started = True
+                        continue
                     if error is not None and not isinstance(error, StalePosition):
                         # Read again, checked: an event it cannot use stops this view only.
                         self.catch_up([view], batch_size)

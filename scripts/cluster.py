@@ -257,7 +257,8 @@ class Cluster:
             if ready():
                 return
             time.sleep(0.2)
-        raise ClusterError(f"timed out waiting for {what}; logs in {self.log}")
+        seen = [(m.get("name"), m.get("role"), m.get("state")) for m in self.members()]
+        raise ClusterError(f"timed out waiting for {what} (members: {seen}); logs in {self.log}")
 
     def _etcd_healthy(self) -> bool:
         for port in self.layout.etcd_clients():

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -37,7 +40,10 @@ from aftersales.engine.application.requests import (
 )
 from aftersales.engine.domain.errors import BadInput
 from aftersales.engine.storage.postgres import RIDERS
+from aftersales.engine.storage.store import AftersalesStore
 from aftersales.engine.storage.urls import parse_store_url
+from aftersales.projections.registry import VIEWS
+from aftersales.projections.runner import Projector
 from scripts.cluster import Cluster, Layout
 from tests.conftest import recently
 
@@ -362,15 +368,68 @@ def _bare_client_gap(cluster: Cluster, schema: str, *, switchover: bool = False)
     return _back_after([t for t, _ in acked], killed_at)
 
 
+def _follower(url: str) -> subprocess.Popen[str]:
+    """`aftersales project run --follow`, a process of its own, as it runs in production,
+    once it follows the log (it says so on stderr): the kill then cuts its LISTEN connection."""
+    follower = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "aftersales.commands.cli.main", "--store", url),
+            *("project", "run", "--follow", "--poll", "0.05", "--json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stderr is not None
+    assert "following" in follower.stderr.readline(), follower.communicate()
+    return follower
+
+
+def _projections_caught_up(url: str, follower: subprocess.Popen[str], flow: Flow) -> int:
+    """The follower, through the failover, brings every view to the log's head; the
+    dashboard then has each case once, refunded. Its rows."""
+    with AftersalesStore(url) as store:
+        projector = Projector(store)
+        # Each view's last event: a view's position moves on the events it folds only.
+        last = {
+            view.name: store.query(
+                "SELECT max(notification_id) AS n FROM {t}aftersales_events "
+                "WHERE topic = ANY(?)",
+                (list(view.topics()),),
+            )[0]["n"]
+            or 0
+            for view in VIEWS
+        }
+
+        def caught_up() -> bool:
+            assert follower.poll() is None, follower.communicate()
+            return all((projector.position(view) or 0) >= last[view.name] for view in VIEWS)
+
+        _wait_until(caught_up, 60, "the projections to catch up")
+        rows = store.query("SELECT status, count(*) AS n FROM {t}proj_dashboard_cases GROUP BY 1")
+    follower.send_signal(signal.SIGTERM)
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert {r["status"]: r["n"] for r in rows} == {"refunded": len(flow.orders)}
+    return sum(int(r["n"]) for r in rows)
+
+
 def _round(cluster: Cluster, *, switchover: bool = False) -> tuple[float, float, dict[str, int]]:
     schema = f"ha_{uuid.uuid4().hex[:10]}"
     url = cluster.layout.store_url() + f"&schema={schema}"
     with Engine(url):
         pass  # the store made once, before the engines start (as `aftersales init` does)
+    follower = _follower(url)
     flow = Flow(url)
-    old, engine_gap = _kill_during(cluster, flow, switchover=switchover)
-    cluster.wait_streaming(90, not_led_by=old)
-    counts = _check_exactly_once(url, flow, schema)
+    try:
+        old, engine_gap = _kill_during(cluster, flow, switchover=switchover)
+        cluster.wait_streaming(90, not_led_by=old)
+        counts = _check_exactly_once(url, flow, schema)
+        counts["dashboard rows"] = _projections_caught_up(url, follower, flow)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
     old = str((cluster.leader() or {}).get("name"))
     bare_gap = _bare_client_gap(cluster, schema, switchover=switchover)
     cluster.wait_streaming(90, not_led_by=old)
