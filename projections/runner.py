@@ -360,6 +360,18 @@ class Projector:
 
         from aftersales.engine.storage.postgres import lost_server, wake_listeners
 
+        def restart(view: type[View]) -> Any:
+            """``start`` again after a lost server, trying for as long as the store waits
+            through a failover (a runner started in the middle of one fails at once)."""
+            deadline = time.monotonic() + self.store.url.failover_timeout
+            while True:
+                try:
+                    return start(view)
+                except Exception as exc:
+                    if not lost_server(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.2)
+
         stopped = dict(self.stopped)
         # Every second, if the log grew or a runner (re)started since the last look, the
         # subscriptions are woken once more: one that started listening just after an event
@@ -392,7 +404,7 @@ class Projector:
                         # The server went away (a cluster's failover): start again from the
                         # position tracked, on whichever server takes writes now (the new
                         # runner's store waits for one, as an action does).
-                        runners[view.name] = start(view)
+                        runners[view.name] = restart(view)
                         started = True
                         continue
                     if error is not None and not isinstance(error, StalePosition):

@@ -157,16 +157,27 @@ _LOST = ("08", "57P01", "57P02", "57P03", "25006")
 
 
 def lost_server(exc: BaseException) -> bool:
-    """Whether an error (the library's, wrapping psycopg's) says the server was lost, not that
-    the statement was wrong or refused."""
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if isinstance(cause, PoolTimeout):
+    """Whether an error says the server was lost, not that the statement was wrong or refused:
+    the error itself or any it was raised from (the library wraps psycopg's errors, and a
+    projection runner wraps the library's)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if _lost(link):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def _lost(exc: BaseException) -> bool:
+    if isinstance(exc, PoolTimeout):
         return True
-    if not isinstance(cause, psycopg.Error):
+    if not isinstance(exc, psycopg.Error):
         return False
-    state = cause.sqlstate
+    state = exc.sqlstate
     if state is None:  # the client's own: a connection refused, reset or closed
-        return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError))
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
     return state.startswith(_LOST)
 
 
