@@ -366,6 +366,20 @@ class Cluster:
 
         self._wait(ready, timeout, "the members to stream again")
 
+    def wait_writable(self, timeout: float = 60.0, *, not_led_by: str | None = None) -> None:
+        """Until a leader (another than ``not_led_by``) and a synchronous standby run: commits
+        are acknowledged again (the third member may still be catching up)."""
+
+        def ready() -> bool:
+            members = self.members()
+            leader = next((m for m in members if m.get("role") == "leader"), None)
+            sync = [m for m in members if m.get("role") == "sync_standby"]
+            moved = leader is not None and leader.get("name") != not_led_by
+            running = all(m.get("state") in ("running", "streaming") for m in [leader, *sync] if m)
+            return moved and bool(sync) and running
+
+        self._wait(ready, timeout, "a leader and a synchronous standby")
+
     # Stopping -----------------------------------------------------------------------------
 
     def down(self, *, keep: bool = False) -> None:

@@ -107,6 +107,9 @@ def _layout() -> Layout:
     pytest.skip("no free ports for a test cluster")
 
 
+LOGS = Path("/tmp/aftersales-cluster-test-logs")
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     missing = [tool for tool in ("patroni", "etcd", "setpriv") if shutil.which(tool) is None]
@@ -119,6 +122,9 @@ def cluster() -> Iterator[Cluster]:
         found.up()
         yield found
     finally:
+        # Its logs outlive it, for a failure to be read after the run.
+        shutil.rmtree(LOGS, ignore_errors=True)
+        shutil.copytree(found.log, LOGS, dirs_exist_ok=True)
         found.down()
 
 
@@ -393,8 +399,7 @@ def _projections_caught_up(url: str, follower: subprocess.Popen[str], flow: Flow
         # Each view's last event: a view's position moves on the events it folds only.
         last = {
             view.name: store.query(
-                "SELECT max(notification_id) AS n FROM {t}aftersales_events "
-                "WHERE topic = ANY(?)",
+                "SELECT max(notification_id) AS n FROM {t}aftersales_events WHERE topic = ANY(?)",
                 (list(view.topics()),),
             )[0]["n"]
             or 0
@@ -423,7 +428,7 @@ def _round(cluster: Cluster, *, switchover: bool = False) -> tuple[float, float,
     flow = Flow(url)
     try:
         old, engine_gap = _kill_during(cluster, flow, switchover=switchover)
-        cluster.wait_streaming(90, not_led_by=old)
+        cluster.wait_writable(90, not_led_by=old)
         counts = _check_exactly_once(url, flow, schema)
         counts["dashboard rows"] = _projections_caught_up(url, follower, flow)
     finally:
@@ -432,7 +437,7 @@ def _round(cluster: Cluster, *, switchover: bool = False) -> tuple[float, float,
             follower.communicate()
     old = str((cluster.leader() or {}).get("name"))
     bare_gap = _bare_client_gap(cluster, schema, switchover=switchover)
-    cluster.wait_streaming(90, not_led_by=old)
+    cluster.wait_writable(90, not_led_by=old)
     return engine_gap, bare_gap, counts
 
 
