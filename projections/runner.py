@@ -361,8 +361,9 @@ class Projector:
         from aftersales.engine.storage.postgres import lost_server, wake_listeners
 
         def restart(view: type[View]) -> Any:
-            """``start`` again after a lost server, trying for as long as the store waits
-            through a failover (a runner started in the middle of one fails at once)."""
+            """``start``, again after a lost server, for as long as the store waits through a
+            failover (a runner started in the middle of one fails at once: its tables are
+            checked, and its position read, on a new connection)."""
             deadline = time.monotonic() + self.store.url.failover_timeout
             while True:
                 try:
@@ -380,7 +381,7 @@ class Projector:
         try:
             for view in views:
                 if view.name not in stopped:
-                    runners[view.name] = start(view)
+                    runners[view.name] = restart(view)
             while not stop.wait(0.1):
                 ticks += 1
                 if ticks % 10 == 0:
