@@ -358,7 +358,20 @@ class Projector:
             runner.__enter__()
             return runner
 
-        from aftersales.engine.storage.postgres import wake_listeners
+        from aftersales.engine.storage.postgres import lost_server, wake_listeners
+
+        def restart(view: type[View]) -> Any:
+            """``start``, again after a lost server, for as long as the store waits through a
+            failover (a runner started in the middle of one fails at once: its tables are
+            checked, and its position read, on a new connection)."""
+            deadline = time.monotonic() + self.store.url.failover_timeout
+            while True:
+                try:
+                    return start(view)
+                except Exception as exc:
+                    if not lost_server(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.2)
 
         stopped = dict(self.stopped)
         # Every second, if the log grew or a runner (re)started since the last look, the
@@ -368,7 +381,7 @@ class Projector:
         try:
             for view in views:
                 if view.name not in stopped:
-                    runners[view.name] = start(view)
+                    runners[view.name] = restart(view)
             while not stop.wait(0.1):
                 ticks += 1
                 if ticks % 10 == 0:
@@ -388,6 +401,13 @@ class Projector:
                         continue
                     del runners[view.name]
                     error = _close(runner)
+                    if error is not None and lost_server(error):
+                        # The server went away (a cluster's failover): start again from the
+                        # position tracked, on whichever server takes writes now (the new
+                        # runner's store waits for one, as an action does).
+                        runners[view.name] = restart(view)
+                        started = True
+                        continue
                     if error is not None and not isinstance(error, StalePosition):
                         # Read again, checked: an event it cannot use stops this view only.
                         self.catch_up([view], batch_size)

@@ -368,10 +368,11 @@ class Bench:
     def checks_cost(self) -> None:
         """What the invariants (checked on every event written), the read checks (each
         case's history replayed through the audit's cheap checks, against its index row) and
-        the save's check of the stored events it builds on cost a single action: a return's four actions (open, approve, ship back, receive), each
-        loading what it acts on from the store (no cache), with every check on and with them
-        off, in turns of a few cases each, so the machine's load falls on both alike. Wall and
-        client CPU time per action, medians of the turns, and their ratio."""
+        the save's check of the stored events it builds on cost a single action: a return's
+        four actions (open, approve, ship back, receive), each loading what it acts on from
+        the store (no cache), with every check on and with them off, in turns of a few cases
+        each, so the machine's load falls on both alike. Wall and client CPU time per action,
+        medians of the turns, and their ratio."""
         turns, per_turn = 8, self.n(40)
         path = self.orders_file(turns * per_turn * 2, "orders-checks.jsonl", "K-", recent=True)
         self.cli("order", "import", str(path))

@@ -225,16 +225,97 @@ def pg_schemas() -> Iterator[SchemaPool]:
     pool.close()
 
 
+# The scenarios of these modules run on PostgreSQL with the engine connected as its own role
+# (`aftersales db roles`: events read and appended, never changed; the save call run as its
+# owner), not as the superuser: what a production store runs as. With
+# AFTERSALES_TEST_ENGINE_ROLE=all, every test's PostgreSQL store is reached that way.
+ENGINE_ROLE_MODULES = frozenset(
+    {
+        "test_batch.py",
+        "test_clock.py",
+        "test_clock_first.py",
+        "test_concurrency.py",
+        "test_handle.py",
+        "test_imports.py",
+        "test_ledger.py",
+        "test_negotiation_flow.py",
+        "test_principals.py",
+        "test_projections.py",
+        "test_relay.py",
+        "test_together.py",
+        "test_transitions.py",
+        "test_windows.py",
+    }
+)
+# ... but for tests that play the part of something the engine's role may not be.
+AS_OWNER = frozenset(
+    {
+        # writes events past the save call (with the table lock, which needs the owner)
+        "test_follow_folds_an_event_whose_notification_nobody_heard",
+    }
+)
+ENGINE_ROLE = "aftersales_engine"
+
+
+def _as_engine_role(request: pytest.FixtureRequest) -> bool:
+    if request.function.__name__ in AS_OWNER:
+        return False
+    every = os.environ.get("AFTERSALES_TEST_ENGINE_ROLE") == "all"
+    return every or request.path.name in ENGINE_ROLE_MODULES
+
+
+def as_role(url: str, role: str) -> str:
+    """A store URL logged in as another role (the test server trusts loopback)."""
+    head, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    return f"{head}{sep}{role}@{netloc.rpartition('@')[2]}{slash}{tail}"
+
+
+def _engine_role(schema: str, *, on: bool) -> None:
+    """Give a schema the engine's role (its grants, the save call run as the owner, the events'
+    trigger), or take the trigger and the save call's change back so it can be emptied and
+    handed out again (grants left are harmless)."""
+    from aftersales.engine.storage.roles import SAVE_SIGNATURE, role_statements
+
+    with psycopg.connect(_pg_conninfo(), autocommit=True) as conn, conn.transaction():
+        if on:
+            for statement in role_statements(schema, [], engine_only=True):
+                conn.execute(statement)
+            return
+        events = SQL("{}.aftersales_events").format(Identifier(schema))
+        for trigger in ("aftersales_append_only", "aftersales_no_truncate"):
+            conn.execute(SQL("DROP TRIGGER IF EXISTS {} ON {}").format(Identifier(trigger), events))
+        conn.execute(
+            SQL("ALTER FUNCTION {}.aftersales_save({}) SECURITY INVOKER RESET ALL").format(
+                Identifier(schema), SQL(SAVE_SIGNATURE)
+            )
+        )
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty store of the test's own: a new SQLite file, or an emptied PostgreSQL schema."""
+    """An empty store of the test's own: a new SQLite file, or an emptied PostgreSQL schema
+    (reached as the engine's own role in ``ENGINE_ROLE_MODULES``)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
     pool: SchemaPool = request.getfixturevalue("pg_schemas")
     schema = pool.take()
-    yield schema_url(schema)
-    pool.give_back(schema)
+    if not _as_engine_role(request):
+        yield schema_url(schema)
+        pool.give_back(schema)
+        return
+    _engine_role(schema, on=True)
+    try:
+        yield as_role(schema_url(schema), ENGINE_ROLE)
+    finally:
+        try:
+            _engine_role(schema, on=False)
+        except psycopg.Error:
+            pool.made.remove(schema)
+            drop_schema(schema)
+        else:
+            pool.give_back(schema)
 
 
 @pytest.fixture

@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aftersales.commands.cli.completion:completion",
         "Print the shell completion script for bash, zsh or fish.",
     ),
+    "db": (
+        "aftersales.commands.cli.db_commands:db_group",
+        "The PostgreSQL store's database: its roles (least privilege for the engine, "
+        "reporting, merchants' BI logins and auditors).",
+    ),
     "demo": (
         "aftersales.commands.cli.demo.play:demo",
         "Play the article's cases end to end on a fresh SQLite store and show what happened.",

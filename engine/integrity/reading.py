@@ -126,11 +126,21 @@ def read_rows(
                 else "AND e.topic = ANY(%s) "
             ),
         )
+        from aftersales.engine.storage.postgres import ride
+
         chosen = [] if topics is None else [list(topics), *([list(known)] if known else [])]
         params: tuple[Any, ...] = (after, stop, *chosen, limit)
-        with pg.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as c:
-            c.execute(query, params, prepare=True)
-            return [StoredRow(i, o, v, t, bytes(s), _bytes(p)) for i, o, v, t, s, p in c.fetchall()]
+
+        def run() -> list[StoredRow]:
+            with pg.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as c:
+                c.execute(query, params, prepare=True)
+                return [
+                    StoredRow(i, o, v, t, bytes(s), _bytes(p)) for i, o, v, t, s, p in c.fetchall()
+                ]
+
+        # A cluster's store reads through a failover, as its actions do.
+        rows: list[StoredRow] = ride(pg.datastore, run)
+        return rows
     assert isinstance(recorder, SQLiteCaseRecorder)
     table = recorder.events_table_name
     marks = ", ".join("?" * len(topics)) if topics is not None else ""

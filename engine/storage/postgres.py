@@ -6,23 +6,33 @@ SQLite store never load psycopg."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import (
     ApplicationRecorder,
     InterfaceError,
+    InternalError,
     OperationalError,
     StoredEvent,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.utils import retry
+from eventsourcing.postgres import (
+    ConnectionPool,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresFactory,
+)
+from eventsourcing.utils import Environment, EnvType, retry
 from psycopg.conninfo import make_conninfo
 from psycopg.sql import SQL, Identifier
 from psycopg.types.json import Jsonb
+from psycopg_pool import PoolTimeout
 
 from aftersales.engine.domain.errors import StoreUnavailable
 from aftersales.engine.storage.case_index import (
@@ -44,6 +54,143 @@ from aftersales.engine.storage.sql import (
     access_tables,
 )
 from aftersales.engine.storage.urls import StoreUrl
+
+T = TypeVar("T")
+
+
+# A store of several hosts (a cluster) ---------------------------------------------------------
+
+
+class PostgresStoreFactory(PostgresFactory):
+    """The library's PostgreSQL factory, for a store URL that says more than the library reads:
+    libpq's ``target_session_attrs`` and ``connect_timeout`` (a cluster's URL names every member
+    and keeps the one that takes writes), and how long to wait through a failover."""
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        kwargs = self.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)
+        attrs = self.env.get("AFTERSALES_TARGET_SESSION_ATTRS")
+        if attrs:
+            kwargs["target_session_attrs"] = attrs
+        connect_timeout = self.env.get("AFTERSALES_LIBPQ_CONNECT_TIMEOUT")
+        if connect_timeout:
+            kwargs["connect_timeout"] = int(connect_timeout)
+        failover = float(self.env.get("AFTERSALES_FAILOVER_TIMEOUT") or 0)
+        if failover > 0:
+            # Nothing acknowledged may be lost in a failover: every commit waits for the
+            # synchronous standby, whatever a client's PGOPTIONS say.
+            kwargs["options"] = "-c synchronous_commit=on"
+            RIDERS[self.datastore] = Rider(self.datastore, failover)
+
+
+class Rider:
+    """Rides a datastore through a failover: an operation that lost its server (the primary
+    died, or became a standby) waits for a server that takes writes again (a probe every
+    tenth of a second, so the first moment the new primary answers is the moment it is used),
+    then runs again on a fresh connection pool. Only operations that may safely run twice go
+    through it: reads, and the save call, whose events and command rows are keyed (a save that
+    did commit before its connection died fails again on its keys, and the unit of work then
+    gives the command id's first result, engine/application/units.py). A fresh pool, not the
+    old one's reconnection, whose back-off (1, 2, 4, 8 s) would add seconds to a failover."""
+
+    PROBE_INTERVAL = 0.1
+
+    def __init__(self, datastore: PostgresDatastore, timeout: float) -> None:
+        self.datastore = datastore
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.generation = 0
+        self.failovers = 0
+
+    def run(self, operation: Callable[[], T]) -> T:
+        deadline: float | None = None
+        while True:
+            generation = self.generation
+            try:
+                return operation()
+            except (OperationalError, InterfaceError, InternalError) as exc:
+                if not lost_server(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self.timeout
+                if now >= deadline:
+                    raise
+                self.reconnect(generation, deadline)
+
+    def reconnect(self, generation: int, deadline: float) -> None:
+        """Wait for a server that takes writes, then swap in a fresh pool (once, whichever
+        thread gets here first: the others find the generation moved on and just go again)."""
+        with self.lock:
+            if self.generation != generation:
+                return
+            old = self.datastore.pool
+            assert isinstance(old.kwargs, dict)
+            kwargs = dict(old.kwargs)
+            kwargs.pop("row_factory", None)
+            kwargs["connect_timeout"] = 1
+            while time.monotonic() < deadline:
+                try:
+                    with psycopg.connect(**kwargs) as probe:
+                        probe.execute("SELECT 1")
+                    break
+                except psycopg.Error:
+                    time.sleep(self.PROBE_INTERVAL)
+            self.datastore.pool = ConnectionPool(
+                get_password_func=old.get_password_func,
+                connection_class=old.connection_class,
+                kwargs=old.kwargs,
+                min_size=old.min_size,
+                max_size=old.max_size,
+                open=False,
+                configure=self.datastore.after_connect_func(),
+                timeout=old.timeout,
+                max_waiting=old.max_waiting,
+                max_lifetime=old.max_lifetime,
+            )
+            self.generation += 1
+            self.failovers += 1
+        # The old pool's connections are dead; closing it waits for its workers.
+        threading.Thread(target=old.close, kwargs={"timeout": 2.0}, daemon=True).start()
+
+
+# The riders of the datastores that have one (stores of several hosts).
+RIDERS: weakref.WeakKeyDictionary[PostgresDatastore, Rider] = weakref.WeakKeyDictionary()
+
+# SQLSTATEs of a server that is gone or does not take writes: the connection's failures
+# (class 08), shutdowns and a server starting up (57P01-57P03), a read-only transaction.
+_LOST = ("08", "57P01", "57P02", "57P03", "25006")
+
+
+def lost_server(exc: BaseException) -> bool:
+    """Whether an error says the server was lost, not that the statement was wrong or refused:
+    the error itself or any it was raised from (the library wraps psycopg's errors, and a
+    projection runner wraps the library's)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if _lost(link):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def _lost(exc: BaseException) -> bool:
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # the client's own: a connection refused, reset or closed
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    return state.startswith(_LOST)
+
+
+def ride(datastore: PostgresDatastore, operation: Callable[[], T]) -> T:
+    """Run a read (or the save call) through the datastore's rider, if it has one."""
+    rider = RIDERS.get(datastore)
+    return rider.run(operation) if rider is not None else operation()
 
 
 class PostgresCaseRecorder(PostgresApplicationRecorder):
@@ -210,12 +357,27 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                     curs.execute(statement, prepare=False)
         self.datastore.register_type_adapters()
 
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
+        rider = RIDERS.get(self.datastore)
+        if rider is not None:
+            ids: Sequence[int] = rider.run(lambda: self._call_save(stored_events, kwargs))
+            return ids
+        saved: Sequence[int] = self._call_save_retried(stored_events, kwargs)
+        return saved
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _call_save_retried(
+        self, stored_events: Sequence[StoredEvent], kwargs: dict[str, Any]
+    ) -> Sequence[int]:
+        return self._call_save(stored_events, kwargs)
+
+    def _call_save(
+        self, stored_events: Sequence[StoredEvent], kwargs: dict[str, Any]
+    ) -> Sequence[int]:
         cases: Sequence[CaseRow] = kwargs.get("cases", ())
         commands: Sequence[CommandRow] = kwargs.get("commands", ())
         heads: Sequence[Head] = kwargs.get("heads", ())
@@ -245,27 +407,36 @@ def _jsonable(row: tuple[Any, ...]) -> dict[str, Any]:
 def ensure_schema(url: StoreUrl, *, create: bool = True) -> bool:
     """Whether the store a PostgreSQL URL names was there (its case table in its schema, or
     in the search path); with ``create``, create its schema if missing. A server that cannot be
-    reached is said so at once, not after the connection pool's retries."""
-    try:
-        conninfo = make_conninfo("", **url.conninfo)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            table = f"{url.schema}.{CASES_TABLE}" if url.schema else CASES_TABLE
-            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-            existed = bool(found and found[0])
-            if existed or not create or not url.schema:
-                return existed
-            exists = conn.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (url.schema,)
-            ).fetchone()
-            if not exists:
-                # Another process may create it at the same moment.
-                with contextlib.suppress(psycopg.errors.UniqueViolation):
-                    conn.execute(
-                        SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(url.schema))
-                    )
-            return False
-    except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
+    reached is said so at once, not after the connection pool's retries (a cluster's store
+    waits through a failover for its primary first, as its actions do)."""
+    deadline = time.monotonic() + url.failover_timeout
+    while True:
+        try:
+            return _ensure_schema(url, create=create)
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline or not lost_server(exc):
+                raise StoreUnavailable(
+                    f"cannot connect to PostgreSQL: {str(exc).strip()}"
+                ) from None
+            time.sleep(Rider.PROBE_INTERVAL)
+
+
+def _ensure_schema(url: StoreUrl, *, create: bool) -> bool:
+    conninfo = make_conninfo("", **url.conninfo)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        table = f"{url.schema}.{CASES_TABLE}" if url.schema else CASES_TABLE
+        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+        existed = bool(found and found[0])
+        if existed or not create or not url.schema:
+            return existed
+        exists = conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (url.schema,)
+        ).fetchone()
+        if not exists:
+            # Another process may create it at the same moment.
+            with contextlib.suppress(psycopg.errors.UniqueViolation):
+                conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(url.schema)))
+        return False
 
 
 # The store's queries there (engine/storage/store.py, on a PostgreSQL store) ------------------
@@ -277,9 +448,14 @@ def _ours(recorder: ApplicationRecorder) -> PostgresCaseRecorder:
 
 
 def query(recorder: ApplicationRecorder, text: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-    with _ours(recorder).datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(text.encode(), params)
-        return [dict(row) for row in curs.fetchall()]
+    datastore = _ours(recorder).datastore
+
+    def run() -> list[dict[str, Any]]:
+        with datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(text.encode(), params)
+            return [dict(row) for row in curs.fetchall()]
+
+    return ride(datastore, run)
 
 
 def write(recorder: ApplicationRecorder, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
@@ -303,12 +479,16 @@ def select_events(
         Identifier(recorder.events_table_name),
         SQL("AND originator_version = 1" if first_only else ""),
     )
-    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(statement, (list(ids),))
-        return [
-            (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
-            for r in curs.fetchall()
-        ]
+
+    def run() -> list[tuple[UUID, int, str, bytes]]:
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (list(ids),))
+            return [
+                (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+                for r in curs.fetchall()
+            ]
+
+    return ride(recorder.datastore, run)
 
 
 def select_with_index(
@@ -328,9 +508,13 @@ def select_with_index(
         cases=Identifier(CASES_TABLE),
         events=Identifier(recorder.events_table_name),
     )
-    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(statement, (str(uid), uid), prepare=True)
-        rows = curs.fetchall()
+
+    def run() -> list[Any]:
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (str(uid), uid), prepare=True)
+            return curs.fetchall()
+
+    rows = ride(recorder.datastore, run)
     indexed = rows[0]["indexed"] if rows else None
     events = [
         (r["originator_version"], r["topic"], bytes(r["state"]))
@@ -357,9 +541,13 @@ def select_events_with_index(
         events=Identifier(recorder.events_table_name),
         cases=Identifier(CASES_TABLE),
     )
-    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(statement, (list(ids),))
-        rows = curs.fetchall()
+
+    def run() -> list[Any]:
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (list(ids),))
+            return curs.fetchall()
+
+    rows = ride(recorder.datastore, run)
     indexed = {r["originator_id"]: int(r["indexed"]) for r in rows if r["indexed"] is not None}
     events = [
         (r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"])) for r in rows

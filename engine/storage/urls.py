@@ -22,6 +22,7 @@ DEFAULT_STORE = "sqlite:///aftersales.db"
 # PostgreSQL's side lives in engine/storage/postgres.py, named here by topic so that a process on a
 # SQLite store never imports psycopg (a tenth of a second of every command's start).
 POSTGRES_RECORDER_TOPIC = "aftersales.engine.storage.postgres:PostgresCaseRecorder"
+POSTGRES_FACTORY_TOPIC = "aftersales.engine.storage.postgres:PostgresStoreFactory"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -43,14 +44,23 @@ class StoreUrl:
 
     @property
     def conninfo(self) -> dict[str, str]:
-        return {
+        """libpq's parameters for one connection of the store's own."""
+        found = {
             "dbname": self.env["POSTGRES_DBNAME"],
             "host": self.env["POSTGRES_HOST"],
             "port": self.env["POSTGRES_PORT"],
             "user": self.env["POSTGRES_USER"],
             "password": self.env["POSTGRES_PASSWORD"],
-            "connect_timeout": "10",
+            "connect_timeout": self.env.get("AFTERSALES_LIBPQ_CONNECT_TIMEOUT") or "10",
         }
+        if self.env.get("AFTERSALES_TARGET_SESSION_ATTRS"):
+            found["target_session_attrs"] = self.env["AFTERSALES_TARGET_SESSION_ATTRS"]
+        return found
+
+    @property
+    def failover_timeout(self) -> float:
+        """How long an action waits through a failover for a primary (0: it does not)."""
+        return float(self.env.get("AFTERSALES_FAILOVER_TIMEOUT") or 0)
 
 
 _PASSWORD = re.compile(r"^(?P<head>[a-z]+://[^/@?#]*?:)(?P<password>[^/?#]*)@")
@@ -70,8 +80,8 @@ def store_password(url: str | None) -> str | None:
 
 def parse_store_url(url: str | None) -> StoreUrl:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
-    ``postgresql://user[:pw]@host[:port]/db[?schema=NAME]``. A refusal names the URL with
-    its password left out."""
+    ``postgresql://user[:pw]@host[:port][,host[:port]...]/db[?schema=NAME&...]``.
+    A refusal names the URL with its password left out."""
     url = check_id(url or DEFAULT_STORE, "store URL", MAX_STORE_URL_CHARS)
     try:
         return _parse_store_url(url)
@@ -100,48 +110,106 @@ def _parse_store_url(url: str) -> StoreUrl:
             path=path,
         )
     if url.startswith(("postgresql://", "postgres://")):
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname
-        except ValueError as exc:
-            raise BadInput(f"store URL is malformed: {exc}") from None
-        dbname = check_id(unquote(parts.path.lstrip("/")), "store URL's database")
-        if not dbname:
-            raise BadInput(f"store {shown!r} names no database: postgresql://host:5432/DBNAME")
-        query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = set(query) - {"schema"}
-        if unknown:
-            raise BadInput(f"store {shown!r}: unknown option {sorted(unknown)[0]!r} (only schema)")
-        schema = query.get("schema", [""])[0] or None
-        if schema is not None and not _SCHEMA.match(schema):
-            raise BadInput(
-                f"store {shown!r}: schema {schema!r} must be lower-case letters, digits or _"
-            )
-        try:
-            port = parts.port or 5432
-        except ValueError:
-            raise BadInput(f"store {shown!r}: the port is not a number") from None
-        env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": dbname,
-            "POSTGRES_HOST": host or "localhost",
-            "POSTGRES_PORT": str(port),
-            "POSTGRES_USER": check_id(
-                unquote(parts.username) if parts.username else getpass.getuser(),
-                "store URL's user",
-            ),
-            "POSTGRES_PASSWORD": check_id(
-                unquote(parts.password) if parts.password else "", "store URL's password"
-            ),
-            "POSTGRES_SCHEMA": schema or "",
-            "POSTGRES_CONNECT_TIMEOUT": "10",
-            # One connection opened at the start (the pool waits for all it keeps, and most
-            # commands use one); up to eight, opened as threads need them and kept while used.
-            "POSTGRES_POOL_SIZE": "1",
-            "POSTGRES_MAX_OVERFLOW": "7",
-            "POSTGRES_LOCK_TIMEOUT": "10",
-            "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
-            "APPLICATION_RECORDER_TOPIC": POSTGRES_RECORDER_TOPIC,
-        }
-        return StoreUrl(text=url, kind="postgresql", env=env, schema=schema)
+        return _parse_postgres_url(url, shown)
     raise BadInput(f"store {shown!r} is neither sqlite:// nor postgresql://")
+
+
+# libpq's choices of server among several hosts (``target_session_attrs``).
+SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+_OPTIONS = ("schema", "target_session_attrs", "connect_timeout", "failover_timeout")
+# How long a store of several hosts waits through a failover for a primary before an action
+# fails (``failover_timeout``): Patroni's TTL on this design, with a margin.
+DEFAULT_FAILOVER_TIMEOUT = 30
+
+
+def _parse_postgres_url(url: str, shown: str) -> StoreUrl:
+    """``postgresql://user[:pw]@host[:port][,host[:port]...]/db[?options]``: one server, or
+    several (a cluster: libpq tries them in turn, ``target_session_attrs`` says which it keeps).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise BadInput(f"store URL is malformed: {exc}") from None
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    hosts = [_host_port(item, shown) for item in hostlist.split(",")]
+    dbname = check_id(unquote(parts.path.lstrip("/")), "store URL's database")
+    if not dbname:
+        raise BadInput(f"store {shown!r} names no database: postgresql://host:5432/DBNAME")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - set(_OPTIONS)
+    if unknown:
+        raise BadInput(
+            f"store {shown!r}: unknown option {sorted(unknown)[0]!r} (only {', '.join(_OPTIONS)})"
+        )
+    option = {key: values[-1] for key, values in query.items()}
+    schema = option.get("schema") or None
+    if schema is not None and not _SCHEMA.match(schema):
+        raise BadInput(
+            f"store {shown!r}: schema {schema!r} must be lower-case letters, digits or _"
+        )
+    attrs = option.get("target_session_attrs", "")
+    if attrs and attrs not in SESSION_ATTRS:
+        raise BadInput(
+            f"store {shown!r}: target_session_attrs must be one of {', '.join(SESSION_ATTRS)}"
+        )
+    connect_timeout = _seconds(option, "connect_timeout", shown, "10")
+    failover_timeout = _seconds(
+        option, "failover_timeout", shown, str(DEFAULT_FAILOVER_TIMEOUT if len(hosts) > 1 else 0)
+    )
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": dbname,
+        "POSTGRES_HOST": ",".join(host for host, _ in hosts),
+        "POSTGRES_PORT": ",".join(port for _, port in hosts),
+        "POSTGRES_USER": check_id(
+            unquote(username) if username else getpass.getuser(), "store URL's user"
+        ),
+        "POSTGRES_PASSWORD": check_id(unquote(password), "store URL's password"),
+        "POSTGRES_SCHEMA": schema or "",
+        "POSTGRES_CONNECT_TIMEOUT": connect_timeout,
+        # One connection opened at the start (the pool waits for all it keeps, and most
+        # commands use one); up to eight, opened as threads need them and kept while used.
+        "POSTGRES_POOL_SIZE": "1",
+        "POSTGRES_MAX_OVERFLOW": "7",
+        "POSTGRES_LOCK_TIMEOUT": "10",
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+        "APPLICATION_RECORDER_TOPIC": POSTGRES_RECORDER_TOPIC,
+    }
+    if attrs or failover_timeout != "0" or "connect_timeout" in option:
+        # What the library's own factory does not pass to libpq, and riding through a
+        # failover: the store's factory (engine/storage/postgres.py) adds them.
+        env.update(
+            PERSISTENCE_MODULE=POSTGRES_FACTORY_TOPIC,
+            AFTERSALES_TARGET_SESSION_ATTRS=attrs,
+            AFTERSALES_LIBPQ_CONNECT_TIMEOUT=option.get("connect_timeout", ""),
+            AFTERSALES_FAILOVER_TIMEOUT=failover_timeout,
+        )
+    return StoreUrl(text=url, kind="postgresql", env=env, schema=schema)
+
+
+def _host_port(item: str, shown: str) -> tuple[str, str]:
+    """One ``host[:port]`` of a URL's host list (an IPv6 address in brackets)."""
+    host, port = item, ""
+    if item.startswith("["):
+        close = item.find("]")
+        if close < 0:
+            raise BadInput(f"store {shown!r}: an IPv6 host's ] is missing")
+        host, rest = item[1:close], item[close + 1 :]
+        if rest and not rest.startswith(":"):
+            raise BadInput(f"store {shown!r}: {item!r} is not host:port")
+        port = rest[1:]
+    elif ":" in item:
+        host, _, port = item.rpartition(":")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise BadInput(f"store {shown!r}: the port is not a number")
+    if "," in host or "/" in host:
+        raise BadInput(f"store {shown!r}: {item!r} is not a host")
+    return unquote(host) or "localhost", port or "5432"
+
+
+def _seconds(option: dict[str, str], key: str, shown: str, default: str) -> str:
+    value = option.get(key, default) or default
+    if not value.isdigit() or int(value) > 3600:
+        raise BadInput(f"store {shown!r}: {key} must be whole seconds (0 to 3600)")
+    return str(int(value))
