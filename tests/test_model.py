@@ -216,6 +216,10 @@ class RefundOverAsked(Hole):
     kind = "refunded beyond the amount asked"
 
 
+class FreightOverOwed(Hole):
+    kind = "postage back paid beyond what was owed"
+
+
 class RefundWithoutConsent(Hole):
     kind = "refunded less than asked without the buyer's consent"
 
@@ -667,13 +671,17 @@ class Model(RuleBasedStateMachine):
         )
 
     @precondition(lambda self: self.can("ship-back"))
-    @rule(case=PICK)
-    def ship_back(self, case: int) -> None:
+    @rule(case=PICK, freight=st.sampled_from((None, "0.00", "5.00", "30.00")))
+    def ship_back(self, case: int, freight: str | None) -> None:
+        """The goods go back, the postage claimed or not (0.00: refused)."""
         c = self.pick(case, "ship-back")
         if c is None:
             return
         waybill = f"R{self.serial}"
-        self.act(ShipBack(case_id=c.uid, carrier="YTO", waybill=waybill, at=self.now), c)
+        command = ShipBack(
+            case_id=c.uid, carrier="YTO", waybill=waybill, freight=freight, at=self.now
+        )
+        self.act(command, c)
 
     @precondition(lambda self: self.can("withdraw"))
     @rule(case=PICK)
@@ -973,6 +981,7 @@ class Model(RuleBasedStateMachine):
             return
         self.look()
         self.check_money()
+        self.check_freight()
         self.check_deadlines()
         self.check_refund_only_before_shipment()
         self.check_tampered()
@@ -1096,6 +1105,23 @@ class Model(RuleBasedStateMachine):
                     f"case {c.case_id} ended refunded with {paid} of the {c.asked} asked, "
                     f"{consent}, no ruling",
                 )
+
+    def check_freight(self) -> None:
+        """The postage back is paid once a case, by the merchant up to the policy's cap (or
+        both legs, once, on a wrong item the platform upheld), never by the insurer for an
+        order that was not insured (the model's orders never are)."""
+        cap = self.engine.policy.return_freight_cap
+        for c in self.live():
+            freight = [e for e in c.shown.get("ledger", ()) if e["type"] == "freight"]
+            if len(freight) > 1:
+                self.hole(FreightOverOwed, f"case {c.case_id} paid freight {len(freight)} times")
+            for e in freight:
+                most = cap if e.get("legs", 1) == 1 else self.engine.policy.freight_per_leg * 2
+                if e["payer"] == "insurer" or Decimal(e["amount"]) > most:
+                    self.hole(
+                        FreightOverOwed,
+                        f"case {c.case_id}: freight {e['amount']} from the {e['payer']}",
+                    )
 
     def check_deadlines(self) -> None:
         for c in self.live():
