@@ -477,11 +477,16 @@ MONEY = {
 }
 TIME = {
     "type": "string",
-    "format": "date-time",
-    # Years 2001 to 2098, so that no offset takes a time out of the engine's calendar.
+    # Not "format": "date-time" (RFC 3339 asks for the seconds; the engine takes a time without
+    # them). Years 2001 to 2098, so that no offset takes a time out of the engine's calendar.
     "pattern": r"^20(0[1-9]|[1-8][0-9]|9[0-8])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
     r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])$",
-    "description": "ISO-8601 with an offset, from 2000 to before 2100.",
+    "description": "ISO-8601 with an offset (seconds optional), from 2000 to before 2100.",
+}
+# A time in a query: empty is the same as not given.
+QUERY_TIME = {
+    "anyOf": [TIME, {"type": "string", "maxLength": 0}],
+    "description": "ISO-8601 with an offset (seconds optional); empty: not given.",
 }
 EVIDENCE = {
     "type": "array",
@@ -626,7 +631,7 @@ AS_OF_QUERY: dict[str, Any] = {
     "name": "at",
     "in": "query",
     "description": "Show it as of this time (default: now): the deadlines due by then as taken.",
-    "schema": TIME,
+    "schema": QUERY_TIME,
 }
 LIST_CASES_QUERY: list[dict[str, Any]] = [
     {"name": "merchant", "in": "query", "schema": OPTIONAL_ID},
@@ -637,12 +642,12 @@ LIST_CASES_QUERY: list[dict[str, Any]] = [
         "in": "query",
         "schema": {"type": "string", "enum": [s.value for s in Status]},
     },
-    {"name": "due_before", "in": "query", "schema": TIME},
+    {"name": "due_before", "in": "query", "schema": QUERY_TIME},
     {
         "name": "at",
         "in": "query",
         "description": "Show the cases as of this time (default: now).",
-        "schema": TIME,
+        "schema": QUERY_TIME,
     },
     {
         "name": "limit",
