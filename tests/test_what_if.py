@@ -389,3 +389,29 @@ def test_parcels_turned_back_and_postage_replay_as_recorded(engine: Engine) -> N
     assert [c["case_id"] for c in cheaper["changed"]] == [returned]
     shop = _by_merchant(cheaper)["shop-7"]
     assert shop["difference"]["freight"] == "-5.00"
+
+
+def test_a_shops_rule_replays_as_its_settings_stood(engine: Engine) -> None:
+    """A refund only the shop's rule approved as it was opened: the same under the same policy
+    (the shop's settings are read as they stood at each action); under a policy whose bounds
+    leave the rule out, the request waits for the shop, and the clock approves it at hour 48."""
+    from aftersales.engine.application.requests import SetAutoRule, SetReturnAddress
+    from aftersales.engine.domain.policy import ShopRuleBounds
+
+    engine.handle(
+        SetReturnAddress(merchant_id="shop-8", address_id="W", warehouse="Wuhan",
+                         address="Lane 3", at=at(days=1))
+    )  # fmt: skip
+    engine.handle(
+        SetAutoRule(merchant_id="shop-8", rule_id="small", types=("refund_only",),
+                    up_to="40.00", at=at(days=1))
+    )  # fmt: skip
+    place_delivered(engine, "KS-30", lines=("MUG:1:39.90",), merchant="shop-8", buyer="b-8")
+    case = _open(engine, "KS-30", "refund_only", "39.90", at(days=3), "quality.colour")
+    assert engine.stored_case(case)["status"] == "refunded"
+    same = _replay(engine, Policy())
+    assert (same["changed_count"], same["actions_refused"]) == (0, 0), same["changed"]
+    narrower = _replay(engine, Policy(shop_rules=ShopRuleBounds(refund_only_up_to="20.00")))
+    (changed,) = [c for c in narrower["changed"] if c["case_id"] == case]
+    assert changed["what_if"]["status"] == "refunded"
+    assert "auto_approve" in changed["what_if"]["clock"]

@@ -94,6 +94,7 @@ from aftersales.engine.domain.events import GENESIS_HASH, Event, Unreadable, ver
 from aftersales.engine.domain.order import Order, order_uuid
 from aftersales.engine.domain.order_events import OrderDelivered, OrderPlaced, OrderShipped
 from aftersales.engine.domain.policy import Policy
+from aftersales.engine.domain.shop import Shop, shop_uuid
 from aftersales.engine.domain.values import ZERO, DueAction, Party, Role, Status, money_str
 from aftersales.engine.storage.sql import Dialect, parse_stored_time
 from aftersales.engine.storage.store import AftersalesStore
@@ -148,12 +149,21 @@ class Sandbox(UnitOfWork):
     """Aggregates in memory only: an action is run on them and what it records stays there
     (``pending_events``); nothing is read from or written to the store."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, shop: tuple[UUID, Callable[[datetime], Shop | None]] | None = None
+    ) -> None:
         super().__init__(engine)
         self.aggregates: dict[UUID, OrderOrCase] = {}
+        # The order's shop, as its settings stood at ``now`` (its rules approve at an opening,
+        # its default address goes on an approval): read, never changed here.
+        self.shop = shop
+        self.now: datetime | None = None
 
     def get(self, uid: UUID) -> OrderOrCase | None:
-        return self.aggregates.get(uid)
+        found = self.aggregates.get(uid)
+        if found is None and self.shop is not None and uid == self.shop[0]:
+            return self.shop[1](self.now or self.engine.clock())
+        return found
 
     def find_command(self, command_id: str) -> dict[str, Any] | None:
         return None  # every re-issued command is new here
@@ -505,6 +515,7 @@ class WhatIf:
         self.unreadable: list[dict[str, str]] = []
         self.unreadable_count = 0
         self.shops: dict[str, tuple[Measures, Measures]] = {}
+        self._shop_rows: dict[str, list[tuple[datetime, tuple[int, str, bytes]]]] = {}
         self.total = (Measures(), Measures())
 
     # Reading ---------------------------------------------------------------------------------
@@ -599,8 +610,10 @@ class WhatIf:
         histories: dict[UUID, list[Event]],
     ) -> None:
         order_uid = order_uuid(order_id)
+        placed = next((e for e in histories.get(order_uid, ()) if isinstance(e, OrderPlaced)), None)
+        shop = None if placed is None else self.shop_of(placed.merchant_id)
         # As recorded, the clock brought up to ``until``.
-        recorded = Sandbox(self.recorded)
+        recorded = Sandbox(self.recorded, shop)
         for uid, events in histories.items():
             aggregate = _built(events)
             if aggregate is not None:
@@ -608,7 +621,7 @@ class WhatIf:
         self._clock(self.recorded, recorded, order_uid)
         # Under the new policy: what came before ``since`` as it was, the people's actions
         # since then re-issued, and the clock.
-        sandbox = Sandbox(self.replayed)
+        sandbox = Sandbox(self.replayed, shop)
         before = {
             uid: [e for e in events if e.at < self.since] for uid, events in histories.items()
         }
@@ -623,6 +636,7 @@ class WhatIf:
         with self.replayed.unit_of_work(sandbox):
             for event, command in person_actions(order_id, later):
                 self.actions += 1
+                sandbox.now = event.at
                 try:
                     self.replayed.handle(command)
                 except AftersalesError as exc:
@@ -636,6 +650,7 @@ class WhatIf:
                             "message": exc.message,
                         }
                     )
+        sandbox.now = None
         self._clock(self.replayed, sandbox, order_uid)
         order_refusals = refusals.get(order_uid, [])
         for case_id, opened_at in cases:
@@ -672,6 +687,28 @@ class WhatIf:
                         "refused": refused,
                     }
                 )
+
+    def shop_of(self, merchant: str) -> tuple[UUID, Callable[[datetime], Shop | None]]:
+        """A shop's settings as they stood at a time: its stored events read once a run (a
+        shop's history is short), checked as every read is, and rebuilt up to that time."""
+        uid = shop_uuid(merchant)
+        rows = self._shop_rows.get(merchant)
+        if rows is None:
+            stored = [
+                (s.originator_version, s.topic, bytes(s.state))
+                for s in self.store.recorder.select_events(uid)
+            ]
+            if stored:
+                self.store.rebuild(uid, stored, whole=False)  # checked once, as every read is
+            times = [self.store.mapper.decode(uid, v, t, b).at for v, t, b in stored]
+            rows = self._shop_rows[merchant] = list(zip(times, stored, strict=True))
+
+        def as_of(when: datetime) -> Shop | None:
+            upto = [row for at, row in rows if at <= when]
+            shop = self.store.rebuild(uid, upto, whole=False) if upto else None
+            return shop if isinstance(shop, Shop) else None
+
+        return uid, as_of
 
     @staticmethod
     def _clock(engine: Engine, sandbox: Sandbox, order_uid: UUID) -> None:
