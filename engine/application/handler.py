@@ -83,6 +83,12 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def _address_of(shop: Shop | None) -> str | None:
+    """A shop's default return address, as an approval records it (None: it has none)."""
+    found = shop.default_address if shop is not None else None
+    return found.text() if found is not None else None
+
+
 def _due_by(case: ReturnCase, until: datetime) -> bool:
     return case.due is not None and case.due.due_at <= until
 
@@ -413,11 +419,8 @@ class Engine:
         else:
             approves = None
         # Read only when an address is needed: a return approved without one named.
-        found = None
-        if approves in RETURN_TYPES:
-            shop = self.find_shop(case.merchant_id)
-            found = shop.default_address if shop is not None else None
-        case.default_address = found.text() if found is not None else None
+        shop = self.find_shop(case.merchant_id) if approves in RETURN_TYPES else None
+        case.default_address = _address_of(shop)
 
     def _by_rule(self, case: ReturnCase, order: Order, act: Act) -> None:
         """A request one of the shop's rules approves is approved as it is opened, recorded as
@@ -430,14 +433,8 @@ class Engine:
         rule = shop.rule_for(self.policy, case.case_type, case.reason, case.amount, categories)
         if rule is None:
             return
-        found = shop.default_address
-        case.default_address = found.text() if found is not None else None
-        by_rule = Act(
-            at=act.at,
-            actor=Actor(role=Role.MERCHANT, id=f"rule:{rule.rule_id}"),
-            command_id=act.command_id,
-            recorded_at=act.recorded_at,
-        )
+        case.default_address = _address_of(shop)
+        by_rule = act.by(Role.MERCHANT, f"rule:{rule.rule_id}")
         holding, refunded = case.holds_lines, case.refunded_amount
         case.approve(by_rule, self.policy, by_rule=rule.named)
         settle_order_lines(case, order, was_holding=holding, refunded_before=refunded, act=act)
@@ -485,12 +482,7 @@ class Engine:
         if picked is None:
             return []
         member, how = picked
-        by_system = Act(
-            at=act.at,
-            actor=Actor(role=Role.SYSTEM, id="assignment"),
-            command_id=act.command_id,
-            recorded_at=act.recorded_at,
-        )
+        by_system = act.by(Role.SYSTEM, "assignment")
         return [CaseAssignment.start(case.id, case.merchant_id, member, how, by_system)]
 
     def find_assignment(self, case_id: UUID) -> CaseAssignment | None:
@@ -561,17 +553,12 @@ class Engine:
             free: list[tuple[str, int | None]] = [
                 (sku, None) for sku in order.lines if sku not in order.holders
             ]
-            worth = order.refundable(order.case_lines(free)) if free else Decimal(0)
+            lines = order.case_lines(free) if free else []
+            worth = order.refundable(lines) if lines else Decimal(0)
             if worth > 0 and order.shipped_at is not None and order.delivered_at is None:
                 # The buyer's own request for what no case holds: a refund only, opened as the
                 # parcel was refused, and turned back at once.
-                lines = order.case_lines(free)
-                opened = Act(
-                    at=act.at,
-                    actor=Actor(role=Role.BUYER, id=order.buyer_id),
-                    command_id=act.command_id,
-                    recorded_at=act.recorded_at,
-                )
+                opened = act.by(Role.BUYER, order.buyer_id)
                 case = ReturnCase.open(
                     new_case_id(None, f"refused:{command_id}"),
                     order,

@@ -77,6 +77,8 @@ if TYPE_CHECKING:  # the engine runs units of work and the tick; they only name 
 MAX_ATTEMPTS = 8
 
 OrderOrCase = Order | ReturnCase | Shop | CaseAssignment
+# The same, for isinstance checks of what a cache or a read gave.
+AGGREGATE_KINDS = (Order, ReturnCase, Shop, CaseAssignment)
 # One try at an action: the aggregate it is about, the others it changed, and its circumstances.
 Attempt = Callable[[str], tuple[OrderOrCase, list[OrderOrCase], Act]]
 
@@ -130,7 +132,7 @@ class UnitOfWork:
     def first_result(self, row: dict[str, Any], command_id: str) -> dict[str, Any]:
         version = int(row["version"])
         aggregate = self.engine.store.load(UUID(row["target_id"]), version=version)
-        assert isinstance(aggregate, (Order, ReturnCase, Shop, CaseAssignment))
+        assert isinstance(aggregate, AGGREGATE_KINDS)
         return aggregate.to_json()
 
 
@@ -152,7 +154,7 @@ class SaveNow(UnitOfWork):
     def get(self, uid: UUID) -> OrderOrCase | None:
         if self.use_cache:
             cached = self.engine.store.cached(uid)
-            if isinstance(cached, (Order, ReturnCase, Shop, CaseAssignment)):
+            if isinstance(cached, AGGREGATE_KINDS):
                 self.used_cache = True
                 self.served.add(uid)
                 return cached
@@ -423,7 +425,7 @@ class Together(UnitOfWork):
         if uid in self.served:
             return self.served[uid]
         found = self.engine.store.cached(uid)
-        if not isinstance(found, (Order, ReturnCase, Shop, CaseAssignment)):
+        if not isinstance(found, AGGREGATE_KINDS):
             found = super().get(uid)
         if found is not None:
             self.served[uid] = found

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 from uuid import UUID
@@ -19,7 +19,7 @@ from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggre
 from eventsourcing.utils import register_topic
 from pydantic import BaseModel, ConfigDict
 
-from aftersales.engine.domain.values import Actor, DueAction
+from aftersales.engine.domain.values import Actor, DueAction, Role
 
 # A stored event names its class by its module within the installed package
 # ("engine.case:CaseOpened"), so stored events, their hashes and exported bundles do not depend
@@ -366,6 +366,11 @@ class Act:
     actor: Actor
     command_id: str
     recorded_at: datetime
+
+    def by(self, role: Role, actor_id: str) -> Act:
+        """The same circumstances for another actor (what a rule, the system or the buyer
+        records within an action the engine takes for them)."""
+        return replace(self, actor=Actor(role=role, id=actor_id))
 
     def fields(self) -> dict[str, Any]:
         return {
