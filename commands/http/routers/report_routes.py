@@ -42,11 +42,12 @@ from aftersales.projections.staff import Staff, staff_figures
 router = APIRouter()
 
 
-def read_view(request: Request, engine: Engine, view: type[View]) -> None:
-    """Reports are read from projections: say how many events one has still to apply
-    (``X-Projection-Lag``), as the command line warns."""
-    (row,) = Projector(engine.store).status([view])
-    request.state.projection_lag = row["lag"]
+def read_view(request: Request, engine: Engine, *views: type[View]) -> list[dict[str, Any]]:
+    """Reports are read from projections: say how many events they have still to apply
+    (``X-Projection-Lag``, the most of them), as the command line warns; their status rows."""
+    rows = Projector(engine.store).status(list(views))
+    request.state.projection_lag = max(row["lag"] for row in rows)
+    return rows
 
 
 def shop(principal: Principal, merchant: str | None) -> str | None:
@@ -166,9 +167,7 @@ async def staff_report(
         allow(principal, STAFF_FIGURES)
         shop_id = shop(principal, merchant)
         start, end = period(since, until)
-        read_view(request, engine, Dashboard)
-        read_view(request, engine, Staff)
-        (staff,) = Projector(engine.store).status([Staff])
+        _, staff = read_view(request, engine, Dashboard, Staff)
         members = staff_figures(engine.store, shop_id, start, end, datetime.now(UTC))
         return {
             "since": start.isoformat(),
