@@ -393,8 +393,10 @@ class Engine:
                 act=act,
             )
             order.link_case(case.id, case_lines, act, holds_shipment=case.holds_shipment)
-            self._by_rule(case, order, act)
-            assigned = self._assign_new(case, act)
+            # The shop's settings, read once: its rules may approve, its staff take the case.
+            shop = self.find_shop(case.merchant_id)
+            self._by_rule(case, order, act, shop)
+            assigned = self._assign_new(case, act, shop)
             return case, [order, *clock.changed(exclude=order), *assigned], act
 
         return self.uow.run(command, attempt)
@@ -422,10 +424,9 @@ class Engine:
         shop = self.find_shop(case.merchant_id) if approves in RETURN_TYPES else None
         case.default_address = _address_of(shop)
 
-    def _by_rule(self, case: ReturnCase, order: Order, act: Act) -> None:
+    def _by_rule(self, case: ReturnCase, order: Order, act: Act, shop: Shop | None) -> None:
         """A request one of the shop's rules approves is approved as it is opened, recorded as
         the rule's (the rule and its version), a return to the shop's default address."""
-        shop = self.find_shop(case.merchant_id)
         if shop is None or not shop.rules:
             return
         # A line without a category is in none a rule may name.
@@ -468,13 +469,10 @@ class Engine:
 
     # Staff queues: who of the shop's staff has a case (engine/domain/assignment.py) ----------
 
-    def _assign_new(self, case: ReturnCase, act: Act) -> list[CaseAssignment]:
+    def _assign_new(self, case: ReturnCase, act: Act, shop: Shop | None) -> list[CaseAssignment]:
         """A new case still open is assigned to one of its shop's staff, if it has any (by
         the shop's mode), recorded as the system's, with the opening's command id."""
-        if case.status in FINAL_STATUSES:
-            return []
-        shop = self.find_shop(case.merchant_id)
-        if shop is None:
+        if case.status in FINAL_STATUSES or shop is None:
             return []
         picked = pick_member(
             shop, case.id, case.reason, case.amount, [line.sku for line in case.lines]
