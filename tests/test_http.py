@@ -388,3 +388,27 @@ def test_refusals_count_against_the_key_and_garbage_against_the_address(
         assert client.get("/v1/cases", headers=bad).status_code == 429
         assert client.get("/v1/cases").status_code == 429
         assert client.get("/v1/cases", headers=people.auth("agent")).status_code == 200
+
+
+def test_a_405_names_every_method_of_the_path_and_keys_are_as_documented(
+    api: tuple[TestClient, People],
+) -> None:
+    """`/v1/cases` is read (GET) and added to (POST) by routes of their own: a method it does not
+    take is answered with both in `Allow`. An idempotency key outside the document's pattern
+    (visible ASCII, no spaces) is refused, and nothing is recorded."""
+    client, people = api
+    refused = client.request("DELETE", "/v1/cases", headers=people.auth("ops"))
+    assert refused.status_code == 405
+    assert {m.strip() for m in refused.headers["Allow"].split(",")} >= {"GET", "POST"}
+    case = people.cases["shop-1"]
+    before = client.get(f"/v1/cases/{case}", headers=people.auth("staff-1")).json()["version"]
+    for key in ("two words", "tab\there", " "):
+        response = client.post(
+            f"/v1/cases/{case}/message",
+            json={"text": "x"},
+            headers={**people.auth("staff-1"), "Idempotency-Key": key},
+        )
+        assert response.status_code == 422, (key, response.text)
+        assert "visible ASCII" in response.json()["error"]["message"]
+    after = client.get(f"/v1/cases/{case}", headers=people.auth("staff-1")).json()["version"]
+    assert after == before

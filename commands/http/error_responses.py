@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from aftersales.commands.cli.output import exit_code
 from aftersales.commands.http.rate_limits import Limiter, client_address, who
@@ -77,7 +78,22 @@ def refused(request: Request, exc: AftersalesError, limiter: Limiter) -> Any:
 async def http_error(request: Request, exc: HTTPException) -> Any:
     code = {404: "not_found", 405: "bad_input"}.get(exc.status_code, "bad_input")
     message = "no such route" if exc.status_code == 404 else str(exc.detail)
-    return error(code, message, exc.status_code, exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Every method of the path, not only the first route's that matched it (reading a
+        # collection and adding to it are routes of their own).
+        headers = {**(headers or {}), "Allow": allowed_methods(request)}
+    return error(code, message, exc.status_code, headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods the application's routes take on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 async def query_error(request: Request, exc: RequestValidationError) -> Any:

@@ -6,6 +6,7 @@ the same message, and the OpenAPI document shows each command's model as its req
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +50,8 @@ from aftersales.engine.domain.errors import BadInput
 
 # Commands that make what their route is about: POSTed to the collection.
 CREATES: Mapping[type[Command], str] = {PlaceOrder: "/v1/orders", OpenCase: "/v1/cases"}
+# An idempotency key as the document says it (IDEMPOTENCY_KEY's pattern and length).
+_IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,200}")
 # Fields that come from the path or headers, or are the principal's, never from a body.
 NOT_IN_BODY = ("by", "command_id", "expected_version")
 
@@ -105,8 +108,8 @@ def build_action(
     if kind is MessageCase and principal.role in PARTY and not ({"as", "party"} & set(body)):
         values["as"] = PARTY[principal.role].value
     if idempotency_key is not None:
-        if not idempotency_key.strip() or len(idempotency_key) > 200:
-            raise BadInput("Idempotency-Key must be 1 to 200 characters")
+        if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise BadInput("Idempotency-Key must be 1 to 200 visible ASCII characters (no spaces)")
         # Each principal's keys are its own: another's cannot be replayed or probed.
         values["command_id"] = f"{principal.principal_id}/{idempotency_key}"
     if version is not None:
