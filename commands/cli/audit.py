@@ -13,7 +13,7 @@ from eventsourcing.persistence import PersistenceError
 
 from aftersales.commands.cli.checkpoint import public_key_option, read_public_key
 from aftersales.commands.cli.display import for_people
-from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.options import FilePath, json_option
 from aftersales.commands.cli.output import State, _cell, _one_line, fail, fail_with, table, to_json
 from aftersales.engine.domain.errors import AftersalesError, BadInput
 from aftersales.engine.domain.limits import MAX_VERSION
@@ -43,7 +43,7 @@ NOT_VERIFIED = 3
 @click.option(
     "--export",
     "export_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     default=None,
     help="Write a dispute bundle (events as stored, policy, states, and the latest "
     "checkpoint's signed head with a proof for each event it covers) to this file.",

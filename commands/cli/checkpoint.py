@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from eventsourcing.persistence import PersistenceError
 
-from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.options import FilePath, json_option
 from aftersales.commands.cli.output import State, _one_line, fail, fail_with, to_json
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.domain.errors import AftersalesError, BadInput
@@ -33,7 +33,7 @@ from aftersales.engine.integrity.signing_keys import (
 
 NOT_VERIFIED = 3
 
-_KEY_PATH = click.Path(dir_okay=False, path_type=Path)
+_KEY_PATH = FilePath(dir_okay=False, path_type=Path)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

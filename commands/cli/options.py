@@ -43,10 +43,36 @@ def bulk_options(per_chunk: str, takes: str) -> Callable[[F], F]:
     return decorate
 
 
+def _no_nul(
+    param_type: click.ParamType[Any],
+    value: Any,
+    param: click.Parameter | None,
+    ctx: click.Context | None,
+) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        param_type.fail("a file name cannot hold a NUL character", param, ctx)
+
+
+class FilePath(click.Path):
+    """A file's path; one no file can have (a NUL in it) is a usage error, not a crash."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        _no_nul(self, value, param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class SourceFile(click.File):
+    """A file to read (or - for standard input), refused as FilePath is."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        _no_nul(self, value, param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def source_argument(f: F) -> F:
     """SOURCE, a file or - for standard input, read as UTF-8; a byte that is not UTF-8 is
     kept (as a lone surrogate) for the line it is on to be refused, not the whole run."""
-    return click.argument("source", type=click.File("r", encoding="utf-8", errors=UNREADABLE))(f)
+    return click.argument("source", type=SourceFile("r", encoding="utf-8", errors=UNREADABLE))(f)
 
 
 def source_path(source: IO[str]) -> Path | None:

@@ -34,6 +34,8 @@ def _read_key_file(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise BadInput(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a path no file can have (a NUL in it)
+        raise BadInput(f"cannot read the {what} {str(path)!r}: {exc}") from None
 
 
 def _raw32(data: bytes) -> bytes | None:

@@ -22,7 +22,7 @@ from aftersales.commands.cli.demo.stories import (
     Story,
     Tick,
 )
-from aftersales.commands.cli.options import json_option
+from aftersales.commands.cli.options import FilePath, json_option
 from aftersales.commands.cli.output import exit_code, table, to_json
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import OpenCase
@@ -149,7 +149,7 @@ def render(story: Narrative, path: Path, ledger_rows: list[dict[str, Any]]) -> s
 @click.command("demo")
 @click.option(
     "--store-path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(dir_okay=False, path_type=Path),
     default=None,
     help="Where to create the demo's SQLite file (must not exist yet).",
 )
