@@ -2,7 +2,9 @@
 
 ``proj_ledger_entries`` has one row per money event: a buyer refunded by the merchant, a buyer
 refunded by the platform first (owed by the merchant), freight the merchant bears, a late-shipment
-penalty. ``proj_ledger_cases`` names each case's merchant. The totals are sums over the entries,
+penalty, an instant refund the platform advanced put on the buyer or borne by the platform
+(``advance_reassigned``: the merchant no longer owes it). ``proj_ledger_cases`` names each case's
+merchant. The totals are sums over the entries,
 so they add up to the events by construction; money is kept in whole cents.
 """
 
@@ -12,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from aftersales.engine.domain.case_events import (
+    AdvanceReassigned,
     CaseOpened,
     CaseRefunded,
     FreightCharged,
@@ -37,11 +40,16 @@ ENTRIES = Table(
         col("case_id", "uuid", "key", "the case"),
         col("case_version", "int", "key", "the money event's version in the case"),
         col("at", "time", "keep", "when the money moved"),
-        col("kind", "text", "keep", "refund, freight or late_shipment_penalty"),
+        col(
+            "kind",
+            "text",
+            "keep",
+            "refund, freight, late_shipment_penalty or advance_reassigned",
+        ),
         col("amount_cents", "int", "keep", "the amount, in cents"),
-        col("payer", "text", "keep", "who paid: merchant or platform"),
-        col("payee", "text", "keep", "who received it: the buyer"),
-        col("owed_by", "text", "keep", "who bears it in the end: the merchant"),
+        col("payer", "text", "keep", "who paid: merchant, platform (an advance: its new debtor)"),
+        col("payee", "text", "keep", "who received it: the buyer (an advance: the merchant)"),
+        col("owed_by", "text", "keep", "who bears it in the end"),
     ),
     indexes=(("at",),),
     doc="One row per movement of money or liability.",
@@ -67,30 +75,31 @@ def _opened(e: CaseOpened, changes: Changes, seq: int) -> None:
     row["order_id"] = e.order_id
 
 
-@folds.on(CaseRefunded)
-def _refunded(e: CaseRefunded, changes: Changes, seq: int) -> None:
+Money = CaseRefunded | FreightCharged | LateShipmentPenalty | AdvanceReassigned
+
+
+def _entry(e: Money, kind: str, payer: str, payee: str, owed_by: str, changes: Changes) -> None:
     entry = changes.row(ENTRIES, e.originator_id, e.originator_version)
     entry.update(
-        at=e.at,
-        kind="refund",
-        amount_cents=cents(e.amount),
-        payer=e.paid_by.value,
-        payee="buyer",
-        owed_by=e.owed_by.value,
+        at=e.at, kind=kind, amount_cents=cents(e.amount), payer=payer, payee=payee, owed_by=owed_by
     )
+
+
+@folds.on(CaseRefunded)
+def _refunded(e: CaseRefunded, changes: Changes, seq: int) -> None:
+    _entry(e, "refund", e.paid_by.value, "buyer", e.owed_by.value, changes)
 
 
 @folds.on(FreightCharged, LateShipmentPenalty)
 def _charged(e: FreightCharged | LateShipmentPenalty, changes: Changes, seq: int) -> None:
-    entry = changes.row(ENTRIES, e.originator_id, e.originator_version)
-    entry.update(
-        at=e.at,
-        kind="freight" if isinstance(e, FreightCharged) else "late_shipment_penalty",
-        amount_cents=cents(e.amount),
-        payer=e.payer.value,
-        payee=e.payee.value,
-        owed_by=e.payer.value,
-    )
+    kind = "freight" if isinstance(e, FreightCharged) else "late_shipment_penalty"
+    _entry(e, kind, e.payer.value, e.payee.value, e.payer.value, changes)
+
+
+@folds.on(AdvanceReassigned)
+def _reassigned(e: AdvanceReassigned, changes: Changes, seq: int) -> None:
+    """The advance's new debtor relieves the merchant of it."""
+    _entry(e, "advance_reassigned", e.owed_by.value, "merchant", e.owed_by.value, changes)
 
 
 class Ledger(View):
@@ -98,6 +107,10 @@ class Ledger(View):
     tables = (CASES, ENTRIES)
     folds = folds
     doc = __doc__ or ""
+
+
+# An advance no longer the merchant's to repay comes off what it owes.
+_RELIEVED = "WHEN e.kind = 'advance_reassigned' THEN -e.amount_cents"
 
 
 def ledger(
@@ -125,12 +138,13 @@ def ledger(
         "sum(CASE WHEN e.kind = 'refund' AND e.payer = 'platform' THEN e.amount_cents ELSE 0 END)"
         " AS advanced_by_platform, "
         "sum(CASE WHEN e.payer = 'platform' AND e.owed_by = 'merchant' THEN e.amount_cents "
-        "ELSE 0 END) AS owed_to_platform, "
+        f"{_RELIEVED} ELSE 0 END) AS owed_to_platform, "
         "sum(CASE WHEN e.kind = 'freight' AND e.payer = 'merchant' THEN e.amount_cents "
         "ELSE 0 END) AS freight, "
         "sum(CASE WHEN e.kind = 'late_shipment_penalty' THEN e.amount_cents ELSE 0 END)"
         " AS penalties, "
-        "sum(CASE WHEN e.owed_by = 'merchant' THEN e.amount_cents ELSE 0 END) AS total, "
+        f"sum(CASE WHEN e.owed_by = 'merchant' THEN e.amount_cents {_RELIEVED} ELSE 0 END)"
+        " AS total, "
         "count(*) AS entries "
         f"FROM {{t}}{ENTRIES.name} e JOIN {{t}}{CASES.name} c ON c.case_id = e.case_id"
     )

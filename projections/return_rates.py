@@ -22,7 +22,12 @@ from aftersales.engine.domain.case_events import (
     ReshipOverdue,
 )
 from aftersales.engine.domain.errors import BadInput
-from aftersales.engine.domain.order_events import CaseUnlinked, OrderDelivered, OrderPlaced
+from aftersales.engine.domain.order_events import (
+    CaseRefundBooked,
+    CaseUnlinked,
+    OrderDelivered,
+    OrderPlaced,
+)
 from aftersales.engine.domain.values import reason_group
 from aftersales.engine.storage.store import AftersalesStore
 from aftersales.projections.base import Changes, Folds, Table, View, bigger, cents, col, keep, money
@@ -129,8 +134,8 @@ def _opened(e: CaseOpened, changes: Changes, seq: int) -> None:
         row["value_cents"] = cents(line.unit_price * line.quantity)
 
 
-@folds.on(CaseUnlinked)
-def _unlinked(e: CaseUnlinked, changes: Changes, seq: int) -> None:
+@folds.on(CaseUnlinked, CaseRefundBooked)
+def _unlinked(e: CaseUnlinked | CaseRefundBooked, changes: Changes, seq: int) -> None:
     """The order's record of what the case refunded, line by line."""
     for sku, amount in e.refunded.items():
         changes.row(CASE_LINES, e.case_id, sku)["refunded_cents"] += cents(amount)

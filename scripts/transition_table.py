@@ -75,6 +75,8 @@ def _given(given: Given) -> str:
         parts.append("a second ruling (the appeal)" if given.appeal else "a first ruling")
     if given.resumes is not None:
         parts.append(f"offered from `{given.resumes.value}`")
+    if given.advance is not None:
+        parts.append("an instant refund" if given.advance else "refunded on receipt")
     return "; ".join(parts)
 
 

@@ -212,15 +212,23 @@ CONSEQUENCES: dict[str, set[str]] = {
     "CaseAutoApproved": {"CaseRefunded"},
     "GoodsReceived": {"CaseRefunded", "CaseEscalated"},
     "ReshipImpossible": {"CaseRefunded"},
-    "CaseRuled": {"CaseRefunded", "FreightCharged"},
+    "CaseRuled": {"CaseRefunded", "FreightCharged", "AdvanceReassigned"},
     "CaseAutoRefunded": {"CaseRefunded"},
     "ReshipOverdue": {"CaseRefunded", "LateShipmentPenalty"},
     "ReplacementOverdue": {"CaseRefunded"},
     "OfferAccepted": {"CaseRefunded"},
-    "RulingLapsed": {"CaseRefunded"},
-    "GoodsShippedBack": {"FreightCharged"},
+    "RulingLapsed": {"CaseRefunded", "AdvanceReassigned"},
+    "GoodsShippedBack": {"CaseRefunded", "FreightCharged"},
 }
 REQUIRED_CONSEQUENCE = {"refunded": "CaseRefunded", "escalated": "CaseEscalated"}
+# The same on a case refunded as its goods went back (an instant refund: a CaseRefunded with the
+# goods shipped back): the receipt or the clock then ends it refunded with no second refund, and
+# a ruling for the merchant puts the advance on the buyer.
+ADVANCE_REQUIRED = {
+    "escalated": "CaseEscalated",
+    "awaiting_merchant_receipt": "CaseRefunded",
+    "closed": "AdvanceReassigned",
+}
 # What a claim must fit: the reason group the case was opened for, or the status it was
 # escalated from (a claim named in neither fits every case).
 CLAIM_REASON = {"missing_items": "missing_items", "wrong_item": "wrong_item"}
@@ -232,13 +240,20 @@ CASE_MODULE = "engine.case:"
 ORDER_MODULE = "engine.order:"
 # The event types a bundle may hold (the hash covers an event's content, not its type name: a
 # type name outside these shows as a problem).
-CONSEQUENCE_ONLY = frozenset({"FreightCharged", "LateShipmentPenalty"})
+CONSEQUENCE_ONLY = frozenset({"FreightCharged", "LateShipmentPenalty", "AdvanceReassigned"})
 UNCHANGED = frozenset(
     {"CaseRated", "GoodsRecovered", "MessagePosted", "ReceiptExtended", "CaseTurnedReturn"}
 )
 CASE_TYPES = frozenset(ACTION_OF) | CONSEQUENCE_ONLY
 ORDER_TYPES = frozenset(
-    {"OrderPlaced", "OrderShipped", "OrderDelivered", "CaseLinked", "CaseUnlinked"}
+    {
+        "OrderPlaced",
+        "OrderShipped",
+        "OrderDelivered",
+        "CaseLinked",
+        "CaseUnlinked",
+        "CaseRefundBooked",
+    }
 )
 
 
@@ -369,11 +384,13 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, repor
     last_at: datetime | None = None
     rated = False
     extended = False
+    advanced = False
 
     def settle() -> None:
         if head is None:
             return
-        owed = REQUIRED_CONSEQUENCE.get(head[2].get("status", ""))
+        table = ADVANCE_REQUIRED if advanced else REQUIRED_CONSEQUENCE
+        owed = table.get(head[2].get("status", ""))
         if head[1] in CONSEQUENCES and owed is not None and owed not in seen:
             report.add(f"version {head[0]}: {head[1]} left the case {status} but no {owed} follows")
 
@@ -436,6 +453,7 @@ def check_case(events: list[tuple[int, str, dict[str, Any]]], whole: bool, repor
         if consequence:
             seen.add(kind)
             status = after
+            advanced = advanced or (kind == "CaseRefunded" and after == "awaiting_merchant_receipt")
             continue
         settle()
         head, seen = None, set()
@@ -550,7 +568,7 @@ def check_money(
                         f"version 1: {money_str(asked)} asked, at most {money_str(refundable)} "
                         "was paid and not yet refunded"
                     )
-            if kind == "CaseUnlinked":
+            if kind in ("CaseUnlinked", "CaseRefundBooked"):
                 for sku, amount in (e.get("refunded") or {}).items():
                     refunded_by_sku[sku] = refunded_by_sku.get(sku, Decimal("0")) + money(amount)
                     if e.get("case_id") == case_id:

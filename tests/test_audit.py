@@ -642,6 +642,7 @@ def test_the_verifier_knows_the_engines_rules() -> None:
         "REQUIRED_CONSEQUENCE": {
             s.value: c.__name__ for s, c in audit_mod.REQUIRED_CONSEQUENCE.items()
         },
+        "ADVANCE_REQUIRED": {s.value: c.__name__ for s, c in audit_mod.ADVANCE_REQUIRED.items()},
         "CASE_MODULE": es_utils.get_topic(case_events_mod.CaseOpened).partition(":")[0] + ":",
         "ORDER_MODULE": es_utils.get_topic(order_events_mod.OrderPlaced).partition(":")[0] + ":",
         "CONSEQUENCE_ONLY": {k.__name__ for k in audit_mod.CONSEQUENCE_ONLY},

@@ -74,7 +74,12 @@ def test_schemathesis_finds_nothing(engine: Engine, store_url: str, who: str) ->
     )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
     keys = iter(range(1_000_000))
-    ids = {"case_id": people.cases["shop-1"], "order_id": "KS-1", "merchant_id": "shop-1"}
+    ids = {
+        "case_id": people.cases["shop-1"],
+        "order_id": "KS-1",
+        "merchant_id": "shop-1",
+        "buyer_id": "buyer-1",
+    }
     checks = all_checks()
     fewer = [c for c in checks if c is not positive_data_acceptance]
     failures: list[str] = []

@@ -110,6 +110,7 @@ def test_every_case_finds_exactly_one_row() -> None:
             reshipped,
             appeal,
             resumes,
+            advance,
             actor,
         ) in itertools.product(
             sorted(statuses),
@@ -120,6 +121,7 @@ def test_every_case_finds_exactly_one_row() -> None:
             (True, False),
             (True, False),
             T.OFFER_FROM,
+            (True, False),
             by,
         ):
             row = T.outcome(
@@ -132,6 +134,7 @@ def test_every_case_finds_exactly_one_row() -> None:
                 reshipped=reshipped,
                 appeal=appeal,
                 resumes=resumes,
+                advance=advance,
                 actor=actor,
             )
             assert row.action == action and status in row.before
@@ -161,7 +164,10 @@ def test_money_moves_exactly_where_an_event_records_it() -> None:
         assert ("CaseRefunded" in events) == (row.refund is not None), row
         assert ("FreightCharged" in events) == (row.freight is not None), row
         assert ("LateShipmentPenalty" in events) == (row.penalty is not None), row
-        if row.refund is not None:
+        if row.refund is not None and row.given.advance and row.action == "ship-back":
+            # An instant refund: refunded as the goods go back, which the merchant then receives.
+            assert row.after is Status.AWAITING_MERCHANT_RECEIPT, row
+        elif row.refund is not None:
             assert row.after is Status.REFUNDED, row
         assert len(set(row.then)) == len(row.then) and row.records not in row.then, row
 
@@ -192,7 +198,7 @@ def test_the_derived_tables() -> None:
     assert T.OPEN not in T.ALLOWED_FROM  # no case to start from yet
     assert T.ACTION_OF["CaseOpened"] == T.OPEN
     assert T.ACTION_OF["ReshipImpossible"] == T.ACTION_OF["MissingItemsReshipped"] == "reship"
-    assert {"FreightCharged", "LateShipmentPenalty"} == T.CONSEQUENCE_ONLY
+    assert {"FreightCharged", "LateShipmentPenalty", "AdvanceReassigned"} == T.CONSEQUENCE_ONLY
     assert {
         "CaseRated",
         "GoodsRecovered",

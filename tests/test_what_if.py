@@ -39,6 +39,7 @@ from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     ApproveCase,
     EscalateCase,
+    FlagBuyer,
     OpenCase,
     ReceiveGoods,
     RejectCase,
@@ -48,7 +49,7 @@ from aftersales.engine.application.requests import (
 )
 from aftersales.engine.application.what_if import what_if
 from aftersales.engine.domain.errors import BadInput
-from aftersales.engine.domain.policy import Policy, Windows
+from aftersales.engine.domain.policy import InstantRefund, Policy, Windows
 from aftersales.engine.domain.values import parse_time
 from aftersales.engine.storage.sql import parse_stored_time
 from tests.conftest import at, place_delivered
@@ -415,3 +416,39 @@ def test_a_shops_rule_replays_as_its_settings_stood(engine: Engine) -> None:
     (changed,) = [c for c in narrower["changed"] if c["case_id"] == case]
     assert changed["what_if"]["status"] == "refunded"
     assert "auto_approve" in changed["what_if"]["clock"]
+
+
+def test_instant_refunds_under_another_policy_read_each_buyers_standing(engine: Engine) -> None:
+    """Returns recorded under the default policy (refunded on receipt), replayed under one with
+    instant refunds: the platform would have advanced the good-standing buyer's refund as the
+    goods went back (and, its ruling for the merchant on goods received damaged, put it on the
+    buyer); the buyer flagged before shipping back would have waited as they did."""
+    instant = Policy(name="instant", instant_refund=InstantRefund(up_to="100.00"))
+    engine.handle(FlagBuyer(buyer_id="b-flagged", reason="empty parcels", at=at(days=1)))
+    cases = {}
+    for order_id, buyer in (("IR-1", "b-good"), ("IR-2", "b-flagged"), ("IR-3", "b-good")):
+        place_delivered(engine, order_id, lines=("MUG:1:39.90",), buyer=buyer)
+        case = _open(engine, order_id, "return_refund", "39.90", at(days=3), "quality.colour")
+        engine.handle(ApproveCase(case_id=case, return_address="WH", at=at(days=3, hours=2)))
+        engine.handle(ShipBack(case_id=case, carrier="SF", waybill=order_id, at=at(days=4)))
+        cases[order_id] = case
+    for order_id in ("IR-1", "IR-2"):
+        engine.handle(ReceiveGoods(case_id=cases[order_id], at=at(days=5)))
+    engine.handle(ReceiveGoods(case_id=cases["IR-3"], condition="damaged", at=at(days=5)))
+    engine.handle(RuleCase(case_id=cases["IR-3"], **{"for": "merchant"}, at=at(days=6)))
+
+    report = _replay(engine, instant)
+
+    changed = {c["case_id"]: c for c in report["changed"]}
+    assert set(changed) == {cases["IR-1"], cases["IR-3"]}  # the flagged buyer's: as it was
+    received = changed[cases["IR-1"]]
+    assert (received["recorded"]["refund_paid_by"], received["what_if"]["refund_paid_by"]) == (
+        "merchant",
+        "platform",
+    )
+    assert received["what_if"]["money"]["owed_to_platform"] == "39.90"
+    ruled = changed[cases["IR-3"]]
+    assert (ruled["recorded"]["status"], ruled["what_if"]["status"]) == ("closed", "closed")
+    assert ruled["what_if"]["money"]["buyers_owe"] == "39.90"
+    assert ruled["what_if"]["money"]["merchant_bears"] == "0.00"
+    assert report["actions_refused"] == 0

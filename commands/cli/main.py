@@ -99,6 +99,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "aftersales.commands.http.serve:serve",
         "Serve the HTTP API until SIGINT or SIGTERM, then finish the requests in flight and exit",
     ),
+    "buyer": (
+        "aftersales.commands.cli.buyers:buyer_group",
+        "A buyer's standing: abuse flags and disputes lost (instant refunds).",
+    ),
     "shop": (
         "aftersales.commands.cli.shops:shop_group",
         "A shop's settings: return addresses and the rules that approve requests for it.",

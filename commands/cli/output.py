@@ -325,6 +325,25 @@ def render_assignment(assignment: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_buyer(buyer: dict[str, Any]) -> str:
+    flag = buyer["flag"]
+    lines = [
+        f"buyer {buyer['buyer_id']}  (version {buyer['version']})",
+        f"flag: {flag['reason']} (by {flag['by']} at {flag['at']})" if flag else "flag: none",
+        f"disputes lost: {len(buyer['disputes_lost'])}",
+    ]
+    if buyer["disputes_lost"]:
+        lines.append(table(buyer["disputes_lost"], ["case_id", "at"]))
+    instant = buyer.get("instant_refund")
+    if instant is not None:
+        lines.append(
+            f"instant refund: up to {instant['up_to']}"
+            if instant["eligible"]
+            else f"instant refund: no ({instant['why_not']})"
+        )
+    return "\n".join(lines)
+
+
 def render_tick(result: dict[str, Any]) -> str:
     lines = [f"tick at {result['now']}: {len(result['fired'])} deadline(s) fired"]
     if result["fired"]:
@@ -349,4 +368,5 @@ RENDERERS: dict[str, Renderer] = {
     "shop": render_shop,
     "tick": render_tick,
     "assignment": render_assignment,
+    "buyer": render_buyer,
 }

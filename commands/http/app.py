@@ -30,6 +30,7 @@ from aftersales.commands.http.rate_limits import parse_networks
 from aftersales.commands.http.routers import (
     action_routes,
     audit_routes,
+    buyer_routes,
     case_routes,
     health_routes,
     order_routes,
@@ -95,6 +96,7 @@ def create_app(
         audit_routes,
         report_routes,
         shop_routes,
+        buyer_routes,
     ):
         # The routes themselves, not the router: FastAPI walks every included router's routes
         # on each request to see whether they changed (a tenth of the server's CPU).

@@ -176,6 +176,10 @@ class CaseView(BaseModel):
     amount: str = Decimal2
     refunded_amount: str = Decimal2
     refund_paid_by: str | None
+    instant_refund: bool = Field(
+        description="Refunded by the platform as the goods were shipped back (极速退款): the "
+        "merchant owes it, and still confirms the goods' arrival."
+    )
     due_at: str | None = Time
     due_action: DueAction | None
     version: int
@@ -313,6 +317,37 @@ class ShopView(BaseModel):
     rules: list[ShopRuleView]
     assign_mode: AssignMode
     staff: list[ShopStaffView]
+
+
+class BuyerFlagView(BaseModel):
+    reason: str
+    by: str
+    at: str = Time
+
+
+class DisputeLostView(BaseModel):
+    case_id: str = Field(json_schema_extra={"format": "uuid"})
+    at: str = Time
+
+
+class InstantRefundView(BaseModel):
+    """Whether a return of the buyer's shipped back now is refunded at once."""
+
+    eligible: bool
+    why_not: str | None
+    up_to: str | None = Decimal2
+
+
+class BuyerView(BaseModel):
+    """A buyer's standing as `buyer show --json` gives it (a buyer action answers the same,
+    without ``instant_refund``)."""
+
+    buyer_id: str
+    version: int
+    flagged: bool
+    flag: BuyerFlagView | None
+    disputes_lost: list[DisputeLostView]
+    instant_refund: InstantRefundView | None = None
 
 
 class AuditEvent(BaseModel):

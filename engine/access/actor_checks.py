@@ -9,11 +9,13 @@ from aftersales.engine.access.scopes import check_actor, who_may
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     Action,
+    BuyerAction,
     CaseAction,
     Command,
     PlaceOrder,
     ShopAction,
     ShowAssignment,
+    ShowBuyer,
     ShowCase,
     ShowShop,
 )
@@ -50,6 +52,8 @@ def parties(engine: Engine, command: Command) -> tuple[str, str] | None:
         return command.merchant, command.buyer
     if isinstance(command, (ShopAction, ShowShop)):  # a shop is its merchant's, no buyer's
         return command.merchant_id, ""
+    if isinstance(command, (BuyerAction, ShowBuyer)):  # a buyer's standing: no merchant's
+        return "", command.buyer_id
     case_id = getattr(command, "case_id", None)
     if isinstance(command, (CaseAction, ShowCase, ShowAssignment)) and isinstance(case_id, UUID):
         return case_parties(engine, case_id)

@@ -92,7 +92,17 @@ MAY: Mapping[PrincipalRole, frozenset[str]] = {
         }
     ),
     PrincipalRole.AGENT: frozenset(
-        {"case rule", "case message", "case show", "case list", "order show", AUDIT}
+        {
+            "case rule",
+            "case message",
+            "case show",
+            "case list",
+            "order show",
+            "buyer flag",
+            "buyer clear",
+            "buyer show",
+            AUDIT,
+        }
     ),
     PrincipalRole.AUDITOR: frozenset({AUDIT}),
     PrincipalRole.REPORTER: frozenset(REPORTS),

@@ -27,6 +27,7 @@ from aftersales.engine.application.requests import (
     AcceptOffer,
     Action,
     ApproveCase,
+    BuyerAction,
     CaseAction,
     CaseOrder,
     Command,
@@ -39,8 +40,11 @@ from aftersales.engine.application.requests import (
     PlaceOrder,
     QueueAction,
     RefuseDelivery,
+    RuleCase,
+    ShipBack,
     ShopAction,
     ShowAssignment,
+    ShowBuyer,
     ShowCase,
     ShowOrder,
     ShowShop,
@@ -51,6 +55,7 @@ from aftersales.engine.application.staff_queues import assignee_filter
 from aftersales.engine.application.tick import deadline_command_id, tick
 from aftersales.engine.application.units import OrderOrCase, SaveNow, Together, UnitOfWork
 from aftersales.engine.domain.assignment import CaseAssignment, assignment_uuid, pick_member
+from aftersales.engine.domain.buyer import Buyer, buyer_uuid, refusal, unknown_buyer
 from aftersales.engine.domain.case import ReturnCase, case_uuid, settle_order_lines
 from aftersales.engine.domain.errors import (
     AftersalesError,
@@ -69,8 +74,10 @@ from aftersales.engine.domain.values import (
     Actor,
     CaseType,
     DueAction,
+    Party,
     Role,
     Status,
+    money_str,
 )
 from aftersales.engine.storage.case_index import case_row, listed_case
 from aftersales.engine.storage.sql import CASES_TABLE, parse_stored_time
@@ -326,8 +333,7 @@ class Engine:
                 # exactly as a tick would have fired them, and the action is judged after.
                 order = self.load_order(case.order_id)
                 clock = self._clock_first(order, [case], act.at)
-            holding = case.holds_lines
-            refunded = case.refunded_amount
+            holding, refunded = case.holds_lines, case.refunded_amount
             # A rejected case that is escalated takes its lines back: check they are free
             # before acting, so every check comes before anything is recorded. (Only then: the
             # rejected case's other ways on, closed by the clock or withdrawn, hold nothing, and
@@ -338,11 +344,15 @@ class Engine:
             if command.needs_order:
                 order = order or self.load_order(case.order_id)
             self._shop_terms(command, case)
+            self._buyer_terms(command, case, act)
             try:
                 command.apply(case, act, self.policy, order)
             except AftersalesError as exc:
                 raise clock.explain(case, exc) from None
-            if holding != case.holds_lines:
+            lost = self._dispute_lost(command, case, act)
+            if holding != case.holds_lines or refunded != case.refunded_amount:
+                # The case let go of its lines or took them back, or refunded while it keeps
+                # them (an instant refund): the order's books say so.
                 order = order or self.load_order(case.order_id)
                 settle_order_lines(
                     case, order, was_holding=holding, refunded_before=refunded, act=act
@@ -355,7 +365,7 @@ class Engine:
                 # offer lapsing, is fired by the same tick's next pass, and reported by it.)
                 order = order or self.load_order(case.order_id)
                 clock.touched.update(self._clock_first(order, [case], act.at).touched)
-            return case, clock.changed(exclude=case), act
+            return case, [*clock.changed(exclude=case), *lost], act
 
         return self.uow.run(command, attempt)
 
@@ -439,6 +449,54 @@ class Engine:
         holding, refunded = case.holds_lines, case.refunded_amount
         case.approve(by_rule, self.policy, by_rule=rule.named)
         settle_order_lines(case, order, was_holding=holding, refunded_before=refunded, act=act)
+
+    # A buyer's standing: instant refunds (engine/domain/buyer.py) ---------------------------
+
+    def find_buyer(self, buyer_id: str) -> Buyer | None:
+        buyer = self.uow.get(buyer_uuid(buyer_id))
+        return buyer if isinstance(buyer, Buyer) else None
+
+    def _buyer_terms(self, command: CaseAction, case: ReturnCase, act: Act) -> None:
+        """Before goods are shipped back, whether the buyer's standing lets the platform refund
+        them at once (an instant refund, when the policy has it): read only then."""
+        rules = self.policy.instant_refund
+        if not isinstance(command, ShipBack) or rules is None:
+            case.instant_refund_refusal = "no instant refund asked for"
+            return
+        case.instant_refund_refusal = refusal(self.find_buyer(case.buyer_id), rules, act.at)
+
+    def _dispute_lost(self, command: CaseAction, case: ReturnCase, act: Act) -> list[Buyer]:
+        """A ruling for the merchant is a dispute the buyer lost: recorded on the buyer with it."""
+        if not isinstance(command, RuleCase) or command.in_favour_of is not Party.MERCHANT:
+            return []
+        buyer = self.find_buyer(case.buyer_id) or Buyer.note(case.buyer_id, act)
+        buyer.dispute_lost(act, case.id)
+        return [buyer]
+
+    @handle.register
+    def _buyer_action(self, command: BuyerAction) -> dict[str, Any]:
+        def attempt(command_id: str) -> tuple[OrderOrCase, list[OrderOrCase], Act]:
+            act = self._act(command, "platform", command_id)
+            buyer = self.find_buyer(command.buyer_id) or Buyer.note(command.buyer_id, act)
+            self._check_expected(buyer, command, f"buyer {command.buyer_id}")
+            command.apply(buyer, act)
+            return buyer, [], act
+
+        return self.uow.run(command, attempt)
+
+    @handle.register
+    def _show_buyer(self, command: ShowBuyer) -> dict[str, Any]:
+        buyer = self.find_buyer(command.buyer_id)
+        shown = unknown_buyer(command.buyer_id) if buyer is None else buyer.to_json()
+        rules = self.policy.instant_refund
+        at = command.at or self.clock()
+        why = "the policy has no instant refund" if rules is None else refusal(buyer, rules, at)
+        shown["instant_refund"] = {
+            "eligible": why is None,
+            "why_not": why,
+            "up_to": money_str(rules.up_to) if rules is not None else None,
+        }
+        return shown
 
     @handle.register
     def _shop_action(self, command: ShopAction) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from aftersales.engine.application.fields import (
     key_of,
 )
 from aftersales.engine.domain.assignment import How
+from aftersales.engine.domain.buyer import Buyer
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.errors import BadInput
 from aftersales.engine.domain.events import Act
@@ -984,6 +985,61 @@ class ShowAssignment(Query):
     case_id: CaseId
 
 
+# A buyer's standing (instant refunds) ---------------------------------------------------------
+
+
+class BuyerAction(Action):
+    """A platform agent's change to a buyer's standing (engine/domain/buyer.py), recorded on
+    the buyer so what made them eligible for instant refunds, or not, has a history."""
+
+    role: ClassVar[Role] = Role.PLATFORM
+    arguments: ClassVar[tuple[str, ...]] = ("buyer_id",)
+    shows: ClassVar[str] = "buyer"
+
+    buyer_id: Id
+
+    def target(self) -> str:
+        return self.buyer_id
+
+    def apply(self, buyer: Buyer, act: Act) -> None:
+        raise NotImplementedError
+
+
+class FlagBuyer(BuyerAction):
+    """Flag a buyer for abuse: their returns are refunded when the goods arrive, never at
+    once (no instant refund) until the flag is cleared."""
+
+    name: ClassVar[str] = "buyer flag"
+
+    reason: Text = Field(description="Why (returns of empty parcels, say).")
+
+    def apply(self, buyer: Buyer, act: Act) -> None:
+        buyer.flag_abuse(act, reason=self.reason)
+
+
+class ClearBuyer(BuyerAction):
+    """Clear a buyer's abuse flag."""
+
+    name: ClassVar[str] = "buyer clear"
+
+    note: Text = Field(description="Why the flag no longer holds.")
+
+    def apply(self, buyer: Buyer, act: Act) -> None:
+        buyer.clear_flag(act, note=self.note)
+
+
+class ShowBuyer(Query):
+    """A buyer's standing: their abuse flag, the disputes ruled against them, and whether a
+    return of theirs shipped back now would be refunded at once (an instant refund)."""
+
+    name: ClassVar[str] = "buyer show"
+    arguments: ClassVar[tuple[str, ...]] = ("buyer_id",)
+    shows: ClassVar[str] = "buyer"
+
+    buyer_id: Id
+    at: When = Field(None, description="As of this time, ISO-8601 with offset (default: now).")
+
+
 # Every command a person or a script can give by name, in the order the help lists them.
 COMMANDS: tuple[type[Command], ...] = (
     PlaceOrder,
@@ -1024,5 +1080,8 @@ COMMANDS: tuple[type[Command], ...] = (
     AssignCase,
     ClaimCase,
     ShowAssignment,
+    FlagBuyer,
+    ClearBuyer,
+    ShowBuyer,
 )
 BY_NAME: Mapping[str, type[Command]] = {c.name: c for c in COMMANDS}

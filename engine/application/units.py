@@ -49,6 +49,7 @@ from aftersales.engine.application.requests import (
     Action,
 )
 from aftersales.engine.domain.assignment import CaseAssignment
+from aftersales.engine.domain.buyer import Buyer
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.errors import (
     AftersalesError,
@@ -76,9 +77,9 @@ if TYPE_CHECKING:  # the engine runs units of work and the tick; they only name 
 
 MAX_ATTEMPTS = 8
 
-OrderOrCase = Order | ReturnCase | Shop | CaseAssignment
+OrderOrCase = Order | ReturnCase | Shop | CaseAssignment | Buyer
 # The same, for isinstance checks of what a cache or a read gave.
-AGGREGATE_KINDS = (Order, ReturnCase, Shop, CaseAssignment)
+AGGREGATE_KINDS = (Order, ReturnCase, Shop, CaseAssignment, Buyer)
 # One try at an action: the aggregate it is about, the others it changed, and its circumstances.
 Attempt = Callable[[str], tuple[OrderOrCase, list[OrderOrCase], Act]]
 

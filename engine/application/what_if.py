@@ -27,7 +27,7 @@ shop, and at most ``limit`` changed cases: memory stays flat however long the pe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -63,6 +63,7 @@ from aftersales.engine.application.requests import (
     WithdrawCase,
 )
 from aftersales.engine.application.units import Attempt, OrderOrCase, UnitOfWork
+from aftersales.engine.domain.buyer import Buyer, buyer_uuid
 from aftersales.engine.domain.case import ReturnCase
 from aftersales.engine.domain.case_events import (
     CaseApproved,
@@ -114,6 +115,7 @@ MONEY_KEYS: tuple[str, ...] = (
     "penalties",
     "merchant_bears",
     "platform_bears",
+    "buyers_owe",
 )
 # The measures of a shop, counted over its cases opened in the period.
 COUNT_KEYS: tuple[str, ...] = (
@@ -144,26 +146,28 @@ FOUR_PLACES = Decimal("0.0001")
 
 # A unit of work that never saves ---------------------------------------------------------------
 
+# What an order's replay reads as it was recorded at a time: a shop's settings, a buyer's standing.
+AsOf = Callable[[datetime], Shop | Buyer | None]
+
 
 class Sandbox(UnitOfWork):
     """Aggregates in memory only: an action is run on them and what it records stays there
     (``pending_events``); nothing is read from or written to the store."""
 
-    def __init__(
-        self, engine: Engine, shop: tuple[UUID, Callable[[datetime], Shop | None]] | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, recorded: Mapping[UUID, AsOf] | None = None) -> None:
         super().__init__(engine)
         self.aggregates: dict[UUID, OrderOrCase] = {}
-        # The order's shop, as its settings stood at ``now`` (its rules approve at an opening,
-        # its default address goes on an approval): read, never changed here.
-        self.shop = shop
+        # What the order's actions read as it was recorded at ``now``, never changed here: its
+        # shop's settings (its rules approve at an opening, its default address goes on an
+        # approval) and its buyer's standing (an instant refund as the goods go back).
+        self.recorded: Mapping[UUID, AsOf] = recorded or {}
         self.now: datetime | None = None
 
     def get(self, uid: UUID) -> OrderOrCase | None:
-        found = self.aggregates.get(uid)
-        if found is None and self.shop is not None and uid == self.shop[0]:
-            return self.shop[1](self.now or self.engine.clock())
-        return found
+        read = self.recorded.get(uid)
+        if read is not None:
+            return read(self.now or self.engine.clock())
+        return self.aggregates.get(uid)
 
     def find_command(self, command_id: str) -> dict[str, Any] | None:
         return None  # every re-issued command is new here
@@ -172,7 +176,8 @@ class Sandbox(UnitOfWork):
         self.replayed = False
         main, others, _ = attempt(command.command_id or str(uuid4()))
         for aggregate in (main, *others):
-            self.aggregates[aggregate.id] = aggregate
+            if aggregate.id not in self.recorded:
+                self.aggregates[aggregate.id] = aggregate
         return {}
 
 
@@ -412,6 +417,12 @@ def case_money(case: ReturnCase) -> dict[str, Decimal]:
             money["freight"] += amount
         elif kind == "late_shipment_penalty":
             money["penalties"] += amount
+        elif kind == "advance_reassigned":
+            # An instant refund the merchant no longer owes: the buyer's now, or the platform's.
+            money["owed_to_platform"] -= amount
+            money["merchant_bears"] -= amount
+            if owed_by == "buyer":
+                money["buyers_owe"] += amount
         if owed_by == "merchant":
             money["merchant_bears"] += amount
         elif owed_by == "platform":
@@ -515,7 +526,7 @@ class WhatIf:
         self.unreadable: list[dict[str, str]] = []
         self.unreadable_count = 0
         self.shops: dict[str, tuple[Measures, Measures]] = {}
-        self._shop_rows: dict[str, list[tuple[datetime, tuple[int, str, bytes]]]] = {}
+        self._rows: dict[UUID, list[tuple[datetime, tuple[int, str, bytes]]]] = {}
         self.total = (Measures(), Measures())
 
     # Reading ---------------------------------------------------------------------------------
@@ -611,9 +622,16 @@ class WhatIf:
     ) -> None:
         order_uid = order_uuid(order_id)
         placed = next((e for e in histories.get(order_uid, ()) if isinstance(e, OrderPlaced)), None)
-        shop = None if placed is None else self.shop_of(placed.merchant_id)
+        reads = (
+            {}
+            if placed is None
+            else {
+                uid: self.as_of(uid)
+                for uid in (shop_uuid(placed.merchant_id), buyer_uuid(placed.buyer_id))
+            }
+        )
         # As recorded, the clock brought up to ``until``.
-        recorded = Sandbox(self.recorded, shop)
+        recorded = Sandbox(self.recorded, reads)
         for uid, events in histories.items():
             aggregate = _built(events)
             if aggregate is not None:
@@ -621,7 +639,7 @@ class WhatIf:
         self._clock(self.recorded, recorded, order_uid)
         # Under the new policy: what came before ``since`` as it was, the people's actions
         # since then re-issued, and the clock.
-        sandbox = Sandbox(self.replayed, shop)
+        sandbox = Sandbox(self.replayed, reads)
         before = {
             uid: [e for e in events if e.at < self.since] for uid, events in histories.items()
         }
@@ -688,11 +706,11 @@ class WhatIf:
                     }
                 )
 
-    def shop_of(self, merchant: str) -> tuple[UUID, Callable[[datetime], Shop | None]]:
-        """A shop's settings as they stood at a time: its stored events read once a run (a
-        shop's history is short), checked as every read is, and rebuilt up to that time."""
-        uid = shop_uuid(merchant)
-        rows = self._shop_rows.get(merchant)
+    def as_of(self, uid: UUID) -> AsOf:
+        """A shop's settings or a buyer's standing as they stood at a time: its stored events
+        read once a run (such a history is short), checked as every read is, and rebuilt up to
+        that time."""
+        rows = self._rows.get(uid)
         if rows is None:
             stored = [
                 (s.originator_version, s.topic, bytes(s.state))
@@ -701,14 +719,14 @@ class WhatIf:
             if stored:
                 self.store.rebuild(uid, stored, whole=False)  # checked once, as every read is
             times = [self.store.mapper.decode(uid, v, t, b).at for v, t, b in stored]
-            rows = self._shop_rows[merchant] = list(zip(times, stored, strict=True))
+            rows = self._rows[uid] = list(zip(times, stored, strict=True))
 
-        def as_of(when: datetime) -> Shop | None:
+        def as_of(when: datetime) -> Shop | Buyer | None:
             upto = [row for at, row in rows if at <= when]
-            shop = self.store.rebuild(uid, upto, whole=False) if upto else None
-            return shop if isinstance(shop, Shop) else None
+            found = self.store.rebuild(uid, upto, whole=False) if upto else None
+            return found if isinstance(found, (Shop, Buyer)) else None
 
-        return uid, as_of
+        return as_of
 
     @staticmethod
     def _clock(engine: Engine, sandbox: Sandbox, order_uid: UUID) -> None:

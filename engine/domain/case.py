@@ -21,6 +21,7 @@ from uuid import UUID
 
 from aftersales.engine.domain.case_events import (
     EVENT_CLASSES,
+    AdvanceReassigned,
     CaseApproved,
     CaseAutoApproved,
     CaseEscalated,
@@ -112,6 +113,10 @@ class ReturnCase(Aggregate):
     # at hand (engine/domain/shop.py): given to approvals of returns that name none. Not part
     # of the case's state: set before each action that may approve, never from an event.
     default_address: str | None = None
+    # Why the buyer may not be refunded at once (an instant refund, 极速退款) as the goods go
+    # back, as the engine read their standing for the action at hand (engine/domain/buyer.py);
+    # None: they may. Like the address, set before each ship-back, never from an event.
+    instant_refund_refusal: str | None = "the buyer's standing was not read"
 
     if TYPE_CHECKING:  # state set by when(); see Order for why only for the type checker
         order_id: str
@@ -143,6 +148,8 @@ class ReturnCase(Aggregate):
         last_at: datetime
         refunded_amount: Decimal
         refund_paid_by: Party | None
+        # What the platform advanced at ship-back (an instant refund; ZERO: none).
+        advance: Decimal
         return_address: str | None
         rejection: dict[str, str] | None
         return_shipment: Shipment | None
@@ -330,6 +337,7 @@ class ReturnCase(Aggregate):
         self.last_at = event.at
         self.refunded_amount = ZERO
         self.refund_paid_by = None
+        self.advance = ZERO
         self.return_address = None
         self.rejection = None
         self.return_shipment = None
@@ -362,6 +370,8 @@ class ReturnCase(Aggregate):
         self.receipt_condition = event.condition
 
     def _refunded(self, event: CaseRefunded) -> None:
+        if event.status is S.AWAITING_MERCHANT_RECEIPT:  # refunded as the goods went back
+            self.advance = event.amount
         self.refunded_amount += event.amount
         self.refund_paid_by = event.paid_by
         self._entry(
@@ -375,6 +385,16 @@ class ReturnCase(Aggregate):
 
     def _freight(self, event: FreightCharged) -> None:
         self._entry(event, "freight", event.amount, event.payer, event.payee, legs=event.legs)
+
+    def _reassigned(self, event: AdvanceReassigned) -> None:
+        self._entry(
+            event,
+            "advance_reassigned",
+            event.amount,
+            event.owed_by,
+            Party.MERCHANT,
+            owed_by=event.owed_by.value,
+        )
 
     def _penalty(self, event: LateShipmentPenalty) -> None:
         self._entry(event, "late_shipment_penalty", event.amount, event.payer, event.payee)
@@ -511,6 +531,8 @@ class ReturnCase(Aggregate):
             allowed.remove("escalate")
         if INTERCEPT in allowed and not self.may_intercept:
             allowed.remove(INTERCEPT)
+        if self.advanced:
+            allowed = [a for a in allowed if a not in _NOT_AFTER_ADVANCE]
         return allowed
 
     @property
@@ -526,10 +548,38 @@ class ReturnCase(Aggregate):
     def refund_due(self) -> Decimal:
         """What a refund pays unless told otherwise: the amount asked (or agreed), or less
         where a ruling concerns less (the missing lines' worth) or the case's lines have less
-        left to refund since later cases refunded them."""
-        if self.pays_at_most is None:
-            return self.amount
-        return min(self.amount, self.pays_at_most)
+        left to refund since later cases refunded them; nothing once the platform advanced it
+        as the goods went back (an instant refund)."""
+        due = self.amount if self.pays_at_most is None else min(self.amount, self.pays_at_most)
+        return max(ZERO, due - self.advance)
+
+    @property
+    def advanced(self) -> bool:
+        """The platform refunded the buyer as the goods went back (an instant refund)."""
+        return self.advance > ZERO
+
+    def instant_refund_now(self, policy: Policy) -> bool:
+        """Whether goods shipped back now are refunded at once: a return within the policy's
+        instant refund limit, by a buyer in the standing it asks (``instant_refund_refusal``,
+        read for the action)."""
+        rules = policy.instant_refund
+        return (
+            rules is not None
+            and self.case_type is CaseType.RETURN_REFUND
+            and self.refund_due <= rules.up_to
+            and self.instant_refund_refusal is None
+        )
+
+    def _advance_back(self, owed_by: Party) -> dict[type[CaseEvent], dict[str, Any]]:
+        """The consequence that puts an advanced refund on another party than the merchant."""
+        return {AdvanceReassigned: {"amount": self.advance, "owed_by": owed_by}}
+
+    def _refunded_already(self, action: str) -> NotAllowed:
+        return NotAllowed(
+            f"case {self.id} was refunded when the goods were shipped back (an instant refund "
+            f"the platform advanced): {action} is not allowed; the merchant confirms the goods' "
+            "receipt (case receive), and goods not in order go to the platform"
+        )
 
     @property
     def merchant_answered(self) -> bool:
@@ -550,6 +600,8 @@ class ReturnCase(Aggregate):
 
     def _escalation_refused(self) -> str | None:
         """Why the buyer may not escalate now whatever the claim, or None."""
+        if self.advanced:
+            return self._refunded_already("escalate").message
         if self.status is S.AWAITING_MERCHANT and not self.merchant_answered:
             due = f" (until {self.due.due_at.isoformat()})" if self.due else ""
             return (
@@ -628,6 +680,7 @@ class ReturnCase(Aggregate):
         reshipped: bool | None = None,
         appeal: bool | None = None,
         resumes: Status | None = None,
+        advance: bool | None = None,
     ) -> Transition:
         return outcome(
             action,
@@ -639,6 +692,7 @@ class ReturnCase(Aggregate):
             reshipped=reshipped,
             appeal=appeal,
             resumes=resumes,
+            advance=self.advanced if advance is None else advance,
         )
 
     def _take(
@@ -718,6 +772,8 @@ class ReturnCase(Aggregate):
         """Refund what is due. A smaller amount is not a refund the merchant may impose: it is
         an offer of a refund only, which the buyer accepts, declines or lets lapse."""
         self._check("refund", act)
+        if self.advanced:
+            raise self._refunded_already("refund")
         due = self.refund_due
         value = due if amount is None else amount
         if value <= ZERO:
@@ -781,7 +837,8 @@ class ReturnCase(Aggregate):
             raise BadInput("freight must be more than 0.00 (leave it out if nothing was paid)")
         charge = self.return_freight(policy, freight)
         claimed: dict[str, Any] = {"freight": freight} if freight is not None else {}
-        self._take(self._outcome("ship-back"), act, policy, shipment=shipment, **claimed)
+        row = self._outcome("ship-back", advance=self.instant_refund_now(policy))
+        self._take(row, act, policy, shipment=shipment, **claimed)
         if charge is not None:
             amount, payer = charge
             self._record(
@@ -814,6 +871,8 @@ class ReturnCase(Aggregate):
 
     def withdraw(self, act: Act) -> None:
         self._check("withdraw", act)
+        if self.advanced:
+            raise self._refunded_already("withdraw")
         self._take(self._outcome("withdraw"), act)
 
     def escalate(
@@ -942,6 +1001,7 @@ class ReturnCase(Aggregate):
             row,
             act,
             policy,
+            consequences=self._advance_back(Party.BUYER) if self.advanced else None,
             in_favour_of=in_favour_of,
             claim=claim,
             note=note,
@@ -976,7 +1036,9 @@ class ReturnCase(Aggregate):
             address = self.shop_address(self.case_type)
             self._take(self._outcome(action.value), act, policy, fired=due, return_address=address)
             return
-        self._take(self._outcome(action.value), act, policy, fired=due)
+        lapsed = action is DueAction.RULING_LAPSED and self.advanced
+        back = self._advance_back(Party.PLATFORM) if lapsed else None
+        self._take(self._outcome(action.value), act, policy, consequences=back, fired=due)
 
     def _unanswered(self, action: str, act: Act, policy: Policy, **fields: Any) -> None:
         """An offer declined or lapsed: back where it found the case, its deadline as it was."""
@@ -1023,6 +1085,8 @@ class ReturnCase(Aggregate):
         amount offered). The buyer has the policy's window to answer; declined or unanswered,
         the case goes back where the offer found it, its deadline as it was. One at a time."""
         self._check("offer", act)
+        if self.advanced:
+            raise self._refunded_already("offer")
         due = self.refund_due
         if self.status is not S.AWAITING_MERCHANT and case_type is not CaseType.REFUND_ONLY:
             raise NotAllowed(
@@ -1202,6 +1266,7 @@ class ReturnCase(Aggregate):
             "amount": money_str(self.amount),
             "refunded_amount": money_str(self.refunded_amount),
             "refund_paid_by": self.refund_paid_by.value if self.refund_paid_by else None,
+            "instant_refund": self.advanced,
             "due_at": self.due.due_at.isoformat() if self.due else None,
             "due_action": self.due.action.value if self.due else None,
             "version": self.version,
@@ -1258,17 +1323,20 @@ def settle_order_lines(
     case: ReturnCase, order: Order, *, was_holding: bool, refunded_before: Decimal, act: Act
 ) -> bool:
     """After an action on a case, keep its order's books: a case that stopped holding its
-    lines lets them go (with what it refunded on them); one that took them back (a rejected
-    case escalated) holds them again. True if the order recorded something."""
-    if was_holding == case.holds_lines:
-        return False
+    lines lets them go (with what the action refunded on them); one that took them back (a
+    rejected case escalated) holds them again; one that refunded while it keeps them (an
+    instant refund, paid as the goods go back) books the refund at once. True if the order
+    recorded something."""
     lines = list(case.lines)
-    if was_holding:
-        order.unlink_case(
-            case.id, case.status.value, lines, case.refunded_amount - refunded_before, act
-        )
-    else:
+    refunded = case.refunded_amount - refunded_before
+    if was_holding and not case.holds_lines:
+        order.unlink_case(case.id, case.status.value, lines, refunded, act)
+    elif case.holds_lines and not was_holding:
         order.link_case(case.id, lines, act, holds_shipment=case.holds_shipment)
+    elif case.holds_lines and refunded > ZERO:
+        order.book_refund(case.id, lines, refunded, act)
+    else:
+        return False
     return True
 
 
@@ -1282,6 +1350,7 @@ _APPLY: Mapping[type[CaseEvent], Callable[[ReturnCase, Any], None]] = {
     GoodsShippedBack: ReturnCase._shipped_back,
     GoodsReceived: ReturnCase._received,
     CaseRefunded: ReturnCase._refunded,
+    AdvanceReassigned: ReturnCase._reassigned,
     FreightCharged: ReturnCase._freight,
     LateShipmentPenalty: ReturnCase._penalty,
     GoodsRecovered: ReturnCase._recovered,
@@ -1334,6 +1403,10 @@ def _money(
         }
     return {}
 
+
+# What a person may no longer do on a case refunded as its goods went back (an instant refund):
+# refund it again, offer less, take it to the platform, or walk away with the money.
+_NOT_AFTER_ADVANCE = frozenset({"refund", "offer", "escalate", "withdraw"})
 
 # How a case type is written in a sentence.
 _TYPE_WORDS: Mapping[CaseType, str] = {

@@ -138,6 +138,15 @@ class LateShipmentPenalty(CaseEvent):
     payee: Party
 
 
+class AdvanceReassigned(CaseEvent):
+    """An instant refund the platform advanced at ship-back is no longer the merchant's to
+    repay: the buyer owes it (the platform ruled for the merchant on the goods received not in
+    order), or the platform bears it (it let its ruling lapse)."""
+
+    amount: Decimal
+    owed_by: Party
+
+
 class GoodsRecovered(CaseEvent):
     """After the platform refunded an unjustified rejection, the merchant got the goods back."""
 
@@ -294,5 +303,6 @@ EVENT_CLASSES: Mapping[str, type[CaseEvent]] = {
         CaseTurnedReturn,
         ParcelIntercepted,
         DeliveryRefused,
+        AdvanceReassigned,
     )
 }

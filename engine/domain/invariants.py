@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from aftersales.engine.domain.case_events import (
+    AdvanceReassigned,
     CaseOpened,
     CaseRated,
     CaseRefunded,
@@ -44,9 +45,10 @@ from aftersales.engine.domain.case_events import (
     RulingLapsed,
 )
 from aftersales.engine.domain.errors import NotAllowed
-from aftersales.engine.domain.order_events import CaseUnlinked, OrderShipped
+from aftersales.engine.domain.order_events import BOOKS_REFUNDS, OrderShipped
 from aftersales.engine.domain.transitions import (
     ACTION_OF,
+    ADVANCE_REQUIRED,
     ALLOWED_FROM,
     CONSEQUENCES,
     KNOWN,
@@ -108,7 +110,8 @@ MONEY_HAS_PARTIES = Invariant(
     "money_has_parties",
     "every amount moved is more than nothing, has a payer and a payee who are not the same, "
     "and what the platform advances is owed back by the merchant (only a ruling the platform "
-    "let lapse is its own to bear), or the ledger cannot be settled",
+    "let lapse is its own to bear, and an instant refund the platform found not owed the "
+    "buyer's), or the ledger cannot be settled",
 )
 SHIPMENT_HELD = Invariant(
     "shipment_held",
@@ -202,6 +205,8 @@ def check_case_event(case: ReturnCase, event: CaseEvent) -> None:
         _check_refund(case, event, where, lapsed=case.last_kind is RulingLapsed)
     elif isinstance(event, (FreightCharged, LateShipmentPenalty)):
         _check_parties(event.amount, event.payer, event.payee, where)
+    elif isinstance(event, AdvanceReassigned):
+        _check_advance_back(case, event, where)
 
 
 def _check_deadline(case: ReturnCase, event: CaseEvent, where: str) -> None:
@@ -263,6 +268,27 @@ def _check_refund(case: ReturnCase, event: Any, where: str, *, lapsed: bool) -> 
         )
 
 
+# Who an advanced refund may be put on instead of the merchant, after which first event: the
+# buyer when the platform ruled for the merchant, the platform when it let its ruling lapse.
+_ADVANCE_BACK_AFTER: Mapping[Party, str] = {
+    Party.BUYER: "CaseRuled",
+    Party.PLATFORM: "RulingLapsed",
+}
+
+
+def _check_advance_back(case: ReturnCase, event: AdvanceReassigned, where: str) -> None:
+    _check_parties(event.amount, event.owed_by, Party.MERCHANT, where)
+    after = _ADVANCE_BACK_AFTER.get(event.owed_by)
+    reassigned = any(e["type"] == "advance_reassigned" for e in case.ledger)
+    if after != case.last_kind.__name__ or event.amount != case.advance or reassigned:
+        raise InvariantBroken(
+            MONEY_HAS_PARTIES,
+            f"{where}: {money_str(event.amount)} of the platform's advance put on the "
+            f"{event.owed_by.value} after {case.last_kind.__name__} (advanced: "
+            f"{money_str(case.advance)}{', reassigned already' if reassigned else ''})",
+        )
+
+
 def _check_parties(amount: Decimal, payer: Party, payee: Party, where: str) -> None:
     if amount <= ZERO or payer is payee:
         raise InvariantBroken(
@@ -275,7 +301,7 @@ def check_order_event(order: Order, event: Event) -> None:
     """Refuse an order event that would break an invariant, given the order before it."""
     if not ENFORCED:
         return
-    if isinstance(event, CaseUnlinked):
+    if isinstance(event, BOOKS_REFUNDS):
         for sku, share in event.refunded.items():
             line = order.lines.get(sku)
             total = order.refunded.get(sku, ZERO) + share
@@ -335,6 +361,7 @@ class CaseReplay:
     extended: bool = False
     refunded: Decimal = ZERO
     limit: Decimal | None = None  # what refunds may reach: the amount asked, or agreed
+    advanced: bool = False  # refunded as the goods went back (an instant refund)
 
     def step(self, event: CaseEvent) -> list[Finding]:
         found = self._transition(event)
@@ -352,7 +379,7 @@ class CaseReplay:
         head = self.head
         if head is None:
             return []
-        owed = REQUIRED_CONSEQUENCE.get(head.status)
+        owed = (ADVANCE_REQUIRED if self.advanced else REQUIRED_CONSEQUENCE).get(head.status)
         if kind_of(head).__name__ in CONSEQUENCES and owed is not None and owed not in self.seen:
             v = head.originator_version
             return [
@@ -383,6 +410,8 @@ class CaseReplay:
         if consequence:
             self.seen.add(name)
             self.status = event.status
+            if kind is CaseRefunded and event.status is S.AWAITING_MERCHANT_RECEIPT:
+                self.advanced = True
             return found
         found += self._settle()
         self.head, self.seen = None, set()

@@ -24,6 +24,7 @@ from aftersales.engine.domain.limits import MAX_QUANTITY, check_id, whole_number
 from aftersales.engine.domain.order_events import (
     CaseLine,
     CaseLinked,
+    CaseRefundBooked,
     CaseUnlinked,
     OrderDelivered,
     OrderLine,
@@ -207,6 +208,9 @@ class Order(Aggregate):
             del self.holders[sku]
         if event.case_id in self.shipment_held_by:
             self.shipment_held_by.remove(event.case_id)
+        self._booked(event)
+
+    def _booked(self, event: CaseUnlinked | CaseRefundBooked) -> None:
         for sku, amount in event.refunded.items():
             self.refunded[sku] = self.refunded.get(sku, ZERO) + amount
 
@@ -348,9 +352,29 @@ class Order(Aggregate):
     def unlink_case(
         self, case_id: UUID, status: str, lines: list[CaseLine], refunded: Decimal, act: Act
     ) -> None:
-        # No line takes more than it may still refund: the case's units at what they are worth
-        # (their list price where the line carries one: a missing gift is made good at it),
-        # within what the order line has left.
+        self.trigger_event(
+            CaseUnlinked,
+            case_id=case_id,
+            status=status,
+            refunded=self._shares(refunded, lines),
+            **act.fields(),
+        )
+
+    def book_refund(
+        self, case_id: UUID, lines: list[CaseLine], refunded: Decimal, act: Act
+    ) -> None:
+        """A case that keeps its lines refunded on them (an instant refund): booked now."""
+        self.trigger_event(
+            CaseRefundBooked,
+            case_id=case_id,
+            refunded=self._shares(refunded, lines),
+            **act.fields(),
+        )
+
+    def _shares(self, refunded: Decimal, lines: list[CaseLine]) -> dict[str, Decimal]:
+        """A case's refund, line by line. No line takes more than it may still refund: the
+        case's units at what they are worth (their list price where the line carries one: a
+        missing gift is made good at it), within what the order line has left."""
         room = {
             line.sku: min(
                 _worth(line),
@@ -358,13 +382,7 @@ class Order(Aggregate):
             )
             for line in lines
         }
-        self.trigger_event(
-            CaseUnlinked,
-            case_id=case_id,
-            status=status,
-            refunded=allocate(refunded, lines, room),
-            **act.fields(),
-        )
+        return allocate(refunded, lines, room)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -404,6 +422,7 @@ _APPLY: Mapping[type[Event], Callable[[Order, Any], None]] = {
     OrderDelivered: Order._delivered,
     CaseLinked: Order._linked,
     CaseUnlinked: Order._unlinked,
+    CaseRefundBooked: Order._booked,
 }
 
 

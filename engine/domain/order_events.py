@@ -81,3 +81,18 @@ class CaseUnlinked(Event):
     case_id: UUID
     status: str
     refunded: dict[str, Decimal]
+
+
+class CaseRefundBooked(Event):
+    """A case that keeps its lines refunded these amounts on them (an instant refund, paid as
+    the goods go back): booked at once, so the order's books always agree with its cases."""
+
+    case_id: UUID
+    refunded: dict[str, Decimal]
+
+
+# The events that book what a case refunded on the order's lines.
+BOOKS_REFUNDS: tuple[type[CaseUnlinked | CaseRefundBooked], ...] = (
+    CaseUnlinked,
+    CaseRefundBooked,
+)

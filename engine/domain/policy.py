@@ -134,6 +134,21 @@ class ShopRuleBounds(BaseModel):
         return case_type in self.types and amount <= self.most(case_type)
 
 
+class InstantRefund(BaseModel):
+    """Instant refund (极速退款): a return refunded when the buyer ships the goods back (the
+    waybill), not when they arrive. The platform advances the refund and the merchant owes it;
+    goods found not in order on arrival go to the platform, which may put the advance on the
+    buyer. Only for returns (退货退款) of at most ``up_to``, and buyers in good standing: no
+    abuse flag on them, and at most ``disputes_lost`` disputes ruled against them in the last
+    ``within_days`` days."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    up_to: Money = Decimal("200.00")
+    disputes_lost: int = Field(default=0, ge=0, le=1000)
+    within_days: int = Field(default=365, ge=1, le=MAX_POLICY_DAYS)
+
+
 def _zone(text: str) -> str:
     parse_zone(text)
     return text
@@ -189,6 +204,8 @@ class Policy(BaseModel):
     max_receipt_extension_hours: int = Field(default=72, gt=0, le=MAX_WINDOW_HOURS)
     # The rules a shop may set to approve requests for it.
     shop_rules: ShopRuleBounds = ShopRuleBounds()
+    # Instant refund (极速退款): off unless the policy sets it (``[instant_refund]``).
+    instant_refund: InstantRefund | None = None
     # The zone people read times in (the platform's): an offset or a zone name. How times are
     # shown, not a rule, so it is no part of the policy's version.
     display_zone: Annotated[str, AfterValidator(_zone)] = "+08:00"

@@ -59,6 +59,9 @@ class Given:
     reshipped: bool | None = None  # the merchant reshipped (True) or said it cannot (False)
     appeal: bool | None = None  # the platform ruled on this case before (this is the appeal)
     resumes: Status | None = None  # the status an unanswered offer interrupted
+    # The refund is advanced by the platform at ship-back (an instant refund, 极速退款): on the
+    # ship-back, that it is now; after it, that it was.
+    advance: bool | None = None
 
     def holds(
         self,
@@ -69,6 +72,7 @@ class Given:
         reshipped: bool | None,
         appeal: bool | None = None,
         resumes: Status | None = None,
+        advance: bool | None = None,
     ) -> bool:
         return (
             (self.case_types is None or case_type in self.case_types)
@@ -78,6 +82,7 @@ class Given:
             and (self.reshipped is None or reshipped is self.reshipped)
             and (self.appeal is None or appeal is self.appeal)
             and (self.resumes is None or resumes is self.resumes)
+            and (self.advance is None or advance is self.advance)
         )
 
 
@@ -125,6 +130,9 @@ _PLATFORM_FIRST = Refund(paid_by=Party.PLATFORM, owed_by=Party.MERCHANT)
 # The platform let its own ruling lapse: it pays the buyer and bears it (nobody found the
 # merchant liable).
 _PLATFORM_BEARS = Refund(paid_by=Party.PLATFORM, owed_by=Party.PLATFORM)
+# An instant refund: the platform advances it when the goods are shipped back; the merchant owes
+# it, unless the platform finds the goods not in order (AdvanceReassigned).
+_PLATFORM_ADVANCES = Refund(paid_by=Party.PLATFORM, owed_by=Party.MERCHANT)
 _MERCHANT_TO_BUYER = Charge(payer=Party.MERCHANT, payee=Party.BUYER)
 _FREIGHT_BOTH_WAYS = Charge(payer=Party.MERCHANT, payee=Party.BUYER, legs=2)
 
@@ -138,6 +146,9 @@ _OK = frozenset({Condition.OK})
 _NOT_OK = frozenset(set(Condition) - _OK)
 _PLATFORM_REFUNDS = frozenset({Claim.UNJUSTIFIED_REJECTION, Claim.OTHER, Claim.DISPUTED_RECEIPT})
 _BUYERS_CLAIMS = frozenset(set(Claim) - {Claim.DISPUTED_RECEIPT})
+_DISPUTED_RECEIPT = frozenset({Claim.DISPUTED_RECEIPT})
+# Whether the refund was advanced at ship-back, where the outcome depends on it.
+_ADVANCED, _NOT_ADVANCED = True, False
 # The buyer goes to the platform once the merchant has answered, or should have: while the
 # merchant's review runs unanswered, its deadline (approval when it runs out) is the buyer's
 # remedy; once the merchant answered with an offer the buyer declined or let lapse, the buyer
@@ -235,19 +246,33 @@ TRANSITIONS: tuple[Transition, ...] = (
           S.AWAITING_REPLACEMENT],
          S.REFUNDED, "CaseRefunded", refund=_MERCHANT_PAYS),
     _row("ship-back", B, [S.AWAITING_BUYER_SHIPMENT], S.AWAITING_MERCHANT_RECEIPT,
-         "GoodsShippedBack", starts=DueAction.AUTO_REFUND),
+         "GoodsShippedBack", given=Given(advance=_NOT_ADVANCED), starts=DueAction.AUTO_REFUND),
+    # An instant refund (极速退款): a return within the policy's limits, by a buyer in good
+    # standing, is refunded as the goods go back; the platform advances it, the merchant owes
+    # it. The merchant still confirms the goods' arrival (or the clock does, for it).
+    # (Only a return and refund: a guard the aggregate checks, with the policy's limits.)
+    _row("ship-back", B, [S.AWAITING_BUYER_SHIPMENT], S.AWAITING_MERCHANT_RECEIPT,
+         "GoodsShippedBack", "CaseRefunded", given=Given(advance=_ADVANCED),
+         starts=DueAction.AUTO_REFUND, refund=_PLATFORM_ADVANCES),
     _row(DueAction.AUTO_CLOSE.value, SYS, [S.AWAITING_BUYER_SHIPMENT], S.CLOSED,
          "CaseAutoClosed"),
     _row("receive", M, [S.AWAITING_MERCHANT_RECEIPT], S.REFUNDED, "GoodsReceived",
-         "CaseRefunded", given=Given(case_types=_REFUNDED_ON_RECEIPT, receipt=_OK),
+         "CaseRefunded",
+         given=Given(case_types=_REFUNDED_ON_RECEIPT, receipt=_OK, advance=_NOT_ADVANCED),
          refund=_MERCHANT_PAYS),
+    # Refunded at ship-back already: the receipt ends the case, the advance stays the merchant's.
+    _row("receive", M, [S.AWAITING_MERCHANT_RECEIPT], S.REFUNDED, "GoodsReceived",
+         given=Given(case_types=_REFUNDED_ON_RECEIPT, receipt=_OK, advance=_ADVANCED)),
     _row("receive", M, [S.AWAITING_MERCHANT_RECEIPT], S.AWAITING_REPLACEMENT, "GoodsReceived",
          given=Given(case_types=_EXCHANGE, receipt=_OK), starts=DueAction.REPLACEMENT_OVERDUE),
     # Goods not as they should be: no refund; the engine escalates and the platform decides.
     _row("receive", M, [S.AWAITING_MERCHANT_RECEIPT], S.ESCALATED, "GoodsReceived",
          "CaseEscalated", given=Given(receipt=_NOT_OK), starts=DueAction.RULING_OVERDUE),
     _row(DueAction.AUTO_REFUND.value, SYS, [S.AWAITING_MERCHANT_RECEIPT], S.REFUNDED,
-         "CaseAutoRefunded", "CaseRefunded", refund=_MERCHANT_PAYS),
+         "CaseAutoRefunded", "CaseRefunded", given=Given(advance=_NOT_ADVANCED),
+         refund=_MERCHANT_PAYS),
+    _row(DueAction.AUTO_REFUND.value, SYS, [S.AWAITING_MERCHANT_RECEIPT], S.REFUNDED,
+         "CaseAutoRefunded", given=Given(advance=_ADVANCED)),
     _row("ship-replacement", M, [S.AWAITING_REPLACEMENT], S.COMPLETED, "ReplacementShipped"),
     # The merchant holds the goods sent back: it refunds them.
     _row(DueAction.REPLACEMENT_OVERDUE.value, SYS, [S.AWAITING_REPLACEMENT], S.REFUNDED,
@@ -269,7 +294,10 @@ TRANSITIONS: tuple[Transition, ...] = (
     _row(DueAction.RULING_OVERDUE.value, SYS, [S.ESCALATED], S.ESCALATED, "RulingOverdue",
          starts=DueAction.RULING_LAPSED),
     _row(DueAction.RULING_LAPSED.value, SYS, [S.ESCALATED], S.REFUNDED, "RulingLapsed",
-         "CaseRefunded", refund=_PLATFORM_BEARS),
+         "CaseRefunded", given=Given(advance=_NOT_ADVANCED), refund=_PLATFORM_BEARS),
+    # An advance the platform never ruled on: it bears it, the merchant owes nothing.
+    _row(DueAction.RULING_LAPSED.value, SYS, [S.ESCALATED], S.REFUNDED, "RulingLapsed",
+         "AdvanceReassigned", given=Given(advance=_ADVANCED)),
     _row("rule", P, [S.ESCALATED], S.AWAITING_RESHIPMENT, "CaseRuled",
          given=Given(ruling=Party.BUYER, claims=frozenset({Claim.MISSING_ITEMS})),
          starts=DueAction.RESHIP_OVERDUE),
@@ -278,9 +306,20 @@ TRANSITIONS: tuple[Transition, ...] = (
          given=Given(ruling=Party.BUYER, claims=frozenset({Claim.WRONG_ITEM})),
          starts=DueAction.AUTO_CLOSE, freight=_FREIGHT_BOTH_WAYS),
     _row("rule", P, [S.ESCALATED], S.REFUNDED, "CaseRuled", "CaseRefunded",
-         given=Given(ruling=Party.BUYER, claims=_PLATFORM_REFUNDS), refund=_PLATFORM_FIRST),
+         given=Given(ruling=Party.BUYER, claims=_PLATFORM_REFUNDS - _DISPUTED_RECEIPT),
+         refund=_PLATFORM_FIRST),
+    _row("rule", P, [S.ESCALATED], S.REFUNDED, "CaseRuled", "CaseRefunded",
+         given=Given(ruling=Party.BUYER, claims=_DISPUTED_RECEIPT, advance=_NOT_ADVANCED),
+         refund=_PLATFORM_FIRST),
     _row("rule", P, [S.ESCALATED], S.CLOSED, "CaseRuled",
-         given=Given(ruling=Party.MERCHANT, claims=frozenset({Claim.DISPUTED_RECEIPT}))),
+         given=Given(ruling=Party.MERCHANT, claims=_DISPUTED_RECEIPT, advance=_NOT_ADVANCED)),
+    # Goods received not in order after an instant refund: the advance stays the merchant's if
+    # the platform rules for the buyer, and becomes the buyer's to repay if it rules for the
+    # merchant. (A case refunded at ship-back is taken to the platform only this way.)
+    _row("rule", P, [S.ESCALATED], S.REFUNDED, "CaseRuled",
+         given=Given(ruling=Party.BUYER, claims=_DISPUTED_RECEIPT, advance=_ADVANCED)),
+    _row("rule", P, [S.ESCALATED], S.CLOSED, "CaseRuled", "AdvanceReassigned",
+         given=Given(ruling=Party.MERCHANT, claims=_DISPUTED_RECEIPT, advance=_ADVANCED)),
     # A first ruling for the merchant: the buyer may appeal once within the policy's days; the
     # second ruling is final.
     _row("rule", P, [S.ESCALATED], S.REJECTED, "CaseRuled",
@@ -378,6 +417,7 @@ def outcome(
     reshipped: bool | None = None,
     appeal: bool | None = None,
     resumes: Status | None = None,
+    advance: bool | None = None,
     actor: Role | None = None,
 ) -> Transition:
     """The one row for this action from this status, given what its outcome depends on.
@@ -389,14 +429,14 @@ def outcome(
         t
         for t in _BY_ACTION.get(action, ())
         if (status in t.before if status is not None else not t.before)
-        and t.given.holds(case_type, claim, receipt, ruling, reshipped, appeal, resumes)
+        and t.given.holds(case_type, claim, receipt, ruling, reshipped, appeal, resumes, advance)
         and (actor is None or t.actor is actor)
     ]
     if len(found) != 1:
         raise LookupError(
             f"{len(found)} transitions for {action} from {status} "
             f"({case_type}, {claim}, {receipt}, {ruling}, {reshipped}, {appeal}, {resumes}, "
-            f"{actor})"
+            f"{advance}, {actor})"
         )
     return found[0]
 
@@ -489,8 +529,17 @@ def _required(rows: Iterable[Transition]) -> dict[Status, str]:
     return required
 
 
-# The consequence an event that may bring consequences owes for the status it leaves.
-REQUIRED_CONSEQUENCE: Mapping[Status, str] = _required(TRANSITIONS)
+# The consequence an event that may bring consequences owes for the status it leaves; on a case
+# whose refund was advanced at ship-back (an instant refund), those of its own rows.
+REQUIRED_CONSEQUENCE: Mapping[Status, str] = _required(
+    t for t in TRANSITIONS if t.given.advance is not _ADVANCED
+)
+_ADVANCE_ROWS = tuple(t for t in TRANSITIONS if t.given.advance is _ADVANCED)
+_ADVANCE_LEADS = {t.after for t in _ADVANCE_ROWS if t.records in ROW_CONSEQUENCES}
+ADVANCE_REQUIRED: Mapping[Status, str] = {
+    **{s: n for s, n in REQUIRED_CONSEQUENCE.items() if s not in _ADVANCE_LEADS},
+    **_required(_ADVANCE_ROWS),
+}
 
 
 # The same tables with the event classes for their names -------------------------------------------
@@ -506,6 +555,7 @@ class Bound(Generic[E]):
     leads_to: Mapping[type[E], frozenset[Status]]
     consequences: Mapping[type[E], frozenset[type[E]]]
     required_consequence: Mapping[Status, type[E]]
+    advance_required: Mapping[Status, type[E]]
     consequence_only: frozenset[type[E]]
     unchanged: frozenset[type[E]]
     known: frozenset[type[E]]
@@ -520,6 +570,7 @@ def bind(classes: Mapping[str, type[E]]) -> Bound[E]:
         leads_to={c(n): s for n, s in LEADS_TO.items()},
         consequences={c(n): frozenset(map(c, cs)) for n, cs in CONSEQUENCES.items()},
         required_consequence={s: c(n) for s, n in REQUIRED_CONSEQUENCE.items()},
+        advance_required={s: c(n) for s, n in ADVANCE_REQUIRED.items()},
         consequence_only=frozenset(map(c, CONSEQUENCE_ONLY)),
         unchanged=frozenset(map(c, UNCHANGED)),
         known=frozenset(map(c, KNOWN)),

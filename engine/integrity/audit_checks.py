@@ -55,7 +55,7 @@ from aftersales.engine.domain.errors import NotFound
 from aftersales.engine.domain.events import GENESIS_HASH, Event, chain_hash
 from aftersales.engine.domain.invariants import CaseReplay
 from aftersales.engine.domain.order import Order, lines_worth
-from aftersales.engine.domain.order_events import CaseLinked, CaseUnlinked, OrderPlaced
+from aftersales.engine.domain.order_events import BOOKS_REFUNDS, CaseLinked, OrderPlaced
 from aftersales.engine.domain.transitions import bind, claim_misfit
 from aftersales.engine.domain.values import CENT, ZERO, Claim, Party, Status, money_str
 from aftersales.engine.storage.store import AftersalesStore
@@ -73,6 +73,7 @@ ACTION_OF: Mapping[type[CaseEvent], str] = _TABLES.action_of
 LEADS_TO: Mapping[type[CaseEvent], frozenset[Status]] = _TABLES.leads_to
 CONSEQUENCES: Mapping[type[CaseEvent], frozenset[type[CaseEvent]]] = _TABLES.consequences
 REQUIRED_CONSEQUENCE: Mapping[Status, type[CaseEvent]] = _TABLES.required_consequence
+ADVANCE_REQUIRED: Mapping[Status, type[CaseEvent]] = _TABLES.advance_required
 # Events recorded only as part of another action (money the action moves besides a refund).
 CONSEQUENCE_ONLY: frozenset[type[CaseEvent]] = _TABLES.consequence_only
 KNOWN: frozenset[type[CaseEvent]] = _TABLES.known
@@ -413,7 +414,7 @@ def check_order(
             linked_at = e.version
             if order is not None:
                 problems += _check_asked(opened, order)
-        if isinstance(ev, CaseUnlinked) and ev.case_id == history.case_id:
+        if isinstance(ev, BOOKS_REFUNDS) and ev.case_id == history.case_id:
             unlinked += sum(ev.refunded.values(), ZERO)
         try:
             if order is None:

@@ -21,6 +21,7 @@ from aftersales.commands.http.openapi_models import (
     IF_MATCH,
     MERCHANT_ID,
     AssignmentView,
+    BuyerView,
     CaseView,
     OrderView,
     ShopView,
@@ -36,6 +37,7 @@ from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import (
     COMMANDS,
     Action,
+    BuyerAction,
     CaseAction,
     Command,
     FireDeadline,
@@ -67,6 +69,8 @@ def action_route(kind: type[Command]) -> str | None:
         return f"/v1/cases/{{case_id}}/{word}"
     if issubclass(kind, ShopAction):
         return f"/v1/shops/{{merchant_id}}/{word}"
+    if issubclass(kind, BuyerAction):
+        return f"/v1/buyers/{{buyer_id}}/{word}"
     return None
 
 
@@ -153,15 +157,7 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
         return await answer(api, request, work, created=kind in CREATES, action=True)
 
     doc = (kind.__doc__ or "").strip()
-    view = (
-        OrderView
-        if issubclass(kind, OrderAction)
-        else ShopView
-        if issubclass(kind, ShopAction)
-        else AssignmentView  # staff queues: a case's assignment
-        if issubclass(kind, QueueAction)
-        else CaseView
-    )
+    view = next((v for base, v in VIEWS if issubclass(kind, base)), CaseView)
     body = body_schema(kind, BODY_SCHEMAS)
     router.add_api_route(
         path,
@@ -196,11 +192,19 @@ def add_action(router: APIRouter, kind: type[Command], path: str) -> None:
     )
 
 
+# What each kind of action answers with (a case's view otherwise).
+VIEWS: tuple[tuple[type[Command], type[Any]], ...] = (
+    (OrderAction, OrderView),
+    (ShopAction, ShopView),
+    (QueueAction, AssignmentView),  # staff queues: a case's assignment
+    (BuyerAction, BuyerView),
+)
 # The ids a path names: a case's UUID, an order's id.
 PATH_IDS: Mapping[str, dict[str, Any]] = {
     "case_id": {"type": "string", "format": "uuid"},
     "order_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"},
     "merchant_id": MERCHANT_ID,
+    "buyer_id": MERCHANT_ID,
 }
 # The request bodies' shared definitions, for the OpenAPI document's components (app.py).
 BODY_SCHEMAS: dict[str, Any] = {}
