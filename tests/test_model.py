@@ -12,7 +12,9 @@ entry point, ``Engine.handle``:
 - the merchant approves, rejects, refunds (all, or a smaller amount), receives goods as sent or
   not, ships replacements, reships or says it cannot, offers another service or amount, extends
   its receipt window and recovers goods;
-- the platform's agent rules for the buyer or the merchant;
+- the platform's agent rules for the buyer or the merchant, and flags a buyer for abuse or
+  clears the flag (the policy refunds small returns as their goods go back, an instant refund,
+  for buyers in good standing);
 - the clock moves on by minutes to twelve days, with or without a tick; every action is dated at
   the model's time, so the deadlines that fell due act first;
 - an attacker who can write the database and has the project's hashing code appends a sealed
@@ -83,10 +85,12 @@ from aftersales.engine.application.requests import (
     AcceptOffer,
     Action,
     ApproveCase,
+    ClearBuyer,
     DeclineOffer,
     DeliverOrder,
     EscalateCase,
     ExtendReceipt,
+    FlagBuyer,
     InterceptParcel,
     ListCases,
     MessageCase,
@@ -112,6 +116,7 @@ from aftersales.engine.application.tick import tick
 from aftersales.engine.domain.errors import AftersalesError
 from aftersales.engine.domain.events import chain_hash
 from aftersales.engine.domain.order import order_uuid
+from aftersales.engine.domain.policy import InstantRefund, Policy
 from aftersales.engine.integrity.audit_bundle import audit_case
 from tests.conftest import SchemaPool, schema_url
 
@@ -140,6 +145,10 @@ HOLDING = frozenset(
     }
 )
 AGENT = "agent-7"
+# The model's platform refunds returns of at most this much as their goods go back, for buyers
+# with no abuse flag and no dispute lost (an instant refund).
+INSTANT_UP_TO = Decimal("40.00")
+BUYERS = ("buyer-1", "buyer-2")
 
 # Lines an order is made of: SKU:QTY:UNIT_PRICE[:CATEGORY[:LIST_PRICE]].
 LINE_POOL = (
@@ -254,6 +263,12 @@ class ShowDisagrees(Hole):
 
 class ClockStuck(Hole):
     kind = "a deadline left due after a tick"
+
+
+class InstantRefundAmiss(Hole):
+    kind = (
+        "a return refunded as its goods went back that should not have been, or not when it should"
+    )
 
 
 class Tampered(Hole):
@@ -416,6 +431,10 @@ class Model(RuleBasedStateMachine):
     RAISES: ClassVar[frozenset[type[Hole]] | None] = None
     # Whether the attacker plays.
     ATTACKS: ClassVar[bool] = True
+    # The engine's policy: the built-in one, with instant refunds.
+    POLICY: ClassVar[Policy] = Policy(
+        name="model", instant_refund=InstantRefund(up_to=INSTANT_UP_TO)
+    )
 
     def __init__(self, *, keep_going: bool = False) -> None:
         """``keep_going``: count every hole met and go on (the regression sequences raise
@@ -426,13 +445,16 @@ class Model(RuleBasedStateMachine):
         self.found: list[Hole] = []
         self.stepped = False
         self.scratch = self.new_scratch()
-        self.engine = Engine(self.scratch.url)
+        self.engine = Engine(self.scratch.url, policy=type(self).POLICY)
         # Another engine on the same store, with no cache: a rebuild from the stored events.
-        self.reader = Engine(self.scratch.url, cache_size=0)
+        self.reader = Engine(self.scratch.url, policy=type(self).POLICY, cache_size=0)
         self.now = T0
         self.orders: dict[str, OrderModel] = {}
         self.cases: dict[str, CaseModel] = {}
         self.serial = 0
+        # Each buyer's standing, as the model's own actions made it.
+        self.flagged: set[str] = set()
+        self.lost: dict[str, int] = dict.fromkeys(BUYERS, 0)
 
     def new_scratch(self) -> Scratch:
         return SqliteScratch()
@@ -693,7 +715,36 @@ class Model(RuleBasedStateMachine):
         command = ShipBack(
             case_id=c.uid, carrier="YTO", waybill=waybill, freight=freight, at=self.now
         )
-        self.act(command, c)
+        shipped = self.act(command, c)
+        if shipped is not None and shipped["status"] == "awaiting_merchant_receipt":
+            self.check_instant_refund(c, shipped)
+
+    def check_instant_refund(self, c: CaseModel, shipped: dict[str, Any]) -> None:
+        """Goods just shipped back: refunded at once exactly when the case is a return and
+        refund of at most the policy's limit (its amount due, as far as the model knows it:
+        a case taken to the platform may be due less) by a buyer with no flag and no dispute
+        lost."""
+        buyer = self.orders[c.order_id].buyer
+        advanced = [
+            e for e in shipped["ledger"] if e["type"] == "refund" and _time(e["at"]) == self.now
+        ]
+        paid = sum((Decimal(e["amount"]) for e in advanced), ZERO)
+        standing = buyer not in self.flagged and self.lost[buyer] == 0
+        fits = shipped["type"] == "return_refund" and standing
+        if advanced and (not fits or paid > INSTANT_UP_TO):
+            self.hole(
+                InstantRefundAmiss,
+                f"case {c.case_id} ({shipped['type']}, {buyer}: flagged "
+                f"{buyer in self.flagged}, disputes lost {self.lost[buyer]}) refunded {paid} "
+                "as its goods went back",
+            )
+        due = Decimal(shipped["amount"])
+        if not advanced and fits and due <= INSTANT_UP_TO and shipped["escalation"] is None:
+            self.hole(
+                InstantRefundAmiss,
+                f"case {c.case_id} (return_refund of {due}, {buyer} in good standing) was not "
+                "refunded as its goods went back",
+            )
 
     @precondition(lambda self: self.can("withdraw"))
     @rule(case=PICK)
@@ -858,7 +909,24 @@ class Model(RuleBasedStateMachine):
         if c is None:
             return
         command = RuleCase(case_id=c.uid, in_favour_of=party, by=AGENT, at=self.now)
-        self.act(command, c)
+        if self.act(command, c) is not None and party == "merchant":
+            self.lost[self.orders[c.order_id].buyer] += 1
+
+    @precondition(lambda self: self.can("ship-back"))  # when it matters: goods may go back
+    @rule(buyer=st.sampled_from(BUYERS), flag=st.booleans())
+    def flag_buyer(self, buyer: str, flag: bool) -> None:
+        """The platform flags a buyer for abuse, or clears the flag (refused when there is
+        nothing to change)."""
+        command: Action = (
+            FlagBuyer(buyer_id=buyer, reason="empty parcels", by=AGENT, at=self.now)
+            if flag
+            else ClearBuyer(buyer_id=buyer, note="checked", by=AGENT, at=self.now)
+        )
+        done = self.act(command)
+        if done is not None:
+            (self.flagged.add if flag else self.flagged.discard)(buyer)
+        elif flag != (buyer in self.flagged):
+            self.hole(InstantRefundAmiss, f"{command.name} {buyer} refused")
 
     # Anyone, out of turn ------------------------------------------------------------------------
 
