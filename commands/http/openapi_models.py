@@ -98,6 +98,40 @@ HEADER_DOCS: Mapping[str, dict[str, Any]] = {
         "description": "Events the report's projection has still to apply (`project run`).",
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     },
+    # With `serve --read-store` (commands/http/read_routing.py): what a read reflects, and
+    # where an action landed.
+    "X-Read-From": {
+        "description": "With a read store: which server answered the read, `standby` or "
+        "`primary` (a read carrying `X-Read-After` the standby had not replayed in time).",
+        "schema": {"type": "string", "enum": ["standby", "primary"]},
+    },
+    "X-Read-Position": {
+        "description": "With a read store: the log position the answer reflects (the highest "
+        "event position the server answering had).",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "X-Read-Behind": {
+        "description": "With a read store: how many positions the answer is behind the "
+        "primary's log.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "X-Replay-Lag": {
+        "description": "With a read store: seconds of replay the standby is behind the primary "
+        "(the age of the last transaction it replayed while WAL is still to replay; 0 when "
+        "caught up).",
+        "schema": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
+    },
+    "X-Read-Waited": {
+        "description": "With a read store, on a read carrying `X-Read-After`: seconds it waited "
+        "for the standby to replay that far.",
+        "schema": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
+    },
+    "X-Read-After": {
+        "description": "With a read store, on an action: where it landed (a WAL position, "
+        "e.g. 0/3000148), also set as the `aftersales_read_after` cookie; send it back on a "
+        "read as `X-Read-After` to see the action.",
+        "schema": {"type": "string", "pattern": "^[0-9A-F]{1,8}/[0-9A-F]{1,8}$"},
+    },
     "Retry-After": {
         "description": "Seconds until the key or address may be refused again.",
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
