@@ -124,11 +124,14 @@ def read_engine(state: State) -> tuple[Engine, dict[str, Any]]:
     store, on_standby = reader(state)
     after = check_token(state.read_after) if state.read_after else None
     replayed, waited = True, None
-    if after is not None:
-        started = time.monotonic()
-        replayed = store.wait(after, read_wait())
-        waited = time.monotonic() - started
-    standing = store.standing(replayed, after, waited)
+    started = time.monotonic()
+    try:
+        if after is not None:
+            replayed = store.wait(after, read_wait())
+            waited = time.monotonic() - started
+        standing = store.standing(replayed, after, waited)
+    except Exception as exc:  # the standby failed: the primary answers
+        replayed, standing = False, store.failed_over(exc, after, waited)
     click.echo(described(standing), err=True)
     return (on_standby if replayed else state.engine(create=False)), standing
 

@@ -14,6 +14,7 @@ Without a read store nothing here runs: every request reads and writes the store
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ from aftersales.engine.storage.replica import (
     read_wait,
 )
 
+log = logging.getLogger("aftersales.http")
 READ_AFTER_HEADER = "X-Read-After"
 READ_AFTER_COOKIE = "aftersales_read_after"
 # How long the desk's browser keeps an action's token: far longer than a standby lags.
@@ -61,13 +63,17 @@ async def route_read(api: Api, request: Request) -> None:
         return
     token = token_of(request)
     replayed, waited = True, None
-    if token is not None:
-        started = time.monotonic()
-        deadline = started + read_wait()
-        while not (replayed := reader.replayed(token)) and time.monotonic() < deadline:
-            await asyncio.sleep(POLL_SECONDS)
-        waited = time.monotonic() - started
-    standing = reader.standing(replayed, token, waited)
+    started = time.monotonic()
+    try:
+        if token is not None:
+            deadline = started + read_wait()
+            while not (replayed := reader.replayed(token)) and time.monotonic() < deadline:
+                await asyncio.sleep(POLL_SECONDS)
+            waited = time.monotonic() - started
+        standing = reader.standing(replayed, token, waited)
+    except Exception as exc:  # the standby failed: the primary answers
+        log.warning("the read store failed; reading the store: %s", exc)
+        replayed, standing = False, reader.failed_over(exc, token, waited)
     request.state.read_engine = api.read_engine if replayed else None
     request.state.read_headers = headers_of(standing)
 

@@ -26,6 +26,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from eventsourcing.persistence import PersistenceError
+
 from aftersales.engine.domain.errors import BadInput
 from aftersales.engine.storage.store import AftersalesStore
 from aftersales.engine.storage.urls import parse_store_url
@@ -88,6 +90,18 @@ def read_store_url(url: str, store: AftersalesStore) -> str:
     return url
 
 
+# The end of the last WAL record inserted on the primary: its insert position, less the page
+# header it points past when that record ended a page (a standby's replay position is the
+# record's end, which would otherwise stay 24 or 40 bytes short of it until the next record).
+WAL_END = (
+    "(WITH w AS (SELECT pg_current_wal_insert_lsn() AS lsn) SELECT (CASE "
+    "WHEN (lsn - '0/0'::pg_lsn) % pg_size_bytes(current_setting('wal_segment_size')) = 40 "
+    "THEN lsn - 40 "
+    "WHEN (lsn - '0/0'::pg_lsn) % current_setting('wal_block_size')::int = 24 THEN lsn - 24 "
+    "ELSE lsn END) FROM w)"
+)
+
+
 def landed_at(store: AftersalesStore) -> str | None:
     """Where the store's WAL is inserted to now, on PostgreSQL (None on SQLite): read after an
     action's commit, a position at or past the end of that commit's record, so a standby that
@@ -95,7 +109,7 @@ def landed_at(store: AftersalesStore) -> str | None:
     ``synchronous_commit=off`` returns before its record is flushed.)"""
     if not store.is_postgres:
         return None
-    (row,) = store.query("SELECT pg_current_wal_insert_lsn()::text AS lsn")
+    (row,) = store.query(f"SELECT {WAL_END}::text AS lsn")
     return str(row["lsn"])
 
 
@@ -116,7 +130,7 @@ class ReadStore:
         table = store.recorder.events_table_name  # type: ignore[attr-defined]
         (row,) = store.query(
             "SELECT pg_is_in_recovery() AS standby, (CASE WHEN pg_is_in_recovery() "
-            "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END)::text AS lsn, "
+            f"THEN pg_last_wal_replay_lsn() ELSE {WAL_END} END)::text AS lsn, "
             "pg_last_xact_replay_timestamp() AS replayed_at, now() AS now, "
             f"(SELECT max(notification_id) FROM {{t}}{table}) AS position"
         )
@@ -141,6 +155,16 @@ class ReadStore:
             sleep(POLL_SECONDS)
         return True
 
+    def failed_over(
+        self, exc: BaseException, after: str | None, waited: float | None
+    ) -> dict[str, Any]:
+        """The standing of a read sent to the primary because the read store failed (the
+        failure raised again if it was not the server's)."""
+        if not standby_failed(exc):
+            raise exc
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return {**self.standing(False, after, waited), "standby_failed": why}
+
     def standing(
         self, on_standby: bool, after: str | None = None, waited: float | None = None
     ) -> dict[str, Any]:
@@ -152,12 +176,13 @@ class ReadStore:
         read = self.where(self.store) if on_standby else primary
         behind = max(primary["position"] - read["position"], 0)
         lag_bytes = max(lsn_number(primary["lsn"]) - lsn_number(read["lsn"] or "0/0"), 0)
+        lagging = lag_bytes > 0 or behind > 0
         return {
             "from": "standby" if read["standby"] else "primary",
             "position": read["position"],
             "primary_position": primary["position"],
             "behind": behind,
-            "replay_lag_seconds": _replay_lag(read, primary["now"], lag_bytes),
+            "replay_lag_seconds": _replay_lag(read, primary["now"], lagging),
             "lsn": read["lsn"],
             "primary_lsn": primary["lsn"],
             "lag_bytes": lag_bytes,
@@ -166,8 +191,18 @@ class ReadStore:
         }
 
 
-def _replay_lag(read: dict[str, Any], now: datetime, lag_bytes: int) -> float | None:
-    if not read["standby"] or lag_bytes == 0:
+def standby_failed(exc: BaseException) -> bool:
+    """Whether a read store's query failed for the server (gone, restarting, cancelled by its
+    replay): the read then goes to the primary instead, and says so."""
+    import psycopg  # a read store is PostgreSQL: imported only when one is used
+
+    from aftersales.engine.domain.errors import StoreUnavailable
+
+    return isinstance(exc, (psycopg.Error, PersistenceError, StoreUnavailable))
+
+
+def _replay_lag(read: dict[str, Any], now: datetime, lagging: bool) -> float | None:
+    if not read["standby"] or not lagging:
         return 0.0
     replayed_at: datetime | None = read["replayed_at"]
     if replayed_at is None:  # nothing replayed since the standby started
