@@ -34,7 +34,8 @@ def free_port(start: int) -> int:
 class ReplicaPair:
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.primary_port = free_port(5601)
+        # Away from scripts/cluster.py's ports, and apart for each test process.
+        self.primary_port = free_port(5601 + 8 * (os.getpid() % 40))
         self.standby_port = free_port(self.primary_port + 1)
 
     def url(self, port: int) -> str:
@@ -99,6 +100,12 @@ class ReplicaPair:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def stop_standby(self) -> None:
+        self._ctl("standby", self.standby_port, "stop")
+
+    def start_standby(self) -> None:
+        self._ctl("standby", self.standby_port)
 
     def standby(self, sql: str) -> object:
         """One statement on the standby, its first value."""

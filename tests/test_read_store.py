@@ -9,6 +9,7 @@ and shows the action; resumed, the standby catches up."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -46,13 +47,19 @@ def pair() -> Iterator[ReplicaPair]:
         found.down()
 
 
-@pytest.fixture(scope="module")
+ORDERS = itertools.count(1)
+
+
+@pytest.fixture
 def case_id(pair: ReplicaPair) -> str:
-    """One delivered order and a return case on it, projected on the primary."""
+    """A delivered order and a return case on it of the test's own, projected on the primary
+    and replayed on the standby (each test stands alone: the module's tests may be spread over
+    several processes, each with a pair of its own)."""
+    order_id = f"KS-{next(ORDERS)}"
     with Engine(pair.primary_url) as engine:
-        place_delivered(engine, delivered_at=recently())
+        place_delivered(engine, order_id, delivered_at=recently())
         opened = OpenCase(
-            order_id="KS-1", type="return_refund", reason="quality.colour", amount="39.90"
+            order_id=order_id, type="return_refund", reason="quality.colour", amount="39.90"
         )
         case = str(engine.handle(opened)["case_id"])
         Projector(engine.store).catch_up(VIEWS)
@@ -77,9 +84,10 @@ def aftersales(pair: ReplicaPair, *args: str, env: dict[str, str] | None = None)
 
 
 def caught_up(pair: ReplicaPair, timeout: float = 10.0) -> None:
-    """Wait until the standby has replayed all the primary has flushed."""
+    """Wait until the standby has replayed all the primary has written (inserted: the tests'
+    commits do not wait for their flush, tests/conftest.py)."""
     with psycopg.connect(pair.primary_url, autocommit=True) as c:
-        row = c.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        row = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
     assert row is not None
     target = lsn_number(row[0])
     deadline = time.monotonic() + timeout
@@ -128,16 +136,16 @@ def test_a_paused_standby_answers_with_its_old_position_and_a_lag(
 def test_a_read_with_a_token_reads_the_standby_once_it_has_replayed(
     pair: ReplicaPair, case_id: str, paused: None
 ) -> None:
-    shipped = aftersales(
-        pair, "case", "ship-back", case_id, "--carrier", "SF", "--waybill", "SF1234567890",
+    approved = aftersales(
+        pair, "case", "approve", case_id, "--return-address", "88 Wensan Rd",
         "--read-store", pair.standby_url,
     )  # fmt: skip
     threading.Timer(0.3, pair.standby, ["SELECT pg_wal_replay_resume()"]).start()
     own = aftersales(
         pair, "case", "show", case_id, "--read-store", pair.standby_url,
-        "--read-after", shipped["read_after"],
+        "--read-after", approved["read_after"],
     )  # fmt: skip
-    assert own["status"] == "awaiting_merchant_receipt"
+    assert own["status"] == "awaiting_buyer_shipment"
     assert own["read"]["from"] == "standby"
     assert own["read"]["waited_seconds"] >= 0.2
     # Resumed: the standby catches up with the primary.
@@ -145,6 +153,14 @@ def test_a_read_with_a_token_reads_the_standby_once_it_has_replayed(
     ledger = aftersales(pair, "ledger", "--read-store", pair.standby_url)["read"]
     assert ledger["from"] == "standby" and ledger["behind"] == 0
     assert ledger["position"] == ledger["primary_position"] == own["read"]["primary_position"]
+    # The cluster's way: every member named, libpq keeps a standby.
+    both = pair.primary_url.replace(
+        f":{pair.primary_port}/", f":{pair.primary_port},127.0.0.1:{pair.standby_port}/"
+    )
+    anyone = aftersales(
+        pair, "case", "show", case_id, "--read-store", f"{both}?target_session_attrs=standby"
+    )
+    assert anyone["read"]["from"] == "standby" and anyone["status"] == "awaiting_buyer_shipment"
 
 
 def test_the_read_store_is_refused_unless_a_standby_of_a_postgresql_store(
@@ -212,3 +228,26 @@ def test_http_reads_the_standby_and_an_action_token_brings_the_primary(
             assert bad.status_code == 422
     finally:
         del os.environ["AFTERSALES_READ_WAIT"]
+
+
+def test_a_standby_gone_sends_the_reads_to_the_primary(pair: ReplicaPair, case_id: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from aftersales.commands.http.app import create_app
+    from aftersales.engine.access.principal_store import add_principal, create_key
+
+    with Engine(pair.primary_url) as engine:
+        now = datetime.now(UTC)
+        add_principal(engine.store, "ops-gone", "operator", None, now)
+        key = create_key(engine.store, "ops-gone", now, None)["key"]
+    auth = {"Authorization": f"Bearer {key}"}
+    app = create_app(pair.primary_url, failure_limit=10_000, read_store=pair.standby_url)
+    with TestClient(app) as client:
+        assert client.get(f"/v1/cases/{case_id}", headers=auth).headers["X-Read-From"] == "standby"
+        pair.stop_standby()
+        try:
+            read = client.get(f"/v1/cases/{case_id}", headers=auth)
+            assert read.status_code == 200 and read.headers["X-Read-From"] == "primary"
+            assert read.headers["X-Read-Behind"] == "0"
+        finally:
+            pair.start_standby()
