@@ -45,6 +45,11 @@ class State:
         self.reader: tuple[ReadStore, Engine] | None = None
         keep_secret(store)
 
+    def read_from(self, url: str) -> None:
+        """Reads go to this standby (--read-store), its password never printed."""
+        keep_secret(url)
+        self.read_store = url
+
     def policy(self) -> Policy:
         if self._policy is None:
             self._policy = load_policy(self.policy_path)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from aftersales.commands.cli.output import State, keep_secret
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.storage.replica import (
     ReadStore,
@@ -23,6 +22,9 @@ from aftersales.engine.storage.replica import (
     landed_at,
     read_wait,
 )
+
+if TYPE_CHECKING:  # the State is output.py's, which runs the commands through here
+    from aftersales.commands.cli.output import State
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,15 +35,20 @@ READ_STORE_HELP = (
 )
 
 
+def _state(ctx: click.Context) -> State | None:
+    """The group's State (``ctx.obj``: commands/cli/main.py), if the group ran."""
+    found: State | None = ctx.obj
+    return found
+
+
 def _keep_read_store(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    state = ctx.find_object(State)
+    state = _state(ctx)
     if state is not None and value:
-        keep_secret(value)
-        state.read_store = value
+        state.read_from(value)
 
 
 def _keep_read_after(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    state = ctx.find_object(State)
+    state = _state(ctx)
     if state is not None and value:
         state.read_after = value
 
