@@ -105,14 +105,15 @@ def serve(
     state: State = ctx.find_object(State)  # type: ignore[assignment]
     engine = state.engine()  # a store that cannot be opened is said so now, before listening
     if read_store:
-        from aftersales.commands.cli.output import keep_secret, scrub
+        from aftersales.commands.cli.output import fail_with, keep_secret
+        from aftersales.engine.domain.errors import AftersalesError
         from aftersales.engine.storage.replica import ReadStore
 
         keep_secret(read_store)
-        try:
+        try:  # a read store that cannot be used is said so now too (exit 2, or 1 unreachable)
             ReadStore(read_store, engine.store).close()
-        except BadInput as exc:
-            raise click.BadParameter(scrub(exc.message), param_hint="--read-store") from None
+        except AftersalesError as exc:
+            fail_with(exc, as_json=False)
         os.environ["AFTERSALES_READ_STORE"] = read_store
     state.close()
     # The workers read these (commands.http.app.app_from_env): one engine each.

@@ -28,9 +28,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from eventsourcing.persistence import PersistenceError
 
-from aftersales.engine.domain.errors import BadInput
+from aftersales.engine.domain.errors import BadInput, StoreUnavailable
 from aftersales.engine.storage.store import AftersalesStore
-from aftersales.engine.storage.urls import parse_store_url
+from aftersales.engine.storage.urls import parse_store_url, redacted
 
 # How long a read carrying a token waits for the standby before it reads the primary.
 DEFAULT_READ_WAIT = 2.0
@@ -118,7 +118,11 @@ class ReadStore:
 
     def __init__(self, url: str, primary: AftersalesStore) -> None:
         self.primary = primary
-        self.store = AftersalesStore(read_store_url(url, primary), create=False)
+        checked = read_store_url(url, primary)
+        try:
+            self.store = AftersalesStore(checked, create=False)
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(f"read store {redacted(url)!r}: {exc.message}") from None
         self.store.reads_only = True
 
     def close(self) -> None:
@@ -195,8 +199,6 @@ def standby_failed(exc: BaseException) -> bool:
     """Whether a read store's query failed for the server (gone, restarting, cancelled by its
     replay): the read then goes to the primary instead, and says so."""
     import psycopg  # a read store is PostgreSQL: imported only when one is used
-
-    from aftersales.engine.domain.errors import StoreUnavailable
 
     return isinstance(exc, (psycopg.Error, PersistenceError, StoreUnavailable))
 
