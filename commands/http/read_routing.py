@@ -22,6 +22,7 @@ from fastapi import Request
 
 from aftersales.commands.http.batcher import Api
 from aftersales.commands.http.openapi_models import HEADER_DOCS
+from aftersales.commands.http.request_parts import bearer
 from aftersales.engine.storage.replica import (
     POLL_SECONDS,
     check_token,
@@ -59,7 +60,7 @@ async def route_read(api: Api, request: Request) -> None:
     will reflect (``request.state.read_headers``): the read store, once it has replayed the
     token the read carries, else the store."""
     reader = api.reader
-    if reader is None:
+    if reader is None or bearer(request) is None:  # no credential: refused before any read
         return
     token = token_of(request)
     replayed, waited = True, None
