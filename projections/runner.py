@@ -72,7 +72,8 @@ class Projector:
         if found is None:
             cls = recorder_class(view, self.postgres)
             found = cls(datastore=self.store.recorder.datastore)  # type: ignore[call-arg,attr-defined]
-            found.create_table()  # type: ignore[attr-defined]
+            if not self.store.reads_only:  # a standby has the primary's tables
+                found.create_table()  # type: ignore[attr-defined]
             self._recorders[view.name] = found
         return found
 
@@ -96,7 +97,9 @@ class Projector:
     ) -> int:
         """Bring these views up to the log's head as it is now; return the events read. A view
         that reaches an event it cannot use stops before it (``stopped`` names the event)
-        while the others go on."""
+        while the others go on. On a standby's store, nothing: the views are as replayed."""
+        if self.store.reads_only:
+            return 0
         read = 0
         started = time.monotonic()
         self.stopped = {}

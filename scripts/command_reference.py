@@ -100,6 +100,16 @@ def _command(kind: type[Command]) -> list[str]:
         lines.append(f"- {option}")
     if common:
         lines.append("- and every action's `--at`, `--by`, `--command-id`, `--expected-version`")
+    if kind.reads_only:
+        lines.append(
+            "- `--read-store URL`, `--read-after TOKEN`: read from a standby, waiting for an "
+            "action's `read_after` ([operations.md](operations.md#reads-from-replicas))"
+        )
+    elif " " in kind.name:  # built by the case, order and shop groups (not `tick`)
+        lines.append(
+            "- `--read-store URL`: the deployment's standby; the action prints `read_after`, where "
+            "it landed ([operations.md](operations.md#reads-from-replicas))"
+        )
     lines.append(f'- `--json`; batch line: `{{"action": "{kind.name}", ...}}`')
     lines.append("")
     return lines

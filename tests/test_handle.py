@@ -56,9 +56,11 @@ def test_every_command_is_on_the_command_line_with_one_option_per_field(
     arguments = {p.name for p in command.params if isinstance(p, click.Argument)}
     assert arguments == set(kind.arguments)
     expected = {key_of(f).replace("_", "-") for f in kind.model_fields if f not in kind.arguments}
-    # Besides the fields: --json, and --quiet (ids only) where the result has an id.
+    # Besides the fields: --json, and --quiet (ids only) where the result has an id; a read's
+    # --read-store and --read-after, an action's --read-store (commands/cli/read_side.py).
     printing = {"json", "quiet"} if kind.shows in QUIET else {"json"}
-    assert options == expected | printing
+    reading = {"read-store", "read-after"} if kind.reads_only else {"read-store"}
+    assert options == expected | printing | reading
     assert BY_NAME[kind.name] is kind
 
 

@@ -20,6 +20,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from aftersales.commands.cli.output import RENDERERS, emit
+from aftersales.commands.cli.read_side import read_params
 from aftersales.engine.access.actor_checks import ActorCheck
 from aftersales.engine.application.fields import field_choices, key_of
 from aftersales.engine.application.handler import Engine
@@ -104,6 +105,7 @@ def click_command(kind: type[Command]) -> click.Command:
             ["--json", "as_json"], is_flag=True, help="Print exactly one JSON value on stdout."
         )
     )
+    params += read_params(kind.reads_only)
     quiet = QUIET.get(kind.shows)
     if quiet is not None:
         params.append(

@@ -15,6 +15,7 @@ from aftersales.commands.cli.checkpoint import public_key_option, read_public_ke
 from aftersales.commands.cli.display import for_people
 from aftersales.commands.cli.options import FilePath, json_option
 from aftersales.commands.cli.output import State, _cell, _one_line, fail, fail_with, table, to_json
+from aftersales.commands.cli.read_side import read_engine, read_options
 from aftersales.engine.domain.errors import AftersalesError, BadInput
 from aftersales.engine.domain.limits import MAX_VERSION
 from aftersales.engine.domain.values import parse_time
@@ -49,6 +50,7 @@ NOT_VERIFIED = 3
     "checkpoint's signed head with a proof for each event it covers) to this file.",
 )
 @public_key_option
+@read_options
 @json_option
 @click.pass_context
 def audit(
@@ -69,7 +71,9 @@ def audit(
         when = parse_time(as_of, "--as-of") if as_of is not None else None
         if when is not None and version is not None:
             raise BadInput("give --as-of or --version, not both")
-        engine = state.engine(create=False)
+        engine, standing = (
+            read_engine(state) if state.read_store else (state.engine(create=False), None)
+        )
         result = audit_case(
             engine.store,
             engine.complete_case_id(case_id),
@@ -93,6 +97,8 @@ def audit(
         fail("bad_input", f"cannot write {export_path}: {_one_line(exc)}", 2, as_json)
     report = result.to_json()
     report["quarantined"] = quarantined
+    if standing is not None:
+        report["read"] = standing
     if as_json:
         click.echo(to_json(report))
     else:

@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import tzinfo
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import unquote
 
 import click
@@ -23,6 +23,9 @@ from aftersales.engine.domain.policy import Policy
 from aftersales.engine.domain.values import parse_zone
 from aftersales.engine.storage.urls import DEFAULT_STORE, redacted, store_password
 
+if TYPE_CHECKING:
+    from aftersales.engine.storage.replica import ReadStore
+
 Renderer = Callable[[Any], str]
 
 
@@ -35,7 +38,17 @@ class State:
         self.tz = tz
         self._engine: Engine | None = None
         self._policy: Policy | None = None
+        # A standby reads go to (--read-store; commands/cli/read_side.py), the token of an
+        # action a read waits for (--read-after), and the store and engine opened on it.
+        self.read_store: str | None = None
+        self.read_after: str | None = None
+        self.reader: tuple[ReadStore, Engine] | None = None
         keep_secret(store)
+
+    def read_from(self, url: str) -> None:
+        """Reads go to this standby (--read-store), its password never printed."""
+        keep_secret(url)
+        self.read_store = url
 
     def policy(self) -> Policy:
         if self._policy is None:
@@ -58,6 +71,9 @@ class State:
         return self._engine
 
     def close(self) -> None:
+        if self.reader is not None:
+            self.reader[1].close()
+            self.reader = None
         if self._engine is not None:
             self._engine.close()
             self._engine = None
@@ -140,7 +156,9 @@ def emit(
     try:
         # A bad --tz is refused before anything is done.
         zone = state.zone()
-        result = call(state.engine(create=creates))
+        from aftersales.commands.cli.read_side import run_on_reads
+
+        result = run_on_reads(state, call, creates)
     except AftersalesError as exc:
         fail_with(exc, as_json)
     except PersistenceError as exc:

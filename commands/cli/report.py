@@ -15,6 +15,7 @@ from eventsourcing.persistence import IntegrityError
 from aftersales.commands.cli.display import parse_day_or_time
 from aftersales.commands.cli.options import json_option
 from aftersales.commands.cli.output import State, emit, table
+from aftersales.commands.cli.read_side import read_options
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.domain.errors import BadInput
 from aftersales.projections.base import View
@@ -90,6 +91,12 @@ def reflecting(engine: Engine, view: type[View], catch_up: bool) -> int:
         click.echo(
             f"warning: projection {view.name} is stopped at position {row['position']}: "
             f"{row['stopped']}; this report reflects the log up to there",
+            err=True,
+        )
+    elif row["lag"] and engine.store.reads_only:
+        click.echo(
+            f"warning: projection {view.name} on the read store has {row['lag']} events still "
+            "to apply (the primary's `aftersales project run` applies them; then replayed)",
             err=True,
         )
     elif row["lag"]:
@@ -201,6 +208,7 @@ def render_dashboard(d: dict[str, Any]) -> str:
     "--now", default=None, help="The moment the dashboard is for: a time or a date (default: now)."
 )
 @catch_up_option
+@read_options
 @csv_option
 @json_option
 @click.pass_context
@@ -250,6 +258,7 @@ def dashboard_cmd(
 )
 @click.option("--until", default=None, help="... up to here, excluded (default: now).")
 @catch_up_option
+@read_options
 @csv_option
 @json_option
 @click.pass_context
@@ -327,6 +336,7 @@ def render_measures(rows: list[dict[str, Any]]) -> str:
 )
 @click.option("--until", default=None, help="... up to here, excluded (default: now).")
 @catch_up_option
+@read_options
 @csv_option
 @json_option
 @click.pass_context
@@ -379,6 +389,7 @@ LEDGER_COLUMNS = ["merchant_id", *TOTALS, "entries"]
 )
 @click.option("--until", default=None, help="... up to here, excluded (default: no end).")
 @catch_up_option
+@read_options
 @csv_option
 @json_option
 @click.pass_context
@@ -425,6 +436,7 @@ def ledger_cmd(
 )
 @click.option("--until", default=None, help="... up to here, excluded (default: now).")
 @catch_up_option
+@read_options
 @csv_option
 @json_option
 @click.pass_context

@@ -15,6 +15,7 @@ from aftersales.commands.desk.rendering import render, signed_out, zone_of
 from aftersales.commands.http.batcher import Api
 from aftersales.commands.http.error_responses import status_of
 from aftersales.commands.http.rate_limits import who
+from aftersales.commands.http.read_routing import route_read, with_read_headers
 from aftersales.commands.http.request_parts import bearer
 from aftersales.engine.access.api_keys import Forbidden, Unauthenticated
 from aftersales.engine.access.scopes import Principal, Scope
@@ -64,6 +65,7 @@ async def read(api: Api, request: Request, work: Work) -> dict[str, Any] | Respo
     if limited is not None:
         return limited
     try:
+        await route_read(api, request)
         data: dict[str, Any] = await api.run(request, work)
     except Unauthenticated:
         api.limiter.failed(*who(request))  # a made-up cookie counts as a wrong key
@@ -93,4 +95,4 @@ async def page(api: Api, request: Request, template: str, work: Work, display: t
     data = await read(api, request, work_with(request, work, display))
     if isinstance(data, Response):
         return data
-    return render(template, **data)
+    return with_read_headers(render(template, **data), request)

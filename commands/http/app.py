@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from aftersales.commands.http.batcher import Api
 from aftersales.commands.http.error_responses import add_error_handlers
 from aftersales.commands.http.rate_limits import parse_networks
+from aftersales.commands.http.read_routing import document_reads
 from aftersales.commands.http.routers import (
     action_routes,
     audit_routes,
@@ -73,18 +74,20 @@ def create_app(
     trusted_proxies: Iterable[str] = (),
     session_terms: SessionTerms | None = None,
     key_cache: timedelta = MAX_AGE,
+    read_store: str | None = None,
 ) -> FastAPI:
     """The HTTP application over one store (one engine per worker process). A client's address
     is read from ``X-Forwarded-For`` only when its peer is in ``trusted_proxies`` (CIDRs). A
     credential granted is used again for up to ``key_cache`` while revocations are heard
-    (``engine/access/credential_cache.py``; zero reads it for every request)."""
+    (``engine/access/credential_cache.py``; zero reads it for every request). With a
+    ``read_store`` (a standby), the reads go there (``read_routing.py``)."""
     app = FastAPI(
         title="aftersales",
         summary="Returns, refunds and exchanges: the after-sales engine over HTTP.",
         version="1",
         lifespan=lifespan,
     )
-    app.state.api = Api(store, policy, failure_limit, key_cache)
+    app.state.api = Api(store, policy, failure_limit, key_cache, read_store)
     app.state.trusted_proxies = parse_networks(trusted_proxies)
     if session_terms is not None:
         app.state.api.session_terms = session_terms
@@ -117,8 +120,9 @@ def create_app(
             }
             schema["security"] = [{"bearer": []}]
             for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
+                for method, operation in operations.items():
                     one_each(operation)
+                    document_reads(method, operation)
             # FastAPI's own 422 body is never answered (error_responses.py answers them all).
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)
@@ -145,4 +149,5 @@ def app_from_env() -> FastAPI:
             parse_duration(os.environ.get("AFTERSALES_SESSION_LIFETIME", "7d"), "session lifetime"),
         ),
         key_cache=timedelta(seconds=float(os.environ.get("AFTERSALES_KEY_CACHE", "5"))),
+        read_store=os.environ.get("AFTERSALES_READ_STORE") or None,
     )

@@ -30,6 +30,7 @@ from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import Action
 from aftersales.engine.domain.errors import AftersalesError
 from aftersales.engine.domain.policy import Policy
+from aftersales.engine.storage.replica import ReadStore, landed_at
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector
 
@@ -75,8 +76,13 @@ class Api:
         policy: Policy | None,
         limit: int,
         key_cache: timedelta = MAX_AGE,
+        read_store: str | None = None,
     ) -> None:
         self.store_url = store
+        # A standby the reads go to (commands/http/read_routing.py), opened with the engine.
+        self.read_store_url = read_store
+        self.reader: ReadStore | None = None
+        self.read_engine: Engine | None = None
         self.policy = policy
         self.engine: Engine | None = None
         # Credentials granted a moment ago, used while no revocation is heard (PostgreSQL).
@@ -96,6 +102,9 @@ class Api:
 
     def open(self) -> None:
         self.engine = Engine(self.store_url, policy=self.policy)
+        if self.read_store_url:
+            self.reader = ReadStore(self.read_store_url, self.engine.store)
+            self.read_engine = Engine(self.reader.store, policy=self.policy)
         if self.credentials.max_age > timedelta(0):
             self.revocations = RevocationListener(self.engine.store, self.credentials)
             self.revocations.start()
@@ -109,6 +118,9 @@ class Api:
         if self.revocations is not None:
             self.revocations.stop()
             self.revocations = None
+        if self.read_engine is not None:
+            self.read_engine.close()
+            self.read_engine = self.reader = None
         if self.engine is not None:
             log.warning(
                 "engine took %d requests in %d groups; %d saves retried",
@@ -122,14 +134,19 @@ class Api:
     async def run(
         self, request: Request, work: Callable[[Engine, Principal], Any], action: bool = False
     ) -> Any:
-        """Queue the work for the engine and wait for its answer."""
+        """Queue the work for the engine and wait for its answer. With a read store, an
+        action's answer notes where it landed (``request.state.read_after``), and a read runs
+        on the engine ``read_routing.route_read`` chose for it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.pending.append(Job(bearer(request), work, action, future, request))
         if not self.flushing:
             self.flushing = True
             loop.call_soon(self.flush)
-        return await future
+        result = await future
+        if action and self.reader is not None and self.engine is not None:
+            request.state.read_after = landed_at(self.engine.store)
+        return result
 
     def flush(self) -> None:
         # Requests that arrived together reach here over a few turns of the loop (reading,
@@ -167,7 +184,8 @@ class Api:
                 if isinstance(principal, Unauthenticated):
                     raise principal
                 job.request.state.principal = principal.principal_id
-                prepared = job.work(engine, principal)
+                chosen = None if job.action else getattr(job.request.state, "read_engine", None)
+                prepared = job.work(chosen or engine, principal)
             except Exception as exc:
                 settle(job, exc)
                 continue

@@ -14,6 +14,7 @@ from aftersales.commands.http.batcher import Api
 from aftersales.commands.http.error_responses import RateLimited, error, refused
 from aftersales.commands.http.json_answers import Encoded, json_answer
 from aftersales.commands.http.rate_limits import who
+from aftersales.commands.http.read_routing import read_headers, route_read
 from aftersales.commands.http.request_parts import etag
 from aftersales.engine.access.scopes import Principal
 from aftersales.engine.application.handler import Engine
@@ -42,11 +43,14 @@ async def answer(
 ) -> Any:
     """Run the request's work on the engine (authenticated, rate limited) and answer with its
     result as JSON: 201 for what an action created anew, 200 otherwise, an ETag for a version
-    and ``X-Projection-Lag`` for a report; a refusal in the one error shape."""
+    and ``X-Projection-Lag`` for a report (with a read store, what a read reflects, where an
+    action landed: ``read_routing.py``); a refusal in the one error shape."""
     wait = api.limiter.retry_after(*who(request))
     if wait is not None:
         return refused(request, RateLimited(wait), api.limiter)
     try:
+        if not action:
+            await route_read(api, request)
         result = await api.run(request, work, action)
     except AftersalesError as exc:
         return refused(request, exc, api.limiter)
@@ -63,4 +67,5 @@ async def answer(
     lag = getattr(request.state, "projection_lag", None)
     if lag is not None:
         headers["X-Projection-Lag"] = str(lag)
+    headers.update(read_headers(request))
     return json_answer(result, 201 if created else 200, headers)

@@ -105,6 +105,47 @@ HEADER_DOCS: Mapping[str, dict[str, Any]] = {
     "WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}},
     "Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}},
 }
+
+
+def _read_header(description: str, pattern: str) -> dict[str, Any]:
+    """What a header a read store adds is (``serve --read-store``, read_routing.py)."""
+    schema = {"type": "string", "pattern": pattern}
+    return {"description": f"With a read store: {description}", "schema": schema}
+
+
+NUMBER, SECONDS = "^[0-9]+$", "^[0-9]+(\\.[0-9]+)?$"
+HEADER_DOCS = {
+    **HEADER_DOCS,
+    "X-Read-From": _read_header(
+        "which server answered the read, `standby` or `primary` (a read carrying "
+        "`X-Read-After` the standby had not replayed in time).",
+        "^(standby|primary)$",
+    ),
+    "X-Read-Position": _read_header(
+        "the log position the answer reflects (the highest event position the server "
+        "answering had).",
+        NUMBER,
+    ),
+    "X-Read-Behind": _read_header(
+        "how many positions the answer is behind the primary's log.", NUMBER
+    ),
+    "X-Replay-Lag": _read_header(
+        "seconds of replay the standby is behind the primary (the age of the last transaction "
+        "it replayed while WAL is still to replay; 0 when caught up).",
+        SECONDS,
+    ),
+    "X-Read-Waited": _read_header(
+        "on a read carrying `X-Read-After`, the seconds it waited for the standby to replay "
+        "that far.",
+        SECONDS,
+    ),
+    "X-Read-After": _read_header(
+        "on an action, where it landed (a WAL position, e.g. 0/3000148), also set as the "
+        "`aftersales_read_after` cookie; send it back on a read as `X-Read-After` to see the "
+        "action.",
+        "^[0-9A-F]{1,8}/[0-9A-F]{1,8}$",
+    ),
+}
 _ERROR_HEADERS = {401: ["WWW-Authenticate"], 405: ["Allow"], 429: ["Retry-After"]}
 # Every route that reads the store with a key.
 KEYED = (401, 403, 429, 503)

@@ -62,6 +62,15 @@ from aftersales.commands.cli.output import State
     "reading it, while revocations are heard (PostgreSQL's LISTEN: a revocation counts at once "
     "in every server); 0 reads it for every request.",
 )
+@click.option(
+    "--read-store",
+    envvar="AFTERSALES_READ_STORE",
+    default=None,
+    metavar="URL",
+    help="A PostgreSQL standby of --store the reads go to (the API's GETs, the desk's pages), "
+    "each answer saying what it reflects (X-Read-* headers); actions still go to --store and "
+    "answer with X-Read-After, which a read waits for (docs/http.md).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -74,6 +83,7 @@ def serve(
     session_idle: str,
     session_lifetime: str,
     key_cache: float,
+    read_store: str | None,
 ) -> None:
     """Serve the HTTP API until SIGINT or SIGTERM, then finish the requests in flight and exit
     0 (see docs/http.md)."""
@@ -93,7 +103,18 @@ def serve(
         except BadInput as exc:
             raise click.BadParameter(exc.message, param_hint=name) from None
     state: State = ctx.find_object(State)  # type: ignore[assignment]
-    state.engine()  # a store that cannot be opened is said so now, before listening
+    engine = state.engine()  # a store that cannot be opened is said so now, before listening
+    if read_store:
+        from aftersales.commands.cli.output import fail_with, keep_secret
+        from aftersales.engine.domain.errors import AftersalesError
+        from aftersales.engine.storage.replica import ReadStore
+
+        keep_secret(read_store)
+        try:  # a read store that cannot be used is said so now too (exit 2, or 1 unreachable)
+            ReadStore(read_store, engine.store).close()
+        except AftersalesError as exc:
+            fail_with(exc, as_json=False)
+        os.environ["AFTERSALES_READ_STORE"] = read_store
     state.close()
     # The workers read these (commands.http.app.app_from_env): one engine each.
     if state.store is not None:

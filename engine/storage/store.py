@@ -76,6 +76,9 @@ class AftersalesStore(Application[UUID]):
         # ... and every save appends only on the stored events it builds on (``Head``); False
         # only to measure that (scripts/bench.py).
         self.check_heads = True
+        # A standby's store (engine/storage/replica.py): read, never written, not even the
+        # projections' tables or their catching up (the primary's projectors keep them).
+        self.reads_only = False
         if self.url.kind == "postgresql":
             from aftersales.engine.storage.postgres import ensure_schema
 
