@@ -83,6 +83,25 @@ def aftersales(pair: ReplicaPair, *args: str, env: dict[str, str] | None = None)
     return json.loads(result.stdout)
 
 
+def resume_once_waiting(pair: ReplicaPair) -> None:
+    """Resume the standby's replay 0.3 s after a read connected to it (a connection newer than
+    this call asking where the standby is), or after 30 s."""
+    since = pair.standby("SELECT now()")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with psycopg.connect(pair.standby_url, autocommit=True) as c:
+            row = c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND backend_start > %s AND query LIKE %s",
+                (since, "%pg_last_wal_replay_lsn%"),
+            ).fetchone()
+        if row and row[0]:
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)
+    pair.standby("SELECT pg_wal_replay_resume()")
+
+
 def caught_up(pair: ReplicaPair, timeout: float = 10.0) -> None:
     """Wait until the standby has replayed all the primary has written (inserted: the tests'
     commits do not wait for their flush, tests/conftest.py)."""
@@ -140,10 +159,12 @@ def test_a_read_with_a_token_reads_the_standby_once_it_has_replayed(
         pair, "case", "approve", case_id, "--return-address", "88 Wensan Rd",
         "--read-store", pair.standby_url,
     )  # fmt: skip
-    threading.Timer(0.3, pair.standby, ["SELECT pg_wal_replay_resume()"]).start()
+    # Replay resumes 0.3 s after the read began waiting (however long the command took to
+    # start on a loaded machine), well within the wait it is given.
+    threading.Thread(target=resume_once_waiting, args=(pair,)).start()
     own = aftersales(
         pair, "case", "show", case_id, "--read-store", pair.standby_url,
-        "--read-after", approved["read_after"],
+        "--read-after", approved["read_after"], env={"AFTERSALES_READ_WAIT": "30"},
     )  # fmt: skip
     assert own["status"] == "awaiting_buyer_shipment"
     assert own["read"]["from"] == "standby"
