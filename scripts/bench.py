@@ -64,6 +64,11 @@ def arguments() -> argparse.ArgumentParser:
         "py-spy, `pip install py-spy`, and leave to trace the server).",
     )
     parser.add_argument(
+        "--only-single",
+        action="store_true",
+        help="The raw baselines and single actions on 1 and 4 clients (a minute or two).",
+    )
+    parser.add_argument(
         "--only-checks",
         action="store_true",
         help="The raw baselines and what the invariants and read checks cost an action.",
@@ -982,6 +987,8 @@ def main() -> None:
     ]
     if args.only_http:
         parts = [bench.raw_baselines, bench.http_actions]
+    elif args.only_single:
+        parts = [bench.raw_baselines, bench.single_actions]
     elif args.only_checks:
         parts = [bench.raw_baselines, bench.checks_cost]
     elif not args.skip_large:
