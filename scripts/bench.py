@@ -66,7 +66,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only-single",
         action="store_true",
-        help="The raw baselines and single actions on 1 and 4 clients (a minute or two).",
+        help="The raw baselines, a single action's statements alone and single actions on 1 "
+        "and 4 clients (a minute or two).",
     )
     parser.add_argument(
         "--only-checks",
@@ -988,7 +989,7 @@ def main() -> None:
     if args.only_http:
         parts = [bench.raw_baselines, bench.http_actions]
     elif args.only_single:
-        parts = [bench.raw_baselines, bench.single_actions]
+        parts = [bench.raw_baselines, bench.statements_floor, bench.single_actions]
     elif args.only_checks:
         parts = [bench.raw_baselines, bench.checks_cost]
     elif not args.skip_large:
