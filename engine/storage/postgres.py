@@ -220,7 +220,9 @@ def ride(datastore: PostgresDatastore, operation: Callable[[], T]) -> T:
 # readable head, ``max_notification_id``), so reading up to it later never meets a new row.
 # A transaction that wrote anything before its save would have taken its id outside the
 # critical section, so the save refuses it (``FIRST_WRITE``; the engine's saves are one
-# statement each, and a save is never the second of its transaction).
+# statement each, and a save is never the second of its transaction). The positions' sequence
+# must hand out values in the order they are asked for, across sessions: no CACHE above 1 (a
+# bigserial's sequence has none).
 HORIZON = "(SELECT pg_snapshot_xmin(pg_current_snapshot()))"
 FIRST_WRITE = "aftersales_save must be its transaction's first write"
 # How long a reader that wants everything committed when it asked waits for transactions
