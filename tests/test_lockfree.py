@@ -13,8 +13,9 @@ time through the engine's own reading code:
   projection's catch-up and a checkpoint read).
 
 Every reader must see every committed event exactly once, in log order, and never a rolled-back
-one. The same harness with a naive reader (by position, no horizon) must catch it skipping: the
-hole the horizon closes is there to be seen.
+one. The same harness must catch the holes the design closes: a naive reader (by position, no
+horizon) skips, and so does the engine's reader when writers take their transaction ids apart
+from their positions (what the save's critical section prevents).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 import pytest
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import PlaceOrder
@@ -52,6 +53,18 @@ def pg_store() -> Iterator[AftersalesStore]:
         drop_schema(schema)
 
 
+def save_call(schema: str) -> Composed:
+    """The save function called with events only (no case or command rows, no heads)."""
+    return SQL(
+        "SELECT * FROM {}.aftersales_save(%s, %s::bigint[], %s, %s, NULL, NULL, NULL, NULL, NULL)"
+    ).format(Identifier(schema))
+
+
+def new_events(n: int = 1) -> tuple[list[uuid.UUID], list[int], list[str], list[bytes]]:
+    """The save's parameters for ``n`` events, each the first of a new aggregate."""
+    return [uuid.uuid4() for _ in range(n)], [1] * n, [TOPIC] * n, [b"{}"] * n
+
+
 def _recorder(store: AftersalesStore) -> PostgresCaseRecorder:
     recorder = store.recorder
     assert isinstance(recorder, PostgresCaseRecorder)
@@ -73,20 +86,45 @@ def _writer(
     """Save one to three events of new aggregates per transaction, with random pauses inside
     the transaction before and after the call; roll back one transaction in eight."""
     rng = random.Random(seed)
-    save = SQL(
-        "SELECT * FROM {}.aftersales_save(%s, %s::bigint[], %s, %s, NULL, NULL, NULL, NULL, NULL)"
-    ).format(Identifier(schema))
+    save = save_call(schema)
     try:
         with psycopg.connect(_pg_conninfo()) as conn:
             while not stop.is_set():
-                n = rng.randint(1, 3)
-                ids = [uuid.uuid4() for _ in range(n)]
                 with conn.transaction(force_rollback=rng.random() < 0.125) as tx:
                     if rng.random() < 0.5:
                         conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
-                    rows = conn.execute(save, (ids, [1] * n, [TOPIC] * n, [b"{}"] * n)).fetchall()
+                    rows = conn.execute(save, new_events(rng.randint(1, 3))).fetchall()
                     if rng.random() < 0.7:
                         conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
+                    positions = {int(r[0]) for r in rows}
+                    rolled_back = tx.force_rollback
+                with log.lock:
+                    (log.rolled_back if rolled_back else log.committed).update(positions)
+    except Exception as exc:  # pragma: no cover - reported by the test
+        failures.append(f"writer: {exc!r}")
+        stop.set()
+
+
+def _unordered_writer(
+    schema: str, log: Log, stop: threading.Event, seed: int, pause: float, failures: list[str]
+) -> None:
+    """Like ``_writer``, but its transaction id is taken first, outside any critical section,
+    and its positions later by a plain INSERT (what the save refuses): transaction ids and
+    positions no longer come in the same order."""
+    rng = random.Random(seed)
+    insert = SQL(
+        "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
+        "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+        "RETURNING notification_id"
+    ).format(Identifier(schema), Identifier(EVENTS))
+    try:
+        with psycopg.connect(_pg_conninfo()) as conn:
+            while not stop.is_set():
+                with conn.transaction(force_rollback=rng.random() < 0.125) as tx:
+                    conn.execute("SELECT pg_current_xact_id()")
+                    conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
+                    rows = conn.execute(insert, new_events(rng.randint(1, 3))).fetchall()
+                    conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
                     positions = {int(r[0]) for r in rows}
                     rolled_back = tx.force_rollback
                 with log.lock:
@@ -190,6 +228,7 @@ def trial(
     *,
     events: int,
     writers: int = 8,
+    writer: Callable[..., None] = _writer,
     pause: float = 0.004,
     drain: float = 20.0,
 ) -> Trial:
@@ -215,7 +254,7 @@ def trial(
 
     reader_threads = [reader_thread(name, read) for name, read in readers.items()]
     writer_threads = [
-        threading.Thread(target=_writer, args=(schema, log, writing, i, pause, failures))
+        threading.Thread(target=writer, args=(schema, log, writing, i, pause, failures))
         for i in range(writers)
     ]
     other = threading.Thread(target=_other_writer, args=(writing, pause))
@@ -285,6 +324,25 @@ def test_the_harness_catches_a_reader_without_the_horizon(pg_store: AftersalesSt
         assert_exact(result, "naive")
 
 
+def test_the_horizon_alone_skips_when_ids_are_taken_out_of_order(
+    pg_store: AftersalesStore,
+) -> None:
+    """Why the save takes its transaction id and positions together: writers that take their
+    transaction id first and their positions later, unordered, make the engine's own reader
+    (horizon and all) skip, as the issue's example says (B's id below A's, A's position below
+    B's, B committed first)."""
+    result = trial(
+        pg_store,
+        {"notifications": notifications_reader},
+        events=3000,
+        writer=_unordered_writer,
+        drain=5.0,
+    )
+    assert not result.failures, result.failures
+    with pytest.raises(AssertionError, match="skipped"):
+        assert_exact(result, "notifications")
+
+
 def test_a_save_must_be_its_transactions_first_write(pg_store: AftersalesStore) -> None:
     """Its transaction id would be taken outside the save's critical section: refused."""
     schema = _recorder(pg_store).datastore.schema
@@ -292,13 +350,7 @@ def test_a_save_must_be_its_transactions_first_write(pg_store: AftersalesStore) 
         conn.execute("CREATE TEMP TABLE before_save (x int)")
         conn.execute("INSERT INTO before_save VALUES (1)")
         with pytest.raises(psycopg.errors.ActiveSqlTransaction, match=FIRST_WRITE):
-            conn.execute(
-                SQL(
-                    "SELECT * FROM {}.aftersales_save(%s, %s::bigint[], %s, %s, "
-                    "NULL, NULL, NULL, NULL, NULL)"
-                ).format(Identifier(schema)),
-                ([uuid.uuid4()], [1], [TOPIC], [b"{}"]),
-            )
+            conn.execute(save_call(schema), new_events())
 
 
 def test_the_save_lock_is_not_held_after_an_error(pg_store: AftersalesStore) -> None:
@@ -306,21 +358,19 @@ def test_the_save_lock_is_not_held_after_an_error(pg_store: AftersalesStore) -> 
     lock behind on its connection: the next writer on another connection gets through."""
     recorder = _recorder(pg_store)
     schema = recorder.datastore.schema
-    save = SQL(
-        "SELECT * FROM {}.aftersales_save(%s, %s::bigint[], %s, %s, NULL, NULL, NULL, NULL, NULL)"
-    ).format(Identifier(schema))
-    uid = uuid.uuid4()
+    save = save_call(schema)
+    once = new_events()
     with psycopg.connect(_pg_conninfo(), autocommit=True) as one:
-        one.execute(save, ([uid], [1], [TOPIC], [b"{}"]))
+        one.execute(save, once)
         with pytest.raises(psycopg.errors.UniqueViolation):
-            one.execute(save, ([uid], [1], [TOPIC], [b"{}"]))
+            one.execute(save, once)
         held = one.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
         ).fetchone()
         assert held == (0,)
         with psycopg.connect(_pg_conninfo(), autocommit=True) as two:
             two.execute("SET lock_timeout = '2s'")
-            two.execute(save, ([uuid.uuid4()], [1], [TOPIC], [b"{}"]))
+            two.execute(save, new_events())
     assert recorder.max_notification_id() == 3  # the lost race's position is a gap
 
 
@@ -331,15 +381,13 @@ def test_a_writer_reads_its_own_event_at_once_past_a_running_transaction(
     until it ends, and the readable head waits for it (briefly) rather than leaving it out."""
     recorder = _recorder(pg_store)
     schema = recorder.datastore.schema
-    save = SQL(
-        "SELECT * FROM {}.aftersales_save(%s, %s::bigint[], %s, %s, NULL, NULL, NULL, NULL, NULL)"
-    ).format(Identifier(schema))
+    save = save_call(schema)
     with (
         psycopg.connect(_pg_conninfo()) as older,
         psycopg.connect(_pg_conninfo(), autocommit=True) as writer,
     ):
         older.execute("SELECT pg_current_xact_id()")  # a transaction id, and running
-        writer.execute(save, ([uuid.uuid4()], [1], [TOPIC], [b"{}"]))
+        writer.execute(save, new_events())
         assert recorder.heads() == (0, 1)
         assert recorder.select_notifications(start=0, limit=10, stop=0) == []
         timer = threading.Timer(0.3, older.rollback)
