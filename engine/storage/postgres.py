@@ -318,8 +318,14 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         # Under a session-level advisory lock (released inside the call, so not held through
         # the commit: commits of concurrent writers overlap and share their WAL flushes) the
         # transaction takes its id and its positions, nothing else; everything else (the
-        # rows, which may wait on a lost race's winner, the case index, the command record)
-        # comes after. The events a save builds on (``Head``: id, version, stored bytes) must
+        # rows, the case index, the command record) comes after. So a lost race (an
+        # aggregate's version already written by a transaction still running) waits for the
+        # winner and fails on the primary key outside the lock, not holding up every writer;
+        # its positions stay empty, and readers pass them once it has ended. Any error or
+        # cancel inside the section releases the lock before it is raised again (the release
+        # is unconditional: a cancel could land between taking the lock and noting it; one
+        # not held only warns), so a pooled connection never keeps it. The events a save
+        # builds on (``Head``: id, version, stored bytes) must
         # be stored as they were read, else nothing is saved (integrity_constraint_violation,
         # as for a lost race).
         self.sql_create_statements += [
