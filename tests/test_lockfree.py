@@ -34,7 +34,7 @@ from psycopg.sql import SQL, Composed, Identifier
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import PlaceOrder
 from aftersales.engine.integrity.reading import read_rows
-from aftersales.engine.storage.postgres import FIRST_WRITE, PostgresCaseRecorder
+from aftersales.engine.storage.postgres import FIRST_WRITE, PostgresCaseRecorder, save_lock_key
 from aftersales.engine.storage.store import AftersalesStore
 from tests.conftest import _pg_conninfo, drop_schema, schema_url
 
@@ -372,6 +372,29 @@ def test_the_save_lock_is_not_held_after_an_error(pg_store: AftersalesStore) -> 
             two.execute("SET lock_timeout = '2s'")
             two.execute(save, new_events())
     assert recorder.max_notification_id() == 3  # the lost race's position is a gap
+
+
+def test_a_save_cancelled_in_its_critical_section_leaves_no_lock(pg_store: AftersalesStore) -> None:
+    """A save cancelled while it waits for the save lock (statement_timeout here) leaves its
+    connection holding nothing, and the saves after it go through."""
+    recorder = _recorder(pg_store)
+    schema = recorder.datastore.schema
+    lock = SQL("SELECT pg_advisory_lock({})").format(save_lock_key(schema))
+    unlock = SQL("SELECT pg_advisory_unlock({})").format(save_lock_key(schema))
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    with (
+        psycopg.connect(_pg_conninfo(), autocommit=True) as blocker,
+        psycopg.connect(_pg_conninfo(), autocommit=True) as saver,
+    ):
+        blocker.execute(lock)  # a writer inside its critical section
+        saver.execute("SET statement_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            saver.execute(save_call(schema), new_events())
+        assert saver.execute(held).fetchone() == (0,)
+        blocker.execute(unlock)
+        saver.execute(save_call(schema), new_events())
+        assert saver.execute(held).fetchone() == (0,)
+    assert recorder.max_notification_id() == 1  # the cancelled save took no position
 
 
 def test_a_writer_reads_its_own_event_at_once_past_a_running_transaction(
