@@ -422,6 +422,36 @@ def test_a_writer_reads_its_own_event_at_once_past_a_running_transaction(
     assert [n.id for n in recorder.select_notifications(start=0, limit=10)] == [1]
 
 
+def test_a_subscription_reads_what_a_transaction_without_events_held_back(
+    pg_store: AftersalesStore,
+) -> None:
+    """An event committed while an older transaction that writes no event runs is held back;
+    that transaction's end sends no notification, and the subscription still reads the event
+    soon after (it reads again while rows are held back), not at the next save."""
+    recorder = _recorder(pg_store)
+    seen: list[int] = []
+    with recorder.subscribe(gt=0) as subscription:
+        reader = threading.Thread(target=lambda: seen.extend(n.id for n in subscription))
+        reader.start()
+        try:
+            with (
+                psycopg.connect(_pg_conninfo()) as older,
+                psycopg.connect(_pg_conninfo(), autocommit=True) as writer,
+            ):
+                older.execute("SELECT pg_current_xact_id()")
+                writer.execute(save_call(recorder.datastore.schema), new_events())
+                time.sleep(2.5)  # longer than a reader waits for it (SETTLE_TIMEOUT)
+                assert seen == []
+                older.rollback()
+                deadline = time.monotonic() + 5
+                while not seen and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert seen == [1]
+        finally:
+            subscription.stop()
+            reader.join()
+
+
 def test_a_store_made_before_the_transaction_ids_gets_them(pg_store: AftersalesStore) -> None:
     """A store whose events have no ``tx`` column (made before it came) gets it when the
     engine opens it; its old rows (NULL) read as long finished."""
