@@ -81,50 +81,38 @@ class Log:
 
 
 def _writer(
-    schema: str, log: Log, stop: threading.Event, seed: int, pause: float, failures: list[str]
+    schema: str,
+    log: Log,
+    stop: threading.Event,
+    seed: int,
+    pause: float,
+    failures: list[str],
+    unordered: bool = False,
 ) -> None:
     """Save one to three events of new aggregates per transaction, with random pauses inside
-    the transaction before and after the call; roll back one transaction in eight."""
-    rng = random.Random(seed)
-    save = save_call(schema)
-    try:
-        with psycopg.connect(_pg_conninfo()) as conn:
-            while not stop.is_set():
-                with conn.transaction(force_rollback=rng.random() < 0.125) as tx:
-                    if rng.random() < 0.5:
-                        conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
-                    rows = conn.execute(save, new_events(rng.randint(1, 3))).fetchall()
-                    if rng.random() < 0.7:
-                        conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
-                    positions = {int(r[0]) for r in rows}
-                    rolled_back = tx.force_rollback
-                with log.lock:
-                    (log.rolled_back if rolled_back else log.committed).update(positions)
-    except Exception as exc:  # pragma: no cover - reported by the test
-        failures.append(f"writer: {exc!r}")
-        stop.set()
-
-
-def _unordered_writer(
-    schema: str, log: Log, stop: threading.Event, seed: int, pause: float, failures: list[str]
-) -> None:
-    """Like ``_writer``, but its transaction id is taken first, outside any critical section,
-    and its positions later by a plain INSERT (what the save refuses): transaction ids and
+    the transaction before and after the call; roll back one transaction in eight.
+    ``unordered``: take the transaction id first, outside any critical section, and the
+    positions later by a plain INSERT (what the save refuses), so that transaction ids and
     positions no longer come in the same order."""
     rng = random.Random(seed)
-    insert = SQL(
-        "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
-        "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
-        "RETURNING notification_id"
-    ).format(Identifier(schema), Identifier(EVENTS))
+    write = save_call(schema)
+    if unordered:
+        write = SQL(
+            "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+            "RETURNING notification_id"
+        ).format(Identifier(schema), Identifier(EVENTS))
     try:
         with psycopg.connect(_pg_conninfo()) as conn:
             while not stop.is_set():
                 with conn.transaction(force_rollback=rng.random() < 0.125) as tx:
-                    conn.execute("SELECT pg_current_xact_id()")
-                    conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
-                    rows = conn.execute(insert, new_events(rng.randint(1, 3))).fetchall()
-                    conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
+                    if unordered:
+                        conn.execute("SELECT pg_current_xact_id()")
+                    if unordered or rng.random() < 0.5:
+                        conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
+                    rows = conn.execute(write, new_events(rng.randint(1, 3))).fetchall()
+                    if rng.random() < 0.7:
+                        conn.execute("SELECT pg_sleep(%s)", (rng.random() * pause,))
                     positions = {int(r[0]) for r in rows}
                     rolled_back = tx.force_rollback
                 with log.lock:
@@ -228,7 +216,7 @@ def trial(
     *,
     events: int,
     writers: int = 8,
-    writer: Callable[..., None] = _writer,
+    unordered: bool = False,
     pause: float = 0.004,
     drain: float = 20.0,
 ) -> Trial:
@@ -254,7 +242,7 @@ def trial(
 
     reader_threads = [reader_thread(name, read) for name, read in readers.items()]
     writer_threads = [
-        threading.Thread(target=writer, args=(schema, log, writing, i, pause, failures))
+        threading.Thread(target=_writer, args=(schema, log, writing, i, pause, failures, unordered))
         for i in range(writers)
     ]
     other = threading.Thread(target=_other_writer, args=(writing, pause))
@@ -335,7 +323,7 @@ def test_the_horizon_alone_skips_when_ids_are_taken_out_of_order(
         pg_store,
         {"notifications": notifications_reader},
         events=3000,
-        writer=_unordered_writer,
+        unordered=True,
         drain=5.0,
     )
     assert not result.failures, result.failures
