@@ -34,6 +34,7 @@ from psycopg.sql import SQL, Composed, Identifier
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import PlaceOrder
 from aftersales.engine.integrity.reading import read_rows
+from aftersales.engine.storage import postgres
 from aftersales.engine.storage.postgres import FIRST_WRITE, PostgresCaseRecorder, save_lock_key
 from aftersales.engine.storage.store import AftersalesStore
 from tests.conftest import _pg_conninfo, drop_schema, schema_url
@@ -411,11 +412,14 @@ def test_a_writer_reads_its_own_event_at_once_past_a_running_transaction(
 
 
 def test_a_subscription_reads_what_a_transaction_without_events_held_back(
-    pg_store: AftersalesStore,
+    pg_store: AftersalesStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An event committed while an older transaction that writes no event runs is held back;
-    that transaction's end sends no notification, and the subscription still reads the event
-    soon after (it reads again while rows are held back), not at the next save."""
+    """An event committed while an older transaction that writes no event runs is held back
+    (longer than a reader waits for it: ``SETTLE_TIMEOUT``, shortened here so as not to hold
+    back the readers of the tests running beside this one); that transaction's end sends no
+    notification, and the subscription still reads the event soon after (it reads again while
+    rows are held back), not at the next save."""
+    monkeypatch.setattr(postgres, "SETTLE_TIMEOUT", 0.2)
     recorder = _recorder(pg_store)
     seen: list[int] = []
     with recorder.subscribe(gt=0) as subscription:
@@ -428,7 +432,7 @@ def test_a_subscription_reads_what_a_transaction_without_events_held_back(
             ):
                 older.execute("SELECT pg_current_xact_id()")
                 writer.execute(save_call(recorder.datastore.schema), new_events())
-                time.sleep(2.5)  # longer than a reader waits for it (SETTLE_TIMEOUT)
+                time.sleep(0.8)
                 assert seen == []
                 older.rollback()
                 deadline = time.monotonic() + 5

@@ -226,8 +226,10 @@ def ride(datastore: PostgresDatastore, operation: Callable[[], T]) -> T:
 HORIZON = "(SELECT pg_snapshot_xmin(pg_current_snapshot()))"
 FIRST_WRITE = "aftersales_save must be its transaction's first write"
 # How long a reader that wants everything committed when it asked waits for transactions
-# older than those rows to end (then it gives what is readable: later, never wrong).
-SETTLE_TIMEOUT = 2.0
+# older than those rows to end (then it gives what is readable: later, never wrong). Any
+# transaction of the cluster that holds a transaction id counts, so this is well above what
+# the engine's own take (a save, a projection's batch).
+SETTLE_TIMEOUT = 5.0
 # How soon a subscription reads again while committed rows wait behind a running transaction
 # that sends no notification when it ends.
 HELD_POLL = 0.02
@@ -540,11 +542,11 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
 
         return run()
 
-    def settle(self, target: int, timeout: float = SETTLE_TIMEOUT) -> int:
+    def settle(self, target: int) -> int:
         """Wait until the readable head reaches ``target`` (a committed position: the
         transactions older than it that still run end, most within milliseconds), at most
-        ``timeout`` seconds; the readable head then."""
-        deadline = time.monotonic() + timeout
+        ``SETTLE_TIMEOUT`` seconds; the readable head then."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
         pause = 0.001
         while True:
             heads: tuple[int, int] = self.heads()
