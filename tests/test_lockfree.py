@@ -88,6 +88,7 @@ def _writer(
     seed: int,
     pause: float,
     failures: list[str],
+    notify: Composed,
     unordered: bool = False,
 ) -> None:
     """Save one to three events of new aggregates per transaction, with random pauses inside
@@ -118,6 +119,8 @@ def _writer(
                     rolled_back = tx.force_rollback
                 with log.lock:
                     (log.rolled_back if rolled_back else log.committed).update(positions)
+                conn.execute(notify)  # as the engine wakes listeners after a save
+                conn.commit()
     except Exception as exc:  # pragma: no cover - reported by the test
         failures.append(f"writer: {exc!r}")
         stop.set()
@@ -223,7 +226,8 @@ def trial(
 ) -> Trial:
     """Writers save until ``events`` events are committed, readers read all along; then each
     reader is given ``drain`` seconds to reach the last committed position."""
-    schema = _recorder(store).datastore.schema
+    recorder = _recorder(store)
+    schema = recorder.datastore.schema
     log = Log()
     failures: list[str] = []
     seen: dict[str, list[int]] = {name: [] for name in readers}
@@ -243,7 +247,10 @@ def trial(
 
     reader_threads = [reader_thread(name, read) for name, read in readers.items()]
     writer_threads = [
-        threading.Thread(target=_writer, args=(schema, log, writing, i, pause, failures, unordered))
+        threading.Thread(
+            target=_writer,
+            args=(schema, log, writing, i, pause, failures, recorder.call_notify, unordered),
+        )
         for i in range(writers)
     ]
     other = threading.Thread(target=_other_writer, args=(writing, pause))
@@ -432,6 +439,7 @@ def test_a_subscription_reads_what_a_transaction_without_events_held_back(
             ):
                 older.execute("SELECT pg_current_xact_id()")
                 writer.execute(save_call(recorder.datastore.schema), new_events())
+                writer.execute(recorder.call_notify)
                 time.sleep(0.8)
                 assert seen == []
                 older.rollback()

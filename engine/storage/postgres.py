@@ -383,7 +383,6 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 "    INSERT INTO {schema}.{commands} SELECT * FROM "
                 "      jsonb_populate_recordset(NULL::{schema}.{commands}, command_rows); "
                 "  END IF; "
-                "  NOTIFY {channel}; "
                 "  RETURN QUERY INSERT INTO {schema}.{events} "
                 "    (originator_id, originator_version, topic, state, notification_id, tx) "
                 "    SELECT i, v, t, s, p, pg_current_xact_id() "
@@ -399,11 +398,18 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 sequence=Literal(
                     _quoted(self.datastore.schema, f"{self.events_table_name}_notification_id_seq")
                 ),
-                channel=Identifier(self.channel_name),
                 updates=updates,
                 **fmt,
             )
         )
+        # Listeners are woken after the save, in a transaction of its own that does not wait
+        # for its commit to be flushed: PostgreSQL serializes the commits of transactions that
+        # NOTIFY (a lock held through the commit, so notifications queue in commit order),
+        # which inside the save would make saves commit one at a time again. A wake-up lost
+        # with its process is made good by the followers' polling (projections.runner).
+        self.call_notify = SQL(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify({}, '')"
+        ).format(Literal(self.channel_name))
         self.call_save = SQL(
             "SELECT * FROM {schema}.{save}"
             "(%b, %b::bigint[], %b, %b, %s, %s, %b::uuid[], %b::bigint[], %b::bytea[])"
@@ -603,7 +609,10 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.call_save, params, prepare=True, binary=True)
-            return [row[SAVE_FUNCTION] for row in curs.fetchall()]
+            saved = [row[SAVE_FUNCTION] for row in curs.fetchall()]
+            with contextlib.suppress(psycopg.Error):  # saved all the same
+                curs.execute(self.call_notify, prepare=True)
+            return saved
 
 
 class HorizonSubscription(PostgresSubscription):
@@ -779,9 +788,9 @@ def select_events_with_index(
 
 
 def wake_listeners(store_recorder: ApplicationRecorder) -> None:
-    """NOTIFY the store's channel, as every save does: each subscription listening reads the
-    log again. A subscription reads what is recorded before it starts listening, so an event
-    committed between the two is seen only at the next notification (or this one)."""
+    """NOTIFY the store's channel, as every save does after it: each subscription listening
+    reads the log again. A subscription reads what is recorded before it starts listening, so
+    an event committed between the two is seen only at the next notification (or this one)."""
     recorder = _ours(store_recorder)
     with recorder.datastore.get_connection() as conn:
-        conn.execute(SQL("NOTIFY {}").format(Identifier(recorder.channel_name)))
+        conn.execute(recorder.call_notify)
