@@ -19,18 +19,21 @@ from eventsourcing.persistence import (
     ApplicationRecorder,
     InterfaceError,
     InternalError,
+    Notification,
     OperationalError,
     StoredEvent,
+    Subscription,
 )
 from eventsourcing.postgres import (
     ConnectionPool,
     PostgresApplicationRecorder,
     PostgresDatastore,
     PostgresFactory,
+    PostgresSubscription,
 )
 from eventsourcing.utils import Environment, EnvType, retry
 from psycopg.conninfo import make_conninfo
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier, Literal
 from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
@@ -193,6 +196,61 @@ def ride(datastore: PostgresDatastore, operation: Callable[[], T]) -> T:
     return rider.run(operation) if rider is not None else operation()
 
 
+# Reading by position without the table lock ------------------------------------------------
+#
+# Writers do not serialize on a table lock, so notification ids are not given out in commit
+# order: a reader must not pass a position that a transaction still running may fill. Each
+# row carries its writer's top-level transaction id (``tx``, NULL on rows stored before the
+# column came: all long finished), and a reader that advances by position reads only rows
+# written by transactions older than the oldest one running when it reads (``HORIZON``, the
+# xmin of its own statement's snapshot).
+#
+# That alone could still skip: transaction B takes id 99 and A id 100, A takes position 10
+# and B 11, B commits; a reader sees 11 (99 < xmin = 100) and passes 10 before A commits. So
+# every transaction that writes events takes its transaction id and all its positions in
+# one critical section, under the save lock (``aftersales_save``): across event writers the
+# order of transaction ids is the order of positions. The proof that a reader never passes
+# a row that will be committed later: let the reader's statement run on snapshot S, whose
+# xmin is X, and return a row at position p written by W (committed, tx(W) < X). Any position
+# q < p was taken by W itself (committed with p: in S) or by a transaction V whose critical
+# section came before W's, so tx(V) < tx(W) < X. A transaction older than X is not running at
+# S: V either committed before S (its row at q is in S, and it passes the filter, tx(V) < X)
+# or rolled back (its row at q never exists). So every row the log will ever hold below p is
+# in S and read, in order, before p; the same holds for the highest readable position (the
+# readable head, ``max_notification_id``), so reading up to it later never meets a new row.
+# A transaction that wrote anything before its save would have taken its id outside the
+# critical section, so the save refuses it (``FIRST_WRITE``; the engine's saves are one
+# statement each, and a save is never the second of its transaction). The positions' sequence
+# must hand out values in the order they are asked for, across sessions: no CACHE above 1 (a
+# bigserial's sequence has none).
+HORIZON = "(SELECT pg_snapshot_xmin(pg_current_snapshot()))"
+FIRST_WRITE = "aftersales_save must be its transaction's first write"
+# How long a reader that wants everything committed when it asked waits for transactions
+# older than those rows to end (then it gives what is readable: later, never wrong). Any
+# transaction of the cluster that holds a transaction id counts, so this is well above what
+# the engine's own take (a save, a projection's batch).
+SETTLE_TIMEOUT = 5.0
+# How soon a subscription reads again while committed rows wait behind a running transaction
+# that sends no notification when it ends.
+HELD_POLL = 0.02
+
+
+def readable(alias: str = "") -> str:
+    """The condition on a row of the events table that a reader by position may read it."""
+    tx = f"{alias}.tx" if alias else "tx"
+    return f"({tx} IS NULL OR {tx} < {HORIZON})"
+
+
+def save_lock_key(schema: str) -> SQL | Composed:
+    """The advisory lock key under which a save takes its transaction id and positions: one
+    per store (schema), worked out by the server from the schema's name."""
+    return SQL("hashtextextended({}, 0)").format(Literal(f"aftersales:save:{schema}"))
+
+
+def _quoted(*names: str) -> str:
+    return ".".join('"' + name.replace('"', '""') + '"' for name in names)
+
+
 class PostgresCaseRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
@@ -256,18 +314,33 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         updates = SQL(", ").join(
             SQL("{0} = excluded.{0}").format(Identifier(c)) for c in CASE_COLUMNS[1:]
         )
-        # One call saves everything in one round trip, as one statement in autocommit mode:
-        # the table lock keeps notification ids in commit order (as the library's own insert
-        # does), and is held only for the call itself, not for client round trips. The events
-        # a save builds on (``Head``: id, version, stored bytes) must be stored as they were
-        # read, else nothing is saved (integrity_constraint_violation, as for a lost race).
-        self.sql_create_statements.append(
+        # One call saves everything in one round trip, as one statement in autocommit mode,
+        # without a table lock: notification ids are not given out in commit order, and
+        # readers never pass a position a running transaction may still fill (``HORIZON``).
+        # Under a session-level advisory lock (released inside the call, so not held through
+        # the commit: commits of concurrent writers overlap and share their WAL flushes) the
+        # transaction takes its id and its positions, nothing else; everything else (the
+        # rows, the case index, the command record) comes after. So a lost race (an
+        # aggregate's version already written by a transaction still running) waits for the
+        # winner and fails on the primary key outside the lock, not holding up every writer;
+        # its positions stay empty, and readers pass them once it has ended. Any error or
+        # cancel inside the section releases the lock before it is raised again (the release
+        # is unconditional: a cancel could land between taking the lock and noting it; one
+        # not held only warns), so a pooled connection never keeps it. The events a save
+        # builds on (``Head``: id, version, stored bytes) must
+        # be stored as they were read, else nothing is saved (integrity_constraint_violation,
+        # as for a lost race).
+        self.sql_create_statements += [
+            SQL("ALTER TABLE {schema}.{events} ADD COLUMN IF NOT EXISTS tx xid8").format(**fmt),
+            SQL(
+                "ALTER TABLE {schema}.{events} ALTER COLUMN tx SET DEFAULT pg_current_xact_id()"
+            ).format(**fmt),
             SQL("DROP FUNCTION IF EXISTS {schema}.{save}({old_args})").format(
                 save=Identifier(SAVE_FUNCTION),
                 old_args=SQL("uuid[], bigint[], text[], bytea[], jsonb, jsonb"),
                 **fmt,
-            )
-        )
+            ),
+        ]
         self.sql_create_statements.append(
             SQL(
                 "CREATE OR REPLACE FUNCTION {schema}.{save}("
@@ -276,9 +349,12 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 "head_ids uuid[], head_versions bigint[], head_states bytea[]) "
                 "RETURNS SETOF bigint "
                 "LANGUAGE plpgsql AS $BODY$ "
+                "DECLARE positions bigint[]; "
                 "BEGIN "
                 "  SET LOCAL lock_timeout = '{lock_timeout}s'; "
-                "  LOCK TABLE {schema}.{events} IN EXCLUSIVE MODE; "
+                "  IF pg_current_xact_id_if_assigned() IS NOT NULL THEN "
+                "    RAISE EXCEPTION '{first_write}' USING ERRCODE = 'active_sql_transaction'; "
+                "  END IF; "
                 "  IF head_ids IS NOT NULL AND EXISTS ("
                 "    SELECT 1 FROM unnest(head_ids, head_versions, head_states) "
                 "      AS h(id, version, state) "
@@ -288,6 +364,16 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 "    RAISE EXCEPTION '{built_on_missing}' "
                 "      USING ERRCODE = 'integrity_constraint_violation'; "
                 "  END IF; "
+                "  BEGIN "
+                "    PERFORM pg_advisory_lock({key}); "
+                "    PERFORM pg_current_xact_id(); "
+                "    SELECT array_agg(nextval({sequence}::regclass)) INTO positions "
+                "      FROM generate_series(1, cardinality(ids)); "
+                "    PERFORM pg_advisory_unlock({key}); "
+                "  EXCEPTION WHEN OTHERS OR query_canceled THEN "
+                "    PERFORM pg_advisory_unlock({key}); "
+                "    RAISE; "
+                "  END; "
                 "  IF case_rows IS NOT NULL THEN "
                 "    INSERT INTO {schema}.{cases} SELECT * FROM "
                 "      jsonb_populate_recordset(NULL::{schema}.{cases}, case_rows) "
@@ -297,21 +383,33 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 "    INSERT INTO {schema}.{commands} SELECT * FROM "
                 "      jsonb_populate_recordset(NULL::{schema}.{commands}, command_rows); "
                 "  END IF; "
-                "  NOTIFY {channel}; "
                 "  RETURN QUERY INSERT INTO {schema}.{events} "
-                "    (originator_id, originator_version, topic, state) "
-                "    SELECT * FROM unnest(ids, versions, topics, states) "
+                "    (originator_id, originator_version, topic, state, notification_id, tx) "
+                "    SELECT i, v, t, s, p, pg_current_xact_id() "
+                "    FROM unnest(ids, versions, topics, states, positions) AS r(i, v, t, s, p) "
                 "    RETURNING notification_id; "
                 "END; $BODY$"
             ).format(
                 save=Identifier(SAVE_FUNCTION),
                 lock_timeout=self.datastore.lock_timeout,
+                first_write=SQL(FIRST_WRITE.replace("'", "''")),
                 built_on_missing=SQL(BUILT_ON_MISSING),
-                channel=Identifier(self.channel_name),
+                key=save_lock_key(self.datastore.schema),
+                sequence=Literal(
+                    _quoted(self.datastore.schema, f"{self.events_table_name}_notification_id_seq")
+                ),
                 updates=updates,
                 **fmt,
             )
         )
+        # Listeners are woken after the save, in a transaction of its own that does not wait
+        # for its commit to be flushed: PostgreSQL serializes the commits of transactions that
+        # NOTIFY (a lock held through the commit, so notifications queue in commit order),
+        # which inside the save would make saves commit one at a time again. A wake-up lost
+        # with its process is made good by the followers' polling (projections.runner).
+        self.call_notify = SQL(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify({}, '')"
+        ).format(Literal(self.channel_name))
         self.call_save = SQL(
             "SELECT * FROM {schema}.{save}"
             "(%b, %b::bigint[], %b, %b, %s, %s, %b::uuid[], %b::bigint[], %b::bytea[])"
@@ -329,15 +427,19 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         quarantine = f'"{schema}".{QUARANTINE_TABLE}'
         with self.datastore.transaction(commit=True) as curs:
             # Tables that came later than the rest (the access tables, the quarantine, the
-            # desk's sessions): a store made before has to get them.
+            # desk's sessions) and the events' transaction ids (with the save function that
+            # writes them): a store made before has to get them.
             curs.execute(
                 "SELECT to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
-                "AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AS found",
+                "AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
+                "AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                "AND attname = 'tx' AND NOT attisdropped) AS found",
                 (
                     save,
                     f'"{schema}".{ACCESS_LOG_TABLE}',
                     quarantine,
                     f'"{schema}".{SESSIONS_TABLE}',
+                    _quoted(schema, self.events_table_name),
                 ),
             )
             row = curs.fetchone()
@@ -356,6 +458,119 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
                 if not (is_type and type_exists):
                     curs.execute(statement, prepare=False)
         self.datastore.register_type_adapters()
+
+    # Reading by position: never past the horizon ----------------------------------------------
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """The library's reading of the log, of readable rows only (see ``HORIZON``). Rows
+        committed when it is called but held behind an older transaction still running are
+        waited for (``settle``), so a reader that acts and then reads sees its own events."""
+        where = [SQL(readable())]
+        params: list[Any] = []
+        if start is not None:
+            where.append(
+                SQL("notification_id >= %s" if inclusive_of_start else "notification_id > %s")
+            )
+            params.append(start)
+        if stop is not None:
+            where.append(SQL("notification_id <= %s"))
+            params.append(stop)
+        if topics:
+            where.append(SQL("topic = ANY(%s)"))
+            params.append(list(topics))
+        statement = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {}.{} WHERE {} ORDER BY notification_id LIMIT %s"
+        ).format(
+            Identifier(self.datastore.schema),
+            Identifier(self.events_table_name),
+            SQL(" AND ").join(where),
+        )
+        params.append(limit)
+
+        def run() -> list[Notification]:
+            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(statement, params, prepare=True)
+                return [
+                    Notification(
+                        id=row["notification_id"],
+                        originator_id=row["originator_id"],
+                        originator_version=row["originator_version"],
+                        topic=row["topic"],
+                        state=bytes(row["state"]),
+                    )
+                    for row in curs.fetchall()
+                ]
+
+        found = run()
+        if len(found) < limit:
+            readable_head, committed = self.heads()
+            target = committed if stop is None else min(committed, stop)
+            if target > readable_head and self.settle(target) > readable_head:
+                found = run()
+        return found
+
+    def max_notification_id(self) -> int | None:
+        """The readable head: the highest position below which every row the log will ever
+        hold is committed and readable (see ``HORIZON``). Rows committed when it is called
+        but held behind an older transaction are waited for (``settle``), so the head covers
+        what was committed before the call, as with the table lock it did."""
+        readable_head, committed = self.heads()
+        if committed > readable_head:
+            readable_head = self.settle(committed)
+        return readable_head or None
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def heads(self) -> tuple[int, int]:
+        """The readable head and the highest committed position (0: none)."""
+        statement = SQL(
+            "SELECT (SELECT max(notification_id) FROM {0}.{1} WHERE {2}) AS readable, "
+            "(SELECT max(notification_id) FROM {0}.{1}) AS committed"
+        ).format(
+            Identifier(self.datastore.schema), Identifier(self.events_table_name), SQL(readable())
+        )
+
+        def run() -> tuple[int, int]:
+            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(statement, prepare=True)
+                row = curs.fetchone()
+                assert row is not None
+                return int(row["readable"] or 0), int(row["committed"] or 0)
+
+        return run()
+
+    def settle(self, target: int) -> int:
+        """Wait until the readable head reaches ``target`` (a committed position: the
+        transactions older than it that still run end, most within milliseconds), at most
+        ``SETTLE_TIMEOUT`` seconds; the readable head then."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        pause = 0.001
+        while True:
+            heads: tuple[int, int] = self.heads()
+            readable_head = heads[0]
+            if readable_head >= target or time.monotonic() >= deadline:
+                return readable_head
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    def held_back(self) -> bool:
+        """Whether committed rows wait behind a transaction still running."""
+        heads: tuple[int, int] = self.heads()
+        return heads[1] > heads[0]
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        return HorizonSubscription(recorder=self, gt=gt, topics=topics)
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -394,7 +609,24 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.call_save, params, prepare=True, binary=True)
-            return [row[SAVE_FUNCTION] for row in curs.fetchall()]
+            saved = [row[SAVE_FUNCTION] for row in curs.fetchall()]
+            with contextlib.suppress(psycopg.Error):  # saved all the same
+                curs.execute(self.call_notify, prepare=True)
+            return saved
+
+
+class HorizonSubscription(PostgresSubscription):
+    """The library's subscription, woken by the store's notifications, that also reads again
+    soon while committed rows wait behind a transaction still running: when that transaction
+    is not a save (or is another database's) its end sends no notification."""
+
+    def _pull(self) -> None:
+        super()._pull()
+        recorder = self._recorder
+        assert isinstance(recorder, PostgresCaseRecorder)
+        if not self._has_been_stopped and recorder.held_back():
+            self._has_been_notified.wait(HELD_POLL)
+            self._has_been_notified.set()
 
 
 def _jsonable(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -556,9 +788,9 @@ def select_events_with_index(
 
 
 def wake_listeners(store_recorder: ApplicationRecorder) -> None:
-    """NOTIFY the store's channel, as every save does: each subscription listening reads the
-    log again. A subscription reads what is recorded before it starts listening, so an event
-    committed between the two is seen only at the next notification (or this one)."""
+    """NOTIFY the store's channel, as every save does after it: each subscription listening
+    reads the log again. A subscription reads what is recorded before it starts listening, so
+    an event committed between the two is seen only at the next notification (or this one)."""
     recorder = _ours(store_recorder)
     with recorder.datastore.get_connection() as conn:
-        conn.execute(SQL("NOTIFY {}").format(Identifier(recorder.channel_name)))
+        conn.execute(recorder.call_notify)

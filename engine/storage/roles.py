@@ -5,8 +5,8 @@ roles``), run by the store's owner (or a superuser) on one schema.
   granted SELECT and INSERT on the events table only, and a trigger refuses UPDATE, DELETE and
   TRUNCATE of that table to everyone, its owner included (defence in depth: a role granted too
   much later, or the owner's own mistake, still cannot rewrite history). The save call runs as
-  the function's owner (``SECURITY DEFINER``, with a fixed ``search_path``) because the table lock
-  it takes needs more than INSERT; the engine may only EXECUTE it. The engine's own tables (the
+  the function's owner (``SECURITY DEFINER``, with a fixed ``search_path``), whatever the
+  engine's grants say; the engine may only EXECUTE it. The engine's own tables (the
   case index, the projections, tracking, principals, keys, sessions, checkpoints) it may change;
   the command record and the access log it may only append to. It may CREATE in the schema, so
   projections and checkpoints make their tables as before (owned by it; the events table is
