@@ -10,7 +10,13 @@ Floors, measured alike: the libraries' top modules imported alone; the least a P
 this design loads (click, psycopg, the library's persistence, pydantic with one model); and every
 module outside the project that `case show` loads on each backend, imported and nothing else.
 
+A command's own start (issue 27): `order show` and `case show` on SQLite against the libraries a
+SQLite read chooses, imported alone (`import click, pydantic, eventsourcing.sqlite, sqlite3`) in
+the same run; the goal is at most 0.1 s over that floor. `--sqlite-only` measures just these
+(no PostgreSQL needed).
+
     python scripts/bench_startup.py [--runs 15] [--postgres postgresql://127.0.0.1:5432/test]
+    python scripts/bench_startup.py --sqlite-only [--runs 21]
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--postgres", default="postgresql://127.0.0.1:5432/test")
+    parser.add_argument(
+        "--sqlite-only",
+        action="store_true",
+        help="Only the SQLite reads against their floor (a command's own start).",
+    )
     return parser
 
 
@@ -53,6 +64,10 @@ GOALS = {
 }
 
 SQLITE_LIBRARIES = "click, pydantic, eventsourcing.application, eventsourcing.sqlite"
+# The floor a command's own start is measured against (issue 27): the libraries a SQLite read
+# chooses, imported and nothing else; `order show` and `case show` on SQLite within 0.1 s of it.
+OWN_START_FLOOR = "click, pydantic, eventsourcing.sqlite, sqlite3"
+OWN_START_GOAL = 0.1
 POSTGRES_LIBRARIES = f"{SQLITE_LIBRARIES}, psycopg, eventsourcing.postgres"
 # The least any PostgreSQL read of this design loads: click for the command line, psycopg for the
 # server, the library's persistence, and pydantic with one model (events are pydantic models).
@@ -75,6 +90,30 @@ def timed(rows: dict[str, list[str]], runs: int) -> dict[str, float]:
             subprocess.run(argv, check=True, capture_output=True)
             times[name].append(time.perf_counter() - started)
     return {name: statistics.median(each) for name, each in times.items()}
+
+
+def own_start(program: list[str], runs: int) -> None:
+    """`order show` and `case show` on a small SQLite store against the libraries' floor, in
+    one run: each figure and its difference from the floor."""
+    with tempfile.TemporaryDirectory() as folder:
+        sqlite = f"sqlite:///{Path(folder) / 'bench.db'}"
+        case_id = one_case(sqlite)
+        rows = {
+            "floor": [sys.executable, "-c", f"import {OWN_START_FLOOR}"],
+            "order show (SQLite)": [*program, "--store", sqlite, "order", "show", "B-1"],
+            "case show (SQLite)": [*program, "--store", sqlite, "case", "show", case_id],
+        }
+        results = timed(rows, runs)
+    floor = results.pop("floor")
+    print(f"median of {runs} runs each; floor (import {OWN_START_FLOOR}): {floor:.3f} s")
+    print(f"{'command':<22} {'wall s':>7} {'over floor':>11} {'ratio':>6} {'goal':>6}  met")
+    for name, seconds in results.items():
+        over = seconds - floor
+        met = "yes" if over <= OWN_START_GOAL else "no"
+        print(
+            f"{name:<22} {seconds:>7.3f} {over:>11.3f} {seconds / floor:>6.2f} "
+            f"{OWN_START_GOAL:>6.2f}  {met}"
+        )
 
 
 def one_case(url: str) -> str:
@@ -122,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     # (as on some machines), when every command would compile the project's sources again.
     for package in (aftersales.engine, aftersales.projections, aftersales.commands):
         compileall.compile_dir(Path(package.__file__ or "").parent, quiet=1)
+    if args.sqlite_only:
+        own_start(program, args.runs)
+        return 0
     with (
         tempfile.TemporaryDirectory() as folder,
         scratch_schema(args.postgres, "bench_startup") as postgres,
@@ -167,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         met = "yes" if over <= goal else "no"
         print(f"{name:<26} {seconds:>7.3f} {over:>10.3f} {goal:>6.2f}  {met}")
+    print()
+    own_start(program, args.runs)
     return 0
 
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from aftersales.commands.cli.main import COMMANDS, cli, load_command
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import OpenCase, new_case_id
-from tests.conftest import PG_URL, at, place_delivered, schema_url
+from tests.conftest import PG_URL, at, place_delivered, recently, schema_url
 
 
 def invoke(*args: str) -> click.testing.Result:
@@ -77,6 +77,58 @@ def test_a_sqlite_store_loads_nothing_of_postgresql(store_url: str) -> None:
     assert out.returncode == 0, out.stderr
     said = [line for line in out.stdout.splitlines() if line.startswith("PG ")]
     assert said == [f"PG {expected}"] * len(runs), out.stdout
+
+
+# What a read loads beside the engine: nothing of the other commands. (Each of these was, or
+# would be, a few hundredths of a second on every start; see docs/performance.md.)
+NOT_FOR_A_READ = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "jinja2",
+    "orjson",
+    "cryptography",
+    "nats",
+    "psycopg",
+    "eventsourcing.postgres",
+    "multiprocessing",
+    "concurrent.futures",
+    "aftersales.projections",
+    "aftersales.commands.http",
+    "aftersales.commands.desk",
+    "aftersales.engine.integrity",
+    "aftersales.engine.application.bulk",
+    "aftersales.engine.application.workers",
+    "aftersales.commands.cli.imports",
+)
+
+
+def test_a_read_on_sqlite_loads_only_what_it_uses(tmp_path: Path) -> None:
+    """`order show` and `case show` on a SQLite store, run as a process runs them (the console
+    entry, main()), import none of the modules other commands need, and leave the garbage
+    collector on once the command is loaded (main() holds it only while modules load)."""
+    url = f"sqlite:///{tmp_path / 'start.db'}"
+    with Engine(url) as engine:
+        place_delivered(engine, "KS-1", delivered_at=recently())
+        case_id = engine.handle(
+            OpenCase(order_id="KS-1", type="refund_only", reason="quality.colour", amount="5")
+        )["case_id"]
+    for args in (["order", "show", "KS-1"], ["case", "show", case_id]):
+        probe = (
+            "import gc, sys\n"
+            "from aftersales.commands.cli.main import main\n"
+            f"sys.argv = ['aftersales', '--store', {url!r}, *{args!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            f"print('LOADED', [m for m in {NOT_FOR_A_READ!r} if m in sys.modules])\n"
+            "print('COLLECTOR', gc.isenabled())\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert "KS-1" in out.stdout
+        assert lines[-2:] == ["LOADED []", "COLLECTOR True"], (args, lines[-2:])
 
 
 def test_completion_scripts_and_completing_commands() -> None:

@@ -8,9 +8,10 @@ line or an HTTP body refuses, with the same message.
 
 from __future__ import annotations
 
+import importlib
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -147,18 +148,33 @@ class ActionGroup(click.Group):
     a click command only when it is asked for: a process runs one of them, and building all
     twenty would be a fiftieth of its start."""
 
-    def __init__(self, name: str, kinds: Iterable[type[Command]], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        kinds: Iterable[type[Command]],
+        others: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, **kwargs)
         self.kinds = {
             k.name.removeprefix(f"{name} "): k for k in kinds if k.name.startswith(f"{name} ")
         }
+        # The group's other commands by name: "module:attribute", imported when asked for (as
+        # the top-level commands are), so that running one action does not load, say, the bulk
+        # import's machinery.
+        self.others = dict(others or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *self.kinds})
+        return sorted({*self.commands, *self.kinds, *self.others})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.kinds:
             self.add_command(click_command(self.kinds[cmd_name]))
+        elif cmd_name not in self.commands and cmd_name in self.others:
+            module_name, _, attr = self.others[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attr)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
         return super().get_command(ctx, cmd_name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
@@ -133,8 +134,21 @@ class AftersalesGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
+    # Set by main(), which starts a process with the cyclic garbage collector off.
+    collector_held = False
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return load_command(cmd_name) if cmd_name in COMMANDS else None
+        if cmd_name not in COMMANDS:
+            return None
+        command = load_command(cmd_name)
+        if self.collector_held:
+            # What the command's modules built lives as long as the process: kept out of the
+            # collector's reach from now on (which also spares the collections Python runs on
+            # exit a pass over it), then collection as usual, for commands that run long.
+            self.collector_held = False
+            gc.freeze()
+            gc.enable()
+        return command
 
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
         names = [
@@ -218,6 +232,12 @@ def cli(ctx: click.Context, /, store: str | None, policy_path: str | None, tz: s
 
 
 def main() -> None:
+    # A process starts by importing its command's modules: hundreds of thousands of objects
+    # (classes, pydantic's schemas, functions) that live until it exits. The cyclic collector
+    # would walk them again and again while they are made, for no garbage: it is off until the
+    # command is loaded (AftersalesGroup.get_command turns it back on).
+    gc.disable()
+    cli.collector_held = True
     cli.main()
 
 

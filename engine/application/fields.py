@@ -3,8 +3,6 @@ value checked against its bounds (engine/domain/limits.py) and named by the key 
 gave it in refusals.
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime

@@ -12,8 +12,6 @@ A case action knows which domain method it calls (``apply``), so adding an actio
 command, its rule in the transition table and its event.
 """
 
-from __future__ import annotations
-
 import hashlib
 from collections.abc import Mapping
 from enum import StrEnum

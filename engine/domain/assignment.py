@@ -15,8 +15,6 @@ the case's version (a member's ``--expected-version`` still holds), never races 
 action on it, and leaves the case's transitions and its audit bundle as they are.
 """
 
-from __future__ import annotations
-
 import hashlib
 from collections.abc import Iterable
 from decimal import Decimal
@@ -96,7 +94,7 @@ class CaseAssignment(Aggregate):
     @classmethod
     def start(
         cls, case_id: UUID, merchant_id: str, member: str, how: How, act: Act
-    ) -> CaseAssignment:
+    ) -> "CaseAssignment":
         return cls._create_sealed(
             AssignmentStarted,
             id=assignment_uuid(case_id),

@@ -11,8 +11,6 @@ The policy (``Policy.instant_refund``) says how many disputes lost, over how man
 leave a buyer in good standing.
 """
 
-from __future__ import annotations
-
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid5
@@ -77,7 +75,7 @@ class Buyer(Aggregate):
         lost: list[tuple[UUID, datetime]]
 
     @classmethod
-    def note(cls, buyer_id: str, act: Act) -> Buyer:
+    def note(cls, buyer_id: str, act: Act) -> "Buyer":
         if not buyer_id.strip():
             raise BadInput("a buyer needs an id")
         return cls._create_sealed(
@@ -131,7 +129,7 @@ class Buyer(Aggregate):
         }
 
 
-def refusal(buyer: Buyer | None, rules: InstantRefund, at: datetime) -> str | None:
+def refusal(buyer: Buyer | None, rules: "InstantRefund", at: datetime) -> str | None:
     """Why a buyer (None: one the platform has no record of, in good standing) may not be
     refunded at once, by the policy's rules, at ``at``; None if they may."""
     if buyer is None:

@@ -5,8 +5,6 @@ Their stored topics keep the module they were first written from (``engine.case:
 a topic is part of each stored event's hash (engine/domain/events.py).
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal

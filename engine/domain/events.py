@@ -5,8 +5,6 @@ Each event carries, besides the library's id, version and ``timestamp`` (when it
 key that makes a retried command change nothing. Events are stored as plain JSON of these fields.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 from collections.abc import Mapping
@@ -367,7 +365,7 @@ class Act:
     command_id: str
     recorded_at: datetime
 
-    def by(self, role: Role, actor_id: str) -> Act:
+    def by(self, role: Role, actor_id: str) -> "Act":
         """The same circumstances for another actor (what a rule, the system or the buyer
         records within an action the engine takes for them)."""
         return replace(self, actor=Actor(role=role, id=actor_id))

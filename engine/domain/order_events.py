@@ -4,8 +4,6 @@ Their stored topics keep the module they were first written from (``engine.order
 a topic is part of each stored event's hash (engine/domain/events.py).
 """
 
-from __future__ import annotations
-
 from decimal import Decimal
 from uuid import UUID
 

@@ -5,8 +5,6 @@ defaults built in below, which are the article's. Its version, name plus a hash 
 recorded on every event whose deadline it set, so an audit years later knows which rules applied.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 from datetime import datetime, time, timedelta, tzinfo

@@ -12,8 +12,6 @@ setting has a history an audit can show.
   assigned (``round_robin`` or ``by_rule``).
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Iterable
 from decimal import Decimal
@@ -198,7 +196,7 @@ class Shop(Aggregate):
         assign_mode: AssignMode
 
     @classmethod
-    def open(cls, merchant_id: str, act: Act) -> Shop:
+    def open(cls, merchant_id: str, act: Act) -> "Shop":
         if not merchant_id.strip():
             raise BadInput("a shop needs its merchant's id")
         return cls._create_sealed(
@@ -269,7 +267,7 @@ class Shop(Aggregate):
     def set_rule(
         self,
         act: Act,
-        policy: Policy,
+        policy: "Policy",
         *,
         rule_id: str,
         types: tuple[CaseType, ...],
@@ -306,7 +304,7 @@ class Shop(Aggregate):
 
     def rule_for(
         self,
-        policy: Policy,
+        policy: "Policy",
         case_type: CaseType,
         reason: str,
         amount: Decimal,

@@ -1,7 +1,5 @@
 """Value types shared by the domain: roles, statuses, money and times."""
 
-from __future__ import annotations
-
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
