@@ -131,12 +131,14 @@ class ReadStore:
     def where(self, store: AftersalesStore) -> dict[str, Any]:
         """What one server has: whether it is a standby, its WAL position (replayed, on a
         standby), the time of the last transaction it replayed, its log position, its now."""
+        from aftersales.engine.storage.postgres import readable  # a read store is PostgreSQL
+
         table = store.recorder.events_table_name  # type: ignore[attr-defined]
         (row,) = store.query(
             "SELECT pg_is_in_recovery() AS standby, (CASE WHEN pg_is_in_recovery() "
             f"THEN pg_last_wal_replay_lsn() ELSE {WAL_END} END)::text AS lsn, "
             "pg_last_xact_replay_timestamp() AS replayed_at, now() AS now, "
-            f"(SELECT max(notification_id) FROM {{t}}{table}) AS position"
+            f"(SELECT max(notification_id) FROM {{t}}{table} WHERE {readable()}) AS position"
         )
         return {**row, "position": int(row["position"] or 0)}
 
