@@ -201,8 +201,16 @@ def _digest(
     )
     for part in body:
         digest.update(part)
-    digest.update(f',"topic":{_canonical(topic)}}}'.encode())
+    tail = _TOPIC_TAILS.get(topic)
+    if tail is None:
+        tail = f',"topic":{_canonical(topic)}}}'.encode()
+        if len(_TOPIC_TAILS) < 1000:  # the classes' topics; any other is encoded each time
+            _TOPIC_TAILS[topic] = tail
+    digest.update(tail)
     return digest.hexdigest()
+
+
+_TOPIC_TAILS: dict[str, bytes] = {}
 
 
 def chain_hash(
