@@ -183,7 +183,10 @@ def test_every_recorded_event_encodes_again_byte_for_byte() -> None:
 def test_the_canonical_encoding_escapes_every_character_as_the_json_module_does() -> None:
     """orjson, which seals events, and the json module, which the canonical form is defined by,
     write every character the same (in a string and in a key), and sort keys alike."""
+    import aftersales.engine.storage.event_mapper  # noqa: F401 (installs orjson for sealing)
     from aftersales.engine.domain import events
+
+    assert events.FAST_CANONICAL is not None
 
     points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
     for start in range(0, len(points), 4096):

@@ -7,8 +7,7 @@ key that makes a retried command change nothing. Events are stored as plain JSON
 
 import hashlib
 import json
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,7 +25,6 @@ from typing import (
 )
 from uuid import UUID
 
-import orjson
 from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggregate
 from eventsourcing.utils import register_topic
 from pydantic import BaseModel, ConfigDict
@@ -119,23 +117,26 @@ def stored_state(event: BaseModel) -> dict[str, Any]:
 # made once (``json.dumps`` with options builds a new one per call).
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
-# The same bytes from orjson, a tenth of the time (the largest part of sealing an event, so of
-# every write path): compact, UTF-8 as is, keys sorted by code point, every character escaped as
-# the json module escapes it (checked for each one by tests/test_recorded_store.py). Its output
-# differs only for floats (``1e16`` where the json module writes ``1e+16``, ``null`` for NaN),
-# so it writes only the events of classes whose stored JSON cannot hold one (``_orjson_safe``);
-# what it refuses (an integer beyond 64 bits, a lone surrogate, a depth over 254) goes to the
-# json module. With AFTERSALES_CHECK_ENCODERS=1 in the environment (the tests set it, for every
-# process they start), every event sealed is encoded both ways and the two compared.
-CHECK_ENCODERS = os.environ.get("AFTERSALES_CHECK_ENCODERS") == "1"
-_SORTED = orjson.OPT_SORT_KEYS
+# The same bytes a tenth of the time (the largest part of sealing an event, so of every write
+# path): orjson's sorted-key encoding, installed by the storage layer
+# (engine/storage/event_mapper.py; the domain imports no JSON library of its own). It writes
+# every character and key order as the json module does (checked for each character by
+# tests/test_recorded_store.py) and differs only for floats (``1e16`` where the json module
+# writes ``1e+16``, ``null`` for NaN), so it writes only the events of classes whose stored JSON
+# cannot hold one (``_orjson_safe``); what it refuses (an integer beyond 64 bits, a lone
+# surrogate, a depth over 254) goes to the json module. With CHECK_ENCODERS (the tests set it,
+# in every process they start: AFTERSALES_CHECK_ENCODERS=1), every event sealed is encoded both
+# ways and the two compared.
+FAST_CANONICAL: Callable[[dict[str, Any]], bytes] | None = None
+CHECK_ENCODERS = False
 
 
 def canonical_bytes(state: dict[str, Any], *, floats: bool = True) -> bytes:
     """``_canonical(state)`` in UTF-8; ``floats``: the state may hold a float."""
-    if not floats:
+    fast = FAST_CANONICAL
+    if fast is not None and not floats:
         try:
-            encoded = orjson.dumps(state, option=_SORTED)
+            encoded = fast(state)
         except TypeError:  # orjson.JSONEncodeError: what it cannot write, the json module does
             pass
         else:
