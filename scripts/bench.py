@@ -719,20 +719,7 @@ class Bench:
                     1000 / self.raw["insert1"],
                 )
             )
-            due = min(5_000, built)
-            now = TICK_T0 + REVIEW + timedelta(seconds=due - 1)
-            started = time.perf_counter()
-            fired = tick(engine, now)
-            rate = len(fired.fired) / (time.perf_counter() - started)
-            self.add(
-                Row(
-                    f"tick firing {len(fired.fired):,} due deadlines",
-                    rate,
-                    "/s",
-                    "INSERT commits/s, 1 conn",
-                    self.raw["insert1"],
-                )
-            )
+            self.fire_due(engine, built, "")
             case_id = fifty_event_case(engine)
             audit = _median(lambda: audit_case(engine.store, case_id), 50)
             self.add(Row(f"audit of one 50-event case among {built:,}", audit * 1000, "ms"))
@@ -742,32 +729,39 @@ class Bench:
             board = _median(lambda: dashboard(engine.store, "shop-7", at), 20)
             self.add(Row("dashboard query, one merchant", board * 1000, "ms"))
 
+    def fire_due(self, engine: Engine, built: int, note: str) -> None:
+        """One tick firing the first 5,000 (or all) of ``bench_tick.build``'s open cases'
+        deadlines, in groups: deadlines fired per second."""
+        from aftersales.engine.application.tick import tick
+        from scripts.bench_tick import REVIEW
+        from scripts.bench_tick import T0 as TICK_T0
+
+        due = min(5_000, built)
+        now = TICK_T0 + REVIEW + timedelta(seconds=due - 1)
+        started = time.perf_counter()
+        fired = tick(engine, now)
+        rate = len(fired.fired) / (time.perf_counter() - started)
+        self.add(
+            Row(
+                f"tick firing {len(fired.fired):,} due deadlines{note}",
+                rate,
+                "/s",
+                "INSERT commits/s, 1 conn",
+                self.raw["insert1"],
+            )
+        )
+
     def tick_firing(self) -> None:
         """The tick firing due deadlines in groups, on a store of its own of open cases (a
         smaller one than ``large_store``'s: the firing does not depend on the store's size)."""
-        from aftersales.engine.application.tick import tick
-        from scripts.bench_tick import REVIEW, build
-        from scripts.bench_tick import T0 as TICK_T0
+        from scripts.bench_tick import build
 
         schema = f"{self.schema}_tick"
         url = f"{self.base_url}?schema={schema}"
         try:
             with Engine(url) as engine:
                 built, _, _ = build(engine, self.n(20_000), 2_000, 3_600)
-                due = min(5_000, built)
-                now = TICK_T0 + REVIEW + timedelta(seconds=due - 1)
-                started = time.perf_counter()
-                fired = tick(engine, now)
-                rate = len(fired.fired) / (time.perf_counter() - started)
-                self.add(
-                    Row(
-                        f"tick firing {len(fired.fired):,} due deadlines (among {built:,})",
-                        rate,
-                        "/s",
-                        "INSERT commits/s, 1 conn",
-                        self.raw["insert1"],
-                    )
-                )
+                self.fire_due(engine, built, f" (among {built:,})")
         finally:
             with self.conn() as c:
                 c.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
