@@ -70,6 +70,13 @@ def arguments() -> argparse.ArgumentParser:
         "and 4 clients (a minute or two).",
     )
     parser.add_argument(
+        "--only-write",
+        action="store_true",
+        help="The raw baselines and the write paths: single actions, what the checks cost an "
+        "action (its client CPU), order import, import-history, and the tick firing due "
+        "deadlines in groups on a store of 20,000 open cases (times --scale).",
+    )
+    parser.add_argument(
         "--only-checks",
         action="store_true",
         help="The raw baselines and what the invariants and read checks cost an action.",
@@ -712,20 +719,7 @@ class Bench:
                     1000 / self.raw["insert1"],
                 )
             )
-            due = min(5_000, built)
-            now = TICK_T0 + REVIEW + timedelta(seconds=due - 1)
-            started = time.perf_counter()
-            fired = tick(engine, now)
-            rate = len(fired.fired) / (time.perf_counter() - started)
-            self.add(
-                Row(
-                    f"tick firing {len(fired.fired):,} due deadlines",
-                    rate,
-                    "/s",
-                    "INSERT commits/s, 1 conn",
-                    self.raw["insert1"],
-                )
-            )
+            self.fire_due(engine, built, "")
             case_id = fifty_event_case(engine)
             audit = _median(lambda: audit_case(engine.store, case_id), 50)
             self.add(Row(f"audit of one 50-event case among {built:,}", audit * 1000, "ms"))
@@ -734,6 +728,43 @@ class Bench:
             at = datetime.now(UTC)
             board = _median(lambda: dashboard(engine.store, "shop-7", at), 20)
             self.add(Row("dashboard query, one merchant", board * 1000, "ms"))
+
+    def fire_due(self, engine: Engine, built: int, note: str) -> None:
+        """One tick firing the first 5,000 (or all) of ``bench_tick.build``'s open cases'
+        deadlines, in groups: deadlines fired per second."""
+        from aftersales.engine.application.tick import tick
+        from scripts.bench_tick import REVIEW
+        from scripts.bench_tick import T0 as TICK_T0
+
+        due = min(5_000, built)
+        now = TICK_T0 + REVIEW + timedelta(seconds=due - 1)
+        started = time.perf_counter()
+        fired = tick(engine, now)
+        rate = len(fired.fired) / (time.perf_counter() - started)
+        self.add(
+            Row(
+                f"tick firing {len(fired.fired):,} due deadlines{note}",
+                rate,
+                "/s",
+                "INSERT commits/s, 1 conn",
+                self.raw["insert1"],
+            )
+        )
+
+    def tick_firing(self) -> None:
+        """The tick firing due deadlines in groups, on a store of its own of open cases (a
+        smaller one than ``large_store``'s: the firing does not depend on the store's size)."""
+        from scripts.bench_tick import build
+
+        schema = f"{self.schema}_tick"
+        url = f"{self.base_url}?schema={schema}"
+        try:
+            with Engine(url) as engine:
+                built, _, _ = build(engine, self.n(20_000), 2_000, 3_600)
+                self.fire_due(engine, built, f" (among {built:,})")
+        finally:
+            with self.conn() as c:
+                c.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
 
     def run(self, parts: list[Callable[[], None]]) -> None:
         try:
@@ -996,6 +1027,15 @@ def main() -> None:
         parts = [bench.raw_baselines, bench.http_actions]
     elif args.only_single:
         parts = [bench.raw_baselines, bench.statements_floor, bench.single_actions]
+    elif args.only_write:
+        parts = [
+            bench.raw_baselines,
+            bench.single_actions,
+            bench.checks_cost,
+            bench.order_import,
+            bench.history,
+            bench.tick_firing,
+        ]
     elif args.only_checks:
         parts = [bench.raw_baselines, bench.checks_cost]
     elif not args.skip_large:

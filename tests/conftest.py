@@ -22,8 +22,14 @@ import psycopg
 import pytest
 from psycopg.sql import SQL, Identifier, Literal
 
+import aftersales.engine.domain.events as domain_events
 from aftersales.engine.application.handler import Engine
 from aftersales.engine.application.requests import DeliverOrder, OpenCase, PlaceOrder
+
+# Every event sealed in the tests, in this process and those it starts, is encoded both by orjson
+# and by the json module, and the two compared (engine/domain/events.py).
+os.environ["AFTERSALES_CHECK_ENCODERS"] = "1"
+domain_events.CHECK_ENCODERS = True
 
 PG_URL = os.environ.get("AFTERSALES_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 CST = timezone(timedelta(hours=8))

@@ -140,3 +140,59 @@ def test_a_checkpoint_over_the_recorded_log_verifies(
     assert taken.head is not None and taken.head.size == RECORDED_EVENTS
     check = verify_log(engine.store, public, full=True)
     assert check.problems == []
+
+
+def test_every_recorded_event_encodes_again_byte_for_byte() -> None:
+    """Every recorded event, read back as its class and encoded by the engine as it seals
+    events (orjson, engine/domain/events.py), is exactly the bytes it was stored as (less the
+    fields its class gained since, read with their defaults), and what the json module writes;
+    sealed again on the hash before it, an event whose class has not changed since gets the same
+    hash and the same stored bytes."""
+    from aftersales.engine.domain import events
+    from aftersales.engine.storage.event_mapper import JsonTranscoder, PydanticMapper
+
+    mapper = PydanticMapper(transcoder=JsonTranscoder())
+    previous: dict[str, str] = {}
+    encoded = resealed = 0
+    for row in recorded_rows():
+        if row["table"] != "events":
+            continue
+        uid, version = UUID(row["originator_id"]), row["originator_version"]
+        stored = row["state"].encode("utf-8")
+        event = mapper.decode(uid, version, row["topic"], stored)
+        assert events._orjson_safe(type(event)), type(event)
+        state = events.stored_state(event)
+        added = set(state) - set(json.loads(stored))
+        for name in added:  # a field added since: read with its default
+            assert getattr(event, name) == type(event).model_fields[name].default, name
+            del state[name]
+        state.pop("hash")
+        body = events.canonical_bytes(state, floats=False)
+        assert body == events._canonical(state).encode("utf-8")
+        assert stored == body[:-1] + b',"hash":"' + event.hash.encode() + b'"}', row["topic"]
+        before = previous.get(row["originator_id"], events.GENESIS_HASH)
+        if not added:
+            again = events._sealed(event.model_copy(update={"hash": ""}), before)
+            assert again.hash == event.hash and events.stored_json(again) == stored
+            resealed += 1
+        previous[row["originator_id"]] = event.hash
+        encoded += 1
+    assert encoded == RECORDED_EVENTS and resealed == 86  # the others gained a field since
+
+
+def test_the_canonical_encoding_escapes_every_character_as_the_json_module_does() -> None:
+    """orjson, which seals events, and the json module, which the canonical form is defined by,
+    write every character the same (in a string and in a key), and sort keys alike."""
+    import aftersales.engine.storage.event_mapper  # noqa: F401 (installs orjson for sealing)
+    from aftersales.engine.domain import events
+
+    assert events.FAST_CANONICAL is not None
+
+    points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(points), 4096):
+        text = "".join(chr(c) for c in points[start : start + 4096])
+        state = {text: text, "k": [text[:7], {text[-9:]: 1}], text[::-1]: None}
+        assert events.canonical_bytes(state, floats=False) == events._canonical(state).encode()
+    # What orjson cannot write goes to the json module.
+    big = {"n": 2**70, "m": -(2**64)}
+    assert events.canonical_bytes(big, floats=False) == events._canonical(big).encode()

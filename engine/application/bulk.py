@@ -9,6 +9,8 @@ is streamed and the session keeps a bounded cache.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -95,6 +97,25 @@ class Item(Generic[T]):
     payload: T | AftersalesError  # an input that could not even be parsed carries its error
 
 
+# The cyclic garbage collector's first threshold on bulk paths: objects allocated, less those
+# freed, before a young collection. The default (700) ran one every few items, each walking a
+# chunk's live events and aggregates, with a full collection of the whole session every hundred
+# or so: a sixth of an order import's CPU. Garbage without cycles (nearly all of it) is freed
+# at once whatever the threshold; the session's cache is bounded, so memory stays flat.
+BULK_GC_THRESHOLD = 20_000
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The garbage collector's young threshold raised for a bulk run, restored after it."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], BULK_GC_THRESHOLD), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def _chunks(items: Iterable[Item[T]], size: int) -> Iterator[list[Item[T]]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -119,6 +140,23 @@ def run_bulk(
     saved its part of the chunk before the one just done (so ``owners`` must know what the
     last chunk it saw opened); and an item that reads the store as a whole (``barrier``) is
     run by worker 0 alone once everything before it is saved everywhere."""
+    with _fewer_collections():
+        return _run_bulk(
+            engine, items, apply, ids, command_ids, barrier, chunk_size, progress, share
+        )
+
+
+def _run_bulk(
+    engine: Engine,
+    items: Iterable[Item[T]],
+    apply: Callable[[Engine, T], None],
+    ids: Callable[[T], Iterable[UUID]],
+    command_ids: Callable[[T], Iterable[str]],
+    barrier: Callable[[T], bool],
+    chunk_size: int,
+    progress: Callable[[int], None] | None,
+    share: Share[T] | None,
+) -> Report:
     report = Report()
     started = time.perf_counter()
 

@@ -116,13 +116,19 @@ class Command(BaseModel):
         a key given as null counts as not given. Refusals are ``BadInput`` (or ``NotFound``
         for a malformed case id) naming the key."""
         given = {k: v for k, v in data.items() if v is not None}
-        known = {key_of(f) for f in cls.model_fields} | set(cls.model_fields)
+        known = _known_keys(cls)
         unknown = [k for k in given if k not in known]
         if unknown:
             options = ", ".join(sorted(key_of(f) for f in cls.model_fields))
             shown = _shown(str(unknown[0]))
             raise BadInput(f"{cls.name} has no option {shown!r} (options: {options})")
         return cls.model_validate(given)
+
+
+@cache
+def _known_keys(kind: type[Command]) -> frozenset[str]:
+    """The keys a command is given by: each field's key, and its name."""
+    return frozenset({key_of(f) for f in kind.model_fields} | set(kind.model_fields))
 
 
 @cache

@@ -179,8 +179,9 @@ def _fire_group(engine: Engine, dues: list[Due], result: TickReport) -> None:
     """Fire a group of deadlines in memory and save them in one transaction; if anything in
     the group changed meanwhile, fire them again one by one, each saved on its own."""
     with engine.unit_of_work(Group(engine)) as grouped:
+        assert isinstance(grouped, Group)
+        grouped.prefetch(UUID(d.case_id) for d in dues)
         outcomes = [_fire_one(engine, due) for due in dues]
-    assert isinstance(grouped, Group)
     saved = grouped.save()
     # Fired again one by one, on fresh state: the whole group if its save failed, and any
     # firing refused for an invariant (it may have read a case and its order on either side of

@@ -381,6 +381,37 @@ class Group(UnitOfWork):
         super().__init__(engine)
         self.changed: list[OrderOrCase] = []
         self.commands: list[CommandRow] = []
+        # Aggregates read for the group ahead of its firings (``prefetch``), each handed out
+        # once: a second read of one, and any read of one not here, goes to the store as
+        # before, so every firing gets aggregates of its own, as read from the store.
+        self.fetched: dict[UUID, OrderOrCase] = {}
+
+    def prefetch(self, case_ids: Iterable[UUID]) -> None:
+        """Read the group's cases, then their orders, with a query each instead of two per
+        deadline (the round trips were most of a tick's time). Read the same way as one at a
+        time (``load_many``: each checked against the case index and its chain and history
+        verified); one that cannot be read is left to be read, and refused, on its own. Only the
+        reads move: each aggregate is saved on the version read, as before, and a group whose
+        cases or orders moved on meanwhile fails its save and is fired again one by one."""
+        store = self.engine.store
+        try:
+            cases = store.load_many(list(dict.fromkeys(case_ids)), {})
+            orders = store.load_many(
+                list(
+                    dict.fromkeys(c.order_ref for c in cases.values() if isinstance(c, ReturnCase))
+                ),
+                {},
+            )
+        except AftersalesError:  # the store unavailable, say: each firing meets it on its own
+            return
+        for found in (cases, orders):
+            self.fetched.update(
+                (uid, a) for uid, a in found.items() if isinstance(a, AGGREGATE_KINDS)
+            )
+
+    def get(self, uid: UUID) -> OrderOrCase | None:
+        fetched = self.fetched.pop(uid, None)
+        return fetched if fetched is not None else super().get(uid)
 
     def run(self, command: Action, attempt: Attempt) -> dict[str, Any]:
         # A deadline already fired shows up as a case that moved on (refused when loaded) or

@@ -7,10 +7,22 @@ key that makes a retried command change nothing. Events are stored as plain JSON
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from decimal import Decimal
+from enum import Enum
+from types import UnionType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Literal,
+    Self,
+    Union,
+    get_args,
+    get_origin,
+)
 from uuid import UUID
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggregate
@@ -105,6 +117,71 @@ def stored_state(event: BaseModel) -> dict[str, Any]:
 # made once (``json.dumps`` with options builds a new one per call).
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
+# The same bytes a tenth of the time (the largest part of sealing an event, so of every write
+# path): orjson's sorted-key encoding, installed by the storage layer
+# (engine/storage/event_mapper.py; the domain imports no JSON library of its own). It writes
+# every character and key order as the json module does (checked for each character by
+# tests/test_recorded_store.py) and differs only for floats (``1e16`` where the json module
+# writes ``1e+16``, ``null`` for NaN), so it writes only the events of classes whose stored JSON
+# cannot hold one (``_orjson_safe``); what it refuses (an integer beyond 64 bits, a lone
+# surrogate, a depth over 254) goes to the json module. With CHECK_ENCODERS (the tests set it,
+# in every process they start: AFTERSALES_CHECK_ENCODERS=1), every event sealed is encoded both
+# ways and the two compared.
+FAST_CANONICAL: Callable[[dict[str, Any]], bytes] | None = None
+CHECK_ENCODERS = False
+
+
+def canonical_bytes(state: dict[str, Any], *, floats: bool = True) -> bytes:
+    """``_canonical(state)`` in UTF-8; ``floats``: the state may hold a float."""
+    fast = FAST_CANONICAL
+    if fast is not None and not floats:
+        try:
+            encoded = fast(state)
+        except TypeError:  # orjson.JSONEncodeError: what it cannot write, the json module does
+            pass
+        else:
+            if CHECK_ENCODERS:
+                assert encoded == _canonical(state).encode("utf-8"), state
+            return encoded
+    return _canonical(state).encode("utf-8")
+
+
+_SAFE: dict[type, bool] = {}
+
+
+def _orjson_safe(kind: type[BaseModel]) -> bool:
+    """Whether the stored JSON of a model class holds only strings, integers, booleans, nulls,
+    lists and objects (no float): worked out once per class from its field types."""
+    safe = _SAFE.get(kind)
+    if safe is None:
+        _SAFE[kind] = False  # while it is worked out: a model that holds itself is not known
+        safe = _SAFE[kind] = all(_holds_no_float(f.annotation) for f in kind.model_fields.values())
+    return safe
+
+
+def _holds_no_float(annotation: Any) -> bool:
+    """A field type whose JSON (``model_dump(mode="json")``) cannot hold a float."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Union or origin is UnionType:
+        return all(_holds_no_float(a) for a in args)
+    if origin is Literal:
+        return all(type(a) in (str, int, bool) or a is None for a in args)
+    if origin in (tuple, list, frozenset, set):
+        return all(a is Ellipsis or _holds_no_float(a) for a in args)
+    if origin is dict:
+        return args[0] is str and _holds_no_float(args[1])
+    if annotation is type(None) or annotation is None:
+        return True
+    if origin is not None or not isinstance(annotation, type):
+        return False  # Any, a name not resolved yet, a generic: may hold anything
+    if issubclass(annotation, bool | int | str | datetime | Decimal | UUID):
+        return not issubclass(annotation, float)
+    if issubclass(annotation, Enum):
+        return all(type(m.value) in (str, int) for m in annotation)
+    if issubclass(annotation, BaseModel):
+        return _orjson_safe(annotation)
+    return False
+
 
 def _digest(
     previous: str,
@@ -125,8 +202,16 @@ def _digest(
     )
     for part in body:
         digest.update(part)
-    digest.update(f',"topic":{_canonical(topic)}}}'.encode())
+    tail = _TOPIC_TAILS.get(topic)
+    if tail is None:
+        tail = f',"topic":{_canonical(topic)}}}'.encode()
+        if len(_TOPIC_TAILS) < 1000:  # the classes' topics; any other is encoded each time
+            _TOPIC_TAILS[topic] = tail
+    digest.update(tail)
     return digest.hexdigest()
+
+
+_TOPIC_TAILS: dict[str, bytes] = {}
 
 
 def chain_hash(
@@ -273,8 +358,9 @@ def leaf_bytes(
 def _sealed(event: Event, previous: str) -> Event:
     state = stored_state(event)
     state.pop("hash", None)
-    topic = type(event).TOPIC
-    body = _canonical(state).encode("utf-8")
+    kind = type(event)
+    topic = kind.TOPIC
+    body = canonical_bytes(state, floats=not _orjson_safe(kind))
     digest = _digest(previous, event.originator_id, event.originator_version, topic, body)
     # The event was made just now and nobody else holds it: set its hash in place rather
     # than copying the frozen model.

@@ -9,7 +9,9 @@ resolves through the installed package.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from typing import Any
 from uuid import UUID
 
@@ -27,6 +29,7 @@ import aftersales.engine
 import aftersales.engine.domain.case
 import aftersales.engine.domain.order
 import aftersales.engine.domain.shop
+from aftersales.engine.domain import events
 from aftersales.engine.domain.events import (
     Event,
     stored_json,
@@ -34,6 +37,20 @@ from aftersales.engine.domain.events import (
 )
 
 # Events as readable JSON ---------------------------------------------------------------------
+
+
+def _sorted_orjson(state: dict[str, Any]) -> bytes:
+    """The canonical JSON of an event's content by orjson (engine/domain/events.py,
+    ``FAST_CANONICAL``): imported when the first event is sealed, so a read never loads it."""
+    import orjson
+
+    fast = functools.partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)
+    events.FAST_CANONICAL = fast
+    return fast(state)
+
+
+events.FAST_CANONICAL = _sorted_orjson
+events.CHECK_ENCODERS = os.environ.get("AFTERSALES_CHECK_ENCODERS") == "1"
 
 # A topic names a class by its module within the installed package.
 register_topic("engine", aftersales.engine)

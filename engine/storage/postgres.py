@@ -33,7 +33,7 @@ from eventsourcing.postgres import (
 )
 from eventsourcing.utils import Environment, EnvType, retry
 from psycopg.conninfo import make_conninfo
-from psycopg.sql import SQL, Composed, Identifier, Literal
+from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
@@ -254,6 +254,9 @@ def _quoted(*names: str) -> str:
 class PostgresCaseRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
+        # The hot statements' text, composed once (``text``): psycopg composes a statement
+        # given as SQL objects again at every call, quoting each identifier through libpq.
+        self.texts: dict[str, bytes] = {}
         schema = Identifier(self.datastore.schema)
         fmt: dict[str, Any] = {
             "schema": schema,
@@ -572,6 +575,15 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
     ) -> Subscription[ApplicationRecorder]:
         return HorizonSubscription(recorder=self, gt=gt, topics=topics)
 
+    def text(
+        self, name: str, statement: Callable[[], Composable], conn: psycopg.Connection[Any]
+    ) -> bytes:
+        """A statement's text, composed on its first use and kept under ``name``."""
+        found = self.texts.get(name)
+        if found is None:
+            found = self.texts[name] = statement().as_bytes(conn)
+        return found
+
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
@@ -608,10 +620,12 @@ class PostgresCaseRecorder(PostgresApplicationRecorder):
             [h.state for h in heads] if heads else None,
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.call_save, params, prepare=True, binary=True)
+            curs.execute(
+                self.text("save", lambda: self.call_save, conn), params, prepare=True, binary=True
+            )
             saved = [row[SAVE_FUNCTION] for row in curs.fetchall()]
             with contextlib.suppress(psycopg.Error):  # saved all the same
-                curs.execute(self.call_notify, prepare=True)
+                curs.execute(self.text("notify", lambda: self.call_notify, conn), prepare=True)
             return saved
 
 
@@ -730,20 +744,11 @@ def select_with_index(
     from the same snapshot), the version the case index names for it (None: no row, as for
     an order). A row of the index comes back even when no event does."""
     recorder = _ours(store_recorder)
-    statement = SQL(
-        "SELECT e.originator_version, e.topic, e.state, "
-        "(SELECT c.version FROM {schema}.{cases} c WHERE c.case_id = %s) AS indexed "
-        "FROM (VALUES (1)) AS one(x) LEFT JOIN {schema}.{events} e "
-        "ON e.originator_id = %s ORDER BY e.originator_version"
-    ).format(
-        schema=Identifier(recorder.datastore.schema),
-        cases=Identifier(CASES_TABLE),
-        events=Identifier(recorder.events_table_name),
-    )
 
     def run() -> list[Any]:
         with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement, (str(uid), uid), prepare=True)
+            text = recorder.text("select_with_index", lambda: _select_with_index(recorder), conn)
+            curs.execute(text, (str(uid), uid), prepare=True)
             return curs.fetchall()
 
     rows = ride(recorder.datastore, run)
@@ -754,6 +759,19 @@ def select_with_index(
         if r["originator_version"] is not None
     ]
     return events, indexed
+
+
+def _select_with_index(recorder: PostgresCaseRecorder) -> Composed:
+    return SQL(
+        "SELECT e.originator_version, e.topic, e.state, "
+        "(SELECT c.version FROM {schema}.{cases} c WHERE c.case_id = %s) AS indexed "
+        "FROM (VALUES (1)) AS one(x) LEFT JOIN {schema}.{events} e "
+        "ON e.originator_id = %s ORDER BY e.originator_version"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        cases=Identifier(CASES_TABLE),
+        events=Identifier(recorder.events_table_name),
+    )
 
 
 def select_events_with_index(
