@@ -34,7 +34,7 @@ from aftersales.projections.base import (
     View,
     ViewProjection,
     ViewRecorder,
-    apply_batch,
+    apply_batches,
     projection_class,
     recorder_class,
     shadow_view,
@@ -152,8 +152,9 @@ class Projector:
         position = start
 
         def write(facts: list[Fact], last: int, after_: dict[str, int | None]) -> None:
-            for view in group:
-                apply_batch(view, recorders[view.name], facts, last, after_[view.name])
+            apply_batches(
+                [(view, recorders[view.name], after_[view.name]) for view in group], facts, last
+            )
 
         with (
             _collector_paused() as collect,
