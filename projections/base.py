@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
 from datetime import datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, cached_property
 from typing import Any, ClassVar, Literal, TypeVar, overload
 
 from eventsourcing.persistence import (
@@ -158,17 +158,26 @@ class Table:
     indexes: tuple[tuple[str, ...], ...] = ()
     doc: str = ""
 
-    @property
+    # Worked out once per table (a fold asks for them once per row).
+    @cached_property
     def key(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.merge == "key")
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    @cached_property
+    def _empty(self) -> dict[str, Any]:
+        return {c.name: (0 if c.merge == "add" else None) for c in self.columns}
+
     def blank(self, key: tuple[Any, ...]) -> dict[str, Any]:
-        row: dict[str, Any] = {c.name: (0 if c.merge == "add" else None) for c in self.columns}
-        row.update(zip(self.key, key, strict=True))
+        row = self._empty.copy()
+        names = self.key
+        if len(key) != len(names):
+            raise ValueError(f"{self.name}: a key of {len(names)} values, not {len(key)}")
+        for name, value in zip(names, key):
+            row[name] = value
         return row
 
     # DDL and the upsert, per backend ---------------------------------------------------------
