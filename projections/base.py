@@ -34,6 +34,7 @@ from decimal import Decimal
 from functools import cache, cached_property
 from typing import Any, ClassVar, Literal, TypeVar, overload
 
+import orjson
 from eventsourcing.persistence import (
     IntegrityError,
     OperationalError,
@@ -44,7 +45,6 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import get_topic
-import orjson
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
@@ -173,10 +173,7 @@ class Table:
 
     def blank(self, key: tuple[Any, ...]) -> dict[str, Any]:
         row = self._empty.copy()
-        names = self.key
-        if len(key) != len(names):
-            raise ValueError(f"{self.name}: a key of {len(names)} values, not {len(key)}")
-        for name, value in zip(names, key):
+        for name, value in zip(self.key, key, strict=True):
             row[name] = value
         return row
 
@@ -470,8 +467,10 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
         if not writes:
             return
         datastore = writes[0][0].datastore
-        params = {"application_name": tracking.application_name,
-                  "notification_id": tracking.notification_id}
+        params = {
+            "application_name": tracking.application_name,
+            "notification_id": tracking.notification_id,
+        }
         with (
             datastore.get_connection() as conn,
             conn.transaction(),
@@ -481,9 +480,7 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
             for recorder, _, after in writes:
                 assert isinstance(recorder, PostgresViewRecorder)
                 assert recorder.datastore is datastore
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (recorder._lock_key,)
-                )
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (recorder._lock_key,))
                 curs = conn.cursor()
                 curs.execute(
                     recorder.max_tracking_id_statement, (tracking.application_name,), prepare=True
@@ -498,9 +495,7 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
             for recorder, changes, _ in writes:
                 assert isinstance(recorder, PostgresViewRecorder)
                 for table, rows in changes.batches(postgres=True):
-                    conn.execute(
-                        recorder._upserts[table.name], (orjson.dumps(rows).decode(),)
-                    )
+                    conn.execute(recorder._upserts[table.name], (orjson.dumps(rows).decode(),))
                 curs = conn.cursor()
                 curs.execute(recorder.insert_tracking_statement, params, prepare=True)
                 recorded.append(curs)
