@@ -12,18 +12,7 @@ from aftersales.projections.base import Changes, Fact, _converter
 from aftersales.projections.registry import VIEWS
 from aftersales.projections.runner import Projector
 from scripts.workload import generate
-
-
-def _tables(store: AftersalesStore) -> dict[str, list[tuple[str, ...]]]:
-    dump = {}
-    for view in VIEWS:
-        for table in view.tables:
-            rows = store.query(
-                f"SELECT {', '.join(table.names)} FROM {{t}}{table.name} "
-                f"ORDER BY {', '.join(table.key)}"
-            )
-            dump[table.name] = [tuple(str(r[c]) for c in table.names) for r in rows]
-    return dump
+from tests.test_projections import tables
 
 
 def _one_event_at_a_time(store: AftersalesStore, projector: Projector) -> None:
@@ -56,7 +45,7 @@ def test_batched_catch_up_writes_the_rows_one_event_at_a_time_writes(store_url: 
         generate(store, 1500, merchants=3, case_share=0.9, seed=5, prefix="KT-")
         projector = Projector(store)
         _one_event_at_a_time(store, projector)
-        expected = _tables(store)
+        expected = tables(store)
         assert sum(len(rows) for rows in expected.values()) > 1000
         for view in VIEWS:
             projector.recorder(view).reset()
@@ -65,6 +54,6 @@ def test_batched_catch_up_writes_the_rows_one_event_at_a_time_writes(store_url: 
             for view in VIEWS:
                 projector.recorder(view).reset()
             projector.catch_up(VIEWS, batch_size)
-            assert _tables(store) == expected, batch_size
+            assert tables(store) == expected, batch_size
     finally:
         store.close()
