@@ -11,9 +11,10 @@ class -> function that turns one event into row changes. Everything else is here
   so a batch's rows are written with one upsert statement per table.
 - ``PostgresViewRecorder`` / ``SQLiteViewRecorder``: the library's ``TrackingRecorder`` subclasses
   that own a view's tables and its tracking table, and write a batch's rows and one tracking record
-  (the batch's last notification id) in one transaction. The transaction first checks that the
-  tracking record still says where the batch started, so a batch is applied exactly once even when
-  a runner is killed, two runners race, or the view is rebuilt under a running follower.
+  (the batch's last notification id) in one transaction (a catch-up writes every view's batch of
+  the same range in one, ``write_all``). The transaction first checks that each view's tracking
+  record still says where its batch started, so a batch is applied exactly once even when a
+  runner is killed, two runners race, or the view is rebuilt under a running follower.
 - ``ViewProjection``: the library's ``Projection`` for its ``ProjectionRunner`` (``--follow`` on
   PostgreSQL); it collects the events the runner hands over one at a time into batches.
 

@@ -148,8 +148,9 @@ class Projector:
     ) -> int:
         """Read [start, head] once for a group of views at the same position.
 
-        While one batch is being written (the database works, the GIL is free) the next is
-        read and decoded; batches are still written one after the other, in log order."""
+        While one batch is being folded and written (the database works, the GIL is free) the
+        next is read and decoded; batches are still written one after the other, in log order,
+        every view's batch of a range in one transaction."""
         topics = sorted({t for v in group for t in v.topics()})
         recorders = {v.name: self.recorder(v) for v in group}
         read = 0
