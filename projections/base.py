@@ -503,7 +503,9 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
                 curs = conn.cursor()
                 curs.execute(recorder.insert_tracking_statement, params, prepare=True)
                 recorded.append(curs)
-            for curs in recorded:
+            # The tracking statement returns the position it set (the library's single-row
+            # tracking, as these views' tables are): none if it did not move forward.
+            for curs in recorded if datastore.single_row_tracking else ():
                 if curs.fetchone() is None:
                     raise IntegrityError(
                         f"Failed to record tracking for {tracking.application_name} "
