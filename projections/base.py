@@ -11,9 +11,10 @@ class -> function that turns one event into row changes. Everything else is here
   so a batch's rows are written with one upsert statement per table.
 - ``PostgresViewRecorder`` / ``SQLiteViewRecorder``: the library's ``TrackingRecorder`` subclasses
   that own a view's tables and its tracking table, and write a batch's rows and one tracking record
-  (the batch's last notification id) in one transaction. The transaction first checks that the
-  tracking record still says where the batch started, so a batch is applied exactly once even when
-  a runner is killed, two runners race, or the view is rebuilt under a running follower.
+  (the batch's last notification id) in one transaction (a catch-up writes every view's batch of
+  the same range in one, ``write_all``). The transaction first checks that each view's tracking
+  record still says where its batch started, so a batch is applied exactly once even when a
+  runner is killed, two runners race, or the view is rebuilt under a running follower.
 - ``ViewProjection``: the library's ``Projection`` for its ``ProjectionRunner`` (``--follow`` on
   PostgreSQL); it collects the events the runner hands over one at a time into batches.
 
@@ -23,7 +24,6 @@ queries) and add it to ``projections.registry.VIEWS``.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
 from datetime import datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, cached_property
 from typing import Any, ClassVar, Literal, TypeVar, overload
 
+import orjson
 from eventsourcing.persistence import (
+    IntegrityError,
     OperationalError,
     Tracking,
     TrackingRecorder,
@@ -157,17 +159,23 @@ class Table:
     indexes: tuple[tuple[str, ...], ...] = ()
     doc: str = ""
 
-    @property
+    # Worked out once per table (a fold asks for them once per row).
+    @cached_property
     def key(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.merge == "key")
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    @cached_property
+    def _empty(self) -> dict[str, Any]:
+        return {c.name: (0 if c.merge == "add" else None) for c in self.columns}
+
     def blank(self, key: tuple[Any, ...]) -> dict[str, Any]:
-        row: dict[str, Any] = {c.name: (0 if c.merge == "add" else None) for c in self.columns}
-        row.update(zip(self.key, key, strict=True))
+        row = self._empty.copy()
+        for name, value in zip(self.key, key, strict=True):
+            row[name] = value
         return row
 
     # DDL and the upsert, per backend ---------------------------------------------------------
@@ -192,12 +200,21 @@ class Table:
             for index in self.indexes
         ]
 
-    def upsert_json(self) -> str:
-        """PostgreSQL: the same upsert for a whole batch of rows sent as one JSON array of
-        arrays (one round trip; the server parses JSON far faster than rows are bound)."""
-        fields = ", ".join(f"(r->>{i})::{_PG_TYPES[c.kind]}" for i, c in enumerate(self.columns))
-        values = f"SELECT {fields} FROM json_array_elements(?::json) AS r"
-        return self.upsert(postgres=True, values=values)
+    def upsert_json(self, postgres: bool = True) -> str:
+        """The same upsert for a whole batch of rows sent as one JSON array of arrays: one
+        statement (on PostgreSQL one round trip; the server parses JSON far faster than rows
+        are bound; on SQLite one step instead of one per row, each of which lets go of the
+        GIL and waits to take it back while the next batch is being read)."""
+        if postgres:
+            fields = ", ".join(
+                f"(r->>{i})::{_PG_TYPES[c.kind]}" for i, c in enumerate(self.columns)
+            )
+            values = f"SELECT {fields} FROM json_array_elements(?::json) AS r"
+        else:
+            # ``WHERE true``: SQLite's parser needs it before ON CONFLICT after a SELECT.
+            fields = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(self.columns)))
+            values = f"SELECT {fields} FROM json_each(?) WHERE true"
+        return self.upsert(postgres=postgres, values=values)
 
     def upsert(self, postgres: bool, values: str | None = None) -> str:
         """The upsert of one row (``?`` per column), or of the rows ``values`` selects;
@@ -249,9 +266,16 @@ class Changes:
         return sum(len(r) for r in self.rows.values())
 
     def batches(self, postgres: bool) -> Iterator[tuple[Table, list[list[Any]]]]:
+        """Each table's rows as lists of column values in the table's order. On SQLite, times
+        are UTC text and ids text, as its tables keep them; PostgreSQL gets them as they are:
+        ``orjson`` writes a time as ``isoformat`` and an id as ``str`` would, and the server
+        casts them (``Table.upsert_json``)."""
         for name, rows in self.rows.items():
             table = self.tables[name]
             names = table.names
+            if postgres:
+                yield table, [[row[n] for n in names] for row in rows.values()]
+                continue
             convert = [
                 (i, _converter(c.kind, postgres))
                 for i, c in enumerate(table.columns)
@@ -340,16 +364,28 @@ class StalePosition(Exception):
         self.found = found
 
 
+Write = tuple["ViewRecorder", Changes, int | None]
+"""One view's part of a shared write: its recorder, its batch's rows, where its batch started."""
+
 # The library's tracking recorders, owning a view's tables ---------------------------------------
 
 
 class ViewRecorder(TrackingRecorder, ABC):
     view: ClassVar[type[View]]
+    datastore: Any
 
-    @abstractmethod
     def write(self, changes: Changes, tracking: Tracking, after: int | None) -> None:
         """Write a batch's rows and its tracking record in one transaction, if the tracking
         record is still at ``after`` (else raise StalePosition and write nothing)."""
+        self.write_all([(self, changes, after)], tracking)
+
+    @classmethod
+    @abstractmethod
+    def write_all(cls, writes: Sequence[Write], tracking: Tracking) -> None:
+        """``write`` for several views' batches of the same range of the log, in one
+        transaction on their (shared) datastore: each view's rows are written and its tracking
+        record set to ``tracking`` if that record is still where the view's batch started
+        (else StalePosition, and nothing of any of them is written)."""
 
     @abstractmethod
     def reset(self) -> None:
@@ -422,15 +458,59 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
     def _lock(self, curs: Cursor[DictRow]) -> None:
         curs.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_key,))
 
-    def write(self, changes: Changes, tracking: Tracking, after: int | None) -> None:
-        with self.datastore.transaction(commit=True) as curs:
-            self._lock(curs)
-            found = max_tracking_id(self, tracking.application_name, curs)
-            if found != after:
-                raise StalePosition(after, found)
-            for table, rows in changes.batches(postgres=True):
-                curs.execute(self._upserts[table.name], (json.dumps(rows),))
-            insert_tracking(self, curs, tracking)
+    @classmethod
+    def write_all(cls, writes: Sequence[Write], tracking: Tracking) -> None:
+        """In one transaction, pipelined: every view's lock and position are asked for at once
+        (one round trip), then every view's rows and tracking record are sent at once (one
+        more), then the commit: a handful of round trips a batch, however many views and
+        tables, where one by one it was half a dozen per view, each waiting for the GIL while
+        the next batch is decoded."""
+        if not writes:
+            return
+        datastore = writes[0][0].datastore
+        params = {
+            "application_name": tracking.application_name,
+            "notification_id": tracking.notification_id,
+        }
+        # The views' locks are taken in one order, whatever order the views come in: two
+        # runners writing some of the same views wait for one another but never deadlock.
+        writes = sorted(writes, key=lambda write: write[0]._lock_key)  # type: ignore[attr-defined]
+        with (
+            datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.pipeline(),
+        ):
+            asked = []
+            for recorder, _, after in writes:
+                assert isinstance(recorder, PostgresViewRecorder)
+                assert recorder.datastore is datastore
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (recorder._lock_key,))
+                curs = conn.cursor()
+                curs.execute(
+                    recorder.max_tracking_id_statement, (tracking.application_name,), prepare=True
+                )
+                asked.append((curs, after))
+            for curs, after in asked:
+                row = curs.fetchone()
+                found = row["max"] if row else None
+                if found != after:
+                    raise StalePosition(after, found)
+            recorded = []
+            for recorder, changes, _ in writes:
+                assert isinstance(recorder, PostgresViewRecorder)
+                for table, rows in changes.batches(postgres=True):
+                    conn.execute(recorder._upserts[table.name], (orjson.dumps(rows).decode(),))
+                curs = conn.cursor()
+                curs.execute(recorder.insert_tracking_statement, params, prepare=True)
+                recorded.append(curs)
+            # The tracking statement returns the position it set (the library's single-row
+            # tracking, as these views' tables are): none if it did not move forward.
+            for curs in recorded if datastore.single_row_tracking else ():
+                if curs.fetchone() is None:
+                    raise IntegrityError(
+                        f"Failed to record tracking for {tracking.application_name} "
+                        f"{tracking.notification_id}"
+                    )
 
     def reset(self) -> None:
         with self.datastore.transaction(commit=True) as curs:
@@ -490,6 +570,7 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
         self.select_max_tracking_id_statement = (
             f"SELECT MAX(notification_id) FROM {t} WHERE application_name=?"
         )
+        self._upserts: dict[str, str] = {}
 
     def construct_create_table_statements(self) -> list[str]:
         statements = [
@@ -530,15 +611,30 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
             (APP_NAME,),
         )
 
-    def write(self, changes: Changes, tracking: Tracking, after: int | None) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            self._lock(c)
-            found = max_tracking_id(self, tracking.application_name, c)
-            if found != after:
-                raise StalePosition(after, found)
-            for table, rows in changes.batches(postgres=False):
-                c.executemany(SQLITE(self.view.stored(table).upsert(postgres=False)), rows)
-            insert_tracking(self, c, tracking)
+    @classmethod
+    def write_all(cls, writes: Sequence[Write], tracking: Tracking) -> None:
+        if not writes:
+            return
+        datastore = writes[0][0].datastore
+        with datastore.transaction(commit=True) as c:
+            for recorder, changes, after in writes:
+                assert isinstance(recorder, SQLiteViewRecorder)
+                assert recorder.datastore is datastore
+                recorder._lock(c)
+                found = max_tracking_id(recorder, tracking.application_name, c)
+                if found != after:
+                    raise StalePosition(after, found)
+                for table, rows in changes.batches(postgres=False):
+                    c.execute(recorder._upsert(table), (orjson.dumps(rows).decode(),))
+                insert_tracking(recorder, c, tracking)
+
+    def _upsert(self, table: Table) -> str:
+        found = self._upserts.get(table.name)
+        if found is None:
+            found = self._upserts[table.name] = SQLITE(
+                self.view.stored(table).upsert_json(postgres=False)
+            )
+        return found
 
     def reset(self) -> None:
         with self.datastore.transaction(commit=True) as c:
@@ -621,6 +717,24 @@ def apply_batch(
     changes = Changes()
     view.fold(facts, changes)
     recorder.write(changes, Tracking(APP_NAME, last_id), after)
+
+
+def apply_batches(
+    views: Sequence[tuple[type[View], ViewRecorder, int | None]],
+    facts: Sequence[Fact],
+    last_id: int,
+) -> None:
+    """Fold the same batch for several views (each with its recorder and the position its
+    batch starts after) and write them all in one transaction, each with its tracking record
+    at ``last_id``."""
+    if not views:
+        return
+    writes: list[Write] = []
+    for view, recorder, after in views:
+        changes = Changes()
+        view.fold(facts, changes)
+        writes.append((recorder, changes, after))
+    type(writes[0][0]).write_all(writes, Tracking(APP_NAME, last_id))
 
 
 # The library's Projection, for its ProjectionRunner (follow mode on PostgreSQL) ------------------

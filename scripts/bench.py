@@ -77,6 +77,12 @@ def arguments() -> argparse.ArgumentParser:
         "deadlines in groups on a store of 20,000 open cases (times --scale).",
     )
     parser.add_argument(
+        "--only-projections",
+        action="store_true",
+        help="The raw baselines and projection catch-up on synthetic logs (scripts/workload.py) "
+        "of 20,000 and 200,000 events on PostgreSQL and on SQLite (a few minutes).",
+    )
+    parser.add_argument(
         "--only-checks",
         action="store_true",
         help="The raw baselines and what the invariants and read checks cost an action.",
@@ -233,13 +239,21 @@ class Bench:
                 )
         return path
 
-    def cli(self, *args: str) -> tuple[float, int, str]:
-        """Run the command line in a fresh process: seconds, its peak RSS (KiB), stdout."""
+    def cli(self, *args: str, store: str | None = None) -> tuple[float, int, str]:
+        """Run the command line in a fresh process (on this benchmark's store, or ``store``):
+        seconds, its peak RSS (KiB), stdout."""
         out_path, err_path = self.tmp / "out.txt", self.tmp / "err.txt"
         started = time.perf_counter()
         with out_path.open("w") as out, err_path.open("w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "aftersales.commands.cli.main", "--store", self.url, *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "aftersales.commands.cli.main",
+                    "--store",
+                    store or self.url,
+                    *args,
+                ],
                 cwd=ROOT,
                 stdout=out,
                 stderr=err,
@@ -682,6 +696,59 @@ class Bench:
         )
         self.add(Row(f"projection catch-up peak RSS, {count:,} events", rss / 1024, "MiB"))
 
+    def projection_logs(self) -> None:
+        """Projection catch-up from empty, in a fresh process, on a synthetic log of every
+        kind of event the views read (orders, cases on many of them, assignments), on
+        PostgreSQL and on SQLite, at two sizes ten times apart: events/s beside the raw
+        sequential read, and peak RSS (flat as the log grows)."""
+        from aftersales.engine.storage.store import AftersalesStore
+        from scripts.workload import generate
+
+        for backend in ("PostgreSQL", "SQLite"):
+            for size in (self.n(20_000), self.n(200_000)):
+                if backend == "PostgreSQL":
+                    url = f"{self.base_url}?schema={self.schema}_p{size}"
+                else:
+                    url = f"sqlite:///{self.tmp / f'projections-{size}.db'}"
+                store = AftersalesStore(url)
+                try:
+                    written = generate(store, size, case_share=0.5)
+                finally:
+                    store.close()
+                if backend == "PostgreSQL":
+                    with self.conn() as c:
+                        c.execute(
+                            SQL("VACUUM ANALYZE {}").format(
+                                Identifier(f"{self.schema}_p{size}", "aftersales_events")
+                            )
+                        )
+                try:
+                    seconds, rss, _ = self.cli("project", "run", store=url)
+                finally:
+                    if backend == "PostgreSQL":
+                        with self.conn() as c:
+                            c.execute(
+                                SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                                    Identifier(f"{self.schema}_p{size}")
+                                )
+                            )
+                self.add(
+                    Row(
+                        f"projection catch-up, {backend}, {written:,} events",
+                        written / seconds,
+                        "events/s",
+                        "sequential read rows/s",
+                        self.raw["read"],
+                    )
+                )
+                self.add(
+                    Row(
+                        f"projection catch-up peak RSS, {backend}, {written:,} events",
+                        rss / 1024,
+                        "MiB",
+                    )
+                )
+
     def large_store(self) -> None:
         """A store with many open cases: the tick that finds nothing, firing, one audit, one
         merchant's dashboard, and the catch-up of the whole log."""
@@ -1036,6 +1103,8 @@ def main() -> None:
             bench.history,
             bench.tick_firing,
         ]
+    elif args.only_projections:
+        parts = [bench.raw_baselines, bench.projection_logs]
     elif args.only_checks:
         parts = [bench.raw_baselines, bench.checks_cost]
     elif not args.skip_large:
