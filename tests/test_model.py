@@ -1860,3 +1860,43 @@ def test_hole_6_a_case_kept_in_memory_is_written_over_its_deleted_last_event(
     finally:
         state.teardown()
     state.settle(Tampered)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_found_an_instant_refund_booked_only_when_its_case_let_go_of_its_lines(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A return of a mug (39.90, within the model's instant limit) by a buyer in good standing
+    is refunded as it goes back; the order must book that refund at once, not when the case
+    lets go of its lines (the model's first run met the order showing 0.00 refunded against
+    its case's 39.90). A ruling for the merchant on the goods received damaged then puts the
+    advance on that buyer and ends their good standing; another buyer's return is still
+    refunded at once."""
+    state = on_backend(backend, request)
+    try:
+        state.place_orders(orders=[("shop-1", [0], "delivered"), ("shop-1", [0], "delivered")])
+        state.the_rules_hold()
+        for order in (0, 1):
+            state.open_case(
+                amount="all", kind="return_refund", lines=[], order=order, partial=False,
+                reason="quality.colour_difference",
+            )  # fmt: skip
+            state.the_rules_hold()
+            state.approve(case=order)
+            state.the_rules_hold()
+        first, second = state.cases.values()
+        state.ship_back(case=0, freight=None)
+        state.the_rules_hold()
+        assert state.engine.get_order("O1")["lines"][0]["refunded"] == "39.90"
+        assert state.engine.stored_case(first.case_id)["instant_refund"] is True
+        state.receive(case=0, condition="damaged")
+        state.the_rules_hold()
+        state.rule_case(case=0, party="merchant")
+        state.the_rules_hold()
+        assert state.lost["buyer-1"] == 1
+        state.ship_back(case=0, freight=None)  # O2 is buyer-2's: still in good standing
+        state.the_rules_hold()
+        assert state.engine.stored_case(second.case_id)["instant_refund"] is True
+    finally:
+        state.teardown()
+    state.settle(InstantRefundAmiss)
