@@ -457,13 +457,12 @@ class Engine:
         return buyer if isinstance(buyer, Buyer) else None
 
     def _buyer_terms(self, command: CaseAction, case: ReturnCase, act: Act) -> None:
-        """Before goods are shipped back, whether the buyer's standing lets the platform refund
-        them at once (an instant refund, when the policy has it): read only then."""
-        rules = self.policy.instant_refund
-        if not isinstance(command, ShipBack) or rules is None:
-            case.instant_refund_refusal = "no instant refund asked for"
-            return
-        case.instant_refund_refusal = refusal(self.find_buyer(case.buyer_id), rules, act.at)
+        """Before goods are shipped back (the one action that asks), whether the buyer's
+        standing lets the platform refund them at once: read only when the policy has it."""
+        if isinstance(command, ShipBack):
+            rules = self.policy.instant_refund
+            buyer = self.find_buyer(case.buyer_id) if rules is not None else None
+            case.instant_refund_refusal = refusal(buyer, rules, act.at)
 
     def _dispute_lost(self, command: CaseAction, case: ReturnCase, act: Act) -> list[Buyer]:
         """A ruling for the merchant is a dispute the buyer lost: recorded on the buyer with it."""
@@ -489,8 +488,7 @@ class Engine:
         buyer = self.find_buyer(command.buyer_id)
         shown = unknown_buyer(command.buyer_id) if buyer is None else buyer.to_json()
         rules = self.policy.instant_refund
-        at = command.at or self.clock()
-        why = "the policy has no instant refund" if rules is None else refusal(buyer, rules, at)
+        why = refusal(buyer, rules, command.at or self.clock())
         shown["instant_refund"] = {
             "eligible": why is None,
             "why_not": why,

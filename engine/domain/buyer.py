@@ -129,9 +129,12 @@ class Buyer(Aggregate):
         }
 
 
-def refusal(buyer: Buyer | None, rules: "InstantRefund", at: datetime) -> str | None:
+def refusal(buyer: Buyer | None, rules: "InstantRefund | None", at: datetime) -> str | None:
     """Why a buyer (None: one the platform has no record of, in good standing) may not be
-    refunded at once, by the policy's rules, at ``at``; None if they may."""
+    refunded at once under the policy's rules (None: the policy has no instant refund) at
+    ``at``; None if they may."""
+    if rules is None:
+        return "the policy has no instant refund"
     if buyer is None:
         return None
     if buyer.flag is not None:
