@@ -245,13 +245,18 @@ def test_keys_idempotency_if_match_and_errors(
         path, json={"text": "a"}, headers={**people.auth("buyer-1"), "Idempotency-Key": "k1"}
     )
     assert buyer.status_code == 200 and buyer.headers["etag"] == '"3"'
+    # The longest key the document allows is taken (with the principal's id before it).
+    longest = {**people.auth("buyer-1"), "Idempotency-Key": "k" * 200}
+    taken = client.post(path, json={"text": "l"}, headers=longest)
+    assert taken.status_code == 200 and taken.headers["etag"] == '"4"', taken.text
+    assert client.post(path, json={"text": "l"}, headers=longest).json() == taken.json()
 
-    stale = client.post(path, json={"text": "c"}, headers={**staff, "If-Match": '"2"'})
+    stale = client.post(path, json={"text": "c"}, headers={**staff, "If-Match": '"3"'})
     assert stale.status_code == 412 and stale.json()["error"]["code"] == "conflict"
-    fresh = client.post(path, json={"text": "c"}, headers={**staff, "If-Match": '"3"'})
-    assert fresh.status_code == 200 and fresh.headers["etag"] == '"4"'
+    fresh = client.post(path, json={"text": "c"}, headers={**staff, "If-Match": '"4"'})
+    assert fresh.status_code == 200 and fresh.headers["etag"] == '"5"'
     shown = client.get(f"/v1/cases/{case}", headers=staff)
-    assert shown.headers["etag"] == '"4"'
+    assert shown.headers["etag"] == '"5"'
     bad = client.post(path, json={"text": "c"}, headers={**staff, "If-Match": "soon"})
     assert bad.status_code == 422
 

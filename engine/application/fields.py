@@ -20,8 +20,10 @@ from pydantic.fields import FieldInfo
 from aftersales.engine.domain.case import case_uuid
 from aftersales.engine.domain.errors import BadInput
 from aftersales.engine.domain.limits import (
+    MAX_COMMAND_ID_CHARS,
     MAX_EVIDENCE,
     MAX_EVIDENCE_CHARS,
+    MAX_ID_CHARS,
     MAX_ORDER_LINES,
     MAX_WHOLE_DIGITS,
     check_count,
@@ -109,7 +111,8 @@ def _name(value: Any, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     key = _key(info)
-    text = _scalar(value, key, check_id)
+    limit = MAX_COMMAND_ID_CHARS if key == "command_id" else MAX_ID_CHARS
+    text = _scalar(value, key, lambda t, k: check_id(t, k, limit))
     if not text.strip():
         raise BadInput(f"{key} must not be empty")
     return text.strip() if key == "by" else text

@@ -34,7 +34,9 @@ MAX_QUANTITY = 100_000
 MAX_WHOLE_DIGITS = 18
 
 # Lengths, in characters.
-MAX_ID_CHARS = 128  # merchant, buyer, --by, --command-id, carrier, waybill, category
+MAX_ID_CHARS = 128  # merchant, buyer, --by, carrier, waybill, category
+# A command id: over HTTP a principal's id, "/" and its Idempotency-Key (at most 200).
+MAX_COMMAND_ID_CHARS = MAX_ID_CHARS + 1 + 200
 MAX_TEXT_CHARS = 4000  # a message, a note, a reason given in words, a comment, an address
 MAX_EVIDENCE_CHARS = 512  # one evidence reference (a photo's name, a chat log's link)
 MAX_REASON_CHARS = 64  # a reason code, group.detail
