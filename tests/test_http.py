@@ -259,6 +259,10 @@ def test_keys_idempotency_if_match_and_errors(
     assert shown.headers["etag"] == '"5"'
     bad = client.post(path, json={"text": "c"}, headers={**staff, "If-Match": "soon"})
     assert bad.status_code == 422
+    # A read-your-writes token not of the documented shape is refused, read store or not.
+    for token in ("", "soon"):
+        read = client.get(f"/v1/cases/{case}", headers={**staff, "X-Read-After": token})
+        assert read.status_code == 422, (token, read.text)
 
     for body in (b"{", b"[]", b'{"text": 1.5}'):
         response = client.post(path, content=body, headers=staff)

@@ -59,10 +59,12 @@ async def route_read(api: Api, request: Request) -> None:
     """Choose where this read goes (``request.state.read_engine``; None: the store) and what it
     will reflect (``request.state.read_headers``): the read store, once it has replayed the
     token the read carries, else the store."""
-    reader = api.reader
-    if reader is None or bearer(request) is None:  # no credential: refused before any read
+    if bearer(request) is None:  # no credential: refused before any read
         return
-    token = token_of(request)
+    token = token_of(request)  # a malformed X-Read-After is refused, read store or not
+    reader = api.reader
+    if reader is None:
+        return
     replayed, waited = True, None
     started = time.monotonic()
     try:
