@@ -80,9 +80,14 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
     ("`--expected-version`", f"0 to {MAX_VERSION}"),
     ("`--hours` of `case extend`", f"1 to {MAX_EXTENSION_HOURS} (and the policy's maximum)"),
     (
-        "an id or name: `--merchant`, `--buyer`, `--by`, `--command-id`, `--carrier`, "
+        "an id or name: `--merchant`, `--buyer`, `--by`, `--carrier`, "
         "`--waybill`, a line's category, a case line's SKU",
         f"at most {MAX_ID_CHARS} characters, no control characters",
+    ),
+    (
+        "`--command-id`",
+        f"at most {MAX_COMMAND_ID_CHARS} characters (over HTTP it is the principal's id, `/` "
+        "and the `Idempotency-Key`), no control characters",
     ),
     ("an order id, a SKU", "1 to 64 ASCII letters, digits, `-`, `_`, `.` (a SKU also `/`)"),
     ("a reason code (`--reason` of `case open`)", f"at most {MAX_REASON_CHARS} characters"),
